@@ -1,0 +1,72 @@
+"""The two-phase shape every file detector follows.
+
+Phase 1, ``extract(path, text) -> FileFacts``: parse one file.  Facts are
+*relations* (sets of strings that the index inverts: "which files define X?") and
+*data* (anything JSON the detector needs later about this file alone).
+
+Phase 2, ``affected(path, touched, view)`` and ``evaluate(path, view)``: after the
+index stored the new facts, decide which files' questions may have changed and
+compute them, reading other files' facts only through an ``IndexView``.  A change
+therefore costs the changed file plus the keys it touched, never a tree re-parse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..questions import Question
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """What one file says, as extracted by one detector.
+
+    ``error`` is set when the file could not be parsed (a syntax error, say): the
+    index then keeps the file's previous facts so that a half-typed save does not
+    open and resolve questions all over the tree.
+    """
+
+    relations: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    data: Mapping[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "relations": {k: sorted(v) for k, v in sorted(self.relations.items()) if v},
+            "data": dict(self.data),
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> FileFacts:
+        rel = {k: frozenset(v) for k, v in obj.get("relations", {}).items()}
+        return cls(relations=rel, data=obj.get("data", {}))
+
+
+class IndexView(Protocol):
+    """Read-only view of one detector's cross-file index on one root."""
+
+    def facts(self, path: str) -> FileFacts | None:
+        """The stored facts of ``path``, or None if the file is not indexed."""
+
+    def who(self, relation: str, value: str) -> frozenset[str]:
+        """Paths whose facts hold ``value`` under ``relation``."""
+
+    def who_many(self, relation: str, values: Iterable[str]) -> dict[str, frozenset[str]]:
+        """``who`` for several values in one round trip."""
+
+
+Touched = frozenset[tuple[str, str]]  # (relation, value) pairs added or removed
+
+
+class FileDetector(Protocol):
+    name: str
+
+    def extract(self, path: str, text: str) -> FileFacts: ...
+
+    def affected(self, path: str, touched: Touched, view: IndexView) -> set[str]:
+        """Other files whose questions may change because ``path``'s facts changed."""
+
+    def evaluate(self, path: str, view: IndexView) -> list[Question]:
+        """Every question ``path`` owns now (empty when it is not indexed)."""

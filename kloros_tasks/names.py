@@ -1,0 +1,106 @@
+"""Every queue, task, channel, stream and Redis key name, in one place.
+
+These names are an outside-facing contract (see docs/architecture.md): operators
+type them into ``redis-cli`` and other programs subscribe to them.  Nothing else
+in the package spells a key by hand.
+"""
+
+from __future__ import annotations
+
+PREFIX = "kloros:"
+
+# --- detectors, queues and tasks -------------------------------------------------
+INTEGRATION = "integration"
+CAPABILITY = "capability"
+KNOWLEDGE = "knowledge"
+EXPLORATION = "exploration"
+
+DETECTORS = (INTEGRATION, CAPABILITY, KNOWLEDGE, EXPLORATION)
+QUEUES = DETECTORS  # one Redis list per detector, named after it
+
+TASK_ANALYZE = {
+    INTEGRATION: "kloros.integration.analyze",
+    CAPABILITY: "kloros.capability.analyze",
+    KNOWLEDGE: "kloros.knowledge.analyze",
+}
+TASK_EXPLORATION_SCAN = "kloros.exploration.scan"
+
+# File detectors that are live, and the file suffixes each one analyses.  The
+# producer routes changes with this table; a detector joins it when its rules land.
+FILE_DETECTOR_SUFFIXES: dict[str, tuple[str, ...]] = {
+    KNOWLEDGE: (".py", ".md", ".rst", ".txt"),
+}
+
+# --- pub/sub channels (equal to the envelope's ``signal``) -----------------------
+CHANNEL = {
+    INTEGRATION: "curiosity.integration_question",
+    CAPABILITY: "curiosity.capability_question",
+    KNOWLEDGE: "curiosity.knowledge_question",
+    EXPLORATION: "curiosity.exploration_question",
+}
+CHANNEL_RESOLVED = "curiosity.question_resolved"
+CHANNEL_PATTERN = "curiosity.*"
+
+CATEGORY = {d: f"{d}_discovery" for d in DETECTORS}
+SOURCE = {
+    INTEGRATION: "integration_monitor",
+    CAPABILITY: "capability_discovery",
+    KNOWLEDGE: "knowledge_discovery",
+    EXPLORATION: "exploration_scanner",
+}
+
+# --- durable stream ---------------------------------------------------------------
+STREAM = "kloros:questions"
+STREAM_FIELD = "envelope"
+BRIDGE_GROUP = "chembus-bridge"
+
+# --- keys ---------------------------------------------------------------------------
+LEDGER = "kloros:ledger"  # HASH question_id -> open envelope JSON
+ROOTS = "kloros:roots"  # HASH root name -> JSON {path, host}
+DEADLETTER = "kloros:deadletter"  # LIST of JSON {task, payload, reason, ts}
+SYNTAX_ERRORS = "kloros:syntax_errors"  # HASH "<root>:<path>" -> "line N: message"
+WATCHER_HEARTBEAT = "kloros:watcher:heartbeat"  # STRING JSON, with TTL
+
+
+def blob(sha256: str) -> str:
+    """STRING: a file's content, addressed by its sha256 (with a TTL)."""
+    return f"kloros:blob:{sha256}"
+
+
+def blob_refs(sha256: str) -> str:
+    """STRING counter: tasks that still need the blob; the last one deletes it."""
+    return f"kloros:blobrefs:{sha256}"
+
+
+def seen(root: str) -> str:
+    """HASH relpath -> "sha256 mtime_ns size" of what the producer last enqueued."""
+    return f"kloros:seen:{root}"
+
+
+def facts(detector: str, root: str) -> str:
+    """HASH relpath -> facts JSON that the detector extracted from that file."""
+    return f"kloros:facts:{detector}:{root}"
+
+
+def index(detector: str, root: str, relation: str, value: str) -> str:
+    """SET of relpaths whose facts hold ``value`` under ``relation``."""
+    return f"kloros:idx:{detector}:{root}:{relation}:{value}"
+
+
+def owned(detector: str, root: str, path: str) -> str:
+    """SET of open question ids owned by (raised about) one file."""
+    return f"kloros:owned:{detector}:{root}:{path}"
+
+
+def lock(detector: str, root: str) -> str:
+    """Short lock serialising index updates of one detector on one root."""
+    return f"kloros:lock:{detector}:{root}"
+
+
+def attempts(task_id: str) -> str:
+    """Counter of deliveries of one task message (for the dead-letter path)."""
+    return f"kloros:attempts:{task_id}"
+
+
+def instance_lock(state_dir_id: str) -> str:
+    return f"kloros:up:{state_dir_id}"

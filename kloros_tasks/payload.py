@@ -1,0 +1,75 @@
+"""The file-change task payload: built by the producer, checked by the workers.
+
+A payload names a change, not content: the watched root's name, the path relative to
+it, the event, and the sha256 of the content, which travels separately as the blob
+``kloros:blob:<sha256>``.  Deletions and files the producer refused to upload
+(``skip`` says why) carry no digest.  JSON only.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+VERSION = 1
+EVENTS = ("created", "modified", "deleted")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_ROOT = re.compile(r"^[A-Za-z0-9_.@+-]{1,128}$")
+MAX_PATH = 4096
+
+
+class PayloadError(ValueError):
+    """A task payload is malformed; such a task is refused, logged and acknowledged."""
+
+
+@dataclass(frozen=True)
+class Change:
+    root: str
+    path: str
+    event: str
+    sha256: str | None = None
+    skip: str | None = None
+    ts: float = 0.0
+    v: int = VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_relpath(path: str) -> str:
+    """Return ``path`` if it is a clean relative POSIX path inside its root."""
+    if not path or len(path) > MAX_PATH or "\x00" in path or "\\" in path:
+        raise PayloadError(f"path {path!r} is empty, too long or has forbidden characters")
+    p = PurePosixPath(path)
+    if p.is_absolute() or any(part in ("..", ".", "") for part in path.split("/")):
+        raise PayloadError(f"path {path!r} is outside its watched root")
+    return str(p)
+
+
+def parse(obj: Any) -> Change:
+    """Validate a decoded payload; raise PayloadError naming what is wrong."""
+    if not isinstance(obj, dict):
+        raise PayloadError(f"payload is {type(obj).__name__}, not an object")
+    if obj.get("v", VERSION) != VERSION:
+        raise PayloadError(f"payload version {obj.get('v')!r} is not {VERSION}")
+    root, path, event = obj.get("root"), obj.get("path"), obj.get("event")
+    if not isinstance(root, str) or not _ROOT.match(root):
+        raise PayloadError(f"root {root!r} is not a watched root name")
+    if not isinstance(path, str):
+        raise PayloadError(f"path {path!r} is not a string")
+    check_relpath(path)
+    if event not in EVENTS:
+        raise PayloadError(f"event {event!r} is not one of {EVENTS}")
+    sha, skip = obj.get("sha256"), obj.get("skip")
+    if event == "deleted" and sha is not None:
+        raise PayloadError("a deletion carries no digest")
+    if event != "deleted" and skip is None and (not isinstance(sha, str) or not _SHA256.match(sha)):
+        raise PayloadError(f"sha256 {sha!r} is not a hex digest")
+    if skip is not None and not isinstance(skip, str):
+        raise PayloadError("skip must be a string")
+    ts = obj.get("ts", 0.0)
+    if not isinstance(ts, int | float):
+        raise PayloadError("ts must be a number")
+    return Change(root=root, path=path, event=event, sha256=sha, skip=skip, ts=float(ts))

@@ -1,0 +1,175 @@
+"""The only module that reads ``os.environ``: one frozen, validated Settings.
+
+Every default is a named constant below.  A wrong value raises SettingsError whose
+message is one line naming the variable; the CLI prints it and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_STATE_DIR = "~/.kloros"
+DEFAULT_CHEM_XSUB = "tcp://127.0.0.1:5556"
+DEFAULT_CHEM_XPUB = "tcp://127.0.0.1:5557"
+DEFAULT_WORKER_MAX_MEMORY_MB = 150
+DEFAULT_EXPLORATION_INTERVAL = 300
+DEFAULT_DEBOUNCE_MS = 50
+DEFAULT_MAX_FILE_BYTES = 1_000_000
+DEFAULT_DOCSTRING_THRESHOLD = 3
+DEFAULT_STREAM_MAXLEN = 100_000
+DEFAULT_BLOB_TTL = 3600
+DEFAULT_TASK_TIME_LIMIT = 60
+DEFAULT_VISIBILITY_TIMEOUT = 300
+DEFAULT_MAX_DELIVERIES = 3
+DEFAULT_PENDING_LIMIT = 100_000
+
+REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "unix")
+ZMQ_SCHEMES = ("tcp", "ipc", "inproc")
+
+
+class SettingsError(ValueError):
+    """A configuration value is invalid; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = DEFAULT_REDIS_URL
+    redis_url_given: bool = False
+    watch_roots: tuple[Path, ...] = ()
+    state_dir: Path = field(default_factory=lambda: Path(DEFAULT_STATE_DIR).expanduser())
+    chem_xsub: str = DEFAULT_CHEM_XSUB
+    chem_xsub_given: bool = False
+    chem_xpub: str = DEFAULT_CHEM_XPUB
+    worker_max_memory_mb: int = DEFAULT_WORKER_MAX_MEMORY_MB
+    exploration_interval: int = DEFAULT_EXPLORATION_INTERVAL
+    exclude: tuple[str, ...] = ()
+    debounce_ms: int = DEFAULT_DEBOUNCE_MS
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    docstring_threshold: int = DEFAULT_DOCSTRING_THRESHOLD
+    stream_maxlen: int = DEFAULT_STREAM_MAXLEN
+    blob_ttl: int = DEFAULT_BLOB_TTL
+    task_time_limit: int = DEFAULT_TASK_TIME_LIMIT
+    visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES
+    pending_limit: int = DEFAULT_PENDING_LIMIT
+
+    @property
+    def worker_max_memory_kib(self) -> int:
+        """Celery's ``worker_max_memory_per_child`` is in KiB."""
+        return self.worker_max_memory_mb * 1024
+
+    def with_overrides(self, **changes) -> Settings:
+        return replace(self, **changes)
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def check_redis_url(name: str, url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_SCHEMES:
+        raise SettingsError(
+            f"{name}={url!r} must start with one of "
+            + ", ".join(s + "://" for s in REDIS_SCHEMES)
+        )
+    if parts.scheme in ("redis+socket", "unix"):
+        if not parts.path:
+            raise SettingsError(f"{name}={url!r} names no socket path")
+    elif not parts.hostname:
+        raise SettingsError(f"{name}={url!r} names no host")
+    try:
+        parts.port  # noqa: B018 - raises on a non-numeric port
+    except ValueError:
+        raise SettingsError(f"{name}={url!r} has an invalid port") from None
+    return url
+
+
+def check_zmq_endpoint(name: str, endpoint: str) -> str:
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep or scheme not in ZMQ_SCHEMES or not rest:
+        raise SettingsError(f"{name}={endpoint!r} is not a ZeroMQ endpoint like tcp://host:port")
+    if scheme == "tcp":
+        host, colon, port = rest.rpartition(":")
+        if not colon or not host or not (port.isdigit() or port == "*"):
+            raise SettingsError(f"{name}={endpoint!r} needs host:port")
+    return endpoint
+
+
+def _roots(env: Mapping[str, str]) -> tuple[Path, ...]:
+    raw = env.get("KLOROS_WATCH_ROOTS", "").strip()
+    if not raw:
+        return ()
+    roots = []
+    for part in raw.split(":"):
+        if not part:
+            continue
+        path = Path(part).expanduser()
+        if not path.is_dir():
+            raise SettingsError(f"KLOROS_WATCH_ROOTS: {part!r} is not a directory")
+        roots.append(path.resolve())
+    return tuple(roots)
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every KLOROS_* variable; raise SettingsError on the first bad one."""
+    env = os.environ if env is None else env
+    redis_url = env.get("KLOROS_REDIS_URL", "").strip()
+    chem_name, chem_xsub = "KLOROS_CHEM_XSUB", ""
+    for candidate in ("KLOROS_CHEM_XSUB", "KLR_UMN_XSUB", "KLR_CHEM_XSUB"):
+        if env.get(candidate, "").strip():
+            chem_name, chem_xsub = candidate, env[candidate].strip()
+            break
+    exclude = tuple(p for p in env.get("KLOROS_EXCLUDE", "").replace(",", ":").split(":") if p)
+    state_raw = env.get("KLOROS_STATE_DIR", "").strip() or DEFAULT_STATE_DIR
+    state_dir = Path(state_raw).expanduser()
+    if state_dir.exists() and not state_dir.is_dir():
+        raise SettingsError(f"KLOROS_STATE_DIR={state_raw!r} exists and is not a directory")
+    task_time_limit = _int(env, "KLOROS_TASK_TIME_LIMIT", DEFAULT_TASK_TIME_LIMIT, 2)
+    visibility = _int(env, "KLOROS_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT, 5)
+    if visibility <= task_time_limit:
+        raise SettingsError(
+            f"KLOROS_VISIBILITY_TIMEOUT={visibility} must exceed the task time limit"
+            f" ({task_time_limit} s), or long tasks would run twice"
+        )
+    return Settings(
+        redis_url=check_redis_url("KLOROS_REDIS_URL", redis_url) if redis_url else DEFAULT_REDIS_URL,
+        redis_url_given=bool(redis_url),
+        watch_roots=_roots(env),
+        state_dir=state_dir,
+        chem_xsub=check_zmq_endpoint(chem_name, chem_xsub) if chem_xsub else DEFAULT_CHEM_XSUB,
+        chem_xsub_given=bool(chem_xsub),
+        chem_xpub=check_zmq_endpoint(
+            "KLOROS_CHEM_XPUB", env.get("KLOROS_CHEM_XPUB", "").strip() or DEFAULT_CHEM_XPUB
+        ),
+        worker_max_memory_mb=_int(
+            env, "KLOROS_WORKER_MAX_MEMORY_MB", DEFAULT_WORKER_MAX_MEMORY_MB, 32
+        ),
+        exploration_interval=_int(
+            env, "KLOROS_EXPLORATION_INTERVAL", DEFAULT_EXPLORATION_INTERVAL, 5
+        ),
+        exclude=exclude,
+        debounce_ms=_int(env, "KLOROS_DEBOUNCE_MS", DEFAULT_DEBOUNCE_MS, 0),
+        max_file_bytes=_int(env, "KLOROS_MAX_FILE_BYTES", DEFAULT_MAX_FILE_BYTES, 1),
+        docstring_threshold=_int(env, "KLOROS_DOCSTRING_THRESHOLD", DEFAULT_DOCSTRING_THRESHOLD),
+        stream_maxlen=_int(env, "KLOROS_STREAM_MAXLEN", DEFAULT_STREAM_MAXLEN, 100),
+        blob_ttl=_int(env, "KLOROS_BLOB_TTL", DEFAULT_BLOB_TTL, 10),
+        task_time_limit=task_time_limit,
+        visibility_timeout=visibility,
+        max_deliveries=_int(env, "KLOROS_MAX_DELIVERIES", DEFAULT_MAX_DELIVERIES, 1),
+        pending_limit=_int(env, "KLOROS_PENDING_LIMIT", DEFAULT_PENDING_LIMIT, 1),
+    )

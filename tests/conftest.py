@@ -1,0 +1,38 @@
+"""Shared fixtures: a private redis-server for the whole session, never the one on 6379."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from kloros_tasks.connections import redis_client
+from kloros_tasks.embedded import EmbeddedRedis
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    # A short directory under /tmp: unix socket paths are limited to ~107 bytes.
+    directory = Path(tempfile.mkdtemp(prefix="kl-redis-"))
+    server = EmbeddedRedis(directory, persist=False).start()
+    yield server
+    server.stop()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    """URL of the private server, emptied before each test (it is ours alone)."""
+    client = redis_client(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def r(redis_url):
+    client = redis_client(redis_url)
+    yield client
+    client.close()
