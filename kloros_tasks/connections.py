@@ -29,11 +29,12 @@ def broker_url(url: str) -> str:
 
 def redis_client(url: str, *, socket_timeout: float | None = SOCKET_TIMEOUT) -> redis.Redis:
     """A client with keepalive and health checks, so a restarted server is noticed."""
-    return redis.Redis.from_url(
-        client_url(url),
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=CONNECT_TIMEOUT,
-        socket_keepalive=True,
-        health_check_interval=HEALTH_CHECK_INTERVAL,
-        retry_on_timeout=True,
-    )
+    url = client_url(url)
+    options = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "health_check_interval": HEALTH_CHECK_INTERVAL,
+    }
+    if not url.startswith("unix://"):
+        options["socket_keepalive"] = True  # TCP only; unix sockets refuse the option
+    return redis.Redis.from_url(url, **options)
