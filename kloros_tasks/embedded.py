@@ -80,7 +80,8 @@ class EmbeddedRedis:
             except (redis.ConnectionError, redis.TimeoutError, OSError):
                 time.sleep(0.02)
         self.stop()
-        raise EmbeddedRedisError(f"redis-server did not answer on {self.socket} in {START_TIMEOUT} s")
+        raise EmbeddedRedisError(
+            f"redis-server did not answer on {self.socket} in {START_TIMEOUT} s")
 
     def stop(self, timeout: float = 5.0) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -74,11 +74,6 @@ class RedisIndex:
         raw = self.r.hget(self._facts_key, path)
         return None if raw is None else FileFacts.from_json(json.loads(raw))
 
-    def stored_digest(self, path: str) -> str | None:
-        """The content digest the stored facts were extracted from, if any."""
-        f = self.facts(path)
-        return None if f is None else f.data.get("_sha256")
-
     def who(self, relation: str, value: str) -> frozenset[str]:
         return frozenset(m.decode() if isinstance(m, bytes) else m
                          for m in self.r.smembers(self._key(relation, value)))

@@ -104,3 +104,6 @@ def attempts(task_id: str) -> str:
 
 def instance_lock(state_dir_id: str) -> str:
     return f"kloros:up:{state_dir_id}"
+
+
+SKIPPED = "kloros:skipped"  # HASH "<detector>:<root>:<path>" -> why the file was not analysed

@@ -147,7 +147,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             f" ({task_time_limit} s), or long tasks would run twice"
         )
     return Settings(
-        redis_url=check_redis_url("KLOROS_REDIS_URL", redis_url) if redis_url else DEFAULT_REDIS_URL,
+        redis_url=(check_redis_url("KLOROS_REDIS_URL", redis_url) if redis_url
+                   else DEFAULT_REDIS_URL),
         redis_url_given=bool(redis_url),
         watch_roots=_roots(env),
         state_dir=state_dir,

@@ -1,0 +1,146 @@
+"""What a file-change task does, minus Celery: validate, fetch, analyse, publish.
+
+``handle_change`` is called by the thin tasks in tasks.py with a Redis client, a
+Publisher and a detector.  It never raises for bad input: it returns an outcome word
+and logs why.  Redis errors propagate so the task layer retries them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import blobs, engine, names
+from .detectors.base import FileDetector
+from .index import RedisIndex
+from .payload import Change, PayloadError, parse
+from .publish import Publisher
+
+log = logging.getLogger(__name__)
+LOCK_TIMEOUT = 30
+LOCK_WAIT = 60
+
+
+@dataclass(frozen=True)
+class Context:
+    client: object
+    publisher: Publisher
+    max_file_bytes: int
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def registered_root(client, root: str) -> dict | None:
+    raw = client.hget(names.ROOTS, root)
+    if raw is None:
+        return None
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _local_copy(root_info: dict, change: Change) -> bytes | None:
+    """The file from this host's disk when the blob expired, only if it is the same bytes."""
+    if root_info.get("host") != socket.gethostname() or not root_info.get("path"):
+        return None
+    path = Path(root_info["path"]) / change.path
+    try:
+        if path.is_symlink() or not path.is_file():
+            return None
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    return raw if hashlib.sha256(raw).hexdigest() == change.sha256 else None
+
+
+def _content(ctx: Context, root_info: dict, change: Change) -> tuple[bytes | None, str | None]:
+    """(bytes, None) to analyse, or (None, reason) when the change has no analysable content."""
+    if change.event == "deleted":
+        return None, None
+    if change.skip:
+        return None, change.skip
+    raw = blobs.fetch(ctx.client, change.sha256)
+    if raw is not None and hashlib.sha256(raw).hexdigest() != change.sha256:
+        raw = None  # never analyse bytes that are not the ones named
+    if raw is None:
+        raw = _local_copy(root_info, change)
+        if raw is None:
+            return None, "superseded"
+    if len(raw) > ctx.max_file_bytes:
+        return None, f"too large ({len(raw)} bytes > {ctx.max_file_bytes})"
+    return raw, None
+
+
+def decode_payload(obj) -> Change:
+    if isinstance(obj, str | bytes):
+        try:
+            obj = json.loads(obj)
+        except ValueError as exc:
+            raise PayloadError(f"payload is not JSON: {exc}") from exc
+    return parse(obj)
+
+
+def handle_change(ctx: Context, detector: FileDetector, obj) -> str:
+    """Analyse one change; returns "refused", "duplicate", "superseded", "skipped",
+    "syntax-error" or "analysed"."""
+    try:
+        change = decode_payload(obj)
+    except PayloadError as exc:
+        log.warning("%s: refused malformed task payload: %s", detector.name, exc)
+        return "refused"
+    root_info = registered_root(ctx.client, change.root)
+    if root_info is None:
+        log.warning("%s: refused %s:%s: no watcher registered the root %r",
+                    detector.name, change.root, change.path, change.root)
+        return "refused"
+    try:
+        return _analyse(ctx, detector, change, root_info)
+    finally:
+        if change.sha256:
+            blobs.release(ctx.client, change.sha256)
+
+
+def _analyse(ctx: Context, detector: FileDetector, change: Change, root_info: dict) -> str:
+    index = RedisIndex(ctx.client, detector.name, change.root)
+    key = f"{detector.name}:{change.root}:{change.path}"
+    if change.sha256 and engine.stored_digest(index, change.path) == change.sha256:
+        return "duplicate"  # delivered twice, or a rename back: already in the index
+    raw, reason = _content(ctx, root_info, change)
+    if reason == "superseded":
+        log.info("%s: %s changed again before analysis; the newer task covers it",
+                 detector.name, key)
+        return "superseded"
+    text = None
+    if raw is not None:
+        try:
+            text = engine.decode_source(change.path, raw)
+        except engine.NotText as exc:
+            reason = str(exc)
+    if reason:
+        log.warning("%s: not analysing %s: %s", detector.name, key, reason)
+        ctx.client.hset(names.SKIPPED, key, reason)
+    else:
+        ctx.client.hdel(names.SKIPPED, key)
+    with ctx.client.lock(names.lock(detector.name, change.root), timeout=LOCK_TIMEOUT,
+                         blocking_timeout=LOCK_WAIT):
+        applied = engine.apply_change(detector, index, change.path, text, change.sha256)
+        for owner, questions in engine.evaluate(detector, index, applied.owners).items():
+            ctx.publisher.sync(detector.name, change.root, owner, questions)
+    return _record_error(ctx, key, applied.error) or ("skipped" if reason else "analysed")
+
+
+def _record_error(ctx: Context, key: str, error: str | None) -> str | None:
+    if error is None:
+        ctx.client.hdel(names.SYNTAX_ERRORS, key)
+        return None
+    log.info("%s does not parse (%s); keeping its previous facts", key, error)
+    ctx.client.hset(names.SYNTAX_ERRORS, key, error)
+    return "syntax-error"

@@ -1,0 +1,96 @@
+"""The Celery application: ``celery -A kloros_tasks.celery_app worker|beat|inspect|flower``.
+
+Configuration follows docs/architecture.md ("Delivery and limits"): JSON only, late
+acks with redelivery of tasks whose worker died, one task prefetched at a time, hard
+time limits well below the Redis visibility timeout, results ignored, and transport
+health checks so that a worker notices a restarted Redis.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from celery import Celery
+from kombu import Queue
+
+from . import names
+from .connections import broker_url
+from .settings import Settings, SettingsError, from_env
+
+SOFT_LIMIT_MARGIN = 5  # seconds between the soft and the hard time limit
+WORKER_LOST_WAIT = 10.0
+BEAT_SCHEDULER = "kloros_tasks.beatstore:JSONScheduler"
+
+
+def configure(app: Celery, settings: Settings) -> None:
+    """Apply every setting that the workers, beat and the producer must agree on."""
+    import beat_schedule  # noqa: PLC0415 - top-level module installed with the package
+
+    app.conf.update(
+        broker_url=broker_url(settings.redis_url),
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            "health_check_interval": 10,
+            "socket_keepalive": True,
+            "socket_timeout": 15,
+            "socket_connect_timeout": 5,
+            "retry_on_timeout": True,
+        },
+        broker_heartbeat=0,
+        result_backend=None,
+        task_ignore_result=True,
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.task_time_limit,
+        task_soft_time_limit=max(1, settings.task_time_limit - SOFT_LIMIT_MARGIN),
+        worker_max_memory_per_child=settings.worker_max_memory_kib,
+        worker_lost_wait=WORKER_LOST_WAIT,
+        worker_send_task_events=True,
+        task_send_sent_event=False,
+        worker_hijack_root_logger=True,
+        task_queues=[Queue(q, routing_key=q) for q in names.QUEUES],
+        task_default_queue=names.KNOWLEDGE,
+        task_create_missing_queues=False,
+        task_routes={
+            **{task: {"queue": det} for det, task in names.TASK_ANALYZE.items()},
+            names.TASK_EXPLORATION_SCAN: {"queue": names.EXPLORATION},
+        },
+        beat_schedule=beat_schedule.schedule(settings.exploration_interval),
+        beat_scheduler=BEAT_SCHEDULER,
+        beat_schedule_filename=str(settings.state_dir / "celerybeat-schedule.json"),
+        timezone="UTC",
+        enable_utc=True,
+    )
+    # Kept on the app object, not in conf: conf is sent over the wire by `inspect conf`.
+    app.kloros_settings = settings
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    app = Celery("kloros_tasks", include=["kloros_tasks.tasks"])
+    configure(app, settings or from_env())
+    return app
+
+
+def _load() -> Celery:
+    try:
+        return create_app()
+    except SettingsError as exc:
+        # One clear line instead of a traceback from deep inside Celery's loader.
+        print(f"kloros-tasks: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+app = _load()
+
+
+def settings_of(celery_app: Celery) -> Settings:
+    return celery_app.kloros_settings

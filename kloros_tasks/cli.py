@@ -1,0 +1,120 @@
+"""The ``kloros-tasks`` command: parse arguments, load settings, call the right module.
+
+Exit statuses: 0 ok, 1 findings at or above ``--fail-on`` / degraded, 2 usage or
+configuration error (one line naming the problem).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .questions import SEVERITIES
+from .settings import Settings, SettingsError, from_env
+
+
+def _roots(args_paths: list[str], settings: Settings) -> list[Path]:
+    paths = [Path(p) for p in args_paths] or list(settings.watch_roots)
+    if not paths:
+        raise SettingsError("no PATH given and KLOROS_WATCH_ROOTS is empty")
+    roots = []
+    for p in paths:
+        if not p.is_dir():
+            raise SettingsError(f"{p} is not a directory")
+        roots.append(p.resolve())
+    return roots
+
+
+def cmd_scan(args, settings: Settings) -> int:
+    from .scan import run_scan  # noqa: PLC0415 - keep start-up of other commands light
+
+    return run_scan(settings, _roots(args.paths, settings), detectors=args.detector,
+                    fmt=args.format, fail_on=args.fail_on)
+
+
+def cmd_up(args, settings: Settings) -> int:
+    from .supervisor import AlreadyRunning  # noqa: PLC0415
+    from .up import run_up  # noqa: PLC0415
+
+    if args.redis:
+        settings = settings.with_overrides(redis_url=args.redis, redis_url_given=True)
+    roots = _roots(args.paths or ["."], settings)
+    try:
+        return run_up(settings, roots, fmt=args.format, concurrency=args.concurrency,
+                      single_worker=args.single_worker)
+    except AlreadyRunning as exc:
+        print(f"kloros-tasks: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_watch(args, settings: Settings) -> int:
+    from .producer import run_watch  # noqa: PLC0415
+
+    return run_watch(settings, _roots(args.paths, settings))
+
+
+def cmd_questions(args, settings: Settings) -> int:
+    from .reader import run_questions  # noqa: PLC0415
+
+    return run_questions(settings, follow=args.follow, signal=args.signal,
+                         open_only=args.open, fmt=args.format, count=args.count)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kloros-tasks", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("scan", help="one-shot in-process analysis, no broker")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--detector", action="append", metavar="D",
+                   help="only this file detector (repeatable)")
+    p.add_argument("--format", choices=("text", "jsonl"), default="text")
+    p.add_argument("--fail-on", choices=SEVERITIES, metavar="SEVERITY",
+                   help="exit 1 when a question at or above this severity is found")
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("up", help="the whole pipeline in the foreground")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="roots to watch (default: .)")
+    p.add_argument("--redis", metavar="URL", help="use this Redis instead of an embedded one")
+    p.add_argument("--format", choices=("text", "jsonl"), default="text")
+    p.add_argument("--concurrency", type=int, default=1, help="pool processes per worker")
+    p.add_argument("--single-worker", action="store_true",
+                   help="one worker on all queues (lowest memory)")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("watch", help="the watchdog producer alone")
+    p.add_argument("paths", nargs="*", metavar="PATH")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("questions", help="read published questions back")
+    p.add_argument("--follow", action="store_true", help="keep printing new ones")
+    p.add_argument("--signal", metavar="S", help="only this signal (channel)")
+    p.add_argument("--open", action="store_true", help="the currently open questions")
+    p.add_argument("--count", type=int, default=100, help="how many recent entries")
+    p.add_argument("--format", choices=("text", "jsonl"), default="text")
+    p.set_defaults(func=cmd_questions)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        settings = from_env()
+        return args.func(args, settings)
+    except SettingsError as exc:
+        print(f"kloros-tasks: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Thin Celery tasks: count the delivery, hand the payload to analysis, log the outcome.
+
+Cross-cutting behaviour lives in ``KlorosTask``: one Redis client and Publisher per
+worker process (created after the fork), a delivery counter that parks a message
+which keeps killing its worker in ``kloros:deadletter``, and retries with backoff
+for transient Redis errors only.  Bad input is never retried.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import redis
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+
+from . import names
+from .analysis import Context, handle_change
+from .celery_app import app, settings_of
+from .connections import redis_client
+from .publish import Publisher
+from .registry import file_detector
+
+log = logging.getLogger(__name__)
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+
+
+class KlorosTask(Task):
+    abstract = True
+    autoretry_for = TRANSIENT
+    retry_backoff = 1
+    retry_backoff_max = 60
+    retry_jitter = True
+    max_retries = 20
+    _client = None
+    _pid = None
+
+    @property
+    def settings(self):
+        return settings_of(self.app)
+
+    @property
+    def client(self):
+        # One client per process: a client inherited across fork shares its sockets.
+        if self._client is None or self._pid != os.getpid():
+            type(self)._client = redis_client(self.settings.redis_url)
+            type(self)._pid = os.getpid()
+        return self._client
+
+    def context(self) -> Context:
+        publisher = Publisher(self.client, stream_maxlen=self.settings.stream_maxlen)
+        return Context(self.client, publisher, self.settings.max_file_bytes)
+
+    def __call__(self, *args, **kwargs):
+        task_id = self.request.id
+        if task_id and self._over_delivered(task_id, args):
+            return "dead-lettered"
+        try:
+            result = super().__call__(*args, **kwargs)
+        except SoftTimeLimitExceeded:
+            # Deterministic: the same input would time out again, so park it now.
+            self._dead_letter(task_id, args, f"exceeded the {self.settings.task_time_limit} s"
+                              " time limit")
+            return "dead-lettered"
+        if task_id:
+            self.client.delete(names.attempts(task_id))
+        return result
+
+    def _over_delivered(self, task_id: str, args) -> bool:
+        key = names.attempts(task_id)
+        pipe = self.client.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, self.settings.visibility_timeout * (self.settings.max_deliveries + 2))
+        deliveries = pipe.execute()[0]
+        if deliveries <= self.settings.max_deliveries:
+            return False
+        self._dead_letter(task_id, args, f"delivered {deliveries} times; its worker died each time")
+        self.client.delete(key)
+        return True
+
+    def _dead_letter(self, task_id, args, reason: str) -> None:
+        entry = {"task": self.name, "id": task_id, "args": list(args), "reason": reason,
+                 "ts": time.time()}
+        log.error("%s %s parked in %s: %s", self.name, task_id, names.DEADLETTER, reason)
+        self.client.rpush(names.DEADLETTER, json.dumps(entry))
+
+
+def _analyze(task: KlorosTask, detector_name: str, args: tuple, kwargs: dict) -> str:
+    # Accept any call shape so that a malformed message is refused and acknowledged
+    # by handle_change instead of failing inside Celery's argument binding.
+    payload = args[0] if len(args) == 1 and not kwargs else {"args": list(args), **kwargs}
+    detector = file_detector(detector_name, task.settings)
+    outcome = handle_change(task.context(), detector, payload)
+    log.debug("%s %s: %s", task.name, task.request.id, outcome)
+    return outcome
+
+
+@app.task(name=names.TASK_ANALYZE[names.KNOWLEDGE], base=KlorosTask, bind=True)
+def analyze_knowledge(self, *args, **kwargs):
+    return _analyze(self, names.KNOWLEDGE, args, kwargs)

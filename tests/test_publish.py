@@ -1,0 +1,89 @@
+"""The open-question ledger publishes each question once and resolves it once."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from kloros_tasks import names
+from kloros_tasks.publish import Publisher
+from kloros_tasks.questions import Question, loads
+
+
+def q(subject: str, owner: str = "docs/a.md") -> Question:
+    return Question(detector=names.KNOWLEDGE, rule="unindexed_doc", subject=subject, owner=owner,
+                    hypothesis=f"UNINDEXED_DOC: {subject}", question=f"Is {subject} linked?",
+                    severity="low", evidence=(f"{owner}:1 no inbound link",))
+
+
+def stream_envelopes(r) -> list[dict]:
+    return [json.loads(f[b"envelope"]) for _id, f in r.xrange(names.STREAM)]
+
+
+def test_a_new_question_goes_to_channel_and_stream_once(r):
+    pubsub = r.pubsub()
+    pubsub.psubscribe(names.CHANNEL_PATTERN)
+    pubsub.get_message(timeout=1)
+    publisher = Publisher(r, host="h1")
+    first = publisher.sync(names.KNOWLEDGE, "repo", "docs/a.md", [q("a")])
+    again = publisher.sync(names.KNOWLEDGE, "repo", "docs/a.md", [q("a")])
+    assert first.opened == (q("a").id,) and again.opened == ()
+    message = pubsub.get_message(timeout=2)
+    assert message["channel"] == b"curiosity.knowledge_question"
+    assert pubsub.get_message(timeout=0.2) is None
+    (env,) = stream_envelopes(r)
+    assert message["data"] == json.dumps(env, separators=(",", ":")).encode()
+    assert env["facts"]["metadata"] == {"detector": "knowledge", "rule": "unindexed_doc",
+                                        "paths": ["docs/a.md"], "root": "repo", "host": "h1"}
+    assert loads(message["data"])["facts"]["question_id"].startswith("knowledge.unindexed_doc.")
+
+
+def test_a_question_that_stops_holding_is_resolved_once(r):
+    publisher = Publisher(r)
+    opened = publisher.sync(names.KNOWLEDGE, "repo", "docs/a.md", [q("a"), q("b")])
+    resolved = publisher.sync(names.KNOWLEDGE, "repo", "docs/a.md", [q("b")])
+    nothing = publisher.sync(names.KNOWLEDGE, "repo", "docs/a.md", [q("b")])
+    assert set(opened.opened) == {q("a").id, q("b").id}
+    assert resolved.resolved == (q("a").id,) and nothing.resolved == ()
+    notices = [e for e in stream_envelopes(r) if e["signal"] == names.CHANNEL_RESOLVED]
+    assert [n["facts"]["question_id"] for n in notices] == [q("a").id]
+    assert notices[0]["facts"]["metadata"]["paths"] == ["docs/a.md"]
+    assert r.hexists(names.LEDGER, q("b").id) and not r.hexists(names.LEDGER, q("a").id)
+
+
+def test_owners_are_independent(r):
+    publisher = Publisher(r)
+    publisher.sync(names.KNOWLEDGE, "repo", "docs/a.md", [q("a")])
+    result = publisher.sync(names.KNOWLEDGE, "repo", "docs/b.md", [])
+    assert result.resolved == () and r.hexists(names.LEDGER, q("a").id)
+
+
+def test_racing_workers_publish_a_question_exactly_once(r, redis_url):
+    from kloros_tasks.connections import redis_client
+
+    barrier = threading.Barrier(8)
+    results = []
+
+    def work():
+        client = redis_client(redis_url)
+        publisher = Publisher(client)
+        barrier.wait()
+        results.append(publisher.sync(names.KNOWLEDGE, "repo", "docs/a.md", [q("a")]))
+        client.close()
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(len(res.opened) for res in results) == 1
+    assert len(stream_envelopes(r)) == 1
+
+
+def test_the_first_seen_timestamp_survives_later_syncs(r):
+    times = iter([100.0, 200.0])
+    publisher = Publisher(r, clock=lambda: next(times))
+    publisher.sync(names.KNOWLEDGE, "repo", "docs/a.md", [q("a")])
+    publisher.sync(names.KNOWLEDGE, "repo", "docs/a.md", [q("a")])
+    (env,) = publisher.open_questions()
+    assert env["facts"]["timestamp"] == 100.0
