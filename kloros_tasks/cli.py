@@ -63,6 +63,28 @@ def cmd_questions(args, settings: Settings) -> int:
                          open_only=args.open, fmt=args.format, count=args.count)
 
 
+def _stop_on_signals():
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def cmd_bridge(args, settings: Settings) -> int:
+    from .bridge import run_bridge  # noqa: PLC0415
+
+    return run_bridge(settings, _stop_on_signals())
+
+
+def cmd_chem_proxy(args, settings: Settings) -> int:
+    from .chemproxy import run_proxy  # noqa: PLC0415
+
+    return run_proxy(settings.chem_xsub, settings.chem_xpub, _stop_on_signals())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kloros-tasks", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -90,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("watch", help="the watchdog producer alone")
     p.add_argument("paths", nargs="*", metavar="PATH")
     p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("bridge", help="the Redis-to-ChemBus bridge alone")
+    p.set_defaults(func=cmd_bridge)
+
+    p = sub.add_parser("chem-proxy", help="a ZeroMQ XSUB/XPUB proxy (KLOROS_CHEM_XSUB/XPUB)")
+    p.set_defaults(func=cmd_chem_proxy)
 
     p = sub.add_parser("questions", help="read published questions back")
     p.add_argument("--follow", action="store_true", help="keep printing new ones")

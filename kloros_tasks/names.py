@@ -107,3 +107,17 @@ def instance_lock(state_dir_id: str) -> str:
 
 
 SKIPPED = "kloros:skipped"  # HASH "<detector>:<root>:<path>" -> why the file was not analysed
+
+# --- the ChemBus bridge ---------------------------------------------------------------
+BRIDGE_HELD = "kloros:bridge:held"  # HASH question_id -> envelope waiting for budget
+BRIDGE_HEARTBEAT = "kloros:bridge:heartbeat"  # STRING JSON, with TTL
+
+
+def bridge_backlog(detector: str) -> str:
+    """ZSET question_id scored by severity then age: what waits for the detector's budget."""
+    return f"kloros:bridge:backlog:{detector}"
+
+
+def bridge_sent(detector: str) -> str:
+    """ZSET incident_id -> send time: the sliding window the budget is counted in."""
+    return f"kloros:bridge:sent:{detector}"

@@ -28,6 +28,15 @@ DEFAULT_VISIBILITY_TIMEOUT = 300
 DEFAULT_MAX_DELIVERIES = 3
 DEFAULT_PENDING_LIMIT = 100_000
 
+# What the bridge forwards to ChemBus per detector: (questions, per seconds); 0 = unlimited.
+# The original daemons' expected rates.
+DEFAULT_BUDGETS = {
+    "integration": (5, 3600),
+    "capability": (10, 3600),
+    "knowledge": (10, 3600),
+    "exploration": (2, 300),
+}
+
 REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "unix")
 ZMQ_SCHEMES = ("tcp", "ipc", "inproc")
 
@@ -57,6 +66,15 @@ class Settings:
     visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
     max_deliveries: int = DEFAULT_MAX_DELIVERIES
     pending_limit: int = DEFAULT_PENDING_LIMIT
+    budgets: tuple[tuple[str, int, int], ...] = tuple(
+        (d, n, w) for d, (n, w) in DEFAULT_BUDGETS.items())
+
+    def budget(self, detector: str) -> tuple[int, int]:
+        """(questions, per seconds) the bridge may forward for ``detector``; 0 = unlimited."""
+        for name, count, window in self.budgets:
+            if name == detector:
+                return count, window
+        return 0, 1
 
     @property
     def worker_max_memory_kib(self) -> int:
@@ -108,6 +126,23 @@ def check_zmq_endpoint(name: str, endpoint: str) -> str:
         if not colon or not host or not (port.isdigit() or port == "*"):
             raise SettingsError(f"{name}={endpoint!r} needs host:port")
     return endpoint
+
+
+def _budgets(env: Mapping[str, str]) -> tuple[tuple[str, int, int], ...]:
+    out = []
+    for detector, (count, window) in DEFAULT_BUDGETS.items():
+        name = f"KLOROS_BUDGET_{detector.upper()}"
+        raw = env.get(name, "").strip()
+        if raw:
+            n, slash, w = raw.partition("/")
+            try:
+                count, window = int(n), (int(w) if slash else window)
+            except ValueError:
+                raise SettingsError(f"{name}={raw!r} is not COUNT or COUNT/SECONDS") from None
+            if count < 0 or window < 1:
+                raise SettingsError(f"{name}={raw!r}: COUNT >= 0 (0 = unlimited), SECONDS >= 1")
+        out.append((detector, count, window))
+    return tuple(out)
 
 
 def _roots(env: Mapping[str, str]) -> tuple[Path, ...]:
@@ -173,4 +208,5 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         visibility_timeout=visibility,
         max_deliveries=_int(env, "KLOROS_MAX_DELIVERIES", DEFAULT_MAX_DELIVERIES, 1),
         pending_limit=_int(env, "KLOROS_PENDING_LIMIT", DEFAULT_PENDING_LIMIT, 1),
+        budgets=_budgets(env),
     )

@@ -66,3 +66,12 @@ def test_an_invalid_variable_stops_the_cli_with_status_2(capsys, monkeypatch):
     assert main(["questions"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "KLOROS_REDIS_URL" in err[0]
+
+
+def test_bridge_budgets_default_to_the_original_rates_and_can_be_changed():
+    assert from_env({}).budget("exploration") == (2, 300)
+    assert from_env({}).budget("knowledge") == (10, 3600)
+    s = from_env({"KLOROS_BUDGET_KNOWLEDGE": "0", "KLOROS_BUDGET_INTEGRATION": "7/60"})
+    assert s.budget("knowledge") == (0, 3600) and s.budget("integration") == (7, 60)
+    with pytest.raises(SettingsError, match="KLOROS_BUDGET_CAPABILITY"):
+        from_env({"KLOROS_BUDGET_CAPABILITY": "many"})
