@@ -121,3 +121,19 @@ def bridge_backlog(detector: str) -> str:
 def bridge_sent(detector: str) -> str:
     """ZSET incident_id -> send time: the sliding window the budget is counted in."""
     return f"kloros:bridge:sent:{detector}"
+
+
+# --- exploration ---------------------------------------------------------------------
+def exploration_state(host: str) -> str:
+    """STRING JSON: one host's previous inventory and recent readings."""
+    return f"kloros:exploration:state:{host}"
+
+
+def exploration_lock(host: str) -> str:
+    """Held while (and shortly after) a host scans, so duplicate sends do nothing."""
+    return f"kloros:exploration:lock:{host}"
+
+
+def exploration_opened(host: str) -> str:
+    """ZSET question_id -> time opened: the channel rate window of one host."""
+    return f"kloros:exploration:opened:{host}"

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from . import names
-from .questions import Question, dumps, open_envelope, resolved_envelope
+from .questions import SEVERITIES, Question, dumps, open_envelope, resolved_envelope
 
 _SYNC = """
 local ledger, owned, stream = KEYS[1], KEYS[2], KEYS[3]
@@ -72,20 +72,26 @@ class Publisher:
     def open_ids(self, detector: str, root: str, owner: str) -> set[str]:
         return {_text(m) for m in self.r.smembers(names.owned(detector, root, owner))}
 
-    def sync(self, detector: str, root: str, owner: str,
-             questions: Iterable[Question]) -> SyncResult:
-        """Make the open questions of ``owner`` exactly ``questions``; publish the difference."""
+    def sync(self, detector: str, root: str, owner: str, questions: Iterable[Question], *,
+             max_open: int | None = None, keep: Iterable[str] = ()) -> SyncResult:
+        """Make the open questions of ``owner`` exactly ``questions``; publish the difference.
+
+        ``max_open`` caps how many new questions open now (most severe first; the rest
+        are simply not open yet and are offered again by the next sync).  Ids in
+        ``keep`` are not resolved even if absent (their rule could not be decided).
+        """
         now = self.clock()
         current = {q.id: q for q in questions}
         already = self.open_ids(detector, root, owner)
-        args: list = [self.stream_maxlen, 0]
-        for qid, q in sorted(current.items()):
-            if qid in already:
-                continue
+        fresh = sorted((q for qid, q in current.items() if qid not in already),
+                       key=lambda q: (-SEVERITIES.index(q.severity), q.id))
+        if max_open is not None:
+            fresh = fresh[:max(0, max_open)]
+        args: list = [self.stream_maxlen, len(fresh)]
+        for q in fresh:
             env = dumps(open_envelope(q, root=root, host=self.host, now=now))
-            args += [qid, q.signal, env]
-            args[1] += 1
-        gone = sorted(already - current.keys())
+            args += [q.id, q.signal, env]
+        gone = sorted(already - current.keys() - set(keep))
         stored = self.r.hmget(names.LEDGER, gone) if gone else []
         for qid, raw in zip(gone, stored, strict=True):
             if raw is None:  # resolved meanwhile by someone else: just forget it

@@ -97,11 +97,13 @@ def _envelope(signal: str, intensity: float, facts: dict[str, Any], ts: float) -
 
 
 def metadata(q: Question, root: str, host: str) -> dict[str, Any]:
+    # Host-level findings (exploration) concern no file: their paths are empty.
+    paths = list(q.paths) if q.detector == names.EXPLORATION else list(q.paths or (q.owner,))
     meta = {
         "detector": q.detector,
         "rule": q.rule,
-        "paths": list(q.paths or (q.owner,)),
-        "root": root,
+        "paths": paths,
+        "root": root or None,  # host-level findings have no watched root
         "host": host,
     }
     meta.update(q.extra)

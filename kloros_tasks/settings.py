@@ -27,6 +27,7 @@ DEFAULT_TASK_TIME_LIMIT = 60
 DEFAULT_VISIBILITY_TIMEOUT = 300
 DEFAULT_MAX_DELIVERIES = 3
 DEFAULT_PENDING_LIMIT = 100_000
+DEFAULT_EXPLORATION_RATE = (2, 300)  # questions per seconds reaching the channel
 
 # What the bridge forwards to ChemBus per detector: (questions, per seconds); 0 = unlimited.
 # The original daemons' expected rates.
@@ -66,6 +67,7 @@ class Settings:
     visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
     max_deliveries: int = DEFAULT_MAX_DELIVERIES
     pending_limit: int = DEFAULT_PENDING_LIMIT
+    exploration_rate: tuple[int, int] = DEFAULT_EXPLORATION_RATE
     budgets: tuple[tuple[str, int, int], ...] = tuple(
         (d, n, w) for d, (n, w) in DEFAULT_BUDGETS.items())
 
@@ -128,20 +130,25 @@ def check_zmq_endpoint(name: str, endpoint: str) -> str:
     return endpoint
 
 
+def _rate(env: Mapping[str, str], name: str, default: tuple[int, int]) -> tuple[int, int]:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    n, slash, w = raw.partition("/")
+    try:
+        count, window = int(n), (int(w) if slash else default[1])
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not COUNT or COUNT/SECONDS") from None
+    if count < 0 or window < 1:
+        raise SettingsError(f"{name}={raw!r}: COUNT >= 0 (0 = unlimited), SECONDS >= 1")
+    return count, window
+
+
 def _budgets(env: Mapping[str, str]) -> tuple[tuple[str, int, int], ...]:
     out = []
     for detector, (count, window) in DEFAULT_BUDGETS.items():
         name = f"KLOROS_BUDGET_{detector.upper()}"
-        raw = env.get(name, "").strip()
-        if raw:
-            n, slash, w = raw.partition("/")
-            try:
-                count, window = int(n), (int(w) if slash else window)
-            except ValueError:
-                raise SettingsError(f"{name}={raw!r} is not COUNT or COUNT/SECONDS") from None
-            if count < 0 or window < 1:
-                raise SettingsError(f"{name}={raw!r}: COUNT >= 0 (0 = unlimited), SECONDS >= 1")
-        out.append((detector, count, window))
+        out.append((detector, *_rate(env, name, (count, window))))
     return tuple(out)
 
 
@@ -209,4 +216,5 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         max_deliveries=_int(env, "KLOROS_MAX_DELIVERIES", DEFAULT_MAX_DELIVERIES, 1),
         pending_limit=_int(env, "KLOROS_PENDING_LIMIT", DEFAULT_PENDING_LIMIT, 1),
         budgets=_budgets(env),
+        exploration_rate=_rate(env, "KLOROS_EXPLORATION_RATE", DEFAULT_EXPLORATION_RATE),
     )

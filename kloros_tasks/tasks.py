@@ -101,3 +101,13 @@ def _analyze(task: KlorosTask, detector_name: str, args: tuple, kwargs: dict) ->
 @app.task(name=names.TASK_ANALYZE[names.KNOWLEDGE], base=KlorosTask, bind=True)
 def analyze_knowledge(self, *args, **kwargs):
     return _analyze(self, names.KNOWLEDGE, args, kwargs)
+
+
+@app.task(name=names.TASK_EXPLORATION_SCAN, base=KlorosTask, bind=True)
+def exploration_scan(self, *args, **kwargs):
+    from .exploration_scan import run_scan  # noqa: PLC0415 - probes load only here
+
+    if args or kwargs:
+        log.warning("%s takes no arguments; ignoring %r %r", self.name, args, kwargs)
+    result = run_scan(self.client, self.context().publisher, self.settings)
+    return "skipped" if result is None else f"{len(result.opened)} opened"
