@@ -132,7 +132,8 @@ def _analyse(ctx: Context, detector: FileDetector, change: Change, root_info: di
     with ctx.client.lock(names.lock(detector.name, change.root), timeout=LOCK_TIMEOUT,
                          blocking_timeout=LOCK_WAIT):
         applied = engine.apply_change(detector, index, change.path, text, change.sha256)
-        for owner, questions in engine.evaluate(detector, index, applied.owners).items():
+        for owner, questions in engine.evaluate(detector, index, applied.owners,
+                                                 change.root).items():
             ctx.publisher.sync(detector.name, change.root, owner, questions)
     return _record_error(ctx, key, applied.error) or ("skipped" if reason else "analysed")
 

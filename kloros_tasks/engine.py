@@ -13,7 +13,7 @@ import tokenize
 from dataclasses import dataclass, replace
 
 from .detectors.base import FileDetector, FileFacts
-from .questions import Question
+from .questions import Question, in_root
 
 
 class NotText(ValueError):
@@ -30,7 +30,10 @@ def decode_source(path: str, raw: bytes) -> str:
         try:
             encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
         except SyntaxError as exc:
-            raise NotText(f"bad encoding declaration: {exc}") from exc
+            if "unknown encoding" in str(exc):
+                raise NotText(f"bad encoding declaration: {exc}") from exc
+            # No usable cookie and not UTF-8: let the decode below say where it breaks.
+            encoding = "utf-8"
     try:
         codecs.lookup(encoding)
         return raw.decode(encoding)
@@ -68,9 +71,10 @@ def apply_change(detector: FileDetector, index, path: str, text: str | None,
     return Applied(frozenset({path} | detector.affected(path, touched, index)))
 
 
-def evaluate(detector: FileDetector, index, owners) -> dict[str, list[Question]]:
-    """Every question each owner has now (an empty list resolves what it had)."""
-    return {owner: detector.evaluate(owner, index) for owner in sorted(owners)}
+def evaluate(detector: FileDetector, index, owners, root: str) -> dict[str, list[Question]]:
+    """Every question each owner of ``root`` has now (an empty list resolves what it had)."""
+    return {owner: [in_root(q, root) for q in detector.evaluate(owner, index)]
+            for owner in sorted(owners)}
 
 
 def stored_digest(index, path: str) -> str | None:

@@ -11,7 +11,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import names
@@ -75,6 +75,12 @@ class Question:
         if self.detector == names.EXPLORATION:
             return EXPLORATION_INTENSITY[self.severity]
         return FIXED_INTENSITY[self.detector]
+
+
+def in_root(q: Question, root: str) -> Question:
+    """The question as raised in watched root ``root``: the same relative path in two
+    roots is two problems, so the root name joins the subject (and thus the id)."""
+    return replace(q, subject=f"{root}:{q.subject}") if root else q
 
 
 def dumps(envelope: Mapping[str, Any]) -> str:

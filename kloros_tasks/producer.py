@@ -1,0 +1,632 @@
+"""The watchdog producer (``kloros-tasks watch``): file events in, analyze tasks out.
+
+Threads: watchdog's observer and emitter threads only push (root, path, kind) into
+an in-memory queue; one pump thread owns everything else (debounce, lstat, read,
+hash, blob, send, the ``kloros:seen:<root>`` hash, retries, heartbeat); the
+caller's thread supervises them all.  The kind an event carries is a hint: what is
+on disk when a path's quiet window ends decides what is sent.
+
+Delivery: a change is written to the seen hash only after every task for it was
+sent.  While Redis or the broker is unreachable, changes wait in memory (coalesced
+per path, bounded by ``settings.pending_limit``; past the bound the next contact
+reconciles every root) and are retried with exponential backoff, so none is lost.
+A failure in the middle of a batch may send a change twice; tasks are idempotent.
+
+inotify limits: watchdog adds one inotify watch per directory under each root,
+excluded directories included (inotify cannot prune a recursive watch), and silently
+skips subdirectories it cannot watch.  So the producer counts the directories first:
+more than ``fs.inotify.max_user_watches``, or an ENOSPC from watchdog, and it prints
+one line naming that sysctl and exits with status 1.  Raise it with
+``sysctl -w fs.inotify.max_user_watches=524288`` (persisted in /etc/sysctl.d/), or
+watch a smaller tree.  Events the kernel drops on a queue overflow are caught by a
+reconciliation every RECONCILE_EVERY seconds (one HGETALL and a walk when idle).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import queue
+import signal
+import socket
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import redis
+from kombu.exceptions import OperationalError
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from . import blobs, filters, names
+from .connections import broker_url, redis_client
+from .filters import SeenEntry
+from .payload import Change
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_INOTIFY, EXIT_CONFIG, EXIT_THREAD_DIED = 0, 1, 2, 3
+HEARTBEAT_EVERY = 5.0
+HEARTBEAT_TTL = 30
+RECONCILE_EVERY = 600.0
+INOTIFY_MAX_WATCHES = Path("/proc/sys/fs/inotify/max_user_watches")
+BATCH = 500  # paths per seen-hash pipeline
+MAX_DRAIN = 10_000  # inbox items taken before the pump ticks again
+IDLE_WAIT = 0.2
+SUPERVISE_EVERY = 0.2
+STOP_FLUSH_SECONDS = 2.0
+# Failures that mean "Redis or the broker is away for now": hold and retry.
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OperationalError, ConnectionError)
+GONE, IGNORE, LARGE, CONTENT = "gone", "ignore", "large", "content"
+
+Reader = Callable[[str, int], bytes]
+
+
+class WatchError(ValueError):
+    """The roots cannot be watched; the message is one line for the operator."""
+
+
+class Sender(Protocol):
+    def send(self, detector: str, payload: dict[str, Any]) -> None:
+        """Enqueue one analyze task for ``detector``; raise on a broker failure."""
+
+
+class CelerySender:
+    """Sends tasks by name through the Celery app of ``kloros_tasks.celery_app``, loaded
+    on first use; when the producer was given another Redis than the environment names,
+    an app configured from the producer's settings, so both talk to the same Redis."""
+
+    def __init__(self, settings: Settings | None = None, app: Any = None) -> None:
+        self._settings, self._app = settings, app
+
+    def _load(self) -> Any:
+        from . import celery_app  # noqa: PLC0415 - configure Celery only when sending
+
+        wanted = self._settings and broker_url(self._settings.redis_url)
+        if wanted and celery_app.app.conf.broker_url != wanted:
+            return celery_app.create_app(self._settings)
+        return celery_app.app
+
+    def send(self, detector: str, payload: dict[str, Any]) -> None:
+        if self._app is None:
+            self._app = self._load()
+        self._app.send_task(names.TASK_ANALYZE[detector], args=[payload], queue=detector)
+
+
+@dataclass(frozen=True)
+class Root:
+    name: str
+    path: str  # absolute, symlinks resolved
+
+
+def resolve_roots(paths: Iterable[str | os.PathLike]) -> list[Root]:
+    """The watched roots, named by ``root_name``; raise WatchError when one is not a
+    directory, when two share a name, or when there is none."""
+    by_name: dict[str, str] = {}
+    for raw in paths:
+        path = os.path.realpath(os.fspath(raw))
+        if not os.path.isdir(path):
+            raise WatchError(f"watch root {os.fspath(raw)!r} is not a directory")
+        name = filters.root_name(path)
+        if by_name.get(name, path) != path:
+            raise WatchError(
+                f"watch roots {by_name[name]} and {path} have the same name {name!r};"
+                " root names must be unique (rename or move one of them)"
+            )
+        by_name[name] = path
+    if not by_name:
+        raise WatchError("no watch root given (PATH arguments or KLOROS_WATCH_ROOTS)")
+    return [Root(name, path) for name, path in by_name.items()]
+
+
+def read_file(path: str, limit: int) -> bytes:
+    """At most ``limit`` bytes of a regular file; never follows a symlink and never
+    blocks on a FIFO swapped in after the lstat."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        return f.read(limit)
+
+
+def inotify_watch_limit() -> int | None:
+    """``fs.inotify.max_user_watches``, or None where it cannot be read (not Linux)."""
+    try:
+        return int(INOTIFY_MAX_WATCHES.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def count_dirs(path: str, stop_after: int) -> int:
+    """Directories watchdog would watch under ``path`` (itself included, symlinks not
+    followed), counting no further than ``stop_after`` + 1."""
+    count, stack = 0, [path]
+    while stack and count <= stop_after:
+        count += 1
+        with contextlib.suppress(OSError), os.scandir(stack.pop()) as it:
+            stack.extend(e.path for e in it if e.is_dir(follow_symlinks=False))
+    return count
+
+
+def _under_symlink(base: str, rel: str) -> bool:
+    """True when a directory between the root and ``rel`` is a symlink."""
+    current = base
+    for part in rel.split("/")[:-1]:
+        current = os.path.join(current, part)
+        if os.path.islink(current):
+            return True
+    return False
+
+
+def _redis(url: str) -> redis.Redis:
+    client = redis_client(url)
+    # No retries inside redis-py: the pump has its own backoff and must not stall
+    # for seconds on every call while Redis is away.
+    client.set_retry(Retry(NoBackoff(), 0))
+    return client
+
+
+class _Handler(FileSystemEventHandler):
+    """Only pushes into the inbox: anything slower would stall watchdog's threads."""
+
+    def __init__(self, root: str, inbox: queue.SimpleQueue) -> None:
+        self.root = root
+        self.inbox = inbox
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        src, dest = os.fsdecode(event.src_path), os.fsdecode(event.dest_path)
+        for path, kind in filters.event_changes(event.event_type, src, dest, event.is_directory):
+            self.inbox.put((self.root, path, kind))
+
+
+class Watcher:
+    """Watches roots and sends one task per interested detector for each change."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        roots: Iterable[str | os.PathLike],
+        *,
+        sender: Sender | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        reader: Reader = read_file,
+        observer_factory: Callable[[], Any] = Observer,
+        clock: Callable[[], float] = time.monotonic,
+        watch_limit: Callable[[], int | None] = inotify_watch_limit,
+    ) -> None:
+        self.settings = settings
+        self.roots = resolve_roots(roots)
+        self.by_name = {root.name: root for root in self.roots}
+        self.progress, self.observer_factory, self.clock = progress, observer_factory, clock
+        self.watch_limit = watch_limit
+        self.client = _redis(settings.redis_url)
+        sender = sender if sender is not None else CelerySender(settings)
+        self.sync = Syncer(settings, self.client, sender, reader, self.roots)
+        self.host = socket.gethostname()
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.debouncer = filters.Debouncer(settings.debounce_ms / 1000)
+        self.pending = filters.PendingChanges(settings.pending_limit)
+        self.backoff = filters.Backoff()
+        self.redis_up, self.retry_at = True, 0.0
+        self.registered, self.reconcile_needed, self.initial_done = False, True, False
+        self.observers: list[Any] = []
+        self.pump_thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._last_beat = self._last_reconcile = float("-inf")
+        self._gone_dirs: dict[str, set[str]] = {}  # root name -> vanished directories
+
+    @property
+    def held(self) -> int:
+        """Changes received but not yet sent."""
+        return len(self.pending) + len(self.debouncer)
+
+    # --- lifecycle (caller's thread) ---------------------------------------------------
+    def run(self, stop_event: threading.Event | None = None) -> int:
+        """Watch until ``stop_event`` is set (status 0) or a thread dies (status 3);
+        status 1 when the inotify limits are too low for the roots."""
+        stop_event = stop_event if stop_event is not None else threading.Event()
+        try:
+            self._start_observers()
+        except OSError as exc:
+            self._stop_observers()
+            self.client.close()
+            advice = filters.inotify_advice(exc.errno, exc.strerror or str(exc))
+            if advice is None:
+                raise
+            print(advice, file=sys.stderr)
+            return EXIT_INOTIFY
+        self.pump_thread = threading.Thread(target=self._pump, name="kloros-watch-pump",
+                                            daemon=True)
+        self.pump_thread.start()
+        try:
+            return self._supervise(stop_event)
+        finally:
+            self._shutdown()
+
+    def _start_observers(self) -> None:
+        limit = self.watch_limit()
+        if limit is not None:
+            needed = sum(count_dirs(root.path, limit) for root in self.roots)
+            if needed > limit:
+                raise OSError(errno.ENOSPC, f"more than {limit} directories to watch"
+                              " exceed the inotify watch limit")
+        observer = self.observer_factory()
+        self.observers.append(observer)
+        for root in self.roots:
+            observer.schedule(_Handler(root.name, self.inbox), root.path, recursive=True)
+        observer.start()
+
+    def _threads(self) -> list[threading.Thread]:
+        emitters = [e for o in self.observers for e in getattr(o, "emitters", ())]
+        return [*self.observers, *emitters, self.pump_thread]
+
+    def _supervise(self, stop_event: threading.Event) -> int:
+        while not stop_event.wait(SUPERVISE_EVERY):
+            dead = next((t for t in self._threads() if not t.is_alive()), None)
+            if dead is not None:
+                log.error("watcher thread %s died; exiting so that it is restarted", dead.name)
+                return EXIT_THREAD_DIED
+        return EXIT_OK
+
+    def _stop_observers(self) -> None:
+        for observer in self.observers:
+            observer.stop()
+        for observer in self.observers:
+            if observer.is_alive():
+                observer.join(1.0)
+
+    def _shutdown(self) -> None:
+        self._stop_observers()
+        self._stopping.set()
+        if self.pump_thread is not None:
+            self.pump_thread.join(STOP_FLUSH_SECONDS + 1.0)
+        if self.pump_thread is None or not self.pump_thread.is_alive():
+            self.client.close()
+
+    # --- the pump thread ------------------------------------------------------------------
+    def _pump(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                wait = self.debouncer.next_in(self.clock())
+                self._receive(IDLE_WAIT if wait is None else min(wait, IDLE_WAIT))
+                self._tick(self.clock())
+            self._final_flush()
+        except Exception:
+            # Logged here with its traceback; the supervisor sees the thread gone and
+            # exits non-zero so that the service manager restarts a clean watcher.
+            log.exception("the watcher's pump thread failed")
+
+    def _receive(self, timeout: float) -> None:
+        try:
+            item = self.inbox.get(timeout=timeout)
+        except queue.Empty:
+            return
+        now = self.clock()
+        for _ in range(MAX_DRAIN):
+            self._accept(*item, now)
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _accept(self, root_key: str, path: str, kind: str, now: float) -> None:
+        root = self.by_name[root_key]
+        rel = filters.relative(root.path, path)
+        if rel is None:
+            return
+        if kind == filters.DIR_CHANGED:
+            if not filters.dir_is_excluded(rel, self.settings.exclude):
+                for found, _stat in self.sync.walk(root, rel):
+                    self.debouncer.feed((root.name, found), filters.CHANGED, now)
+        elif kind == filters.DIR_DELETED:
+            self._gone_dirs.setdefault(root.name, set()).add(rel)
+        elif filters.should_enqueue(rel, self.settings.exclude):
+            self.debouncer.feed((root.name, rel), kind, now)
+
+    def _forget_dirs(self, now: float) -> None:
+        """Every seen file under a vanished directory is now deleted (or changed, for
+        those that reappear: the debouncer folds that in and the disk decides).  One
+        HKEYS per root per tick, however many directories an ``rm -r`` removed."""
+        gone_dirs, self._gone_dirs = self._gone_dirs, {}
+        if not self.redis_up:
+            self.reconcile_needed = True  # what was under them is known only to Redis
+            return
+        try:
+            for name, dirs in gone_dirs.items():
+                for path in self.sync.seen_under(self.by_name[name], dirs):
+                    self.debouncer.feed((name, path), filters.DELETED, now)
+        except TRANSIENT as exc:
+            self.reconcile_needed = True
+            self._went_down(exc, now)
+
+    def _tick(self, now: float) -> None:
+        if self._gone_dirs:
+            self._forget_dirs(now)
+        for key, kind in self.debouncer.due(now):
+            self.pending.add(key, kind)
+        if now - self._last_reconcile >= RECONCILE_EVERY:
+            self.reconcile_needed = True  # catches events inotify dropped
+        if self.redis_up or now >= self.retry_at:
+            self._attempt(now)
+        if self.redis_up and now - self._last_beat >= HEARTBEAT_EVERY:
+            self._beat(now)
+
+    def _attempt(self, now: float) -> None:
+        try:
+            if not self.redis_up:
+                self.client.ping()
+            if not self.registered:
+                self._register()
+            if self.pending.overflow:
+                self.pending.overflow, self.reconcile_needed = False, True
+            if self.reconcile_needed:
+                self._reconcile()
+            while len(self.pending) and not self._stopping.is_set():
+                self._send_pending(BATCH)
+        except TRANSIENT as exc:
+            self._went_down(exc, now)
+            return
+        if not self.redis_up:
+            self.redis_up = True
+            self.backoff.reset()
+            log.info("Redis is reachable again; held changes were sent")
+
+    def _went_down(self, exc: BaseException, now: float) -> None:
+        if self.redis_up:
+            log.warning("Redis unreachable (%s); holding changes and retrying", exc)
+            self.redis_up = False
+        self.retry_at = now + self.backoff.next()
+
+    def _register(self) -> None:
+        mapping = {r.name: json.dumps({"path": r.path, "host": self.host}) for r in self.roots}
+        self.client.hset(names.ROOTS, mapping=mapping)
+        self.registered = True
+
+    def _beat(self, now: float) -> None:
+        self._last_beat = now
+        body = {"host": self.host, "pid": os.getpid(), "roots": [r.name for r in self.roots],
+                "ts": time.time(), "pending": self.held}
+        try:
+            self.client.set(names.WATCHER_HEARTBEAT, json.dumps(body), ex=HEARTBEAT_TTL)
+        except TRANSIENT as exc:
+            self._went_down(exc, now)
+
+    def _final_flush(self) -> None:
+        """Best effort, bounded: what is not sent now the next start's reconciliation finds,
+        because the seen hash was not updated for it."""
+        for key, kind in self.debouncer.flush():
+            self.pending.add(key, kind)
+        deadline = self.clock() + STOP_FLUSH_SECONDS
+        while self.redis_up and len(self.pending) and self.clock() < deadline:
+            try:
+                self._send_pending(50)
+            except TRANSIENT as exc:
+                log.warning("stopping with changes unsent (%s); the next start sends them", exc)
+                return
+
+    # --- handing changes to the Syncer ------------------------------------------------
+    def _send_pending(self, count: int) -> None:
+        batch = self.pending.take(count)
+        try:
+            self.sync.process(batch)
+        except TRANSIENT:
+            self.pending.restore(batch)  # nothing of it was recorded as seen
+            raise
+
+    def _reconcile(self) -> None:
+        progress = None if self.initial_done else self.progress
+        if self.sync.reconcile(self._stopping, progress):
+            self.reconcile_needed, self.initial_done = False, True
+            self._last_reconcile = self.clock()
+
+
+class Syncer:
+    """Makes the tasks sent and the ``kloros:seen:<root>`` hashes agree with the disk.
+
+    Every method may raise one of TRANSIENT; nothing is then recorded as seen, so the
+    caller can simply try the same paths again later.
+    """
+
+    def __init__(self, settings: Settings, client: redis.Redis, sender: Sender,
+                 reader: Reader, roots: list[Root]) -> None:
+        self.settings, self.client, self.sender = settings, client, sender
+        self.reader, self.roots = reader, roots
+        self.by_name = {root.name: root for root in roots}
+
+    def process(self, items: Iterable[tuple[tuple[str, str], str]]) -> None:
+        """Send what changed for each ((root name, relpath), kind): one HMGET and one
+        pipelined write per root."""
+        by_root: dict[str, list[str]] = {}
+        for (name, rel), _kind in items:
+            by_root.setdefault(name, []).append(rel)
+        for name, rels in by_root.items():
+            olds = self.client.hmget(names.seen(name), rels)
+            writes: list[tuple[str, str | None]] = []
+            for rel, raw in zip(rels, olds, strict=True):
+                self._handle(self.by_name[name], rel, SeenEntry.parse(raw), writes)
+            self._commit(name, writes)
+
+    def seen_under(self, root: Root, dirs: set[str]) -> list[str]:
+        """The seen paths inside any of the directories ``dirs`` (relpaths)."""
+        found = []
+        for key in (k.decode() for k in self.client.hkeys(names.seen(root.name))):
+            parts = key.split("/")
+            if any("/".join(parts[:i]) in dirs for i in range(1, len(parts))):
+                found.append(key)
+        return found
+
+    def _examine(self, root: Root, rel: str) -> tuple[str, os.stat_result | None, bytes]:
+        """What is at ``rel`` now: GONE (absent, or nothing to analyse: a symlink, a FIFO,
+        a socket, a device, a path through a symlinked directory), IGNORE (unreadable for
+        now), LARGE (stat only) or CONTENT (stat and bytes)."""
+        path = os.path.join(root.path, rel)
+        if _under_symlink(root.path, rel):
+            log.debug("not following %s: a directory on its path is a symlink", path)
+            return GONE, None, b""
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return GONE, None, b""
+        except OSError as exc:
+            log.warning("cannot stat %s (%s); it is retried on its next change", path, exc)
+            return IGNORE, None, b""
+        if not stat.S_ISREG(st.st_mode):
+            log.debug("ignoring %s: not a regular file", path)
+            return GONE, None, b""
+        cap = self.settings.max_file_bytes
+        if st.st_size > cap:
+            return LARGE, st, b""
+        try:
+            data = self.reader(path, cap + 1)
+        except (FileNotFoundError, NotADirectoryError):
+            return GONE, None, b""
+        except OSError as exc:
+            log.warning("cannot read %s (%s); it is retried on its next change", path, exc)
+            return IGNORE, None, b""
+        return (LARGE if len(data) > cap else CONTENT), st, data
+
+    def _handle(self, root: Root, rel: str, old: SeenEntry | None, writes: list) -> None:
+        """Send the change of one file (if any) and queue its seen-hash write."""
+        detectors = filters.should_enqueue(rel, self.settings.exclude)
+        what, st, data = self._examine(root, rel) if detectors else (GONE, None, b"")
+        if what == IGNORE:
+            return
+        if what == GONE:
+            if old is not None:  # the workers forget it; a path never sent needs nothing
+                self._send(root, rel, filters.route(rel), "deleted")
+                writes.append((rel, None))
+            return
+        sha = hashlib.sha256(data).hexdigest() if what == CONTENT else None
+        size = st.st_size if sha else max(st.st_size, len(data))
+        entry = SeenEntry(sha, st.st_mtime_ns, size)
+        action = filters.decide(old, entry)
+        if action == filters.SEND:
+            event = "created" if old is None else "modified"
+            if sha is None:
+                cap = self.settings.max_file_bytes
+                self._send(root, rel, detectors, event, skip=f"too large ({size} bytes > {cap})")
+            else:
+                blobs.store(self.client, sha, data, refs=len(detectors), ttl=self.settings.blob_ttl)
+                self._send(root, rel, detectors, event, sha=sha)
+        if action != filters.SAME:
+            writes.append((rel, entry.format()))
+
+    def _send(self, root: Root, rel: str, detectors: Iterable[str], event: str,
+              sha: str | None = None, skip: str | None = None) -> None:
+        ts = time.time()
+        for detector in sorted(detectors):
+            change = Change(root=root.name, path=rel, event=event, sha256=sha, skip=skip, ts=ts)
+            self.sender.send(detector, change.to_json())
+
+    def _commit(self, root_key: str, writes: list[tuple[str, str | None]]) -> None:
+        if not writes:
+            return
+        key = names.seen(root_key)
+        pipe = self.client.pipeline(transaction=False)
+        for rel, value in writes:
+            if value is None:
+                pipe.hdel(key, rel)
+            else:
+                pipe.hset(key, rel, value)
+        pipe.execute()
+
+    # --- reconciliation ---------------------------------------------------------------------
+    def walk(self, root: Root, start: str = "") -> Iterator[tuple[str, tuple[int, int]]]:
+        """(relpath, (mtime_ns, size)) of every routed regular file under ``start``,
+        pruning excluded directories and never following a symlink."""
+        stack = [start]
+        while stack:
+            reldir = stack.pop()
+            try:
+                with os.scandir(os.path.join(root.path, reldir)) as it:
+                    entries = list(it)
+            except OSError as exc:
+                log.debug("cannot list %s/%s: %s", root.path, reldir, exc)
+                continue
+            for entry in entries:
+                rel = f"{reldir}/{entry.name}" if reldir else entry.name
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        if not filters.dir_is_excluded(rel, self.settings.exclude):
+                            stack.append(rel)
+                    elif entry.is_file(follow_symlinks=False) and filters.should_enqueue(
+                        rel, self.settings.exclude
+                    ):
+                        st = entry.stat(follow_symlinks=False)
+                        yield rel, (st.st_mtime_ns, st.st_size)
+                except OSError:
+                    continue  # vanished while we looked; its own event follows
+
+    def reconcile(self, stopping: threading.Event,
+                  progress: Callable[[int, int], None] | None = None) -> bool:
+        """Bring every seen hash in line with the disk: one HGETALL per root; files whose
+        stat differs are hashed, gone ones deleted, writes pipelined per batch.  False
+        when ``stopping`` interrupted it."""
+        plans = []
+        for root in self.roots:
+            raw = self.client.hgetall(names.seen(root.name))
+            seen = {k.decode(): v for k, v in raw.items()}
+            to_check, gone = filters.reconcile_plan(dict(self.walk(root)), seen)
+            plans.append((root, seen, to_check + gone))
+        total, done = sum(len(p[2]) for p in plans), 0
+        for root, seen, rels in plans:
+            for start in range(0, len(rels), BATCH):
+                if progress is not None:
+                    progress(done, total)
+                if stopping.is_set():
+                    return False
+                batch, writes = rels[start:start + BATCH], []
+                for rel in batch:
+                    self._handle(root, rel, SeenEntry.parse(seen.get(rel)), writes)
+                self._commit(root.name, writes)
+                done += len(batch)
+        if progress is not None:
+            progress(done, total)
+        return True
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop_event: threading.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT set ``stop_event`` (only the main thread may install handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, lambda *_: stop_event.set())
+                for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def run_watch(
+    settings: Settings,
+    roots: Iterable[str | os.PathLike],
+    *,
+    sender: Sender | None = None,
+    stop_event: threading.Event | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Run the producer until SIGTERM/SIGINT or ``stop_event``; returns the exit status:
+    0 stopped, 1 inotify limit too low, 2 bad roots, 3 a watcher thread died."""
+    stop_event = stop_event if stop_event is not None else threading.Event()
+    try:
+        watcher = Watcher(settings, roots, sender=sender, progress=progress)
+    except WatchError as exc:
+        print(f"kloros-tasks watch: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    with _stop_on_signals(stop_event):
+        return watcher.run(stop_event)
