@@ -1,0 +1,272 @@
+"""Safe AST helpers shared by the detectors that read Python source.
+
+``ast.parse`` raises more than SyntaxError on hostile input: NUL bytes give
+ValueError (3.11) or SyntaxError (3.12+), deeply nested source gives RecursionError
+or MemoryError.  A file that cannot be parsed is data ("line N: message"), never a
+crash, so every detector parses through ``parse`` here.
+"""
+
+from __future__ import annotations
+
+import ast
+import keyword
+import posixpath
+import warnings
+from collections.abc import Iterator
+
+TEST_DIRS = frozenset({"tests", "test"})
+PLAIN_BASES = frozenset({"object", "Protocol", "typing.Protocol", "Generic", "typing.Generic"})
+_NESTED_BLOCKS = ("body", "orelse", "finalbody")
+
+
+def parse(text: str) -> tuple[ast.Module | None, str | None]:
+    """(tree, None), or (None, "line N: message") when ``text`` is not parseable Python."""
+    try:
+        with warnings.catch_warnings():
+            # Invalid escape sequences warn at parse time (3.12+): not our business.
+            warnings.simplefilter("ignore")
+            return ast.parse(text), None
+    except SyntaxError as exc:
+        return None, f"line {exc.lineno or _nul_line(text)}: {exc.msg}"
+    except ValueError as exc:  # NUL bytes on 3.11
+        return None, f"line {_nul_line(text)}: {exc}"
+    except (RecursionError, MemoryError):
+        return None, "line 1: too deeply nested to parse"
+
+
+def _nul_line(text: str) -> int:
+    nul = text.find("\x00")
+    return 1 if nul < 0 else text.count("\n", 0, nul) + 1
+
+
+def module_name(path: str) -> str | None:
+    """Dotted name of a module from its relative path.
+
+    "a/b/c.py" -> "a.b.c", "a/b/__init__.py" -> "a.b", and a leading "src/" is the
+    src layout ("src/a/b.py" -> "a.b").  None when a component cannot be imported
+    (not an identifier, or a keyword).
+    """
+    if not path.endswith(".py"):
+        return None
+    parts = path[: -len(".py")].split("/")
+    if parts[-1] == "__init__":
+        parts.pop()
+    if len(parts) > 1 and parts[0] == "src":
+        parts = parts[1:]
+    if not parts or not all(p.isidentifier() and not keyword.iskeyword(p) for p in parts):
+        return None
+    return ".".join(parts)
+
+
+def is_test_path(path: str) -> bool:
+    """test_*.py, *_test.py, conftest.py, or anything under a tests/ (or test/) directory."""
+    directory, base = posixpath.split(path)
+    if base.startswith("test_") or base.endswith("_test.py") or base == "conftest.py":
+        return True
+    return any(part in TEST_DIRS for part in directory.split("/"))
+
+
+def flatten_block(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """Statements of a module or class body, looking inside if/try/with blocks
+    (``try: import x except ImportError: x = None`` still defines ``x``)."""
+    stack = list(reversed(body))
+    while stack:
+        stmt = stack.pop()
+        if isinstance(stmt, ast.If | ast.Try | ast.TryStar | ast.With | ast.AsyncWith):
+            inner: list[ast.stmt] = []
+            for name in _NESTED_BLOCKS:
+                inner.extend(getattr(stmt, name, ()))
+            for handler in getattr(stmt, "handlers", ()):
+                inner.extend(handler.body)
+            stack.extend(reversed(inner))
+        else:
+            yield stmt
+
+
+def bound_names(target: ast.expr) -> Iterator[str]:
+    """Plain names an assignment target binds (``a, (b, *c) = ...`` -> a, b, c)."""
+    stack = [target]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Name):
+            yield node.id
+        elif isinstance(node, ast.Tuple | ast.List):
+            stack.extend(node.elts)
+        elif isinstance(node, ast.Starred):
+            stack.append(node.value)
+
+
+def assigned_names(stmt: ast.stmt) -> list[str]:
+    """Names bound by an assignment statement (empty for anything else)."""
+    if isinstance(stmt, ast.Assign):
+        return [n for t in stmt.targets for n in bound_names(t)]
+    if isinstance(stmt, ast.AnnAssign | ast.AugAssign):
+        return list(bound_names(stmt.target))
+    type_alias = getattr(ast, "TypeAlias", None)  # ``type X = ...``, 3.12+
+    if type_alias is not None and isinstance(stmt, type_alias):
+        return list(bound_names(stmt.name))
+    return []
+
+
+def imported_names(stmt: ast.Import | ast.ImportFrom) -> list[str]:
+    """Names an import binds; "*" for a star import."""
+    out = []
+    for alias in stmt.names:
+        if alias.asname:
+            out.append(alias.asname)
+        elif isinstance(stmt, ast.Import):
+            out.append(alias.name.split(".")[0])  # ``import a.b`` binds ``a``
+        else:
+            out.append(alias.name)
+    return out
+
+
+def dotted(node: ast.expr) -> str | None:
+    """"a.b.c" for a Name/Attribute chain (a call's function for a Call), else None."""
+    if isinstance(node, ast.Call):
+        node = node.func
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
+def literal_all(body: list[ast.stmt]) -> frozenset[str] | None:
+    """The names in a literal module ``__all__`` list or tuple; None when there is none
+    or it is computed (then publicity falls back to the leading underscore)."""
+    names: set[str] | None = None
+    for stmt in flatten_block(body):
+        if "__all__" not in assigned_names(stmt) or stmt.value is None:
+            continue
+        if isinstance(stmt, ast.AugAssign) and names is None:
+            return None
+        value = stmt.value
+        if not isinstance(value, ast.List | ast.Tuple):
+            return None
+        items = [e.value for e in value.elts if isinstance(e, ast.Constant)]
+        if len(items) != len(value.elts) or not all(isinstance(i, str) for i in items):
+            return None
+        names = (names or set()) | set(items) if isinstance(stmt, ast.AugAssign) else set(items)
+    return None if names is None else frozenset(names)
+
+
+# --- what a module defines, and what it leaves undocumented ------------------------
+
+class Definitions:
+    """Dotted names a module defines, with what is known of their attributes.
+
+    ``defines``: modules' members, classes and their members.  ``opaque``: the names
+    whose own attributes are unknown (functions, variables, imports).  ``open``: the
+    modules and classes that may have attributes not written here (a module
+    ``__getattr__``, a star import, a class with a base class).
+    """
+
+    def __init__(self) -> None:
+        self.defines: set[str] = set()
+        self.opaque: set[str] = set()
+        self.open: set[str] = set()
+
+    def body(self, statements: list[ast.stmt], prefix: str, in_class: bool = False) -> None:
+        """Collect the names ``statements`` bind under the dotted ``prefix``."""
+        for stmt in flatten_block(statements):
+            visit = getattr(self, f"visit_{type(stmt).__name__}", None)
+            if visit is not None:
+                visit(stmt, prefix, in_class)
+            else:
+                for bound in assigned_names(stmt):
+                    self._value(f"{prefix}.{bound}")
+
+    def visit_ClassDef(self, node: ast.ClassDef, prefix: str, in_class: bool) -> None:
+        qualname = f"{prefix}.{node.name}"
+        self.defines.add(qualname)
+        if _inherits(node):  # inherited attributes are not visible from here
+            self.open.add(qualname)
+        self.body(node.body, qualname, in_class=True)
+
+    def visit_FunctionDef(self, node: ast.FunctionDef, prefix: str, in_class: bool) -> None:
+        self._value(f"{prefix}.{node.name}")
+        if node.name in ("__getattr__", "__getattribute__"):
+            self.open.add(prefix)
+        if in_class:
+            for attribute in _self_attributes(node):
+                self._value(f"{prefix}.{attribute}")
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_Import(self, node: ast.Import | ast.ImportFrom, prefix: str, in_class: bool) -> None:
+        for bound in imported_names(node):
+            if bound == "*":
+                self.open.add(prefix)
+            else:
+                self._value(f"{prefix}.{bound}")
+
+    visit_ImportFrom = visit_Import
+
+    def _value(self, qualname: str) -> None:
+        self.defines.add(qualname)
+        self.opaque.add(qualname)
+
+
+def _inherits(node: ast.ClassDef) -> bool:
+    bases = [dotted(b.value if isinstance(b, ast.Subscript) else b) for b in node.bases]
+    return bool(node.keywords) or any(b not in PLAIN_BASES for b in bases)
+
+
+def _self_attributes(func: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
+    """``self.x = ...`` targets in a method (``self`` being its first parameter)."""
+    params = func.args.posonlyargs + func.args.args
+    if not params or any(dotted(d) == "staticmethod" for d in func.decorator_list):
+        return set()
+    receiver = params[0].arg
+    return {node.attr for node in ast.walk(func)
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
+            and isinstance(node.value, ast.Name) and node.value.id == receiver}
+
+
+def undocumented(path: str, tree: ast.Module) -> list[list]:
+    """[line, qualified name] of each public definition without a docstring."""
+    out: list[list] = []
+    if tree.body and _module_is_public(path) and ast.get_docstring(tree) is None:
+        out.append([1, "<module>"])
+    exported = literal_all(tree.body)
+    for stmt in flatten_block(tree.body):
+        if _is_public_definition(stmt) and (exported is None or stmt.name in exported):
+            out.extend(_undocumented_in(stmt, stmt.name))
+    return out
+
+
+def _undocumented_in(node: ast.ClassDef | ast.FunctionDef, qualname: str) -> list[list]:
+    out = [] if _exempt(node) or ast.get_docstring(node) is not None else [
+        [node.lineno, qualname]]
+    if isinstance(node, ast.ClassDef):
+        for stmt in flatten_block(node.body):
+            if _is_public_definition(stmt):
+                out.extend(_undocumented_in(stmt, f"{qualname}.{stmt.name}"))
+    return out
+
+
+def _is_public_definition(stmt: ast.stmt) -> bool:
+    """A class or (async) function whose name has no leading underscore (dunders neither)."""
+    definition = isinstance(stmt, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+    return definition and not stmt.name.startswith("_")
+
+
+def _exempt(node: ast.ClassDef | ast.FunctionDef) -> bool:
+    """Overload stubs and property setters/deleters: the real definition carries the doc."""
+    for decorator in node.decorator_list:
+        name = dotted(decorator) or ""
+        if name in ("overload", "typing.overload") or name.endswith((".setter", ".deleter")):
+            return True
+    return False
+
+
+def _module_is_public(path: str) -> bool:
+    """pydocstyle's rule: not inside a _private package, and a public or dunder stem."""
+    *directories, stem = path[: -len(".py")].split("/")
+    if any(d.startswith("_") for d in directories):
+        return False
+    return not stem.startswith("_") or (stem.startswith("__") and stem.endswith("__"))
