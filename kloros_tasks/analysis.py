@@ -88,7 +88,8 @@ def decode_payload(obj) -> Change:
     return parse(obj)
 
 
-def handle_change(ctx: Context, detector: FileDetector, obj) -> str:
+def handle_change(ctx: Context, detector: FileDetector, obj, *,
+                  reevaluate_all: bool = False) -> str:
     """Analyse one change; returns "refused", "duplicate", "superseded", "skipped",
     "syntax-error" or "analysed"."""
     try:
@@ -102,16 +103,18 @@ def handle_change(ctx: Context, detector: FileDetector, obj) -> str:
                     detector.name, change.root, change.path, change.root)
         return "refused"
     try:
-        return _analyse(ctx, detector, change, root_info)
+        return _analyse(ctx, detector, change, root_info, reevaluate_all)
     finally:
         if change.sha256:
             blobs.release(ctx.client, change.sha256)
 
 
-def _analyse(ctx: Context, detector: FileDetector, change: Change, root_info: dict) -> str:
+def _analyse(ctx: Context, detector: FileDetector, change: Change, root_info: dict,
+             reevaluate_all: bool) -> str:
     index = RedisIndex(ctx.client, detector.name, change.root)
     key = f"{detector.name}:{change.root}:{change.path}"
-    if change.sha256 and engine.stored_digest(index, change.path) == change.sha256:
+    if (change.sha256 and not reevaluate_all
+            and engine.stored_digest(index, change.path) == change.sha256):
         return "duplicate"  # delivered twice, or a rename back: already in the index
     raw, reason = _content(ctx, root_info, change)
     if reason == "superseded":
@@ -132,7 +135,10 @@ def _analyse(ctx: Context, detector: FileDetector, change: Change, root_info: di
     with ctx.client.lock(names.lock(detector.name, change.root), timeout=LOCK_TIMEOUT,
                          blocking_timeout=LOCK_WAIT):
         applied = engine.apply_change(detector, index, change.path, text, change.sha256)
-        for owner, questions in engine.evaluate(detector, index, applied.owners,
+        owners = set(applied.owners)
+        if reevaluate_all:  # the world the detector judges against changed
+            owners.update(index.paths())
+        for owner, questions in engine.evaluate(detector, index, owners,
                                                  change.root).items():
             ctx.publisher.sync(detector.name, change.root, owner, questions)
     return _record_error(ctx, key, applied.error) or ("skipped" if reason else "analysed")

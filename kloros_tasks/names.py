@@ -27,8 +27,11 @@ TASK_EXPLORATION_SCAN = "kloros.exploration.scan"
 
 # File detectors that are live, and the file suffixes each one analyses.  The
 # producer routes changes with this table; a detector joins it when its rules land.
+# Entries starting with "." and holding no other "." are suffixes; others are globs
+# matched against the file's basename.
 FILE_DETECTOR_SUFFIXES: dict[str, tuple[str, ...]] = {
     KNOWLEDGE: (".py", ".md", ".rst", ".txt"),
+    CAPABILITY: (".py", "pyproject.toml", "requirements*.txt", ".env.example", "*.env.example"),
 }
 
 # --- pub/sub channels (equal to the envelope's ``signal``) -----------------------
@@ -137,3 +140,8 @@ def exploration_lock(host: str) -> str:
 def exploration_opened(host: str) -> str:
     """ZSET question_id -> time opened: the channel rate window of one host."""
     return f"kloros:exploration:opened:{host}"
+
+
+def environment(host: str, python_digest: str) -> str:
+    """STRING JSON: the probed target environment of one interpreter on one host."""
+    return f"kloros:env:{host}:{python_digest}"

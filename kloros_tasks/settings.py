@@ -27,7 +27,8 @@ DEFAULT_TASK_TIME_LIMIT = 60
 DEFAULT_VISIBILITY_TIMEOUT = 300
 DEFAULT_MAX_DELIVERIES = 3
 DEFAULT_PENDING_LIMIT = 100_000
-DEFAULT_EXPLORATION_RATE = (2, 300)  # questions per seconds reaching the channel
+DEFAULT_EXPLORATION_RATE = (2, 300)
+DEFAULT_TOOL_PACKAGES = ("tools", "skills")  # questions per seconds reaching the channel
 
 # What the bridge forwards to ChemBus per detector: (questions, per seconds); 0 = unlimited.
 # The original daemons' expected rates.
@@ -68,6 +69,8 @@ class Settings:
     max_deliveries: int = DEFAULT_MAX_DELIVERIES
     pending_limit: int = DEFAULT_PENDING_LIMIT
     exploration_rate: tuple[int, int] = DEFAULT_EXPLORATION_RATE
+    target_python: str | None = None  # the workers' own interpreter when None
+    tool_packages: tuple[str, ...] = DEFAULT_TOOL_PACKAGES
     budgets: tuple[tuple[str, int, int], ...] = tuple(
         (d, n, w) for d, (n, w) in DEFAULT_BUDGETS.items())
 
@@ -144,6 +147,15 @@ def _rate(env: Mapping[str, str], name: str, default: tuple[int, int]) -> tuple[
     return count, window
 
 
+def _target_python(env: Mapping[str, str]) -> str | None:
+    raw = env.get("KLOROS_TARGET_PYTHON", "").strip()
+    if not raw:
+        return None
+    if not (os.path.isfile(raw) and os.access(raw, os.X_OK)):
+        raise SettingsError(f"KLOROS_TARGET_PYTHON={raw!r} is not an executable file")
+    return raw
+
+
 def _budgets(env: Mapping[str, str]) -> tuple[tuple[str, int, int], ...]:
     out = []
     for detector, (count, window) in DEFAULT_BUDGETS.items():
@@ -217,4 +229,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         pending_limit=_int(env, "KLOROS_PENDING_LIMIT", DEFAULT_PENDING_LIMIT, 1),
         budgets=_budgets(env),
         exploration_rate=_rate(env, "KLOROS_EXPLORATION_RATE", DEFAULT_EXPLORATION_RATE),
+        target_python=_target_python(env),
+        tool_packages=tuple(p for p in env.get("KLOROS_TOOL_PACKAGES", "").replace(
+            ":", ",").split(",") if p.strip()) or DEFAULT_TOOL_PACKAGES,
     )

@@ -22,7 +22,7 @@ from .analysis import Context, handle_change
 from .celery_app import app, settings_of
 from .connections import redis_client
 from .publish import Publisher
-from .registry import file_detector
+from .registry import worker_detector
 
 log = logging.getLogger(__name__)
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
@@ -92,8 +92,9 @@ def _analyze(task: KlorosTask, detector_name: str, args: tuple, kwargs: dict) ->
     # Accept any call shape so that a malformed message is refused and acknowledged
     # by handle_change instead of failing inside Celery's argument binding.
     payload = args[0] if len(args) == 1 and not kwargs else {"args": list(args), **kwargs}
-    detector = file_detector(detector_name, task.settings)
-    outcome = handle_change(task.context(), detector, payload)
+    detector, environment_changed = worker_detector(detector_name, task.settings, task.client)
+    outcome = handle_change(task.context(), detector, payload,
+                            reevaluate_all=environment_changed)
     log.debug("%s %s: %s", task.name, task.request.id, outcome)
     return outcome
 
@@ -101,6 +102,16 @@ def _analyze(task: KlorosTask, detector_name: str, args: tuple, kwargs: dict) ->
 @app.task(name=names.TASK_ANALYZE[names.KNOWLEDGE], base=KlorosTask, bind=True)
 def analyze_knowledge(self, *args, **kwargs):
     return _analyze(self, names.KNOWLEDGE, args, kwargs)
+
+
+@app.task(name=names.TASK_ANALYZE[names.INTEGRATION], base=KlorosTask, bind=True)
+def analyze_integration(self, *args, **kwargs):
+    return _analyze(self, names.INTEGRATION, args, kwargs)
+
+
+@app.task(name=names.TASK_ANALYZE[names.CAPABILITY], base=KlorosTask, bind=True)
+def analyze_capability(self, *args, **kwargs):
+    return _analyze(self, names.CAPABILITY, args, kwargs)
 
 
 @app.task(name=names.TASK_EXPLORATION_SCAN, base=KlorosTask, bind=True)

@@ -1,0 +1,72 @@
+"""What a call means to CapabilityDiscovery: which calls run programs, and which
+program a literal command names.  Pure tables and functions over ``ast`` nodes."""
+
+from __future__ import annotations
+
+import ast
+import re
+import shlex
+
+# The first argument is the program itself (a list, or a string naming it).
+EXEC_PROGRAM = frozenset({
+    "subprocess.run", "subprocess.call", "subprocess.check_call", "subprocess.check_output",
+    "subprocess.Popen", "asyncio.create_subprocess_exec", "os.execlp", "os.execlpe",
+    "os.execvp", "os.execvpe", "shutil.which",
+})
+# The first argument is a shell command line.
+EXEC_SHELL = frozenset({
+    "os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput",
+    "asyncio.create_subprocess_shell",
+})
+VERBATIM = frozenset({"asyncio.create_subprocess_exec", "shutil.which", "os.execlp",
+                       "os.execlpe", "os.execvp", "os.execvpe"})
+SHELL_BUILTINS = frozenset({
+    ".", ":", "[", "alias", "bg", "break", "builtin", "cd", "command", "continue", "declare",
+    "echo", "eval", "exec", "exit", "export", "false", "fg", "getopts", "hash", "jobs", "let",
+    "local", "printf", "pwd", "read", "readonly", "return", "set", "shift", "source", "test",
+    "time", "times", "trap", "true", "type", "ulimit", "umask", "unalias", "unset", "wait",
+})
+ENV_READS = frozenset({"os.getenv", "os.environ.get"})
+ENV_SETS = frozenset({"os.environ.setdefault", "os.putenv"})
+
+
+def literal(node: ast.AST | None) -> str | None:
+    """The value of a string constant, else None."""
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def shell_program(command: str) -> str | None:
+    """The program a shell command line starts, or None when it is a builtin or unclear."""
+    try:
+        words = shlex.split(command, comments=True)
+    except ValueError:
+        return None
+    while words and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[0]):
+        words = words[1:]  # VAR=value prefixes
+    if not words or words[0] in SHELL_BUILTINS or re.search(r"[$`(){};|&<>*?]", words[0]):
+        return None
+    return words[0]
+
+
+def plain_program(name: str) -> str | None:
+    """``name`` if PATH would be searched for it, else None."""
+    # A path ("./run.sh", "/usr/bin/x") is not looked up on PATH, so it is not judged.
+    if not name or "/" in name or re.search(r"[\s$`]", name):
+        return None
+    return name
+
+
+def program_of(name: str, call: ast.Call) -> str | None:
+    """The program that ``call`` (to the function qualified as ``name``) starts, when a
+    literal names it: the first item of a list, the string itself for calls that take
+    a program name, or the first word of a command line."""
+    arg = call.args[0] if call.args else next(
+        (k.value for k in call.keywords if k.arg in ("args", "cmd", "command")), None)
+    if isinstance(arg, ast.List | ast.Tuple) and arg.elts:
+        return plain_program(literal(arg.elts[0]) or "")
+    text = literal(arg)
+    if text is None:
+        return None
+    # Without shell=True a string is still the whole command on POSIX; its first word
+    # is what the author meant to run, and what is worth asking about.
+    return plain_program(text if name in VERBATIM else shell_program(text) or "")

@@ -1,0 +1,212 @@
+"""Declaration files, parsed: which distributions a project says it needs.
+
+Pure: text in, values out.  Three kinds of file are understood:
+
+* ``pyproject.toml``: ``[project] dependencies`` and ``optional-dependencies``,
+  PEP 735 ``[dependency-groups]``, and Poetry's ``[tool.poetry]`` dependency tables;
+* ``requirements*.txt`` (and any ``.txt`` under a ``requirements/`` directory);
+* ``.env.example``: the environment variables a deployment is expected to set.
+
+Distribution names are normalised per PEP 503, so ``PyYAML``, ``pyyaml`` and
+``Py_Yaml`` are one name.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+# Requirement names as PEP 508 spells them: letters, digits, ".", "_", "-".
+_REQ_NAME = re.compile(r"^\s*([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)")
+_ENV_LINE = re.compile(r"^\s*#?\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+# Groups, extras and files whose names say "for developers only": their entries are
+# never reported as unused, because test runners, linters and plugins are not imported.
+_DEV_WORDS = re.compile(r"(^|[-_.])(dev|devel|develop|test|tests|testing|lint|docs?|typing|"
+                        r"types|ci|mypy|style|check|bench)($|[-_.])")
+
+PYPROJECT = "pyproject"
+REQUIREMENTS = "requirements"
+ENV_EXAMPLE = "env_example"
+ENV_EXAMPLE_NAMES = frozenset({".env.example", "env.example"})
+
+
+def normalize(name: str) -> str:
+    """PEP 503 normal form of a distribution name: lower case, runs of -_. as one -."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@dataclass(frozen=True)
+class Declared:
+    """One distribution a declaration file names, where, and whether it is a runtime need."""
+
+    dist: str
+    line: int
+    main: bool
+
+
+@dataclass(frozen=True)
+class Declarations:
+    """What one declaration file says.  ``authoritative`` is False when the file
+    leaves dependencies to something this parser cannot read (a pyproject with
+    ``dynamic = ["dependencies"]`` or no dependency table at all)."""
+
+    declared: tuple[Declared, ...]
+    project: str | None
+    authoritative: bool
+
+
+def file_kind(path: str) -> str | None:
+    """Which declaration kind ``path`` is, or None when it is not one."""
+    p = PurePosixPath(path)
+    name = p.name
+    if name == "pyproject.toml":
+        return PYPROJECT
+    if name in ENV_EXAMPLE_NAMES or name.endswith(".env.example"):
+        return ENV_EXAMPLE
+    if name.endswith(".txt") and (name.startswith("requirements")
+                                  or "requirements" in p.parent.parts):
+        return REQUIREMENTS
+    return None
+
+
+def is_dev_name(name: str) -> bool:
+    """True for group, extra or file names that mean developer-only dependencies."""
+    return bool(_DEV_WORDS.search(name.lower()))
+
+
+def requirement_name(text: str) -> str | None:
+    """The normalised distribution name of a PEP 508 string, or None if it names none."""
+    text = text.strip()
+    if not text or _URL.match(text):
+        return None
+    m = _REQ_NAME.match(text)
+    return normalize(m.group(1)) if m else None
+
+
+def _line_of(lines: list[str], needle: str) -> int:
+    """First 1-based line mentioning ``needle`` (quoted or as a TOML key), else 1."""
+    for i, line in enumerate(lines, 1):
+        if f'"{needle}' in line or f"'{needle}" in line or line.strip().startswith(needle):
+            return i
+    return 1
+
+
+def _strings(value: Any) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def _pep621(doc: dict[str, Any]) -> tuple[list[tuple[str, bool]], bool]:
+    """Requirement strings of ``[project]`` with their main flag, and authority."""
+    project = doc.get("project")
+    if not isinstance(project, dict):
+        return [], False
+    dynamic = project.get("dynamic", [])
+    if isinstance(dynamic, list) and "dependencies" in dynamic:
+        return [], False
+    reqs = [(s, True) for s in _strings(project.get("dependencies", []))]
+    optional = project.get("optional-dependencies", {})
+    if isinstance(optional, dict):
+        for extra, values in optional.items():
+            reqs += [(s, not is_dev_name(extra)) for s in _strings(values)]
+    return reqs, True
+
+
+def _groups(doc: dict[str, Any]) -> list[tuple[str, bool]]:
+    """PEP 735 ``[dependency-groups]``: development needs by definition."""
+    groups = doc.get("dependency-groups", {})
+    if not isinstance(groups, dict):
+        return []
+    return [(s, False) for values in groups.values() for s in _strings(values)]
+
+
+def _keys(table: Any) -> list[str]:
+    return list(table) if isinstance(table, dict) else []
+
+
+def _poetry(doc: dict[str, Any]) -> tuple[list[tuple[str, bool]], bool]:
+    poetry = doc.get("tool", {}).get("poetry") if isinstance(doc.get("tool"), dict) else None
+    if not isinstance(poetry, dict) or "dependencies" not in poetry:
+        return [], False
+    names = [(k, True) for k in _keys(poetry.get("dependencies")) if k.lower() != "python"]
+    names += [(k, False) for k in _keys(poetry.get("dev-dependencies"))]
+    groups = poetry.get("group")
+    for group, body in (groups.items() if isinstance(groups, dict) else ()):
+        if isinstance(body, dict):
+            names += [(k, not is_dev_name(group)) for k in _keys(body.get("dependencies"))]
+    return names, True
+
+
+def parse_pyproject(text: str) -> Declarations:
+    """Declarations of a pyproject.toml; raises ``tomllib.TOMLDecodeError`` on bad TOML."""
+    doc = tomllib.loads(text)
+    lines = text.splitlines()
+    reqs, pep621 = _pep621(doc)
+    reqs += _groups(doc)
+    poetry_reqs, poetry = _poetry(doc)
+    project = doc.get("project", {}).get("name") if isinstance(doc.get("project"), dict) else None
+    if project is None and poetry:
+        project = doc["tool"]["poetry"].get("name")
+    out: dict[str, Declared] = {}
+    for raw, main in reqs + poetry_reqs:
+        dist = requirement_name(raw)
+        if dist is None:
+            continue
+        old = out.get(dist)
+        out[dist] = Declared(dist, old.line if old else _line_of(lines, raw), main or (
+            old is not None and old.main))
+    own = normalize(project) if isinstance(project, str) else None
+    # Dependency groups alone say nothing about runtime needs, so they do not make
+    # the file authoritative.
+    return Declarations(tuple(out.values()), own, pep621 or poetry)
+
+
+def _logical_lines(text: str) -> list[tuple[int, str]]:
+    """Requirement lines with comments removed and backslash continuations joined."""
+    out: list[tuple[int, str]] = []
+    pending, start = "", 0
+    for i, raw in enumerate(text.splitlines(), 1):
+        line = raw.split(" #", 1)[0].split("\t#", 1)[0]
+        if line.lstrip().startswith("#"):
+            line = ""
+        if not pending:
+            start = i
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        out.append((start, pending + line))
+        pending = ""
+    if pending:
+        out.append((start, pending))
+    return out
+
+
+def parse_requirements(path: str, text: str) -> Declarations:
+    """Declarations of a requirements file: options (-r, -c, -e, --index-url ...),
+    URLs and local paths are skipped; markers, extras and versions are stripped."""
+    main = not is_dev_name(PurePosixPath(path).stem)
+    out: dict[str, Declared] = {}
+    for line_no, line in _logical_lines(text):
+        line = line.strip()
+        if not line or line.startswith(("-", ".", "/", "~")) or _URL.match(line):
+            continue
+        if ("/" in line or "\\" in line) and " @ " not in line:
+            continue  # a local path: pip installs it as a project, not by name
+        dist = requirement_name(line.split(";", 1)[0])
+        if dist is not None and dist not in out:
+            out[dist] = Declared(dist, line_no, main)
+    return Declarations(tuple(out.values()), None, True)
+
+
+def parse_env_example(text: str) -> dict[str, int]:
+    """Variable names an .env.example documents (commented-out entries included,
+    since ``# OPTIONAL=`` is how such files document optional settings), with lines."""
+    found: dict[str, int] = {}
+    for i, line in enumerate(text.splitlines(), 1):
+        m = _ENV_LINE.match(line)
+        if m:
+            found.setdefault(m.group(1), i)
+    return found

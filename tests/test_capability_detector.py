@@ -1,0 +1,521 @@
+"""CapabilityDiscovery, pure: hand-built environments, in-memory index, no services."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+
+from kloros_tasks.detectors import capability_deps as deps
+from kloros_tasks.detectors.capability import CapabilityDetector, Environment, wants_path
+from kloros_tasks.detectors.capability_calls import shell_program
+from kloros_tasks.index import MemoryIndex
+from kloros_tasks.questions import question_id
+
+ENV = Environment(
+    modules={"redis", "celery", "kombu", "yaml", "zmq", "ruff"},
+    stdlib={"os", "sys", "subprocess", "shutil", "typing", "json", "importlib", "contextlib",
+            "asyncio", "tomllib"},
+    distributions={"redis": ["redis"], "celery": ["celery"], "kombu": ["kombu"],
+                   "yaml": ["PyYAML"], "zmq": ["pyzmq"], "ruff": ["ruff"]},
+    installed={"redis", "celery", "kombu", "PyYAML", "pyzmq", "ruff", "some-cli"},
+    executables={"ls", "git", "sh"},
+    env_vars={"HOME", "PATH"},
+)
+
+
+def build(files: dict[str, str], env: Environment = ENV, **kw) -> tuple[CapabilityDetector,
+                                                                         MemoryIndex]:
+    detector = CapabilityDetector(env, **kw)
+    index = MemoryIndex()
+    for path, text in files.items():
+        facts = detector.extract(path, textwrap.dedent(text))
+        assert facts.error is None, (path, facts.error)
+        index.update(path, facts)
+    return detector, index
+
+
+def questions(files: dict[str, str], env: Environment = ENV, **kw):
+    detector, index = build(files, env, **kw)
+    return [q for path in index.paths() for q in detector.evaluate(path, index)]
+
+
+def found(files: dict[str, str], rule: str, env: Environment = ENV, **kw) -> dict[str, str]:
+    """subject -> severity of every question ``rule`` raises on ``files``."""
+    return {q.subject: q.severity for q in questions(files, env, **kw) if q.rule == rule}
+
+
+# --- missing_module ------------------------------------------------------------------------
+
+def test_an_import_found_nowhere_is_a_high_missing_module():
+    got = found({"app/main.py": "import os\nimport nosuchmod.sub\n"}, "missing_module")
+    assert got == {"app/main.py:nosuchmod": "high"}
+
+
+def test_installed_stdlib_and_in_tree_imports_are_not_missing():
+    files = {
+        "app/main.py": "import os, redis, yaml\nimport app.helper\nfrom pkg import thing\n",
+        "app/helper.py": "",
+        "pkg/__init__.py": "thing = 1\n",
+        "scripts/run.py": "import util\nimport __future__\n",
+        "scripts/util.py": "",
+    }
+    assert found(files, "missing_module") == {}
+
+
+def test_a_src_layout_package_resolves_by_its_import_name():
+    files = {"src/mylib/__init__.py": "", "tests/test_x.py": "import mylib\n"}
+    assert found(files, "missing_module") == {}
+
+
+def test_a_sibling_module_resolves_only_beside_its_importer():
+    files = {"scripts/util.py": "", "app/main.py": "import util\n"}
+    assert found(files, "missing_module") == {"app/main.py:util": "high"}
+
+
+@pytest.mark.parametrize("source", [
+    "try:\n    import fancy\nexcept ImportError:\n    fancy = None\n",
+    "try:\n    import fancy\nexcept (ValueError, ModuleNotFoundError):\n    pass\n",
+    "try:\n    import fancy\nexcept:\n    pass\n",
+    "import contextlib\nwith contextlib.suppress(ImportError):\n    import fancy\n",
+    "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import fancy\n",
+    "import sys\nif sys.version_info < (3, 11):\n    import fancy\n",
+    "def load():\n    try:\n        import fancy\n    except ImportError:\n        return None\n",
+    "import importlib\ntry:\n    importlib.import_module('fancy')\nexcept Exception:\n    pass\n",
+])
+def test_guarded_imports_are_a_low_optional_capability(source):
+    got = found({"app/opt.py": source}, "missing_module")
+    assert got == {"app/opt.py:fancy:optional": "low"}
+
+
+@pytest.mark.parametrize("source", [
+    "def f():\n    import fancy\n",
+    "import os\nif os.environ.get('FANCY'):\n    import fancy\n",
+])
+def test_an_unguarded_lazy_import_is_still_breakage_but_medium(source):
+    assert found({"app/lazy.py": source}, "missing_module") == {"app/lazy.py:fancy": "medium"}
+
+
+def test_a_module_the_tree_imports_only_under_a_guard_has_optional_imports():
+    files = {"pkg/__init__.py": ("try:\n    from ._cli import main\nexcept ImportError:\n"
+                                 "    main = None\n"),
+             "pkg/_cli.py": "import fancy_cli\n"}
+    got = [q for q in questions(files) if q.rule == "missing_module"]
+    assert [(q.subject, q.severity) for q in got] == [("pkg/_cli.py:fancy_cli:optional", "low")]
+    assert "pkg/__init__.py:2 imports pkg._cli only under a guard" in got[0].evidence
+    files["app.py"] = "import pkg._cli\n"
+    assert found(files, "missing_module") == {"pkg/_cli.py:fancy_cli": "high"}
+
+
+def test_stub_only_modules_under_type_checking_are_fine():
+    src = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from _typeshed import X\n"
+    assert found({"m.py": src}, "missing_module") == {}
+
+
+def test_a_guarded_and_an_unguarded_import_of_one_module_is_breakage():
+    src = "try:\n    import fancy\nexcept ImportError:\n    pass\nimport fancy.sub\n"
+    assert found({"app/m.py": src}, "missing_module") == {"app/m.py:fancy": "high"}
+
+
+def test_missing_modules_in_tests_are_medium():
+    got = found({"tests/test_a.py": "import hypothesis\n"}, "missing_module")
+    assert got == {"tests/test_a.py:hypothesis": "medium"}
+
+
+def test_relative_imports_are_not_judged_here():
+    assert found({"pkg/a.py": "from . import nothing\nfrom .gone import x\n"},
+                 "missing_module") == {}
+
+
+def test_a_literal_dynamic_import_is_judged():
+    src = "import importlib\nmod = importlib.import_module('plugin_x')\n"
+    assert found({"app/m.py": src}, "missing_module") == {"app/m.py:plugin_x": "high"}
+
+
+def test_the_question_id_is_stable_and_names_no_line():
+    first = questions({"app/m.py": "import nosuchmod\n"})
+    moved = questions({"app/m.py": "\n\n\nimport os\nimport nosuchmod\n"})
+    assert [q.id for q in first] == [q.id for q in moved]
+    assert first[0].id == question_id("capability", "missing_module", "app/m.py:nosuchmod")
+    assert first[0].evidence == ("app/m.py:1 import nosuchmod",)
+    assert moved[0].evidence == ("app/m.py:5 import nosuchmod",)
+
+
+# --- undeclared_dependency -----------------------------------------------------------------
+
+PYPROJECT = """
+[project]
+name = "demo-app"
+dependencies = ["redis>=5", "celery[redis] ; python_version >= '3.8'"]
+[project.optional-dependencies]
+yaml = ["PyYAML"]
+test = ["pytest", "demo-app[yaml]"]
+"""
+
+
+def test_an_import_no_declaration_provides_is_undeclared():
+    files = {"pyproject.toml": "[project]\nname='x'\ndependencies=['redis']\n",
+             "app/m.py": "import redis\nimport yaml\n"}
+    assert found(files, "undeclared_dependency") == {"app/m.py:yaml": "medium"}
+
+
+def test_extras_and_requirements_files_declare_too():
+    files = {"pyproject.toml": PYPROJECT,
+             "requirements-dev.txt": "-r requirements.txt\npyzmq==26.0 ; sys_platform == 'linux'\n",
+             "app/m.py": "import redis, celery, yaml, zmq\n"}
+    assert found(files, "undeclared_dependency") == {}
+
+
+def test_a_transitive_dependency_must_be_declared_itself():
+    files = {"pyproject.toml": PYPROJECT, "app/m.py": "import redis, celery, yaml, kombu\n"}
+    assert found(files, "undeclared_dependency") == {"app/m.py:kombu": "medium"}
+
+
+def test_a_guarded_undeclared_import_is_low():
+    files = {"requirements.txt": "redis\n",
+             "app/m.py": "import redis\ntry:\n    import yaml\nexcept ImportError:\n    pass\n"}
+    assert found(files, "undeclared_dependency") == {"app/m.py:yaml": "low"}
+
+
+def test_a_tree_without_declarations_is_not_judged():
+    assert found({"app/m.py": "import redis, yaml\n"}, "undeclared_dependency") == {}
+
+
+def test_a_pyproject_with_dynamic_dependencies_is_not_authoritative():
+    files = {"pyproject.toml": "[project]\nname='x'\ndynamic=['dependencies']\n",
+             "app/m.py": "import yaml\n"}
+    assert found(files, "undeclared_dependency") == {}
+
+
+def test_a_declared_runtime_dependency_nothing_imports_is_low():
+    files = {"pyproject.toml": PYPROJECT, "app/m.py": "import redis, yaml\n"}
+    assert found(files, "undeclared_dependency") == {"pyproject.toml:unused:celery": "low"}
+
+
+def test_unused_is_not_said_of_dev_groups_tools_or_the_project_itself():
+    pyproject = ("[project]\nname='demo'\ndependencies=['some-cli']\n"
+                 "[project.optional-dependencies]\ndev=['ruff']\nall=['demo[x]']\n"
+                 "[dependency-groups]\nlint=['celery']\n")
+    files = {"pyproject.toml": pyproject, "app/m.py": "import os\n"}
+    assert found(files, "undeclared_dependency") == {}
+
+
+def test_unused_guesses_the_import_name_of_a_distribution_not_installed():
+    files = {"requirements.txt": "my-lib\nother_lib\n", "app/m.py": "import my_lib\n"}
+    got = found(files, "undeclared_dependency")
+    assert got == {"requirements.txt:unused:other-lib": "low"}
+
+
+def test_a_pyproject_change_affects_only_importers_of_the_changed_distributions():
+    detector, index = build({
+        "pyproject.toml": "[project]\nname='x'\ndependencies=['redis']\n",
+        "app/uses_yaml.py": "import yaml\n", "app/uses_redis.py": "import redis\n",
+        "app/uses_zmq.py": "import zmq\n", "app/plain.py": "import os\n",
+    })
+    facts = detector.extract("pyproject.toml",
+                             "[project]\nname='x'\ndependencies=['redis', 'pyyaml>=6']\n")
+    touched = index.update("pyproject.toml", facts)
+    assert touched == {("declares", "pyyaml")}
+    assert detector.affected("pyproject.toml", touched, index) == {"app/uses_yaml.py"}
+    assert detector.evaluate("app/uses_yaml.py", index) == []
+
+
+def test_a_version_bump_in_a_declaration_touches_nothing_else():
+    detector, index = build({"requirements.txt": "redis==5.0\n", "app/m.py": "import redis\n"})
+    touched = index.update("requirements.txt", detector.extract("requirements.txt", "redis>=6\n"))
+    assert detector.affected("requirements.txt", touched, index) == set()
+
+
+# --- missing_capability --------------------------------------------------------------------
+
+TOOLS = {
+    "tools/__init__.py": "from .web import search\n",
+    "tools/web.py": "def search(q):\n    return q\n",
+}
+
+
+def test_a_tool_nothing_defines_is_a_missing_capability():
+    files = {**TOOLS, "agent/loop.py": "from tools.web import search, fetch\n"}
+    got = questions(files)
+    gaps = [q for q in got if q.rule == "missing_capability"]
+    assert [q.subject for q in gaps] == ["agent/loop.py:tools.web.fetch"]
+    assert gaps[0].question.startswith("Should we implement tools.web.fetch")
+
+
+def test_a_missing_tool_module_is_a_missing_capability():
+    files = {**TOOLS, "agent/loop.py": "import tools.vision\nfrom tools.audio import hear\n"}
+    assert set(found(files, "missing_capability")) == {
+        "agent/loop.py:tools.vision", "agent/loop.py:tools.audio"}
+
+
+def test_definitions_reexports_submodules_and_relative_imports_satisfy_a_tool():
+    files = {**TOOLS, "tools/files.py": "from .web import search as find\nCONST = 1\n",
+             "agent/loop.py": ("from tools import search, web\n"
+                               "from tools.files import find, CONST\n"
+                               "from tools.web import search\n")}
+    assert found(files, "missing_capability") == {}
+
+
+def test_a_capability_registered_under_another_spelling_is_not_a_gap():
+    files = {"tools/__init__.py": "",
+             "tools/registry.py": ("@tool(name='Fetch-Page')\ndef get_page(url):\n    pass\n"
+                                   "@skills.skill\nclass SummariseText:\n    pass\n"),
+             "agent/loop.py": "from tools.registry import fetch_page, summarise_text\n"}
+    assert found(files, "missing_capability") == {}
+
+
+def test_registering_the_capability_resolves_the_question_through_affected():
+    detector, index = build({"tools/__init__.py": "", "tools/registry.py": "",
+                             "tools/other.py": "",
+                             "agent/loop.py": "from tools.registry import fetch_page\n"})
+    assert detector.evaluate("agent/loop.py", index)
+    new = detector.extract("tools/other.py", "@tool('fetch-page')\ndef get(u): pass\n")
+    touched = index.update("tools/other.py", new)
+    assert detector.affected("tools/other.py", touched, index) == {"agent/loop.py"}
+    assert detector.evaluate("agent/loop.py", index) == []
+
+
+def test_star_imports_and_module_getattr_define_everything():
+    files = {"tools/__init__.py": "from .impl import *\n",
+             "tools/lazy.py": "def __getattr__(name):\n    raise AttributeError(name)\n",
+             "agent/loop.py": "from tools import anything\nfrom tools.lazy import whatever\n"}
+    assert found(files, "missing_capability") == {}
+
+
+def test_a_tool_package_outside_the_tree_is_not_judged_as_a_capability():
+    got = found({"agent/loop.py": "from tools.web import fetch\n"}, "missing_capability")
+    assert got == {}
+
+
+def test_tool_packages_are_configurable():
+    files = {"plugins/__init__.py": "", "agent/loop.py": "from plugins import ocr\n"}
+    assert found(files, "missing_capability") == {}
+    got = found(files, "missing_capability", tool_packages=("plugins",))
+    assert got == {"agent/loop.py:plugins.ocr": "medium"}
+
+
+def test_defining_the_tool_resolves_the_question_through_affected():
+    detector, index = build({**TOOLS, "agent/loop.py": "from tools.web import fetch\n"})
+    assert detector.evaluate("agent/loop.py", index)
+    new = detector.extract("tools/web.py", "def search(q): pass\ndef fetch(u): pass\n")
+    touched = index.update("tools/web.py", new)
+    assert "agent/loop.py" in detector.affected("tools/web.py", touched, index)
+    assert detector.evaluate("agent/loop.py", index) == []
+
+
+# --- missing_executable --------------------------------------------------------------------
+
+def test_a_program_not_on_path_is_missing_and_one_on_path_is_not():
+    src = ("import subprocess\nsubprocess.run(['ls', '-l'])\n"
+           "subprocess.run(['no-such-prog-xyz', '--flag'])\n")
+    got = found({"app/run.py": src}, "missing_executable")
+    assert got == {"app/run.py:no-such-prog-xyz": "medium"}
+
+
+@pytest.mark.parametrize("source, program", [
+    ("import os\nos.system('FOO=1 ffmpeg -i in.mp4 out.webm')\n", "ffmpeg"),
+    ("import subprocess as sp\nsp.check_output('convert a.png b.jpg', shell=True)\n", "convert"),
+    ("from subprocess import Popen as P\nP(('rsync', '-a'))\n", "rsync"),
+    ("import asyncio\nasyncio.create_subprocess_exec('nvidia-smi')\n", "nvidia-smi"),
+    ("import subprocess\nsubprocess.call(args=['docker', 'ps'])\n", "docker"),
+])
+def test_programs_are_found_through_every_spawning_call(source, program):
+    assert found({"m.py": source}, "missing_executable") == {f"m.py:{program}": "medium"}
+
+
+@pytest.mark.parametrize("source", [
+    "import subprocess\nsubprocess.run(['/opt/bin/nope'])\n",
+    "import os\nos.system('cd /tmp && ls')\n",
+    "import os\nos.system('./build.sh --fast')\n",
+    "import subprocess, sys\nsubprocess.run([sys.executable, '-V'])\n",
+    "import subprocess\nsubprocess.run(['git', 'status'])\n",
+    "def run(x):\n    pass\nrun(['nope-not-subprocess'])\n",
+])
+def test_paths_builtins_non_literals_and_other_functions_are_not_judged(source):
+    assert found({"m.py": source}, "missing_executable") == {}
+
+
+def test_a_lookup_or_a_handled_failure_is_a_low_optional_program():
+    src = ("import shutil, subprocess\nif shutil.which('pandoc'):\n    pass\n"
+           "try:\n    subprocess.run(['latexmk'])\nexcept FileNotFoundError:\n    pass\n")
+    assert found({"m.py": src}, "missing_executable") == {
+        "m.py:pandoc:optional": "low", "m.py:latexmk:optional": "low"}
+
+
+def test_shell_program_reads_the_first_real_word():
+    assert shell_program("A=1 B=2 make -j4") == "make"
+    assert shell_program("echo hi | tee x") is None
+    assert shell_program("$EDITOR file") is None
+    assert shell_program("'unterminated") is None
+
+
+# --- missing_env ---------------------------------------------------------------------------
+
+def test_variables_read_without_a_default_are_missing_env():
+    src = ("import os\nfrom os import environ, getenv\na = os.environ['API_KEY']\n"
+           "b = os.getenv('TOKEN')\nc = environ.get('REGION')\nd = getenv('ZONE')\n")
+    assert found({"cfg.py": src}, "missing_env") == {
+        "cfg.py:API_KEY": "low", "cfg.py:TOKEN": "low", "cfg.py:REGION": "low",
+        "cfg.py:ZONE": "low"}
+
+
+@pytest.mark.parametrize("source", [
+    "import os\nos.getenv('X', 'default')\n",
+    "import os\nos.environ.get('X', None)\n",
+    "import os\nos.environ['HOME']\n",
+    "import os\nos.environ['X'] = '1'\nos.environ['X']\n",
+    "import os\nif 'X' in os.environ:\n    os.environ['X']\n",
+    "import os\nif os.environ.get('X'):\n    print(os.environ['X'])\n",
+    "import os\nwhile not os.getenv('X'):\n    pass\n",
+    "import os\nv = os.environ.get('X') or 'fallback'\n",
+    "import os\nv = 1 if os.getenv('X') else 2\n",
+    "import os\ntry:\n    os.environ['X']\nexcept KeyError:\n    pass\n",
+    "environ = {}\nenviron['X']\n",
+])
+def test_defaults_service_variables_writes_and_checks_are_not_missing_env(source):
+    assert found({"cfg.py": source}, "missing_env") == {}
+
+
+def test_an_env_example_documents_a_variable_and_resolves_it_through_affected():
+    detector, index = build({"cfg.py": "import os\nos.environ['API_KEY']\n"})
+    assert [q.subject for q in detector.evaluate("cfg.py", index)] == ["cfg.py:API_KEY"]
+    touched = index.update(".env.example", detector.extract(
+        ".env.example", "# comment\nexport API_KEY=changeme\n# OPTIONAL_FLAG=\n"))
+    assert detector.affected(".env.example", touched, index) == {"cfg.py"}
+    assert detector.evaluate("cfg.py", index) == []
+
+
+def test_a_variable_set_elsewhere_in_the_tree_is_not_missing():
+    files = {"cfg.py": "import os\nos.environ['API_KEY']\n",
+             "tests/conftest.py": ("def setup(monkeypatch):\n"
+                                   "    monkeypatch.setenv('API_KEY', 'x')\n")}
+    assert found(files, "missing_env") == {}
+
+
+# --- robustness and plumbing ---------------------------------------------------------------
+
+@pytest.mark.parametrize("path, text", [
+    ("m.py", "def broken(:\n"),
+    ("m.py", "x = 1\x00\n"),
+    ("m.py", "x = " + "(" * 5000 + ")" * 5000 + "\n"),
+    ("pyproject.toml", "[project\nname = 'x'\n"),
+])
+def test_unparseable_files_give_an_error_and_never_raise(path, text):
+    facts = CapabilityDetector(ENV).extract(path, text)
+    assert facts.error and not facts.relations
+
+
+def test_warnings_while_parsing_never_make_valid_code_an_error():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        facts = CapabilityDetector(ENV).extract("m.py", "import os\npattern = '\\d+'\n")
+    assert facts.error is None and facts.relations["imports"] == {"os"}
+
+
+def test_the_detector_sees_python_and_declaration_files_only():
+    assert [p for p in ("a.py", "pyproject.toml", "requirements.txt", "requirements/dev.txt",
+                        ".env.example", "prod.env.example", "docs/notes.txt", "setup.cfg",
+                        "README.md", "other.toml") if wants_path(p)] == [
+        "a.py", "pyproject.toml", "requirements.txt", "requirements/dev.txt", ".env.example",
+        "prod.env.example"]
+    assert CapabilityDetector(ENV).extract("docs/notes.txt", "redis\n").relations == {}
+
+
+def test_the_environment_round_trips_through_json_and_normalises_names():
+    env = Environment.from_json(ENV.to_json())
+    assert env == ENV
+    assert env.dists_of("yaml") == {"pyyaml"}
+    assert env.tops_of("PyYAML") == {"yaml"}
+    assert env.tops_of("some-cli") == frozenset()
+    assert env.tops_of("Not_Installed.Pkg") == {"not_installed_pkg"}
+    with pytest.raises(ValueError):
+        Environment.from_json({"modules": 3})
+
+
+def test_requirement_lines_are_parsed_like_pip_reads_them():
+    text = ("# comment\n-r base.txt\n-e .\n--index-url https://x\nhttps://h/p.whl\nlibs/local\n"
+            "Django[bcrypt]>=4 ; python_version>'3' # why\nrequests \\\n    ==2.0\n"
+            "name @ https://h/n.zip\nzope.interface\n")
+    got = deps.parse_requirements("requirements.txt", text)
+    assert [(d.dist, d.line) for d in got.declared] == [
+        ("django", 7), ("requests", 8), ("name", 10), ("zope-interface", 11)]
+    assert all(d.main for d in got.declared)
+    assert not any(d.main for d in deps.parse_requirements("requirements-test.txt",
+                                                           "x\n").declared)
+
+
+def test_poetry_tables_declare_dependencies():
+    text = ("[tool.poetry]\nname='p'\n[tool.poetry.dependencies]\npython='^3.11'\nRequests='*'\n"
+            "[tool.poetry.group.dev.dependencies]\npytest='*'\n")
+    got = deps.parse_pyproject(text)
+    assert got.authoritative and got.project == "p"
+    assert {(d.dist, d.main) for d in got.declared} == {("requests", True), ("pytest", False)}
+
+
+# --- incremental equals batch --------------------------------------------------------------
+
+VARIANTS: dict[str, list[str | None]] = {
+    "pyproject.toml": [None, "[project]\nname='d'\ndependencies=['redis', 'celery']\n",
+                       "[project]\nname='d'\ndependencies=['pyyaml', 'gone-lib']\n",
+                       "[project]\nname='d'\ndynamic=['dependencies']\n", "[broken\n"],
+    "requirements.txt": [None, "kombu\n", "pyzmq\nredis\n"],
+    "app/main.py": [None, "import redis, yaml, helper, util\nfrom tools.web import fetch\n",
+                    "import os\nos.environ['API_KEY']\nimport gone_lib\n",
+                    "import subprocess\nsubprocess.run(['nope-xyz'])\nfrom tools import web\n",
+                    "def broken(:\n"],
+    "app/util.py": [None, "import kombu\nimport not_here\n"],
+    "app/__init__.py": [None, "try:\n    from . import util\nexcept ImportError:\n    pass\n",
+                        "from app import util\n"],
+    "helper.py": [None, "import zmq\n"],
+    "scripts/helper/__init__.py": [None, "from tools.web import search\n"],
+    "tools/__init__.py": [None, "", "from .web import *\n"],
+    "tools/web.py": [None, "def search(q): pass\n", "@tool(name='fetch')\ndef get(u): pass\n"],
+    "tools/web/fetch.py": [None, "X = 1\n"],
+    "tools/agent.py": [None, "from .web import fetch\nfrom . import vision\n"],
+    "tools/vision.py": [None, ""],
+    ".env.example": [None, "API_KEY=\n"],
+    "tests/conftest.py": [None, "import os\nos.environ['API_KEY'] = 'x'\nimport celery\n"],
+}
+
+
+def _full_build(contents: dict[str, str]) -> set[str]:
+    detector, index = CapabilityDetector(ENV), MemoryIndex()
+    for path, text in contents.items():
+        index.update(path, detector.extract(path, text))
+    return {q.id for p in index.paths() for q in detector.evaluate(p, index)}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_incremental_updates_equal_a_full_rebuild(seed):
+    rng = random.Random(seed)
+    detector, index = CapabilityDetector(ENV), MemoryIndex()
+    good: dict[str, str] = {}  # the last parseable content: what the index holds
+    open_ids: dict[str, set[str]] = {}
+    for _ in range(60):
+        path = rng.choice(sorted(VARIANTS))
+        text = rng.choice(VARIANTS[path])
+        facts = None if text is None else detector.extract(path, text)
+        if facts is not None and facts.error:
+            continue  # the caller keeps the previous facts of a half-typed file
+        touched = index.update(path, facts)
+        if text is None:
+            good.pop(path, None)
+            open_ids.pop(path, None)
+        else:
+            good[path] = text
+        for p in ({path} if text is not None else set()) | detector.affected(path, touched, index):
+            open_ids[p] = {q.id for q in detector.evaluate(p, index)}
+        assert set().union(*open_ids.values()) == _full_build(good)
+
+
+def test_the_detector_imports_no_service_library():
+    code = ("import sys, kloros_tasks.detectors.capability\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} &"
+            " {'celery', 'redis', 'kombu', 'zmq', 'watchdog'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "[]"
