@@ -36,3 +36,13 @@ def r(redis_url):
     client = redis_client(redis_url)
     yield client
     client.close()
+
+
+@pytest.fixture
+def procs():
+    """Register started processes here; they are stopped when the test ends, pass or fail."""
+    from procs import ProcGroup
+
+    group = ProcGroup()
+    yield group
+    group.stop_all()

@@ -69,6 +69,21 @@ class Proc:
         return self.popen.returncode
 
 
+class ProcGroup:
+    """Every process a test starts, stopped at teardown even when the test fails early."""
+
+    def __init__(self) -> None:
+        self.procs: list[Proc] = []
+
+    def add(self, proc: Proc) -> Proc:
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
 def start_worker(redis_url: str, state_dir: Path, queues: str, log: Path, **extra) -> Proc:
     argv = [sys.executable, "-m", "celery", "-A", "kloros_tasks.celery_app", "worker",
             "-Q", queues, "-n", f"{queues.replace(',', '-')}-test@%h", "--pool", "prefork",

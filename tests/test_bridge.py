@@ -40,14 +40,14 @@ def chem_env(redis_url, tmp_path, endpoints):
                        KLOROS_BUDGET_KNOWLEDGE="0", KLOROS_BUDGET_INTEGRATION="0")
 
 
-def start_proxy(env, tmp_path) -> Proc:
-    proc = Proc(CLI + ["chem-proxy"], env, tmp_path / "proxy.log")
+def start_proxy(env, tmp_path, procs) -> Proc:
+    proc = procs.add(Proc(CLI + ["chem-proxy"], env, tmp_path / "proxy.log"))
     proc.wait_output("ChemBus proxy:", 20)
     return proc
 
 
-def start_bridge(env, tmp_path) -> Proc:
-    proc = Proc(CLI + ["bridge"], env, tmp_path / "bridge.log")
+def start_bridge(env, tmp_path, procs) -> Proc:
+    proc = procs.add(Proc(CLI + ["bridge"], env, tmp_path / "bridge.log"))
     proc.wait_output("bridging", 20)
     return proc
 
@@ -99,10 +99,10 @@ def stream_incidents(r) -> list[str]:
 
 
 def test_every_envelope_reaches_a_plain_subscriber_exactly_once(r, chem_env, endpoints,
-                                                                 tmp_path):
-    proxy = start_proxy(chem_env, tmp_path)
+                                                                 tmp_path, procs):
+    proxy = start_proxy(chem_env, tmp_path, procs)
     sub = Subscriber(endpoints[1])
-    bridge = start_bridge(chem_env, tmp_path)
+    bridge = start_bridge(chem_env, tmp_path, procs)
     try:
         publish(r, range(10))
         got = sub.collect(10)
@@ -115,17 +115,17 @@ def test_every_envelope_reaches_a_plain_subscriber_exactly_once(r, chem_env, end
 
 
 def test_questions_wait_while_the_proxy_is_down_and_arrive_in_order(r, chem_env, endpoints,
-                                                                     tmp_path):
-    proxy = start_proxy(chem_env, tmp_path)
+                                                                     tmp_path, procs):
+    proxy = start_proxy(chem_env, tmp_path, procs)
     sub = Subscriber(endpoints[1])
-    bridge = start_bridge(chem_env, tmp_path)
+    bridge = start_bridge(chem_env, tmp_path, procs)
     try:
         publish(r, range(3))
         sub.collect(3)
         proxy.stop()
         publish(r, range(3, 8))
         wait_for(lambda: "went away" in bridge.output(), 10, message="the bridge noticing")
-        proxy = start_proxy(chem_env, tmp_path)
+        proxy = start_proxy(chem_env, tmp_path, procs)
         got = sub.collect(8, timeout=30)
         sub.quiet_for(0.5)
         assert [e["incident_id"] for _, e in got] == stream_incidents(r)
@@ -134,9 +134,9 @@ def test_questions_wait_while_the_proxy_is_down_and_arrive_in_order(r, chem_env,
 
 
 def test_a_killed_bridge_loses_nothing_and_resends_with_the_same_incident_ids(
-        r, chem_env, endpoints, tmp_path):
-    proxy = start_proxy(chem_env, tmp_path)
-    bridge = start_bridge(chem_env, tmp_path)  # no subscriber yet: everything stays pending
+        r, chem_env, endpoints, tmp_path, procs):
+    proxy = start_proxy(chem_env, tmp_path, procs)
+    bridge = start_bridge(chem_env, tmp_path, procs)  # no subscriber yet: everything stays pending
     publish(r, range(12))
     # The bridge reads, cannot send (no subscriber), and keeps what it read pending.
     wait_for(lambda: r.xpending(names.STREAM, names.BRIDGE_GROUP)["pending"] >= 1, 10,
@@ -144,7 +144,7 @@ def test_a_killed_bridge_loses_nothing_and_resends_with_the_same_incident_ids(
     bridge.popen.send_signal(signal.SIGKILL)
     bridge.stop()
     sub = Subscriber(endpoints[1])
-    bridge = start_bridge(chem_env, tmp_path)
+    bridge = start_bridge(chem_env, tmp_path, procs)
     try:
         got = sub.collect(12, timeout=30)
         sub.quiet_for(0.5)
@@ -166,13 +166,13 @@ def test_backlog_order_is_severity_then_age():
 
 
 def test_over_budget_questions_wait_and_go_out_by_severity_and_resolutions_cancel_them(
-        r, redis_url, endpoints, tmp_path):
+        r, redis_url, endpoints, tmp_path, procs):
     xsub, xpub = endpoints
     env = {"KLOROS_REDIS_URL": redis_url, "KLOROS_CHEM_XSUB": xsub, "KLOROS_CHEM_XPUB": xpub,
            "KLOROS_BUDGET_KNOWLEDGE": "1/1"}
     settings = from_env(env)
     proxy = start_proxy(service_env(redis_url, tmp_path, KLOROS_CHEM_XSUB=xsub,
-                                    KLOROS_CHEM_XPUB=xpub), tmp_path)
+                                    KLOROS_CHEM_XPUB=xpub), tmp_path, procs)
     sub = Subscriber(xpub)
     bridge = Bridge(settings)
     bridge.ensure_group()
