@@ -1,0 +1,115 @@
+"""``kloros-tasks up`` end to end: embedded Redis, real workers, beat and the watcher on a
+temp tree; edits show up on the pub/sub channel; stop leaves nothing behind; a restart
+republishes nothing that is still open."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from procs import Proc, service_env, wait_for
+
+from kloros_tasks import names
+from kloros_tasks.connections import redis_client
+
+pytestmark = pytest.mark.integration
+UNDOCUMENTED = "".join(f"def f{i}():\n    return {i}\n\n" for i in range(5))
+DOCUMENTED = '"""Doc."""\n' + "".join(
+    f'def f{i}():\n    """Doc."""\n    return {i}\n\n' for i in range(5))
+
+
+def processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            environ = (entry / "environ").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline or text in environ:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def world():
+    base = Path(tempfile.mkdtemp(prefix="kl-up-"))
+    tree = base / "tree"
+    (tree / "pkg").mkdir(parents=True)
+    (tree / "pkg" / "mod.py").write_text(UNDOCUMENTED)
+    (tree / "README.md").write_text("# Tree\n")
+    yield base, tree, base / "state"
+    for pid in processes_mentioning(str(base)):
+        os.kill(pid, signal.SIGKILL)
+
+
+def start_up(base: Path, tree: Path, state: Path, log_name: str) -> Proc:
+    env = service_env("", state)
+    del env["KLOROS_REDIS_URL"]  # up embeds its own
+    env["KLOROS_EXPLORATION_INTERVAL"] = "3600"
+    return Proc([sys.executable, "-m", "kloros_tasks.cli", "up", str(tree)], env,
+                base / log_name)
+
+
+def test_up_runs_the_pipeline_and_stops_cleanly_and_restarts_without_republishing(world):
+    base, tree, state = world
+    up = start_up(base, tree, state, "up1.log")
+    up.wait_output("knowledge.missing_docstrings", 90)
+    client = redis_client(f"redis+socket://{state}/redis/redis.sock")
+    pubsub = client.pubsub()
+    pubsub.psubscribe(names.CHANNEL_PATTERN)
+    pubsub.get_message(timeout=1)
+
+    # An edit shows its resolution on the channel, as a subscriber would see it.
+    (tree / "pkg" / "mod.py").write_text(DOCUMENTED)
+    seen = []
+
+    def resolved():
+        message = pubsub.get_message(timeout=0.2)
+        if message and message["type"] == "pmessage":
+            seen.append(json.loads(message["data"]))
+        return any(e["signal"] == names.CHANNEL_RESOLVED for e in seen)
+
+    wait_for(resolved, 30, message="the resolution on curiosity.question_resolved")
+    (tree / "pkg" / "mod.py").write_text(UNDOCUMENTED)
+    wait_for(lambda: resolved() and any(e["signal"] == names.CHANNEL[names.KNOWLEDGE]
+                                        for e in seen), 30, message="the question again")
+
+    # A second `up` on the same state dir refuses instead of corrupting anything.
+    second = start_up(base, tree, state, "up2.log")
+    assert second.popen.wait(30) == 2
+    assert "already running" in second.output()
+
+    open_before = client.hlen(names.LEDGER)
+    stream_before = client.xlen(names.STREAM)
+    pubsub.close()
+    client.close()
+    started = time.monotonic()
+    up.popen.send_signal(signal.SIGTERM)
+    assert up.popen.wait(15) == 0
+    assert time.monotonic() - started < 10
+    time.sleep(0.5)
+    assert processes_mentioning(str(state)) == []
+
+    # Restart: nothing that is still open is published again.
+    up = start_up(base, tree, state, "up3.log")
+    up.wait_output("already open", 60)
+    client = redis_client(f"redis+socket://{state}/redis/redis.sock")
+    wait_for(lambda: client.exists(names.WATCHER_HEARTBEAT), 30, message="the watcher")
+    wait_for(lambda: all(client.llen(q) == 0 for q in names.QUEUES), 30,
+             message="the queues drained")
+    time.sleep(2)  # give a wrong republication the chance to happen
+    assert client.hlen(names.LEDGER) == open_before
+    new = [json.loads(f[b"envelope"]) for _i, f in client.xrange(names.STREAM)][stream_before:]
+    assert new == []
+    client.close()
+    up.popen.send_signal(signal.SIGINT)
+    assert up.popen.wait(15) == 0
