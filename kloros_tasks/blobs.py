@@ -8,6 +8,8 @@ memory.  A worker on another host thus analyses exactly the bytes that changed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from . import names
 
 # Drop one reference; the last reference deletes the blob.  Atomic, so two tasks
@@ -23,10 +25,27 @@ return left
 
 def store(client, sha256: str, content: bytes, refs: int, ttl: int) -> None:
     """Keep ``content`` for ``refs`` more tasks (adds to any references already held)."""
+    store_many(client, [(sha256, content, refs)], ttl)
+
+
+def store_many(client, items: Iterable[tuple[str, bytes, int]], ttl: int) -> None:
+    """Keep each ``(sha256, content, refs)`` for ``refs`` more tasks, in one round trip.
+
+    The same digest given twice is stored once with the references summed.  All of it
+    runs in one MULTI/EXEC, so a concurrent ``release`` never sees a blob whose
+    references are not yet counted.  Nothing is sent for no items.
+    """
+    merged: dict[str, tuple[bytes, int]] = {}
+    for sha256, content, refs in items:
+        held = merged.get(sha256)
+        merged[sha256] = (content, refs + (held[1] if held else 0))
+    if not merged:
+        return
     pipe = client.pipeline(transaction=True)
-    pipe.set(names.blob(sha256), content, ex=ttl)
-    pipe.incrby(names.blob_refs(sha256), refs)
-    pipe.expire(names.blob_refs(sha256), ttl)
+    for sha256, (content, refs) in merged.items():
+        pipe.set(names.blob(sha256), content, ex=ttl)
+        pipe.incrby(names.blob_refs(sha256), refs)
+        pipe.expire(names.blob_refs(sha256), ttl)
     pipe.execute()
 
 

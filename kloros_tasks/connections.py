@@ -7,10 +7,15 @@ Celery/kombu spell a unix socket ``redis+socket:///path``; redis-py spells it
 from __future__ import annotations
 
 import redis
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.retry import Retry
 
 HEALTH_CHECK_INTERVAL = 10
 SOCKET_TIMEOUT = 10
 CONNECT_TIMEOUT = 5
+# Backoff between retries when a caller asks for some (redis-py's own defaults).
+RETRY_BACKOFF_BASE = 0.01
+RETRY_BACKOFF_CAP = 1.0
 
 
 def client_url(url: str) -> str:
@@ -27,8 +32,13 @@ def broker_url(url: str) -> str:
     return url
 
 
-def redis_client(url: str, *, socket_timeout: float | None = SOCKET_TIMEOUT) -> redis.Redis:
-    """A client with keepalive and health checks, so a restarted server is noticed."""
+def redis_client(url: str, *, socket_timeout: float | None = SOCKET_TIMEOUT,
+                 retries: int | None = None) -> redis.Redis:
+    """A client with keepalive and health checks, so a restarted server is noticed.
+
+    ``retries``: how often a command is retried on a connection error or timeout;
+    None keeps redis-py's default, 0 fails at once (for callers with their own backoff).
+    """
     url = client_url(url)
     options = {
         "socket_timeout": socket_timeout,
@@ -37,4 +47,13 @@ def redis_client(url: str, *, socket_timeout: float | None = SOCKET_TIMEOUT) -> 
     }
     if not url.startswith("unix://"):
         options["socket_keepalive"] = True  # TCP only; unix sockets refuse the option
+    if retries is not None:
+        options["retry"] = _retry(retries)
     return redis.Redis.from_url(url, **options)
+
+
+def _retry(retries: int) -> Retry:
+    if retries == 0:
+        return Retry(NoBackoff(), 0)
+    return Retry(ExponentialWithJitterBackoff(
+        cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE), retries)

@@ -2,15 +2,13 @@
 
 Threads: watchdog's observer and emitter threads only push (root, path, kind) into
 an in-memory queue; one pump thread owns everything else (debounce, lstat, read,
-hash, blob, send, the ``kloros:seen:<root>`` hash, retries, heartbeat); the
-caller's thread supervises them all.  The kind an event carries is a hint: what is
-on disk when a path's quiet window ends decides what is sent.
+hash, blob, send through ``sync.Syncer``, retries, heartbeat); the caller's thread
+supervises them all.  The kind an event carries is a hint: what is on disk when a
+path's quiet window ends decides what is sent.
 
-Delivery: a change is written to the seen hash only after every task for it was
-sent.  While Redis or the broker is unreachable, changes wait in memory (coalesced
+Delivery: while Redis or the broker is unreachable, changes wait in memory (coalesced
 per path, bounded by ``settings.pending_limit``; past the bound the next contact
 reconciles every root) and are retried with exponential backoff, so none is lost.
-A failure in the middle of a batch may send a change twice; tasks are idempotent.
 
 inotify limits: watchdog adds one inotify watch per directory under each root,
 excluded directories included (inotify cannot prune a recursive watch), and silently
@@ -26,34 +24,29 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import logging
 import os
 import queue
 import signal
 import socket
-import stat
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import redis
 from kombu.exceptions import OperationalError
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from . import blobs, filters, names
+from . import filters, names
 from .connections import broker_url, redis_client
-from .filters import SeenEntry
-from .payload import Change
 from .settings import Settings
+from .sync import BATCH, Reader, Sender, Syncer, WatchError, resolve_roots
+from .tree import read_file, walk_tree
 
 log = logging.getLogger(__name__)
 
@@ -62,25 +55,12 @@ HEARTBEAT_EVERY = 5.0
 HEARTBEAT_TTL = 30
 RECONCILE_EVERY = 600.0
 INOTIFY_MAX_WATCHES = Path("/proc/sys/fs/inotify/max_user_watches")
-BATCH = 500  # paths per seen-hash pipeline
 MAX_DRAIN = 10_000  # inbox items taken before the pump ticks again
 IDLE_WAIT = 0.2
 SUPERVISE_EVERY = 0.2
 STOP_FLUSH_SECONDS = 2.0
 # Failures that mean "Redis or the broker is away for now": hold and retry.
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OperationalError, ConnectionError)
-GONE, IGNORE, LARGE, CONTENT = "gone", "ignore", "large", "content"
-
-Reader = Callable[[str, int], bytes]
-
-
-class WatchError(ValueError):
-    """The roots cannot be watched; the message is one line for the operator."""
-
-
-class Sender(Protocol):
-    def send(self, detector: str, payload: dict[str, Any]) -> None:
-        """Enqueue one analyze task for ``detector``; raise on a broker failure."""
 
 
 class CelerySender:
@@ -105,42 +85,6 @@ class CelerySender:
         self._app.send_task(names.TASK_ANALYZE[detector], args=[payload], queue=detector)
 
 
-@dataclass(frozen=True)
-class Root:
-    name: str
-    path: str  # absolute, symlinks resolved
-
-
-def resolve_roots(paths: Iterable[str | os.PathLike]) -> list[Root]:
-    """The watched roots, named by ``root_name``; raise WatchError when one is not a
-    directory, when two share a name, or when there is none."""
-    by_name: dict[str, str] = {}
-    for raw in paths:
-        path = os.path.realpath(os.fspath(raw))
-        if not os.path.isdir(path):
-            raise WatchError(f"watch root {os.fspath(raw)!r} is not a directory")
-        name = filters.root_name(path)
-        if by_name.get(name, path) != path:
-            raise WatchError(
-                f"watch roots {by_name[name]} and {path} have the same name {name!r};"
-                " root names must be unique (rename or move one of them)"
-            )
-        by_name[name] = path
-    if not by_name:
-        raise WatchError("no watch root given (PATH arguments or KLOROS_WATCH_ROOTS)")
-    return [Root(name, path) for name, path in by_name.items()]
-
-
-def read_file(path: str, limit: int) -> bytes:
-    """At most ``limit`` bytes of a regular file; never follows a symlink and never
-    blocks on a FIFO swapped in after the lstat."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", path)
-        return f.read(limit)
-
-
 def inotify_watch_limit() -> int | None:
     """``fs.inotify.max_user_watches``, or None where it cannot be read (not Linux)."""
     try:
@@ -158,24 +102,6 @@ def count_dirs(path: str, stop_after: int) -> int:
         with contextlib.suppress(OSError), os.scandir(stack.pop()) as it:
             stack.extend(e.path for e in it if e.is_dir(follow_symlinks=False))
     return count
-
-
-def _under_symlink(base: str, rel: str) -> bool:
-    """True when a directory between the root and ``rel`` is a symlink."""
-    current = base
-    for part in rel.split("/")[:-1]:
-        current = os.path.join(current, part)
-        if os.path.islink(current):
-            return True
-    return False
-
-
-def _redis(url: str) -> redis.Redis:
-    client = redis_client(url)
-    # No retries inside redis-py: the pump has its own backoff and must not stall
-    # for seconds on every call while Redis is away.
-    client.set_retry(Retry(NoBackoff(), 0))
-    return client
 
 
 class _Handler(FileSystemEventHandler):
@@ -211,7 +137,9 @@ class Watcher:
         self.by_name = {root.name: root for root in self.roots}
         self.progress, self.observer_factory, self.clock = progress, observer_factory, clock
         self.watch_limit = watch_limit
-        self.client = _redis(settings.redis_url)
+        # No retries inside redis-py: the pump has its own backoff and must not stall
+        # for seconds on every call while Redis is away.
+        self.client = redis_client(settings.redis_url, retries=0)
         sender = sender if sender is not None else CelerySender(settings)
         self.sync = Syncer(settings, self.client, sender, reader, self.roots)
         self.host = socket.gethostname()
@@ -328,7 +256,7 @@ class Watcher:
             return
         if kind == filters.DIR_CHANGED:
             if not filters.dir_is_excluded(rel, self.settings.exclude):
-                for found, _stat in self.sync.walk(root, rel):
+                for found, _stat in walk_tree(root.path, self.settings.exclude, rel):
                     self.debouncer.feed((root.name, found), filters.CHANGED, now)
         elif kind == filters.DIR_DELETED:
             self._gone_dirs.setdefault(root.name, set()).add(rel)
@@ -430,171 +358,6 @@ class Watcher:
         if self.sync.reconcile(self._stopping, progress):
             self.reconcile_needed, self.initial_done = False, True
             self._last_reconcile = self.clock()
-
-
-class Syncer:
-    """Makes the tasks sent and the ``kloros:seen:<root>`` hashes agree with the disk.
-
-    Every method may raise one of TRANSIENT; nothing is then recorded as seen, so the
-    caller can simply try the same paths again later.
-    """
-
-    def __init__(self, settings: Settings, client: redis.Redis, sender: Sender,
-                 reader: Reader, roots: list[Root]) -> None:
-        self.settings, self.client, self.sender = settings, client, sender
-        self.reader, self.roots = reader, roots
-        self.by_name = {root.name: root for root in roots}
-
-    def process(self, items: Iterable[tuple[tuple[str, str], str]]) -> None:
-        """Send what changed for each ((root name, relpath), kind): one HMGET and one
-        pipelined write per root."""
-        by_root: dict[str, list[str]] = {}
-        for (name, rel), _kind in items:
-            by_root.setdefault(name, []).append(rel)
-        for name, rels in by_root.items():
-            olds = self.client.hmget(names.seen(name), rels)
-            writes: list[tuple[str, str | None]] = []
-            for rel, raw in zip(rels, olds, strict=True):
-                self._handle(self.by_name[name], rel, SeenEntry.parse(raw), writes)
-            self._commit(name, writes)
-
-    def seen_under(self, root: Root, dirs: set[str]) -> list[str]:
-        """The seen paths inside any of the directories ``dirs`` (relpaths)."""
-        found = []
-        for key in (k.decode() for k in self.client.hkeys(names.seen(root.name))):
-            parts = key.split("/")
-            if any("/".join(parts[:i]) in dirs for i in range(1, len(parts))):
-                found.append(key)
-        return found
-
-    def _examine(self, root: Root, rel: str) -> tuple[str, os.stat_result | None, bytes]:
-        """What is at ``rel`` now: GONE (absent, or nothing to analyse: a symlink, a FIFO,
-        a socket, a device, a path through a symlinked directory), IGNORE (unreadable for
-        now), LARGE (stat only) or CONTENT (stat and bytes)."""
-        path = os.path.join(root.path, rel)
-        if _under_symlink(root.path, rel):
-            log.debug("not following %s: a directory on its path is a symlink", path)
-            return GONE, None, b""
-        try:
-            st = os.lstat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return GONE, None, b""
-        except OSError as exc:
-            log.warning("cannot stat %s (%s); it is retried on its next change", path, exc)
-            return IGNORE, None, b""
-        if not stat.S_ISREG(st.st_mode):
-            log.debug("ignoring %s: not a regular file", path)
-            return GONE, None, b""
-        cap = self.settings.max_file_bytes
-        if st.st_size > cap:
-            return LARGE, st, b""
-        try:
-            data = self.reader(path, cap + 1)
-        except (FileNotFoundError, NotADirectoryError):
-            return GONE, None, b""
-        except OSError as exc:
-            log.warning("cannot read %s (%s); it is retried on its next change", path, exc)
-            return IGNORE, None, b""
-        return (LARGE if len(data) > cap else CONTENT), st, data
-
-    def _handle(self, root: Root, rel: str, old: SeenEntry | None, writes: list) -> None:
-        """Send the change of one file (if any) and queue its seen-hash write."""
-        detectors = filters.should_enqueue(rel, self.settings.exclude)
-        what, st, data = self._examine(root, rel) if detectors else (GONE, None, b"")
-        if what == IGNORE:
-            return
-        if what == GONE:
-            if old is not None:  # the workers forget it; a path never sent needs nothing
-                self._send(root, rel, filters.route(rel), "deleted")
-                writes.append((rel, None))
-            return
-        sha = hashlib.sha256(data).hexdigest() if what == CONTENT else None
-        size = st.st_size if sha else max(st.st_size, len(data))
-        entry = SeenEntry(sha, st.st_mtime_ns, size)
-        action = filters.decide(old, entry)
-        if action == filters.SEND:
-            event = "created" if old is None else "modified"
-            if sha is None:
-                cap = self.settings.max_file_bytes
-                self._send(root, rel, detectors, event, skip=f"too large ({size} bytes > {cap})")
-            else:
-                blobs.store(self.client, sha, data, refs=len(detectors), ttl=self.settings.blob_ttl)
-                self._send(root, rel, detectors, event, sha=sha)
-        if action != filters.SAME:
-            writes.append((rel, entry.format()))
-
-    def _send(self, root: Root, rel: str, detectors: Iterable[str], event: str,
-              sha: str | None = None, skip: str | None = None) -> None:
-        ts = time.time()
-        for detector in sorted(detectors):
-            change = Change(root=root.name, path=rel, event=event, sha256=sha, skip=skip, ts=ts)
-            self.sender.send(detector, change.to_json())
-
-    def _commit(self, root_key: str, writes: list[tuple[str, str | None]]) -> None:
-        if not writes:
-            return
-        key = names.seen(root_key)
-        pipe = self.client.pipeline(transaction=False)
-        for rel, value in writes:
-            if value is None:
-                pipe.hdel(key, rel)
-            else:
-                pipe.hset(key, rel, value)
-        pipe.execute()
-
-    # --- reconciliation ---------------------------------------------------------------------
-    def walk(self, root: Root, start: str = "") -> Iterator[tuple[str, tuple[int, int]]]:
-        """(relpath, (mtime_ns, size)) of every routed regular file under ``start``,
-        pruning excluded directories and never following a symlink."""
-        stack = [start]
-        while stack:
-            reldir = stack.pop()
-            try:
-                with os.scandir(os.path.join(root.path, reldir)) as it:
-                    entries = list(it)
-            except OSError as exc:
-                log.debug("cannot list %s/%s: %s", root.path, reldir, exc)
-                continue
-            for entry in entries:
-                rel = f"{reldir}/{entry.name}" if reldir else entry.name
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        if not filters.dir_is_excluded(rel, self.settings.exclude):
-                            stack.append(rel)
-                    elif entry.is_file(follow_symlinks=False) and filters.should_enqueue(
-                        rel, self.settings.exclude
-                    ):
-                        st = entry.stat(follow_symlinks=False)
-                        yield rel, (st.st_mtime_ns, st.st_size)
-                except OSError:
-                    continue  # vanished while we looked; its own event follows
-
-    def reconcile(self, stopping: threading.Event,
-                  progress: Callable[[int, int], None] | None = None) -> bool:
-        """Bring every seen hash in line with the disk: one HGETALL per root; files whose
-        stat differs are hashed, gone ones deleted, writes pipelined per batch.  False
-        when ``stopping`` interrupted it."""
-        plans = []
-        for root in self.roots:
-            raw = self.client.hgetall(names.seen(root.name))
-            seen = {k.decode(): v for k, v in raw.items()}
-            to_check, gone = filters.reconcile_plan(dict(self.walk(root)), seen)
-            plans.append((root, seen, to_check + gone))
-        total, done = sum(len(p[2]) for p in plans), 0
-        for root, seen, rels in plans:
-            for start in range(0, len(rels), BATCH):
-                if progress is not None:
-                    progress(done, total)
-                if stopping.is_set():
-                    return False
-                batch, writes = rels[start:start + BATCH], []
-                for rel in batch:
-                    self._handle(root, rel, SeenEntry.parse(seen.get(rel)), writes)
-                self._commit(root.name, writes)
-                done += len(batch)
-        if progress is not None:
-            progress(done, total)
-        return True
 
 
 @contextlib.contextmanager

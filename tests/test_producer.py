@@ -32,13 +32,15 @@ from kloros_tasks.producer import (
     CelerySender,
     Watcher,
     count_dirs,
-    read_file,
     run_watch,
 )
 from kloros_tasks.settings import Settings
+from kloros_tasks.sync import BATCH
+from kloros_tasks.tree import read_file
 
 DEADLINE = 5.0
 LOGGER = "kloros_tasks.producer"
+SYNC_LOGGER = "kloros_tasks.sync"
 
 
 def wait_until(condition, timeout: float = DEADLINE) -> None:
@@ -252,6 +254,27 @@ def test_reconciling_ten_thousand_files_reads_the_seen_hash_once(root, watch, r)
     assert not {"cmdstat_hget", "cmdstat_hmget"} & set(stats)
 
 
+def test_reconciling_many_new_files_stores_their_blobs_in_one_transaction_per_batch(
+    root, watch, r
+):
+    count = 2 * BATCH + 7
+    for n in range(count):
+        (root / f"m{n}.md").write_text(f"# {n}\n")
+    r.config_resetstat()
+    w = watch(root)
+    assert len(w.sender.paths()) == count
+    stats = r.info("commandstats")
+    assert stats["cmdstat_exec"]["calls"] == 3
+    assert len(r.keys(names.blob("*"))) == count
+    assert int(r.get(names.blob_refs(sha(b"# 7\n")))) == len(detectors_for("m.md"))
+
+
+def test_the_watcher_leaves_retrying_to_its_own_backoff(root, redis_url):
+    watcher = Watcher(Settings(redis_url=redis_url), [root], sender=RecordingSender())
+    assert watcher.client.get_retry().get_retries() == 0
+    watcher.client.close()
+
+
 def test_symlinks_are_never_followed(root, tmp_path, watch):
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -305,7 +328,7 @@ def test_an_unreadable_file_is_skipped_with_a_warning_until_its_next_change(
             raise PermissionError(errno.EACCES, "Permission denied", path)
         return read_file(path, limit)
 
-    caplog.set_level(logging.WARNING, logger=LOGGER)
+    caplog.set_level(logging.WARNING, logger=SYNC_LOGGER)
     w = watch(root, reader=reader)
     (root / "secret.py").write_text("x = 1\n")
     wait_until(lambda: "secret.py" in caplog.text)
@@ -436,7 +459,8 @@ def test_past_the_pending_limit_the_watcher_reconciles_when_redis_is_back(
     flaky_redis.start()
     wait_until(lambda: {"a.py", "b.py", "c.py"} <= w.task_paths())
     w.barrier()
-    assert len(w.sender.sent) == 4 * len(detectors_for("a.py"))
+    sent = [p for _, p in w.sender.sent if not p["path"].startswith("zz_barrier_")]
+    assert len(sent) == 3 * len(detectors_for("a.py"))
 
 
 def test_the_watcher_exits_non_zero_when_its_observer_dies(root, watch):
