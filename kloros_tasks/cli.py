@@ -63,6 +63,12 @@ def cmd_questions(args, settings: Settings) -> int:
                          open_only=args.open, fmt=args.format, count=args.count)
 
 
+def cmd_status(args, settings: Settings) -> int:
+    from .status import run_status  # noqa: PLC0415
+
+    return run_status(settings, as_json=args.json)
+
+
 def _stop_on_signals():
     import signal  # noqa: PLC0415
     import threading  # noqa: PLC0415
@@ -118,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("chem-proxy", help="a ZeroMQ XSUB/XPUB proxy (KLOROS_CHEM_XSUB/XPUB)")
     p.set_defaults(func=cmd_chem_proxy)
+
+    p = sub.add_parser("status", help="health of every component (exit 0/1/2)")
+    p.add_argument("--json", action="store_true", help="one stable JSON object")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("questions", help="read published questions back")
     p.add_argument("--follow", action="store_true", help="keep printing new ones")

@@ -66,6 +66,7 @@ def run_scan(client, publisher: Publisher, settings: Settings, *, host: str | No
         log.warning("exploration probe %s on %s: %s", probe, host, reason)
     questions, state = exploration.evaluate(inventory, _load_state(client, host), host=host)
     client.set(names.exploration_state(host), json.dumps(state))
+    client.hset(names.EXPLORATION_LAST_SCAN, host, publisher.clock())
     undecided = exploration.undetermined_rules(inventory)
     keep = [qid for qid in publisher.open_ids(names.EXPLORATION, "", host)
             if qid.split(".")[1] in undecided]

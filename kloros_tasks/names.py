@@ -63,6 +63,7 @@ ROOTS = "kloros:roots"  # HASH root name -> JSON {path, host}
 DEADLETTER = "kloros:deadletter"  # LIST of JSON {task, payload, reason, ts}
 SYNTAX_ERRORS = "kloros:syntax_errors"  # HASH "<root>:<path>" -> "line N: message"
 WATCHER_HEARTBEAT = "kloros:watcher:heartbeat"  # STRING JSON, with TTL
+EXPLORATION_LAST_SCAN = "kloros:exploration:last_scan"  # HASH host -> time of the last scan
 
 
 def blob(sha256: str) -> str:
