@@ -34,11 +34,12 @@ DOCUMENTED = '"""A module."""\n' + "".join(
 class Pipeline:
     """A worker, a client and helpers to send changes the way the producer does."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, detector: str = names.KNOWLEDGE) -> None:
         self.directory = directory
+        self.detector = detector
         self.server = EmbeddedRedis(directory / "redis", persist=False).start()
         self.r = redis_client(self.server.url)
-        self.worker = start_worker(self.server.url, directory, "knowledge",
+        self.worker = start_worker(self.server.url, directory, detector,
                                    directory / "worker.log", KLOROS_MAX_FILE_BYTES="4096")
         self.app = create_app(from_env({"KLOROS_REDIS_URL": self.server.url}))
 
@@ -50,8 +51,8 @@ class Pipeline:
         return root
 
     def send_raw(self, *args, **kwargs) -> None:
-        self.app.send_task(names.TASK_ANALYZE[names.KNOWLEDGE], args=list(args), kwargs=kwargs,
-                           queue=names.KNOWLEDGE)
+        self.app.send_task(names.TASK_ANALYZE[self.detector], args=list(args), kwargs=kwargs,
+                           queue=self.detector)
 
     def change(self, root: str, path: str, content: bytes | None) -> Change:
         if content is None:
@@ -78,7 +79,7 @@ class Pipeline:
     def drained(self) -> bool:
         """The queue is empty and the worker has logged a result for every task."""
         log = self.worker.output()
-        return self.r.llen(names.KNOWLEDGE) == 0 and log.count("received") == (
+        return self.r.llen(self.detector) == 0 and log.count("received") == (
             log.count("succeeded in") + log.count("raised unexpected"))
 
     def close(self) -> None:
