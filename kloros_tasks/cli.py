@@ -44,7 +44,7 @@ def cmd_up(args, settings: Settings) -> int:
     roots = _roots(args.paths or ["."], settings)
     try:
         return run_up(settings, roots, fmt=args.format, concurrency=args.concurrency,
-                      single_worker=args.single_worker)
+                      single_worker=args.single_worker, flower=args.flower)
     except AlreadyRunning as exc:
         print(f"kloros-tasks: {exc}", file=sys.stderr)
         return 2
@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=1, help="pool processes per worker")
     p.add_argument("--single-worker", action="store_true",
                    help="one worker on all queues (lowest memory)")
+    p.add_argument("--flower", action="store_true",
+                   help="also run the Flower dashboard on 127.0.0.1 (basic auth)")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("watch", help="the watchdog producer alone")

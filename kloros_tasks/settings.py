@@ -28,7 +28,8 @@ DEFAULT_VISIBILITY_TIMEOUT = 300
 DEFAULT_MAX_DELIVERIES = 3
 DEFAULT_PENDING_LIMIT = 100_000
 DEFAULT_EXPLORATION_RATE = (2, 300)
-DEFAULT_TOOL_PACKAGES = ("tools", "skills")  # questions per seconds reaching the channel
+DEFAULT_TOOL_PACKAGES = ("tools", "skills")
+DEFAULT_FLOWER_PORT = 5555  # questions per seconds reaching the channel
 
 # What the bridge forwards to ChemBus per detector: (questions, per seconds); 0 = unlimited.
 # The original daemons' expected rates.
@@ -70,6 +71,8 @@ class Settings:
     pending_limit: int = DEFAULT_PENDING_LIMIT
     exploration_rate: tuple[int, int] = DEFAULT_EXPLORATION_RATE
     target_python: str | None = None  # the workers' own interpreter when None
+    flower_auth: str | None = None  # "user:password" for Flower's basic auth
+    flower_port: int = DEFAULT_FLOWER_PORT
     tool_packages: tuple[str, ...] = DEFAULT_TOOL_PACKAGES
     budgets: tuple[tuple[str, int, int], ...] = tuple(
         (d, n, w) for d, (n, w) in DEFAULT_BUDGETS.items())
@@ -156,6 +159,16 @@ def _target_python(env: Mapping[str, str]) -> str | None:
     return raw
 
 
+def _flower_auth(env: Mapping[str, str]) -> str | None:
+    raw = env.get("KLOROS_FLOWER_AUTH", "").strip()
+    if not raw:
+        return None
+    user, colon, password = raw.partition(":")
+    if not colon or not user or not password:
+        raise SettingsError("KLOROS_FLOWER_AUTH must be user:password")
+    return raw
+
+
 def _budgets(env: Mapping[str, str]) -> tuple[tuple[str, int, int], ...]:
     out = []
     for detector, (count, window) in DEFAULT_BUDGETS.items():
@@ -230,6 +243,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         budgets=_budgets(env),
         exploration_rate=_rate(env, "KLOROS_EXPLORATION_RATE", DEFAULT_EXPLORATION_RATE),
         target_python=_target_python(env),
+        flower_auth=_flower_auth(env),
+        flower_port=_int(env, "KLOROS_FLOWER_PORT", DEFAULT_FLOWER_PORT, 1),
         tool_packages=tuple(p for p in env.get("KLOROS_TOOL_PACKAGES", "").replace(
             ":", ",").split(",") if p.strip()) or DEFAULT_TOOL_PACKAGES,
     )

@@ -87,8 +87,16 @@ def worker_argv(queues: list[str], settings: Settings, concurrency: int, node: s
     ]
 
 
+def flower_child(settings: Settings, auth: str) -> Child:
+    """Flower on 127.0.0.1 only, behind basic auth, with a bounded task history."""
+    return Child("flower", CELERY + [
+        "flower", "--address=127.0.0.1", f"--port={settings.flower_port}",
+        "--max_tasks=10000", "--persistent=False",
+    ], extra_env={"FLOWER_BASIC_AUTH": auth})
+
+
 def plan(settings: Settings, roots: list[Path], *, concurrency: int = 1,
-         single_worker: bool = False) -> list[Child]:
+         single_worker: bool = False, flower_auth: str | None = None) -> list[Child]:
     """The children of one ``up``: workers, beat, watcher (and the bridge when configured)."""
     children: list[Child] = []
     if single_worker:
@@ -106,6 +114,8 @@ def plan(settings: Settings, roots: list[Path], *, concurrency: int = 1,
                                       *map(str, roots)]))
     if settings.chem_xsub_given:
         children.append(Child("bridge", [sys.executable, "-m", "kloros_tasks.cli", "bridge"]))
+    if flower_auth:
+        children.append(flower_child(settings, flower_auth))
     return children
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -84,7 +85,7 @@ def _print_new(client, last_id: str, fmt: str, out) -> tuple[str, int]:
 
 
 def run_up(settings: Settings, roots: list[Path], *, fmt: str = "text",
-           concurrency: int = 1, single_worker: bool = False) -> int:
+           concurrency: int = 1, single_worker: bool = False, flower: bool = False) -> int:
     """Run the pipeline until SIGINT/SIGTERM; returns the exit status."""
     lock = lock_state_dir(settings.state_dir)
     server = None
@@ -97,7 +98,15 @@ def run_up(settings: Settings, roots: list[Path], *, fmt: str = "text",
            "PYTHONUNBUFFERED": "1"}
     log_dir = settings.state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    children = plan(settings, roots, concurrency=concurrency, single_worker=single_worker)
+    flower_auth = None
+    if flower:
+        # Never an open dashboard: the given credentials, or fresh ones printed once.
+        flower_auth = settings.flower_auth or f"kloros:{secrets.token_urlsafe(12)}"
+        print(f"flower on http://127.0.0.1:{settings.flower_port}/ (basic auth "
+              f"{flower_auth if not settings.flower_auth else 'from KLOROS_FLOWER_AUTH'})",
+              file=sys.stderr)
+    children = plan(settings, roots, concurrency=concurrency, single_worker=single_worker,
+                    flower_auth=flower_auth)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
