@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import socket
 import tempfile
 import uuid
 from pathlib import Path
@@ -207,3 +208,25 @@ def test_a_deleted_file_resolves_its_questions(pipe):
     _, resolved = pipe.wait_envelopes(root, 2)
     assert resolved["signal"] == names.CHANNEL_RESOLVED
     assert pipe.r.hget(names.facts(names.KNOWLEDGE, root), "gone.py") is None
+
+
+def test_a_change_whose_content_is_gone_is_superseded_not_analysed(pipe):
+    root = pipe.new_root()
+    # The producer stored no blob (or it expired) and this host has no copy of the tree:
+    # a newer task is on its way for that file, so this one is skipped without harm.
+    missing = Change(root, "vanished.py", "modified", "b" * 64, ts=1.0)
+    pipe.send_raw(missing.to_json())
+    wait_for(lambda: "changed again before analysis" in pipe.worker.output(), 20,
+             message="the superseded log line")
+    assert pipe.r.hget(names.facts(names.KNOWLEDGE, root), "vanished.py") is None
+
+
+def test_an_expired_blob_falls_back_to_the_same_bytes_on_this_hosts_disk(pipe):
+    root = pipe.new_root()
+    info = json.loads(pipe.r.hget(names.ROOTS, root))
+    pipe.r.hset(names.ROOTS, root, json.dumps({**info, "host": socket.gethostname()}))
+    (Path(info["path"]) / "local.py").write_bytes(UNDOCUMENTED.encode())
+    sha = hashlib.sha256(UNDOCUMENTED.encode()).hexdigest()
+    pipe.send_raw(Change(root, "local.py", "modified", sha, ts=1.0).to_json())  # no blob
+    (env,) = pipe.wait_envelopes(root, 1)
+    assert env["facts"]["metadata"]["paths"] == ["local.py"]
