@@ -60,7 +60,8 @@ def cmd_questions(args, settings: Settings) -> int:
     from .reader import run_questions  # noqa: PLC0415
 
     return run_questions(settings, follow=args.follow, signal=args.signal,
-                         open_only=args.open, fmt=args.format, count=args.count)
+                         open_only=args.open, pending_only=args.pending, fmt=args.format,
+                         count=args.count)
 
 
 def cmd_status(args, settings: Settings) -> int:
@@ -135,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", action="store_true", help="keep printing new ones")
     p.add_argument("--signal", metavar="S", help="only this signal (channel)")
     p.add_argument("--open", action="store_true", help="the currently open questions")
+    p.add_argument("--pending", action="store_true",
+                   help="questions waiting in the bridge's budget backlog, in sending order")
     p.add_argument("--count", type=int, default=100, help="how many recent entries")
     p.add_argument("--format", choices=("text", "jsonl"), default="text")
     p.set_defaults(func=cmd_questions)

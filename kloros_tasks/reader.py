@@ -34,11 +34,29 @@ def _field(fields) -> str:
     return fields.get(names.STREAM_FIELD.encode(), b"").decode(errors="replace")
 
 
+def pending(client) -> list[dict]:
+    """The bridge's budget backlog, per detector in the order it will be sent."""
+    out = []
+    for detector in names.DETECTORS:
+        ids = client.zrange(names.bridge_backlog(detector), 0, -1)
+        if not ids:
+            continue
+        for raw in client.hmget(names.BRIDGE_HELD, ids):
+            if raw is not None:
+                out.append(json.loads(raw))
+    return out
+
+
 def run_questions(settings: Settings, *, follow: bool = False, signal: str | None = None,
-                  open_only: bool = False, fmt: str = "text", count: int = 100,
-                  out=sys.stdout) -> int:
+                  open_only: bool = False, pending_only: bool = False, fmt: str = "text",
+                  count: int = 100, out=sys.stdout) -> int:
     client = redis_client(settings.redis_url, socket_timeout=None)
     try:
+        if pending_only:
+            for env in pending(client):
+                if signal is None or env.get("signal") == signal:
+                    out.write((dumps(env) if fmt == "jsonl" else render_envelope(env)) + "\n")
+            return 0
         if open_only:
             for env in Publisher(client).open_questions():
                 if signal is None or env.get("signal") == signal:
