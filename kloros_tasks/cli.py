@@ -64,6 +64,19 @@ def cmd_questions(args, settings: Settings) -> int:
                          count=args.count)
 
 
+def cmd_install_units(args, settings: Settings) -> int:
+    from .units import UnitsError, run_install_units  # noqa: PLC0415
+
+    try:
+        return run_install_units(
+            settings, prefix=Path(args.prefix), user=args.user,
+            venv=Path(args.venv).absolute() if args.venv else None,
+            state_dir=Path(args.state_dir), single_unit=args.single_unit)
+    except UnitsError as exc:
+        print(f"kloros-tasks: {exc}", file=sys.stderr)
+        return 2
+
+
 def cmd_status(args, settings: Settings) -> int:
     from .status import run_status  # noqa: PLC0415
 
@@ -127,6 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("chem-proxy", help="a ZeroMQ XSUB/XPUB proxy (KLOROS_CHEM_XSUB/XPUB)")
     p.set_defaults(func=cmd_chem_proxy)
+
+    p = sub.add_parser("install-units", help="render the systemd units into a directory")
+    p.add_argument("--prefix", default="/etc/systemd/system", metavar="DIR",
+                   help="where to write the units (default: %(default)s)")
+    p.add_argument("--user", default="kloros", metavar="U",
+                   help="the account the units run as (default: %(default)s)")
+    p.add_argument("--venv", metavar="PATH",
+                   help="virtualenv with kloros-tasks installed (default: the running one)")
+    p.add_argument("--state-dir", default="/var/lib/kloros", metavar="DIR",
+                   help="KLOROS_STATE_DIR of the units (default: %(default)s)")
+    p.add_argument("--single-unit", action="store_true",
+                   help="one worker on all four queues with beat embedded (small hosts)")
+    p.set_defaults(func=cmd_install_units)
 
     p = sub.add_parser("status", help="health of every component (exit 0/1/2)")
     p.add_argument("--json", action="store_true", help="one stable JSON object")
