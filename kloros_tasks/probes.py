@@ -32,6 +32,7 @@ from .detectors.exploration import (
     parse_governor,
     parse_loadavg,
     parse_meminfo,
+    parse_mountinfo,
     parse_mounts,
     parse_nvidia_smi,
 )
@@ -57,7 +58,7 @@ class Sources:
 
     cpuinfo: str = "/proc/cpuinfo"
     meminfo: str = "/proc/meminfo"
-    mounts: str = "/proc/mounts"
+    mounts: str = "/proc/self/mountinfo"  # a file named *mounts is read as /proc/mounts
     loadavg: str = "/proc/loadavg"
     governor: str = "/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"
     nvidia_smi: str = "nvidia-smi"
@@ -234,7 +235,8 @@ def collect(timeout: float = DEFAULT_TIMEOUT, sources: Sources | None = None) ->
 
 
 def _disks_from(mounts_path: str, timeout: float) -> Result:
-    mounts, reason = _parsed(mounts_path, parse_mounts)
+    parser = parse_mountinfo if mounts_path.endswith("mountinfo") else parse_mounts
+    mounts, reason = _parsed(mounts_path, parser)
     if mounts is None:
         return None, reason
     return probe_disks(mounts, timeout), None

@@ -499,3 +499,14 @@ def test_collect_on_this_machine_is_sane_and_a_rescan_finds_nothing_new():
     first, state = evaluate(inventory, {}, host=host)
     second, _ = evaluate(probes.collect(), json.loads(json.dumps(state)), host=host)
     assert {q.id for q in second} <= {q.id for q in first}
+
+
+def test_mountinfo_takes_read_only_from_the_superblock_not_the_sandboxed_mount():
+    from kloros_tasks.detectors.exploration import parse_mountinfo
+
+    mounts = {m.mountpoint: m for m in parse_mountinfo(
+        (DATA / "mountinfo_sandboxed.txt").read_text())}
+    assert set(mounts) == {"/", "/srv/data", "/media/cdrom"}
+    assert not mounts["/"].read_only and not mounts["/srv/data"].read_only
+    assert mounts["/media/cdrom"].read_only
+    assert mounts["/srv/data"].fstype == "xfs" and mounts["/srv/data"].device == "/dev/vdb"

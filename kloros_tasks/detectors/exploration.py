@@ -216,6 +216,20 @@ def parse_mounts(text: str) -> tuple[Mount, ...]:
                  if not m.device.startswith("/") or best[m.device] is m)
 
 
+def parse_mountinfo(text: str) -> tuple[Mount, ...]:
+    """Real mounts from /proc/self/mountinfo.  Read-only-ness comes from the superblock
+    options, not the per-mount ones: a sandbox (systemd's ProtectSystem=strict) remounts
+    everything read-only *for us*, yet the filesystem still fills up."""
+    lines = []
+    for line in text.splitlines():
+        head, sep, tail = line.partition(" - ")
+        fields, rest = head.split(), tail.split()
+        if not sep or len(fields) < 6 or len(rest) < 3:
+            continue
+        lines.append(f"{rest[1]} {fields[4]} {rest[0]} {rest[2]}")
+    return parse_mounts("\n".join(lines))
+
+
 def _shorter(a: Mount, b: Mount) -> bool:
     return (len(a.mountpoint), a.mountpoint) < (len(b.mountpoint), b.mountpoint)
 
