@@ -17,7 +17,7 @@ import socket
 import uuid
 
 from . import names, probes
-from .detectors import exploration
+from .detectors import exploration_rules as exploration
 from .publish import Publisher, SyncResult
 from .settings import Settings
 

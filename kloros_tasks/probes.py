@@ -1,6 +1,6 @@
 """The exploration scanner's thin I/O edge: read /proc and /sys, measure mounts, ask
 ``nvidia-smi``, list installed distributions; every parse is in
-``kloros_tasks.detectors.exploration``.
+``kloros_tasks.detectors.exploration`` (parsers) and ``exploration_rules`` (rules).
 
 Every probe is optional and bounded in time.  A probe that fails gives None and a
 reason instead of raising, so one broken source never costs the whole scan.  Blocking

@@ -20,16 +20,15 @@ from kloros_tasks.detectors.exploration import (
     Gpu,
     Inventory,
     Mount,
-    evaluate,
-    gpu_capable,
     parse_cpuinfo,
     parse_governor,
     parse_loadavg,
     parse_meminfo,
+    parse_mountinfo,
     parse_mounts,
     parse_nvidia_smi,
-    undetermined_rules,
 )
+from kloros_tasks.detectors.exploration_rules import evaluate, gpu_capable, undetermined_rules
 
 DATA = Path(__file__).parent / "data" / "exploration"
 HOST = "node7"
@@ -502,8 +501,6 @@ def test_collect_on_this_machine_is_sane_and_a_rescan_finds_nothing_new():
 
 
 def test_mountinfo_takes_read_only_from_the_superblock_not_the_sandboxed_mount():
-    from kloros_tasks.detectors.exploration import parse_mountinfo
-
     mounts = {m.mountpoint: m for m in parse_mountinfo(
         (DATA / "mountinfo_sandboxed.txt").read_text())}
     assert set(mounts) == {"/", "/srv/data", "/media/cdrom"}

@@ -133,7 +133,7 @@ def test_the_scan_task_runs_in_a_real_worker_and_records_this_host(r, redis_url,
 
 
 def _evaluate_here(host):
-    from kloros_tasks.detectors import exploration
+    from kloros_tasks.detectors import exploration_rules as exploration
 
     questions, _state = exploration.evaluate(probes.collect(timeout=5.0), {}, host=host)
     return questions
