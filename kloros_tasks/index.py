@@ -39,6 +39,10 @@ class MemoryIndex:
     def who_many(self, relation: str, values: Iterable[str]) -> dict[str, frozenset[str]]:
         return {v: self.who(relation, v) for v in values}
 
+    def exists_many(self, relation: str, values: Iterable[str]) -> set[str]:
+        """The values some file holds under ``relation`` (existence only, no members)."""
+        return {v for v in values if self._inv.get((relation, v))}
+
     def paths(self) -> list[str]:
         return sorted(self._facts)
 
@@ -87,6 +91,15 @@ class RedisIndex:
         for v, members in zip(values, pipe.execute(), strict=True):
             out[v] = frozenset(m.decode() if isinstance(m, bytes) else m for m in members)
         return out
+
+    def exists_many(self, relation: str, values: Iterable[str]) -> set[str]:
+        """The values some file holds under ``relation``, without fetching whole sets
+        (a directory or a common attribute name can have thousands of holders)."""
+        values = list(values)
+        pipe = self.r.pipeline(transaction=False)
+        for v in values:
+            pipe.exists(self._key(relation, v))
+        return {v for v, n in zip(values, pipe.execute(), strict=True) if n}
 
     def paths(self) -> list[str]:
         return sorted(k.decode() if isinstance(k, bytes) else k

@@ -31,6 +31,7 @@ TASK_EXPLORATION_SCAN = "kloros.exploration.scan"
 # matched against the file's basename.
 FILE_DETECTOR_SUFFIXES: dict[str, tuple[str, ...]] = {
     KNOWLEDGE: (".py", ".md", ".rst", ".txt"),
+    INTEGRATION: (".py",),
     CAPABILITY: (".py", "pyproject.toml", "requirements*.txt", ".env.example", "*.env.example"),
 }
 

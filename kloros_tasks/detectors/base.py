@@ -56,6 +56,9 @@ class IndexView(Protocol):
     def who_many(self, relation: str, values: Iterable[str]) -> dict[str, frozenset[str]]:
         """``who`` for several values in one round trip."""
 
+    def exists_many(self, relation: str, values: Iterable[str]) -> set[str]:
+        """The values that some file holds under ``relation``."""
+
 
 Touched = frozenset[tuple[str, str]]  # (relation, value) pairs added or removed
 
