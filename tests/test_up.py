@@ -113,3 +113,37 @@ def test_up_runs_the_pipeline_and_stops_cleanly_and_restarts_without_republishin
     client.close()
     up.popen.send_signal(signal.SIGINT)
     assert up.popen.wait(15) == 0
+
+
+def test_up_bridges_questions_to_a_chembus_subscriber_when_an_endpoint_is_set(world, procs):
+    import socket as _socket
+
+    import zmq
+
+    def port() -> int:
+        with _socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    base, tree, state = world
+    xsub, xpub = f"tcp://127.0.0.1:{port()}", f"tcp://127.0.0.1:{port()}"
+    env = service_env("", state, KLOROS_CHEM_XSUB=xsub, KLOROS_CHEM_XPUB=xpub,
+                      KLOROS_BUDGET_KNOWLEDGE="0", KLOROS_EXPLORATION_INTERVAL="3600")
+    del env["KLOROS_REDIS_URL"]
+    procs.add(Proc([sys.executable, "-m", "kloros_tasks.cli", "chem-proxy"], env,
+                   base / "proxy.log")).wait_output("ChemBus proxy:", 30)
+    context = zmq.Context()
+    sub = context.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"curiosity.knowledge")
+    sub.connect(xpub)
+    try:
+        procs.add(Proc([sys.executable, "-m", "kloros_tasks.cli", "up", str(tree)], env,
+                       base / "up.log"))
+        assert sub.poll(90_000), "no envelope reached the ChemBus subscriber"
+        topic, body = sub.recv_multipart()
+        envelope = json.loads(body)
+        assert topic == b"curiosity.knowledge_question" == envelope["signal"].encode()
+        assert envelope["facts"]["metadata"]["paths"] == ["pkg/mod.py"]
+    finally:
+        sub.close(0)
+        context.term()
