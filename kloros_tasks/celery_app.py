@@ -60,6 +60,9 @@ def configure(app: Celery, settings: Settings) -> None:
         task_queues=[Queue(q, routing_key=q) for q in names.QUEUES],
         task_default_queue=names.KNOWLEDGE,
         task_create_missing_queues=False,
+        # Each worker also consumes its own direct queue: the exploration scan fans out
+        # to one worker per host through it, so every host reports its own hardware.
+        worker_direct=True,
         task_routes={
             **{task: {"queue": det} for det, task in names.TASK_ANALYZE.items()},
             names.TASK_EXPLORATION_SCAN: {"queue": names.EXPLORATION},

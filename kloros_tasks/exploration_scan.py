@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import uuid
 
 from . import names, probes
@@ -52,10 +51,35 @@ def _record_opened(client, host: str, opened, rate: tuple[int, int], now: float)
         client.expire(names.exploration_opened(host), rate[1] + 60)
 
 
+NODE_STALE_INTERVALS = 3  # a node unseen for this many intervals is forgotten
+
+
+def register_node(client, node: str, host: str, now: float) -> None:
+    """Remember that exploration worker ``node`` runs on ``host`` (for the fan-out)."""
+    client.hset(names.EXPLORATION_NODES, node, json.dumps({"host": host, "seen": now}))
+
+
+def other_hosts_nodes(client, host: str, interval: int, now: float) -> list[str]:
+    """One live exploration node per other host; stale nodes are forgotten."""
+    chosen: dict[str, str] = {}
+    for raw_node, raw in client.hgetall(names.EXPLORATION_NODES).items():
+        node = raw_node.decode() if isinstance(raw_node, bytes) else raw_node
+        try:
+            info = json.loads(raw)
+            other, seen = str(info["host"]), float(info["seen"])
+        except (ValueError, KeyError, TypeError):
+            other, seen = "", 0.0
+        if now - seen > NODE_STALE_INTERVALS * interval:
+            client.hdel(names.EXPLORATION_NODES, node)
+        elif other != host:
+            chosen.setdefault(other, node)
+    return [chosen[h] for h in sorted(chosen)]
+
+
 def run_scan(client, publisher: Publisher, settings: Settings, *, host: str | None = None,
              collect=probes.collect) -> SyncResult | None:
     """Scan this host once; None when another run holds the lock."""
-    host = host or socket.gethostname()
+    host = host or settings.host
     token = uuid.uuid4().hex
     hold = max(1, settings.exploration_interval // 2)
     if not client.set(names.exploration_lock(host), token, nx=True, ex=hold):

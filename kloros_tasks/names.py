@@ -65,6 +65,7 @@ DEADLETTER = "kloros:deadletter"  # LIST of JSON {task, payload, reason, ts}
 SYNTAX_ERRORS = "kloros:syntax_errors"  # HASH "<root>:<path>" -> "line N: message"
 WATCHER_HEARTBEAT = "kloros:watcher:heartbeat"  # STRING JSON, with TTL
 EXPLORATION_LAST_SCAN = "kloros:exploration:last_scan"  # HASH host -> time of the last scan
+EXPLORATION_NODES = "kloros:exploration:nodes"  # HASH worker node -> JSON {host, seen}
 
 
 def blob(sha256: str) -> str:

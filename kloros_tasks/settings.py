@@ -7,6 +7,7 @@ message is one line naming the variable; the CLI prints it and exits with status
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -72,6 +73,7 @@ class Settings:
     exploration_rate: tuple[int, int] = DEFAULT_EXPLORATION_RATE
     target_python: str | None = None  # the workers' own interpreter when None
     flower_auth: str | None = None  # "user:password" for Flower's basic auth
+    host: str = field(default_factory=socket.gethostname)  # the name this host reports
     flower_port: int = DEFAULT_FLOWER_PORT
     tool_packages: tuple[str, ...] = DEFAULT_TOOL_PACKAGES
     budgets: tuple[tuple[str, int, int], ...] = tuple(
@@ -244,6 +246,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         exploration_rate=_rate(env, "KLOROS_EXPLORATION_RATE", DEFAULT_EXPLORATION_RATE),
         target_python=_target_python(env),
         flower_auth=_flower_auth(env),
+        host=env.get("KLOROS_HOSTNAME", "").strip() or socket.gethostname(),
         flower_port=_int(env, "KLOROS_FLOWER_PORT", DEFAULT_FLOWER_PORT, 1),
         tool_packages=tuple(p for p in env.get("KLOROS_TOOL_PACKAGES", "").replace(
             ":", ",").split(",") if p.strip()) or DEFAULT_TOOL_PACKAGES,

@@ -16,6 +16,8 @@ import time
 import redis
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_ready
+from celery.utils.nodenames import worker_direct
 
 from . import names
 from .analysis import Context, handle_change
@@ -51,7 +53,8 @@ class KlorosTask(Task):
         return self._client
 
     def context(self) -> Context:
-        publisher = Publisher(self.client, stream_maxlen=self.settings.stream_maxlen)
+        publisher = Publisher(self.client, host=self.settings.host,
+                              stream_maxlen=self.settings.stream_maxlen)
         return Context(self.client, publisher, self.settings.max_file_bytes)
 
     def __call__(self, *args, **kwargs):
@@ -115,10 +118,39 @@ def analyze_capability(self, *args, **kwargs):
 
 
 @app.task(name=names.TASK_EXPLORATION_SCAN, base=KlorosTask, bind=True)
-def exploration_scan(self, *args, **kwargs):
-    from .exploration_scan import run_scan  # noqa: PLC0415 - probes load only here
+def exploration_scan(self, *args, fanned: bool = False, **kwargs):
+    """Scan this host; a scan from beat (not ``fanned``) also asks one exploration worker
+    on every other host to scan its own, through that worker's direct queue."""
+    from .exploration_scan import other_hosts_nodes, register_node, run_scan  # noqa: PLC0415
 
     if args or kwargs:
         log.warning("%s takes no arguments; ignoring %r %r", self.name, args, kwargs)
-    result = run_scan(self.client, self.context().publisher, self.settings)
+    settings = self.settings
+    now = time.time()
+    register_node(self.client, self.request.hostname, settings.host, now)
+    if not fanned:
+        expires = max(1.0, settings.exploration_interval * 0.9)
+        for node in other_hosts_nodes(self.client, settings.host,
+                                      settings.exploration_interval, now):
+            self.app.send_task(self.name, kwargs={"fanned": True},
+                               queue=worker_direct(node), expires=expires)
+    result = run_scan(self.client, self.context().publisher, settings)
     return "skipped" if result is None else f"{len(result.opened)} opened"
+
+
+@worker_ready.connect
+def register_exploration_worker(sender=None, **_kwargs):
+    """An exploration worker joins the fan-out as soon as it starts, not at its first scan."""
+    from .exploration_scan import register_node  # noqa: PLC0415
+
+    consumer = sender
+    if consumer is None or names.EXPLORATION not in consumer.app.amqp.queues.consume_from:
+        return
+    settings = settings_of(consumer.app)
+    client = redis_client(settings.redis_url)
+    try:
+        register_node(client, consumer.hostname, settings.host, time.time())
+    except TRANSIENT as exc:
+        log.warning("could not register %s for exploration fan-out: %s", consumer.hostname, exc)
+    finally:
+        client.close()

@@ -84,9 +84,11 @@ class ProcGroup:
             proc.stop()
 
 
-def start_worker(redis_url: str, state_dir: Path, queues: str, log: Path, **extra) -> Proc:
+def start_worker(redis_url: str, state_dir: Path, queues: str, log: Path, *,
+                 node: str | None = None, **extra) -> Proc:
+    node = node or f"{queues.replace(',', '-')}-test@%h"
     argv = [sys.executable, "-m", "celery", "-A", "kloros_tasks.celery_app", "worker",
-            "-Q", queues, "-n", f"{queues.replace(',', '-')}-test@%h", "--pool", "prefork",
+            "-Q", queues, "-n", node, "--pool", "prefork",
             "--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
             "--without-heartbeat"]
     proc = Proc(argv, service_env(redis_url, state_dir, **extra), log)

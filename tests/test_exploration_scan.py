@@ -137,3 +137,24 @@ def _evaluate_here(host):
 
     questions, _state = exploration.evaluate(probes.collect(timeout=5.0), {}, host=host)
     return questions
+
+
+@pytest.mark.integration
+def test_a_beat_scan_fans_out_so_every_host_reports_its_own_hardware(r, redis_url, tmp_path,
+                                                                      procs):
+    # Two exploration workers that report as two hosts (KLOROS_HOSTNAME), as two machines
+    # sharing one Redis would.
+    for host in ("alpha", "beta"):
+        worker = start_worker(redis_url, tmp_path, "exploration", tmp_path / f"{host}.log",
+                              node=f"exploration@{host}", KLOROS_HOSTNAME=host)
+        procs.add(worker)
+    nodes = wait_for(lambda: len(r.hgetall(names.EXPLORATION_NODES)) == 2, 20,
+                     message="both workers registered")
+    assert nodes
+    app = create_app(settings(redis_url, KLOROS_STATE_DIR=str(tmp_path)))
+    app.send_task(names.TASK_EXPLORATION_SCAN, queue=names.EXPLORATION)  # what beat sends
+    scanned = wait_for(lambda: {h.decode() for h in r.hkeys(names.EXPLORATION_LAST_SCAN)}
+                       >= {"alpha", "beta"} and r.hkeys(names.EXPLORATION_LAST_SCAN), 30,
+                       message="a scan on each host")
+    assert len(scanned) == 2
+    assert r.exists(names.exploration_state("alpha"), names.exploration_state("beta")) == 2
