@@ -105,6 +105,15 @@ def route(relpath: str, table: Mapping[str, Iterable[str]] | None = None) -> set
     return wanted
 
 
+def is_utf8(relpath: str) -> bool:
+    """False for a name holding undecodable bytes (Python keeps them as surrogates)."""
+    try:
+        relpath.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def should_enqueue(
     relpath: str,
     exclude: Iterable[str] = (),
@@ -113,9 +122,12 @@ def should_enqueue(
     """The detectors that want the file at ``relpath``; empty when it must be ignored.
 
     Ignored: anything under VCS, cache, virtualenv, node_modules or build directories,
-    editor temp files, and whatever a KLOROS_EXCLUDE glob (``exclude``) matches,
-    tried against the whole relpath and against each path component.
+    editor temp files, names that are not valid UTF-8 (they cannot travel in a JSON
+    task), and whatever a KLOROS_EXCLUDE glob (``exclude``) matches, tried against the
+    whole relpath and against each path component.
     """
+    if not is_utf8(relpath):
+        return set()
     parts = _parts(relpath)
     if not parts or is_editor_temp(parts[-1]):
         return set()

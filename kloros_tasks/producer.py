@@ -262,6 +262,8 @@ class Watcher:
             self._gone_dirs.setdefault(root.name, set()).add(rel)
         elif filters.should_enqueue(rel, self.settings.exclude):
             self.debouncer.feed((root.name, rel), kind, now)
+        elif not filters.is_utf8(rel):
+            log.warning("ignoring %r in %s: its name is not valid UTF-8", rel, root.name)
 
     def _forget_dirs(self, now: float) -> None:
         """Every seen file under a vanished directory is now deleted (or changed, for

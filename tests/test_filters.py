@@ -323,3 +323,10 @@ def test_inotify_advice_names_the_sysctl_to_raise():
     assert "fs.inotify.max_user_watches" in inotify_advice(errno.ENOSPC, "limit reached")
     assert "fs.inotify.max_user_instances" in inotify_advice(errno.EMFILE, "limit reached")
     assert inotify_advice(errno.EACCES, "denied") is None
+
+
+def test_names_that_are_not_utf8_are_never_enqueued():
+    undecodable = b"caf\xe9.py".decode("utf-8", "surrogateescape")
+    assert should_enqueue(undecodable) == set()
+    assert should_enqueue(f"{undecodable[:-3]}/x.py") == set()
+    assert should_enqueue("café.py") != set()
