@@ -21,7 +21,7 @@ from celery.utils.nodenames import worker_direct
 
 from . import names
 from .analysis import Context, handle_change
-from .celery_app import app, settings_of
+from .celery_app import SOFT_LIMIT_MARGIN, app, settings_of
 from .connections import redis_client
 from .publish import Publisher
 from .registry import worker_detector
@@ -30,13 +30,19 @@ log = logging.getLogger(__name__)
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 
 
+REDIS_WAIT_FIRST, REDIS_WAIT_MAX = 0.25, 8.0
+REDIS_WAIT_MARGIN = 10  # seconds kept free before the soft time limit
+
+
 class KlorosTask(Task):
+    """Base of every task.  Transient Redis errors are waited out *inside* the task
+    (tasks are idempotent, so running the body again is safe): Celery's own retry
+    would have to publish through the broker that is down, and a failed retry
+    rejects the message for good.  If Redis stays away past the deadline the task
+    fails without an ack reaching Redis, so the message comes back after the
+    visibility timeout."""
+
     abstract = True
-    autoretry_for = TRANSIENT
-    retry_backoff = 1
-    retry_backoff_max = 60
-    retry_jitter = True
-    max_retries = 20
     _client = None
     _pid = None
 
@@ -58,6 +64,21 @@ class KlorosTask(Task):
         return Context(self.client, publisher, self.settings.max_file_bytes)
 
     def __call__(self, *args, **kwargs):
+        budget = self.settings.task_time_limit - SOFT_LIMIT_MARGIN - REDIS_WAIT_MARGIN
+        deadline = time.monotonic() + max(1.0, budget)
+        delay = REDIS_WAIT_FIRST
+        while True:
+            try:
+                return self._call_once(*args, **kwargs)
+            except TRANSIENT as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("%s: redis unavailable (%s); trying again in %.2f s",
+                            self.name, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, REDIS_WAIT_MAX)
+
+    def _call_once(self, *args, **kwargs):
         task_id = self.request.id
         if task_id and self._over_delivered(task_id, args):
             return "dead-lettered"
