@@ -132,9 +132,12 @@ def _analyse(ctx: Context, detector: FileDetector, change: Change, root_info: di
         ctx.client.hset(names.SKIPPED, key, reason)
     else:
         ctx.client.hdel(names.SKIPPED, key)
+    # Parse outside the lock: a slow or killed parse must not hold up the whole root.
+    facts = detector.extract(change.path, text) if text is not None else None
     with ctx.client.lock(names.lock(detector.name, change.root), timeout=LOCK_TIMEOUT,
                          blocking_timeout=LOCK_WAIT):
-        applied = engine.apply_change(detector, index, change.path, text, change.sha256)
+        applied = engine.apply_change(detector, index, change.path, text, change.sha256,
+                                      facts=facts)
         owners = set(applied.owners)
         if reevaluate_all:  # the world the detector judges against changed
             owners.update(index.paths())

@@ -37,6 +37,9 @@ def configure(app: Celery, settings: Settings) -> None:
             "socket_timeout": 15,
             "socket_connect_timeout": 5,
             "retry_on_timeout": True,
+            # Tasks of a dead worker come back within seconds, not kombu's default 100 s.
+            "unacked_restore_interval": 5,
+            "unacked_restore_throttle": 1,
         },
         broker_heartbeat=0,
         result_backend=None,
@@ -48,7 +51,9 @@ def configure(app: Celery, settings: Settings) -> None:
         result_accept_content=["json"],
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        task_acks_on_failure_or_timeout=True,
+        # A task killed at the hard time limit is not acknowledged: it comes back, is
+        # counted, and a file that always times out ends in the dead-letter list.
+        task_acks_on_failure_or_timeout=False,
         worker_prefetch_multiplier=1,
         task_time_limit=settings.task_time_limit,
         task_soft_time_limit=max(1, settings.task_time_limit - SOFT_LIMIT_MARGIN),

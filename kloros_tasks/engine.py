@@ -52,7 +52,7 @@ class Applied:
 
 
 def apply_change(detector: FileDetector, index, path: str, text: str | None,
-                 digest: str | None = None) -> Applied:
+                 digest: str | None = None, facts: FileFacts | None = None) -> Applied:
     """Store ``path``'s new facts (None text = the file is gone or unanalysable).
 
     A parse error keeps the previous facts: while someone types, the rest of the tree
@@ -61,7 +61,8 @@ def apply_change(detector: FileDetector, index, path: str, text: str | None,
     if text is None:
         touched = index.update(path, None)
         return Applied(frozenset({path} | detector.affected(path, touched, index)))
-    facts = detector.extract(path, text)
+    if facts is None:
+        facts = detector.extract(path, text)
     if facts.error:
         return Applied(frozenset({path}) if index.facts(path) is None else frozenset(),
                        facts.error)
