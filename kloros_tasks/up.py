@@ -17,7 +17,7 @@ from pathlib import Path
 
 import redis
 
-from . import names
+from . import names, snapshot
 from .connections import redis_client
 from .embedded import EmbeddedRedis
 from .render import render_text
@@ -25,6 +25,7 @@ from .settings import Settings
 from .supervisor import first_dead, lock_state_dir, plan, stop_all
 
 MAX_SOCKET_PATH = 100
+SNAPSHOT_EVERY = 300.0  # seconds between state snapshots while running
 
 
 def embedded_dir(state_dir: Path) -> Path:
@@ -112,7 +113,11 @@ def run_up(settings: Settings, roots: list[Path], *, fmt: str = "text",
         signal.signal(sig, lambda *_: stop.set())
     client = redis_client(url, socket_timeout=5)
     status = 0
+    snapshot_path = snapshot.default_path(settings.state_dir)
     try:
+        if snapshot.restore_snapshot(client, snapshot_path):
+            print(f"restored open questions and the file index from {snapshot_path}",
+                  file=sys.stderr)
         last_id = _stream_tail(client)
         open_count = client.hlen(names.LEDGER)
         if open_count:
@@ -122,9 +127,10 @@ def run_up(settings: Settings, roots: list[Path], *, fmt: str = "text",
             child.start(env, log_dir)
         print(f"started {', '.join(c.name for c in children)}; logs in {log_dir}",
               file=sys.stderr)
-        status = _loop(client, children, stop, last_id, fmt)
+        status = _loop(client, children, stop, last_id, fmt, snapshot_path)
     finally:
         stop_all(children)
+        _snapshot(client, snapshot_path)
         client.close()
         if server is not None:
             server.stop()
@@ -132,9 +138,22 @@ def run_up(settings: Settings, roots: list[Path], *, fmt: str = "text",
     return status
 
 
-def _loop(client, children, stop: threading.Event, last_id: str, fmt: str) -> int:
+def _snapshot(client, path: Path) -> None:
+    """Best effort: a failed snapshot leaves the previous one in place."""
+    try:
+        snapshot.write_snapshot(client, path)
+    except (redis.RedisError, OSError, snapshot.SnapshotError) as exc:
+        print(f"kloros-tasks: state snapshot not written: {exc}", file=sys.stderr)
+
+
+def _loop(client, children, stop: threading.Event, last_id: str, fmt: str,
+          snapshot_path: Path) -> int:
     progress, printed = Progress(), 0
+    next_snapshot = time.monotonic() + SNAPSHOT_EVERY
     while not stop.is_set():
+        if time.monotonic() >= next_snapshot:
+            _snapshot(client, snapshot_path)
+            next_snapshot = time.monotonic() + SNAPSHOT_EVERY
         dead = first_dead(children)
         if dead is not None:
             print(f"kloros-tasks: {dead.name} exited with status {dead.proc.returncode}; "

@@ -96,6 +96,8 @@ def test_up_runs_the_pipeline_and_stops_cleanly_and_restarts_without_republishin
     up.popen.send_signal(signal.SIGTERM)
     assert up.popen.wait(15) == 0
     assert time.monotonic() - started < 10
+    snapshot = json.loads((state / "snapshot.json").read_text())  # written at shutdown
+    assert snapshot
     time.sleep(0.5)
     assert processes_mentioning(str(state)) == []
 
