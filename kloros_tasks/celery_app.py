@@ -55,6 +55,9 @@ def configure(app: Celery, settings: Settings) -> None:
         # counted, and a file that always times out ends in the dead-letter list.
         task_acks_on_failure_or_timeout=False,
         worker_prefetch_multiplier=1,
+        # On a lost broker connection, cancel running tasks: their messages are
+        # redelivered (late acks) instead of finishing into a dead connection.
+        worker_cancel_long_running_tasks_on_connection_loss=True,
         task_time_limit=settings.task_time_limit,
         task_soft_time_limit=max(1, settings.task_time_limit - SOFT_LIMIT_MARGIN),
         worker_max_memory_per_child=settings.worker_max_memory_kib,

@@ -15,7 +15,7 @@ import time
 
 import redis
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.signals import worker_ready
 from celery.utils.nodenames import worker_direct
 
@@ -72,7 +72,9 @@ class KlorosTask(Task):
                 return self._call_once(*args, **kwargs)
             except TRANSIENT as exc:
                 if time.monotonic() + delay > deadline:
-                    raise
+                    # A small exception without its chain: a long chained traceback
+                    # sent back over the pool's pipe has desynchronised it before.
+                    raise Reject(f"redis unavailable: {exc}", requeue=True) from None
                 log.warning("%s: redis unavailable (%s); trying again in %.2f s",
                             self.name, exc, delay)
                 time.sleep(delay)
