@@ -3,12 +3,8 @@ programs against this machine's real environment."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
-
 import pytest
-from test_worker import Pipeline
+from test_worker import module_pipeline
 
 from kloros_tasks import names
 
@@ -41,12 +37,7 @@ def run():
 
 @pytest.fixture(scope="module")
 def pipe():
-    directory = Path(tempfile.mkdtemp(prefix="kl-cap-"))
-    pipeline = Pipeline(directory, names.CAPABILITY)
-    yield pipeline
-    pipeline.close()
-    assert "Traceback" not in pipeline.worker.output(), pipeline.worker.output()[-4000:]
-    shutil.rmtree(directory, ignore_errors=True)
+    yield from module_pipeline(names.CAPABILITY)
 
 
 def subjects(envelopes) -> dict[str, set[str]]:

@@ -3,12 +3,8 @@ as files arrive, change and go."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
-
 import pytest
-from test_worker import Pipeline
+from test_worker import module_pipeline
 
 from kloros_tasks import names
 
@@ -53,12 +49,7 @@ VALUE = run()
 
 @pytest.fixture(scope="module")
 def pipe():
-    directory = Path(tempfile.mkdtemp(prefix="kl-int-"))
-    pipeline = Pipeline(directory, names.INTEGRATION)
-    yield pipeline
-    pipeline.close()
-    assert "Traceback" not in pipeline.worker.output(), pipeline.worker.output()[-4000:]
-    shutil.rmtree(directory, ignore_errors=True)
+    yield from module_pipeline(names.INTEGRATION)
 
 
 def rule_events(envelopes) -> list[tuple[str, str]]:

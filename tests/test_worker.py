@@ -89,14 +89,19 @@ class Pipeline:
         self.server.stop()
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    directory = Path(tempfile.mkdtemp(prefix="kl-worker-"))
-    pipeline = Pipeline(directory)
+def module_pipeline(detector: str):
+    """Body of a module-scoped fixture: one worker for ``detector``, checked for crashes."""
+    directory = Path(tempfile.mkdtemp(prefix=f"kl-{detector[:4]}-"))
+    pipeline = Pipeline(directory, detector)
     yield pipeline
     pipeline.close()
     assert "Traceback" not in pipeline.worker.output(), pipeline.worker.output()[-4000:]
     shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    yield from module_pipeline(names.KNOWLEDGE)
 
 
 def test_undocumented_code_raises_a_question_and_documenting_it_resolves_it(pipe):
