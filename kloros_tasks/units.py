@@ -18,9 +18,11 @@ Two layouts share the target ``kloros-curiosity.target``:
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import re
+import stat
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -232,9 +234,68 @@ def _user_exists(user: str) -> bool:
     return True
 
 
+def _ids(user: str) -> tuple[int, set[int]] | None:
+    """(uid, gids) of ``user``, or None when the account does not exist yet."""
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return None
+    gids = {entry.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+    return entry.pw_uid, gids
+
+
+def _allows(info: os.stat_result, ids: tuple[int, set[int]] | None, bits: int) -> bool:
+    """Whether the mode ``info`` grants ``bits`` (a combination of R_OK/X_OK) to ``ids``;
+    an account not created yet is judged as "other" (it will be in no group but its own)."""
+    if ids is not None and ids[0] == 0:
+        return True
+    if ids is not None and info.st_uid == ids[0]:
+        shift = 6
+    elif ids is not None and info.st_gid in ids[1]:
+        shift = 3
+    else:
+        shift = 0
+    return (info.st_mode >> shift) & bits == bits
+
+
+def unreachable(user: str, programs: Iterable[Path]) -> list[str]:
+    """Why ``user`` could not run each of ``programs`` (each followed to its real path):
+    a directory on the way it cannot enter, or the file itself.  Empty when all is well;
+    systemd reports such a unit only as "status=203/EXEC"."""
+    ids, problems = _ids(user), []
+    for program in programs:
+        real = Path(os.path.realpath(program))
+        try:
+            problem = _blocked(user, ids, real)
+        except OSError as exc:
+            problem = f"{real}: {exc.strerror}"
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def _blocked(user: str, ids: tuple[int, set[int]] | None, real: Path) -> str | None:
+    for directory in reversed(real.parents):
+        info = os.stat(directory)
+        if not _allows(info, ids, os.X_OK):
+            return f"{real}: {user} cannot enter {directory} (mode {stat.filemode(info.st_mode)})"
+    if not _allows(os.stat(real), ids, os.R_OK | os.X_OK):
+        return f"{real}: {user} cannot read and run it"
+    return None
+
+
 def next_steps(options: UnitOptions, prefix: Path, templates: Path) -> list[str]:
     """The commands an operator runs after ``install_units``, one per line."""
-    lines = ["Next, as root:"]
+    lines = []
+    bin_dir = options.venv / "bin"
+    blocked = unreachable(options.user, [bin_dir / "celery", bin_dir / "kloros-tasks",
+                                         bin_dir / "python"])
+    if blocked:
+        lines.append(f"Warning: the units would fail to start (status=203/EXEC): "
+                     f"{'; '.join(blocked)}. Build the virtualenv from a Python the account "
+                     f"can run (e.g. /usr/bin/python3 -m venv /opt/kloros/venv) in a "
+                     f"directory it can enter.")
+    lines.append("Next, as root:")
     if prefix.resolve() not in UNIT_SEARCH_PATH:
         lines.append(f"  cp {prefix}/kloros-* {DEFAULT_PREFIX}/"
                      f"   # systemd does not read units from {prefix}")

@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -241,6 +242,47 @@ def test_install_units_writes_the_units_and_prints_the_systemctl_commands(tmp_pa
     text = out.getvalue()
     assert "systemctl daemon-reload && systemctl enable --now kloros-curiosity.target" in text
     assert f"wrote {tmp_path / 'system' / 'kloros-beat.service'}" in text
+
+
+def fake_venv(parent: Path, mode: int) -> Path:
+    """A virtualenv-shaped directory under ``parent`` (given ``mode``) with runnable stubs."""
+    parent.mkdir(mode=mode)
+    parent.chmod(mode)  # mkdir's mode is filtered by the umask
+    bin_dir = parent / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    for name in ("celery", "kloros-tasks", "python"):
+        (bin_dir / name).write_text("#!/bin/sh\n")
+        (bin_dir / name).chmod(0o755)
+    return parent / "venv"
+
+
+@pytest.fixture
+def open_dir() -> Path:
+    """A directory every account can enter (pytest's own temporary directories are private)."""
+    directory = Path(tempfile.mkdtemp(prefix="kloros-units-"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory)
+
+
+def test_a_program_behind_a_private_directory_is_unreachable_for_the_service_account(open_dir):
+    venv = fake_venv(open_dir / "private", 0o700)
+    programs = [venv / "bin" / "celery", venv / "bin" / "python"]
+    problems = units.unreachable("nobody", programs)
+    assert len(problems) == 2
+    assert all(f"nobody cannot enter {open_dir / 'private'}" in p for p in problems)
+    assert units.unreachable("root", programs) == []
+    # An account not created yet is judged by the "other" bits: blocked as well.
+    assert len(units.unreachable("an-account-not-created-yet", programs)) == 2
+
+
+def test_install_units_warns_when_the_account_cannot_run_the_virtualenv(tmp_path, open_dir):
+    for mode, warned in ((0o700, True), (0o755, False)):
+        venv = fake_venv(open_dir / f"mode{mode:o}", mode)
+        out = io.StringIO()
+        units.run_install_units(from_env({}), prefix=tmp_path / f"units{mode:o}", venv=venv,
+                                user="nobody", out=out)
+        assert ("status=203/EXEC" in out.getvalue()) is warned, out.getvalue()
 
 
 def test_switching_layouts_names_the_units_left_over(tmp_path):
