@@ -7,15 +7,18 @@ import signal
 import socket
 import sys
 import threading
+import time
 
 import pytest
+import redis
 import zmq
 from procs import Proc, service_env, wait_for
 
 from kloros_tasks import names
-from kloros_tasks.bridge import Bridge, backlog_score
+from kloros_tasks.bridge import IDLE_BLOCK_MS, Bridge, backlog_score, run_bridge
+from kloros_tasks.connections import redis_client
 from kloros_tasks.publish import Publisher
-from kloros_tasks.questions import Question
+from kloros_tasks.questions import Question, dumps, open_envelope
 from kloros_tasks.settings import from_env
 
 pytestmark = pytest.mark.integration
@@ -49,7 +52,27 @@ def start_proxy(env, tmp_path, procs) -> Proc:
 def start_bridge(env, tmp_path, procs) -> Proc:
     proc = procs.add(Proc(CLI + ["bridge"], env, tmp_path / "bridge.log"))
     proc.wait_output("bridging", 20)
+    # "bridging" is logged just before the consumer group is made: tests read the group.
+    client = redis_client(env["KLOROS_REDIS_URL"])
+    try:
+        wait_for(lambda: has_group(client), 20, message="the bridge's consumer group")
+    finally:
+        client.close()
     return proc
+
+
+def has_group(r) -> bool:
+    try:
+        return any(g["name"] in (names.BRIDGE_GROUP, names.BRIDGE_GROUP.encode())
+                   for g in r.xinfo_groups(names.STREAM))
+    except redis.ResponseError:
+        return False  # no stream yet
+
+
+def waiting_idle(r, *, just_began: bool = False) -> bool:
+    """A client (the bridge) is blocked in XREADGROUP; ``just_began``: for under a second."""
+    return any(c["cmd"] == "xreadgroup" and "b" in c["flags"]
+               and (not just_began or int(c["idle"]) == 0) for c in r.client_list())
 
 
 class Subscriber:
@@ -193,3 +216,86 @@ def test_over_budget_questions_wait_and_go_out_by_severity_and_resolutions_cance
         stop.set()
         thread.join(5)
         bridge.close(), proxy.stop(), sub.close()
+
+
+def test_a_held_question_goes_out_when_its_budget_window_reopens(r, redis_url, endpoints,
+                                                                   tmp_path, procs):
+    xsub, xpub = endpoints
+    env = service_env(redis_url, tmp_path, KLOROS_CHEM_XSUB=xsub, KLOROS_CHEM_XPUB=xpub,
+                      KLOROS_BUDGET_KNOWLEDGE="1/3")
+    proxy = start_proxy(env, tmp_path, procs)
+    sub = Subscriber(xpub)
+    bridge = start_bridge(env, tmp_path, procs)
+    try:
+        publish(r, [0])
+        sub.collect(1)
+        publish(r, [1])  # over budget: held until the first send leaves the 3 s window
+        got = sub.collect(2, timeout=30)
+        sub.quiet_for(0.5)
+        assert [e["incident_id"] for _, e in got] == stream_incidents(r)
+        first, second = (e for _, e in got)
+        sent_at = r.zscore(names.bridge_sent(names.KNOWLEDGE), second["incident_id"])
+        assert sent_at >= first["ts"] + 3  # not before the first send left the window
+        assert r.hlen(names.BRIDGE_HELD) == 0
+        assert not r.exists(names.bridge_backlog(names.KNOWLEDGE))
+    finally:
+        bridge.stop(), proxy.stop(), sub.close()
+
+
+def test_a_backlog_parked_by_another_bridge_is_drained(r, redis_url, endpoints, tmp_path,
+                                                       procs):
+    xsub, xpub = endpoints
+    env = service_env(redis_url, tmp_path, KLOROS_CHEM_XSUB=xsub, KLOROS_CHEM_XPUB=xpub)
+    proxy = start_proxy(env, tmp_path, procs)
+    sub = Subscriber(xpub)
+    bridge = start_bridge(env, tmp_path, procs)
+    try:
+        wait_for(lambda: waiting_idle(r), 20, message="the bridge waiting idle")
+        # What a bridge on another host leaves when it holds a question and dies.
+        envelope = open_envelope(question(7, "high"), root="repo", host="elsewhere",
+                                 now=time.time())
+        pipe = r.pipeline()
+        pipe.hset(names.BRIDGE_HELD, envelope["facts"]["question_id"], dumps(envelope))
+        pipe.zadd(names.bridge_backlog(names.KNOWLEDGE),
+                  {envelope["facts"]["question_id"]: backlog_score(envelope)})
+        pipe.execute()
+        got = sub.collect(1, timeout=30)
+        sub.quiet_for(0.5)
+        assert [e["incident_id"] for _, e in got] == [envelope["incident_id"]]
+        assert r.hlen(names.BRIDGE_HELD) == 0
+        assert not r.exists(names.bridge_backlog(names.KNOWLEDGE))
+    finally:
+        bridge.stop(), proxy.stop(), sub.close()
+
+
+def test_an_idle_bridge_stops_at_once_on_sigterm(r, chem_env, tmp_path, procs):
+    proxy = start_proxy(chem_env, tmp_path, procs)
+    bridge = start_bridge(chem_env, tmp_path, procs)
+    try:
+        wait_for(lambda: waiting_idle(r, just_began=True), 30, message="a fresh idle wait")
+        bridge.popen.send_signal(signal.SIGTERM)
+        # Well before the idle wait it is in would have ended by itself.
+        assert bridge.popen.wait(timeout=IDLE_BLOCK_MS / 1000 - 2) == 0
+        assert "Traceback" not in bridge.output()
+    finally:
+        bridge.stop(), proxy.stop()
+
+
+def test_run_bridge_in_a_thread_stops_on_its_stop_event_while_idle(r, redis_url, endpoints,
+                                                                     tmp_path, procs):
+    xsub, xpub = endpoints
+    proxy = start_proxy(service_env(redis_url, tmp_path, KLOROS_CHEM_XSUB=xsub,
+                                    KLOROS_CHEM_XPUB=xpub), tmp_path, procs)
+    settings = from_env({"KLOROS_REDIS_URL": redis_url, "KLOROS_CHEM_XSUB": xsub})
+    stop = threading.Event()
+    thread = threading.Thread(target=run_bridge, args=(settings, stop))
+    thread.start()
+    try:
+        wait_for(lambda: waiting_idle(r, just_began=True), 30, message="a fresh idle wait")
+        stop.set()
+        thread.join(IDLE_BLOCK_MS / 1000 - 2)
+        assert not thread.is_alive()
+    finally:
+        stop.set()
+        thread.join()
+        proxy.stop()
