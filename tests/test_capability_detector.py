@@ -456,6 +456,58 @@ def test_poetry_tables_declare_dependencies():
     assert {(d.dist, d.main) for d in got.declared} == {("requests", True), ("pytest", False)}
 
 
+# --- affected: only the files whose questions can change -----------------------------------
+
+def test_a_submodule_beside_a_module_of_the_same_name_reaches_who_wants_it():
+    # tools/web.py already makes tools/web exist, so tools/web/fetch.py changes only
+    # tools/web/fetch: the location `from tools.web import fetch` asks for.
+    detector, index = build({**TOOLS, "agent/loop.py": "from tools.web import fetch\n"})
+    assert [q.subject for q in detector.evaluate("agent/loop.py", index)] == [
+        "agent/loop.py:tools.web.fetch"]
+    touched = index.update("tools/web/fetch.py", detector.extract("tools/web/fetch.py", "X = 1\n"))
+    assert ("node", "tools/web") in touched
+    assert detector.affected("tools/web/fetch.py", touched, index) == {"agent/loop.py"}
+    assert detector.evaluate("agent/loop.py", index) == []
+    touched = index.update("tools/web/fetch.py", None)
+    assert detector.affected("tools/web/fetch.py", touched, index) == {"agent/loop.py"}
+    assert detector.evaluate("agent/loop.py", index)
+
+
+def test_a_module_joining_a_package_re_evaluates_none_of_its_importers():
+    detector, index = build({"pkg/__init__.py": "", "pkg/a.py": "",
+                             "app.py": "import pkg\nimport pkg.a\n"})
+    touched = index.update("pkg/b.py", detector.extract("pkg/b.py", "import os\n"))
+    assert ("node", "pkg") in touched
+    assert detector.affected("pkg/b.py", touched, index) == set()
+    for path in ("pkg/__init__.py", "pkg/a.py"):
+        assert detector.affected(path, index.update(path, None), index) == set()
+    # The last file of the package takes the location with it.
+    assert detector.affected("pkg/b.py", index.update("pkg/b.py", None), index) == {"app.py"}
+    assert found_in(detector, index, "app.py") == {"app.py:pkg"}
+
+
+def test_an_in_tree_module_named_like_the_standard_library_re_evaluates_no_importer():
+    detector, index = build({"app/m.py": "import os\n"})
+    touched = index.update("os.py", detector.extract("os.py", ""))
+    assert detector.affected("os.py", touched, index) == set()
+
+
+def test_only_the_first_plain_import_makes_a_guarded_module_required():
+    detector, index = build({
+        "pkg/__init__.py": ("try:\n    from ._cli import main\nexcept ImportError:\n"
+                            "    main = None\n"),
+        "pkg/_cli.py": "import fancy_cli\n"})
+    touched = index.update("app.py", detector.extract("app.py", "import pkg._cli\n"))
+    assert detector.affected("app.py", touched, index) == {"pkg/_cli.py"}
+    assert found_in(detector, index, "pkg/_cli.py") == {"pkg/_cli.py:fancy_cli"}
+    touched = index.update("cli.py", detector.extract("cli.py", "import pkg._cli\n"))
+    assert detector.affected("cli.py", touched, index) == set()
+
+
+def found_in(detector: CapabilityDetector, index: MemoryIndex, path: str) -> set[str]:
+    return {q.subject for q in detector.evaluate(path, index) if q.rule == "missing_module"}
+
+
 # --- incremental equals batch --------------------------------------------------------------
 
 VARIANTS: dict[str, list[str | None]] = {

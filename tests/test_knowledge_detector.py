@@ -521,6 +521,49 @@ def test_moving_definitions_down_keeps_the_question_id():
     assert q_before.evidence != q_after.evidence
 
 
+# --- affected: only the documents whose questions can change -------------------------------
+
+def apply(index: MemoryIndex, path: str, text: str | None) -> set[str]:
+    """Store one change; what ``affected`` says must be re-evaluated besides ``path``."""
+    touched = index.update(path, None if text is None else stored(DETECTOR.extract(path, text)))
+    return DETECTOR.affected(path, touched, index)
+
+
+def test_a_module_joining_a_named_package_re_evaluates_no_document():
+    index = index_of({"pkg/__init__.py": '"""P."""\n',
+                      "pkg/a.py": '"""A."""\n\n\nclass Thing:\n    """T."""\n',
+                      "README.md": "`pkg.a.Thing` `pkg.b.Other`\n"})
+    assert found_in(index, "README.md") == {"stale_doc"}
+    assert apply(index, "pkg/c.py", '"""C."""\n') == set()  # "pkg" stays defined
+    assert apply(index, "pkg/b.py", '"""B."""\n\n\nclass Other:\n    """O."""\n') == {
+        "README.md"}
+    assert found_in(index, "README.md") == set()
+
+
+def test_a_name_turning_opaque_or_open_re_evaluates_the_documents_naming_it():
+    index = index_of({"pkg/__init__.py": '"""P."""\n', "pkg/a.py": '"""A."""\nX = 1\n',
+                      "README.md": "`pkg.a.gone`\n"})
+    assert found_in(index, "README.md") == {"stale_doc"}
+    assert apply(index, "pkg/a.py", '"""A."""\nX = 1\n\n\ndef __getattr__(name):\n    pass\n'
+                 ) == {"README.md"}
+    assert found_in(index, "README.md") == set()
+
+
+def test_only_a_documents_first_inbound_link_re_evaluates_it():
+    index = index_of({"README.md": "# P\n", "docs/a.md": "# A\n", "docs/b.md": "# B\n",
+                      "docs/guide.md": "# G\n"})
+    assert apply(index, "docs/a.md", "[g](guide.md)\n") == {"docs/guide.md"}
+    # guide.md was linked already; README.md, an index root, is never unindexed
+    assert apply(index, "docs/b.md", "[g](guide.md) [r](../README.md)\n") == set()
+    assert apply(index, "docs/a.md", None) == set()
+    assert apply(index, "docs/b.md", None) == {"docs/guide.md"}
+    assert found_in(index, "docs/guide.md") == {"unindexed_doc"}
+
+
+def found_in(index: MemoryIndex, path: str) -> set[str]:
+    return {q.rule for q in DETECTOR.evaluate(path, index)}
+
+
 # --- incremental equals batch ------------------------------------------------------------------
 
 TREE = {

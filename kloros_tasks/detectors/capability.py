@@ -32,7 +32,7 @@ from . import capability_deps as deps
 from .base import FileFacts, IndexView, Touched
 from .capability_facts import scan_python
 from .capability_paths import is_test_path, module_of, nodes_of, spelling
-from .capability_rules import evaluate_declarations, evaluate_python
+from .capability_rules import evaluate_declarations, evaluate_python, is_stdlib
 
 PYTHON = "python"
 DEFAULT_TOOL_PACKAGES = ("tools", "skills")
@@ -206,17 +206,18 @@ class CapabilityDetector:
     def affected(self, path: str, touched: Touched, view: IndexView) -> set[str]:
         """Other files whose questions may change because ``path``'s facts changed.
 
-        Every lookup is exact: a new module location re-evaluates the files importing
-        that name; a changed declaration re-evaluates the importers of what that
-        distribution provides (and nothing else); a changed import re-evaluates the
-        declaration files that declare its distributions.
+        Every lookup is exact: a module location that appears or disappears (no other
+        file holds it) re-evaluates the files whose imports resolve through it; a
+        changed declaration re-evaluates the importers of what that distribution
+        provides (and nothing else); a changed import re-evaluates the declaration
+        files that declare its distributions, and the imported module's file when
+        whether the tree imports it only under a guard changed.
         """
-        out: set[str] = set()
         env = self.environment
+        out = _nodes_affected(path, {v for r, v in touched if r == "node"}, view, env)
+        out |= _guard_status_affected(path, touched, view)
         for relation, value in touched:
-            if relation == "node":
-                out |= self._node_affected(value, view)
-            elif relation == "imports":
+            if relation == "imports":
                 dists = env.dists_of(value) | {deps.normalize(value)}
                 out |= _union(view.who_many("declares", dists))
             elif relation == "declares":
@@ -230,25 +231,8 @@ class CapabilityDetector:
                 out |= view.who("wants_norm", value)
             elif relation in ("env_documented", "env_sets"):
                 out |= view.who("env_uses", value)
-            elif relation in ("mod_plain", "mod_guarded"):
-                # The file that is module `value` may have become (or stopped being) optional.
-                out |= {p for p in view.who("node", value.replace(".", "/"))
-                        if module_of(p)[0] == value}
         out.discard(path)
         return out
-
-    @staticmethod
-    def _node_affected(node: str, view: IndexView) -> set[str]:
-        parent, _, leaf = node.rpartition("/")
-        importers = view.who("imports", leaf)
-        if parent not in ("", "src"):
-            # Only a sibling import resolves through a nested location.
-            importers = frozenset(p for p in importers
-                                  if str(PurePosixPath(p).parent) == parent)
-        # A file's nodes include every prefix, so a module appearing at "a/b/c" also
-        # touches "a/b", and "wants_mod" holds every prefix of a wanted module: this one
-        # lookup reaches whoever imports "a.b.c" and whoever imports name "c" from "a.b".
-        return set(importers) | view.who("wants_mod", node.replace("/", "."))
 
     def evaluate(self, path: str, view: IndexView) -> list[Question]:
         """Every question ``path`` owns now (empty when it is not indexed)."""
@@ -274,3 +258,84 @@ def _declaration_facts(found: deps.Declarations) -> FileFacts:
 
 def _union(found: Mapping[str, frozenset[str]]) -> set[str]:
     return set().union(*found.values()) if found else set()
+
+
+def _nodes_affected(path: str, nodes: set[str], view: IndexView,
+                    env: Environment) -> set[str]:
+    """Files whose questions can change because ``path`` added or removed ``nodes``.
+
+    The rules read ``node`` only as "does some file make this location exist", so a
+    location another file still holds changed nothing (a module joining an existing
+    package, ``a/b.py`` beside ``a/b/c.py``).  ``view`` is the index after the
+    update; without ``path`` its holders are the same before and after.
+    """
+    if not nodes:
+        return set()
+    flipped = [n for n, holders in view.who_many("node", nodes).items()
+               if not holders - {path}]
+    out: set[str] = set()
+    for node in flipped:
+        out |= _node_readers(node, view, env)
+    return out
+
+
+def _node_readers(node: str, view: IndexView, env: Environment) -> set[str]:
+    """Every file whose rules ask whether ``node`` exists (see capability_rules).
+
+    ``resolve_imports`` asks for ``top`` and for ``<its folder>/top``;
+    ``missing_capability`` asks, for ``from m import n``, for ``m``'s first component,
+    for ``m`` itself and for ``m/n`` (a submodule satisfying the name).  Each
+    location is looked up on its own: a prefix of it may not have changed.
+    """
+    parent, _, leaf = node.rpartition("/")
+    # A standard-library name resolves there first: an in-tree os.py changes nothing.
+    importers = frozenset() if is_stdlib(leaf, env) else view.who("imports", leaf)
+    if parent:
+        # A nested location resolves only a sibling import of its folder.
+        importers = frozenset(p for p in importers if str(PurePosixPath(p).parent) == parent)
+    # "wants_mod" holds every prefix of a wanted module, so this reaches whoever wants
+    # module "a.b" or a module below it (and, for node "a", every "a..." module).
+    out = set(importers) | view.who("wants_mod", node.replace("/", "."))
+    if parent:
+        out |= view.who("wants", f"{parent.replace('/', '.')}:{leaf}")
+    return out
+
+
+def _guard_status_affected(path: str, touched: Touched, view: IndexView) -> set[str]:
+    """Module files whose "the tree imports me only under a guard" evidence changed.
+
+    ``_guarded_by`` (capability_rules) gives nothing while some file imports the
+    module plainly, else the files importing it under a guard; a module file is
+    re-evaluated only when that answer differs before and after ``path``'s update.
+    """
+    modules = {v for r, v in touched if r in ("mod_plain", "mod_guarded")}
+    if not modules:
+        return set()
+    located = view.who_many("node", {m.replace(".", "/") for m in modules})
+    files = {m: {p for p in located[m.replace(".", "/")] if module_of(p)[0] == m}
+             for m in modules}
+    files = {m: found for m, found in files.items() if found}  # "os" is rarely in the tree
+    plain = view.who_many("mod_plain", files) if files else {}
+    alone = [m for m in files if not plain[m] - {path}]  # else plainly imported throughout
+    guarded = view.who_many("mod_guarded", alone) if alone else {}
+    out: set[str] = set()
+    for module in alone:
+        now = _guard_evidence(plain[module], guarded[module])
+        then = _guard_evidence(_before(path, "mod_plain", module, plain[module], touched),
+                               _before(path, "mod_guarded", module, guarded[module], touched))
+        if now != then:
+            out |= files[module]
+    return out
+
+
+def _guard_evidence(plain: frozenset[str], guarded: frozenset[str]) -> frozenset[str]:
+    """The importers ``_guarded_by`` lists as evidence, given the holders of both."""
+    return frozenset() if plain else guarded
+
+
+def _before(path: str, relation: str, value: str, holders: frozenset[str],
+            touched: Touched) -> frozenset[str]:
+    """The holders of ``value`` before ``path``'s update, from those after it: under
+    the index lock only ``path``'s own membership changed, and only when the pair is
+    in ``touched``."""
+    return holders ^ {path} if (relation, value) in touched else holders

@@ -77,13 +77,18 @@ def resolve_imports(path: str, tops: set[str], view: IndexView,
     present = _has(view, "node", set(tops) | set(local.values()))
     status = {}
     for top in tops:
-        if top in env.stdlib or top in ALWAYS_IMPORTABLE:
+        if is_stdlib(top, env):
             status[top] = STDLIB
         elif top in present or local[top] in present:
             status[top] = TREE
         else:
             status[top] = ENV if env.importable(top) else MISSING
     return status
+
+
+def is_stdlib(top: str, env: Environment) -> bool:
+    """True when ``top`` resolves to the standard library, whatever the tree holds."""
+    return top in env.stdlib or top in ALWAYS_IMPORTABLE
 
 
 def _guarded_by(path: str, view: IndexView) -> list[str]:

@@ -24,8 +24,10 @@ refs       what a document names: "path:<relpath>" candidates, and every prefix
 =========  ===================================================================
 
 so ``affected`` needs only exact look-ups: a changed ``links`` value re-evaluates
-that document, a changed ``defines``/``opaque``/``open`` value the documents whose
-``refs`` hold it.
+that document when it gained its first or lost its last inbound link, a changed
+``defines``/``opaque``/``open`` value the documents whose ``refs`` hold it when what
+the rules read of that name changed (a module joining a package leaves the package
+defined: its documents keep their answers).
 """
 
 from __future__ import annotations
@@ -115,12 +117,11 @@ class KnowledgeDetector:
     # --- phase 2 --------------------------------------------------------------------
 
     def affected(self, path: str, touched: Touched, view: IndexView) -> set[str]:
-        """Link targets whose inbound links changed, and documents naming a changed name."""
-        out = {value for relation, value in touched if relation == "links"}
-        keys = sorted({value for relation, value in touched if relation in NAME_RELATIONS})
-        if keys:
-            for referrers in view.who_many("refs", keys).values():
-                out |= referrers
+        """Documents whose questions can change: link targets that gained their first
+        or lost their last inbound link, and documents naming a key whose standing
+        (defined, open, defined other than opaquely) changed."""
+        out = _newly_linked_or_unlinked(path, touched, view)
+        out |= _readers_of_changed_keys(path, touched, view)
         out.discard(path)
         return out
 
@@ -194,6 +195,48 @@ class KnowledgeDetector:
     def _question(self, rule: str, path: str, **fields) -> Question:
         return Question(detector=self.name, rule=rule, subject=f"{rule}:{path}", owner=path,
                         paths=(path,), **fields)
+
+
+def _newly_linked_or_unlinked(path: str, touched: Touched, view: IndexView) -> set[str]:
+    """Link targets ``_unindexed`` judges whose "some other document links here" flipped.
+
+    Only documents that are not index roots are judged (both follow from the path),
+    and only ``path``'s own link changed, so a target another document still links
+    to keeps its answer.
+    """
+    targets = {v for r, v in touched if r == "links" and v != path
+               and is_doc(v) and not is_index_root(v)}
+    if not targets:
+        return set()
+    return {t for t, linkers in view.who_many("links", targets).items()
+            if not linkers - {t, path}}
+
+
+def _readers_of_changed_keys(path: str, touched: Touched, view: IndexView) -> set[str]:
+    """Documents naming a key whose standing, all ``_dangling`` reads of it, changed.
+
+    A module joining a package adds the package's name to ``defines`` again, which
+    leaves the package defined as before: its documents keep their answers.
+    """
+    keys = {v for r, v in touched if r in NAME_RELATIONS}
+    readers = {k: who for k, who in view.who_many("refs", keys).items() if who} if keys else {}
+    if not readers:
+        return set()
+    holders = {rel: view.who_many(rel, readers) for rel in NAME_RELATIONS}
+    out: set[str] = set()
+    for key, documents in readers.items():
+        now = {rel: holders[rel][key] for rel in NAME_RELATIONS}
+        then = {rel: who ^ {path} if (rel, key) in touched else who for rel, who in now.items()}
+        if _standing(now) != _standing(then):
+            out |= documents
+    return out
+
+
+def _standing(holders: dict[str, frozenset[str]]) -> tuple[bool, bool, bool]:
+    """What ``_dangling`` reads of one key: is it defined, open, defined by a file that
+    does not hold it as opaque (a module or class whose attributes are known)."""
+    defined = holders["defines"]
+    return bool(defined), bool(holders["open"]), bool(defined - holders["opaque"])
 
 
 def _capped(items: list[str]) -> tuple[str, ...]:
