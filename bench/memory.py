@@ -31,10 +31,10 @@ BASE = 100
 FULL_BURST, QUICK_BURST = 5_000, 500
 FULL_REDIS, QUICK_REDIS = 10_000, 500
 SAMPLE_EVERY = 0.25
-INDEX_ROWS = 12  # largest detector/relation pairs shown
+INDEX_ROWS = 12  # largest detector/part rows of the inverted index shown
 FAMILIES = (  # key prefix -> family, first match wins
     ("kloros:facts:", "per-file facts (kloros:facts:*)"),
-    ("kloros:idx:", "inverted indexes (kloros:idx:*)"),
+    ("kloros:ix:", "inverted indexes (kloros:ix:*)"),
     ("kloros:seen:", "watcher's seen hashes (kloros:seen:*)"),
     ("kloros:owned:", "open questions per file (kloros:owned:*)"),
     ("kloros:ledger", "ledger of open questions (kloros:ledger)"),
@@ -78,16 +78,22 @@ class PeakSampler(threading.Thread):
                 self.peak[role] = max(self.peak.get(role, 0), kib)
 
 
-def _index_relation(name: str) -> str | None:
-    """"<detector> <relation>" of an inverted-index key (kloros:idx:DET:ROOT:REL:VALUE)."""
-    parts = name.split(":", 5)
-    return f"{parts[2]} {parts[4]}" if name.startswith("kloros:idx:") and len(parts) == 6 \
-        else None
+INDEX_PARTS = {"b": "buckets", "h": "spilled holder lists", "p": "id -> path",
+               "meta": "addressing"}
+
+
+def _index_part(name: str) -> str | None:
+    """"<detector> <part>" of an inverted-index key (kloros:ix:DET:ROOT:PART[:N]): the
+    relations share their buckets, so the parts are what can be told apart."""
+    parts = name.split(":")
+    if not name.startswith("kloros:ix:") or len(parts) < 5:
+        return None
+    return f"{parts[2]} {INDEX_PARTS.get(parts[4], parts[4])}"
 
 
 def key_families(client) -> tuple[list[tuple[str, int, int]], list[tuple[str, int, int]]]:
     """(family, keys, bytes) from MEMORY USAGE of every key; the same for the inverted
-    index keys by detector and relation."""
+    index keys by detector and part."""
     sizes: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     relations: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     batch: list[bytes] = []
@@ -102,10 +108,10 @@ def key_families(client) -> tuple[list[tuple[str, int, int]], list[tuple[str, in
                           "Celery/kombu (queues, bindings, unacked)")
             sizes[family][0] += 1
             sizes[family][1] += used or 0
-            relation = _index_relation(name)
-            if relation:
-                relations[relation][0] += 1
-                relations[relation][1] += used or 0
+            part = _index_part(name)
+            if part:
+                relations[part][0] += 1
+                relations[part][1] += used or 0
         batch.clear()
 
     for key in client.scan_iter(count=1000):
@@ -183,7 +189,7 @@ def print_results(results: dict[str, dict], burst: int) -> None:
             print(table(["key family", "keys", "MiB"],
                         [[f, n, f"{b / 2**20:.1f}"] for f, n, b in r["families"]]))
             print()
-            print(table(["inverted index: detector relation", "keys", "MiB", "bytes/key"],
+            print(table(["inverted index: detector part", "keys", "MiB", "bytes/key"],
                         [[f, n, f"{b / 2**20:.2f}", f"{b / max(n, 1):.0f}"]
                          for f, n, b in r["relations"][:INDEX_ROWS]]))
 

@@ -3,30 +3,76 @@
 Both stores implement the detectors' read-only ``IndexView`` and one write,
 ``update(path, facts)``, which returns the (relation, value) pairs that changed.
 ``MemoryIndex`` serves ``kloros-tasks scan`` and pure tests; ``RedisIndex`` serves
-the workers, batching its writes in one pipeline per change.
+the workers, applying each change in one Lua script.
+
+In Redis (a tenth of the memory one SET per value took): ``names.facts`` maps a
+relpath to ``b"<id>:"`` + zlib of its facts JSON, the id being the file's for as long
+as it is indexed (ids are never reused); ``names.index_paths`` maps ids back.  A
+(relation, value) pair is the first 8 bytes of the SHA-1 of ``"<relation> <value>"``:
+a field of one ``names.index_bucket`` hash, whose value is the holders' ids joined by
+",", or "*" when they outgrew INLINE_MAX and live in ``names.index_spill``.  Buckets
+split one at a time as entries grow (linear hashing: ``names.index_meta`` holds
+``level`` and ``split``), so each stays a compact listpack.  Two values share a
+field only if 64 bits of their digests collide: for a million values, about three
+chances in 10^8, taken to be never.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import zlib
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
+
+import redis
 
 from . import names
 from .detectors.base import FileFacts, Touched
+from .detectors.integration_keys import REL_SIG
+
+# Relations that no rule looks up by value (only ``affected`` reads them, from the
+# touched pairs): their pairs are diffed and reported but not inverted.
+NOT_INDEXED: dict[str, frozenset[str]] = {names.INTEGRATION: frozenset({REL_SIG})}
+# Average entries per bucket before one splits.  Buckets not yet split in a round hold
+# twice that, still far below hash-max-listpack-entries (512 by default).
+BUCKET_FILL = 64
+INLINE_MAX = 64  # longest holder list kept in a bucket (hash-max-listpack-value)
+PATHS_PER_BUCKET = 128
+FIELD_BYTES = 8
+SPILLED = b"*"
+ATTEMPTS = 50  # optimistic retries when another writer changed what an update read
+ZLIB_LEVEL = 6
+_ENCODING, _ERRORS = "utf-8", "surrogateescape"  # any byte string as a path survives
+
+Write = tuple[str, str, object]  # ("hset", key, {field: value}) or ("set", key, value)
+
+
+def _pairs(facts: FileFacts | None) -> set[tuple[str, str]]:
+    return {(r, v) for r, vs in (facts.relations if facts else {}).items() for v in vs}
 
 
 def diff(old: FileFacts | None, new: FileFacts | None) -> tuple[set, set]:
     """(added, removed) (relation, value) pairs going from ``old`` to ``new``."""
-    before = {(r, v) for r, vs in (old.relations if old else {}).items() for v in vs}
-    after = {(r, v) for r, vs in (new.relations if new else {}).items() for v in vs}
+    before, after = _pairs(old), _pairs(new)
     return after - before, before - after
 
 
-class MemoryIndex:
-    """In-process index for one detector on one root."""
+def indexed(detector: str | None, relation: str) -> bool:
+    return relation not in NOT_INDEXED.get(detector or "", ())
 
-    def __init__(self) -> None:
+
+def _check_indexed(detector: str | None, relation: str) -> None:
+    if not indexed(detector, relation):
+        raise LookupError(f"{detector} does not index {relation!r} by value")
+
+
+class MemoryIndex:
+    """In-process index for one detector on one root.  Given the detector's name it
+    refuses, as RedisIndex does, lookups of relations that are not indexed."""
+
+    def __init__(self, detector: str | None = None) -> None:
+        self.detector = detector
         self._facts: dict[str, FileFacts] = {}
         self._inv: dict[tuple[str, str], set[str]] = defaultdict(set)
 
@@ -34,13 +80,16 @@ class MemoryIndex:
         return self._facts.get(path)
 
     def who(self, relation: str, value: str) -> frozenset[str]:
+        _check_indexed(self.detector, relation)
         return frozenset(self._inv.get((relation, value), ()))
 
     def who_many(self, relation: str, values: Iterable[str]) -> dict[str, frozenset[str]]:
+        _check_indexed(self.detector, relation)
         return {v: self.who(relation, v) for v in values}
 
     def exists_many(self, relation: str, values: Iterable[str]) -> set[str]:
         """The values some file holds under ``relation`` (existence only, no members)."""
+        _check_indexed(self.detector, relation)
         return {v for v in values if self._inv.get((relation, v))}
 
     def paths(self) -> list[str]:
@@ -62,60 +111,306 @@ class MemoryIndex:
         return frozenset(added | removed)
 
 
+# --- the stored forms (shared by RedisIndex and snapshot restore) ------------------------
+
+def _bytes(text: str) -> bytes:
+    return text.encode(_ENCODING, _ERRORS)
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode(_ENCODING, _ERRORS) if isinstance(raw, bytes) else raw
+
+
+def field(relation: str, value: str) -> bytes:
+    """The bucket field of one (relation, value) pair.  Relations are names without
+    spaces, so the digested text names the pair unambiguously."""
+    return hashlib.sha1(_bytes(f"{relation} {value}")).digest()[:FIELD_BYTES]
+
+
+def address(field_: bytes, level: int, split: int) -> int:
+    """The bucket of a field under linear hashing: ``2**level + split`` buckets."""
+    h = int.from_bytes(field_[:4], "big")
+    bucket = h % (1 << level)
+    return h % (1 << (level + 1)) if bucket < split else bucket
+
+
+def facts_json(raw: bytes) -> str:
+    """The facts JSON of a stored ``names.facts`` value."""
+    return _split_stored(raw)[1].decode(_ENCODING, _ERRORS)
+
+
+def _split_stored(raw: bytes) -> tuple[int | None, bytes]:
+    """(file id, facts JSON bytes); plain JSON (no id) is read as such."""
+    if raw.startswith(b"{"):
+        return None, raw
+    file_id, _, packed = raw.partition(b":")
+    return int(file_id), zlib.decompress(packed)
+
+
+def _stored(file_id: int, facts_json_bytes: bytes) -> bytes:
+    return b"%d:" % file_id + zlib.compress(facts_json_bytes, ZLIB_LEVEL)
+
+
+def _dumps(facts: FileFacts) -> bytes:
+    return json.dumps(facts.to_json(), separators=(",", ":")).encode()
+
+
+def _fields(detector: str, pairs: Iterable[tuple[str, str]]) -> list[bytes]:
+    return list(dict.fromkeys(field(r, v) for r, v in pairs if indexed(detector, r)))
+
+
+def index_writes(detector: str, root: str, files: Mapping[str, str]) -> Iterator[Write]:
+    """Every write that stores ``files`` (relpath -> facts JSON) in an empty Redis,
+    laid out as RedisIndex.update lays it out: facts, ids, buckets and spills."""
+    holders: dict[bytes, list[int]] = defaultdict(list)
+    stored, paths = {}, defaultdict(dict)
+    for file_id, path in enumerate(sorted(files), 1):
+        text = _bytes(files[path])
+        for f in _fields(detector, _pairs(FileFacts.from_json(json.loads(text)))):
+            holders[f].append(file_id)
+        stored[_bytes(path)] = _stored(file_id, text)
+        paths[file_id // PATHS_PER_BUCKET][b"%d" % file_id] = _bytes(path)
+    # As many buckets as updates would have split into: the fewest that hold the
+    # entries at BUCKET_FILL each, addressed as 2**level + split.
+    buckets = max(1, -(-len(holders) // BUCKET_FILL))
+    level = buckets.bit_length() - 1
+    split = buckets - (1 << level)
+    yield "hset", names.facts(detector, root), stored
+    yield "hset", names.index_meta(detector, root), {
+        "level": b"%d" % level, "split": b"%d" % split, "entries": b"%d" % len(holders),
+        "ids": b"%d" % len(files)}
+    for bucket, ids in paths.items():
+        yield "hset", names.index_paths(detector, root, bucket), ids
+    yield from _bucket_writes(detector, root, holders, level, split)
+
+
+def _bucket_writes(detector: str, root: str, holders: Mapping[bytes, list[int]],
+                   level: int, split: int) -> Iterator[Write]:
+    buckets: dict[int, dict[bytes, bytes]] = defaultdict(dict)
+    for f, ids in holders.items():
+        packed = b",".join(b"%d" % i for i in ids)
+        if len(packed) > INLINE_MAX:
+            yield "set", names.index_spill(detector, root, f.hex()), packed
+            packed = SPILLED
+        buckets[address(f, level, split)][f] = packed
+    for bucket, entries in buckets.items():
+        yield "hset", names.index_bucket(detector, root, bucket), entries
+
+
+# --- Redis ---------------------------------------------------------------------------------
+
+# One change, atomically: the facts must still be what the caller diffed against and
+# the bucket addressing what it computed keys with (else 0 and the caller retries).
+# KEYS: facts, meta, id map, a (bucket, spill) pair per op, a (from, to) pair per split.
+# ARGV: fill, inline max, path, SHA-1 of the facts read ("" none), level, split,
+#       value to store ("" deletes), file id, op count, then sign and field per op.
+UPDATE_SCRIPT = """
+local fill, inline, path = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local current = redis.call('HGET', KEYS[1], path)
+if (current and redis.sha1hex(current) or '') ~= ARGV[4] then return 0 end
+local state = redis.call('HMGET', KEYS[2], 'level', 'split')
+if (state[1] or '0') ~= ARGV[5] or (state[2] or '0') ~= ARGV[6] then return 0 end
+local id, nops, delta = ARGV[8], tonumber(ARGV[9]), 0
+local function without(packed, member)  -- the packed ids but member; was it there?
+  local s = ',' .. packed .. ','
+  local i, j = string.find(s, ',' .. member .. ',', 1, true)
+  if not i then return packed, false end
+  return string.sub(string.sub(s, 1, i) .. string.sub(s, j + 1), 2, -2), true
+end
+local function change(sign, bucket, spill, field)
+  local packed = redis.call('HGET', bucket, field) or ''
+  local spilled = packed == '*'
+  -- Appending needs no look at a long list: the caller's diff says the id is not in it.
+  if spilled and sign == '+' then redis.call('APPEND', spill, ',' .. id); return end
+  if spilled then packed = redis.call('GET', spill) or '' end
+  local rest, held = without(packed, id)
+  if sign == '+' then
+    if held then return end
+    if packed == '' then delta = delta + 1; rest = id else rest = packed .. ',' .. id end
+  else
+    if not held then return end
+    if rest == '' then delta = delta - 1 end
+  end
+  if rest == '' then redis.call('HDEL', bucket, field)
+  elseif #rest <= inline then redis.call('HSET', bucket, field, rest)
+  else
+    redis.call('SET', spill, rest)
+    if not spilled then redis.call('HSET', bucket, field, '*') end
+    return
+  end
+  if spilled then redis.call('DEL', spill) end
+end
+local function split_bucket(from, to, level)
+  local all, moved, gone, high = redis.call('HGETALL', from), {}, {}, 2 ^ level
+  for i = 1, #all, 2 do
+    local a, b, c, d = string.byte(all[i], 1, 4)
+    if (((a * 256 + b) * 256 + c) * 256 + d) % (2 * high) >= high then
+      moved[#moved + 1] = all[i]; moved[#moved + 1] = all[i + 1]; gone[#gone + 1] = all[i]
+    end
+  end
+  if #gone == 0 then return end
+  redis.call('HSET', to, unpack(moved)); redis.call('HDEL', from, unpack(gone))
+end
+for n = 1, nops do
+  change(ARGV[8 + 2 * n], KEYS[2 + 2 * n], KEYS[3 + 2 * n], ARGV[9 + 2 * n])
+end
+if ARGV[7] == '' then
+  redis.call('HDEL', KEYS[1], path)
+  if id ~= '' then redis.call('HDEL', KEYS[3], id) end
+else
+  redis.call('HSET', KEYS[1], path, ARGV[7])
+  redis.call('HSET', KEYS[3], id, path)
+end
+local entries = redis.call('HINCRBY', KEYS[2], 'entries', delta)
+local level, split, k = tonumber(ARGV[5]), tonumber(ARGV[6]), 4 + 2 * nops
+while entries > fill * (2 ^ level + split) and KEYS[k + 1] do
+  split_bucket(KEYS[k], KEYS[k + 1], level)
+  k, split = k + 2, split + 1
+  if split == 2 ^ level then level, split = level + 1, 0 end
+end
+redis.call('HSET', KEYS[2], 'level', level, 'split', split)
+return 1
+"""
+
+
+# Lookups, atomically and in one round trip: for each field, the paths of its holders
+# (mode "who") or 1/0 for "some file holds it" (mode "exists").  The keys are the
+# prefixes names.py gives, completed here with the bucket each field falls in.
+# KEYS: meta.  ARGV: mode, bucket, spill and id map key prefixes, ids per id map, fields.
+LOOKUP_SCRIPT = """
+local state = redis.call('HMGET', KEYS[1], 'level', 'split')
+local level, split = tonumber(state[1] or '0'), tonumber(state[2] or '0')
+local per_map, out = tonumber(ARGV[5]), {}
+local function hex(c) return string.format('%02x', string.byte(c)) end
+local function paths_of(packed)
+  local maps, paths = {}, {}
+  for id in string.gmatch(packed, '%d+') do
+    local key = ARGV[4] .. math.floor(tonumber(id) / per_map)
+    maps[key] = maps[key] or {}
+    table.insert(maps[key], id)
+  end
+  for key, ids in pairs(maps) do
+    for _, path in ipairs(redis.call('HMGET', key, unpack(ids))) do
+      if path then paths[#paths + 1] = path end
+    end
+  end
+  return paths
+end
+for i = 6, #ARGV do
+  local a, b, c, d = string.byte(ARGV[i], 1, 4)
+  local h = ((a * 256 + b) * 256 + c) * 256 + d
+  local bucket = h % 2 ^ level
+  if bucket < split then bucket = h % 2 ^ (level + 1) end
+  local packed = redis.call('HGET', ARGV[2] .. bucket, ARGV[i])
+  if ARGV[1] == 'exists' then out[#out + 1] = packed and 1 or 0
+  else
+    if packed == '*' then packed = redis.call('GET', ARGV[3] .. string.gsub(ARGV[i], '.', hex)) end
+    out[#out + 1] = paths_of(packed or '')
+  end
+end
+return out
+"""
+
+
+def _ints(values: list) -> list[int]:
+    return [0 if v is None else int(v) for v in values]
+
+
 class RedisIndex:
-    """The same index kept in Redis, shared by every worker of one detector."""
+    """The same index kept in Redis, shared by every worker of one detector.
+
+    Workers update one (detector, root) under ``names.lock`` (analysis.py); the update
+    script checks what it was computed from besides, so a writer without the lock is
+    safe too, and each lookup is one script: one round trip, one consistent view.
+    """
 
     def __init__(self, client, detector: str, root: str) -> None:
         self.r = client
         self.detector = detector
         self.root = root
         self._facts_key = names.facts(detector, root)
+        self._meta = names.index_meta(detector, root)
+        self._prefixes = [names.index_bucket(detector, root, ""),
+                          names.index_spill(detector, root, ""),
+                          names.index_paths(detector, root, ""), PATHS_PER_BUCKET]
+        self._update = client.register_script(UPDATE_SCRIPT)
+        self._lookup = client.register_script(LOOKUP_SCRIPT)
 
-    def _key(self, relation: str, value: str) -> str:
-        return names.index(self.detector, self.root, relation, value)
+    def _bucket(self, bucket: int) -> str:
+        return names.index_bucket(self.detector, self.root, bucket)
 
     def facts(self, path: str) -> FileFacts | None:
-        raw = self.r.hget(self._facts_key, path)
-        return None if raw is None else FileFacts.from_json(json.loads(raw))
+        raw = self.r.hget(self._facts_key, _bytes(path))
+        return None if raw is None else FileFacts.from_json(json.loads(facts_json(raw)))
 
     def who(self, relation: str, value: str) -> frozenset[str]:
-        return frozenset(m.decode() if isinstance(m, bytes) else m
-                         for m in self.r.smembers(self._key(relation, value)))
+        return self.who_many(relation, [value])[value]
 
     def who_many(self, relation: str, values: Iterable[str]) -> dict[str, frozenset[str]]:
-        values = list(values)
-        pipe = self.r.pipeline(transaction=False)
-        for v in values:
-            pipe.smembers(self._key(relation, v))
-        out = {}
-        for v, members in zip(values, pipe.execute(), strict=True):
-            out[v] = frozenset(m.decode() if isinstance(m, bytes) else m for m in members)
-        return out
+        return {v: frozenset(_text(p) for p in paths)
+                for v, paths in self._read("who", relation, values).items()}
 
     def exists_many(self, relation: str, values: Iterable[str]) -> set[str]:
-        """The values some file holds under ``relation``, without fetching whole sets
-        (a directory or a common attribute name can have thousands of holders)."""
-        values = list(values)
-        pipe = self.r.pipeline(transaction=False)
-        for v in values:
-            pipe.exists(self._key(relation, v))
-        return {v for v, n in zip(values, pipe.execute(), strict=True) if n}
+        """The values some file holds under ``relation``, without fetching holders
+        (a directory or a common attribute name can have thousands)."""
+        return {v for v, held in self._read("exists", relation, values).items() if held}
 
     def paths(self) -> list[str]:
-        return sorted(k.decode() if isinstance(k, bytes) else k
-                      for k in self.r.hkeys(self._facts_key))
+        return sorted(_text(k) for k in self.r.hkeys(self._facts_key))
 
+    def _read(self, mode: str, relation: str, values: Iterable[str]) -> dict[str, object]:
+        _check_indexed(self.detector, relation)
+        fields = {v: field(relation, v) for v in values}
+        if not fields:
+            return {}
+        found = self._lookup(keys=[self._meta], args=[mode, *self._prefixes, *fields.values()])
+        return dict(zip(fields, found, strict=True))
+
+    # --- the one write ---------------------------------------------------------------
     def update(self, path: str, new: FileFacts | None) -> Touched:
-        old = self.facts(path)
-        added, removed = diff(old, new)
-        pipe = self.r.pipeline(transaction=True)
-        for relation, value in removed:
-            pipe.srem(self._key(relation, value), path)
-        for relation, value in added:
-            pipe.sadd(self._key(relation, value), path)
-        if new is None:
-            pipe.hdel(self._facts_key, path)
-        else:
-            pipe.hset(self._facts_key, path, json.dumps(new.to_json(), separators=(",", ":")))
-        pipe.execute()
-        return frozenset(added | removed)
+        key = _bytes(path)
+        for _ in range(ATTEMPTS):
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hget(self._facts_key, key)
+            pipe.hmget(self._meta, "level", "split", "entries")
+            old_raw, meta = pipe.execute()
+            file_id, old = None, None
+            if old_raw is not None:
+                file_id, old_json = _split_stored(old_raw)
+                old = FileFacts.from_json(json.loads(old_json))
+            elif new is None:
+                return frozenset()
+            added, removed = diff(old, new)
+            if file_id is None and new is not None:  # a new file (or one stored without id)
+                file_id = self.r.hincrby(self._meta, "ids", 1)
+            value = b"" if new is None else _stored(file_id, _dumps(new))
+            if self._apply(key, old_raw, _ints(meta), file_id, value, added, removed):
+                return frozenset(added | removed)
+        raise redis.WatchError(f"{self._facts_key}: {path!r} kept changing during an update")
+
+    def _apply(self, key: bytes, old_raw: bytes | None, meta: list[int],
+               file_id: int | None, value: bytes, added: set, removed: set) -> bool:
+        level, split, entries = meta
+        ops = [(b"-", f) for f in _fields(self.detector, removed)]
+        ops += [(b"+", f) for f in _fields(self.detector, added)]
+        keys = [self._facts_key, self._meta, names.index_paths(
+            self.detector, self.root, (file_id or 0) // PATHS_PER_BUCKET)]
+        args: list = [BUCKET_FILL, INLINE_MAX, key,
+                      hashlib.sha1(old_raw).hexdigest() if old_raw is not None else b"",
+                      level, split, value, b"" if file_id is None else file_id, len(ops)]
+        for sign, f in ops:
+            keys += [self._bucket(address(f, level, split)),
+                     names.index_spill(self.detector, self.root, f.hex())]
+            args += [sign, f]
+        keys += self._splits(level, split, entries + len(added))
+        return bool(self._update(keys=keys, args=args))
+
+    def _splits(self, level: int, split: int, entries: int) -> list[str]:
+        """(from, to) bucket keys of every split ``entries`` could call for."""
+        keys = []
+        while entries > BUCKET_FILL * ((1 << level) + split):
+            keys += [self._bucket(split), self._bucket(split + (1 << level))]
+            split += 1
+            if split == 1 << level:
+                level, split = level + 1, 0
+        return keys

@@ -84,13 +84,34 @@ def seen(root: str) -> str:
 
 
 def facts(detector: str, root: str) -> str:
-    """HASH relpath -> facts JSON that the detector extracted from that file."""
+    """HASH relpath -> "<file id>:" and the zlib-compressed facts JSON the detector
+    extracted from that file (see index.py)."""
     return f"kloros:facts:{detector}:{root}"
 
 
-def index(detector: str, root: str, relation: str, value: str) -> str:
-    """SET of relpaths whose facts hold ``value`` under ``relation``."""
-    return f"kloros:idx:{detector}:{root}:{relation}:{value}"
+# The inverted index of one detector on one root lives under one prefix, so that
+# ``redis-cli --scan --pattern 'kloros:ix:<detector>:<root>:*'`` lists all of it.
+def index_meta(detector: str, root: str) -> str:
+    """HASH: the index's ``level`` and ``split`` (bucket addressing), ``entries`` and
+    the last file id handed out (``ids``)."""
+    return f"kloros:ix:{detector}:{root}:meta"
+
+
+# Given "" for the bucket or digest, these three give the prefix to which index.py's
+# lookup script appends the bucket number or digest it computes.
+def index_bucket(detector: str, root: str, bucket: int | str) -> str:
+    """HASH 8-byte value digest -> packed holder file ids (or "*": see index_spill)."""
+    return f"kloros:ix:{detector}:{root}:b:{bucket}"
+
+
+def index_spill(detector: str, root: str, digest_hex: str) -> str:
+    """STRING: the packed holder ids of one value with too many holders to stay inline."""
+    return f"kloros:ix:{detector}:{root}:h:{digest_hex}"
+
+
+def index_paths(detector: str, root: str, bucket: int | str) -> str:
+    """HASH file id -> relpath, for ids in [bucket * 128, bucket * 128 + 127]."""
+    return f"kloros:ix:{detector}:{root}:p:{bucket}"
 
 
 def owned(detector: str, root: str, path: str) -> str:

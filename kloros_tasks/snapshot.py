@@ -2,10 +2,10 @@
 
 Kept: the open-question ledger (``kloros:ledger``), the open question ids each file
 owns (``kloros:owned:*``), what the producer last sent (``kloros:seen:*``) and the
-per-file facts (``kloros:facts:*``).  The inverted indexes (``kloros:idx:*``) are a
-function of the facts, so they are rebuilt from them on restore rather than stored:
-the two then always agree.  Queues, blobs, the stream and counters are in flight or
-rebuilt, and are not kept.
+per-file facts (``kloros:facts:*``, written as plain JSON although Redis keeps them
+compressed).  The inverted indexes (``kloros:ix:*``) are a function of the facts, so
+they are rebuilt from them on restore rather than stored: the two then always agree.
+Queues, blobs, the stream and counters are in flight or rebuilt, and are not kept.
 
 Restored into an empty Redis, the snapshot lets the pipeline carry on without
 publishing again a question that is still open: the ledger and the owned sets say
@@ -20,6 +20,11 @@ one.  Redis bytes are decoded as UTF-8 with ``surrogateescape`` and written with
 A snapshot that cannot be read is renamed ``<name>.corrupted`` and logged, and
 ``restore_snapshot`` returns False: the watcher's reconciliation then sends every file
 again and the detectors rebuild the index by rescanning.
+
+Who keeps it: ``kloros-tasks up`` (restore before its children start, write every
+SNAPSHOT_EVERY seconds and after they stopped), or else the watcher of
+``kloros-tasks watch`` (restore before its first reconciliation, write every
+SNAPSHOT_EVERY seconds and at shutdown); ``up`` runs its watcher with ``--no-snapshot``.
 """
 
 from __future__ import annotations
@@ -32,17 +37,20 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from . import filters, names
-from .detectors.base import FileFacts
+import redis
+
+from . import filters, index, names
 
 log = logging.getLogger(__name__)
 
 FORMAT = "kloros-state-snapshot"
 VERSION = 1
 SNAPSHOT_FILE = "snapshot.json"  # under KLOROS_STATE_DIR
+SNAPSHOT_EVERY = 300.0  # seconds between snapshots written while running
 CORRUPTED_SUFFIX = ".corrupted"
 SCAN_COUNT = 1000  # keys per SCAN step
 READ_BATCH = 2000  # keys read per MULTI/EXEC, so Redis is never blocked for long
@@ -81,7 +89,7 @@ def write_snapshot(client, path: str | os.PathLike) -> Summary:
     """
     seen = _read_hashes(client, _scan(client, names.seen("*"), "hash"))
     facts_keys = [k for d in names.DETECTORS for k in _scan(client, names.facts(d, "*"), "hash")]
-    facts = _read_hashes(client, facts_keys)
+    facts = _read_hashes(client, facts_keys, decode=index.facts_json)  # stored compressed
     owned = _read_sets(client, _scan(client, names.owned("*", "*", "*"), "set"))
     ledger = _read_hashes(client, [names.LEDGER]).get(names.LEDGER, {})
     document = {"format": FORMAT, "version": VERSION, "written_at": time.time(),
@@ -94,12 +102,26 @@ def write_snapshot(client, path: str | os.PathLike) -> Summary:
     return summary
 
 
+def keep_snapshot(client, path: str | os.PathLike) -> Summary | None:
+    """Best effort, for a running process: write the snapshot, unless Redis holds no
+    file state (a flushed Redis must not overwrite the snapshot that restores it).
+    A failure is logged and the previous snapshot stays; None when nothing was written."""
+    try:
+        if holds_state(client):
+            return write_snapshot(client, path)
+        log.info("Redis holds no file state; the snapshot %s is left as it is", path)
+    except (redis.RedisError, OSError) as exc:
+        log.warning("state snapshot %s not written (%s); the previous one is kept",
+                    path, exc)
+    return None
+
+
 def _text(value: bytes | str) -> str:
     return value.decode(_ENCODING, _ERRORS) if isinstance(value, bytes) else value
 
 
-def _raw(value: str) -> bytes:
-    return value.encode(_ENCODING, _ERRORS)
+def _raw(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.encode(_ENCODING, _ERRORS)
 
 
 def _scan(client, pattern: str, kind: str) -> list[str]:
@@ -112,7 +134,8 @@ def _batches(items: list, size: int) -> Iterator[list]:
         yield items[start:start + size]
 
 
-def _read_hashes(client, keys: list[str]) -> Hashes:
+def _read_hashes(client, keys: list[str],
+                 decode: Callable[[bytes], str] = _text) -> Hashes:
     out: Hashes = {}
     for batch in _batches(keys, READ_BATCH):
         pipe = client.pipeline(transaction=True)
@@ -120,7 +143,7 @@ def _read_hashes(client, keys: list[str]) -> Hashes:
             pipe.hgetall(key)
         for key, value in zip(batch, pipe.execute(), strict=True):
             if value:  # an empty reply: deleted between the SCAN and the read
-                out[key] = {_text(f): _text(v) for f, v in value.items()}
+                out[key] = {_text(f): decode(v) for f, v in value.items()}
     return out
 
 
@@ -216,23 +239,33 @@ def _check(document: dict, part: str, valid: Callable[[Any], bool]) -> None:
 # --- restoring --------------------------------------------------------------------------
 
 def holds_state(client) -> bool:
-    """True when Redis already holds a ledger, a seen hash or a detector's facts."""
-    if client.exists(names.LEDGER):
-        return True
+    """True when Redis holds file state: a seen hash, a detector's facts, or an open
+    question of a file detector (a file task opens one only after storing the facts).
+
+    Open exploration questions alone do not count: an exploration worker may publish
+    its first scan before the watcher restores the snapshot of a flushed Redis.
+    """
     patterns = [names.seen("*")] + [names.facts(d, "*") for d in names.DETECTORS]
-    return any(next(iter(client.scan_iter(match=p, count=SCAN_COUNT)), None) is not None
-               for p in patterns)
+    if any(next(iter(client.scan_iter(match=p, count=SCAN_COUNT)), None) is not None
+           for p in patterns):
+        return True
+    exploration = f"{names.EXPLORATION}."  # question ids start with their detector
+    return any(not _text(qid).startswith(exploration)
+               for qid, _envelope in client.hscan_iter(names.LEDGER, count=SCAN_COUNT))
 
 
 def restore_snapshot(client, path: str | os.PathLike) -> bool:
-    """Restore the snapshot at ``path`` into a Redis that holds no state; True if done.
+    """Restore the snapshot at ``path`` into a Redis without file state; True if done.
 
     False, with nothing written, when there is no snapshot, when Redis already holds
-    state (newer than any snapshot), or when the snapshot is corrupt: a corrupt one is
-    renamed ``<name>.corrupted`` and logged, and the detectors rebuild by rescanning.
-    The inverted indexes are rebuilt from the facts.  Seen entries that the facts do
-    not confirm (changes still queued when the snapshot was taken) are left out, so
-    the watcher's reconciliation sends those files again.
+    file state (newer than any snapshot, see ``holds_state``), or when the snapshot is
+    corrupt: a corrupt one is renamed ``<name>.corrupted`` and logged, and the detectors
+    rebuild by rescanning.  The inverted indexes are rebuilt from the facts.  Seen
+    entries that the facts do not confirm (changes still queued when the snapshot was
+    taken) are left out, so the watcher's reconciliation sends those files again.
+    Questions opened since the flush stay as they are: the snapshot's ledger entries are
+    merged under them (HSETNX) and the owned sets merged (SADD), so every open question
+    keeps an owner that resolves it.
     """
     path = Path(path)
     if not path.exists():
@@ -247,7 +280,8 @@ def restore_snapshot(client, path: str | os.PathLike) -> bool:
         _set_aside(path, exc)
         return False
     seen, dropped = confirmed_seen(document["seen"], document["facts"])
-    _write_commands(client, _restore_commands({**document, "seen": seen}))
+    commands = _restore_commands({**document, "seen": seen, "ledger": {}})
+    _write_commands(client, chain(commands, [("hsetnx", names.LEDGER, document["ledger"])]))
     summary = _summarise(document)
     log.info("restored state snapshot %s: %d open questions, %d indexed files, "
              "%d files to send again", path, summary.questions, summary.files, dropped)
@@ -267,10 +301,9 @@ def _set_aside(path: Path, exc: Exception) -> None:
 
 
 def _restore_commands(document: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
-    """("hset", key, mapping) and ("sadd", key, members) that recreate the state:
-    facts and their inverted indexes first, the ledger last."""
+    """("hset", key, mapping), ("sadd", key, members) and ("set", key, value) that
+    recreate the state: facts and their inverted indexes first, the ledger last."""
     for key, files in document["facts"].items():
-        yield "hset", key, files
         yield from _index_commands(key, files)
     for key, members in document["owned"].items():
         yield "sadd", key, members
@@ -282,21 +315,14 @@ def _restore_commands(document: dict[str, Any]) -> Iterator[tuple[str, str, Any]
 
 
 def _index_commands(facts_key: str, files: dict[str, str]) -> Iterator[tuple[str, str, Any]]:
-    """The ``kloros:idx:*`` members RedisIndex.update would have written for ``files``."""
+    """The facts of ``files`` and their inverted index (``kloros:ix:*``), stored as
+    RedisIndex stores them (index.index_writes computes both)."""
     for detector in names.DETECTORS:
         prefix = names.facts(detector, "")
-        if not facts_key.startswith(prefix):
-            continue
-        root = facts_key[len(prefix):]
-        members: dict[str, list[str]] = {}
-        for rel, text in files.items():
-            for relation, values in FileFacts.from_json(json.loads(text)).relations.items():
-                for value in values:
-                    members.setdefault(names.index(detector, root, relation, value),
-                                       []).append(rel)
-        for key, paths in members.items():
-            yield "sadd", key, paths
-        return
+        if facts_key.startswith(prefix):
+            yield from index.index_writes(detector, facts_key[len(prefix):], files)
+            return
+    yield "hset", facts_key, files  # not a detector's: kept as it was
 
 
 def _write_commands(client, commands: Iterator[tuple[str, str, Any]]) -> None:
@@ -308,6 +334,11 @@ def _write_commands(client, commands: Iterator[tuple[str, str, Any]]) -> None:
             continue
         if verb == "hset":
             pipe.hset(_raw(key), mapping={_raw(f): _raw(v) for f, v in value.items()})
+        elif verb == "hsetnx":
+            for f, v in value.items():
+                pipe.hsetnx(_raw(key), _raw(f), _raw(v))
+        elif verb == "set":
+            pipe.set(_raw(key), _raw(value))
         else:
             pipe.sadd(_raw(key), *(_raw(m) for m in value))
     pipe.execute()

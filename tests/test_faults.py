@@ -27,6 +27,7 @@ from procs import Proc, service_env, wait_for
 from kloros_tasks import names, snapshot
 from kloros_tasks.connections import redis_client
 from kloros_tasks.embedded import EmbeddedRedis
+from kloros_tasks.index import facts_json
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
 
@@ -134,7 +135,7 @@ class World:
     def analysed(self, detector: str = KNOWLEDGE) -> dict[str, str | None]:
         """relpath -> digest of the content its stored facts were extracted from."""
         raw = self.r.hgetall(names.facts(detector, ROOT))
-        return {k.decode(errors="surrogateescape"): json.loads(v)["data"].get("_sha256")
+        return {k.decode(errors="surrogateescape"): json.loads(facts_json(v))["data"].get("_sha256")
                 for k, v in raw.items()}
 
     def on_disk(self, suffix: str = ".md") -> dict[str, str]:
@@ -437,22 +438,31 @@ def test_a_flushed_redis_restored_from_the_snapshot_republishes_no_open_question
 
 
 def test_the_snapshot_round_trips_any_bytes_and_rebuilds_the_inverted_index(r, tmp_path):
+    from kloros_tasks.detectors.base import FileFacts
+    from kloros_tasks.index import RedisIndex
+
     odd = b"caf\xe9/\xff.md"  # not UTF-8, as a file name may be
-    facts = {"relations": {"links": ["a.md"]}, "data": {"_sha256": "ab" * 32}}
-    r.hset(names.facts(KNOWLEDGE, ROOT), odd, json.dumps(facts))
+    name = odd.decode("utf-8", "surrogateescape")  # how Python holds such a name
+    facts = FileFacts(relations={"links": frozenset({"a.md"})}, data={"_sha256": "ab" * 32})
+    RedisIndex(r, KNOWLEDGE, ROOT).update(name, facts)
     r.hset(names.seen(ROOT), odd, ("ab" * 32) + " 1 2")
     r.hset(names.seen(ROOT), "queued.md", ("cd" * 32) + " 1 2")  # never analysed
     r.sadd(names.owned(KNOWLEDGE, ROOT, "x.md"), "knowledge.rule.0011")
     r.hset(names.LEDGER, "knowledge.rule.0011", '{"facts": {}}')
     path = tmp_path / "state" / snapshot.SNAPSHOT_FILE
     snapshot.write_snapshot(r, path)
-    assert json.loads(path.read_text())["format"] == snapshot.FORMAT
+    document = json.loads(path.read_text())
+    assert document["format"] == snapshot.FORMAT
+    # Redis keeps the facts compressed; the snapshot holds them as plain JSON.
+    assert json.loads(document["facts"][names.facts(KNOWLEDGE, ROOT)][name]) == facts.to_json()
     assert [p.name for p in path.parent.iterdir()] == [snapshot.SNAPSHOT_FILE]
     r.flushall()
 
     assert snapshot.restore_snapshot(r, path) is True
     assert r.hkeys(names.facts(KNOWLEDGE, ROOT)) == [odd]
-    assert r.smembers(names.index(KNOWLEDGE, ROOT, "links", "a.md")) == {odd}
+    restored = RedisIndex(r, KNOWLEDGE, ROOT)
+    assert restored.who("links", "a.md") == {name}
+    assert restored.facts(name) == facts
     assert r.hkeys(names.seen(ROOT)) == [odd]  # the queued change is sent again
     assert r.smembers(names.owned(KNOWLEDGE, ROOT, "x.md")) == {b"knowledge.rule.0011"}
     assert r.hkeys(names.LEDGER) == [b"knowledge.rule.0011"]
