@@ -53,7 +53,7 @@ def cmd_up(args, settings: Settings) -> int:
 def cmd_watch(args, settings: Settings) -> int:
     from .producer import run_watch  # noqa: PLC0415
 
-    return run_watch(settings, _roots(args.paths, settings))
+    return run_watch(settings, _roots(args.paths, settings), keep_snapshot=not args.no_snapshot)
 
 
 def cmd_questions(args, settings: Settings) -> int:
@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("watch", help="the watchdog producer alone")
     p.add_argument("paths", nargs="*", metavar="PATH")
+    p.add_argument("--no-snapshot", action="store_true",
+                   help="neither restore nor write $KLOROS_STATE_DIR/snapshot.json "
+                        "(kloros-tasks up keeps it itself)")
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("bridge", help="the Redis-to-ChemBus bridge alone")

@@ -16,8 +16,14 @@ skips subdirectories it cannot watch.  So the producer counts the directories fi
 more than ``fs.inotify.max_user_watches``, or an ENOSPC from watchdog, and it prints
 one line naming that sysctl and exits with status 1.  Raise it with
 ``sysctl -w fs.inotify.max_user_watches=524288`` (persisted in /etc/sysctl.d/), or
-watch a smaller tree.  Events the kernel drops on a queue overflow are caught by a
-reconciliation every RECONCILE_EVERY seconds (one HGETALL and a walk when idle).
+watch a smaller tree.  Events lost to an inotify queue overflow
+(``fs.inotify.max_queued_events``) start a reconciliation at once: watchdog only logs
+IN_Q_OVERFLOW and rebuilds its watches, so the observer here then queues a
+QueueOverflowEvent (observer.py).  A reconciliation also runs every RECONCILE_EVERY seconds.
+
+State snapshot (``keep_snapshot``, on for ``kloros-tasks watch`` unless ``up`` runs it):
+restored into a Redis without file state before reconciling, at start and when Redis
+lost the watcher's registration; written every SNAPSHOT_EVERY seconds and at shutdown.
 """
 
 from __future__ import annotations
@@ -40,12 +46,12 @@ from typing import Any
 import redis
 from kombu.exceptions import OperationalError
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
 
-from . import filters, names
-from .connections import broker_url, redis_client
+from . import filters, names, snapshot, sync
+from .connections import redis_client
+from .observer import OVERFLOW, overflow_observer
 from .settings import Settings
-from .sync import BATCH, Reader, Sender, Syncer, WatchError, resolve_roots
+from .sync import BATCH, CelerySender, Reader, Sender, Syncer, WatchError, resolve_roots
 from .tree import read_file, walk_tree
 
 log = logging.getLogger(__name__)
@@ -54,54 +60,12 @@ EXIT_OK, EXIT_INOTIFY, EXIT_CONFIG, EXIT_THREAD_DIED = 0, 1, 2, 3
 HEARTBEAT_EVERY = 5.0
 HEARTBEAT_TTL = 30
 RECONCILE_EVERY = 600.0
-INOTIFY_MAX_WATCHES = Path("/proc/sys/fs/inotify/max_user_watches")
 MAX_DRAIN = 10_000  # inbox items taken before the pump ticks again
 IDLE_WAIT = 0.2
 SUPERVISE_EVERY = 0.2
 STOP_FLUSH_SECONDS = 2.0
 # Failures that mean "Redis or the broker is away for now": hold and retry.
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OperationalError, ConnectionError)
-
-
-class CelerySender:
-    """Sends tasks by name through the Celery app of ``kloros_tasks.celery_app``, loaded
-    on first use; when the producer was given another Redis than the environment names,
-    an app configured from the producer's settings, so both talk to the same Redis."""
-
-    def __init__(self, settings: Settings | None = None, app: Any = None) -> None:
-        self._settings, self._app = settings, app
-
-    def _load(self) -> Any:
-        from . import celery_app  # noqa: PLC0415 - configure Celery only when sending
-
-        wanted = self._settings and broker_url(self._settings.redis_url)
-        if wanted and celery_app.app.conf.broker_url != wanted:
-            return celery_app.create_app(self._settings)
-        return celery_app.app
-
-    def send(self, detector: str, payload: dict[str, Any]) -> None:
-        if self._app is None:
-            self._app = self._load()
-        self._app.send_task(names.TASK_ANALYZE[detector], args=[payload], queue=detector)
-
-
-def inotify_watch_limit() -> int | None:
-    """``fs.inotify.max_user_watches``, or None where it cannot be read (not Linux)."""
-    try:
-        return int(INOTIFY_MAX_WATCHES.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def count_dirs(path: str, stop_after: int) -> int:
-    """Directories watchdog would watch under ``path`` (itself included, symlinks not
-    followed), counting no further than ``stop_after`` + 1."""
-    count, stack = 0, [path]
-    while stack and count <= stop_after:
-        count += 1
-        with contextlib.suppress(OSError), os.scandir(stack.pop()) as it:
-            stack.extend(e.path for e in it if e.is_dir(follow_symlinks=False))
-    return count
 
 
 class _Handler(FileSystemEventHandler):
@@ -112,6 +76,9 @@ class _Handler(FileSystemEventHandler):
         self.inbox = inbox
 
     def dispatch(self, event: FileSystemEvent) -> None:
+        if event.event_type == OVERFLOW:
+            self.inbox.put((self.root, "", OVERFLOW))
+            return
         src, dest = os.fsdecode(event.src_path), os.fsdecode(event.dest_path)
         for path, kind in filters.event_changes(event.event_type, src, dest, event.is_directory):
             self.inbox.put((self.root, path, kind))
@@ -128,9 +95,11 @@ class Watcher:
         sender: Sender | None = None,
         progress: Callable[[int, int], None] | None = None,
         reader: Reader = read_file,
-        observer_factory: Callable[[], Any] = Observer,
+        observer_factory: Callable[[], Any] = overflow_observer,
         clock: Callable[[], float] = time.monotonic,
-        watch_limit: Callable[[], int | None] = inotify_watch_limit,
+        watch_limit: Callable[[], int | None] = sync.inotify_watch_limit,
+        snapshot_path: Path | None = None,
+        snapshot_every: float = snapshot.SNAPSHOT_EVERY,
     ) -> None:
         self.settings = settings
         self.roots = resolve_roots(roots)
@@ -154,6 +123,10 @@ class Watcher:
         self._stopping = threading.Event()
         self._last_beat = self._last_reconcile = float("-inf")
         self._gone_dirs: dict[str, set[str]] = {}  # root name -> vanished directories
+        # Restored before the first reconciliation and whenever Redis turns out to have
+        # lost its data; written only when no such restore is pending.
+        self.snapshot_path, self.snapshot_every = snapshot_path, snapshot_every
+        self.restore_due = snapshot_path is not None
 
     @property
     def held(self) -> int:
@@ -186,7 +159,7 @@ class Watcher:
     def _start_observers(self) -> None:
         limit = self.watch_limit()
         if limit is not None:
-            needed = sum(count_dirs(root.path, limit) for root in self.roots)
+            needed = sum(sync.count_dirs(root.path, limit) for root in self.roots)
             if needed > limit:
                 raise OSError(errno.ENOSPC, f"more than {limit} directories to watch"
                               " exceed the inotify watch limit")
@@ -201,11 +174,15 @@ class Watcher:
         return [*self.observers, *emitters, self.pump_thread]
 
     def _supervise(self, stop_event: threading.Event) -> int:
+        next_snapshot = self.clock() + self.snapshot_every
         while not stop_event.wait(SUPERVISE_EVERY):
             dead = next((t for t in self._threads() if not t.is_alive()), None)
             if dead is not None:
                 log.error("watcher thread %s died; exiting so that it is restarted", dead.name)
                 return EXIT_THREAD_DIED
+            if self.clock() >= next_snapshot:  # here, so that the pump never waits for it
+                self._keep_snapshot()
+                next_snapshot = self.clock() + self.snapshot_every
         return EXIT_OK
 
     def _stop_observers(self) -> None:
@@ -221,7 +198,14 @@ class Watcher:
         if self.pump_thread is not None:
             self.pump_thread.join(STOP_FLUSH_SECONDS + 1.0)
         if self.pump_thread is None or not self.pump_thread.is_alive():
+            self._keep_snapshot()  # after the final flush, so the seen hashes are current
             self.client.close()
+
+    def _keep_snapshot(self) -> None:
+        """Write the snapshot, unless the pump has yet to check whether to restore it: a
+        Redis back empty must not overwrite what restores it."""
+        if self.snapshot_path is not None and not self.restore_due:
+            snapshot.keep_snapshot(self.client, self.snapshot_path)
 
     # --- the pump thread ------------------------------------------------------------------
     def _pump(self) -> None:
@@ -251,6 +235,13 @@ class Watcher:
 
     def _accept(self, root_key: str, path: str, kind: str, now: float) -> None:
         root = self.by_name[root_key]
+        if kind == OVERFLOW:
+            if not self.reconcile_needed:  # one line per reconciliation, however many roots
+                log.warning("the inotify event queue overflowed under %s and events were "
+                            "lost (fs.inotify.max_queued_events); reconciling every root "
+                            "now", root.name)
+            self.reconcile_needed = True
+            return
         rel = filters.relative(root.path, path)
         if rel is None:
             return
@@ -297,6 +288,10 @@ class Watcher:
         try:
             if not self.redis_up:
                 self.client.ping()
+            if len(self.pending) or self.reconcile_needed:
+                self._check_registered()
+            if self.restore_due:
+                self._restore()
             if not self.registered:
                 self._register()
             if self.pending.overflow:
@@ -318,6 +313,23 @@ class Watcher:
             log.warning("Redis unreachable (%s); holding changes and retrying", exc)
             self.redis_up = False
         self.retry_at = now + self.backoff.next()
+
+    def _check_registered(self) -> None:
+        """Before anything is sent: when the roots this watcher registered are gone, Redis
+        lost its data (restarted empty, which redis-py reconnects to silently, or
+        flushed), so register again and restore the snapshot first."""
+        if self.registered and not all(self.client.hmget(names.ROOTS, list(self.by_name))):
+            log.warning("Redis lost the watcher's registration (restarted empty or flushed);"
+                        " registering again")
+            self.registered = False
+            self.restore_due = self.snapshot_path is not None
+
+    def _restore(self) -> None:
+        """A Redis without file state gets the snapshot back before anything is sent,
+        so open questions are not published again and only files changed since are."""
+        if snapshot.restore_snapshot(self.client, self.snapshot_path):
+            self.reconcile_needed = True  # the restored seen hashes predate the disk
+        self.restore_due = False
 
     def _register(self) -> None:
         mapping = {r.name: json.dumps({"path": r.path, "host": self.host}) for r in self.roots}
@@ -384,12 +396,15 @@ def run_watch(
     sender: Sender | None = None,
     stop_event: threading.Event | None = None,
     progress: Callable[[int, int], None] | None = None,
+    keep_snapshot: bool = False,
 ) -> int:
     """Run the producer until SIGTERM/SIGINT or ``stop_event``; returns the exit status:
-    0 stopped, 1 inotify limit too low, 2 bad roots, 3 a watcher thread died."""
+    0 stopped, 1 inotify limit too low, 2 bad roots, 3 a watcher thread died.
+    ``keep_snapshot``: restore and write ``$KLOROS_STATE_DIR/snapshot.json``."""
     stop_event = stop_event if stop_event is not None else threading.Event()
+    path = snapshot.default_path(settings.state_dir) if keep_snapshot else None
     try:
-        watcher = Watcher(settings, roots, sender=sender, progress=progress)
+        watcher = Watcher(settings, roots, sender=sender, progress=progress, snapshot_path=path)
     except WatchError as exc:
         print(f"kloros-tasks watch: {exc}", file=sys.stderr)
         return EXIT_CONFIG

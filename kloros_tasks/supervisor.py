@@ -110,8 +110,9 @@ def plan(settings: Settings, roots: list[Path], *, concurrency: int = 1,
         "beat", "--loglevel", "INFO",
         "--schedule", str(settings.state_dir / "celerybeat-schedule.json"),
     ]))
+    # --no-snapshot: run_up restores and writes the snapshot itself, around its children.
     children.append(Child("watcher", [sys.executable, "-m", "kloros_tasks.cli", "watch",
-                                      *map(str, roots)]))
+                                      "--no-snapshot", *map(str, roots)]))
     if settings.chem_xsub_given:
         children.append(Child("bridge", [sys.executable, "-m", "kloros_tasks.cli", "bridge"]))
     if flower_auth:

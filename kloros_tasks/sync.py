@@ -1,5 +1,5 @@
-"""The watched roots, and bringing the tasks sent and the ``kloros:seen:<root>`` hashes
-in line with the disk.
+"""The watched roots (and whether inotify can watch them), and bringing the tasks sent
+and the ``kloros:seen:<root>`` hashes in line with the disk.
 
 The producer's pump thread hands the Syncer batches of changed paths (and, at start
 and every reconciliation, whole trees); the Syncer looks at each file, stores the
@@ -16,6 +16,7 @@ may leave blob references that no task releases (their TTL ends them).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -24,11 +25,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import redis
 
 from . import blobs, filters, names
+from .connections import broker_url
 from .filters import SeenEntry
 from .payload import Change
 from .settings import Settings
@@ -41,6 +44,7 @@ BATCH = 500  # paths per seen-hash pipeline
 # hundreds of files near the size cap, while small files still go in one round trip.
 BLOB_FLUSH_BYTES = 8 * 1024 * 1024
 GONE, IGNORE, LARGE, CONTENT = "gone", "ignore", "large", "content"
+INOTIFY_MAX_WATCHES = Path("/proc/sys/fs/inotify/max_user_watches")
 
 Reader = Callable[[str, int], bytes]
 
@@ -48,6 +52,47 @@ Reader = Callable[[str, int], bytes]
 class Sender(Protocol):
     def send(self, detector: str, payload: dict[str, Any]) -> None:
         """Enqueue one analyze task for ``detector``; raise on a broker failure."""
+
+
+class CelerySender:
+    """Sends tasks by name through the Celery app of ``kloros_tasks.celery_app``, loaded
+    on first use; when the producer was given another Redis than the environment names,
+    an app configured from the producer's settings, so both talk to the same Redis."""
+
+    def __init__(self, settings: Settings | None = None, app: Any = None) -> None:
+        self._settings, self._app = settings, app
+
+    def _load(self) -> Any:
+        from . import celery_app  # noqa: PLC0415 - configure Celery only when sending
+
+        wanted = self._settings and broker_url(self._settings.redis_url)
+        if wanted and celery_app.app.conf.broker_url != wanted:
+            return celery_app.create_app(self._settings)
+        return celery_app.app
+
+    def send(self, detector: str, payload: dict[str, Any]) -> None:
+        if self._app is None:
+            self._app = self._load()
+        self._app.send_task(names.TASK_ANALYZE[detector], args=[payload], queue=detector)
+
+
+def inotify_watch_limit() -> int | None:
+    """``fs.inotify.max_user_watches``, or None where it cannot be read (not Linux)."""
+    try:
+        return int(INOTIFY_MAX_WATCHES.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def count_dirs(path: str, stop_after: int) -> int:
+    """Directories watchdog would watch under ``path`` (itself included, symlinks not
+    followed), counting no further than ``stop_after`` + 1."""
+    count, stack = 0, [path]
+    while stack and count <= stop_after:
+        count += 1
+        with contextlib.suppress(OSError), os.scandir(stack.pop()) as it:
+            stack.extend(e.path for e in it if e.is_dir(follow_symlinks=False))
+    return count
 
 
 @dataclass(frozen=True)

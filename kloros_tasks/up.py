@@ -25,7 +25,7 @@ from .settings import Settings
 from .supervisor import first_dead, lock_state_dir, plan, stop_all
 
 MAX_SOCKET_PATH = 100
-SNAPSHOT_EVERY = 300.0  # seconds between state snapshots while running
+SNAPSHOT_EVERY = snapshot.SNAPSHOT_EVERY  # up keeps the snapshot; its watcher does not
 
 
 def embedded_dir(state_dir: Path) -> Path:
@@ -130,20 +130,12 @@ def run_up(settings: Settings, roots: list[Path], *, fmt: str = "text",
         status = _loop(client, children, stop, last_id, fmt, snapshot_path)
     finally:
         stop_all(children)
-        _snapshot(client, snapshot_path)
+        snapshot.keep_snapshot(client, snapshot_path)  # best effort, logged
         client.close()
         if server is not None:
             server.stop()
         lock.close()
     return status
-
-
-def _snapshot(client, path: Path) -> None:
-    """Best effort: a failed snapshot leaves the previous one in place."""
-    try:
-        snapshot.write_snapshot(client, path)
-    except (redis.RedisError, OSError, snapshot.SnapshotError) as exc:
-        print(f"kloros-tasks: state snapshot not written: {exc}", file=sys.stderr)
 
 
 def _loop(client, children, stop: threading.Event, last_id: str, fmt: str,
@@ -152,7 +144,7 @@ def _loop(client, children, stop: threading.Event, last_id: str, fmt: str,
     next_snapshot = time.monotonic() + SNAPSHOT_EVERY
     while not stop.is_set():
         if time.monotonic() >= next_snapshot:
-            _snapshot(client, snapshot_path)
+            snapshot.keep_snapshot(client, snapshot_path)
             next_snapshot = time.monotonic() + SNAPSHOT_EVERY
         dead = first_dead(children)
         if dead is not None:

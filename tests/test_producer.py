@@ -24,6 +24,7 @@ from watchdog.observers import Observer
 from kloros_tasks import names
 from kloros_tasks.embedded import EmbeddedRedis
 from kloros_tasks.filters import should_enqueue
+from kloros_tasks.observer import overflow_observer
 from kloros_tasks.payload import parse
 from kloros_tasks.producer import (
     EXIT_CONFIG,
@@ -31,16 +32,17 @@ from kloros_tasks.producer import (
     EXIT_THREAD_DIED,
     CelerySender,
     Watcher,
-    count_dirs,
     run_watch,
 )
 from kloros_tasks.settings import Settings
-from kloros_tasks.sync import BATCH
+from kloros_tasks.sync import BATCH, count_dirs
 from kloros_tasks.tree import read_file
 
 DEADLINE = 5.0
 LOGGER = "kloros_tasks.producer"
 SYNC_LOGGER = "kloros_tasks.sync"
+MAX_QUEUED_EVENTS = Path("/proc/sys/fs/inotify/max_queued_events")
+SMALL_QUEUE = 16  # events a test's inotify instance holds before it overflows
 
 
 def wait_until(condition, timeout: float = DEADLINE) -> None:
@@ -130,9 +132,12 @@ def watch(redis_url):
 
     def start(root: Path, **options) -> Running:
         reader, ready = options.pop("reader", read_file), options.pop("ready", True)
+        factory = options.pop("observer_factory", overflow_observer)
         settings = Settings(redis_url=options.pop("redis_url", redis_url), **options)
         sender = RecordingSender()
-        running = Running(Watcher(settings, [root], sender=sender, reader=reader), sender)
+        watcher = Watcher(settings, [root], sender=sender, reader=reader,
+                          observer_factory=factory)
+        running = Running(watcher, sender)
         started.append(running)
         return running.start(ready)
 
@@ -461,6 +466,45 @@ def test_past_the_pending_limit_the_watcher_reconciles_when_redis_is_back(
     w.barrier()
     sent = [p for _, p in w.sender.sent if not p["path"].startswith("zz_barrier_")]
     assert len(sent) == 3 * len(detectors_for("a.py"))
+
+
+def small_queue_observer():
+    """The watcher's own observer on an inotify instance that holds SMALL_QUEUE events.
+
+    The kernel reads fs.inotify.max_queued_events (system-wide) when an instance is
+    created, so it is lowered only around that and restored at once, even on failure.
+    """
+    original = MAX_QUEUED_EVENTS.read_text()
+    MAX_QUEUED_EVENTS.write_text(f"{SMALL_QUEUE}\n")
+    try:
+        return overflow_observer()
+    finally:
+        MAX_QUEUED_EVENTS.write_text(original)
+
+
+def test_events_lost_to_an_inotify_queue_overflow_are_sent_by_a_reconciliation_at_once(
+    root, watch, r, caplog
+):
+    try:
+        MAX_QUEUED_EVENTS.write_text(MAX_QUEUED_EVENTS.read_text())
+    except OSError as exc:
+        pytest.skip(f"cannot lower {MAX_QUEUED_EVENTS} to force an overflow here: {exc}")
+    caplog.set_level(logging.WARNING)
+    w = watch(root, observer_factory=small_queue_observer)
+    files = {f"n{i:03d}.md": f"# Note {i}\n".encode() for i in range(300)}
+    for name, body in files.items():  # four events each, far faster than they are read
+        (root / name).write_bytes(body)
+
+    # The periodic reconciliation is 600 s away: only the one the overflow started can
+    # send the files whose events the kernel dropped.
+    wait_until(lambda: set(files) <= w.task_paths(), timeout=60)
+    w.barrier()
+    assert any(rec.name == LOGGER and "overflowed" in rec.getMessage()
+               and "reconciling" in rec.getMessage() for rec in caplog.records)
+    for name, body in files.items():
+        assert w.sender.tasks(name)[-1][1]["sha256"] == sha(body)
+    seen = r.hgetall(names.seen("proj"))
+    assert {k.decode() for k in seen} >= set(files)
 
 
 def test_the_watcher_exits_non_zero_when_its_observer_dies(root, watch):
