@@ -62,7 +62,10 @@ def configure(app: Celery, settings: Settings) -> None:
         task_soft_time_limit=max(1, settings.task_time_limit - SOFT_LIMIT_MARGIN),
         worker_max_memory_per_child=settings.worker_max_memory_kib,
         worker_lost_wait=WORKER_LOST_WAIT,
-        worker_send_task_events=True,
+        # Off: events cost every worker a message every 2 s while idle, and nothing
+        # here reads them. Flower switches them on (its periodic enable_events) while
+        # it runs, which is all it needs to show tasks.
+        worker_send_task_events=False,
         task_send_sent_event=False,
         worker_hijack_root_logger=True,
         task_queues=[Queue(q, routing_key=q) for q in names.QUEUES],
