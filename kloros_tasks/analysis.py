@@ -3,6 +3,16 @@
 ``handle_change`` is called by the thin tasks in tasks.py with a Redis client, a
 Publisher and a detector.  It never raises for bad input: it returns an outcome word
 and logs why.  Redis errors propagate so the task layer retries them.
+
+Deferred evaluation: while more changes wait in the detector's queue (a cold scan, a
+``git checkout``), a change only updates the index and adds the files it affects to
+``kloros:deferred:<detector>:<root>``; the first change that finds the queue empty
+evaluates them all once (``settle``).  Cross-file rules are then judged against the
+whole burst instead of half of it, so no question is opened only to be resolved a
+moment later, and a file affected by a hundred changes is evaluated once instead of
+a hundred times.  Questions are a pure function of the final index, so the result is
+the same as evaluating after every change.  A queue that never empties defers no
+evaluation longer than ``DEFER_MAX_AGE``.
 """
 
 from __future__ import annotations
@@ -11,6 +21,8 @@ import hashlib
 import json
 import logging
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +35,9 @@ from .publish import Publisher
 log = logging.getLogger(__name__)
 LOCK_TIMEOUT = 30
 LOCK_WAIT = 60
+DEFER_MAX_AGE = 30.0  # seconds an evaluation may wait for a queue that never empties
+SETTLE_BATCH = 200  # deferred files evaluated per hold of the root's lock
+SETTLE_BUDGET = 20.0  # seconds one task spends settling before handing the rest over
 
 
 @dataclass(frozen=True)
@@ -30,6 +45,10 @@ class Context:
     client: object
     publisher: Publisher
     max_file_bytes: int
+    # Called with (detector, root) when a burst starts deferring evaluations: the task
+    # layer queues a settle task behind the burst, so the deferred files are judged
+    # even if the burst's last task never completes (dead-lettered, worker killed).
+    schedule_settle: Callable[[str, str], None] | None = None
 
 
 def _text(v) -> str:
@@ -134,17 +153,71 @@ def _analyse(ctx: Context, detector: FileDetector, change: Change, root_info: di
         ctx.client.hdel(names.SKIPPED, key)
     # Parse outside the lock: a slow or killed parse must not hold up the whole root.
     facts = detector.extract(change.path, text) if text is not None else None
-    with ctx.client.lock(names.lock(detector.name, change.root), timeout=LOCK_TIMEOUT,
-                         blocking_timeout=LOCK_WAIT):
+    with _root_lock(ctx, detector.name, change.root):
         applied = engine.apply_change(detector, index, change.path, text, change.sha256,
                                       facts=facts)
         owners = set(applied.owners)
         if reevaluate_all:  # the world the detector judges against changed
             owners.update(index.paths())
-        for owner, questions in engine.evaluate(detector, index, owners,
-                                                 change.root).items():
-            ctx.publisher.sync(detector.name, change.root, owner, questions)
+        if not _defer(ctx, detector.name, change.root, owners):
+            _publish(ctx, detector, index, change.root, owners)
     return _record_error(ctx, key, applied.error) or ("skipped" if reason else "analysed")
+
+
+def _root_lock(ctx: Context, detector: str, root: str):
+    return ctx.client.lock(names.lock(detector, root), timeout=LOCK_TIMEOUT,
+                           blocking_timeout=LOCK_WAIT)
+
+
+def _publish(ctx: Context, detector: FileDetector, index, root: str, owners) -> None:
+    for owner, questions in engine.evaluate(detector, index, owners, root).items():
+        ctx.publisher.sync(detector.name, root, owner, questions)
+
+
+def _defer(ctx: Context, detector: str, root: str, owners: set[str]) -> bool:
+    """Add ``owners`` to the deferred set when more changes wait in the queue (and the
+    oldest deferral is younger than DEFER_MAX_AGE); False means evaluate them now."""
+    if not owners or not ctx.client.llen(detector):
+        return False
+    now = time.time()
+    pipe = ctx.client.pipeline()
+    pipe.set(names.deferred_since(detector, root), now, nx=True)
+    pipe.get(names.deferred_since(detector, root))
+    pipe.sadd(names.deferred(detector, root), *owners)
+    first, since, _ = pipe.execute()
+    if first and ctx.schedule_settle is not None:
+        ctx.schedule_settle(detector, root)
+    return now - float(since or now) < DEFER_MAX_AGE
+
+
+def settle(ctx: Context, detector: FileDetector, root: str,
+           budget: float = SETTLE_BUDGET) -> int:
+    """Evaluate and publish the deferred files of (detector, root), SETTLE_BATCH at a
+    time, for up to ``budget`` seconds; returns how many are still deferred.
+
+    Files leave the set only after their questions are published, so a worker killed
+    half-way leaves them for the next settle."""
+    key, since = names.deferred(detector.name, root), names.deferred_since(detector.name, root)
+    index = RedisIndex(ctx.client, detector.name, root)
+    deadline = time.monotonic() + budget
+    while True:
+        with _root_lock(ctx, detector.name, root):
+            batch = [_text(m) for m in ctx.client.srandmember(key, SETTLE_BATCH)]
+            if not batch:
+                ctx.client.delete(since)
+                return 0
+            _publish(ctx, detector, index, root, batch)
+            ctx.client.srem(key, *batch)
+        if time.monotonic() >= deadline:
+            return ctx.client.scard(key)
+
+
+def deferred_roots(client, detector: str, roots: list[str]) -> list[str]:
+    """The roots among ``roots`` with deferred evaluations, for a queue that is empty."""
+    pipe = client.pipeline(transaction=False)
+    for root in roots:
+        pipe.exists(names.deferred(detector, root))
+    return [root for root, n in zip(roots, pipe.execute(), strict=True) if n]
 
 
 def _record_error(ctx: Context, key: str, error: str | None) -> str | None:

@@ -23,6 +23,11 @@ TASK_ANALYZE = {
     CAPABILITY: "kloros.capability.analyze",
     KNOWLEDGE: "kloros.knowledge.analyze",
 }
+TASK_SETTLE = {
+    INTEGRATION: "kloros.integration.settle",
+    CAPABILITY: "kloros.capability.settle",
+    KNOWLEDGE: "kloros.knowledge.settle",
+}
 TASK_EXPLORATION_SCAN = "kloros.exploration.scan"
 
 # File detectors that are live, and the file suffixes each one analyses.  The
@@ -122,6 +127,16 @@ def owned(detector: str, root: str, path: str) -> str:
 def lock(detector: str, root: str) -> str:
     """Short lock serialising index updates of one detector on one root."""
     return f"kloros:lock:{detector}:{root}"
+
+
+def deferred(detector: str, root: str) -> str:
+    """SET of relpaths whose evaluation waits until the detector's queue is drained."""
+    return f"kloros:deferred:{detector}:{root}"
+
+
+def deferred_since(detector: str, root: str) -> str:
+    """STRING: when the oldest deferred evaluation of (detector, root) was deferred."""
+    return f"kloros:deferred-since:{detector}:{root}"
 
 
 def attempts(task_id: str) -> str:

@@ -20,7 +20,7 @@ from celery.signals import worker_ready
 from celery.utils.nodenames import worker_direct
 
 from . import names
-from .analysis import Context, handle_change
+from .analysis import SETTLE_BUDGET, Context, deferred_roots, handle_change, settle
 from .celery_app import SOFT_LIMIT_MARGIN, app, settings_of
 from .connections import redis_client
 from .publish import Publisher
@@ -61,7 +61,12 @@ class KlorosTask(Task):
     def context(self) -> Context:
         publisher = Publisher(self.client, host=self.settings.host,
                               stream_maxlen=self.settings.stream_maxlen)
-        return Context(self.client, publisher, self.settings.max_file_bytes)
+        return Context(self.client, publisher, self.settings.max_file_bytes,
+                       schedule_settle=self.schedule_settle)
+
+    def schedule_settle(self, detector: str, root: str) -> None:
+        """Queue a settle task behind the tasks waiting on ``detector``'s queue."""
+        self.app.send_task(names.TASK_SETTLE[detector], args=[root], queue=detector)
 
     def __call__(self, *args, **kwargs):
         budget = self.settings.task_time_limit - SOFT_LIMIT_MARGIN - REDIS_WAIT_MARGIN
@@ -119,10 +124,37 @@ def _analyze(task: KlorosTask, detector_name: str, args: tuple, kwargs: dict) ->
     # by handle_change instead of failing inside Celery's argument binding.
     payload = args[0] if len(args) == 1 and not kwargs else {"args": list(args), **kwargs}
     detector, environment_changed = worker_detector(detector_name, task.settings, task.client)
-    outcome = handle_change(task.context(), detector, payload,
-                            reevaluate_all=environment_changed)
+    context = task.context()
+    outcome = handle_change(context, detector, payload, reevaluate_all=environment_changed)
     log.debug("%s %s: %s", task.name, task.request.id, outcome)
+    if not task.client.llen(detector_name):
+        # The burst is over: evaluate what its changes deferred (see analysis.py).
+        roots = [_text(root) for root in task.client.hkeys(names.ROOTS)]
+        for root in deferred_roots(task.client, detector_name, roots):
+            _settle(task, context, detector, root)
     return outcome
+
+
+def _settle(task: KlorosTask, context, detector, root: str) -> int:
+    budget = min(SETTLE_BUDGET, task.settings.task_time_limit / 3)
+    remaining = settle(context, detector, root, budget)
+    if remaining:  # hand the rest to a task of its own, within the time limit
+        task.schedule_settle(detector.name, root)
+    log.info("%s: settled deferred evaluations of %s; %d left for the next task",
+             detector.name, root, remaining)
+    return remaining
+
+
+def _settle_task(task: KlorosTask, detector_name: str, args: tuple, kwargs: dict) -> str:
+    if kwargs or len(args) != 1 or not isinstance(args[0], str):
+        log.warning("%s: refused malformed settle payload %r %r", task.name, args, kwargs)
+        return "refused"
+    detector, _ = worker_detector(detector_name, task.settings, task.client)
+    return f"{_settle(task, task.context(), detector, args[0])} deferred"
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 @app.task(name=names.TASK_ANALYZE[names.KNOWLEDGE], base=KlorosTask, bind=True)
@@ -138,6 +170,21 @@ def analyze_integration(self, *args, **kwargs):
 @app.task(name=names.TASK_ANALYZE[names.CAPABILITY], base=KlorosTask, bind=True)
 def analyze_capability(self, *args, **kwargs):
     return _analyze(self, names.CAPABILITY, args, kwargs)
+
+
+@app.task(name=names.TASK_SETTLE[names.KNOWLEDGE], base=KlorosTask, bind=True)
+def settle_knowledge(self, *args, **kwargs):
+    return _settle_task(self, names.KNOWLEDGE, args, kwargs)
+
+
+@app.task(name=names.TASK_SETTLE[names.INTEGRATION], base=KlorosTask, bind=True)
+def settle_integration(self, *args, **kwargs):
+    return _settle_task(self, names.INTEGRATION, args, kwargs)
+
+
+@app.task(name=names.TASK_SETTLE[names.CAPABILITY], base=KlorosTask, bind=True)
+def settle_capability(self, *args, **kwargs):
+    return _settle_task(self, names.CAPABILITY, args, kwargs)
 
 
 @app.task(name=names.TASK_EXPLORATION_SCAN, base=KlorosTask, bind=True)

@@ -4,6 +4,7 @@ programs against this machine's real environment."""
 from __future__ import annotations
 
 import pytest
+from procs import wait_for
 from test_worker import module_pipeline
 
 from kloros_tasks import names
@@ -58,7 +59,9 @@ def test_a_projects_missing_capabilities_are_asked_about_and_fixes_resolve_them(
     root = pipe.new_root()
     pipe.change(root, "pyproject.toml", PYPROJECT)
     pipe.change(root, "demo/app.py", CODE)
-    envelopes = pipe.wait_envelopes(root, 6, timeout=60)
+    wait_for(lambda: pipe.drained() and not pipe.r.exists(names.deferred(names.CAPABILITY, root)),
+             60, message="both files analysed and judged")
+    envelopes = pipe.envelopes(root)
     found = subjects(envelopes)
     hypotheses = " ".join(h for hs in found.values() for h in hs)
     assert "no_such_module_xyz" in hypotheses and "no-such-program-xyz" in hypotheses

@@ -1,0 +1,148 @@
+"""Deferred evaluation: a burst of changes is judged once, against the whole burst.
+
+The first tests call ``handle_change`` and ``settle`` directly against the private
+Redis (a waiting task is simulated by an entry in the detector's queue list); the last
+one runs a real worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import pytest
+from procs import wait_for
+
+from kloros_tasks import analysis, blobs, engine, names
+from kloros_tasks.analysis import Context, handle_change, settle
+from kloros_tasks.detectors.knowledge import KnowledgeDetector
+from kloros_tasks.index import MemoryIndex
+from kloros_tasks.payload import Change
+from kloros_tasks.publish import Publisher
+
+ROOT = "proj"
+DETECTOR = KnowledgeDetector()
+# Sent in this order, the guide arrives before the code it names and the README that
+# links it: judged one change at a time, it is stale and unindexed until they come.
+BURST = {
+    "docs/guide.md": "# Guide\n\nCall `pkg.publish.publish` from `pkg/publish.py`.\n",
+    "README.md": "# Project\n\nRead the [guide](docs/guide.md).\n",
+    "pkg/__init__.py": '"""The package."""\n',
+    "pkg/publish.py": '"""Publishing."""\n\n\ndef publish(x):\n    """Publish x."""\n'
+                      "    return x\n",
+    "pkg/helpers.py": "".join(f"def helper_{n}():\n    return {n}\n\n" for n in range(5)),
+}
+
+
+def context(r) -> Context:
+    return Context(r, Publisher(r, host="test"), max_file_bytes=1 << 20)
+
+
+def send(r, path: str, text: str) -> str:
+    raw = text.encode()
+    sha = hashlib.sha256(raw).hexdigest()
+    blobs.store(r, sha, raw, refs=1, ttl=600)
+    payload = Change(ROOT, path, "modified", sha, ts=1.0).to_json()
+    return handle_change(context(r), DETECTOR, payload)
+
+
+def envelopes(r) -> list[dict]:
+    return [json.loads(fields[b"envelope"]) for _id, fields in r.xrange(names.STREAM)]
+
+
+def opened_ids(r) -> list[str]:
+    return [e["facts"]["question_id"] for e in envelopes(r)
+            if e["signal"] != "curiosity.question_resolved"]
+
+
+def resolved_ids(r) -> list[str]:
+    return [e["facts"]["question_id"] for e in envelopes(r)
+            if e["signal"] == "curiosity.question_resolved"]
+
+
+def questions_of_whole_tree(root: str = ROOT) -> set[str]:
+    """What ``kloros-tasks scan`` asks: every file indexed before any is judged."""
+    index = MemoryIndex()
+    for path, text in BURST.items():
+        engine.apply_change(DETECTOR, index, path, text)
+    judged = engine.evaluate(DETECTOR, index, index.paths(), root)
+    return {q.id for questions in judged.values() for q in questions}
+
+
+@pytest.fixture
+def rr(r):
+    r.hset(names.ROOTS, ROOT, json.dumps({"path": "/nonexistent", "host": "elsewhere"}))
+    return r
+
+
+def test_one_change_at_a_time_opens_questions_that_the_rest_of_the_burst_resolves(rr):
+    # The behaviour deferral exists to avoid: with nothing waiting, each change is judged
+    # at once against a half-indexed tree.
+    for path, text in BURST.items():
+        assert send(rr, path, text) == "analysed"
+    assert resolved_ids(rr), "expected transient questions without deferral"
+    assert set(opened_ids(rr)) - set(resolved_ids(rr)) == questions_of_whole_tree()
+
+
+def test_a_burst_is_judged_once_when_the_queue_drains(rr):
+    rr.rpush(names.KNOWLEDGE, "a task still waiting")
+    for path, text in BURST.items():
+        assert send(rr, path, text) == "analysed"
+    assert envelopes(rr) == []
+    assert rr.smembers(names.deferred(names.KNOWLEDGE, ROOT)) == {p.encode() for p in BURST}
+    rr.delete(names.KNOWLEDGE)
+    assert settle(context(rr), DETECTOR, ROOT) == 0
+    assert resolved_ids(rr) == []
+    assert sorted(opened_ids(rr)) == sorted(questions_of_whole_tree())
+    assert not rr.exists(names.deferred(names.KNOWLEDGE, ROOT),
+                         names.deferred_since(names.KNOWLEDGE, ROOT))
+
+
+def test_a_queue_that_never_drains_delays_questions_no_longer_than_the_maximum_age(rr):
+    rr.rpush(names.KNOWLEDGE, "a task still waiting")
+    rr.set(names.deferred_since(names.KNOWLEDGE, ROOT),
+           time.time() - analysis.DEFER_MAX_AGE - 1)
+    send(rr, "pkg/helpers.py", BURST["pkg/helpers.py"])
+    assert [q.split(".")[1] for q in opened_ids(rr)] == ["missing_docstrings"]
+
+
+def test_settling_in_batches_keeps_what_it_has_not_published(rr, monkeypatch):
+    monkeypatch.setattr(analysis, "SETTLE_BATCH", 2)
+    rr.rpush(names.KNOWLEDGE, "a task still waiting")
+    for path, text in BURST.items():
+        send(rr, path, text)
+    rr.delete(names.KNOWLEDGE)
+    assert settle(context(rr), DETECTOR, ROOT, budget=0) == len(BURST) - 2
+    assert rr.exists(names.deferred_since(names.KNOWLEDGE, ROOT))
+    assert settle(context(rr), DETECTOR, ROOT) == 0
+    assert sorted(opened_ids(rr)) == sorted(questions_of_whole_tree())
+    assert resolved_ids(rr) == []
+
+
+@pytest.mark.integration
+def test_a_worker_publishes_no_transient_question_for_a_burst(tmp_path):
+    from test_worker import Pipeline  # noqa: PLC0415 - the module-scoped helpers
+
+    pipe = Pipeline(tmp_path, names.KNOWLEDGE)
+    try:
+        root = pipe.new_root()
+        # Hold the root's lock so that the whole burst is queued before the first
+        # change is applied, as in a cold scan whose tasks arrive faster than analysis.
+        lock = pipe.r.lock(names.lock(names.KNOWLEDGE, root), timeout=60)
+        assert lock.acquire(blocking=False)
+        for path, text in BURST.items():
+            pipe.change(root, path, text.encode())
+        wait_for(lambda: pipe.r.llen(names.KNOWLEDGE) == len(BURST) - 1, 20,
+                 message="the first change to wait on the lock")
+        lock.release()
+        wait_for(pipe.drained, 30, message="the burst analysed")
+        wait_for(lambda: not pipe.r.exists(names.deferred(names.KNOWLEDGE, root)), 20,
+                 message="the deferred set settled")
+        published = pipe.envelopes(root)
+        assert [e for e in published if e["signal"] == "curiosity.question_resolved"] == []
+        assert sorted(e["facts"]["question_id"] for e in published) == sorted(
+            questions_of_whole_tree(root))
+        assert "settled deferred evaluations of" in pipe.worker.output()
+    finally:
+        pipe.close()
