@@ -147,8 +147,10 @@ class World:
         return self.analysed() == self.on_disk(suffix) and self.idle()
 
     def idle(self) -> bool:
-        """Nothing waits in a consumed queue and nothing is in flight (kombu's "unacked")."""
-        return all(self.r.llen(q) == 0 for q in self.queues) and not self.r.hlen("unacked")
+        """Nothing waits in a consumed queue, nothing is in flight (kombu's "unacked") and
+        no file waits to be judged (deferred evaluation)."""
+        return (all(self.r.llen(q) == 0 for q in self.queues) and not self.r.hlen("unacked")
+                and not any(self.r.exists(names.deferred(q, ROOT)) for q in self.queues))
 
     def close(self) -> None:
         self.procs.stop_all()
@@ -281,7 +283,8 @@ def good_files_go_on(world: World, worker: Proc, poison: str) -> None:
     write_docs(world.tree, 5, subdir="after")
     expected = {p for p in world.on_disk() if p.startswith("after/")}
     wait_for(lambda: expected <= world.analysed().keys(), 30, message="the files after it")
-    assert expected <= world.question_paths()
+    # Judged once the burst is over (deferred evaluation), a moment after indexing.
+    wait_for(lambda: expected <= world.question_paths(), 30, message="their questions")
     assert poison not in world.analysed()
     assert worker.popen.poll() is None
 
