@@ -168,6 +168,7 @@ class Watcher:
         for root in self.roots:
             observer.schedule(_Handler(root.name, self.inbox), root.path, recursive=True)
         observer.start()
+        log.info("watching %s", ", ".join(f"{root.name} ({root.path})" for root in self.roots))
 
     def _threads(self) -> list[threading.Thread]:
         emitters = [e for o in self.observers for e in getattr(o, "emitters", ())]

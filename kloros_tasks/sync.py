@@ -196,13 +196,14 @@ class Syncer:
         """Bring every seen hash in line with the disk: one HGETALL per root; files whose
         stat differs are hashed, gone ones deleted, writes pipelined per batch.  False
         when ``stopping`` interrupted it."""
-        plans = []
+        plans, files = [], 0
         for root in self.roots:
             raw = self.client.hgetall(names.seen(root.name))
             seen = {k.decode(): v for k, v in raw.items()}
             on_disk = dict(walk_tree(root.path, self.settings.exclude))
             to_check, gone = filters.reconcile_plan(on_disk, seen)
             plans.append((root, seen, to_check + gone))
+            files += len(on_disk)
         total, done = sum(len(p[2]) for p in plans), 0
         for root, seen, rels in plans:
             for start in range(0, len(rels), BATCH):
@@ -215,6 +216,8 @@ class Syncer:
                 done += len(batch)
         if progress is not None:
             progress(done, total)
+        log.info("reconciled %d files under %s: %d new, changed or gone since last sent",
+                 files, ", ".join(root.name for root, _, _ in plans), total)
         return True
 
     # --- one batch of one root --------------------------------------------------------
