@@ -1,0 +1,117 @@
+"""The Lua scripts of ``index.RedisIndex``: one update, and one batch of lookups.
+
+Kept apart from index.py because they are data for Redis, not Python; each runs
+atomically inside Redis, which is what keeps a change and a lookup consistent.
+"""
+
+# One change, atomically: the facts must still be what the caller diffed against and
+# the bucket addressing what it computed keys with (else 0 and the caller retries).
+# KEYS: facts, meta, id map, a (bucket, spill) pair per op, a (from, to) pair per split.
+# ARGV: fill, inline max, path, SHA-1 of the facts read ("" none), level, split,
+#       value to store ("" deletes), file id, op count, then sign and field per op.
+UPDATE_SCRIPT = """
+local fill, inline, path = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local current = redis.call('HGET', KEYS[1], path)
+if (current and redis.sha1hex(current) or '') ~= ARGV[4] then return 0 end
+local state = redis.call('HMGET', KEYS[2], 'level', 'split')
+if (state[1] or '0') ~= ARGV[5] or (state[2] or '0') ~= ARGV[6] then return 0 end
+local id, nops, delta = ARGV[8], tonumber(ARGV[9]), 0
+local function without(packed, member)  -- the packed ids but member; was it there?
+  local s = ',' .. packed .. ','
+  local i, j = string.find(s, ',' .. member .. ',', 1, true)
+  if not i then return packed, false end
+  return string.sub(string.sub(s, 1, i) .. string.sub(s, j + 1), 2, -2), true
+end
+local function change(sign, bucket, spill, field)
+  local packed = redis.call('HGET', bucket, field) or ''
+  local spilled = packed == '*'
+  -- Appending needs no look at a long list: the caller's diff says the id is not in it.
+  if spilled and sign == '+' then redis.call('APPEND', spill, ',' .. id); return end
+  if spilled then packed = redis.call('GET', spill) or '' end
+  local rest, held = without(packed, id)
+  if sign == '+' then
+    if held then return end
+    if packed == '' then delta = delta + 1; rest = id else rest = packed .. ',' .. id end
+  else
+    if not held then return end
+    if rest == '' then delta = delta - 1 end
+  end
+  if rest == '' then redis.call('HDEL', bucket, field)
+  elseif #rest <= inline then redis.call('HSET', bucket, field, rest)
+  else
+    redis.call('SET', spill, rest)
+    if not spilled then redis.call('HSET', bucket, field, '*') end
+    return
+  end
+  if spilled then redis.call('DEL', spill) end
+end
+local function split_bucket(from, to, level)
+  local all, moved, gone, high = redis.call('HGETALL', from), {}, {}, 2 ^ level
+  for i = 1, #all, 2 do
+    local a, b, c, d = string.byte(all[i], 1, 4)
+    if (((a * 256 + b) * 256 + c) * 256 + d) % (2 * high) >= high then
+      moved[#moved + 1] = all[i]; moved[#moved + 1] = all[i + 1]; gone[#gone + 1] = all[i]
+    end
+  end
+  if #gone == 0 then return end
+  redis.call('HSET', to, unpack(moved)); redis.call('HDEL', from, unpack(gone))
+end
+for n = 1, nops do
+  change(ARGV[8 + 2 * n], KEYS[2 + 2 * n], KEYS[3 + 2 * n], ARGV[9 + 2 * n])
+end
+if ARGV[7] == '' then
+  redis.call('HDEL', KEYS[1], path)
+  if id ~= '' then redis.call('HDEL', KEYS[3], id) end
+else
+  redis.call('HSET', KEYS[1], path, ARGV[7])
+  redis.call('HSET', KEYS[3], id, path)
+end
+local entries = redis.call('HINCRBY', KEYS[2], 'entries', delta)
+local level, split, k = tonumber(ARGV[5]), tonumber(ARGV[6]), 4 + 2 * nops
+while entries > fill * (2 ^ level + split) and KEYS[k + 1] do
+  split_bucket(KEYS[k], KEYS[k + 1], level)
+  k, split = k + 2, split + 1
+  if split == 2 ^ level then level, split = level + 1, 0 end
+end
+redis.call('HSET', KEYS[2], 'level', level, 'split', split)
+return 1
+"""
+
+
+# Lookups, atomically and in one round trip: for each field, the paths of its holders
+# (mode "who") or 1/0 for "some file holds it" (mode "exists").  The keys are the
+# prefixes names.py gives, completed here with the bucket each field falls in.
+# KEYS: meta.  ARGV: mode, bucket, spill and id map key prefixes, ids per id map, fields.
+LOOKUP_SCRIPT = """
+local state = redis.call('HMGET', KEYS[1], 'level', 'split')
+local level, split = tonumber(state[1] or '0'), tonumber(state[2] or '0')
+local per_map, out = tonumber(ARGV[5]), {}
+local function hex(c) return string.format('%02x', string.byte(c)) end
+local function paths_of(packed)
+  local maps, paths = {}, {}
+  for id in string.gmatch(packed, '%d+') do
+    local key = ARGV[4] .. math.floor(tonumber(id) / per_map)
+    maps[key] = maps[key] or {}
+    table.insert(maps[key], id)
+  end
+  for key, ids in pairs(maps) do
+    for _, path in ipairs(redis.call('HMGET', key, unpack(ids))) do
+      if path then paths[#paths + 1] = path end
+    end
+  end
+  return paths
+end
+for i = 6, #ARGV do
+  local a, b, c, d = string.byte(ARGV[i], 1, 4)
+  local h = ((a * 256 + b) * 256 + c) * 256 + d
+  local bucket = h % 2 ^ level
+  if bucket < split then bucket = h % 2 ^ (level + 1) end
+  local packed = redis.call('HGET', ARGV[2] .. bucket, ARGV[i])
+  if ARGV[1] == 'exists' then out[#out + 1] = packed and 1 or 0
+  else
+    if packed == '*' then packed = redis.call('GET', ARGV[3] .. string.gsub(ARGV[i], '.', hex)) end
+    out[#out + 1] = paths_of(packed or '')
+  end
+end
+return out
+"""
