@@ -11,8 +11,9 @@ evaluates them all once (``settle``).  Cross-file rules are then judged against 
 whole burst instead of half of it, so no question is opened only to be resolved a
 moment later, and a file affected by a hundred changes is evaluated once instead of
 a hundred times.  Questions are a pure function of the final index, so the result is
-the same as evaluating after every change.  A queue that never empties defers no
-evaluation longer than ``DEFER_MAX_AGE``.
+the same as evaluating after every change.  The settle task queued when a burst starts
+deferring bounds the wait: a deferred file is judged when that task reaches the head of
+the queue, however long the burst goes on (a change made later starts a new burst).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from .publish import Publisher
 log = logging.getLogger(__name__)
 LOCK_TIMEOUT = 30
 LOCK_WAIT = 60
-DEFER_MAX_AGE = 30.0  # seconds an evaluation may wait for a queue that never empties
 SETTLE_BATCH = 200  # deferred files evaluated per hold of the root's lock
 SETTLE_BUDGET = 20.0  # seconds one task spends settling before handing the rest over
 
@@ -175,19 +175,17 @@ def _publish(ctx: Context, detector: FileDetector, index, root: str, owners) -> 
 
 
 def _defer(ctx: Context, detector: str, root: str, owners: set[str]) -> bool:
-    """Add ``owners`` to the deferred set when more changes wait in the queue (and the
-    oldest deferral is younger than DEFER_MAX_AGE); False means evaluate them now."""
+    """Add ``owners`` to the deferred set when more changes wait in the queue; False
+    means evaluate them now.  The first deferral of a burst schedules its settle task."""
     if not owners or not ctx.client.llen(detector):
         return False
-    now = time.time()
     pipe = ctx.client.pipeline()
-    pipe.set(names.deferred_since(detector, root), now, nx=True)
-    pipe.get(names.deferred_since(detector, root))
+    pipe.set(names.deferred_since(detector, root), time.time(), nx=True)
     pipe.sadd(names.deferred(detector, root), *owners)
-    first, since, _ = pipe.execute()
+    first, _ = pipe.execute()
     if first and ctx.schedule_settle is not None:
         ctx.schedule_settle(detector, root)
-    return now - float(since or now) < DEFER_MAX_AGE
+    return True
 
 
 def settle(ctx: Context, detector: FileDetector, root: str,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 
 import pytest
 from procs import wait_for
@@ -39,12 +38,12 @@ def context(r) -> Context:
     return Context(r, Publisher(r, host="test"), max_file_bytes=1 << 20)
 
 
-def send(r, path: str, text: str) -> str:
+def send(r, path: str, text: str, ctx: Context | None = None) -> str:
     raw = text.encode()
     sha = hashlib.sha256(raw).hexdigest()
     blobs.store(r, sha, raw, refs=1, ttl=600)
     payload = Change(ROOT, path, "modified", sha, ts=1.0).to_json()
-    return handle_change(context(r), DETECTOR, payload)
+    return handle_change(ctx or context(r), DETECTOR, payload)
 
 
 def envelopes(r) -> list[dict]:
@@ -99,12 +98,20 @@ def test_a_burst_is_judged_once_when_the_queue_drains(rr):
                          names.deferred_since(names.KNOWLEDGE, ROOT))
 
 
-def test_a_queue_that_never_drains_delays_questions_no_longer_than_the_maximum_age(rr):
+def test_only_the_first_deferral_of_a_burst_schedules_a_settle_task(rr):
+    scheduled: list[tuple[str, str]] = []
+    ctx = Context(rr, Publisher(rr, host="test"), 1 << 20,
+                  schedule_settle=lambda detector, root: scheduled.append((detector, root)))
     rr.rpush(names.KNOWLEDGE, "a task still waiting")
-    rr.set(names.deferred_since(names.KNOWLEDGE, ROOT),
-           time.time() - analysis.DEFER_MAX_AGE - 1)
-    send(rr, "pkg/helpers.py", BURST["pkg/helpers.py"])
-    assert [q.split(".")[1] for q in opened_ids(rr)] == ["missing_docstrings"]
+    for path, text in BURST.items():
+        send(rr, path, text, ctx)
+    assert scheduled == [(names.KNOWLEDGE, ROOT)]
+    rr.delete(names.KNOWLEDGE)
+    settle(ctx, DETECTOR, ROOT)
+    # Settled: the next burst schedules its own.
+    rr.rpush(names.KNOWLEDGE, "a task still waiting")
+    send(rr, "pkg/helpers.py", BURST["pkg/helpers.py"] + "\n# edited\n", ctx)
+    assert scheduled == [(names.KNOWLEDGE, ROOT)] * 2
 
 
 def test_settling_in_batches_keeps_what_it_has_not_published(rr, monkeypatch):
