@@ -93,6 +93,10 @@ class MemoryIndex:
         _check_indexed(self.detector, relation)
         return {v for v in values if self._inv.get((relation, v))}
 
+    def count_many(self, relation: str, values: Iterable[str]) -> dict[str, int]:
+        _check_indexed(self.detector, relation)
+        return {v: len(self._inv.get((relation, v), ())) for v in values}
+
     def paths(self) -> list[str]:
         return sorted(self._facts)
 
@@ -242,6 +246,10 @@ class RedisIndex:
         """The values some file holds under ``relation``, without fetching holders
         (a directory or a common attribute name can have thousands)."""
         return {v for v, held in self._read("exists", relation, values).items() if held}
+
+    def count_many(self, relation: str, values: Iterable[str]) -> dict[str, int]:
+        """How many files hold each value: counted in Redis, no path is fetched."""
+        return {v: int(n) for v, n in self._read("count", relation, values).items()}
 
     def paths(self) -> list[str]:
         return sorted(_text(k) for k in self.r.hkeys(self._facts_key))

@@ -79,8 +79,9 @@ return 1
 
 
 # Lookups, atomically and in one round trip: for each field, the paths of its holders
-# (mode "who") or 1/0 for "some file holds it" (mode "exists").  The keys are the
-# prefixes names.py gives, completed here with the bucket each field falls in.
+# (mode "who"), 1/0 for "some file holds it" (mode "exists") or how many do ("count").
+# The keys are the prefixes names.py gives, completed here with the bucket each field
+# falls in.
 # KEYS: meta.  ARGV: mode, bucket, spill and id map key prefixes, ids per id map, fields.
 LOOKUP_SCRIPT = """
 local state = redis.call('HMGET', KEYS[1], 'level', 'split')
@@ -110,7 +111,12 @@ for i = 6, #ARGV do
   if ARGV[1] == 'exists' then out[#out + 1] = packed and 1 or 0
   else
     if packed == '*' then packed = redis.call('GET', ARGV[3] .. string.gsub(ARGV[i], '.', hex)) end
-    out[#out + 1] = paths_of(packed or '')
+    if ARGV[1] == 'count' then
+      local _, commas = string.gsub(packed or '', ',', '')
+      out[#out + 1] = packed and commas + 1 or 0
+    else
+      out[#out + 1] = paths_of(packed or '')
+    end
   end
 end
 return out

@@ -47,6 +47,9 @@ def assert_same(memory: MemoryIndex, redis_index: RedisIndex, values: list[str])
     for relation in LOOKED_UP:
         assert redis_index.who_many(relation, wanted) == memory.who_many(relation, wanted)
         assert redis_index.exists_many(relation, wanted) == memory.exists_many(relation, wanted)
+        counts = memory.count_many(relation, wanted)
+        assert redis_index.count_many(relation, wanted) == counts
+        assert counts == {v: len(memory.who(relation, v)) for v in wanted}
         for value in wanted[::37]:
             assert redis_index.who(relation, value) == memory.who(relation, value)
     assert redis_index.paths() == memory.paths()

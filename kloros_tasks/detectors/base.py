@@ -59,6 +59,10 @@ class IndexView(Protocol):
     def exists_many(self, relation: str, values: Iterable[str]) -> set[str]:
         """The values that some file holds under ``relation``."""
 
+    def count_many(self, relation: str, values: Iterable[str]) -> dict[str, int]:
+        """How many files hold each value, without listing them (a directory or a
+        common attribute name can have thousands of holders)."""
+
 
 Touched = frozenset[tuple[str, str]]  # (relation, value) pairs added or removed
 
@@ -73,3 +77,16 @@ class FileDetector(Protocol):
 
     def evaluate(self, path: str, view: IndexView) -> list[Question]:
         """Every question ``path`` owns now (empty when it is not indexed)."""
+
+
+def held_by_others(view: IndexView, relation: str, values: Iterable[str],
+                   path: str) -> set[str]:
+    """The values some file other than ``path`` holds under ``relation``.
+
+    Counted first, so a value with thousands of holders costs one number, not a list
+    of thousands of paths; only a value with a single holder is looked at closer."""
+    values = list(values)
+    counts = view.count_many(relation, values) if values else {}
+    single = [v for v, n in counts.items() if n == 1]
+    alone = view.who_many(relation, single) if single else {}
+    return {v for v, n in counts.items() if n > 1 or (n == 1 and alone[v] != {path})}

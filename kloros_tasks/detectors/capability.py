@@ -29,7 +29,7 @@ from typing import Any
 from .. import names
 from ..questions import Question
 from . import capability_deps as deps
-from .base import FileFacts, IndexView, Touched
+from .base import FileFacts, IndexView, Touched, held_by_others
 from .capability_facts import scan_python
 from .capability_paths import is_test_path, module_of, nodes_of, spelling
 from .capability_rules import evaluate_declarations, evaluate_python, is_stdlib
@@ -271,10 +271,9 @@ def _nodes_affected(path: str, nodes: set[str], view: IndexView,
     """
     if not nodes:
         return set()
-    flipped = [n for n, holders in view.who_many("node", nodes).items()
-               if not holders - {path}]
+    flipped = set(nodes) - held_by_others(view, "node", nodes, path)
     out: set[str] = set()
-    for node in flipped:
+    for node in sorted(flipped):
         out |= _node_readers(node, view, env)
     return out
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from .base import IndexView, Touched
+from .base import IndexView, Touched, held_by_others
 from .integration_keys import (
     REL_DEF,
     REL_PTR,
@@ -37,14 +37,15 @@ def changed_keys(path: str, touched: Touched, view: IndexView) -> set[str]:
     """Keys whose contributions changed.  An existence-only key changes only
     when its first contributor arrives or its last one leaves."""
     changed: set[str] = set()
+    existence = set()
     for relation, value in touched:
         if relation == REL_SIG:
             changed.add(sig_key(value))
         elif relation == REL_DEF and is_existence_key(value):
-            holders = view.who(REL_DEF, value)
-            if holders == {path} or not holders:
-                changed.add(value)
-    return changed
+            existence.add(value)
+    # Counted, not listed: a directory or an attribute name can have thousands of
+    # holders, and fetching them all for every change made a cold scan quadratic.
+    return changed | (existence - held_by_others(view, REL_DEF, existence, path))
 
 
 def affected(path: str, touched: Touched, view: IndexView) -> set[str]:
