@@ -61,8 +61,8 @@ HEARTBEAT_EVERY = 5.0
 HEARTBEAT_TTL = 30
 RECONCILE_EVERY = 600.0
 MAX_DRAIN = 10_000  # inbox items taken before the pump ticks again
-IDLE_WAIT = 0.2
-SUPERVISE_EVERY = 0.2
+IDLE_WAIT = 0.5  # the pump wakes at least this often when idle (retries, heartbeat)
+SUPERVISE_EVERY = 1.0  # thread liveness checks; a stop request wakes it at once
 STOP_FLUSH_SECONDS = 2.0
 # Failures that mean "Redis or the broker is away for now": hold and retry.
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OperationalError, ConnectionError)

@@ -83,7 +83,7 @@ def worker_argv(queues: list[str], settings: Settings, concurrency: int, node: s
         "worker", "-Q", ",".join(queues), "-n", f"{node}@%h", "--pool", "prefork",
         "--concurrency", str(concurrency),
         "--max-memory-per-child", str(settings.worker_max_memory_kib),
-        "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+        "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--heartbeat-interval", "10",
     ]
 
 

@@ -72,7 +72,7 @@ class Progress:
 def _print_new(client, last_id: str, fmt: str, out) -> tuple[str, int]:
     printed = 0
     try:
-        batches = client.xread({names.STREAM: last_id}, count=500, block=500)
+        batches = client.xread({names.STREAM: last_id}, count=500, block=1000)
     except redis.TimeoutError:
         return last_id, 0
     for _stream, entries in batches or []:
