@@ -51,12 +51,39 @@ def world():
         os.kill(pid, signal.SIGKILL)
 
 
-def start_up(base: Path, tree: Path, state: Path, log_name: str) -> Proc:
+def start_up(base: Path, tree: Path, state: Path, log_name: str, *options: str) -> Proc:
     env = service_env("", state)
     del env["KLOROS_REDIS_URL"]  # up embeds its own
     env["KLOROS_EXPLORATION_INTERVAL"] = "3600"
-    return Proc([sys.executable, "-m", "kloros_tasks.cli", "up", str(tree)], env,
+    return Proc([sys.executable, "-m", "kloros_tasks.cli", "up", *options, str(tree)], env,
                 base / log_name)
+
+
+def child_commands(pid: int) -> list[str]:
+    """Command lines of a process's direct children."""
+    out = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        out.append(Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+    return out
+
+
+def test_the_single_worker_layout_embeds_beat_and_serves_every_queue(world):
+    base, tree, state = world
+    up = start_up(base, tree, state, "up.log", "--single-worker")
+    try:
+        up.wait_output("knowledge.missing_docstrings", 90)
+        client = redis_client(f"redis+socket://{state}/redis/redis.sock")
+        # Beat, inside the worker, sent the first exploration scan and the worker ran it.
+        wait_for(lambda: client.hlen(names.EXPLORATION_LAST_SCAN), 60, 0.2,
+                 "the first exploration scan")
+        commands = child_commands(up.popen.pid)
+        workers = [c for c in commands if " worker " in c]
+        assert len(workers) == 1 and " -B " in workers[0]
+        assert ",".join(names.QUEUES) in workers[0]
+        assert not [c for c in commands if " beat " in c]
+        client.close()
+    finally:
+        assert up.stop() == 0
 
 
 def test_up_runs_the_pipeline_and_stops_cleanly_and_restarts_without_republishing(world):
