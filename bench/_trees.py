@@ -37,14 +37,14 @@ def toggle_text(state: int) -> str:
     return "".join(body).rstrip() + "\n"
 
 
-def _module(pkg: int, mod: int, rng: random.Random, siblings: int) -> str:
+def _module(pkg: int, mod: int, rng: random.Random, siblings: int, package: str) -> str:
     documented = rng.random() > 0.05  # 5 % of modules leave most definitions bare
     lines = []
     if documented:
         lines.append(f'"""Module {mod} of package {pkg}: records and their helpers."""\n')
     lines += ["from __future__ import annotations", "", "import json", "import os", ""]
     if siblings > 1 and mod > 0:
-        lines += [f"from pkg{pkg:03d} import mod_{rng.randrange(mod):04d} as sibling", ""]
+        lines += [f"from {package} import mod_{rng.randrange(mod):04d} as sibling", ""]
     lines += [f"LIMIT_{mod} = {rng.randrange(1000)}", "", ""]
     lines += [f"class Record{mod}:"]
     if documented:
@@ -65,13 +65,13 @@ def _module(pkg: int, mod: int, rng: random.Random, siblings: int) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _document(pkg: int, doc: int, rng: random.Random, modules: int) -> str:
+def _document(pkg: int, doc: int, rng: random.Random, modules: int, package: str) -> str:
     target = rng.randrange(max(modules, 1))
     lines = [f"# Notes {doc} of package {pkg}", "",
              f"See [module {target}](mod_{target:04d}.py) and "
-             f"`pkg{pkg:03d}.mod_{target:04d}.Record{target}`.", ""]
+             f"`{package}.mod_{target:04d}.Record{target}`.", ""]
     if rng.random() < 0.05:  # a dangling reference: stale_doc
-        lines += [f"The old helper `pkg{pkg:03d}.mod_{target:04d}.removed_helper` is gone.", ""]
+        lines += [f"The old helper `{package}.mod_{target:04d}.removed_helper` is gone.", ""]
     if doc > 0:
         previous = "README.md" if doc == 1 else f"doc_{doc - 1:04d}.md"
         lines += [f"Previous: [notes {doc - 1}]({previous})", ""]
@@ -105,11 +105,11 @@ def _write_package(directory: Path, pkg: int, count: int, rng: random.Random,
         (directory / "toggle.py").write_text(toggle_text(0))
         n_mods, written = n_mods - 1, written + 1
     for mod in range(max(n_mods, 0)):
-        (directory / f"mod_{mod:04d}.py").write_text(_module(pkg, mod, rng, n_mods))
+        (directory / f"mod_{mod:04d}.py").write_text(_module(pkg, mod, rng, n_mods, directory.name))
         written += 1
     for doc in range(n_docs):
         name = "README.md" if doc == 0 else f"doc_{doc:04d}.md"
-        (directory / name).write_text(_document(pkg, doc, rng, n_mods))
+        (directory / name).write_text(_document(pkg, doc, rng, n_mods, directory.name))
         written += 1
     return written
 
