@@ -82,6 +82,11 @@ def test_flower_shows_the_four_detector_workers_behind_basic_auth(pipeline):
     assert {name.split("@")[0] for name in found} >= set(names.QUEUES)
     assert get(f"{url}/api/workers", auth=None)[0] == 401
     assert get(f"{url}/api/workers", auth="ops:wrong")[0] == 401
+    # The dashboard lists the workers Flower has heard from over events (a heartbeat
+    # every 10 s), which can be later than the inspect replies above.
+    wait_for(lambda: all(f"{q}@".encode() in get(f"{url}/workers")[1] for q in names.QUEUES),
+             60, 1.0,
+             message="the four workers on the dashboard")
 
     browser = chromium()
     if browser is None:
