@@ -341,9 +341,6 @@ def test_a_python_file_whose_parse_outlasts_the_hard_time_limit_is_parked(make_w
 
 # --- 3. Redis restarted in the middle of a burst ------------------------------------
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known, intermittent: a worker occasionally loses its pool pipe (billiard "
-    "'Unrecoverable error') when Redis goes away mid-task, and then consumes nothing"))
 def test_every_change_of_a_burst_is_analysed_across_a_redis_restart(world):
     worker = world.worker()
     world.watcher()
