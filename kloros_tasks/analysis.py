@@ -210,8 +210,9 @@ def settle(ctx: Context, detector: FileDetector, root: str,
             return ctx.client.scard(key)
 
 
-def deferred_roots(client, detector: str, roots: list[str]) -> list[str]:
-    """The roots among ``roots`` with deferred evaluations, for a queue that is empty."""
+def deferred_roots(client, detector: str) -> list[str]:
+    """The registered roots with evaluations of ``detector`` still deferred."""
+    roots = [_text(root) for root in client.hkeys(names.ROOTS)]
     pipe = client.pipeline(transaction=False)
     for root in roots:
         pipe.exists(names.deferred(detector, root))

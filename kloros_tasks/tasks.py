@@ -129,8 +129,7 @@ def _analyze(task: KlorosTask, detector_name: str, args: tuple, kwargs: dict) ->
     log.debug("%s %s: %s", task.name, task.request.id, outcome)
     if not task.client.llen(detector_name):
         # The burst is over: evaluate what its changes deferred (see analysis.py).
-        roots = [_text(root) for root in task.client.hkeys(names.ROOTS)]
-        for root in deferred_roots(task.client, detector_name, roots):
+        for root in deferred_roots(task.client, detector_name):
             _settle(task, context, detector, root)
     return outcome
 
@@ -151,10 +150,6 @@ def _settle_task(task: KlorosTask, detector_name: str, args: tuple, kwargs: dict
         return "refused"
     detector, _ = worker_detector(detector_name, task.settings, task.client)
     return f"{_settle(task, task.context(), detector, args[0])} deferred"
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 @app.task(name=names.TASK_ANALYZE[names.KNOWLEDGE], base=KlorosTask, bind=True)

@@ -26,8 +26,9 @@ from procs import Proc, service_env, wait_for
 
 from kloros_tasks import names, snapshot
 from kloros_tasks.connections import redis_client
+from kloros_tasks.detectors.base import FileFacts
 from kloros_tasks.embedded import EmbeddedRedis
-from kloros_tasks.index import facts_json
+from kloros_tasks.index import RedisIndex, facts_json
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
 
@@ -437,8 +438,6 @@ def test_a_flushed_redis_restored_from_the_snapshot_republishes_no_open_question
 
 
 def test_the_snapshot_round_trips_any_bytes_and_rebuilds_the_inverted_index(r, tmp_path):
-    from kloros_tasks.detectors.base import FileFacts
-    from kloros_tasks.index import RedisIndex
 
     odd = b"caf\xe9/\xff.md"  # not UTF-8, as a file name may be
     name = odd.decode("utf-8", "surrogateescape")  # how Python holds such a name
