@@ -29,8 +29,9 @@ from pathlib import Path
 
 import redis
 
-from kloros_tasks import filters, names
+from kloros_tasks import names
 from kloros_tasks.connections import redis_client
+from kloros_tasks.watch import filters
 
 QUIET = 2.0
 POLL = 0.05

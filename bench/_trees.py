@@ -17,7 +17,7 @@ import shutil
 import sysconfig
 from pathlib import Path
 
-from kloros_tasks import filters
+from kloros_tasks.watch import filters
 
 PER_PACKAGE = 100
 DOC_EVERY = 10  # one file in ten is a Markdown document

@@ -33,14 +33,16 @@ from _measure import machine, table
 from _measure import workdir as make_workdir
 from _trees import copy_stdlib, generate_tree
 
-from kloros_tasks import engine, filters, names
+from kloros_tasks import names
+from kloros_tasks.cli.embedded import EmbeddedRedis
 from kloros_tasks.connections import redis_client
 from kloros_tasks.detectors.base import FileFacts
-from kloros_tasks.embedded import EmbeddedRedis
-from kloros_tasks.index import RedisIndex, index_writes
-from kloros_tasks.registry import scan_detector
 from kloros_tasks.settings import from_env
-from kloros_tasks.tree import read_file, walk_tree
+from kloros_tasks.state.index import RedisIndex, index_writes
+from kloros_tasks.watch import filters
+from kloros_tasks.watch.tree import read_file, walk_tree
+from kloros_tasks.work import engine
+from kloros_tasks.work.registry import scan_detector
 
 FILES = 1_000
 DETECTORS = (names.KNOWLEDGE, names.INTEGRATION, names.CAPABILITY)

@@ -33,9 +33,9 @@ import tokenize
 from collections import Counter
 from pathlib import Path
 
-from kloros_tasks.detectors.integration import RULES, IntegrationDetector
-from kloros_tasks.detectors.integration_keys import EXTENSION_SUFFIXES, is_extension
-from kloros_tasks.index import MemoryIndex
+from kloros_tasks.detectors.integration.detector import RULES, IntegrationDetector
+from kloros_tasks.detectors.integration.keys import EXTENSION_SUFFIXES, is_extension
+from kloros_tasks.state.index import MemoryIndex
 
 SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", "node_modules"}
 TEST_DIRS = {"test", "tests", "idle_test"}

@@ -13,13 +13,13 @@ import sys
 from celery import Celery
 from kombu import Queue
 
-from . import names
-from .connections import broker_url
-from .settings import Settings, SettingsError, from_env
+from kloros_tasks import names
+from kloros_tasks.connections import broker_url
+from kloros_tasks.settings import Settings, SettingsError, from_env
 
 SOFT_LIMIT_MARGIN = 5  # seconds between the soft and the hard time limit
 WORKER_LOST_WAIT = 10.0
-BEAT_SCHEDULER = "kloros_tasks.beatstore:JSONScheduler"
+BEAT_SCHEDULER = "kloros_tasks.work.beatstore:JSONScheduler"
 
 
 def configure(app: Celery, settings: Settings) -> None:
@@ -93,7 +93,7 @@ def configure(app: Celery, settings: Settings) -> None:
 
 
 def create_app(settings: Settings | None = None) -> Celery:
-    app = Celery("kloros_tasks", include=["kloros_tasks.tasks"])
+    app = Celery("kloros_tasks", include=["kloros_tasks.work.tasks"])
     configure(app, settings or from_env())
     return app
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import names
+from kloros_tasks import names
 
 SCHEMA_VERSION = 1
 SEVERITIES = ("low", "medium", "high", "critical")

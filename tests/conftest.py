@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from kloros_tasks.cli.embedded import EmbeddedRedis
 from kloros_tasks.connections import redis_client
-from kloros_tasks.embedded import EmbeddedRedis
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,9 @@ from datetime import timedelta
 
 import beat_schedule
 from kloros_tasks import names
-from kloros_tasks.beatstore import JSONScheduler, read_state, write_state
 from kloros_tasks.celery_app import create_app
 from kloros_tasks.settings import from_env
+from kloros_tasks.work.beatstore import JSONScheduler, read_state, write_state
 
 
 def test_the_exploration_scan_runs_every_interval_on_its_queue_and_expires_before_the_next():

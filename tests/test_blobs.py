@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
-from kloros_tasks import blobs, names
+from kloros_tasks import names
+from kloros_tasks.work import blobs
 
 
 def sha(data: bytes) -> str:

@@ -15,11 +15,11 @@ import zmq
 from procs import Proc, service_env, wait_for
 
 from kloros_tasks import names
-from kloros_tasks.bridge import IDLE_BLOCK_MS, Bridge, backlog_score, run_bridge
 from kloros_tasks.connections import redis_client
-from kloros_tasks.publish import Publisher
+from kloros_tasks.deliver.bridge import IDLE_BLOCK_MS, Bridge, backlog_score, run_bridge
 from kloros_tasks.questions import Question, dumps, open_envelope
 from kloros_tasks.settings import from_env
+from kloros_tasks.state.publish import Publisher
 
 pytestmark = pytest.mark.integration
 CLI = [sys.executable, "-m", "kloros_tasks.cli"]

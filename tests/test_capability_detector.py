@@ -10,11 +10,11 @@ import warnings
 
 import pytest
 
-from kloros_tasks.detectors import capability_deps as deps
-from kloros_tasks.detectors.capability import CapabilityDetector, Environment, wants_path
-from kloros_tasks.detectors.capability_calls import shell_program
-from kloros_tasks.index import MemoryIndex
+from kloros_tasks.detectors.capability import deps
+from kloros_tasks.detectors.capability.calls import shell_program
+from kloros_tasks.detectors.capability.detector import CapabilityDetector, Environment, wants_path
 from kloros_tasks.questions import question_id
+from kloros_tasks.state.index import MemoryIndex
 
 ENV = Environment(
     modules={"redis", "celery", "kombu", "yaml", "zmq", "ruff"},
@@ -565,7 +565,7 @@ def test_incremental_updates_equal_a_full_rebuild(seed):
 
 
 def test_the_detector_imports_no_service_library():
-    code = ("import sys, kloros_tasks.detectors.capability\n"
+    code = ("import sys, kloros_tasks.detectors.capability.detector\n"
             "print(sorted({m.split('.')[0] for m in sys.modules} &"
             " {'celery', 'redis', 'kombu', 'zmq', 'watchdog'}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -13,12 +13,13 @@ import json
 import pytest
 from procs import wait_for
 
-from kloros_tasks import analysis, blobs, engine, names
-from kloros_tasks.analysis import Context, handle_change, settle
-from kloros_tasks.detectors.knowledge import KnowledgeDetector
-from kloros_tasks.index import MemoryIndex
-from kloros_tasks.payload import Change
-from kloros_tasks.publish import Publisher
+from kloros_tasks import names
+from kloros_tasks.detectors.knowledge.detector import KnowledgeDetector
+from kloros_tasks.state.index import MemoryIndex
+from kloros_tasks.state.publish import Publisher
+from kloros_tasks.work import analysis, blobs, engine
+from kloros_tasks.work.analysis import Context, handle_change, settle
+from kloros_tasks.work.payload import Change
 
 ROOT = "proj"
 DETECTOR = KnowledgeDetector()

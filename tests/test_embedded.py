@@ -5,8 +5,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from kloros_tasks.cli.embedded import EmbeddedRedis, find_redis_server
 from kloros_tasks.connections import redis_client
-from kloros_tasks.embedded import EmbeddedRedis, find_redis_server
 
 
 def test_without_redis_server_on_path_the_wheels_binary_serves(monkeypatch, tmp_path):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kloros_tasks.detectors.capability import CapabilityDetector, Environment
-from kloros_tasks.environment import (
+from kloros_tasks.detectors.capability.detector import CapabilityDetector, Environment
+from kloros_tasks.detectors.capability.environment import (
     ProbeError,
     cached_environment,
     executables,
@@ -20,7 +20,7 @@ from kloros_tasks.environment import (
     is_fresh,
     probe_environment,
 )
-from kloros_tasks.index import MemoryIndex, RedisIndex
+from kloros_tasks.state.index import MemoryIndex, RedisIndex
 
 VENV_PYTHON = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python")
 TARGET = VENV_PYTHON if Path(VENV_PYTHON).exists() else sys.executable

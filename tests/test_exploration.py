@@ -13,8 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from kloros_tasks import probes
-from kloros_tasks.detectors.exploration import (
+from kloros_tasks.detectors.exploration import probes
+from kloros_tasks.detectors.exploration.detector import (
     DISK_ERROR_PREFIX,
     DiskUsage,
     Gpu,
@@ -28,7 +28,7 @@ from kloros_tasks.detectors.exploration import (
     parse_mounts,
     parse_nvidia_smi,
 )
-from kloros_tasks.detectors.exploration_rules import evaluate, gpu_capable, undetermined_rules
+from kloros_tasks.detectors.exploration.rules import evaluate, gpu_capable, undetermined_rules
 
 DATA = Path(__file__).parent / "data" / "exploration"
 HOST = "node7"

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 from procs import start_worker, wait_for
 
-from kloros_tasks import names, probes
+from kloros_tasks import names
 from kloros_tasks.celery_app import create_app
-from kloros_tasks.exploration_scan import run_scan
-from kloros_tasks.publish import Publisher
+from kloros_tasks.detectors.exploration import probes
 from kloros_tasks.settings import from_env
+from kloros_tasks.state.publish import Publisher
+from kloros_tasks.work.exploration_scan import run_scan
 
 DATA = Path(__file__).parent / "data" / "exploration"
 
@@ -133,7 +134,7 @@ def test_the_scan_task_runs_in_a_real_worker_and_records_this_host(r, redis_url,
 
 
 def _evaluate_here(host):
-    from kloros_tasks.detectors import exploration_rules as exploration
+    from kloros_tasks.detectors.exploration import rules as exploration
 
     questions, _state = exploration.evaluate(probes.collect(timeout=5.0), {}, host=host)
     return questions

@@ -24,11 +24,12 @@ from pathlib import Path
 import pytest
 from procs import Proc, service_env, wait_for
 
-from kloros_tasks import names, snapshot
+from kloros_tasks import names
+from kloros_tasks.cli.embedded import EmbeddedRedis
 from kloros_tasks.connections import redis_client
 from kloros_tasks.detectors.base import FileFacts
-from kloros_tasks.embedded import EmbeddedRedis
-from kloros_tasks.index import RedisIndex, facts_json
+from kloros_tasks.state import snapshot
+from kloros_tasks.state.index import RedisIndex, facts_json
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
 

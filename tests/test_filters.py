@@ -7,7 +7,7 @@ import errno
 import pytest
 
 from kloros_tasks import names
-from kloros_tasks.filters import (
+from kloros_tasks.watch.filters import (
     CHANGED,
     DELETED,
     DIR_CHANGED,

@@ -10,10 +10,11 @@ import threading
 
 import pytest
 
-from kloros_tasks import index, names, snapshot
+from kloros_tasks import names
 from kloros_tasks.connections import redis_client
 from kloros_tasks.detectors.base import FileFacts
-from kloros_tasks.index import MemoryIndex, RedisIndex
+from kloros_tasks.state import index, snapshot
+from kloros_tasks.state.index import MemoryIndex, RedisIndex
 
 DETECTOR, ROOT = names.INTEGRATION, "repo"
 LOOKED_UP = ("def", "read", "ptr")  # the integration relations indexed by value

@@ -13,8 +13,8 @@ import textwrap
 import pytest
 
 from kloros_tasks.detectors.base import FileFacts
-from kloros_tasks.detectors.integration import IntegrationDetector
-from kloros_tasks.index import MemoryIndex, RedisIndex
+from kloros_tasks.detectors.integration.detector import IntegrationDetector
+from kloros_tasks.state.index import MemoryIndex, RedisIndex
 
 DETECTOR = IntegrationDetector()
 

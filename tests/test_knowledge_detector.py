@@ -9,9 +9,9 @@ import time
 import pytest
 
 from kloros_tasks.detectors.base import FileFacts
-from kloros_tasks.detectors.knowledge import KnowledgeDetector
-from kloros_tasks.index import MemoryIndex
+from kloros_tasks.detectors.knowledge.detector import KnowledgeDetector
 from kloros_tasks.questions import Question
+from kloros_tasks.state.index import MemoryIndex
 
 DETECTOR = KnowledgeDetector()
 

@@ -22,11 +22,11 @@ import pytest
 from watchdog.observers import Observer
 
 from kloros_tasks import names
-from kloros_tasks.embedded import EmbeddedRedis
-from kloros_tasks.filters import should_enqueue
-from kloros_tasks.observer import overflow_observer
-from kloros_tasks.payload import parse
-from kloros_tasks.producer import (
+from kloros_tasks.cli.embedded import EmbeddedRedis
+from kloros_tasks.settings import Settings
+from kloros_tasks.watch.filters import should_enqueue
+from kloros_tasks.watch.observer import overflow_observer
+from kloros_tasks.watch.producer import (
     EXIT_CONFIG,
     EXIT_INOTIFY,
     EXIT_THREAD_DIED,
@@ -34,13 +34,13 @@ from kloros_tasks.producer import (
     Watcher,
     run_watch,
 )
-from kloros_tasks.settings import Settings
-from kloros_tasks.sync import BATCH, count_dirs
-from kloros_tasks.tree import read_file
+from kloros_tasks.watch.sync import BATCH, count_dirs
+from kloros_tasks.watch.tree import read_file
+from kloros_tasks.work.payload import parse
 
 DEADLINE = 5.0
-LOGGER = "kloros_tasks.producer"
-SYNC_LOGGER = "kloros_tasks.sync"
+LOGGER = "kloros_tasks.watch.producer"
+SYNC_LOGGER = "kloros_tasks.watch.sync"
 MAX_QUEUED_EVENTS = Path("/proc/sys/fs/inotify/max_queued_events")
 SMALL_QUEUE = 16  # events a test's inotify instance holds before it overflows
 

@@ -6,8 +6,8 @@ import json
 import threading
 
 from kloros_tasks import names
-from kloros_tasks.publish import Publisher
 from kloros_tasks.questions import Question, loads
+from kloros_tasks.state.publish import Publisher
 
 
 def q(subject: str, owner: str = "docs/a.md") -> Question:

@@ -6,11 +6,11 @@ import io
 import json
 
 from kloros_tasks import names
-from kloros_tasks.bridge import backlog_score
-from kloros_tasks.publish import Publisher
+from kloros_tasks.cli.reader import run_questions
+from kloros_tasks.deliver.bridge import backlog_score
 from kloros_tasks.questions import Question
-from kloros_tasks.reader import run_questions
 from kloros_tasks.settings import from_env
+from kloros_tasks.state.publish import Publisher
 
 
 def q(n: int, severity: str = "low") -> Question:

@@ -60,7 +60,7 @@ def test_watch_roots_and_excludes_are_split_on_colons(tmp_path):
 
 
 def test_an_invalid_variable_stops_the_cli_with_status_2(capsys, monkeypatch):
-    from kloros_tasks.cli import main
+    from kloros_tasks.cli.main import main
 
     monkeypatch.setenv("KLOROS_REDIS_URL", "ftp://x")
     assert main(["questions"]) == 2

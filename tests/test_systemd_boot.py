@@ -35,7 +35,7 @@ import pytest
 import zmq
 from procs import wait_for
 
-from kloros_tasks.embedded import find_redis_server
+from kloros_tasks.cli.embedded import find_redis_server
 
 pytestmark = pytest.mark.integration
 

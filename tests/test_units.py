@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 from procs import Proc, service_env, wait_for
 
-from kloros_tasks import names, units
+from kloros_tasks import names
 from kloros_tasks.celery_app import create_app
+from kloros_tasks.cli import units
 from kloros_tasks.connections import redis_client
 from kloros_tasks.settings import from_env
 

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from kloros_tasks import names
-from kloros_tasks.engine import NotText, decode_source
-from kloros_tasks.payload import Change, PayloadError, parse
 from kloros_tasks.questions import EnvelopeError, Question, dumps, loads, open_envelope
+from kloros_tasks.work.engine import NotText, decode_source
+from kloros_tasks.work.payload import Change, PayloadError, parse
 
 
 def make(subject="pkg/a.py", severity="low", detector=names.KNOWLEDGE) -> Question:

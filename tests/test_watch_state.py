@@ -22,14 +22,15 @@ from pathlib import Path
 import pytest
 from procs import Proc, service_env, wait_for
 
-from kloros_tasks import names, snapshot
+from kloros_tasks import names
+from kloros_tasks.cli.embedded import EmbeddedRedis
+from kloros_tasks.cli.supervisor import plan
 from kloros_tasks.connections import redis_client
-from kloros_tasks.embedded import EmbeddedRedis
-from kloros_tasks.producer import Watcher
-from kloros_tasks.publish import Publisher
 from kloros_tasks.questions import Question
 from kloros_tasks.settings import Settings
-from kloros_tasks.supervisor import plan
+from kloros_tasks.state import snapshot
+from kloros_tasks.state.publish import Publisher
+from kloros_tasks.watch.producer import Watcher
 
 KNOWLEDGE, EXPLORATION = names.KNOWLEDGE, names.EXPLORATION
 ROOT = "tree"  # the watched directory's name, hence the root name in every key
@@ -262,7 +263,7 @@ def test_a_snapshot_that_cannot_be_written_keeps_the_previous_one(r, tmp_path, c
     snapshot.write_snapshot(r, path)
     written = path.read_bytes()
     r.flushall()
-    caplog.set_level(logging.INFO, logger="kloros_tasks.snapshot")
+    caplog.set_level(logging.INFO, logger="kloros_tasks.state.snapshot")
 
     assert snapshot.keep_snapshot(r, path) is None  # an emptied Redis overwrites nothing
     unreachable = redis_client(f"unix://{tmp_path}/no-such.sock", retries=0)

@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 from procs import start_worker, wait_for
 
-from kloros_tasks import blobs, names
+from kloros_tasks import names
 from kloros_tasks.celery_app import create_app
+from kloros_tasks.cli.embedded import EmbeddedRedis
 from kloros_tasks.connections import redis_client
-from kloros_tasks.embedded import EmbeddedRedis
-from kloros_tasks.payload import Change
 from kloros_tasks.settings import from_env
+from kloros_tasks.work import blobs
+from kloros_tasks.work.payload import Change
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..questions import Question
+from kloros_tasks import names
+from kloros_tasks.questions import Question
+
+# A relation of content digests (``key#digest``): the index diffs its pairs and reports
+# them as touched, but no rule looks one up by value, so it is stored, not inverted.
+SIGNATURE = "sig"
+NOT_INDEXED: Mapping[str, frozenset[str]] = {names.INTEGRATION: frozenset({SIGNATURE})}
 
 
 @dataclass(frozen=True)

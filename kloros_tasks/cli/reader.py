@@ -1,0 +1,84 @@
+"""``kloros-tasks questions``: read published questions back from the stream or the ledger."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import redis
+
+from kloros_tasks import names
+from kloros_tasks.cli.render import render_envelope, render_text
+from kloros_tasks.connections import redis_client
+from kloros_tasks.questions import dumps
+from kloros_tasks.settings import Settings
+from kloros_tasks.state.publish import Publisher
+
+FOLLOW_BLOCK_MS = 1000
+
+
+def _emit(raw: str, fmt: str, out) -> None:
+    out.write((raw if fmt == "jsonl" else render_text(raw)) + "\n")
+
+
+def _wanted(raw: str, signal: str | None) -> bool:
+    if signal is None:
+        return True
+    try:
+        return json.loads(raw).get("signal") == signal
+    except ValueError:
+        return False
+
+
+def _field(fields) -> str:
+    return fields.get(names.STREAM_FIELD.encode(), b"").decode(errors="replace")
+
+
+def pending(client) -> list[dict]:
+    """The bridge's budget backlog, per detector in the order it will be sent."""
+    out = []
+    for detector in names.DETECTORS:
+        ids = client.zrange(names.bridge_backlog(detector), 0, -1)
+        if not ids:
+            continue
+        for raw in client.hmget(names.BRIDGE_HELD, ids):
+            if raw is not None:
+                out.append(json.loads(raw))
+    return out
+
+
+def run_questions(settings: Settings, *, follow: bool = False, signal: str | None = None,
+                  open_only: bool = False, pending_only: bool = False, fmt: str = "text",
+                  count: int = 100, out=sys.stdout) -> int:
+    client = redis_client(settings.redis_url, socket_timeout=None)
+    try:
+        if pending_only:
+            for env in pending(client):
+                if signal is None or env.get("signal") == signal:
+                    out.write((dumps(env) if fmt == "jsonl" else render_envelope(env)) + "\n")
+            return 0
+        if open_only:
+            for env in Publisher(client).open_questions():
+                if signal is None or env.get("signal") == signal:
+                    out.write((dumps(env) if fmt == "jsonl" else render_envelope(env)) + "\n")
+            return 0
+        entries = list(reversed(client.xrevrange(names.STREAM, count=count)))
+        last_id = entries[-1][0] if entries else b"0-0"
+        for _id, fields in entries:
+            if _wanted(_field(fields), signal):
+                _emit(_field(fields), fmt, out)
+        out.flush()
+        while follow:
+            for _stream, batch in client.xread({names.STREAM: last_id},
+                                               block=FOLLOW_BLOCK_MS) or []:
+                for entry_id, fields in batch:
+                    last_id = entry_id
+                    if _wanted(_field(fields), signal):
+                        _emit(_field(fields), fmt, out)
+                out.flush()
+        return 0
+    except redis.ConnectionError as exc:
+        print(f"kloros-tasks: redis unreachable at {settings.redis_url}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        client.close()

@@ -1,0 +1,162 @@
+"""``kloros-tasks up PATH...``: Redis (given or embedded), workers, beat, watcher; print questions.
+
+Questions are read from the durable stream (from where it stood at start), so none is
+missed between publication and printing.  Progress goes to stderr on a terminal only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import redis
+
+from kloros_tasks import names
+from kloros_tasks.cli.embedded import EmbeddedRedis
+from kloros_tasks.cli.render import render_text
+from kloros_tasks.cli.supervisor import first_dead, lock_state_dir, plan, stop_all
+from kloros_tasks.connections import redis_client
+from kloros_tasks.settings import Settings
+from kloros_tasks.state import snapshot
+
+MAX_SOCKET_PATH = 100
+SNAPSHOT_EVERY = snapshot.SNAPSHOT_EVERY  # up keeps the snapshot; its watcher does not
+
+
+def embedded_dir(state_dir: Path) -> Path:
+    """Where the embedded server lives; a short /tmp path when the state dir is too deep
+    for a unix socket name."""
+    directory = state_dir / "redis"
+    if len(str(directory / "redis.sock")) <= MAX_SOCKET_PATH:
+        return directory
+    digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:12]
+    return Path("/tmp") / f"kloros-redis-{digest}"
+
+
+def _stream_tail(client) -> str:
+    last = client.xrevrange(names.STREAM, count=1)
+    return last[0][0].decode() if last else "0-0"
+
+
+class Progress:
+    """Initial-scan progress from the queue depths: shown on a terminal, silent in pipes."""
+
+    def __init__(self, stream=sys.stderr) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self.peak = 0
+        self.shown = False
+
+    def update(self, client, printed: int) -> None:
+        if not self.enabled:
+            return
+        queued = sum(client.llen(q) for q in names.QUEUES)
+        self.peak = max(self.peak, queued)
+        if queued:
+            done = self.peak - queued
+            self.stream.write(f"\ranalysing: {done} of {self.peak} changes, "
+                              f"{printed} questions so far ")
+            self.shown = True
+        elif self.shown:
+            self.stream.write(f"\ranalysis idle: {self.peak} changes, {printed} questions"
+                              + " " * 10 + "\n")
+            self.shown, self.peak = False, 0
+        self.stream.flush()
+
+
+def _print_new(client, last_id: str, fmt: str, out) -> tuple[str, int]:
+    printed = 0
+    try:
+        batches = client.xread({names.STREAM: last_id}, count=500, block=1000)
+    except redis.TimeoutError:
+        return last_id, 0
+    for _stream, entries in batches or []:
+        for entry_id, fields in entries:
+            last_id = entry_id.decode()
+            raw = fields.get(names.STREAM_FIELD.encode(), b"").decode()
+            out.write((raw if fmt == "jsonl" else render_text(raw)) + "\n")
+            printed += 1
+    out.flush()
+    return last_id, printed
+
+
+def run_up(settings: Settings, roots: list[Path], *, fmt: str = "text",
+           concurrency: int = 1, single_worker: bool = False, flower: bool = False) -> int:
+    """Run the pipeline until SIGINT/SIGTERM; returns the exit status."""
+    lock = lock_state_dir(settings.state_dir)
+    server = None
+    url = settings.redis_url
+    if not settings.redis_url_given:
+        server = EmbeddedRedis(embedded_dir(settings.state_dir)).start()
+        url = server.url
+        print(f"embedded redis-server on {server.socket}", file=sys.stderr)
+    env = {**os.environ, "KLOROS_REDIS_URL": url, "KLOROS_STATE_DIR": str(settings.state_dir),
+           "PYTHONUNBUFFERED": "1"}
+    log_dir = settings.state_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    flower_auth = None
+    if flower:
+        # Never an open dashboard: the given credentials, or fresh ones printed once.
+        flower_auth = settings.flower_auth or f"kloros:{secrets.token_urlsafe(12)}"
+        print(f"flower on http://127.0.0.1:{settings.flower_port}/ (basic auth "
+              f"{flower_auth if not settings.flower_auth else 'from KLOROS_FLOWER_AUTH'})",
+              file=sys.stderr)
+    children = plan(settings, roots, concurrency=concurrency, single_worker=single_worker,
+                    flower_auth=flower_auth)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    client = redis_client(url, socket_timeout=5)
+    status = 0
+    snapshot_path = snapshot.default_path(settings.state_dir)
+    try:
+        if snapshot.restore_snapshot(client, snapshot_path):
+            print(f"restored open questions and the file index from {snapshot_path}",
+                  file=sys.stderr)
+        last_id = _stream_tail(client)
+        open_count = client.hlen(names.LEDGER)
+        if open_count:
+            print(f"{open_count} questions already open (kloros-tasks questions --open)",
+                  file=sys.stderr)
+        for child in children:
+            child.start(env, log_dir)
+        print(f"started {', '.join(c.name for c in children)}; logs in {log_dir}",
+              file=sys.stderr)
+        status = _loop(client, children, stop, last_id, fmt, snapshot_path)
+    finally:
+        stop_all(children)
+        snapshot.keep_snapshot(client, snapshot_path)  # best effort, logged
+        client.close()
+        if server is not None:
+            server.stop()
+        lock.close()
+    return status
+
+
+def _loop(client, children, stop: threading.Event, last_id: str, fmt: str,
+          snapshot_path: Path) -> int:
+    progress, printed = Progress(), 0
+    next_snapshot = time.monotonic() + SNAPSHOT_EVERY
+    while not stop.is_set():
+        if time.monotonic() >= next_snapshot:
+            snapshot.keep_snapshot(client, snapshot_path)
+            next_snapshot = time.monotonic() + SNAPSHOT_EVERY
+        dead = first_dead(children)
+        if dead is not None:
+            print(f"kloros-tasks: {dead.name} exited with status {dead.proc.returncode}; "
+                  f"see {dead.log_path}", file=sys.stderr)
+            return 1
+        try:
+            last_id, n = _print_new(client, last_id, fmt, sys.stdout)
+            printed += n
+            progress.update(client, printed)
+        except redis.ConnectionError as exc:
+            print(f"kloros-tasks: redis unreachable: {exc}", file=sys.stderr)
+            time.sleep(1)
+    return 0

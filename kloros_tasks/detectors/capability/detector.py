@@ -1,0 +1,265 @@
+"""CapabilityDiscovery: what the code expects to be able to do but cannot.
+
+Five rules, each judged against the watched tree (through the index) and against an
+``Environment``, the probed facts of the target interpreter, PATH and service
+environment (see ``kloros_tasks.detectors.capability.environment``):
+
+* ``missing_module``: an absolute import resolved neither in the tree nor in the
+  environment (guarded, ``TYPE_CHECKING`` and version/platform-conditional imports
+  are ``low`` "optional capability unavailable");
+* ``undeclared_dependency``: a third-party import no declaration file provides, and
+  a declared runtime dependency that nothing imports (``low``);
+* ``missing_capability``: a name imported from an in-tree tool package that nothing
+  defines or registers;
+* ``missing_executable``: a program run by literal name that is not on PATH;
+* ``missing_env``: an environment variable read without a default that is neither
+  set in the service environment, set by the tree, nor listed in an ``.env.example``.
+
+Pure: nothing here reads files, ``os.environ`` or PATH; the Environment is passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import PurePosixPath
+
+from kloros_tasks import names
+from kloros_tasks.detectors.base import FileFacts, IndexView, Touched, held_by_others
+from kloros_tasks.detectors.capability import deps
+from kloros_tasks.detectors.capability.facts import scan_python
+from kloros_tasks.detectors.capability.paths import is_test_path, module_of, nodes_of, spelling
+from kloros_tasks.detectors.capability.rules import (
+    evaluate_declarations,
+    evaluate_python,
+    is_stdlib,
+)
+from kloros_tasks.detectors.capability.target import Environment
+from kloros_tasks.questions import Question
+
+PYTHON = "python"
+DEFAULT_TOOL_PACKAGES = ("tools", "skills")
+# Suffixes a producer routes to this detector; ``wants_path`` decides exactly.
+SUFFIXES = (".py", ".toml", ".txt", ".example")
+
+
+def file_kind(path: str) -> str | None:
+    """``python``, a declaration kind (see capability_deps), or None if not ours."""
+    if path.endswith(".py"):
+        return PYTHON
+    return deps.file_kind(path)
+
+
+def wants_path(path: str) -> bool:
+    """True when this detector has something to say about ``path``."""
+    return file_kind(path) is not None
+
+
+def _prefixes(dotted: str) -> set[str]:
+    parts = dotted.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+
+
+def _error(exc: BaseException) -> FileFacts:
+    line = getattr(exc, "lineno", None)
+    where = f"line {line}: " if line else ""
+    return FileFacts(error=f"{where}{type(exc).__name__}: {exc}"[:500])
+
+
+class CapabilityDetector:
+    """The CapabilityDiscovery file detector (see the module docstring for its rules).
+
+    ``environment`` is the probed target; when its fingerprint changes, every file's
+    questions may change, so the caller re-evaluates the whole tree.
+    """
+
+    name = names.CAPABILITY
+
+    def __init__(self, environment: Environment,
+                 tool_packages: Iterable[str] = DEFAULT_TOOL_PACKAGES) -> None:
+        self.environment = environment
+        self.tool_packages = frozenset(tool_packages)
+
+    # --- phase 1 ----------------------------------------------------------------------
+    def extract(self, path: str, text: str) -> FileFacts:
+        """Facts of one file; a file that cannot be parsed gives ``FileFacts(error=...)``."""
+        kind = file_kind(path)
+        try:
+            if kind == PYTHON:
+                return self._extract_python(path, text)
+            if kind == deps.PYPROJECT:
+                return _declaration_facts(deps.parse_pyproject(text))
+            if kind == deps.REQUIREMENTS:
+                return _declaration_facts(deps.parse_requirements(path, text))
+            if kind == deps.ENV_EXAMPLE:
+                documented = deps.parse_env_example(text)
+                return FileFacts(relations={"env_documented": frozenset(documented)})
+        # tomllib.TOMLDecodeError is a ValueError; RecursionError comes from deep nesting.
+        except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+            return _error(exc)
+        return FileFacts()
+
+    def _extract_python(self, path: str, text: str) -> FileFacts:
+        scan = scan_python(path, text, self.tool_packages)
+        wanted_modules = {m for m, _, _ in scan.wants}
+        relations = {
+            "py": frozenset({"1"}),
+            "node": frozenset(nodes_of(path)),
+            "imports": frozenset(top for top, _, _, _ in scan.imports),
+            "wants": frozenset(f"{m}:{n}" for m, n, _ in scan.wants if n),
+            "wants_mod": frozenset(p for m in wanted_modules for p in _prefixes(m)),
+            "wants_norm": frozenset(spelling(n) for _, n, _ in scan.wants if n),
+            "registered": frozenset(scan.registered),
+            "env_uses": frozenset(k for k, _ in scan.env_reads),
+            "env_sets": frozenset(scan.env_sets),
+            "mod_plain": frozenset(scan.modules_plain),
+            "mod_guarded": frozenset(scan.modules_guarded),
+        }
+        module, _ = module_of(path)
+        if any(part in self.tool_packages for part in module.split(".")):
+            relations["tool_defines"] = frozenset(scan.defines)
+        data = {
+            "imports": [list(i) for i in scan.imports],
+            "wants": [list(w) for w in scan.wants],
+            "execs": [list(e) for e in scan.execs],
+            "env_reads": [list(e) for e in scan.env_reads],
+            "guarded_modules": scan.modules_guarded,
+            "test": is_test_path(path),
+        }
+        return FileFacts(relations=relations, data=data)
+
+    # --- phase 2 ----------------------------------------------------------------------
+    def affected(self, path: str, touched: Touched, view: IndexView) -> set[str]:
+        """Other files whose questions may change because ``path``'s facts changed.
+
+        Every lookup is exact: a module location that appears or disappears (no other
+        file holds it) re-evaluates the files whose imports resolve through it; a
+        changed declaration re-evaluates the importers of what that distribution
+        provides (and nothing else); a changed import re-evaluates the declaration
+        files that declare its distributions, and the imported module's file when
+        whether the tree imports it only under a guard changed.
+        """
+        env = self.environment
+        out = _nodes_affected(path, {v for r, v in touched if r == "node"}, view, env)
+        out |= _guard_status_affected(path, touched, view)
+        for relation, value in touched:
+            if relation == "imports":
+                dists = env.dists_of(value) | {deps.normalize(value)}
+                out |= _union(view.who_many("declares", dists))
+            elif relation == "declares":
+                out |= _union(view.who_many("imports", env.tops_of(value)))
+            elif relation == "depfile" and not view.who("depfile", "1") - {path}:
+                out |= view.who("py", "1")  # the first or last declaration file
+            elif relation == "tool_defines":
+                module, _, name = value.partition(":")
+                out |= view.who("wants_mod", module) if name == "*" else view.who("wants", value)
+            elif relation == "registered":
+                out |= view.who("wants_norm", value)
+            elif relation in ("env_documented", "env_sets"):
+                out |= view.who("env_uses", value)
+        out.discard(path)
+        return out
+
+    def evaluate(self, path: str, view: IndexView) -> list[Question]:
+        """Every question ``path`` owns now (empty when it is not indexed)."""
+        facts = view.facts(path)
+        if facts is None:
+            return []
+        kind = file_kind(path)
+        if kind == PYTHON:
+            return evaluate_python(path, facts, view, self.environment)
+        if kind in (deps.PYPROJECT, deps.REQUIREMENTS):
+            return evaluate_declarations(path, facts, view, self.environment)
+        return []
+
+
+def _declaration_facts(found: deps.Declarations) -> FileFacts:
+    declared = [d for d in found.declared if d.dist != found.project]
+    relations = {"declares": frozenset(d.dist for d in declared)}
+    if found.authoritative:
+        relations["depfile"] = frozenset({"1"})
+    data = {"declared": [[d.dist, d.line, d.main] for d in declared]}
+    return FileFacts(relations=relations, data=data)
+
+
+def _union(found: Mapping[str, frozenset[str]]) -> set[str]:
+    return set().union(*found.values()) if found else set()
+
+
+def _nodes_affected(path: str, nodes: set[str], view: IndexView,
+                    env: Environment) -> set[str]:
+    """Files whose questions can change because ``path`` added or removed ``nodes``.
+
+    The rules read ``node`` only as "does some file make this location exist", so a
+    location another file still holds changed nothing (a module joining an existing
+    package, ``a/b.py`` beside ``a/b/c.py``).  ``view`` is the index after the
+    update; without ``path`` its holders are the same before and after.
+    """
+    if not nodes:
+        return set()
+    flipped = set(nodes) - held_by_others(view, "node", nodes, path)
+    out: set[str] = set()
+    for node in sorted(flipped):
+        out |= _node_readers(node, view, env)
+    return out
+
+
+def _node_readers(node: str, view: IndexView, env: Environment) -> set[str]:
+    """Every file whose rules ask whether ``node`` exists (see capability_rules).
+
+    ``resolve_imports`` asks for ``top`` and for ``<its folder>/top``;
+    ``missing_capability`` asks, for ``from m import n``, for ``m``'s first component,
+    for ``m`` itself and for ``m/n`` (a submodule satisfying the name).  Each
+    location is looked up on its own: a prefix of it may not have changed.
+    """
+    parent, _, leaf = node.rpartition("/")
+    # A standard-library name resolves there first: an in-tree os.py changes nothing.
+    importers = frozenset() if is_stdlib(leaf, env) else view.who("imports", leaf)
+    if parent:
+        # A nested location resolves only a sibling import of its folder.
+        importers = frozenset(p for p in importers if str(PurePosixPath(p).parent) == parent)
+    # "wants_mod" holds every prefix of a wanted module, so this reaches whoever wants
+    # module "a.b" or a module below it (and, for node "a", every "a..." module).
+    out = set(importers) | view.who("wants_mod", node.replace("/", "."))
+    if parent:
+        out |= view.who("wants", f"{parent.replace('/', '.')}:{leaf}")
+    return out
+
+
+def _guard_status_affected(path: str, touched: Touched, view: IndexView) -> set[str]:
+    """Module files whose "the tree imports me only under a guard" evidence changed.
+
+    ``_guarded_by`` (capability_rules) gives nothing while some file imports the
+    module plainly, else the files importing it under a guard; a module file is
+    re-evaluated only when that answer differs before and after ``path``'s update.
+    """
+    modules = {v for r, v in touched if r in ("mod_plain", "mod_guarded")}
+    if not modules:
+        return set()
+    located = view.who_many("node", {m.replace(".", "/") for m in modules})
+    files = {m: {p for p in located[m.replace(".", "/")] if module_of(p)[0] == m}
+             for m in modules}
+    files = {m: found for m, found in files.items() if found}  # "os" is rarely in the tree
+    plain = view.who_many("mod_plain", files) if files else {}
+    alone = [m for m in files if not plain[m] - {path}]  # else plainly imported throughout
+    guarded = view.who_many("mod_guarded", alone) if alone else {}
+    out: set[str] = set()
+    for module in alone:
+        now = _guard_evidence(plain[module], guarded[module])
+        then = _guard_evidence(_before(path, "mod_plain", module, plain[module], touched),
+                               _before(path, "mod_guarded", module, guarded[module], touched))
+        if now != then:
+            out |= files[module]
+    return out
+
+
+def _guard_evidence(plain: frozenset[str], guarded: frozenset[str]) -> frozenset[str]:
+    """The importers ``_guarded_by`` lists as evidence, given the holders of both."""
+    return frozenset() if plain else guarded
+
+
+def _before(path: str, relation: str, value: str, holders: frozenset[str],
+            touched: Touched) -> frozenset[str]:
+    """The holders of ``value`` before ``path``'s update, from those after it: under
+    the index lock only ``path``'s own membership changed, and only when the pair is
+    in ``touched``."""
+    return holders ^ {path} if (relation, value) in touched else holders

@@ -1,0 +1,362 @@
+"""What one Python file expects of its environment, read from its syntax tree.
+
+Pure: source text in, a ``PyScan`` out.  The scan records, with line numbers,
+absolute imports (and how they are guarded), names imported from tool packages,
+capabilities registered by decorators, names defined at module level, programs run
+by literal name, and environment variables read without a default.  Nothing here
+decides whether any of that is a problem; ``capability.py`` does, against the index.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from kloros_tasks.detectors.capability.calls import (
+    ENV_READS,
+    ENV_SETS,
+    EXEC_PROGRAM,
+    EXEC_SHELL,
+    literal,
+    program_of,
+)
+from kloros_tasks.detectors.capability.paths import module_of, spelling
+
+# How an import is reached, from most to least optional.  LAZY (inside a function,
+# or behind a runtime `if`) still breaks, but only when that code runs.
+TYPING, GUARDED, CONDITIONAL, LAZY, PLAIN = "typing", "guarded", "conditional", "lazy", "plain"
+OPTIONAL_KINDS = frozenset({TYPING, GUARDED, CONDITIONAL})
+# How a program is reached.
+RUN, RUN_GUARDED, WHICH = "run", "guarded", "which"
+
+REGISTRY_DECORATORS = frozenset({"tool", "skill", "capability"})
+_IMPORT_ERRORS = frozenset({"ImportError", "ModuleNotFoundError"})
+_OS_ERRORS = frozenset({"OSError", "FileNotFoundError", "EnvironmentError", "IOError"})
+_KEY_ERRORS = frozenset({"KeyError", "LookupError"})
+_BROAD = frozenset({"Exception", "BaseException"})
+_PLATFORM_TESTS = ("sys.version_info", "sys.platform", "os.name", "platform.", "sys.implementation")
+
+
+@dataclass
+class PyScan:
+    """Everything ``capability.py`` needs about one Python file (JSON-friendly lists)."""
+
+    # (top-level name, module, line, kind)
+    imports: list[tuple[str, str, int, str]] = field(default_factory=list)
+    # (module, name, line) imported from tool packages; name "" for `import tools.x`
+    wants: list[tuple[str, str, int]] = field(default_factory=list)
+    # absolute names of modules this file may import (relative imports resolved), split
+    # by whether every such import is optional: a module only ever imported under a
+    # guard is itself optional, and so are its own imports
+    modules_plain: set[str] = field(default_factory=set)
+    modules_guarded: dict[str, int] = field(default_factory=dict)  # module -> first line
+    registered: set[str] = field(default_factory=set)
+    defines: set[str] = field(default_factory=set)  # "module:Name", "module:*"
+    execs: list[tuple[str, int, str]] = field(default_factory=list)  # program, line, kind
+    env_reads: list[tuple[str, int]] = field(default_factory=list)
+    env_sets: set[str] = field(default_factory=set)
+
+
+def _aliases(tree: ast.AST) -> dict[str, str]:
+    """Local name -> qualified name for every import in the file (any scope)."""
+    out: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.asname:
+                    out[a.asname] = a.name
+                else:
+                    top = a.name.split(".")[0]
+                    out[top] = top
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            for a in node.names:
+                if a.name != "*":
+                    out[a.asname or a.name] = f"{node.module}.{a.name}"
+    return out
+
+
+def _exception_names(exprs: Iterable[ast.expr]) -> set[str]:
+    """Last name of each exception expression: ``builtins.OSError`` -> ``OSError``."""
+    names: set[str] = set()
+    for t in exprs:
+        if isinstance(t, ast.Tuple):
+            names |= _exception_names(t.elts)
+        elif isinstance(t, ast.Name):
+            names.add(t.id)
+        elif isinstance(t, ast.Attribute):
+            names.add(t.attr)
+    return names
+
+
+def _caught(handlers: Iterable[ast.ExceptHandler]) -> frozenset[str]:
+    """Exceptions a try statement's handlers catch; a bare ``except:`` catches everything."""
+    names: set[str] = set()
+    for h in handlers:
+        names |= {"BaseException"} if h.type is None else _exception_names([h.type])
+    return frozenset(names)
+
+
+class _Scanner(ast.NodeVisitor):
+    """One pass over a module; ``_caught`` frames and flags say how each use is guarded."""
+
+    def __init__(self, module: str, is_package: bool, tool_packages: frozenset[str],
+                 aliases: dict[str, str]) -> None:
+        self.module, self.is_package = module, is_package
+        self.tool_packages, self.aliases = tool_packages, aliases
+        self.scan = PyScan()
+        self._frames: list[frozenset[str]] = []  # exceptions caught around the current node
+        self._typing = 0  # depth of `if TYPE_CHECKING:` blocks
+        self._conditional = 0  # depth of version/platform tests
+        self._depth = 0  # depth of def/class: 0 means module level
+        self._lazy = 0  # depth of function bodies and runtime `if` blocks
+        self._env_checked: set[str] = set()
+        self._testing = 0  # inside a condition, where a read is a check, not a need
+
+    # --- predicates -----------------------------------------------------------------
+    def _catches(self, names: frozenset[str]) -> bool:
+        wanted = names | _BROAD
+        return any(frame & wanted for frame in self._frames)
+
+    def _import_kind(self) -> str:
+        if self._typing:
+            return TYPING
+        if self._catches(_IMPORT_ERRORS):
+            return GUARDED
+        if self._conditional:
+            return CONDITIONAL
+        return LAZY if self._lazy else PLAIN
+
+    def qualname(self, node: ast.AST) -> str | None:
+        """Dotted name an expression refers to through this file's imports, if any."""
+        if isinstance(node, ast.Name):
+            return self.aliases.get(node.id)
+        if isinstance(node, ast.Attribute):
+            base = self.qualname(node.value)
+            return f"{base}.{node.attr}" if base else None
+        return None
+
+    def _is_tool_module(self, module: str) -> bool:
+        return any(part in self.tool_packages for part in module.split("."))
+
+    # --- structure --------------------------------------------------------------------
+    def visit_Try(self, node: ast.Try) -> None:
+        self._frames.append(_caught(node.handlers))
+        for stmt in node.body:
+            self.visit(stmt)
+        self._frames.pop()
+        for stmt in [*node.handlers, *node.orelse, *node.finalbody]:
+            self.visit(stmt)
+
+    visit_TryStar = visit_Try
+
+    def _visit_test(self, node: ast.expr) -> None:
+        self._testing += 1
+        self.visit(node)
+        self._testing -= 1
+
+    def visit_While(self, node: ast.While) -> None:
+        self._visit_test(node.test)
+        self._visit_all([*node.body, *node.orelse])
+
+    def visit_IfExp(self, node: ast.IfExp) -> None:
+        self._visit_test(node.test)
+        self.visit(node.body)
+        self.visit(node.orelse)
+
+    def visit_BoolOp(self, node: ast.BoolOp) -> None:
+        # In `a or b`, every operand but the last has a fallback.
+        if isinstance(node.op, ast.Or):
+            for value in node.values[:-1]:
+                self._visit_test(value)
+            self.visit(node.values[-1])
+        else:
+            self.generic_visit(node)
+
+    def visit_If(self, node: ast.If) -> None:
+        test = ast.unparse(node.test)
+        self._visit_test(node.test)
+        if re.fullmatch(r"(typing\.)?TYPE_CHECKING", test):
+            self._typing += 1
+            self._visit_all(node.body)
+            self._typing -= 1
+            self._visit_all(node.orelse)
+            return
+        platform = any(p in test for p in _PLATFORM_TESTS)
+        self._conditional += platform
+        self._lazy += not platform
+        self._visit_all(node.body)
+        self._visit_all(node.orelse)
+        self._conditional -= platform
+        self._lazy -= not platform
+
+    def visit_With(self, node: ast.With) -> None:
+        suppressed: set[str] = set()
+        for item in node.items:
+            call = item.context_expr
+            if isinstance(call, ast.Call) and ast.unparse(call.func).endswith("suppress"):
+                suppressed |= _exception_names(call.args)
+        self._frames.append(frozenset(suppressed))
+        self.generic_visit(node)
+        self._frames.pop()
+
+    visit_AsyncWith = visit_With
+
+    def _visit_all(self, stmts: list[ast.stmt]) -> None:
+        for stmt in stmts:
+            self.visit(stmt)
+
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        self._define(node.name if node.name != "__getattr__" else "*")
+        self._registered(node)
+        self._depth += 1
+        self._lazy += 1
+        self.generic_visit(node)
+        self._lazy -= 1
+        self._depth -= 1
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        self._define(node.name)
+        self._registered(node)
+        self._depth += 1
+        self.generic_visit(node)
+        self._depth -= 1
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if isinstance(node.ctx, ast.Store):
+            self._define(node.id)
+
+    def _define(self, name: str) -> None:
+        if self._depth == 0:
+            self.scan.defines.add(f"{self.module}:{name}")
+
+    def _registered(self, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> None:
+        for deco in node.decorator_list:
+            target = deco.func if isinstance(deco, ast.Call) else deco
+            last = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")
+            if last not in REGISTRY_DECORATORS:
+                continue
+            self.scan.registered.add(spelling(node.name))
+            if isinstance(deco, ast.Call):
+                given = [literal(a) for a in deco.args[:1]]
+                given += [literal(k.value) for k in deco.keywords if k.arg == "name"]
+                self.scan.registered |= {spelling(g) for g in given if g}
+
+    # --- imports ----------------------------------------------------------------------
+    def visit_Import(self, node: ast.Import) -> None:
+        for a in node.names:
+            self._import(a.name, node.lineno)
+            self._module_use(node.lineno, a.name)
+            if self._is_tool_module(a.name):
+                self.scan.wants.append((a.name, "", node.lineno))
+            self._define(a.asname or a.name.split(".")[0])
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        module = node.module or ""
+        if node.level:
+            module = self._absolute(node.level, module)
+        elif module:
+            self._import(module, node.lineno)
+        for a in node.names:
+            self._define("*" if a.name == "*" else a.asname or a.name)
+            if module and a.name != "*":
+                self._module_use(node.lineno, module, f"{module}.{a.name}")
+                if self._is_tool_module(module):
+                    self.scan.wants.append((module, a.name, node.lineno))
+
+    def _absolute(self, level: int, module: str) -> str:
+        """The absolute name of a relative import, or "" when it climbs out of the tree."""
+        parts = self.module.split(".") if self.module else []
+        if not self.is_package:
+            parts = parts[:-1]
+        if level - 1 > len(parts):
+            return ""
+        base = parts[: len(parts) - (level - 1)]
+        return ".".join([*base, module] if module else base)
+
+    def _module_use(self, line: int, *modules: str) -> None:
+        if self._import_kind() not in OPTIONAL_KINDS:
+            self.scan.modules_plain.update(modules)
+            return
+        for module in modules:
+            self.scan.modules_guarded.setdefault(module, line)
+
+    def _import(self, module: str, line: int) -> None:
+        if module and not module.startswith("."):
+            self.scan.imports.append((module.split(".")[0], module, line, self._import_kind()))
+
+    # --- calls: dynamic imports, programs, environment ------------------------------
+    def visit_Call(self, node: ast.Call) -> None:
+        self.generic_visit(node)
+        func = node.func
+        name = self.qualname(func)
+        if name is None and isinstance(func, ast.Name) and func.id == "__import__":
+            name = "__import__"
+        first = node.args[0] if node.args else None
+        if name in ("importlib.import_module", "__import__") and literal(first):
+            self._import(literal(first), node.lineno)
+        elif name in EXEC_PROGRAM or name in EXEC_SHELL:
+            self._exec(name, node)
+        elif name in ENV_READS and len(node.args) == 1 and not node.keywords and literal(first):
+            self._env_read(literal(first), node.lineno)
+        elif literal(first) and (name in ENV_SETS or (
+                isinstance(func, ast.Attribute) and func.attr == "setenv")):
+            self.scan.env_sets.add(literal(first))
+        elif name == "os.environ.update":
+            self.scan.env_sets |= {k.arg for k in node.keywords if k.arg}
+
+    def _exec(self, name: str, node: ast.Call) -> None:
+        program = program_of(name, node)
+        if program is None:
+            return
+        if name == "shutil.which":
+            kind = WHICH
+        else:
+            kind = RUN_GUARDED if self._catches(_OS_ERRORS) else RUN
+        self.scan.execs.append((program, node.lineno, kind))
+
+    def visit_Subscript(self, node: ast.Subscript) -> None:
+        self.generic_visit(node)
+        key = literal(node.slice)
+        if key is None or self.qualname(node.value) != "os.environ":
+            return
+        if isinstance(node.ctx, ast.Load):
+            self._env_read(key, node.lineno)
+        else:
+            self.scan.env_sets.add(key)
+
+    def visit_Compare(self, node: ast.Compare) -> None:
+        # `"X" in os.environ` anywhere in the file: the code checks before it reads.
+        self.generic_visit(node)
+        key = literal(node.left)
+        if key and any(isinstance(op, ast.In | ast.NotIn) for op in node.ops) and any(
+                self.qualname(c) == "os.environ" for c in node.comparators):
+            self._env_checked.add(key)
+
+    def _env_read(self, key: str, line: int) -> None:
+        if self._testing:
+            self._env_checked.add(key)  # `if os.environ.get("X"):` asks; it does not need
+        elif not self._catches(_KEY_ERRORS):
+            self.scan.env_reads.append((key, line))
+
+
+def scan_python(path: str, text: str, tool_packages: frozenset[str]) -> PyScan:
+    """Scan one Python file.  Raises SyntaxError, ValueError, RecursionError or
+    MemoryError when the text cannot be parsed; the caller turns those into data."""
+    with warnings.catch_warnings():
+        # An invalid escape sequence is a warning, not an error: under `-W error` it
+        # would otherwise make valid code look unparseable.
+        warnings.simplefilter("ignore")
+        tree = ast.parse(text, filename=path)
+    module, is_package = module_of(path)
+    scanner = _Scanner(module, is_package, tool_packages, _aliases(tree))
+    scanner.visit(tree)
+    scan = scanner.scan
+    scan.env_reads = [(k, line) for k, line in scan.env_reads if k not in scanner._env_checked]
+    scan.modules_guarded = {m: line for m, line in scan.modules_guarded.items()
+                            if m not in scan.modules_plain}
+    return scan

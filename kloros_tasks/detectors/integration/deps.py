@@ -1,0 +1,98 @@
+"""Which files' questions may change when one file's facts changed.
+
+An evaluation reads the keys its own file declares (``read``) and, from there,
+whatever the contributions it finds point to (``ptr``), plus two implicit hops:
+a name a module does not bind is looked up in the modules it star-imports, and a
+subclass reference through a star-importing module counts for the original.
+``affected`` runs that graph backwards: from the keys whose contributions changed
+to every key whose contributions lead to them, then to the files that read any of
+those.  Each step is an exact lookup, so the cost follows the dependencies of the
+change, not the size of the tree.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from kloros_tasks.detectors.base import IndexView, Touched, held_by_others
+from kloros_tasks.detectors.integration.keys import (
+    REL_DEF,
+    REL_PTR,
+    REL_READ,
+    REL_SIG,
+    STAR,
+    SUB,
+    SYM,
+    is_existence_key,
+    last,
+    parent,
+    sig_key,
+)
+from kloros_tasks.detectors.integration.resolve import Resolver
+
+MAX_CHANGED_KEYS = 1_000_000  # a guard against pathological alias loops, not a budget
+
+
+def changed_keys(path: str, touched: Touched, view: IndexView) -> set[str]:
+    """Keys whose contributions changed.  An existence-only key changes only
+    when its first contributor arrives or its last one leaves."""
+    changed: set[str] = set()
+    existence = set()
+    for relation, value in touched:
+        if relation == REL_SIG:
+            changed.add(sig_key(value))
+        elif relation == REL_DEF and is_existence_key(value):
+            existence.add(value)
+    # Counted, not listed: a directory or an attribute name can have thousands of
+    # holders, and fetching them all for every change made a cold scan quadratic.
+    return changed | (existence - held_by_others(view, REL_DEF, existence, path))
+
+
+def affected(path: str, touched: Touched, view: IndexView) -> set[str]:
+    """Files other than ``path`` whose questions may differ after ``touched``."""
+    resolver = Resolver(view)
+    keys = _close(changed_keys(path, touched, view), resolver)
+    readers = view.who_many(REL_READ, sorted(keys)) if keys else {}
+    out: set[str] = set()
+    for paths in readers.values():
+        out |= paths
+    out.discard(path)
+    return out
+
+
+def _close(start: set[str], resolver: Resolver) -> set[str]:
+    done: set[str] = set()
+    queue = deque(start)
+    while queue and len(done) < MAX_CHANGED_KEYS:
+        key = queue.popleft()
+        if key not in done:
+            done.add(key)
+            queue.extend(k for k in _dependents(key, resolver) if k not in done)
+    return done
+
+
+def _dependents(key: str, resolver: Resolver) -> list[str]:
+    """Keys whose evaluation-visible contributions depend on ``key``."""
+    out: list[str] = []
+    for path in sorted(resolver.view.who(REL_PTR, key)):
+        facts = resolver.facts(path)
+        if facts is not None:
+            out += facts.data.get("pm", {}).get(key, [])
+    name = key.partition(":")[2]
+    if key.startswith(SYM):
+        # ``from S import *`` in M: M.N stands for S.N, and M's surface includes S's.
+        if "." in name:
+            for _, content in resolver.contributions(STAR + parent(name)):
+                out += [f"{SYM}{m}.{last(name)}" for m in content["m"]]
+        for _, content in resolver.contributions(STAR + name):
+            out += [SYM + m for m in content["m"]]
+    elif key.startswith(SUB) and "." in name:
+        # A subclass of M.N, M star-importing S, is found from S.N.
+        for mod in resolver.modules(parent(name)):
+            out += [f"{SUB}{s}.{last(name)}" for s in mod["stars"]]
+    elif key.startswith(STAR):
+        # Star importers of M are reached from modules M star-imports.
+        for mod in resolver.modules(name):
+            out += [STAR + s for s in mod["stars"]]
+    return out
+

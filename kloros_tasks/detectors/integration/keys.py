@@ -1,0 +1,164 @@
+"""Module names of paths, and the index keys the IntegrationMonitor speaks in.
+
+Every cross-file fact is a *contribution* of one file to one key.  A key is a
+kind prefix and a name:
+
+``s:<qualified name>``  a symbol: a module (``s:pkg.mod``), a top-level name
+                        (``s:pkg.mod.Name``) or a class nested in a class.
+``x:<qualified ref>``   "is subclassed through this reference": classes whose
+                        base is written as that name, and aliases of it.
+``t:<module>``          modules that ``from <module> import *``.
+``a:<attribute>``       some file reads ``obj.<attribute>`` on an object that
+                        is not ``self`` (existence only).
+``w:<attribute>``       some file assigns ``obj.<attribute>`` on an object that
+                        is not ``self`` (existence only).
+``n:<dotted dir>``      a directory of the tree (namespace packages; existence only).
+``su:/pp:/pd:<text>``   subscription prefixes, prefixes of published topics, and
+                        literal prefixes of dynamically built topics (existence only).
+``kc:/kp:<text>``       a topic-shaped string held in a module-level constant, and
+                        its prefixes: a channel name kept in a constants module may be
+                        published or subscribed elsewhere through that name.
+
+The index inverts four relations per file: ``def`` (keys it contributes), ``sig``
+(``key#digest`` of each contribution that carries content, so a changed
+contribution shows up as a touched pair), ``ptr`` (keys its contributions depend
+on) and ``read`` (keys its own evaluation looks up first).  Every lookup is exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from kloros_tasks.detectors.base import SIGNATURE
+
+SYM, SUB, STAR, ATTR, WRITTEN, NSDIR = "s:", "x:", "t:", "a:", "w:", "n:"
+SUBSCRIBED, PUBLISHED, PUBLISHED_DYN = "su:", "pp:", "pd:"
+DECLARED, DECLARED_PREFIX = "kc:", "kp:"
+
+# Keys whose readers only ask "does anyone contribute this?"; they carry no content.
+EXISTENCE_KINDS = (ATTR, WRITTEN, NSDIR, SUBSCRIBED, PUBLISHED, PUBLISHED_DYN, DECLARED,
+                   DECLARED_PREFIX)
+
+REL_DEF, REL_SIG, REL_PTR, REL_READ = "def", SIGNATURE, "ptr", "read"
+
+
+def kind(key: str) -> str:
+    """The kind prefix of a key (``"s:"``, ``"su:"``...)."""
+    return key[: key.index(":") + 1]
+
+
+def is_existence_key(key: str) -> bool:
+    return key.startswith(EXISTENCE_KINDS)
+
+
+def parent(dotted: str) -> str:
+    """``"a.b.c" -> "a.b"``; ``""`` for a single component."""
+    return dotted.rpartition(".")[0]
+
+
+def last(dotted: str) -> str:
+    return dotted.rpartition(".")[2]
+
+
+def dotted_prefixes(dotted: str) -> list[str]:
+    """``"a.b.c" -> ["a", "a.b", "a.b.c"]``."""
+    parts = dotted.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def text_prefixes(text: str) -> list[str]:
+    """Every prefix of a topic, the empty one and the topic itself included."""
+    return [text[:i] for i in range(len(text) + 1)]
+
+
+def sym_ptrs(ref: str) -> list[str]:
+    """Keys a resolution of ``ref`` looks up: the symbol and its container."""
+    keys = [SYM + ref]
+    if "." in ref:
+        keys.append(SYM + parent(ref))
+    return keys
+
+
+def sub_ptrs(ref: str) -> list[str]:
+    """Keys a subclass search through ``ref`` looks up: the reference and the
+    star-importers of its container (names re-exported by ``import *``)."""
+    keys = [SUB + ref]
+    if "." in ref:
+        keys.append(STAR + parent(ref))
+    return keys
+
+
+EXTENSION_SUFFIXES = (".so", ".pyd")
+
+
+def is_extension(path: str) -> bool:
+    """A compiled extension module (``_speedups.cpython-311-x86_64-linux-gnu.so``)."""
+    return path.endswith(EXTENSION_SUFFIXES)
+
+
+def module_names(path: str) -> tuple[str, ...]:
+    """Dotted module names a POSIX relative path is importable as, primary first.
+
+    ``pkg/mod.py -> ("pkg.mod",)``, ``pkg/__init__.py -> ("pkg",)``,
+    ``pkg/_c.abi3.so -> ("pkg._c",)``; a file under a top-level ``src/``
+    directory is also importable without it (the src layout).
+    """
+    parts = path.split("/")
+    if is_extension(path):
+        parts[-1] = parts[-1].split(".")[0]  # the ABI tag is not part of the name
+    elif path.endswith(".py"):
+        parts[-1] = parts[-1][:-3]
+    if parts and parts[-1] == "__init__":
+        parts = parts[:-1]
+    if not parts:
+        return ("__init__",)
+    names = [".".join(parts)]
+    if parts[0] == "src" and len(parts) > 1:
+        names.append(".".join(parts[1:]))
+    return tuple(names)
+
+
+def is_package(path: str) -> bool:
+    return path == "__init__.py" or path.endswith("/__init__.py")
+
+
+def directories(path: str) -> list[str]:
+    """Dotted names of the directories holding ``path`` (for namespace packages)."""
+    dirs = path.split("/")[:-1]
+    out = [".".join(dirs[:i]) for i in range(1, len(dirs) + 1)]
+    if dirs and dirs[0] == "src":
+        out += [".".join(dirs[1:i]) for i in range(2, len(dirs) + 1)]
+    return out
+
+
+def resolve_relative(path: str, level: int, module: str | None) -> str | None:
+    """The absolute module a ``from <dots><module> import`` in ``path`` names, or
+    None when the dots climb above the top-level package."""
+    if level == 0:
+        return module
+    own = module_names(path)[0]
+    package = own if is_package(path) else parent(own)
+    parts = package.split(".") if package else []
+    if level - 1 >= len(parts):
+        return None  # Python refuses to climb above the top-level package
+    base = parts[: len(parts) - (level - 1)]
+    if module:
+        base += module.split(".")
+    return ".".join(base) or None
+
+
+def digest(content: Any) -> str:
+    """Short stable digest of a JSON-able contribution."""
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
+
+
+def sig_value(key: str, content: Any) -> str:
+    return f"{key}#{digest(content)}"
+
+
+def sig_key(value: str) -> str:
+    """The key part of a ``sig`` relation value."""
+    return value.rpartition("#")[0]

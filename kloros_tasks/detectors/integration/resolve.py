@@ -1,0 +1,307 @@
+"""Phase 2 lookups: resolve names, class lineages and subclasses through the index.
+
+Every lookup here is an exact ``who("def", key)`` plus reading the contributing
+files' facts, memoised for one evaluation.  Which keys an evaluation may reach is
+exactly what ``integration_deps.affected`` walks backwards, so the two must change
+together.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from kloros_tasks.detectors.base import FileFacts, IndexView
+from kloros_tasks.detectors.integration.keys import (
+    NSDIR,
+    REL_DEF,
+    STAR,
+    SUB,
+    SYM,
+    is_existence_key,
+    last,
+    parent,
+)
+
+MAX_HOPS = 32  # alias and star chains longer than this are treated as unknown
+# Names every module has without binding them.
+MODULE_DUNDERS = frozenset({
+    "__name__", "__file__", "__doc__", "__spec__", "__loader__", "__package__",
+    "__path__", "__builtins__", "__cached__", "__dict__", "__annotations__",
+})
+# Attributes every instance of a Python class has, beyond dir(object).
+# Attributes every instance of a Python class has, beyond dir(object); and those of
+# ``type``, which ``self`` has in metaclass methods and class-level properties.
+OBJECT_ATTRS = frozenset(dir(object)) | frozenset(dir(type)) | {
+    "__dict__", "__weakref__", "__module__", "__doc__", "__annotations__", "__slots__",
+    "__orig_class__"}
+
+
+@dataclass(frozen=True)
+class ClassNode:
+    """A class of the tree: the file that defines it and its summary."""
+
+    path: str
+    summary: dict[str, Any]
+
+    @property
+    def qn(self) -> str:
+        return self.summary["qns"][0]
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.path, self.qn)
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ClassNode) and self.key == other.key
+
+
+@dataclass
+class Lineage:
+    """A class and its in-tree ancestors, the attributes of builtin ancestors, and
+    the first reason (if any) some ancestor could not be followed."""
+
+    nodes: list[ClassNode]
+    builtin_attrs: set[str]
+    unknown: str | None
+
+    @property
+    def stateful(self) -> bool:
+        """Some class of the lineage is constructed with state (a builtin base,
+        other than object, counts): otherwise it is a mixin reading its host."""
+        return bool(self.builtin_attrs) or any(n.summary.get("st") for n in self.nodes)
+
+    def defines(self, attr: str) -> bool:
+        return (attr in OBJECT_ATTRS or attr in self.builtin_attrs
+                or any(attr in n.summary["defs"] for n in self.nodes))
+
+
+def _cooperative_mixin(nodes: list[ClassNode],
+                       parents: dict[tuple[str, str], list[ClassNode | set[str]]]) -> str | None:
+    """A ``super().m()`` that no known ancestor answers means the class is mixed
+    with others at run time: its real MRO is not what the tree shows."""
+    for node in nodes:
+        wanted = [m for m in node.summary.get("sup", []) if m not in OBJECT_ATTRS]
+        if not wanted:
+            continue
+        defined: set[str] = set()
+        stack, seen = list(parents.get(node.key, [])), set()
+        while stack:
+            item = stack.pop()
+            if isinstance(item, set):
+                defined |= item
+            elif item.key not in seen:
+                seen.add(item.key)
+                defined.update(item.summary["defs"])
+                stack.extend(parents.get(item.key, []))
+        missing = [m for m in wanted if m not in defined]
+        if missing:
+            return f"{node.qn}: super().{missing[0]}() beyond its known bases"
+    return None
+
+
+class Resolver:
+    """Memoised, read-only lookups over one detector's index.
+
+    Existence-only keys (a directory, an attribute name, a topic prefix) can be
+    held by thousands of files while the rules only ask whether any does: they are
+    looked up one by one when needed, or through the view's optional
+    ``exists_many(relation, values) -> set of values held`` when it has one.
+    """
+
+    def __init__(self, view: IndexView) -> None:
+        self.view = view
+        self._facts: dict[str, FileFacts | None] = {}
+        self._who: dict[str, list[str]] = {}
+        self._exists: dict[str, bool] = {}
+        self._lineage: dict[tuple[str, str], Lineage] = {}
+        self._probe = getattr(view, "exists_many", None)
+
+    # --- raw lookups ---------------------------------------------------------------
+    def prefetch(self, keys: Iterable[str]) -> None:
+        """Look several keys up in one round trip (two with existence keys)."""
+        keys = list(keys)
+        missing = [k for k in keys if not is_existence_key(k) and k not in self._who]
+        if missing:
+            for key, paths in self.view.who_many(REL_DEF, missing).items():
+                self._who[key] = sorted(paths)
+        flags = [k for k in keys if is_existence_key(k) and k not in self._exists]
+        if flags and self._probe is not None:
+            held = self._probe(REL_DEF, flags)
+            self._exists.update((k, k in held) for k in flags)
+
+    def who(self, key: str) -> list[str]:
+        if key not in self._who:
+            self._who[key] = sorted(self.view.who(REL_DEF, key))
+        return self._who[key]
+
+    def exists(self, key: str) -> bool:
+        if key in self._who:
+            return bool(self._who[key])
+        if key not in self._exists:
+            if self._probe is not None:
+                self._exists[key] = key in self._probe(REL_DEF, [key])
+            else:
+                self._exists[key] = bool(self.view.who(REL_DEF, key))
+        return self._exists[key]
+
+    def facts(self, path: str) -> FileFacts | None:
+        if path not in self._facts:
+            self._facts[path] = self.view.facts(path)
+        return self._facts[path]
+
+    def content(self, path: str, key: str) -> dict[str, Any] | None:
+        facts = self.facts(path)
+        return None if facts is None else facts.data.get("c", {}).get(key)
+
+    def contributions(self, key: str) -> list[tuple[str, dict[str, Any]]]:
+        out = []
+        for path in self.who(key):
+            content = self.content(path, key)
+            if content is not None:
+                out.append((path, content))
+        return out
+
+    def modules(self, name: str) -> list[dict[str, Any]]:
+        """The module contributions of ``name`` (its file, or files)."""
+        return [c for _, c in self.contributions(SYM + name) if c.get("k") == "mod"]
+
+    # --- names and classes ---------------------------------------------------------
+    def resolve(self, ref: str, hops: int = 0) -> ClassNode | set[str] | str:
+        """A class of the tree, the attribute set of a builtin class, or the reason
+        the reference cannot be followed."""
+        if hops > MAX_HOPS:
+            return "alias chain too long"
+        if ref.startswith("builtins."):
+            obj = getattr(builtins, ref[len("builtins."):], None)
+            return set(dir(obj)) if isinstance(obj, type) else "not a class"
+        found = self.contributions(SYM + ref)
+        if not found:
+            return self._through_module(ref, hops)
+        if len(found) > 1:
+            return "defined more than once"
+        path, content = found[0]
+        kind = content.get("k")
+        if kind == "class":
+            return ClassNode(path, content)
+        if kind == "alias":
+            return self.resolve(content["t"], hops + 1)
+        return "not a class"
+
+    def _through_module(self, ref: str, hops: int) -> ClassNode | set[str] | str:
+        """A name a module does not bind itself: follow its star imports."""
+        container, name = parent(ref), last(ref)
+        mods = self.modules(container) if container else []
+        if not mods:
+            return "outside the tree"
+        if any(m["dyn"] for m in mods):
+            return "dynamic module"
+        for mod in mods:
+            for star in mod["stars"]:
+                if not self.modules(star):
+                    return "star import from outside the tree"
+                found = self.resolve(f"{star}.{name}", hops + 1)
+                if found != "undefined":
+                    return found
+        return "undefined"
+
+    def lineage(self, node: ClassNode) -> Lineage:
+        """The class and its in-tree ancestors (across files, through aliases)."""
+        if node.key in self._lineage:
+            return self._lineage[node.key]
+        result = Lineage([node], set(), None)
+        parents: dict[tuple[str, str], list[ClassNode | set[str]]] = {}
+        queue = deque([node])
+        while queue:
+            current = queue.popleft()
+            parents[current.key] = []
+            for reason in current.summary["op"]:
+                result.unknown = result.unknown or f"{current.qn}: {reason}"
+            for base in current.summary["bases"]:
+                found = self.resolve(base) if base is not None else "computed base"
+                if isinstance(found, str):
+                    result.unknown = result.unknown or f"{base}: {found}"
+                    continue
+                parents[current.key].append(found)
+                if base == "builtins.type":
+                    result.unknown = result.unknown or f"{current.qn}: a metaclass"
+                if isinstance(found, set):
+                    result.builtin_attrs |= found
+                elif found.key not in parents and found not in queue:
+                    result.nodes.append(found)
+                    queue.append(found)
+        result.unknown = result.unknown or _cooperative_mixin(result.nodes, parents)
+        self._lineage[node.key] = result
+        return result
+
+    def descendants(self, node: ClassNode) -> list[ClassNode]:
+        """In-tree subclasses at any depth, found through the ``x:`` keys of every
+        name the class is referred to by (aliases, star re-exports)."""
+        found: dict[tuple[str, str], ClassNode] = {}
+        targets = deque(node.summary["qns"])
+        visited: set[str] = set()
+        while targets:
+            target = targets.popleft()
+            if target in visited or len(visited) > 100_000:
+                continue
+            visited.add(target)
+            for path, content in self.contributions(SUB + target):
+                for qns in content.get("sub", []):
+                    summary = self.content(path, SYM + qns[0])
+                    if summary is not None and summary.get("k") == "class":
+                        sub = ClassNode(path, summary)
+                        found.setdefault(sub.key, sub)
+                        targets.extend(qns)
+                targets.extend(content.get("alias", []))
+            if "." in target:
+                for _, content in self.contributions(STAR + parent(target)):
+                    targets.extend(f"{m}.{last(target)}" for m in content["m"])
+        found.pop(node.key, None)
+        return [found[k] for k in sorted(found)]
+
+    # --- imports -----------------------------------------------------------------------
+    def broken_import(self, parts: list[str]) -> tuple[str, str] | None:
+        """(module, missing name) when importing ``parts`` must fail, else None.
+
+        Only judged from the first in-tree package down: a module that is
+        in the tree (file or namespace directory) must contain the next part as a
+        submodule or a name (bound, re-exported, star-imported, or possibly served
+        by a module ``__getattr__``).
+        """
+        if not (self.modules(parts[0]) or self.exists(NSDIR + parts[0])):
+            return None
+        current = parts[0]
+        for name in parts[1:]:
+            if name == "__init__" and self.modules(current):
+                continue  # ``pkg.__init__`` is the package's own file
+            child = f"{current}.{name}"
+            if self.modules(child) or self.exists(NSDIR + child):
+                current = child
+                continue
+            if not self.modules(current):
+                return None  # a namespace package may be completed elsewhere
+            if self.provides(current, name, set()):
+                return None  # a name, not a module: nothing further to check
+            return (current, name)
+        return None
+
+    def provides(self, module: str, name: str, seen: set[str]) -> bool:
+        """Whether ``module`` may bind ``name`` (directly, by star import, or dynamically)."""
+        if name in MODULE_DUNDERS or self.exists(f"{SYM}{module}.{name}"):
+            return True
+        if module in seen:
+            return False
+        seen.add(module)
+        for mod in self.modules(module):
+            if mod["dyn"]:
+                return True
+            for star in mod["stars"]:
+                if not self.modules(star) or self.provides(star, name, seen):
+                    return True
+        return False

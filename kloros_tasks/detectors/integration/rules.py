@@ -1,0 +1,214 @@
+"""The four IntegrationMonitor rules, evaluated for the questions one file owns.
+
+``broken_import``    an import the tree itself proves must fail.
+``missing_wiring``   ``self.X`` read in a class whose in-tree lineage never gives X.
+``orphaned_queue``   a container attribute that is filled and never read.
+``orphaned_channel`` a literal topic with no subscriber, or a subscription with
+                     no publisher (prefix matching, as ZeroMQ).
+
+Subjects name the problem (file, symbol, topic), never a line or a count, so a
+question keeps its id while the code around it moves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kloros_tasks import names
+from kloros_tasks.detectors.base import FileFacts
+from kloros_tasks.detectors.integration.keys import (
+    ATTR,
+    DECLARED,
+    DECLARED_PREFIX,
+    PUBLISHED,
+    PUBLISHED_DYN,
+    REL_READ,
+    SUBSCRIBED,
+    SYM,
+    WRITTEN,
+    text_prefixes,
+)
+from kloros_tasks.detectors.integration.resolve import ClassNode, Resolver
+from kloros_tasks.questions import Question
+
+DETECTOR = names.INTEGRATION
+BROKEN_IMPORT = "broken_import"
+MISSING_WIRING = "missing_wiring"
+ORPHANED_QUEUE = "orphaned_queue"
+ORPHANED_CHANNEL = "orphaned_channel"
+RULES = (BROKEN_IMPORT, MISSING_WIRING, ORPHANED_QUEUE, ORPHANED_CHANNEL)
+
+
+def evaluate_file(path: str, facts: FileFacts, resolver: Resolver) -> list[Question]:
+    """Every question ``path`` owns, given its facts and a view of the tree."""
+    resolver.prefetch(facts.relations.get(REL_READ, ()))
+    questions = broken_imports(path, facts, resolver)
+    for qn, own in sorted(facts.data.get("classes", {}).items()):
+        summary = facts.data["c"].get(SYM + qn)
+        if summary is not None:
+            node = ClassNode(path, summary)
+            questions += missing_wiring(node, own, resolver)
+            questions += orphaned_queues(node, own, resolver)
+    questions += orphaned_channels(path, facts, resolver)
+    return sorted(questions, key=lambda q: q.id)
+
+
+def _question(rule: str, subject: str, owner: str, hypothesis: str, text: str,
+              evidence: list[str], **kwargs: Any) -> Question:
+    return Question(detector=DETECTOR, rule=rule, subject=subject, owner=owner,
+                    hypothesis=hypothesis, question=text, evidence=tuple(evidence), **kwargs)
+
+
+# --- broken_import ---------------------------------------------------------------------
+def broken_imports(path: str, facts: FileFacts, resolver: Resolver) -> list[Question]:
+    failures: dict[tuple[str, str], list[int]] = {}
+    for parts, line in facts.data.get("imports", []):
+        broken = resolver.broken_import(parts)
+        if broken is not None:
+            failures.setdefault(broken, []).append(line)
+    out = []
+    for (module, name), lines in sorted(failures.items()):
+        symbol = f"{module}.{name}"
+        out.append(_question(
+            BROKEN_IMPORT, f"{path}|{symbol}", path, f"BROKEN_IMPORT: {symbol}",
+            f"{path} imports {symbol}, but module {module} defines, imports or re-exports "
+            f"no {name!r} and has no submodule of that name; is this import broken?",
+            [f"{path}:{line} imports {symbol}" for line in sorted(set(lines))],
+            severity="high", confidence=0.9,
+            suggestion=f"Define or re-export {name} in {module}, or fix the import.",
+            extra={"module": module, "name": name},
+        ))
+    return out
+
+
+# --- missing_wiring ----------------------------------------------------------------------
+def missing_wiring(node: ClassNode, own: dict[str, Any], resolver: Resolver) -> list[Question]:
+    lineage = resolver.lineage(node)
+    if lineage.unknown or not lineage.stateful or any(
+            n.summary["ga"] or n.summary["sd"] for n in lineage.nodes):
+        return []  # an unknown ancestor, a stateless mixin, or dynamic attributes
+    guarded = set(own["guarded"])
+    missing = [a for a in own["uses"] if a not in guarded and not lineage.defines(a)
+               and not resolver.exists(WRITTEN + a)]  # obj.a = ... elsewhere may wire it
+    if not missing:
+        return []
+    missing = _not_given_by_subclasses(node, missing, resolver)
+    cls = node.summary["local"]
+    out = []
+    for attr in missing:
+        out.append(_question(
+            MISSING_WIRING, f"{node.qn}.{attr}", node.path, f"MISSING_WIRING: {cls}.{attr}",
+            f"{cls} uses self.{attr}, but nothing assigns it in {cls}, its in-tree bases "
+            f"or subclasses; is {attr} ever wired?",
+            [f"{node.path}:{line} reads self.{attr}" for line in own["uses"][attr]],
+            severity="medium", confidence=0.7,
+            suggestion=f"Assign self.{attr} (for instance in __init__) or declare it on the class.",
+            extra={"class": node.qn, "attribute": attr},
+        ))
+    return out
+
+
+def _not_given_by_subclasses(node: ClassNode, missing: list[str],
+                             resolver: Resolver) -> list[str]:
+    """Drop attributes some in-tree subclass provides (the template-method pattern);
+    a subclass that cannot be fully followed may provide anything."""
+    if node.summary.get("esc"):
+        return []  # picked as a base at run time: its subclasses are not all visible
+    remaining = list(missing)
+    for sub in resolver.descendants(node):
+        lineage = resolver.lineage(sub)
+        if lineage.unknown or any(n.summary["ga"] or n.summary["sd"] for n in lineage.nodes):
+            return []
+        remaining = [a for a in remaining if not lineage.defines(a)]
+        if not remaining:
+            break
+    return remaining
+
+
+# --- orphaned_queue ------------------------------------------------------------------------
+def orphaned_queues(node: ClassNode, own: dict[str, Any], resolver: Resolver) -> list[Question]:
+    created = [a for a in own["creates"] if a in node.summary["fills"]]
+    if not created:
+        return []
+    lineage = resolver.lineage(node)
+    ancestors = lineage.nodes[1:]
+    family = _family(node, resolver)
+    if family is None:
+        return []  # some member is not fully known: it may read the container
+    out = []
+    for attr in created:
+        if any(attr in a.summary["creates"] for a in ancestors):
+            continue  # the ancestor that creates it owns the question
+        fillers = [m for m in family if attr in m.summary["fills"]]
+        if not fillers or any(attr in m.summary["reads"] for m in family):
+            continue
+        if resolver.exists(ATTR + attr):
+            continue  # read as obj.<attr> somewhere: it may be consumed from outside
+        out.append(_queue_question(node, own, attr, fillers))
+    return out
+
+
+def _family(node: ClassNode, resolver: Resolver) -> list[ClassNode] | None:
+    """Every class that shares instances with ``node``: its lineage, its subclasses
+    and theirs; None when one of them is not fully known or reads reflectively."""
+    members: dict[tuple[str, str], ClassNode] = {}
+    if node.summary.get("esc"):
+        return None
+    for cls in [node, *resolver.descendants(node)]:
+        lineage = resolver.lineage(cls)
+        if lineage.unknown:
+            return None
+        for member in lineage.nodes:
+            members.setdefault(member.key, member)
+    if any(m.summary["ra"] for m in members.values()):
+        return None
+    return [members[k] for k in sorted(members)]
+
+
+def _queue_question(node: ClassNode, own: dict[str, Any], attr: str,
+                    fillers: list[ClassNode]) -> Question:
+    cls = node.summary["local"]
+    evidence = [f"{node.path}:{own['creates'][attr]} creates self.{attr}"]
+    evidence += [f"{node.path}:{line} fills self.{attr}" for line in own["fills"].get(attr, [])]
+    evidence += [f"{m.path}: {m.qn} fills self.{attr}" for m in fillers if m.path != node.path]
+    return _question(
+        ORPHANED_QUEUE, f"{node.qn}.{attr}", node.path, f"ORPHANED_QUEUE: {cls}.{attr}",
+        f"Data structure {attr!r} is populated by {cls} but never consumed; "
+        "is this a broken integration?",
+        evidence, severity="medium", confidence=0.7,
+        suggestion=f"Consume self.{attr} (pop/get/iterate) or stop filling it.",
+        extra={"class": node.qn, "attribute": attr},
+    )
+
+
+# --- orphaned_channel ------------------------------------------------------------------------
+def orphaned_channels(path: str, facts: FileFacts, resolver: Resolver) -> list[Question]:
+    out = []
+    for topic, lines in sorted(facts.data.get("pubs", {}).items()):
+        if not any(resolver.exists(SUBSCRIBED + p) or resolver.exists(DECLARED + p)
+                   for p in text_prefixes(topic)):
+            out.append(_question(
+                ORPHANED_CHANNEL, f"{path}|publish|{topic}", path,
+                f"ORPHANED_CHANNEL: publish {topic!r}",
+                f"{path} publishes {topic!r} but nothing in the tree subscribes to it "
+                "(or to a prefix of it); is a consumer missing?",
+                [f"{path}:{line} publishes {topic!r}" for line in lines],
+                severity="medium", confidence=0.6,
+                suggestion=f"Subscribe to {topic!r} where it is handled, or stop publishing it.",
+                extra={"topic": topic, "direction": "publish"},
+            ))
+    for topic, lines in sorted(facts.data.get("subs", {}).items()):
+        published = (resolver.exists(PUBLISHED + topic) or resolver.exists(DECLARED_PREFIX + topic)
+                     or any(resolver.exists(PUBLISHED_DYN + p) for p in text_prefixes(topic)))
+        if not published:
+            out.append(_question(
+                ORPHANED_CHANNEL, f"{path}|subscribe|{topic}", path,
+                f"ORPHANED_CHANNEL: subscribe {topic!r}",
+                f"{path} subscribes to {topic!r} but nothing in the tree publishes a topic "
+                "starting with it; is a producer missing?",
+                [f"{path}:{line} subscribes to {topic!r}" for line in lines],
+                severity="medium", confidence=0.6,
+                suggestion=f"Publish {topic!r} where it is produced, or drop the subscription.",
+                extra={"topic": topic, "direction": "subscribe"},
+            ))
+    return out

@@ -1,0 +1,308 @@
+"""Cross-file facts: per-file facts plus inverted indexes, in Redis or in memory.
+
+Both stores implement the detectors' read-only ``IndexView`` and one write,
+``update(path, facts)``, which returns the (relation, value) pairs that changed.
+``MemoryIndex`` serves ``kloros-tasks scan`` and pure tests; ``RedisIndex`` serves
+the workers, applying each change in one Lua script.
+
+In Redis (a tenth of the memory one SET per value took): ``names.facts`` maps a
+relpath to ``b"<id>:"`` + zlib of its facts JSON, the id being the file's for as long
+as it is indexed (ids are never reused); ``names.index_paths`` maps ids back.  A
+(relation, value) pair is the first 8 bytes of the SHA-1 of ``"<relation> <value>"``:
+a field of one ``names.index_bucket`` hash, whose value is the holders' ids joined by
+",", or "*" when they outgrew INLINE_MAX and live in ``names.index_spill``.  Buckets
+split one at a time as entries grow (linear hashing: ``names.index_meta`` holds
+``level`` and ``split``), so each stays a compact listpack.  Two values share a
+field only if 64 bits of their digests collide: for a million values, about three
+chances in 10^8, taken to be never.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+
+import redis
+
+from kloros_tasks import names
+from kloros_tasks.detectors.base import NOT_INDEXED, FileFacts, Touched
+from kloros_tasks.state.index_scripts import LOOKUP_SCRIPT, UPDATE_SCRIPT
+
+# Average entries per bucket before one splits.  Buckets not yet split in a round hold
+# twice that, still far below hash-max-listpack-entries (512 by default).
+BUCKET_FILL = 64
+INLINE_MAX = 64  # longest holder list kept in a bucket (hash-max-listpack-value)
+PATHS_PER_BUCKET = 128
+FIELD_BYTES = 8
+SPILLED = b"*"
+ATTEMPTS = 50  # optimistic retries when another writer changed what an update read
+ZLIB_LEVEL = 6
+_ENCODING, _ERRORS = "utf-8", "surrogateescape"  # any byte string as a path survives
+
+Write = tuple[str, str, object]  # ("hset", key, {field: value}) or ("set", key, value)
+
+
+def _pairs(facts: FileFacts | None) -> set[tuple[str, str]]:
+    return {(r, v) for r, vs in (facts.relations if facts else {}).items() for v in vs}
+
+
+def diff(old: FileFacts | None, new: FileFacts | None) -> tuple[set, set]:
+    """(added, removed) (relation, value) pairs going from ``old`` to ``new``."""
+    before, after = _pairs(old), _pairs(new)
+    return after - before, before - after
+
+
+def indexed(detector: str | None, relation: str) -> bool:
+    return relation not in NOT_INDEXED.get(detector or "", ())
+
+
+def _check_indexed(detector: str | None, relation: str) -> None:
+    if not indexed(detector, relation):
+        raise LookupError(f"{detector} does not index {relation!r} by value")
+
+
+class MemoryIndex:
+    """In-process index for one detector on one root.  Given the detector's name it
+    refuses, as RedisIndex does, lookups of relations that are not indexed."""
+
+    def __init__(self, detector: str | None = None) -> None:
+        self.detector = detector
+        self._facts: dict[str, FileFacts] = {}
+        self._inv: dict[tuple[str, str], set[str]] = defaultdict(set)
+
+    def facts(self, path: str) -> FileFacts | None:
+        return self._facts.get(path)
+
+    def who(self, relation: str, value: str) -> frozenset[str]:
+        _check_indexed(self.detector, relation)
+        return frozenset(self._inv.get((relation, value), ()))
+
+    def who_many(self, relation: str, values: Iterable[str]) -> dict[str, frozenset[str]]:
+        _check_indexed(self.detector, relation)
+        return {v: self.who(relation, v) for v in values}
+
+    def exists_many(self, relation: str, values: Iterable[str]) -> set[str]:
+        """The values some file holds under ``relation`` (existence only, no members)."""
+        _check_indexed(self.detector, relation)
+        return {v for v in values if self._inv.get((relation, v))}
+
+    def count_many(self, relation: str, values: Iterable[str]) -> dict[str, int]:
+        _check_indexed(self.detector, relation)
+        return {v: len(self._inv.get((relation, v), ())) for v in values}
+
+    def paths(self) -> list[str]:
+        return sorted(self._facts)
+
+    def update(self, path: str, new: FileFacts | None) -> Touched:
+        old = self._facts.get(path)
+        added, removed = diff(old, new)
+        for pair in removed:
+            self._inv[pair].discard(path)
+            if not self._inv[pair]:
+                del self._inv[pair]
+        for pair in added:
+            self._inv[pair].add(path)
+        if new is None:
+            self._facts.pop(path, None)
+        else:
+            self._facts[path] = new
+        return frozenset(added | removed)
+
+
+# --- the stored forms (shared by RedisIndex and snapshot restore) ------------------------
+
+def _bytes(text: str) -> bytes:
+    return text.encode(_ENCODING, _ERRORS)
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode(_ENCODING, _ERRORS) if isinstance(raw, bytes) else raw
+
+
+def field(relation: str, value: str) -> bytes:
+    """The bucket field of one (relation, value) pair.  Relations are names without
+    spaces, so the digested text names the pair unambiguously."""
+    return hashlib.sha1(_bytes(f"{relation} {value}")).digest()[:FIELD_BYTES]
+
+
+def address(field_: bytes, level: int, split: int) -> int:
+    """The bucket of a field under linear hashing: ``2**level + split`` buckets."""
+    h = int.from_bytes(field_[:4], "big")
+    bucket = h % (1 << level)
+    return h % (1 << (level + 1)) if bucket < split else bucket
+
+
+def facts_json(raw: bytes) -> str:
+    """The facts JSON of a stored ``names.facts`` value."""
+    return _split_stored(raw)[1].decode(_ENCODING, _ERRORS)
+
+
+def _split_stored(raw: bytes) -> tuple[int | None, bytes]:
+    """(file id, facts JSON bytes); plain JSON (no id) is read as such."""
+    if raw.startswith(b"{"):
+        return None, raw
+    file_id, _, packed = raw.partition(b":")
+    return int(file_id), zlib.decompress(packed)
+
+
+def _stored(file_id: int, facts_json_bytes: bytes) -> bytes:
+    return b"%d:" % file_id + zlib.compress(facts_json_bytes, ZLIB_LEVEL)
+
+
+def _dumps(facts: FileFacts) -> bytes:
+    return json.dumps(facts.to_json(), separators=(",", ":")).encode()
+
+
+def _fields(detector: str, pairs: Iterable[tuple[str, str]]) -> list[bytes]:
+    return list(dict.fromkeys(field(r, v) for r, v in pairs if indexed(detector, r)))
+
+
+def index_writes(detector: str, root: str, files: Mapping[str, str]) -> Iterator[Write]:
+    """Every write that stores ``files`` (relpath -> facts JSON) in an empty Redis,
+    laid out as RedisIndex.update lays it out: facts, ids, buckets and spills."""
+    holders: dict[bytes, list[int]] = defaultdict(list)
+    stored, paths = {}, defaultdict(dict)
+    for file_id, path in enumerate(sorted(files), 1):
+        text = _bytes(files[path])
+        for f in _fields(detector, _pairs(FileFacts.from_json(json.loads(text)))):
+            holders[f].append(file_id)
+        stored[_bytes(path)] = _stored(file_id, text)
+        paths[file_id // PATHS_PER_BUCKET][b"%d" % file_id] = _bytes(path)
+    # As many buckets as updates would have split into: the fewest that hold the
+    # entries at BUCKET_FILL each, addressed as 2**level + split.
+    buckets = max(1, -(-len(holders) // BUCKET_FILL))
+    level = buckets.bit_length() - 1
+    split = buckets - (1 << level)
+    yield "hset", names.facts(detector, root), stored
+    yield "hset", names.index_meta(detector, root), {
+        "level": b"%d" % level, "split": b"%d" % split, "entries": b"%d" % len(holders),
+        "ids": b"%d" % len(files)}
+    for bucket, ids in paths.items():
+        yield "hset", names.index_paths(detector, root, bucket), ids
+    yield from _bucket_writes(detector, root, holders, level, split)
+
+
+def _bucket_writes(detector: str, root: str, holders: Mapping[bytes, list[int]],
+                   level: int, split: int) -> Iterator[Write]:
+    buckets: dict[int, dict[bytes, bytes]] = defaultdict(dict)
+    for f, ids in holders.items():
+        packed = b",".join(b"%d" % i for i in ids)
+        if len(packed) > INLINE_MAX:
+            yield "set", names.index_spill(detector, root, f.hex()), packed
+            packed = SPILLED
+        buckets[address(f, level, split)][f] = packed
+    for bucket, entries in buckets.items():
+        yield "hset", names.index_bucket(detector, root, bucket), entries
+
+
+# --- Redis ---------------------------------------------------------------------------------
+
+def _ints(values: list) -> list[int]:
+    return [0 if v is None else int(v) for v in values]
+
+
+class RedisIndex:
+    """The same index kept in Redis, shared by every worker of one detector.
+
+    Workers update one (detector, root) under ``names.lock`` (analysis.py); the update
+    script checks what it was computed from besides, so a writer without the lock is
+    safe too, and each lookup is one script: one round trip, one consistent view.
+    """
+
+    def __init__(self, client, detector: str, root: str) -> None:
+        self.r = client
+        self.detector = detector
+        self.root = root
+        self._facts_key = names.facts(detector, root)
+        self._meta = names.index_meta(detector, root)
+        self._prefixes = [names.index_bucket(detector, root, ""),
+                          names.index_spill(detector, root, ""),
+                          names.index_paths(detector, root, ""), PATHS_PER_BUCKET]
+        self._update = client.register_script(UPDATE_SCRIPT)
+        self._lookup = client.register_script(LOOKUP_SCRIPT)
+
+    def _bucket(self, bucket: int) -> str:
+        return names.index_bucket(self.detector, self.root, bucket)
+
+    def facts(self, path: str) -> FileFacts | None:
+        raw = self.r.hget(self._facts_key, _bytes(path))
+        return None if raw is None else FileFacts.from_json(json.loads(facts_json(raw)))
+
+    def who(self, relation: str, value: str) -> frozenset[str]:
+        return self.who_many(relation, [value])[value]
+
+    def who_many(self, relation: str, values: Iterable[str]) -> dict[str, frozenset[str]]:
+        return {v: frozenset(_text(p) for p in paths)
+                for v, paths in self._read("who", relation, values).items()}
+
+    def exists_many(self, relation: str, values: Iterable[str]) -> set[str]:
+        """The values some file holds under ``relation``, without fetching holders
+        (a directory or a common attribute name can have thousands)."""
+        return {v for v, held in self._read("exists", relation, values).items() if held}
+
+    def count_many(self, relation: str, values: Iterable[str]) -> dict[str, int]:
+        """How many files hold each value: counted in Redis, no path is fetched."""
+        return {v: int(n) for v, n in self._read("count", relation, values).items()}
+
+    def paths(self) -> list[str]:
+        return sorted(_text(k) for k in self.r.hkeys(self._facts_key))
+
+    def _read(self, mode: str, relation: str, values: Iterable[str]) -> dict[str, object]:
+        _check_indexed(self.detector, relation)
+        fields = {v: field(relation, v) for v in values}
+        if not fields:
+            return {}
+        found = self._lookup(keys=[self._meta], args=[mode, *self._prefixes, *fields.values()])
+        return dict(zip(fields, found, strict=True))
+
+    # --- the one write ---------------------------------------------------------------
+    def update(self, path: str, new: FileFacts | None) -> Touched:
+        key = _bytes(path)
+        for _ in range(ATTEMPTS):
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hget(self._facts_key, key)
+            pipe.hmget(self._meta, "level", "split", "entries")
+            old_raw, meta = pipe.execute()
+            file_id, old = None, None
+            if old_raw is not None:
+                file_id, old_json = _split_stored(old_raw)
+                old = FileFacts.from_json(json.loads(old_json))
+            elif new is None:
+                return frozenset()
+            added, removed = diff(old, new)
+            if file_id is None and new is not None:  # a new file (or one stored without id)
+                file_id = self.r.hincrby(self._meta, "ids", 1)
+            value = b"" if new is None else _stored(file_id, _dumps(new))
+            if self._apply(key, old_raw, _ints(meta), file_id, value, added, removed):
+                return frozenset(added | removed)
+        raise redis.WatchError(f"{self._facts_key}: {path!r} kept changing during an update")
+
+    def _apply(self, key: bytes, old_raw: bytes | None, meta: list[int],
+               file_id: int | None, value: bytes, added: set, removed: set) -> bool:
+        level, split, entries = meta
+        ops = [(b"-", f) for f in _fields(self.detector, removed)]
+        ops += [(b"+", f) for f in _fields(self.detector, added)]
+        keys = [self._facts_key, self._meta, names.index_paths(
+            self.detector, self.root, (file_id or 0) // PATHS_PER_BUCKET)]
+        args: list = [BUCKET_FILL, INLINE_MAX, key,
+                      hashlib.sha1(old_raw).hexdigest() if old_raw is not None else b"",
+                      level, split, value, b"" if file_id is None else file_id, len(ops)]
+        for sign, f in ops:
+            keys += [self._bucket(address(f, level, split)),
+                     names.index_spill(self.detector, self.root, f.hex())]
+            args += [sign, f]
+        keys += self._splits(level, split, entries + len(added))
+        return bool(self._update(keys=keys, args=args))
+
+    def _splits(self, level: int, split: int, entries: int) -> list[str]:
+        """(from, to) bucket keys of every split ``entries`` could call for."""
+        keys = []
+        while entries > BUCKET_FILL * ((1 << level) + split):
+            keys += [self._bucket(split), self._bucket(split + (1 << level))]
+            split += 1
+            if split == 1 << level:
+                level, split = level + 1, 0
+        return keys

@@ -1,0 +1,110 @@
+"""The open-question ledger: publish a question once while it holds, resolve it once.
+
+``Publisher.sync(detector, root, owner, questions)`` is given every question one owner
+(a file, or a host for exploration) has *now*.  It opens the new ones and resolves
+the ones that stopped holding.  Each open or resolve is decided inside one Lua
+script (HSETNX / HDEL on the ledger), so two workers racing on the same question
+publish it exactly once, and PUBLISH + XADD happen in the same atomic step: what is
+on the channel is always in the stream too.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from kloros_tasks import names
+from kloros_tasks.questions import SEVERITIES, Question, dumps, open_envelope, resolved_envelope
+
+_SYNC = """
+local ledger, owned, stream = KEYS[1], KEYS[2], KEYS[3]
+local maxlen, n_open = ARGV[1], tonumber(ARGV[2])
+local opened, resolved = {}, {}
+local i = 3
+for _ = 1, n_open do
+  local qid, channel, env = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  i = i + 3
+  redis.call('SADD', owned, qid)
+  if redis.call('HSETNX', ledger, qid, env) == 1 then
+    redis.call('PUBLISH', channel, env)
+    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'envelope', env)
+    table.insert(opened, qid)
+  end
+end
+while i <= #ARGV do
+  local qid, env = ARGV[i], ARGV[i + 1]
+  i = i + 2
+  redis.call('SREM', owned, qid)
+  if redis.call('HDEL', ledger, qid) == 1 then
+    redis.call('PUBLISH', 'curiosity.question_resolved', env)
+    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'envelope', env)
+    table.insert(resolved, qid)
+  end
+end
+return {opened, resolved}
+"""
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    opened: tuple[str, ...]
+    resolved: tuple[str, ...]
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Publisher:
+    """Ledger, channels and stream on one Redis connection (passed in)."""
+
+    def __init__(self, client, *, host: str | None = None, stream_maxlen: int = 100_000,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.r = client
+        self.host = host or socket.gethostname()
+        self.stream_maxlen = stream_maxlen
+        self.clock = clock
+        self._script = client.register_script(_SYNC)
+
+    def open_ids(self, detector: str, root: str, owner: str) -> set[str]:
+        return {_text(m) for m in self.r.smembers(names.owned(detector, root, owner))}
+
+    def sync(self, detector: str, root: str, owner: str, questions: Iterable[Question], *,
+             max_open: int | None = None, keep: Iterable[str] = ()) -> SyncResult:
+        """Make the open questions of ``owner`` exactly ``questions``; publish the difference.
+
+        ``max_open`` caps how many new questions open now (most severe first; the rest
+        are simply not open yet and are offered again by the next sync).  Ids in
+        ``keep`` are not resolved even if absent (their rule could not be decided).
+        """
+        now = self.clock()
+        current = {q.id: q for q in questions}
+        already = self.open_ids(detector, root, owner)
+        fresh = sorted((q for qid, q in current.items() if qid not in already),
+                       key=lambda q: (-SEVERITIES.index(q.severity), q.id))
+        if max_open is not None:
+            fresh = fresh[:max(0, max_open)]
+        args: list = [self.stream_maxlen, len(fresh)]
+        for q in fresh:
+            env = dumps(open_envelope(q, root=root, host=self.host, now=now))
+            args += [q.id, q.signal, env]
+        gone = sorted(already - current.keys() - set(keep))
+        stored = self.r.hmget(names.LEDGER, gone) if gone else []
+        for qid, raw in zip(gone, stored, strict=True):
+            if raw is None:  # resolved meanwhile by someone else: just forget it
+                args += [qid, ""]
+                continue
+            args += [qid, dumps(resolved_envelope(json.loads(raw), now=now))]
+        if args[1] == 0 and not gone:
+            return SyncResult((), ())
+        keys = [names.LEDGER, names.owned(detector, root, owner), names.STREAM]
+        opened, resolved = self._script(keys=keys, args=args)
+        return SyncResult(tuple(map(_text, opened)), tuple(map(_text, resolved)))
+
+    def open_questions(self) -> list[dict]:
+        """Every open question's envelope, oldest first."""
+        envs = [json.loads(v) for v in self.r.hvals(names.LEDGER)]
+        return sorted(envs, key=lambda e: e["facts"].get("timestamp", 0))

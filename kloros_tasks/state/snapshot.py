@@ -1,0 +1,386 @@
+"""A JSON snapshot of the state a lost Redis must not take with it.
+
+Kept: the open-question ledger (``kloros:ledger``), the open question ids each file
+owns (``kloros:owned:*``), what the producer last sent (``kloros:seen:*``) and the
+per-file facts (``kloros:facts:*``, written as plain JSON although Redis keeps them
+compressed).  The inverted indexes (``kloros:ix:*``) are a function of the facts, so
+they are rebuilt from them on restore rather than stored: the two then always agree.
+Queues, blobs, the stream and counters are in flight or rebuilt, and are not kept.
+
+Restored into an empty Redis, the snapshot lets the pipeline carry on without
+publishing again a question that is still open: the ledger and the owned sets say
+what is open, the facts let the workers recognise content they already analysed,
+and the seen hashes spare the watcher from sending unchanged files again.
+
+The file is written atomically (a temporary file in the same directory, fsynced, then
+``os.replace``), so a reader finds the previous snapshot or the new one, never half of
+one.  Redis bytes are decoded as UTF-8 with ``surrogateescape`` and written with
+``ensure_ascii``, so any byte string (a non-UTF-8 file name, say) survives exactly.
+
+A snapshot that cannot be read is renamed ``<name>.corrupted`` and logged, and
+``restore_snapshot`` returns False: the watcher's reconciliation then sends every file
+again and the detectors rebuild the index by rescanning.
+
+Who keeps it: ``kloros-tasks up`` (restore before its children start, write every
+SNAPSHOT_EVERY seconds and after they stopped), or else the watcher of
+``kloros-tasks watch`` (restore before its first reconciliation, write every
+SNAPSHOT_EVERY seconds and at shutdown); ``up`` runs its watcher with ``--no-snapshot``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from kloros_tasks import names
+from kloros_tasks.routing import route
+from kloros_tasks.state import index
+
+log = logging.getLogger(__name__)
+
+FORMAT = "kloros-state-snapshot"
+VERSION = 1
+SNAPSHOT_FILE = "snapshot.json"  # under KLOROS_STATE_DIR
+SNAPSHOT_EVERY = 300.0  # seconds between snapshots written while running
+CORRUPTED_SUFFIX = ".corrupted"
+SCAN_COUNT = 1000  # keys per SCAN step
+READ_BATCH = 2000  # keys read per MULTI/EXEC, so Redis is never blocked for long
+DIGEST_FIELD = "_sha256"  # where engine.apply_change records the digest it analysed
+_ENCODING, _ERRORS = "utf-8", "surrogateescape"
+
+Hashes = dict[str, dict[str, str]]
+
+
+class SnapshotError(ValueError):
+    """A file is not a readable state snapshot; the message says why."""
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a snapshot holds: open questions and indexed files (per detector)."""
+
+    questions: int
+    files: int
+
+
+def default_path(state_dir: str | os.PathLike) -> Path:
+    """Where the snapshot of a state dir lives."""
+    return Path(state_dir) / SNAPSHOT_FILE
+
+
+# --- writing ----------------------------------------------------------------------------
+
+def write_snapshot(client, path: str | os.PathLike) -> Summary:
+    """Dump the ledger, owned sets, seen hashes and facts to ``path`` as JSON, atomically.
+
+    The seen hashes are read before the facts, so that a change sent but not analysed
+    yet shows as a seen entry that the facts do not confirm, and is sent again after a
+    restore (see ``confirmed_seen``).  Raises redis errors and OSError; the previous
+    snapshot then stays in place.
+    """
+    seen = _read_hashes(client, _scan(client, names.seen("*"), "hash"))
+    facts_keys = [k for d in names.DETECTORS for k in _scan(client, names.facts(d, "*"), "hash")]
+    facts = _read_hashes(client, facts_keys, decode=index.facts_json)  # stored compressed
+    owned = _read_sets(client, _scan(client, names.owned("*", "*", "*"), "set"))
+    ledger = _read_hashes(client, [names.LEDGER]).get(names.LEDGER, {})
+    document = {"format": FORMAT, "version": VERSION, "written_at": time.time(),
+                "ledger": ledger, "owned": owned, "seen": seen, "facts": facts}
+    _write_atomically(Path(path), json.dumps(document, ensure_ascii=True,
+                                             separators=(",", ":")))
+    summary = _summarise(document)
+    log.info("wrote state snapshot %s: %d open questions, %d indexed files",
+             path, summary.questions, summary.files)
+    return summary
+
+
+def keep_snapshot(client, path: str | os.PathLike) -> Summary | None:
+    """Best effort, for a running process: write the snapshot, unless Redis holds no
+    file state (a flushed Redis must not overwrite the snapshot that restores it).
+    A failure is logged and the previous snapshot stays; None when nothing was written."""
+    try:
+        if holds_state(client):
+            return write_snapshot(client, path)
+        log.info("Redis holds no file state; the snapshot %s is left as it is", path)
+    except (redis.RedisError, OSError) as exc:
+        log.warning("state snapshot %s not written (%s); the previous one is kept",
+                    path, exc)
+    return None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(_ENCODING, _ERRORS) if isinstance(value, bytes) else value
+
+
+def _raw(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.encode(_ENCODING, _ERRORS)
+
+
+def _scan(client, pattern: str, kind: str) -> list[str]:
+    found = client.scan_iter(match=pattern, count=SCAN_COUNT, _type=kind)
+    return sorted({_text(key) for key in found})
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _read_hashes(client, keys: list[str],
+                 decode: Callable[[bytes], str] = _text) -> Hashes:
+    out: Hashes = {}
+    for batch in _batches(keys, READ_BATCH):
+        pipe = client.pipeline(transaction=True)
+        for key in batch:
+            pipe.hgetall(key)
+        for key, value in zip(batch, pipe.execute(), strict=True):
+            if value:  # an empty reply: deleted between the SCAN and the read
+                out[key] = {_text(f): decode(v) for f, v in value.items()}
+    return out
+
+
+def _read_sets(client, keys: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for batch in _batches(keys, READ_BATCH):
+        pipe = client.pipeline(transaction=True)
+        for key in batch:
+            pipe.smembers(key)
+        for key, members in zip(batch, pipe.execute(), strict=True):
+            if members:
+                out[key] = sorted(_text(m) for m in members)
+    return out
+
+
+def _summarise(document: dict[str, Any]) -> Summary:
+    files = sum(len(paths) for paths in document["facts"].values())
+    return Summary(questions=len(document["ledger"]), files=files)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    # The rename must reach the disk too, or a crash could bring the old file back.
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+# --- reading ----------------------------------------------------------------------------
+
+def load_snapshot(path: str | os.PathLike) -> dict[str, Any]:
+    """The checked snapshot document at ``path``: SnapshotError when the file is not a
+    snapshot of this version or any part is malformed; OSError when it cannot be read."""
+    try:
+        document = json.loads(Path(path).read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SnapshotError(f"not JSON: {exc}") from exc
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise SnapshotError("not a kloros state snapshot")
+    if document.get("version") != VERSION:
+        raise SnapshotError(f"snapshot version {document.get('version')!r} is not {VERSION}")
+    _check(document, "ledger", _is_json_object)
+    _check(document, "owned", lambda v: isinstance(v, list) and all(_is_str(m) for m in v))
+    for part, valid in (("seen", _is_str), ("facts", _is_facts)):
+        _check(document, part, lambda v, valid=valid: isinstance(v, dict) and all(
+            _is_str(f) and valid(x) for f, x in v.items()))
+    return document
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_json_object(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        return isinstance(json.loads(value), dict)
+    except ValueError:
+        return False
+
+
+def _is_facts(value: Any) -> bool:
+    """A facts JSON as RedisIndex stores it: relations of string lists, a data object."""
+    if not _is_json_object(value):
+        return False
+    obj = json.loads(value)
+    relations, data = obj.get("relations", {}), obj.get("data", {})
+    return isinstance(data, dict) and isinstance(relations, dict) and all(
+        isinstance(v, list) and all(_is_str(x) for x in v) for v in relations.values())
+
+
+def _check(document: dict, part: str, valid: Callable[[Any], bool]) -> None:
+    value = document.get(part)
+    if not isinstance(value, dict) or not all(
+            _is_str(key) and valid(item) for key, item in value.items()):
+        raise SnapshotError(f"{part!r} is missing or malformed")
+
+
+# --- restoring --------------------------------------------------------------------------
+
+def holds_state(client) -> bool:
+    """True when Redis holds file state: a seen hash, a detector's facts, or an open
+    question of a file detector (a file task opens one only after storing the facts).
+
+    Open exploration questions alone do not count: an exploration worker may publish
+    its first scan before the watcher restores the snapshot of a flushed Redis.
+    """
+    patterns = [names.seen("*")] + [names.facts(d, "*") for d in names.DETECTORS]
+    if any(next(iter(client.scan_iter(match=p, count=SCAN_COUNT)), None) is not None
+           for p in patterns):
+        return True
+    exploration = f"{names.EXPLORATION}."  # question ids start with their detector
+    return any(not _text(qid).startswith(exploration)
+               for qid, _envelope in client.hscan_iter(names.LEDGER, count=SCAN_COUNT))
+
+
+def restore_snapshot(client, path: str | os.PathLike) -> bool:
+    """Restore the snapshot at ``path`` into a Redis without file state; True if done.
+
+    False, with nothing written, when there is no snapshot, when Redis already holds
+    file state (newer than any snapshot, see ``holds_state``), or when the snapshot is
+    corrupt: a corrupt one is renamed ``<name>.corrupted`` and logged, and the detectors
+    rebuild by rescanning.  The inverted indexes are rebuilt from the facts.  Seen
+    entries that the facts do not confirm (changes still queued when the snapshot was
+    taken) are left out, so the watcher's reconciliation sends those files again.
+    Questions opened since the flush stay as they are: the snapshot's ledger entries are
+    merged under them (HSETNX) and the owned sets merged (SADD), so every open question
+    keeps an owner that resolves it.
+    """
+    path = Path(path)
+    if not path.exists():
+        log.info("no state snapshot at %s; the index is rebuilt by rescanning", path)
+        return False
+    if holds_state(client):
+        log.info("Redis already holds state; the snapshot %s is not restored", path)
+        return False
+    try:
+        document = load_snapshot(path)
+    except (SnapshotError, OSError) as exc:
+        _set_aside(path, exc)
+        return False
+    seen, dropped = confirmed_seen(document["seen"], document["facts"])
+    commands = _restore_commands({**document, "seen": seen, "ledger": {}})
+    _write_commands(client, chain(commands, [("hsetnx", names.LEDGER, document["ledger"])]))
+    summary = _summarise(document)
+    log.info("restored state snapshot %s: %d open questions, %d indexed files, "
+             "%d files to send again", path, summary.questions, summary.files, dropped)
+    return True
+
+
+def _set_aside(path: Path, exc: Exception) -> None:
+    aside = path.with_name(path.name + CORRUPTED_SUFFIX)
+    try:
+        os.replace(path, aside)
+    except OSError as move_error:
+        log.error("state snapshot %s is unreadable (%s) and could not be moved aside (%s);"
+                  " the index is rebuilt by rescanning", path, exc, move_error)
+        return
+    log.error("state snapshot %s is unreadable (%s); moved to %s, the index is rebuilt "
+              "by rescanning", path, exc, aside)
+
+
+def _restore_commands(document: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
+    """("hset", key, mapping), ("sadd", key, members) and ("set", key, value) that
+    recreate the state: facts and their inverted indexes first, the ledger last."""
+    for key, files in document["facts"].items():
+        yield from _index_commands(key, files)
+    for key, members in document["owned"].items():
+        yield "sadd", key, members
+    for key, entries in document["seen"].items():
+        if entries:
+            yield "hset", key, entries
+    if document["ledger"]:
+        yield "hset", names.LEDGER, document["ledger"]
+
+
+def _index_commands(facts_key: str, files: dict[str, str]) -> Iterator[tuple[str, str, Any]]:
+    """The facts of ``files`` and their inverted index (``kloros:ix:*``), stored as
+    RedisIndex stores them (index.index_writes computes both)."""
+    for detector in names.DETECTORS:
+        prefix = names.facts(detector, "")
+        if facts_key.startswith(prefix):
+            yield from index.index_writes(detector, facts_key[len(prefix):], files)
+            return
+    yield "hset", facts_key, files  # not a detector's: kept as it was
+
+
+def _write_commands(client, commands: Iterator[tuple[str, str, Any]]) -> None:
+    """All in one MULTI/EXEC: a restore cut short leaves Redis empty, not half-filled
+    (and so still restorable).  It runs before any worker does, so blocking is harmless."""
+    pipe = client.pipeline(transaction=True)
+    for verb, key, value in commands:
+        if not value:
+            continue
+        if verb == "hset":
+            pipe.hset(_raw(key), mapping={_raw(f): _raw(v) for f, v in value.items()})
+        elif verb == "hsetnx":
+            for f, v in value.items():
+                pipe.hsetnx(_raw(key), _raw(f), _raw(v))
+        elif verb == "set":
+            pipe.set(_raw(key), _raw(value))
+        else:
+            pipe.sadd(_raw(key), *(_raw(m) for m in value))
+    pipe.execute()
+
+
+def confirmed_seen(seen: Hashes, facts: Hashes) -> tuple[Hashes, int]:
+    """The seen hashes without the entries the facts do not confirm, and how many went.
+
+    An entry "sha256 mtime_ns size" is confirmed when every detector the path is routed
+    to holds facts for it recorded from that same digest.  Anything else (a task still
+    queued at snapshot time, a file skipped or not parseable, a detector added since)
+    is dropped, so the file is sent again: tasks are idempotent, a lost change is not.
+    """
+    digests = _fact_digests(facts)
+    prefix = names.seen("")
+    kept: Hashes = {}
+    dropped = 0
+    for key, entries in seen.items():
+        root = key[len(prefix):]
+        kept[key] = {}
+        for rel, value in entries.items():
+            sha = value.split(" ", 1)[0]
+            detectors = route(rel)
+            if detectors and all(digests.get((d, root, rel)) == sha for d in detectors):
+                kept[key][rel] = value
+            else:
+                dropped += 1
+    return kept, dropped
+
+
+def _fact_digests(facts: Hashes) -> dict[tuple[str, str, str], str]:
+    """(detector, root, relpath) -> the digest the stored facts were extracted from."""
+    out = {}
+    for detector in names.DETECTORS:
+        prefix = names.facts(detector, "")
+        for key, files in facts.items():
+            if not key.startswith(prefix):
+                continue
+            for rel, text in files.items():
+                digest = json.loads(text).get("data", {}).get(DIGEST_FIELD)
+                if isinstance(digest, str):
+                    out[(detector, key[len(prefix):], rel)] = digest
+    return out

@@ -1,0 +1,229 @@
+"""What a file-change task does, minus Celery: validate, fetch, analyse, publish.
+
+``handle_change`` is called by the thin tasks in tasks.py with a Redis client, a
+Publisher and a detector.  It never raises for bad input: it returns an outcome word
+and logs why.  Redis errors propagate so the task layer retries them.
+
+Deferred evaluation: while more changes wait in the detector's queue (a cold scan, a
+``git checkout``), a change only updates the index and adds the files it affects to
+``kloros:deferred:<detector>:<root>``; the first change that finds the queue empty
+evaluates them all once (``settle``).  Cross-file rules are then judged against the
+whole burst instead of half of it, so no question is opened only to be resolved a
+moment later, and a file affected by a hundred changes is evaluated once instead of
+a hundred times.  Questions are a pure function of the final index, so the result is
+the same as evaluating after every change.  The settle task queued when a burst starts
+deferring bounds the wait: a deferred file is judged when that task reaches the head of
+the queue, however long the burst goes on (a change made later starts a new burst).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from kloros_tasks import names
+from kloros_tasks.detectors.base import FileDetector
+from kloros_tasks.state.index import RedisIndex
+from kloros_tasks.state.publish import Publisher
+from kloros_tasks.work import blobs, engine
+from kloros_tasks.work.payload import Change, PayloadError, parse
+
+log = logging.getLogger(__name__)
+LOCK_TIMEOUT = 30
+LOCK_WAIT = 60
+SETTLE_BATCH = 200  # deferred files evaluated per hold of the root's lock
+SETTLE_BUDGET = 20.0  # seconds one task spends settling before handing the rest over
+
+
+@dataclass(frozen=True)
+class Context:
+    client: object
+    publisher: Publisher
+    max_file_bytes: int
+    # Called with (detector, root) when a burst starts deferring evaluations: the task
+    # layer queues a settle task behind the burst, so the deferred files are judged
+    # even if the burst's last task never completes (dead-lettered, worker killed).
+    schedule_settle: Callable[[str, str], None] | None = None
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def registered_root(client, root: str) -> dict | None:
+    raw = client.hget(names.ROOTS, root)
+    if raw is None:
+        return None
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _local_copy(root_info: dict, change: Change) -> bytes | None:
+    """The file from this host's disk when the blob expired, only if it is the same bytes."""
+    if root_info.get("host") != socket.gethostname() or not root_info.get("path"):
+        return None
+    path = Path(root_info["path"]) / change.path
+    try:
+        if path.is_symlink() or not path.is_file():
+            return None
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    return raw if hashlib.sha256(raw).hexdigest() == change.sha256 else None
+
+
+def _content(ctx: Context, root_info: dict, change: Change) -> tuple[bytes | None, str | None]:
+    """(bytes, None) to analyse, or (None, reason) when the change has no analysable content."""
+    if change.event == "deleted":
+        return None, None
+    if change.skip:
+        return None, change.skip
+    raw = blobs.fetch(ctx.client, change.sha256)
+    if raw is not None and hashlib.sha256(raw).hexdigest() != change.sha256:
+        raw = None  # never analyse bytes that are not the ones named
+    if raw is None:
+        raw = _local_copy(root_info, change)
+        if raw is None:
+            return None, "superseded"
+    if len(raw) > ctx.max_file_bytes:
+        return None, f"too large ({len(raw)} bytes > {ctx.max_file_bytes})"
+    return raw, None
+
+
+def decode_payload(obj) -> Change:
+    if isinstance(obj, str | bytes):
+        try:
+            obj = json.loads(obj)
+        except ValueError as exc:
+            raise PayloadError(f"payload is not JSON: {exc}") from exc
+    return parse(obj)
+
+
+def handle_change(ctx: Context, detector: FileDetector, obj, *,
+                  reevaluate_all: bool = False) -> str:
+    """Analyse one change; returns "refused", "duplicate", "superseded", "skipped",
+    "syntax-error" or "analysed"."""
+    try:
+        change = decode_payload(obj)
+    except PayloadError as exc:
+        log.warning("%s: refused malformed task payload: %s", detector.name, exc)
+        return "refused"
+    root_info = registered_root(ctx.client, change.root)
+    if root_info is None:
+        log.warning("%s: refused %s:%s: no watcher registered the root %r",
+                    detector.name, change.root, change.path, change.root)
+        return "refused"
+    try:
+        return _analyse(ctx, detector, change, root_info, reevaluate_all)
+    finally:
+        if change.sha256:
+            blobs.release(ctx.client, change.sha256)
+
+
+def _analyse(ctx: Context, detector: FileDetector, change: Change, root_info: dict,
+             reevaluate_all: bool) -> str:
+    index = RedisIndex(ctx.client, detector.name, change.root)
+    key = f"{detector.name}:{change.root}:{change.path}"
+    if (change.sha256 and not reevaluate_all
+            and engine.stored_digest(index, change.path) == change.sha256):
+        return "duplicate"  # delivered twice, or a rename back: already in the index
+    raw, reason = _content(ctx, root_info, change)
+    if reason == "superseded":
+        log.info("%s: %s changed again before analysis; the newer task covers it",
+                 detector.name, key)
+        return "superseded"
+    text = None
+    if raw is not None:
+        try:
+            text = engine.decode_source(change.path, raw)
+        except engine.NotText as exc:
+            reason = str(exc)
+    if reason:
+        log.warning("%s: not analysing %s: %s", detector.name, key, reason)
+        ctx.client.hset(names.SKIPPED, key, reason)
+    else:
+        ctx.client.hdel(names.SKIPPED, key)
+    # Parse outside the lock: a slow or killed parse must not hold up the whole root.
+    facts = detector.extract(change.path, text) if text is not None else None
+    with _root_lock(ctx, detector.name, change.root):
+        applied = engine.apply_change(detector, index, change.path, text, change.sha256,
+                                      facts=facts)
+        owners = set(applied.owners)
+        if reevaluate_all:  # the world the detector judges against changed
+            owners.update(index.paths())
+        if not _defer(ctx, detector.name, change.root, owners):
+            _publish(ctx, detector, index, change.root, owners)
+    return _record_error(ctx, key, applied.error) or ("skipped" if reason else "analysed")
+
+
+def _root_lock(ctx: Context, detector: str, root: str):
+    return ctx.client.lock(names.lock(detector, root), timeout=LOCK_TIMEOUT,
+                           blocking_timeout=LOCK_WAIT)
+
+
+def _publish(ctx: Context, detector: FileDetector, index, root: str, owners) -> None:
+    for owner, questions in engine.evaluate(detector, index, owners, root).items():
+        ctx.publisher.sync(detector.name, root, owner, questions)
+
+
+def _defer(ctx: Context, detector: str, root: str, owners: set[str]) -> bool:
+    """Add ``owners`` to the deferred set when more changes wait in the queue; False
+    means evaluate them now.  The first deferral of a burst schedules its settle task."""
+    if not owners or not ctx.client.llen(detector):
+        return False
+    pipe = ctx.client.pipeline()
+    pipe.set(names.deferred_since(detector, root), time.time(), nx=True)
+    pipe.sadd(names.deferred(detector, root), *owners)
+    first, _ = pipe.execute()
+    if first and ctx.schedule_settle is not None:
+        ctx.schedule_settle(detector, root)
+    return True
+
+
+def settle(ctx: Context, detector: FileDetector, root: str,
+           budget: float = SETTLE_BUDGET) -> int:
+    """Evaluate and publish the deferred files of (detector, root), SETTLE_BATCH at a
+    time, for up to ``budget`` seconds; returns how many are still deferred.
+
+    Files leave the set only after their questions are published, so a worker killed
+    half-way leaves them for the next settle."""
+    key, since = names.deferred(detector.name, root), names.deferred_since(detector.name, root)
+    index = RedisIndex(ctx.client, detector.name, root)
+    deadline = time.monotonic() + budget
+    while True:
+        with _root_lock(ctx, detector.name, root):
+            batch = [_text(m) for m in ctx.client.srandmember(key, SETTLE_BATCH)]
+            if not batch:
+                ctx.client.delete(since)
+                return 0
+            _publish(ctx, detector, index, root, batch)
+            ctx.client.srem(key, *batch)
+        if time.monotonic() >= deadline:
+            return ctx.client.scard(key)
+
+
+def deferred_roots(client, detector: str) -> list[str]:
+    """The registered roots with evaluations of ``detector`` still deferred."""
+    roots = [_text(root) for root in client.hkeys(names.ROOTS)]
+    pipe = client.pipeline(transaction=False)
+    for root in roots:
+        pipe.exists(names.deferred(detector, root))
+    return [root for root, n in zip(roots, pipe.execute(), strict=True) if n]
+
+
+def _record_error(ctx: Context, key: str, error: str | None) -> str | None:
+    if error is None:
+        ctx.client.hdel(names.SYNTAX_ERRORS, key)
+        return None
+    log.info("%s does not parse (%s); keeping its previous facts", key, error)
+    ctx.client.hset(names.SYNTAX_ERRORS, key, error)
+    return "syntax-error"

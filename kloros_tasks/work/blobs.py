@@ -1,0 +1,58 @@
+"""Content-addressed file blobs in Redis, reference-counted by the tasks that need them.
+
+The producer stores a file's bytes under ``kloros:blob:<sha256>`` and adds one
+reference per task it sends; each task drops its reference when it is done and the
+last one deletes the blob.  Both keys carry a TTL so that a lost task cannot leak
+memory.  A worker on another host thus analyses exactly the bytes that changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from kloros_tasks import names
+
+# Drop one reference; the last reference deletes the blob.  Atomic, so two tasks
+# finishing together cannot both see "one left" and leave the blob behind.
+_RELEASE = """
+local left = redis.call('DECR', KEYS[2])
+if left <= 0 then
+  redis.call('DEL', KEYS[1], KEYS[2])
+end
+return left
+"""
+
+
+def store(client, sha256: str, content: bytes, refs: int, ttl: int) -> None:
+    """Keep ``content`` for ``refs`` more tasks (adds to any references already held)."""
+    store_many(client, [(sha256, content, refs)], ttl)
+
+
+def store_many(client, items: Iterable[tuple[str, bytes, int]], ttl: int) -> None:
+    """Keep each ``(sha256, content, refs)`` for ``refs`` more tasks, in one round trip.
+
+    The same digest given twice is stored once with the references summed.  All of it
+    runs in one MULTI/EXEC, so a concurrent ``release`` never sees a blob whose
+    references are not yet counted.  Nothing is sent for no items.
+    """
+    merged: dict[str, tuple[bytes, int]] = {}
+    for sha256, content, refs in items:
+        held = merged.get(sha256)
+        merged[sha256] = (content, refs + (held[1] if held else 0))
+    if not merged:
+        return
+    pipe = client.pipeline(transaction=True)
+    for sha256, (content, refs) in merged.items():
+        pipe.set(names.blob(sha256), content, ex=ttl)
+        pipe.incrby(names.blob_refs(sha256), refs)
+        pipe.expire(names.blob_refs(sha256), ttl)
+    pipe.execute()
+
+
+def fetch(client, sha256: str) -> bytes | None:
+    return client.get(names.blob(sha256))
+
+
+def release(client, sha256: str) -> int:
+    """Drop one reference; returns the references left (<= 0 means deleted)."""
+    return int(client.eval(_RELEASE, 2, names.blob(sha256), names.blob_refs(sha256)))

@@ -1,0 +1,83 @@
+"""Apply one file change to a detector's index and work out which owners to re-evaluate.
+
+Shared by the Celery tasks (RedisIndex) and ``kloros-tasks scan`` (MemoryIndex), so
+the one-shot scan and the live pipeline ask exactly the same questions.  Also turns
+raw bytes into source text, refusing binary and undecodable content with a reason.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import tokenize
+from dataclasses import dataclass, replace
+
+from kloros_tasks.detectors.base import FileDetector, FileFacts
+from kloros_tasks.questions import Question, in_root
+
+
+class NotText(ValueError):
+    """The bytes are not analysable text; the message says why."""
+
+
+def decode_source(path: str, raw: bytes) -> str:
+    """Text of a file, honouring a Python encoding cookie; NotText for binary content."""
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise NotText(f"binary content (NUL byte at offset {nul})")
+    encoding = "utf-8-sig"
+    if path.endswith(".py"):
+        try:
+            encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
+        except SyntaxError as exc:
+            if "unknown encoding" in str(exc):
+                raise NotText(f"bad encoding declaration: {exc}") from exc
+            # No usable cookie and not UTF-8: let the decode below say where it breaks.
+            encoding = "utf-8"
+    try:
+        codecs.lookup(encoding)
+        return raw.decode(encoding)
+    except LookupError as exc:
+        raise NotText(f"unknown encoding {encoding!r}") from exc
+    except UnicodeDecodeError as exc:
+        raise NotText(f"undecodable bytes for {exc.encoding} at offset {exc.start}") from exc
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What one change did: owners to re-evaluate, or the parse error that kept old facts."""
+
+    owners: frozenset[str]
+    error: str | None = None
+
+
+def apply_change(detector: FileDetector, index, path: str, text: str | None,
+                 digest: str | None = None, facts: FileFacts | None = None) -> Applied:
+    """Store ``path``'s new facts (None text = the file is gone or unanalysable).
+
+    A parse error keeps the previous facts: while someone types, the rest of the tree
+    must not see the file's definitions vanish and come back.
+    """
+    if text is None:
+        touched = index.update(path, None)
+        return Applied(frozenset({path} | detector.affected(path, touched, index)))
+    if facts is None:
+        facts = detector.extract(path, text)
+    if facts.error:
+        return Applied(frozenset({path}) if index.facts(path) is None else frozenset(),
+                       facts.error)
+    if digest is not None:
+        facts = replace(facts, data={**facts.data, "_sha256": digest})
+    touched = index.update(path, facts)
+    return Applied(frozenset({path} | detector.affected(path, touched, index)))
+
+
+def evaluate(detector: FileDetector, index, owners, root: str) -> dict[str, list[Question]]:
+    """Every question each owner of ``root`` has now (an empty list resolves what it had)."""
+    return {owner: [in_root(q, root) for q in detector.evaluate(owner, index)]
+            for owner in sorted(owners)}
+
+
+def stored_digest(index, path: str) -> str | None:
+    facts: FileFacts | None = index.facts(path)
+    return None if facts is None else facts.data.get("_sha256")

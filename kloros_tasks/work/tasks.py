@@ -1,0 +1,221 @@
+"""Thin Celery tasks: count the delivery, hand the payload to analysis, log the outcome.
+
+Cross-cutting behaviour lives in ``KlorosTask``: one Redis client and Publisher per
+worker process (created after the fork), a delivery counter that parks a message
+which keeps killing its worker in ``kloros:deadletter``, and retries with backoff
+for transient Redis errors only.  Bad input is never retried.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import redis
+from celery import Task
+from celery.exceptions import Reject, SoftTimeLimitExceeded
+from celery.signals import worker_ready
+from celery.utils.nodenames import worker_direct
+
+from kloros_tasks import names
+from kloros_tasks.celery_app import SOFT_LIMIT_MARGIN, app, settings_of
+from kloros_tasks.connections import redis_client
+from kloros_tasks.state.publish import Publisher
+from kloros_tasks.work.analysis import SETTLE_BUDGET, Context, deferred_roots, handle_change, settle
+from kloros_tasks.work.registry import worker_detector
+
+log = logging.getLogger(__name__)
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+
+
+REDIS_WAIT_FIRST, REDIS_WAIT_MAX = 0.25, 8.0
+REDIS_WAIT_MARGIN = 10  # seconds kept free before the soft time limit
+
+
+class KlorosTask(Task):
+    """Base of every task.  Transient Redis errors are waited out *inside* the task
+    (tasks are idempotent, so running the body again is safe): Celery's own retry
+    would have to publish through the broker that is down, and a failed retry
+    rejects the message for good.  If Redis stays away past the deadline the task
+    fails without an ack reaching Redis, so the message comes back after the
+    visibility timeout."""
+
+    abstract = True
+    _client = None
+    _pid = None
+
+    @property
+    def settings(self):
+        return settings_of(self.app)
+
+    @property
+    def client(self):
+        # One client per process: a client inherited across fork shares its sockets.
+        if self._client is None or self._pid != os.getpid():
+            type(self)._client = redis_client(self.settings.redis_url)
+            type(self)._pid = os.getpid()
+        return self._client
+
+    def context(self) -> Context:
+        publisher = Publisher(self.client, host=self.settings.host,
+                              stream_maxlen=self.settings.stream_maxlen)
+        return Context(self.client, publisher, self.settings.max_file_bytes,
+                       schedule_settle=self.schedule_settle)
+
+    def schedule_settle(self, detector: str, root: str) -> None:
+        """Queue a settle task behind the tasks waiting on ``detector``'s queue."""
+        self.app.send_task(names.TASK_SETTLE[detector], args=[root], queue=detector)
+
+    def __call__(self, *args, **kwargs):
+        budget = self.settings.task_time_limit - SOFT_LIMIT_MARGIN - REDIS_WAIT_MARGIN
+        deadline = time.monotonic() + max(1.0, budget)
+        delay = REDIS_WAIT_FIRST
+        while True:
+            try:
+                return self._call_once(*args, **kwargs)
+            except TRANSIENT as exc:
+                if time.monotonic() + delay > deadline:
+                    # A small exception without its chain: a long chained traceback
+                    # sent back over the pool's pipe has desynchronised it before.
+                    raise Reject(f"redis unavailable: {exc}", requeue=True) from None
+                log.warning("%s: redis unavailable (%s); trying again in %.2f s",
+                            self.name, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, REDIS_WAIT_MAX)
+
+    def _call_once(self, *args, **kwargs):
+        task_id = self.request.id
+        if task_id and self._over_delivered(task_id, args):
+            return "dead-lettered"
+        try:
+            result = super().__call__(*args, **kwargs)
+        except SoftTimeLimitExceeded:
+            # Deterministic: the same input would time out again, so park it now.
+            self._dead_letter(task_id, args, f"exceeded the {self.settings.task_time_limit} s"
+                              " time limit")
+            return "dead-lettered"
+        if task_id:
+            self.client.delete(names.attempts(task_id))
+        return result
+
+    def _over_delivered(self, task_id: str, args) -> bool:
+        key = names.attempts(task_id)
+        pipe = self.client.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, self.settings.visibility_timeout * (self.settings.max_deliveries + 2))
+        deliveries = pipe.execute()[0]
+        if deliveries <= self.settings.max_deliveries:
+            return False
+        self._dead_letter(task_id, args, f"delivered {deliveries} times; its worker died each time")
+        self.client.delete(key)
+        return True
+
+    def _dead_letter(self, task_id, args, reason: str) -> None:
+        entry = {"task": self.name, "id": task_id, "args": list(args), "reason": reason,
+                 "ts": time.time()}
+        log.error("%s %s parked in %s: %s", self.name, task_id, names.DEADLETTER, reason)
+        self.client.rpush(names.DEADLETTER, json.dumps(entry))
+
+
+def _analyze(task: KlorosTask, detector_name: str, args: tuple, kwargs: dict) -> str:
+    # Accept any call shape so that a malformed message is refused and acknowledged
+    # by handle_change instead of failing inside Celery's argument binding.
+    payload = args[0] if len(args) == 1 and not kwargs else {"args": list(args), **kwargs}
+    detector, environment_changed = worker_detector(detector_name, task.settings, task.client)
+    context = task.context()
+    outcome = handle_change(context, detector, payload, reevaluate_all=environment_changed)
+    log.debug("%s %s: %s", task.name, task.request.id, outcome)
+    if not task.client.llen(detector_name):
+        # The burst is over: evaluate what its changes deferred (see analysis.py).
+        for root in deferred_roots(task.client, detector_name):
+            _settle(task, context, detector, root)
+    return outcome
+
+
+def _settle(task: KlorosTask, context, detector, root: str) -> int:
+    budget = min(SETTLE_BUDGET, task.settings.task_time_limit / 3)
+    remaining = settle(context, detector, root, budget)
+    if remaining:  # hand the rest to a task of its own, within the time limit
+        task.schedule_settle(detector.name, root)
+    log.info("%s: settled deferred evaluations of %s; %d left for the next task",
+             detector.name, root, remaining)
+    return remaining
+
+
+def _settle_task(task: KlorosTask, detector_name: str, args: tuple, kwargs: dict) -> str:
+    if kwargs or len(args) != 1 or not isinstance(args[0], str):
+        log.warning("%s: refused malformed settle payload %r %r", task.name, args, kwargs)
+        return "refused"
+    detector, _ = worker_detector(detector_name, task.settings, task.client)
+    return f"{_settle(task, task.context(), detector, args[0])} deferred"
+
+
+@app.task(name=names.TASK_ANALYZE[names.KNOWLEDGE], base=KlorosTask, bind=True)
+def analyze_knowledge(self, *args, **kwargs):
+    return _analyze(self, names.KNOWLEDGE, args, kwargs)
+
+
+@app.task(name=names.TASK_ANALYZE[names.INTEGRATION], base=KlorosTask, bind=True)
+def analyze_integration(self, *args, **kwargs):
+    return _analyze(self, names.INTEGRATION, args, kwargs)
+
+
+@app.task(name=names.TASK_ANALYZE[names.CAPABILITY], base=KlorosTask, bind=True)
+def analyze_capability(self, *args, **kwargs):
+    return _analyze(self, names.CAPABILITY, args, kwargs)
+
+
+@app.task(name=names.TASK_SETTLE[names.KNOWLEDGE], base=KlorosTask, bind=True)
+def settle_knowledge(self, *args, **kwargs):
+    return _settle_task(self, names.KNOWLEDGE, args, kwargs)
+
+
+@app.task(name=names.TASK_SETTLE[names.INTEGRATION], base=KlorosTask, bind=True)
+def settle_integration(self, *args, **kwargs):
+    return _settle_task(self, names.INTEGRATION, args, kwargs)
+
+
+@app.task(name=names.TASK_SETTLE[names.CAPABILITY], base=KlorosTask, bind=True)
+def settle_capability(self, *args, **kwargs):
+    return _settle_task(self, names.CAPABILITY, args, kwargs)
+
+
+@app.task(name=names.TASK_EXPLORATION_SCAN, base=KlorosTask, bind=True)
+def exploration_scan(self, *args, fanned: bool = False, **kwargs):
+    """Scan this host; a scan from beat (not ``fanned``) also asks one exploration worker
+    on every other host to scan its own, through that worker's direct queue."""
+    from kloros_tasks.work.exploration_scan import other_hosts_nodes, register_node, run_scan  # noqa: PLC0415
+
+    if args or kwargs:
+        log.warning("%s takes no arguments; ignoring %r %r", self.name, args, kwargs)
+    settings = self.settings
+    now = time.time()
+    register_node(self.client, self.request.hostname, settings.host, now)
+    if not fanned:
+        expires = max(1.0, settings.exploration_interval * 0.9)
+        for node in other_hosts_nodes(self.client, settings.host,
+                                      settings.exploration_interval, now):
+            self.app.send_task(self.name, kwargs={"fanned": True},
+                               queue=worker_direct(node), expires=expires)
+    result = run_scan(self.client, self.context().publisher, settings)
+    return "skipped" if result is None else f"{len(result.opened)} opened"
+
+
+@worker_ready.connect
+def register_exploration_worker(sender=None, **_kwargs):
+    """An exploration worker joins the fan-out as soon as it starts, not at its first scan."""
+    from kloros_tasks.work.exploration_scan import register_node  # noqa: PLC0415
+
+    consumer = sender
+    if consumer is None or names.EXPLORATION not in consumer.app.amqp.queues.consume_from:
+        return
+    settings = settings_of(consumer.app)
+    client = redis_client(settings.redis_url)
+    try:
+        register_node(client, consumer.hostname, settings.host, time.time())
+    except TRANSIENT as exc:
+        log.warning("could not register %s for exploration fan-out: %s", consumer.hostname, exc)
+    finally:
+        client.close()
