@@ -13,7 +13,7 @@ from pathlib import Path
 
 from kloros_tasks import __version__
 from kloros_tasks.questions import SEVERITIES
-from kloros_tasks.settings import Settings, SettingsError, from_env
+from kloros_tasks.settings import Settings, SettingsError, check_redis_url, from_env
 
 
 def _roots(args_paths: list[str], settings: Settings) -> list[Path]:
@@ -40,7 +40,8 @@ def cmd_up(args, settings: Settings) -> int:
     from kloros_tasks.cli.up import run_up  # noqa: PLC0415
 
     if args.redis:
-        settings = settings.with_overrides(redis_url=args.redis, redis_url_given=True)
+        settings = settings.with_overrides(redis_url=check_redis_url("--redis", args.redis),
+                                           redis_url_given=True)
     roots = _roots(args.paths or ["."], settings)
     try:
         return run_up(settings, roots, fmt=args.format, concurrency=args.concurrency,

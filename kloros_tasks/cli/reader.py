@@ -9,7 +9,7 @@ import redis
 
 from kloros_tasks import names
 from kloros_tasks.cli.render import render_envelope, render_text
-from kloros_tasks.connections import redis_client
+from kloros_tasks.connections import redact, redis_client
 from kloros_tasks.questions import dumps
 from kloros_tasks.settings import Settings
 from kloros_tasks.state.publish import Publisher
@@ -78,7 +78,8 @@ def run_questions(settings: Settings, *, follow: bool = False, signal: str | Non
                 out.flush()
         return 0
     except redis.ConnectionError as exc:
-        print(f"kloros-tasks: redis unreachable at {settings.redis_url}: {exc}", file=sys.stderr)
+        print(f"kloros-tasks: redis unreachable at {redact(settings.redis_url)}: {exc}",
+              file=sys.stderr)
         return 2
     finally:
         client.close()
