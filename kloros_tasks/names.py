@@ -69,6 +69,7 @@ ROOTS = "kloros:roots"  # HASH root name -> JSON {path, host}
 DEADLETTER = "kloros:deadletter"  # LIST of JSON {task, payload, reason, ts}
 SYNTAX_ERRORS = "kloros:syntax_errors"  # HASH "<root>:<path>" -> "line N: message"
 WATCHER_HEARTBEAT = "kloros:watcher:heartbeat"  # STRING JSON, with TTL
+UP_STATE = "kloros:up"  # STRING JSON {pid, host, ts, children}, with TTL: kloros-tasks up
 EXPLORATION_LAST_SCAN = "kloros:exploration:last_scan"  # HASH host -> time of the last scan
 EXPLORATION_NODES = "kloros:exploration:nodes"  # HASH worker node -> JSON {host, seen}
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -176,3 +177,51 @@ def test_up_bridges_questions_to_a_chembus_subscriber_when_an_endpoint_is_set(wo
     finally:
         sub.close(0)
         context.term()
+
+
+def child_pid(up: Proc, text: str) -> int:
+    """The pid of ``up``'s direct child whose command line holds ``text``."""
+    def found():
+        children = Path(f"/proc/{up.popen.pid}/task/{up.popen.pid}/children").read_text()
+        for child in children.split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if text in cmdline:
+                return int(child)
+        return None
+
+    return wait_for(found, 30, 0.2, f"a child running {text!r}")
+
+
+@pytest.mark.fault
+def test_up_restarts_a_child_that_died_and_status_shows_the_restart(world):
+    base, tree, state = world
+    up = start_up(base, tree, state, "up.log")
+    up.wait_output("knowledge.missing_docstrings", 90)
+    url = f"redis+socket://{state}/redis/redis.sock"
+    client = redis_client(url)
+
+    # A worker's parent SIGKILLed (what the OOM killer does): up carries on without it
+    # for a second, then starts it again; its pool children went with it.
+    os.kill(child_pid(up, " -Q knowledge "), signal.SIGKILL)
+    up.wait_output("worker-knowledge was killed by SIGKILL", 30)
+    up.wait_output("worker-knowledge restarted (restart 1)", 30)
+    # The watcher too: restarted, it reconciles what changed while it was away.
+    os.kill(child_pid(up, " watch "), signal.SIGKILL)
+    (tree / "pkg" / "mod.py").write_text(DOCUMENTED)
+    up.wait_output("watcher restarted (restart 1)", 30)
+    # (Exploration questions about this host may be open too: only knowledge's count.)
+    wait_for(lambda: not [q for q in client.hkeys(names.LEDGER) if q.startswith(b"knowledge.")],
+             60, 0.2, message="the restarted pair resolving the question")
+    assert up.popen.poll() is None
+
+    done = subprocess.run([sys.executable, "-m", "kloros_tasks.cli", "status", "--json"],
+                          env=service_env(url, state), capture_output=True, text=True,
+                          timeout=60)
+    children = json.loads(done.stdout)["up"]["children"]
+    assert children["worker-knowledge"]["restarts"] == 1
+    assert children["worker-knowledge"]["last_exit"] == -signal.SIGKILL
+    assert children["watcher"]["restarts"] == 1
+    assert {c["state"] for c in children.values()} == {"running"}
+    assert children["worker-integration"]["restarts"] == 0
+    client.close()
+    assert up.stop() == 0

@@ -2,7 +2,7 @@
 
 Exit 0 healthy, 1 degraded, 2 Redis unreachable.  ``--json`` prints one object whose
 shape is documented in docs/operations.md and kept stable:
-``{"status", "problems", "redis", "queues", "workers", "watcher", "bridge",
+``{"status", "problems", "redis", "queues", "workers", "watcher", "up", "bridge",
 "exploration", "detectors", "deadletter", "syntax_errors", "skipped"}``.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import redis
 
 from kloros_tasks import names
-from kloros_tasks.connections import redis_client
+from kloros_tasks.connections import redact, redis_client
 from kloros_tasks.settings import Settings
 
 HEALTHY, DEGRADED, UNREACHABLE = 0, 1, 2
@@ -123,6 +123,10 @@ def collect(settings: Settings, client, app=None, now: float | None = None) -> d
     report["watcher"] = _json(client.get(names.WATCHER_HEARTBEAT))
     if report["watcher"] is None:
         problems.append("no watcher heartbeat in the last 30 s")
+    report["up"] = _json(client.get(names.UP_STATE))  # kloros-tasks up's children, if any
+    for name, child in ((report["up"] or {}).get("children") or {}).items():
+        if child.get("state") == "restarting":
+            problems.append(f"up: {name} died and is being restarted")
     report["bridge"] = bridge_summary(client)
     if settings.chem_xsub_given and report["bridge"]["heartbeat"] is None:
         problems.append("the ChemBus bridge is configured but sends no heartbeat")
@@ -165,6 +169,11 @@ def render(report: dict) -> str:
                                  f"{w.get('host')} pid {w.get('pid')} roots "
                                  f"{','.join(w.get('roots', []))} pending {w.get('pending')} "
                                  f"beat {_age(w.get('ts'))}"))
+    up = report.get("up")
+    if up:
+        lines.append(f"up        pid {up.get('pid')}  restarts " + (", ".join(
+            f"{name} {c.get('restarts')}" for name, c in up.get("children", {}).items()
+            if c.get("restarts")) or "none"))
     b = report["bridge"]
     hb, group = b["heartbeat"], b["group"] or {}
     lines.append("bridge    " + ("not running" if hb is None else
@@ -196,9 +205,10 @@ def run_status(settings: Settings, *, as_json: bool = False, out=None) -> int:
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         if as_json:
             out.write(json.dumps({"status": WORD[UNREACHABLE], "problems": [
-                f"redis unreachable at {settings.redis_url}: {exc}"]}) + "\n")
+                f"redis unreachable at {redact(settings.redis_url)}: {exc}"]}) + "\n")
         else:
-            out.write(f"status    unreachable\nproblem   redis at {settings.redis_url}: {exc}\n")
+            out.write(f"status    unreachable\nproblem   redis at "
+                      f"{redact(settings.redis_url)}: {exc}\n")
         return UNREACHABLE
     try:
         report = collect(settings, client, create_app(settings))
