@@ -46,7 +46,7 @@ from kombu.exceptions import OperationalError
 
 from kloros_tasks import names
 from kloros_tasks.connections import redis_client
-from kloros_tasks.settings import Settings
+from kloros_tasks.settings import Settings, check_state_dir
 from kloros_tasks.state import snapshot
 from kloros_tasks.watch import filters, sync
 from kloros_tasks.watch.observer import OVERFLOW, InboxHandler, overflow_observer
@@ -308,14 +308,16 @@ class Watcher:
         self.retry_at = now + self.backoff.next()
 
     def _check_registered(self) -> None:
-        """Before anything is sent: when the roots this watcher registered are gone, Redis
-        lost its data (restarted empty, which redis-py reconnects to silently, or
-        flushed), so register again and restore the snapshot first."""
+        """Before anything is sent, and with every heartbeat: when the roots this watcher
+        registered are gone, Redis lost its data (restarted empty, which redis-py
+        reconnects to silently, or flushed), so restore the snapshot, register again
+        and reconcile at once, rather than at the next periodic reconciliation."""
         if self.registered and not all(self.client.hmget(names.ROOTS, list(self.by_name))):
             log.warning("Redis lost the watcher's registration (restarted empty or flushed);"
-                        " registering again")
+                        " restoring the snapshot, registering again and reconciling now")
             self.registered = False
             self.restore_due = self.snapshot_path is not None
+            self.reconcile_needed = True  # the seen hashes went too, or predate the disk
 
     def _restore(self) -> None:
         """A Redis without file state gets the snapshot back before anything is sent,
@@ -325,6 +327,10 @@ class Watcher:
         self.restore_due = False
 
     def _register(self) -> None:
+        # The queues' bindings first: a Redis that lost them drops every task silently.
+        declare = getattr(self.sync.sender, "declare", None)
+        if declare is not None:
+            declare()
         mapping = {r.name: json.dumps({"path": r.path, "host": self.host}) for r in self.roots}
         self.client.hset(names.ROOTS, mapping=mapping)
         self.registered = True
@@ -334,6 +340,7 @@ class Watcher:
         body = {"host": self.host, "pid": os.getpid(), "roots": [r.name for r in self.roots],
                 "ts": time.time(), "pending": self.held}
         try:
+            self._check_registered()  # a Redis emptied under us is noticed within seconds
             self.client.set(names.WATCHER_HEARTBEAT, json.dumps(body), ex=HEARTBEAT_TTL)
         except TRANSIENT as exc:
             self._went_down(exc, now)
@@ -380,6 +387,8 @@ def run_watch(
     0 stopped, 1 inotify limit too low, 2 bad roots, 3 a watcher thread died.
     ``keep_snapshot``: restore and write ``$KLOROS_STATE_DIR/snapshot.json``."""
     stop_event = stop_event if stop_event is not None else threading.Event()
+    if keep_snapshot:
+        check_state_dir(settings.state_dir)  # one line and status 2, not a traceback later
     path = snapshot.default_path(settings.state_dir) if keep_snapshot else None
     try:
         watcher = Watcher(settings, roots, sender=sender, progress=progress, snapshot_path=path)
