@@ -225,3 +225,54 @@ def test_up_restarts_a_child_that_died_and_status_shows_the_restart(world):
     assert children["worker-integration"]["restarts"] == 0
     client.close()
     assert up.stop() == 0
+
+
+def docs_naming_code(tree: Path, count: int) -> None:
+    """Documents that name pkg/mod.py and its functions, all linked from the README: on
+    an index without the module, each would be a stale_doc."""
+    (tree / "docs").mkdir(exist_ok=True)
+    for i in range(count):
+        (tree / "docs" / f"n{i:02d}.md").write_text(
+            f"# Note {i}\n\nSee `pkg/mod.py` and `pkg.mod.f{i % 5}`.\n")
+    (tree / "README.md").write_text("# Tree\n\n" + "".join(
+        f"- [note {i}](docs/n{i:02d}.md)\n" for i in range(count)))
+
+
+@pytest.mark.fault
+def test_a_redis_flushed_under_up_is_restored_at_once_and_the_snapshot_survives(world):
+    base, tree, state = world
+    docs_naming_code(tree, 30)
+    url = f"redis+socket://{state}/redis/redis.sock"
+    up = start_up(base, tree, state, "up1.log")
+    up.wait_output("knowledge.missing_docstrings", 90)
+    client = redis_client(url)
+    wait_for(lambda: client.hlen(names.facts(names.KNOWLEDGE, "tree")) == 32
+             and all(client.llen(q) == 0 for q in names.QUEUES) and not client.hlen("unacked"),
+             60, 0.2, "every file analysed")
+    client.close()
+    assert up.stop() == 0  # the watcher writes the snapshot
+    written = json.loads((state / "snapshot.json").read_text())
+    up = start_up(base, tree, state, "up2.log")
+    up.wait_output("already open", 60)
+    client = redis_client(url)
+    wait_for(lambda: client.exists(names.WATCHER_HEARTBEAT), 30, message="the watcher")
+    ledger = client.hgetall(names.LEDGER)
+    assert {k.decode() for k in ledger} == written["ledger"].keys() != set()
+
+    client.flushdb()
+    wait_for(lambda: client.hgetall(names.LEDGER) == ledger, 30, 0.2,
+             "the ledger restored (the periodic reconciliation is 600 s away)")
+    wait_for(lambda: all(client.llen(q) == 0 for q in names.QUEUES)
+             and not client.hlen("unacked"), 30, message="the queues drained")
+    time.sleep(2)  # give a wrong publication (a stale_doc, say) the chance to happen
+    assert client.xrange(names.STREAM) == []  # the stream went with the flush
+    (tree / "docs" / "new.md").write_text("# New\n\nNobody links here.\n")
+    wait_for(lambda: client.xlen(names.STREAM), 30, message="the new document's question")
+    (entry,) = [json.loads(f[b"envelope"]) for _i, f in client.xrange(names.STREAM)]
+    assert entry["facts"]["metadata"]["paths"] == ["docs/new.md"]
+    client.close()
+    assert up.stop() == 0
+    kept = json.loads((state / "snapshot.json").read_text())
+    assert len(kept["facts"][names.facts(names.KNOWLEDGE, "tree")]) == 33
+    assert kept["ledger"].keys() == {k.decode() for k in ledger} | {
+        entry["facts"]["question_id"]}

@@ -308,3 +308,38 @@ class RecordingSender:
 
     def send(self, detector: str, payload: dict) -> None:
         self.sent.append((detector, payload))
+
+
+def indexed(r, count: int) -> None:
+    """``count`` analysed documents in Redis, as a snapshot reads them."""
+    for i in range(count):
+        facts = {"relations": {}, "data": {snapshot.DIGEST_FIELD: f"{i:064x}"}}
+        r.hset(names.facts(KNOWLEDGE, ROOT), f"docs/n{i}.md", json.dumps(facts))
+
+
+def test_a_snapshot_that_lost_most_of_its_content_keeps_the_previous_one(r, tmp_path):
+    path = tmp_path / snapshot.SNAPSHOT_FILE
+    indexed(r, 100)
+    snapshot.write_snapshot(r, path)
+    good = path.read_bytes()
+    r.flushall()
+    indexed(r, 3)  # a Redis emptied and partly refilled before anyone noticed
+    snapshot.write_snapshot(r, path)
+    assert snapshot.previous_path(path).read_bytes() == good
+    assert snapshot.load_snapshot(path)["facts"][names.facts(KNOWLEDGE, ROOT)].keys() == {
+        "docs/n0.md", "docs/n1.md", "docs/n2.md"}
+    # Later small snapshots replace the small one, never the good one kept aside.
+    r.flushall()
+    indexed(r, 1)
+    snapshot.write_snapshot(r, path)
+    assert snapshot.previous_path(path).read_bytes() == good
+
+
+def test_a_tree_that_shrinks_a_little_replaces_its_snapshot_alone(r, tmp_path):
+    path = tmp_path / snapshot.SNAPSHOT_FILE
+    indexed(r, 100)
+    snapshot.write_snapshot(r, path)
+    r.hdel(names.facts(KNOWLEDGE, ROOT), *[f"docs/n{i}.md" for i in range(40)])
+    snapshot.write_snapshot(r, path)
+    assert not snapshot.previous_path(path).exists()
+    assert len(snapshot.load_snapshot(path)["facts"][names.facts(KNOWLEDGE, ROOT)]) == 60
