@@ -118,7 +118,7 @@ def test_the_scan_task_runs_in_a_real_worker_and_records_this_host(r, redis_url,
         state = wait_for(lambda: r.get(names.exploration_state(host)), 30,
                          message="the scan's state")
         assert json.loads(state)["inventory"]["logical_cores"] >= 1
-        wait_for(lambda: "exploration scan of" in worker.output(), 10, message="the scan log")
+        wait_for(lambda: "exploration scan of" in worker.output(), 30, message="the scan log")
         # What the worker published is what this machine's probes say right now.
         publisher = Publisher(r)
         expected_rules = {q.rule for q in _evaluate_here(host)}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 
 import pytest
 
@@ -496,11 +495,13 @@ def test_deeply_nested_source_does_not_raise(source):
     ".. toctree::\n" + "   x\n" * 20000, ":doc:`" * 30000, "a.b:" * 50000, "](<" * 50000,
     "`](a" * 50000, "{doc}`" * 30000,
 ])
+@pytest.mark.timeout(60)
 def test_hostile_documents_are_scanned_in_linear_time(text):
-    started = time.monotonic()
+    # No wall-clock assertion (a loaded machine is slow, not wrong): 100,000 characters
+    # take under a second when the scan is linear, and far beyond a minute when it is
+    # quadratic, so the test's own timeout tells the two apart on any machine.
     for path in ("docs/a.md", "docs/a.rst"):
         DETECTOR.extract(path, text)
-    assert time.monotonic() - started < 5
 
 
 def test_question_ids_are_stable_across_runs():

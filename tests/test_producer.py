@@ -39,7 +39,9 @@ from kloros_tasks.watch.sync import BATCH, count_dirs
 from kloros_tasks.watch.tree import read_file
 from kloros_tasks.work.payload import parse
 
-DEADLINE = 5.0
+# How long a wait may take before the test fails: generous, because waiting only lasts
+# that long when something is wrong, and a loaded machine is slow, not wrong.
+DEADLINE = 30.0
 LOGGER = "kloros_tasks.watch.producer"
 SYNC_LOGGER = "kloros_tasks.watch.sync"
 MAX_QUEUED_EVENTS = Path("/proc/sys/fs/inotify/max_queued_events")

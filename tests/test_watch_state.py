@@ -224,7 +224,7 @@ def test_a_restore_merges_under_questions_an_exploration_scan_published_first(
         assert r.smembers(names.owned(EXPLORATION, "", HOST)) == {
             exploration("gpu0").id.encode(), gpu1.encode(), nic0.encode()}
         # Written every snapshot_every seconds while running, live questions included.
-        wait_for(lambda: nic0 in snapshot.load_snapshot(path)["ledger"], 10,
+        wait_for(lambda: nic0 in snapshot.load_snapshot(path)["ledger"], 30,
                  message="a periodic snapshot")
     finally:
         stop.set()
