@@ -135,8 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("watch", help="the watchdog producer alone")
     p.add_argument("paths", nargs="*", metavar="PATH")
     p.add_argument("--no-snapshot", action="store_true",
-                   help="neither restore nor write $KLOROS_STATE_DIR/snapshot.json "
-                        "(kloros-tasks up keeps it itself)")
+                   help="neither restore nor write $KLOROS_STATE_DIR/snapshot.json")
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("bridge", help="the Redis-to-ChemBus bridge alone")
