@@ -21,10 +21,9 @@ watch a smaller tree.  Events lost to an inotify queue overflow
 IN_Q_OVERFLOW and rebuilds its watches, so the observer here then queues a
 QueueOverflowEvent (observer.py).  A reconciliation also runs every RECONCILE_EVERY seconds.
 
-State snapshot (``keep_snapshot``: ``kloros-tasks watch``, under systemd or ``up``, unless
-``--no-snapshot``): restored into a Redis without file state before reconciling, at start
-and when Redis lost the watcher's registration, which is checked with every heartbeat so
-that a flushed Redis is restored and reconciled within seconds; written every
+State snapshot (``keep_snapshot``, unless ``--no-snapshot``): restored into a Redis
+without file state before reconciling, at start and when Redis lost the watcher's
+registration (checked with every heartbeat, so within seconds); written every
 SNAPSHOT_EVERY seconds and at shutdown.
 """
 
