@@ -309,10 +309,9 @@ class Watcher:
         self.retry_at = now + self.backoff.next()
 
     def _check_registered(self) -> None:
-        """Before anything is sent, and with every heartbeat: when the roots this watcher
-        registered are gone, Redis lost its data (restarted empty, which redis-py
-        reconnects to silently, or flushed), so restore the snapshot, register again
-        and reconcile at once, rather than at the next periodic reconciliation."""
+        """Before anything is sent, and with every heartbeat: roots this watcher registered
+        gone mean Redis lost its data (restarted empty, which redis-py reconnects to
+        silently, or flushed): restore the snapshot, register again, reconcile at once."""
         if self.registered and not all(self.client.hmget(names.ROOTS, list(self.by_name))):
             log.warning("Redis lost the watcher's registration (restarted empty or flushed);"
                         " restoring the snapshot, registering again and reconciling now")
@@ -329,9 +328,8 @@ class Watcher:
 
     def _register(self) -> None:
         # The queues' bindings first: a Redis that lost them drops every task silently.
-        declare = getattr(self.sync.sender, "declare", None)
-        if declare is not None:
-            declare()
+        if hasattr(self.sync.sender, "declare"):
+            self.sync.sender.declare()
         mapping = {r.name: json.dumps({"path": r.path, "host": self.host}) for r in self.roots}
         self.client.hset(names.ROOTS, mapping=mapping)
         self.registered = True
