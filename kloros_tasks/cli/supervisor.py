@@ -8,10 +8,10 @@ SIGKILLs whole groups (a prefork worker's pool children included).  An exclusive
 A child that dies while ``up`` runs is restarted the way systemd's ``Restart=`` does
 it (``RestartPolicy``): after a delay that doubles from RestartSec to a cap and resets
 once the child has run for a while, with a start limit: more than ``burst`` restarts
-of one child within ``interval`` seconds, or an exit status that says a restart cannot
-help (the watcher's configuration and inotify-limit statuses), and ``up`` gives up,
-stops everything and exits 1.  ``up`` never asks a child to stop while running, so any
-exit counts, a clean one included.
+of one child within ``interval`` seconds, or an exit status a restart cannot mend
+(status 2 of a ``kloros-tasks`` child, a configuration error: the units'
+``RestartPreventExitStatus=2``), and ``up`` gives up, stops everything and exits 1.
+``up`` never asks a child to stop while running, so any exit counts, a clean one too.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from kloros_tasks.settings import Settings
 log = logging.getLogger(__name__)
 STOP_GRACE = 7.0  # SIGTERM to SIGKILL; the whole stop stays under 10 s
 CELERY = [sys.executable, "-m", "celery", "-A", "kloros_tasks.celery_app"]
-# ``kloros-tasks watch`` statuses that a restart cannot mend (watch/producer.py).
-WATCH_INOTIFY_LIMIT, WATCH_BAD_ROOTS = 1, 2
+# A ``kloros-tasks`` command's configuration error (cli/main.py): a restart cannot mend it.
+CONFIG_ERROR = 2
 
 
 class AlreadyRunning(RuntimeError):
@@ -141,9 +141,10 @@ def plan(settings: Settings, roots: list[Path], *, concurrency: int = 1,
     # finds Redis emptied under it, and is the one process that writes it.
     children.append(Child("watcher", [sys.executable, "-m", "kloros_tasks.cli", "watch",
                                       *map(str, roots)],
-                          final_statuses=frozenset({WATCH_INOTIFY_LIMIT, WATCH_BAD_ROOTS})))
+                          final_statuses=frozenset({CONFIG_ERROR})))
     if settings.chem_xsub_given:
-        children.append(Child("bridge", [sys.executable, "-m", "kloros_tasks.cli", "bridge"]))
+        children.append(Child("bridge", [sys.executable, "-m", "kloros_tasks.cli", "bridge"],
+                              final_statuses=frozenset({CONFIG_ERROR})))
     if flower_auth:
         children.append(flower_child(settings, flower_auth))
     return children
