@@ -65,6 +65,7 @@ BRIDGE_GROUP = "chembus-bridge"
 
 # --- keys ---------------------------------------------------------------------------
 LEDGER = "kloros:ledger"  # HASH question_id -> open envelope JSON
+RESOLUTIONS = "kloros:resolutions"  # HASH stable question id -> times it was resolved
 ROOTS = "kloros:roots"  # HASH root name -> JSON {path, host}
 DEADLETTER = "kloros:deadletter"  # LIST of JSON {task, payload, reason, ts}
 SYNTAX_ERRORS = "kloros:syntax_errors"  # HASH "<root>:<path>" -> "line N: message"
