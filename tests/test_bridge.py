@@ -16,7 +16,9 @@ from procs import Proc, service_env, wait_for
 
 from kloros_tasks import names
 from kloros_tasks.connections import redis_client
-from kloros_tasks.deliver.bridge import IDLE_BLOCK_MS, Bridge, backlog_score, run_bridge
+from kloros_tasks.deliver.backlog import backlog_score
+from kloros_tasks.deliver.bridge import Bridge
+from kloros_tasks.deliver.run import IDLE_BLOCK_MS, run_bridge
 from kloros_tasks.questions import Question, dumps, open_envelope
 from kloros_tasks.settings import from_env
 from kloros_tasks.state.publish import Publisher
@@ -159,11 +161,11 @@ def test_questions_wait_while_the_proxy_is_down_and_arrive_in_order(r, chem_env,
 def test_a_killed_bridge_loses_nothing_and_resends_with_the_same_incident_ids(
         r, chem_env, endpoints, tmp_path, procs):
     proxy = start_proxy(chem_env, tmp_path, procs)
-    bridge = start_bridge(chem_env, tmp_path, procs)  # no subscriber yet: everything stays pending
+    bridge = start_bridge(chem_env, tmp_path, procs)  # no subscriber yet: nothing can go
     publish(r, range(12))
-    # The bridge reads, cannot send (no subscriber), and keeps what it read pending.
-    wait_for(lambda: r.xpending(names.STREAM, names.BRIDGE_GROUP)["pending"] >= 1, 10,
-             message="entries read but unacknowledged")
+    # The bridge reads, cannot send (no subscriber), and parks what it read in Redis.
+    wait_for(lambda: r.zcard(names.bridge_backlog(names.KNOWLEDGE)) >= 1, 10,
+             message="entries parked for a subscriber")
     bridge.popen.send_signal(signal.SIGKILL)
     bridge.stop()
     sub = Subscriber(endpoints[1])
@@ -209,9 +211,11 @@ def test_over_budget_questions_wait_and_go_out_by_severity_and_resolutions_cance
         thread.start()
         got = sub.collect(4, timeout=20)
         sub.quiet_for(1.5)
+        # Read in one batch, the burst goes out most severe first, one a second.
         assert [e["facts"]["metadata"]["paths"][0] for _, e in got] == [
-            "docs/0.md", "docs/3.md", "docs/2.md", "docs/1.md"]
+            "docs/3.md", "docs/2.md", "docs/0.md", "docs/1.md"]
         assert r.hlen(names.BRIDGE_HELD) == 0
+        assert r.hget(names.BRIDGE_CANCELLED, names.KNOWLEDGE) == b"1"
     finally:
         stop.set()
         thread.join(5)

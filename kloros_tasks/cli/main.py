@@ -94,7 +94,7 @@ def _stop_on_signals():
 
 
 def cmd_bridge(args, settings: Settings) -> int:
-    from kloros_tasks.deliver.bridge import run_bridge  # noqa: PLC0415
+    from kloros_tasks.deliver.run import run_bridge  # noqa: PLC0415
 
     return run_bridge(settings, _stop_on_signals())
 

@@ -35,6 +35,7 @@ class ChemLink:
             zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         self.connected = False  # one endpoint, so one connection at a time
         self.subscriptions: dict[bytes, int] = {}
+        self.changes = 0  # counts connection and subscription changes: what may unblock a topic
         self.sock.connect(endpoint)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
@@ -51,6 +52,7 @@ class ChemLink:
             self._on_subscription(self.sock.recv())
 
     def _on_monitor(self, event: dict) -> None:
+        self.changes += 1
         if event["event"] == zmq.EVENT_CONNECTED:
             self.connected = True
             log.info("connected to ChemBus proxy at %s", self.endpoint)
@@ -64,6 +66,7 @@ class ChemLink:
         if not frame:
             return
         topic = frame[1:]
+        self.changes += 1
         if frame[0] == 1:
             self.subscriptions[topic] = self.subscriptions.get(topic, 0) + 1
         elif frame[0] == 0 and topic in self.subscriptions:
