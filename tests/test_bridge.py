@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import sys
 import threading
 import time
 
 import pytest
-import redis
 import zmq
-from procs import Proc, service_env, wait_for
+from chembus_consumers import free_port, start_bridge, start_proxy, waiting_idle
+from procs import service_env, wait_for
 
 from kloros_tasks import names
-from kloros_tasks.connections import redis_client
 from kloros_tasks.deliver.backlog import backlog_score
 from kloros_tasks.deliver.bridge import Bridge
 from kloros_tasks.deliver.run import IDLE_BLOCK_MS, run_bridge
@@ -25,12 +23,6 @@ from kloros_tasks.state.publish import Publisher
 
 pytestmark = pytest.mark.integration
 CLI = [sys.executable, "-m", "kloros_tasks.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -43,38 +35,6 @@ def chem_env(redis_url, tmp_path, endpoints):
     xsub, xpub = endpoints
     return service_env(redis_url, tmp_path, KLOROS_CHEM_XSUB=xsub, KLOROS_CHEM_XPUB=xpub,
                        KLOROS_BUDGET_KNOWLEDGE="0", KLOROS_BUDGET_INTEGRATION="0")
-
-
-def start_proxy(env, tmp_path, procs) -> Proc:
-    proc = procs.add(Proc(CLI + ["chem-proxy"], env, tmp_path / "proxy.log"))
-    proc.wait_output("ChemBus proxy:", 20)
-    return proc
-
-
-def start_bridge(env, tmp_path, procs) -> Proc:
-    proc = procs.add(Proc(CLI + ["bridge"], env, tmp_path / "bridge.log"))
-    proc.wait_output("bridging", 20)
-    # "bridging" is logged just before the consumer group is made: tests read the group.
-    client = redis_client(env["KLOROS_REDIS_URL"])
-    try:
-        wait_for(lambda: has_group(client), 20, message="the bridge's consumer group")
-    finally:
-        client.close()
-    return proc
-
-
-def has_group(r) -> bool:
-    try:
-        return any(g["name"] in (names.BRIDGE_GROUP, names.BRIDGE_GROUP.encode())
-                   for g in r.xinfo_groups(names.STREAM))
-    except redis.ResponseError:
-        return False  # no stream yet
-
-
-def waiting_idle(r, *, just_began: bool = False) -> bool:
-    """A client (the bridge) is blocked in XREADGROUP; ``just_began``: for under a second."""
-    return any(c["cmd"] == "xreadgroup" and "b" in c["flags"]
-               and (not just_began or int(c["idle"]) == 0) for c in r.client_list())
 
 
 class Subscriber:
