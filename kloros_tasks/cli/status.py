@@ -17,6 +17,7 @@ import redis
 
 from kloros_tasks import names
 from kloros_tasks.connections import redis_client
+from kloros_tasks.deliver.backlog import UNDELIVERED_AFTER, delivery_report
 from kloros_tasks.settings import Settings
 
 HEALTHY, DEGRADED, UNREACHABLE = 0, 1, 2
@@ -84,7 +85,10 @@ def detector_summary(client) -> dict[str, dict]:
     return out
 
 
-def bridge_summary(client) -> dict:
+def bridge_summary(client, settings: Settings | None = None, now: float | None = None) -> dict:
+    """The bridge's heartbeat, its group's lag and pending, and what waits in its backlogs
+    (``delivery_report``: held counts, next send times, cancellations, the oldest entry
+    that could have gone out and did not)."""
     heartbeat = _json(client.get(names.BRIDGE_HEARTBEAT))
     group = None
     try:
@@ -94,7 +98,17 @@ def bridge_summary(client) -> dict:
     except redis.ResponseError:
         group = None  # no stream yet
     backlog = {d: client.zcard(names.bridge_backlog(d)) for d in names.DETECTORS}
-    return {"heartbeat": heartbeat, "group": group, "backlog": backlog}
+    delivery = delivery_report(client, settings or Settings(), time.time() if now is None else now)
+    return {"heartbeat": heartbeat, "group": group, "backlog": backlog, **delivery}
+
+
+def undelivered_problem(bridge: dict) -> str | None:
+    """A problem line when an entry that could have gone to ChemBus waits too long."""
+    late = bridge.get("undelivered")
+    if not late or late["age"] <= UNDELIVERED_AFTER:
+        return None
+    return (f"bridge: the oldest undelivered entry ({late['topic']}) has waited "
+            f"{late['age']:.0f} s: {late['why']}")
 
 
 def collect(settings: Settings, client, app=None, now: float | None = None) -> dict:
@@ -123,9 +137,12 @@ def collect(settings: Settings, client, app=None, now: float | None = None) -> d
     report["watcher"] = _json(client.get(names.WATCHER_HEARTBEAT))
     if report["watcher"] is None:
         problems.append("no watcher heartbeat in the last 30 s")
-    report["bridge"] = bridge_summary(client)
+    report["bridge"] = bridge_summary(client, settings, now)
     if settings.chem_xsub_given and report["bridge"]["heartbeat"] is None:
         problems.append("the ChemBus bridge is configured but sends no heartbeat")
+    late = undelivered_problem(report["bridge"])
+    if late and (settings.chem_xsub_given or report["bridge"]["heartbeat"] is not None):
+        problems.append(late)
     report["exploration"] = {
         _text(h): float(t) for h, t in client.hgetall(names.EXPLORATION_LAST_SCAN).items()}
     late = [h for h, t in report["exploration"].items()
@@ -142,6 +159,20 @@ def collect(settings: Settings, client, app=None, now: float | None = None) -> d
     report["problems"] = problems
     report["status"] = WORD[DEGRADED if problems else HEALTHY]
     return report
+
+
+def budget_line(budget: dict, now: float | None = None) -> str:
+    """``held N  next send HH:MM:SS (in N s)  cancelled N  budget COUNT/SECONDS``."""
+    now = time.time() if now is None else now
+    when = budget["next_send"]
+    if when is None:
+        nxt = "-"
+    elif when <= now:
+        nxt = "now (when a subscriber is there)"
+    else:
+        nxt = f"{time.strftime('%H:%M:%S', time.localtime(when))} (in {when - now:.0f} s)"
+    return (f"held {budget['held']}  next send {nxt}  cancelled {budget['cancelled']}  "
+            f"budget {budget['budget']}")
 
 
 def _age(ts) -> str:
@@ -171,7 +202,11 @@ def render(report: dict) -> str:
                                  f"{hb.get('endpoint')} connected {hb.get('connected')} "
                                  f"sent {hb.get('sent')}")
                  + f"  lag {group.get('lag', '-')} pending {group.get('pending', '-')}"
-                 f"  backlog {sum(b['backlog'].values())}")
+                 f"  backlog {sum(b['backlog'].values())}"
+                 f"  resolutions waiting {b.get('resolutions_waiting', 0)}")
+    for detector, budget in b.get("budgets", {}).items():
+        if budget["held"] or budget["cancelled"]:
+            lines.append(f"budget    {detector:<12} {budget_line(budget)}")
     for host, ts in sorted(report["exploration"].items()):
         lines.append(f"explore   {host} last scan {_age(ts)}")
     for detector, d in report["detectors"].items():
