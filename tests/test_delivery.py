@@ -97,7 +97,8 @@ def test_a_resolution_does_not_hold_back_the_next_question(world):
         assert not world.r.exists(names.BRIDGE_RESOLUTIONS)
     else:  # the notice waits for a subscriber of its own topic, and says so
         assert world.r.zcard(names.BRIDGE_RESOLUTIONS) == 1
-        assert world.r.hexists(names.BRIDGE_UNSUBSCRIBED, names.CHANNEL_RESOLVED)
+        wait_for(lambda: world.r.hexists(names.BRIDGE_UNSUBSCRIBED, names.CHANNEL_RESOLVED),
+                 ARRIVAL, message="the topic marked as having no subscriber")
     world.assert_nothing_duplicated()
 
 

@@ -66,7 +66,9 @@ def test_a_resolution_nobody_subscribes_to_is_named_once_it_waits_too_long(r, ch
     publisher.sync(names.KNOWLEDGE, "repo", "docs/1.md", [question(1)])
     step_until(bridge, lambda: core.processed_ids(), "the question delivered")
     publisher.sync(names.KNOWLEDGE, "repo", "docs/1.md", [])
-    step_until(bridge, lambda: r.zcard(names.BRIDGE_RESOLUTIONS), "the notice parked")
+    step_until(bridge, lambda: r.hexists(names.BRIDGE_UNSUBSCRIBED, names.CHANNEL_RESOLVED),
+               "the notice parked, its topic marked without a subscriber")
+    assert r.zcard(names.BRIDGE_RESOLUTIONS) == 1
     now = time.time()
     assert collect(settings, r, now=now)["bridge"]["undelivered"]["topic"] == \
         names.CHANNEL_RESOLVED

@@ -12,8 +12,8 @@ goes at its own pace: an entry whose topic has no subscriber waits in its backlo
 without holding back the others, and goes out when a subscriber arrives.
 
 Budgets: per detector at most N questions per window reach ChemBus.  Questions of a
-budgeted detector all pass through its backlog, so within what is waiting the most
-severe go first.
+budgeted detector all pass through its backlog, drained GATHER_S after the first of a
+burst arrives, so the most severe of a burst go first.
 
 Idle, it costs a few Redis commands every few seconds: it blocks on XREADGROUP (which
 returns the moment an entry arrives), drains a backlog only when one exists and it can
@@ -45,6 +45,7 @@ CLAIM_IDLE_MS = 30_000
 HEARTBEAT_TTL = 30
 DRAIN_RECHECK = 60.0  # a waiting backlog is looked at again at least this often
 LINK_RETRY = 1.0  # a backlog whose topic has no subscriber yet is retried after this
+GATHER_S = 0.5  # a backlog drains this long after its first new entry: a burst goes best first
 SEND, HOLD, PARK, CANCEL, DROP = "send", "hold", "park", "cancel", "drop"
 
 
@@ -195,7 +196,9 @@ class Bridge:
             acked += 1
             parked += action in (HOLD, PARK)
         if parked:
-            self.drain_backlog()  # what may go now goes now, best first
+            # Not at once: the rest of a burst (a scan settling) arrives over the next
+            # moments, and the most severe of it should take the budget.
+            self.drain_at = min(self.drain_at, self.clock() + GATHER_S)
         return acked
 
     # -- backlogs ----------------------------------------------------------------------
