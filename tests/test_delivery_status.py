@@ -114,3 +114,19 @@ def test_held_counts_next_send_and_cancellations_in_status_and_pending(r, redis_
     assert sent == "high"  # the burst was read at once: the most severe went first
     assert [f["severity"] for f in held] == ["medium", "low"]
 
+
+
+def test_malformed_entries_are_dropped_and_the_next_question_still_arrives(r, chembus, caplog):
+    settings, bridge, core = chembus
+    junk = ['[1, 2]', '{"signal": "curiosity.knowledge_question", "facts": [1]}',
+            '{"signal": "curiosity.question_resolved"}',
+            '{"signal": "curiosity.weather", "facts": {"question_id": "x", "question": "y?"}}',
+            '{"signal": "curiosity.knowledge_question", "facts": {"question_id": ["x"]}}',
+            'not json']
+    for raw in junk:
+        r.xadd(names.STREAM, {names.STREAM_FIELD: raw})
+    Publisher(r).sync(names.KNOWLEDGE, "repo", "docs/1.md", [question(1)])
+    step_until(bridge, lambda: core.processed_ids(), "the question after the junk")
+    assert core.processed_ids() == [question(1).id]
+    assert r.xpending(names.STREAM, names.BRIDGE_GROUP)["pending"] == 0
+    assert caplog.text.count("dropping a stream entry") == len(junk)

@@ -26,16 +26,26 @@ TRIMMED = "resolutions_trimmed"  # the BRIDGE_CANCELLED field counting dropped r
 UNDELIVERED_AFTER = 300.0  # seconds an entry that could go out may wait before status says so
 
 
+def facts_of(envelope: dict) -> dict:
+    """The envelope's ``facts``, or {} when they are missing or not an object."""
+    facts = envelope.get("facts")
+    return facts if isinstance(facts, dict) else {}
+
+
 def backlog_score(envelope: dict) -> float:
     """Lower is sooner: severity first, then age."""
-    facts = envelope.get("facts", {})
+    facts = facts_of(envelope)
     rank = SEVERITY_RANK.get(facts.get("severity"), 3)
-    return rank * 1e11 + float(facts.get("timestamp") or envelope.get("ts") or 0)
+    try:
+        first_seen = float(facts.get("timestamp") or envelope.get("ts") or 0)
+    except (TypeError, ValueError):
+        first_seen = 0.0
+    return rank * 1e11 + first_seen
 
 
 def detector_of(envelope: dict) -> str:
     """The detector a question envelope comes from ("" when it names none we know)."""
-    meta = envelope.get("facts", {}).get("metadata", {})
+    meta = facts_of(envelope).get("metadata", {})
     if isinstance(meta, dict) and meta.get("detector") in names.DETECTORS:
         return meta["detector"]
     for detector, channel in names.CHANNEL.items():

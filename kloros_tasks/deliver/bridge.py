@@ -28,12 +28,13 @@ import logging
 import math
 import socket
 import time
+import uuid
 
 import redis
 
 from kloros_tasks import names
 from kloros_tasks.connections import redis_client
-from kloros_tasks.deliver.backlog import TRIMMED, Budget, backlog_score, detector_of
+from kloros_tasks.deliver.backlog import TRIMMED, Budget, backlog_score, detector_of, facts_of
 from kloros_tasks.deliver.chemlink import ChemLink
 from kloros_tasks.settings import Settings
 
@@ -121,23 +122,26 @@ class Bridge:
     # -- decisions ---------------------------------------------------------------------
     def decide(self, envelope: dict) -> str:
         """What to do with one stream entry; nothing here waits."""
-        qid = envelope.get("facts", {}).get("question_id")
-        if envelope.get("signal") == names.CHANNEL_RESOLVED:
-            if qid and self.r.hexists(names.BRIDGE_HELD, qid):
+        qid = facts_of(envelope).get("question_id")
+        signal = envelope.get("signal")
+        if not isinstance(qid, str) or not qid:
+            return DROP  # CuriosityCore cannot use an envelope without one
+        if signal == names.CHANNEL_RESOLVED:
+            if self.r.hexists(names.BRIDGE_HELD, qid):
                 return CANCEL  # its opening was never sent: neither is sent
-            if self.r.zcard(names.BRIDGE_RESOLUTIONS) or not self.link.ready(envelope["signal"]):
+            if self.r.zcard(names.BRIDGE_RESOLUTIONS) or not self.link.ready(signal):
                 return PARK
             return SEND
         detector = detector_of(envelope)
-        if not detector or not qid:
+        if not detector or signal != names.CHANNEL[detector]:
             return DROP
         if self.budget.limited(detector) or self.r.zcard(names.bridge_backlog(detector)) \
-                or not self.link.ready(envelope["signal"]):
+                or not self.link.ready(signal):
             return HOLD  # sent from the backlog: by severity, when budget and subscriber allow
         return SEND
 
     def _apply(self, action: str, envelope: dict, raw: str, now: float) -> None:
-        qid = envelope.get("facts", {}).get("question_id")
+        qid = facts_of(envelope).get("question_id")
         if action == SEND:
             self.link.send(envelope["signal"], raw)
             self.sent += 1
@@ -166,7 +170,7 @@ class Bridge:
         (the stream still holds them), so a topic nobody ever subscribes to cannot grow
         Redis without end.
         """
-        incident = envelope.get("incident_id") or f"resolved:{envelope['facts']['question_id']}"
+        incident = str(envelope.get("incident_id") or f"resolved:{uuid.uuid4().hex}")
         pipe = self.r.pipeline()
         pipe.hset(names.BRIDGE_HELD, incident, raw)
         pipe.zadd(names.BRIDGE_RESOLUTIONS, {incident: float(envelope.get("ts") or self.clock())})
