@@ -55,6 +55,8 @@ class WaitCut(Exception):
 
 
 class Bridge:
+    """One consumer of the group: ``step`` is one turn of its loop (see run.py)."""
+
     def __init__(self, settings: Settings, client=None, link: ChemLink | None = None,
                  consumer: str | None = None, clock=time.time) -> None:
         self.settings = settings
@@ -68,7 +70,9 @@ class Bridge:
         self.drain_at = 0.0  # clock time at which a backlog may next have something to send
         self._backlog_keys = -1  # backlog keys that existed at the last look (-1: not looked)
         self._link_changes = -1  # the link's change count when the backlogs were last drained
-        self._unsubscribed: set[str] = set()  # topics marked in BRIDGE_UNSUBSCRIBED
+        # topic -> whether it is marked in BRIDGE_UNSUBSCRIBED (absent: not known, so the
+        # first look writes either way and clears a mark an earlier run left)
+        self._unsubscribed: dict[str, bool] = {}
         self.waiting = False  # inside a wait that a stop signal may cut short
 
     # -- stream side -------------------------------------------------------------------
@@ -278,14 +282,15 @@ class Bridge:
     def _mark_unsubscribed(self, topic: str, waiting: bool, now: float) -> None:
         """Record since when ``topic`` has had something to send and no subscriber (for
         ``status``); written only when that changes."""
-        if waiting and topic not in self._unsubscribed:
+        if self._unsubscribed.get(topic) is waiting:
+            return
+        if waiting:
             self.r.hsetnx(names.BRIDGE_UNSUBSCRIBED, topic, now)
-            self._unsubscribed.add(topic)
             log.info("nobody subscribes to %s; its entries wait without holding back others",
                      topic)
-        elif not waiting and topic in self._unsubscribed:
+        else:
             self.r.hdel(names.BRIDGE_UNSUBSCRIBED, topic)
-            self._unsubscribed.discard(topic)
+        self._unsubscribed[topic] = waiting
 
     def check_backlog(self) -> None:
         """One EXISTS over the backlog keys; drain at once when their number changed.
