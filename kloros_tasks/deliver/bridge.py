@@ -45,7 +45,7 @@ BLOCK_MS = 200  # a step's longest wait when its caller names none
 CLAIM_IDLE_MS = 30_000
 HEARTBEAT_TTL = 30
 DRAIN_RECHECK = 60.0  # a waiting backlog is looked at again at least this often
-LINK_RETRY = 1.0  # a backlog whose topic has no subscriber yet is retried after this
+LINK_RETRY = 1.0  # while something waits for a subscriber, the link is looked at this often
 GATHER_S = 0.5  # a backlog drains this long after its first new entry: a burst goes best first
 SEND, HOLD, PARK, CANCEL, DROP = "send", "hold", "park", "cancel", "drop"
 
@@ -70,6 +70,7 @@ class Bridge:
         self.drain_at = 0.0  # clock time at which a backlog may next have something to send
         self._backlog_keys = -1  # backlog keys that existed at the last look (-1: not looked)
         self._link_changes = -1  # the link's change count when the backlogs were last drained
+        self._link_blocked = False  # something waits for a subscriber (or for the link to settle)
         # topic -> whether it is marked in BRIDGE_UNSUBSCRIBED (absent: not known, so the
         # first look writes either way and clears a mark an earlier run left)
         self._unsubscribed: dict[str, bool] = {}
@@ -213,7 +214,7 @@ class Bridge:
     def drain_backlog(self) -> int:
         """Send what budgets and subscribers now allow, best first; note when the rest can go."""
         now = self.clock()
-        self._link_changes = self.link.changes
+        self._link_changes, self._link_blocked = self.link.changes, False
         sent, waiting, due = 0, 0, now + DRAIN_RECHECK
         for detector in names.DETECTORS:
             count, next_at = self._drain_one(detector, now)
@@ -241,8 +242,7 @@ class Bridge:
             if self.budget.room(detector, now) <= 0:
                 return sent, self.budget.reopens(detector, now)
             if not self.link.ready(topic):
-                self._mark_unsubscribed(topic, True, now)
-                return sent, now + LINK_RETRY
+                return sent, self._blocked_on_link(topic, now)
             qid = best[0].decode()
             raw = self.r.hget(names.BRIDGE_HELD, qid)
             if raw is not None:
@@ -267,8 +267,7 @@ class Bridge:
                 self._mark_unsubscribed(topic, False, now)
                 return sent, None
             if not self.link.ready(topic):
-                self._mark_unsubscribed(topic, True, now)
-                return sent, now + LINK_RETRY
+                return sent, self._blocked_on_link(topic, now)
             raw = self.r.hget(names.BRIDGE_HELD, first[0])
             if raw is not None:
                 self.link.send(topic, raw.decode())
@@ -278,6 +277,17 @@ class Bridge:
             pipe.zrem(names.BRIDGE_RESOLUTIONS, first[0])
             pipe.hdel(names.BRIDGE_HELD, first[0])
             pipe.execute()
+
+    def _blocked_on_link(self, topic: str, now: float) -> float:
+        """Note that ``topic`` cannot go for want of a subscriber; returns when to look again.
+
+        A subscriber's arrival is a link change, which ``step`` sees within LINK_RETRY and
+        which brings the drain forward; only while the link is settling, when readiness
+        changes with no event, is the drain itself repeated that often.
+        """
+        self._link_blocked = True
+        self._mark_unsubscribed(topic, True, now)
+        return now + (LINK_RETRY if self.link.settling() else DRAIN_RECHECK)
 
     def _mark_unsubscribed(self, topic: str, waiting: bool, now: float) -> None:
         """Record since when ``topic`` has had something to send and no subscriber (for
@@ -312,15 +322,15 @@ class Bridge:
     def step(self, block_ms: int = BLOCK_MS) -> None:
         """Drain the backlogs when due, then forward new entries, waiting up to ``block_ms``.
 
-        Every wait ends early on what it waits for: a stream entry, a connection or
-        subscription change (seen within LINK_RETRY while something waits for one), and
-        a backlog's next chance to send.
+        Every wait ends early on what it waits for: a stream entry, a backlog's next
+        chance to send, and a subscription change (seen within LINK_RETRY while
+        something waits for a subscriber).
         """
         self.link.pump(0)
         if not self.link.connected:
             self._wait(self.link.pump, block_ms)  # nothing can be sent: wait for the proxy
             return
-        if self.link.changes != self._link_changes and self._backlog_keys:
+        if self._link_blocked and self.link.changes != self._link_changes:
             self.drain_at = min(self.drain_at, self.clock())  # a new subscriber may unblock
         if self.clock() >= self.drain_at:
             self.drain_backlog()
@@ -329,7 +339,10 @@ class Bridge:
             self.process(entries)
 
     def _until_drain(self, block_ms: int) -> int:
-        """``block_ms``, cut to when the backlog is due; at least 1 (BLOCK 0 is forever)."""
+        """``block_ms``, cut to when the backlog is due, and to LINK_RETRY while something
+        waits for a subscriber; at least 1 (BLOCK 0 is forever)."""
+        if self._link_blocked:
+            block_ms = min(block_ms, int(LINK_RETRY * 1000))
         return max(1, math.ceil(min(block_ms, (self.drain_at - self.clock()) * 1000)))
 
     def close(self) -> None:

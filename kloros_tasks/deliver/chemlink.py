@@ -101,6 +101,11 @@ class ChemLink:
         t = topic.encode()
         return any(t.startswith(prefix) for prefix in self.subscriptions)
 
+    def settling(self) -> bool:
+        """Connected, but still inside the waits after connecting: readiness may change
+        with no event to announce it, so callers look again shortly."""
+        return self.connected and not self._settled()
+
     def _settled(self) -> bool:
         """Long enough connected for the subscriptions to be back (see the module's doc)."""
         since = time.monotonic() - self.connected_at
