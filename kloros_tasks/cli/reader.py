@@ -9,8 +9,7 @@ import time
 import redis
 
 from kloros_tasks import names
-from kloros_tasks.cli.render import render_envelope, render_text
-from kloros_tasks.cli.status import budget_line
+from kloros_tasks.cli.render import budget_line, render_envelope, render_text
 from kloros_tasks.connections import redis_client
 from kloros_tasks.deliver.backlog import delivery_report, pending_envelopes
 from kloros_tasks.questions import dumps

@@ -16,6 +16,7 @@ from typing import Any
 import redis
 
 from kloros_tasks import names
+from kloros_tasks.cli.render import budget_line
 from kloros_tasks.connections import redis_client
 from kloros_tasks.deliver.backlog import UNDELIVERED_AFTER, delivery_report
 from kloros_tasks.settings import Settings
@@ -159,20 +160,6 @@ def collect(settings: Settings, client, app=None, now: float | None = None) -> d
     report["problems"] = problems
     report["status"] = WORD[DEGRADED if problems else HEALTHY]
     return report
-
-
-def budget_line(budget: dict, now: float | None = None) -> str:
-    """``held N  next send HH:MM:SS (in N s)  cancelled N  budget COUNT/SECONDS``."""
-    now = time.time() if now is None else now
-    when = budget["next_send"]
-    if when is None:
-        nxt = "-"
-    elif when <= now:
-        nxt = "now (when a subscriber is there)"
-    else:
-        nxt = f"{time.strftime('%H:%M:%S', time.localtime(when))} (in {when - now:.0f} s)"
-    return (f"held {budget['held']}  next send {nxt}  cancelled {budget['cancelled']}  "
-            f"budget {budget['budget']}")
 
 
 def _age(ts) -> str:

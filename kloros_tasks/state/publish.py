@@ -3,7 +3,7 @@
 ``Publisher.sync(detector, root, owner, questions)`` is given every question one owner
 (a file, or a host for exploration) has *now*.  It opens the new ones and resolves
 the ones that stopped holding.  Each open or resolve is decided inside one Lua
-script (HSETNX / HDEL on the ledger), so two workers racing on the same question
+script (HEXISTS then HSET / HDEL on the ledger), so two workers racing on the same question
 publish it exactly once, and PUBLISH + XADD happen in the same atomic step: what is
 on the channel is always in the stream too.
 
