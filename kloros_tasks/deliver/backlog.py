@@ -145,8 +145,10 @@ def delivery_report(client, settings: Settings, now: float) -> dict[str, Any]:
     waiting[names.CHANNEL_RESOLVED] = client.zcard(names.BRIDGE_RESOLUTIONS)
     unsubscribed = {_text(t): float(s) for t, s in client.hgetall(names.BRIDGE_UNSUBSCRIBED).items()
                     if waiting.get(_text(t))}
+    # A resolution notice with no subscriber is not late: KLoROS's CuriosityCore never
+    # subscribes to resolutions, so in a deployment without a recorder they always wait.
     candidates = [(now - since, topic, "no subscriber for this topic")
-                  for topic, since in unsubscribed.items()]
+                  for topic, since in unsubscribed.items() if topic != names.CHANNEL_RESOLVED]
     candidates += _stream_waits(client, now)
     age, topic, why = max(candidates, default=(0.0, "", ""))
     return {"budgets": budgets, "resolutions_waiting": waiting[names.CHANNEL_RESOLVED],
