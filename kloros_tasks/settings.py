@@ -58,6 +58,8 @@ class SettingsError(ValueError):
 class Settings:
     redis_url: str = DEFAULT_REDIS_URL
     redis_url_given: bool = False
+    # True when redis_url is the one a running `up` recorded in the state dir.
+    redis_url_recorded: bool = False
     watch_roots: tuple[Path, ...] = ()
     state_dir: Path = field(default_factory=lambda: Path(DEFAULT_STATE_DIR).expanduser())
     chem_xsub: str = DEFAULT_CHEM_XSUB
@@ -225,10 +227,17 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             f"KLOROS_VISIBILITY_TIMEOUT={visibility} must exceed the task time limit"
             f" ({task_time_limit} s), or long tasks would run twice"
         )
+    recorded = None
+    if not redis_url:
+        # The Redis of a running `kloros-tasks up` on this state dir, when it answers.
+        from kloros_tasks.connections import recorded_redis_url  # noqa: PLC0415 - needs redis
+
+        recorded = recorded_redis_url(state_dir)
     return Settings(
         redis_url=(check_redis_url("KLOROS_REDIS_URL", redis_url) if redis_url
-                   else DEFAULT_REDIS_URL),
+                   else recorded or DEFAULT_REDIS_URL),
         redis_url_given=bool(redis_url),
+        redis_url_recorded=recorded is not None,
         watch_roots=_roots(env),
         state_dir=state_dir,
         chem_xsub=check_zmq_endpoint(chem_name, chem_xsub) if chem_xsub else DEFAULT_CHEM_XSUB,

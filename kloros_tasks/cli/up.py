@@ -21,7 +21,7 @@ from kloros_tasks import names
 from kloros_tasks.cli.embedded import EmbeddedRedis
 from kloros_tasks.cli.render import render_text
 from kloros_tasks.cli.supervisor import first_dead, lock_state_dir, plan, stop_all
-from kloros_tasks.connections import redis_client
+from kloros_tasks.connections import forget_redis_url, record_redis_url, redis_client
 from kloros_tasks.settings import Settings
 from kloros_tasks.state import snapshot
 
@@ -113,6 +113,9 @@ def run_up(settings: Settings, roots: list[Path], *, fmt: str = "text",
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     client = redis_client(url, socket_timeout=5)
+    # Where this pipeline's Redis is, for `questions`, `status`, `env` and celery's own
+    # commands started without KLOROS_REDIS_URL.
+    record_redis_url(settings.state_dir, url)
     status = 0
     snapshot_path = snapshot.default_path(settings.state_dir)
     try:
@@ -133,6 +136,7 @@ def run_up(settings: Settings, roots: list[Path], *, fmt: str = "text",
         stop_all(children)
         snapshot.keep_snapshot(client, snapshot_path)  # best effort, logged
         client.close()
+        forget_redis_url(settings.state_dir, url)
         if server is not None:
             server.stop()
         lock.close()
