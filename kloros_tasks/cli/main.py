@@ -10,12 +10,14 @@ import argparse
 import logging
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 from kloros_tasks import __version__, names
 from kloros_tasks.questions import SEVERITIES
 from kloros_tasks.settings import Settings, SettingsError, from_env
 
+EPILOG_WIDTH = 88
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a process ended by SIGPIPE
 
 
@@ -136,13 +138,15 @@ wiring between components, missing capabilities, hardware opportunities and
 documentation gaps. Questions are published on Redis (pub/sub curiosity.* and the
 stream kloros:questions) and bridged to ChemBus.
 
-Start with `kloros-tasks up .` (the whole pipeline on this machine) or
-`kloros-tasks scan .` (one pass, no broker). `kloros-tasks COMMAND --help` for more."""
+Start with one of:
+  kloros-tasks up .      the whole pipeline on this machine, questions as they come
+  kloros-tasks scan .    one pass over the tree, no broker (a CI gate with --fail-on)
+and see kloros-tasks COMMAND --help for each command."""
 
 # Every variable settings.py reads; a test keeps this list complete.
 ENVIRONMENT = (
     ("KLOROS_REDIS_URL", "broker, pub/sub and state: redis://, rediss://, redis+socket:///path "
-                         "(default: the Redis of a running `up` on this state dir, else "
+                         "(default: the Redis of a running up on this state dir, else "
                          "redis://127.0.0.1:6379/0)"),
     ("KLOROS_WATCH_ROOTS", ":-separated roots to watch (default: the PATH arguments)"),
     ("KLOROS_STATE_DIR", "snapshots, embedded Redis, beat state, logs (default: ~/.kloros)"),
@@ -174,9 +178,12 @@ def environment_epilog() -> str:
     """The environment variables, one per line, for the end of ``--help``."""
     width = max(len(name) for name, _ in ENVIRONMENT)
     lines = ["environment variables (all optional; a bad value stops with one line):"]
-    lines += [f"  {name:<{width}}  {meaning}" for name, meaning in ENVIRONMENT]
-    lines += ["", "exit status: 0 ok, 1 findings at or above --fail-on or degraded, "
-                  "2 usage, configuration or connection error",
+    for name, meaning in ENVIRONMENT:
+        wrapped = textwrap.wrap(meaning, EPILOG_WIDTH - width - 4) or [""]
+        lines.append(f"  {name:<{width}}  {wrapped[0]}")
+        lines += [" " * (width + 4) + more for more in wrapped[1:]]
+    lines += ["", "exit status: 0 ok, 1 findings at or above --fail-on or degraded,",
+              "2 usage, configuration or connection error",
               "documentation: README.md, docs/operations.md, docs/detectors.md"]
     return "\n".join(lines)
 
@@ -201,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "scan", "one-shot in-process analysis, no broker",
              "Analyse trees once, in this process, with every file detector, and print\n"
              "one question per line. A file is judged within its tree (the nearest\n"
-             "ancestor holding .git, .hg, pyproject.toml or setup.cfg, else its directory)\n"
-             "and only its own questions are printed.")
+             "ancestor holding .git, .hg, .svn, pyproject.toml or setup.cfg, else its\n"
+             "directory) and only its own questions are printed.")
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="a directory (a tree) or a file (judged within its tree)")
     p.add_argument("--detector", action="append", metavar="D",
@@ -234,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_up)
 
     p = _sub(sub, "env", "print the shell line that points other commands at up's Redis",
-             "Print `export KLOROS_REDIS_URL=...` for the Redis a running `kloros-tasks up`\n"
+             "Print export KLOROS_REDIS_URL=... for the Redis a running kloros-tasks up\n"
              "uses (or KLOROS_REDIS_URL when set), for celery's own commands and redis-cli:\n"
              '  eval "$(kloros-tasks env)"; celery -A kloros_tasks.celery_app inspect ping')
     p.set_defaults(func=cmd_env)

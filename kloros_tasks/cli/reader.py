@@ -57,12 +57,19 @@ def _pending_summary(client, settings: Settings, out) -> None:
 def run_questions(settings: Settings, *, follow: bool = False, signal: str | None = None,
                   open_only: bool = False, pending_only: bool = False, fmt: str = "text",
                   count: int = 100, out=sys.stdout) -> int:
+    """Print the questions asked for; 0, or 2 when Redis cannot be reached."""
     client = redis_client(settings.redis_url, socket_timeout=None)
     try:
         if pending_only:
+            held = pending(client)
+            if client.get(names.BRIDGE_HEARTBEAT) is None:
+                # Say why the list is what it is: whatever is held waits for the bridge.
+                print("kloros-tasks: no ChemBus bridge is running (no heartbeat)"
+                      + (f"; {len(held)} questions wait for it" if held else
+                         "; nothing waits for it"), file=sys.stderr)
             if fmt != "jsonl":
                 _pending_summary(client, settings, out)
-            for env in pending(client):
+            for env in held:
                 if signal is None or env.get("signal") == signal:
                     out.write((dumps(env) if fmt == "jsonl" else render_envelope(env)) + "\n")
             return 0

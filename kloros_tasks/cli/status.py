@@ -23,6 +23,14 @@ from kloros_tasks.settings import Settings
 
 HEALTHY, DEGRADED, UNREACHABLE = 0, 1, 2
 WORD = {HEALTHY: "healthy", DEGRADED: "degraded", UNREACHABLE: "unreachable"}
+ABSENT = "absent"  # the status word of a Redis holding nothing of kloros-tasks (exit 1)
+# What any part of kloros-tasks leaves in its Redis: the watcher's roots and heartbeat,
+# the ledger and stream, exploration's records, dead letters, the queues, and the
+# binding tables kombu writes when a worker or producer declares a detector queue.
+STATE_KEYS = (names.ROOTS, names.WATCHER_HEARTBEAT, names.LEDGER, names.STREAM,
+              names.EXPLORATION_LAST_SCAN, names.EXPLORATION_NODES, names.DEADLETTER,
+              names.BRIDGE_HEARTBEAT, *names.QUEUES,
+              *(f"_kombu.binding.{q}" for q in names.QUEUES))
 STUCK_AFTER = 120.0  # seconds a task may wait while consumers exist
 INSPECT_TIMEOUT = 1.5
 RECENT_ENTRIES = 2000
@@ -60,8 +68,15 @@ def oldest_waiting_age(client, queue: str, now: float) -> float | None:
         return None
 
 
+def holds_kloros_state(client) -> bool:
+    """Whether any part of kloros-tasks ever ran on this Redis (one read-only EXISTS)."""
+    return bool(client.exists(*STATE_KEYS))
+
+
 def worker_queues(app) -> dict[str, list[str]] | None:
-    """Worker node -> queues it consumes, answered within a short timeout."""
+    """Worker node -> queues it consumes, answered within a short timeout.
+
+    Leaves nothing behind in Redis when ``app`` comes from ``inspecting_app``."""
     try:
         active = app.control.inspect(timeout=INSPECT_TIMEOUT).active_queues() or {}
     except Exception:  # noqa: BLE001 - any broker failure here means "unknown"
@@ -206,10 +221,33 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-def run_status(settings: Settings, *, as_json: bool = False, out=None) -> int:
-    import sys  # noqa: PLC0415
+def inspecting_app(settings: Settings):
+    """The Celery app ``status`` asks the workers through, without writing to Redis.
 
+    Celery declares the reply queue of an inspect broadcast with x-expires
+    (``control_queue_expires``); kombu 5.7 keeps a deadline for the binding of every
+    such queue in ``_kombu.binding_deadlines`` (at least an hour), which outlives the
+    reply queue that is deleted when the inspect ends.  Declared without x-expires the
+    binding is a plain table entry, and deleting the reply queue removes it again."""
     from kloros_tasks.celery_app import create_app  # noqa: PLC0415
+
+    app = create_app(settings)
+    app.conf.control_queue_expires = None
+    return app
+
+
+def absent_report(settings: Settings, client) -> dict:
+    """The report of a Redis that holds nothing of kloros-tasks."""
+    return {"status": ABSENT, "redis": redis_info(client), "problems": [
+        f"nothing of kloros-tasks runs on {settings.redis_url}: no queues, questions, "
+        "watcher or workers have ever used it (KLOROS_REDIS_URL unset? `kloros-tasks env` "
+        "finds the Redis of a running `kloros-tasks up`)"]}
+
+
+def run_status(settings: Settings, *, as_json: bool = False, out=None) -> int:
+    """Print the report; 0 healthy, 1 degraded or nothing of kloros-tasks there,
+    2 unreachable.  It never writes to the Redis it inspects."""
+    import sys  # noqa: PLC0415
 
     out = out or sys.stdout
     client = redis_client(settings.redis_url, socket_timeout=3)
@@ -223,7 +261,12 @@ def run_status(settings: Settings, *, as_json: bool = False, out=None) -> int:
             out.write(f"status    unreachable\nproblem   redis at {settings.redis_url}: {exc}\n")
         return UNREACHABLE
     try:
-        report = collect(settings, client, create_app(settings))
+        if not holds_kloros_state(client):
+            report = absent_report(settings, client)
+            out.write((json.dumps(report, sort_keys=True) if as_json else
+                       f"status    {ABSENT}\nproblem   {report['problems'][0]}") + "\n")
+            return DEGRADED
+        report = collect(settings, client, inspecting_app(settings))
     finally:
         client.close()
     out.write((json.dumps(report, sort_keys=True) if as_json else render(report)) + "\n")
