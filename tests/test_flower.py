@@ -119,7 +119,8 @@ def test_flower_lists_the_four_workers_from_the_start_behind_basic_auth(pipeline
              message="Flower answering")
     # Flower was started once the workers answered, so its own first inspection found
     # them: no refresh is needed (it used to stay {} until one).
-    found = wait_for(lambda: len(w := workers_api(url, auth)) >= 4 and w, 15, 0.5,
+    found = wait_for(lambda: len(w := workers_api(url, auth)) >= 4 and
+                     all("stats" in i for i in w.values()) and w, 15, 0.5,
                      message="the four workers in /api/workers without a refresh")
     assert {name.split("@")[0] for name in found} == set(names.QUEUES)
     assert all(info.get("active_queues") for info in found.values())
@@ -127,6 +128,8 @@ def test_flower_lists_the_four_workers_from_the_start_behind_basic_auth(pipeline
     assert get(f"{url}/api/workers", "kloros:wrong")[0] == 401
     flower_log = (base / "state" / "logs" / "flower.log").read_text()
     assert "answered; starting Flower" in flower_log, flower_log[-2000:]
+    assert "Inspect method" not in flower_log, flower_log[-2000:]
+    assert all("stats" in info for info in found.values())
 
 
 def test_the_dashboard_shows_four_workers_online_in_a_headless_browser(pipeline,
@@ -161,3 +164,11 @@ def test_the_dashboard_shows_four_workers_online_in_a_headless_browser(pipeline,
             assert (base / "flower.png").stat().st_size > 10_000
         finally:
             browser.close()
+
+
+def test_the_nodes_that_did_not_answer_a_ping_are_named():
+    from kloros_tasks.cli.flower import missing_nodes
+
+    replies = [{"knowledge@h1": {"ok": "pong"}}, {"exploration@h1": {"ok": "pong"}}]
+    assert missing_nodes({"knowledge", "exploration", "capability"}, replies) == {"capability"}
+    assert missing_nodes({"all"}, None) == {"all"}

@@ -4,9 +4,10 @@ Flower asks the workers what they are (``inspect stats``, ``active_queues`` ...)
 when it starts, and its dashboard lists the workers it has heard from over events.
 Started beside the workers it asks too early ("Inspect method stats failed"), keeps
 ``/api/workers`` empty until someone presses refresh, and waits for the next worker
-heartbeat (every 10 s) before the dashboard lists anyone.  So this wrapper first waits
-until the expected workers answer a ping, then runs Flower in this process, and once
-Flower's HTTP port answers it asks the workers for an immediate heartbeat.
+heartbeat (every 10 s) before the dashboard lists anyone.  So this wrapper first waits,
+in a child process, until the expected workers answer a ping, then runs Flower in this
+process, and once Flower's HTTP port answers it asks the workers for an immediate
+heartbeat.
 
 Run as ``python -m kloros_tasks.cli.flower NODE,... -- FLOWER-ARGS...``, where NODE is
 the part of a worker's node name before ``@``.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 import runpy
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -27,6 +29,7 @@ WORKERS_WAIT = 90.0  # seconds to wait for the workers before starting Flower an
 PING_TIMEOUT = 1.0
 HEARTBEAT_ROUNDS = 3  # heartbeat requests, a second apart, once Flower listens
 PORT_WAIT = 60.0
+WAIT_ONLY = "--wait-only"
 
 
 def missing_nodes(expected: set[str], replies: list[dict] | None) -> set[str]:
@@ -84,19 +87,25 @@ def main(argv: list[str]) -> None:
     """Wait for the workers, then become ``celery -A kloros_tasks.celery_app flower``."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    split = argv.index("--") if "--" in argv else len(argv)
-    expected = {n for n in ",".join(argv[:split]).split(",") if n}
-    args = argv[split + 1:]
-    from kloros_tasks.celery_app import app  # noqa: PLC0415 - after argument parsing
+    from kloros_tasks.celery_app import create_app  # noqa: PLC0415 - after argument parsing
 
-    missing = wait_for_workers(app, expected)
-    if missing:
-        log.warning("starting Flower without an answer from %s", ", ".join(sorted(missing)))
-    else:
-        log.info("workers %s answered; starting Flower", ", ".join(sorted(expected)))
+    if argv[:1] == [WAIT_ONLY]:
+        expected = {n for n in ",".join(argv[1:]).split(",") if n}
+        missing = wait_for_workers(create_app(), expected)
+        if missing:
+            log.warning("starting Flower without an answer from %s", ", ".join(sorted(missing)))
+        else:
+            log.info("workers %s answered; starting Flower", ", ".join(sorted(expected)))
+        return
+    split = argv.index("--") if "--" in argv else len(argv)
+    # The ping runs in a process of its own: after a broadcast with replies from this
+    # process, the first inspection Flower makes here ("stats") gets none (kombu 5.7).
+    subprocess.run([sys.executable, "-m", __spec__.name, WAIT_ONLY, *argv[:split]],
+                   check=False)
+    args = argv[split + 1:]
     host = _option(args, "address", "127.0.0.1")
     port = int(_option(args, "port", "5555"))
-    threading.Thread(target=heartbeat_when_listening, args=(app, host, port),
+    threading.Thread(target=heartbeat_when_listening, args=(create_app(), host, port),
                      name="flower-heartbeat", daemon=True).start()
     sys.argv = ["celery", "-A", "kloros_tasks.celery_app", "flower", *args]
     runpy.run_module("celery", run_name="__main__", alter_sys=True)
