@@ -7,8 +7,9 @@ import pytest
 from kloros_tasks.settings import SettingsError, from_env
 
 
-def test_defaults_follow_the_contract():
-    s = from_env({})
+def test_defaults_follow_the_contract(tmp_path):
+    # A state dir of its own: a running `kloros-tasks up` on ~/.kloros would be found.
+    s = from_env({"KLOROS_STATE_DIR": str(tmp_path)})
     assert s.redis_url == "redis://127.0.0.1:6379/0" and not s.redis_url_given
     assert s.chem_xsub == "tcp://127.0.0.1:5556" and s.chem_xpub == "tcp://127.0.0.1:5557"
     assert s.worker_max_memory_kib == 150 * 1024
