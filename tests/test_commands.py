@@ -188,3 +188,24 @@ def test_scan_of_a_missing_path_is_a_one_line_error(tmp_path, path):
     done = run(["scan", str(tmp_path / path)], service_env("", tmp_path))
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "does not exist" in done.stderr
+
+
+@pytest.mark.integration
+def test_status_answered_by_a_real_worker_leaves_the_key_names_as_they_were(
+        tmp_path, redis_url, r, procs):
+    from procs import start_worker
+
+    procs.add(start_worker(redis_url, tmp_path, ",".join(names.QUEUES), tmp_path / "w.log"))
+
+    def key_names() -> set[bytes]:
+        # unacked_mutex: the worker's own lock, taken and dropped every few seconds.
+        return {k for k in r.keys("*") if k != b"unacked_mutex"}
+
+    before = key_names()
+    deadlines = set(r.zrange("_kombu.binding_deadlines", 0, -1))
+    done = run(["status", "--json"], service_env(redis_url, tmp_path))
+    report = json.loads(done.stdout)
+    assert all(report["queues"][q]["consumers"] for q in names.QUEUES), report
+    assert key_names() == before
+    assert set(r.zrange("_kombu.binding_deadlines", 0, -1)) == deadlines
+    assert not [k for k in r.keys("*reply.celery.pidbox*")]
