@@ -81,3 +81,12 @@ def test_celery_names_the_direct_queue_as_the_docs_say():
     assert queue == "exploration@node-a.dq2"
     docs = (Path(__file__).parent.parent / "docs" / "architecture.md").read_text()
     assert "`<node>.dq2`" in docs and "LLEN exploration@host.dq2" in docs
+
+
+def test_the_readmes_worker_host_commands_log_tasks_and_include_an_exploration_worker():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Running on several hosts", 1)[1].split("\n## ", 1)[0]
+    workers = [line for line in section.replace("\\\n", " ").splitlines()
+               if "celery -A kloros_tasks.celery_app worker" in line]
+    assert workers and all(" -l INFO" in w for w in workers)
+    assert any("-Q exploration" in w for w in workers)
