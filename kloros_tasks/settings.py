@@ -14,8 +14,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-from kloros_tasks.connections import redact
-
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_STATE_DIR = "~/.kloros"
 DEFAULT_CHEM_XSUB = "tcp://127.0.0.1:5556"
@@ -49,6 +47,10 @@ DEFAULT_BUDGETS = {
 MAX_PORT = 65535
 MAX_INTERVAL = 7 * 24 * 3600  # a week: exploration interval, time limits, TTLs
 MAX_INT = 2**31 - 1  # counts and sizes
+# KLoROS's own names for the proxy's two sides are honoured when ours are unset, in
+# this order (KLR_UMN_* is the current spelling, KLR_CHEM_* the former one).
+XSUB_VARIABLES = ("KLOROS_CHEM_XSUB", "KLR_UMN_XSUB", "KLR_CHEM_XSUB")
+XPUB_VARIABLES = ("KLOROS_CHEM_XPUB", "KLR_UMN_XPUB", "KLR_CHEM_XPUB")
 
 REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "unix")
 ZMQ_SCHEMES = ("tcp", "ipc", "inproc")
@@ -62,6 +64,8 @@ class SettingsError(ValueError):
 class Settings:
     redis_url: str = DEFAULT_REDIS_URL
     redis_url_given: bool = False
+    # True when redis_url is the one a running `up` recorded in the state dir.
+    redis_url_recorded: bool = False
     watch_roots: tuple[Path, ...] = ()
     state_dir: Path = field(default_factory=lambda: Path(DEFAULT_STATE_DIR).expanduser())
     chem_xsub: str = DEFAULT_CHEM_XSUB
@@ -120,43 +124,44 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0,
     return value
 
 
-def _db_number(name: str, url: str, raw: str) -> None:
-    if not raw.isdigit():
-        raise SettingsError(f"{name}={redact(url)!r}: the database {raw!r} is not a number")
+def _redact(url: str) -> str:
+    from kloros_tasks.connections import redact  # noqa: PLC0415 - needs redis, only on error
+
+    return redact(url)
 
 
 def check_redis_url(name: str, url: str) -> str:
     """``url`` when it is a Redis URL every client here reads the same way (scheme, host
     or socket path, port, a numeric database); else SettingsError naming ``name``.
     Messages show the URL without its password."""
-    shown = repr(redact(url))
+    problem = _redis_url_problem(url)
+    if problem:
+        raise SettingsError(f"{name}={_redact(url)!r} {problem}")
+    return url
+
+
+def _redis_url_problem(url: str) -> str | None:
     try:
         parts = urlsplit(url)
         port = parts.port  # raises on a non-numeric or out-of-range port
     except ValueError:
-        raise SettingsError(f"{name}={shown} has an invalid port or host") from None
+        return "has an invalid port or host"
     if parts.scheme not in REDIS_SCHEMES:
-        raise SettingsError(
-            f"{name}={shown} must start with one of "
-            + ", ".join(s + "://" for s in REDIS_SCHEMES)
-        )
+        return "must start with one of " + ", ".join(s + "://" for s in REDIS_SCHEMES)
     if parts.scheme in ("redis+socket", "unix"):
         if not parts.path:
-            raise SettingsError(f"{name}={shown} names no socket path")
-    else:
-        if not parts.hostname:
-            raise SettingsError(f"{name}={shown} names no host")
-        if port == 0:
-            raise SettingsError(f"{name}={shown} has an invalid port")
-        # redis-py and kombu both read the database from the path; anything but a
-        # number there is silently database 0 for one and an error for the other.
-        db = parts.path.strip("/")
-        if db:
-            _db_number(name, url, db)
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key in ("db", "virtual_host"):
-            _db_number(name, url, value)
-    return url
+            return "names no socket path"
+    elif not parts.hostname:
+        return "names no host"
+    elif port == 0:
+        return "has an invalid port"
+    # redis-py and kombu both read the database from the path (of a TCP URL) or a query
+    # option; anything but a number is silently database 0 for one, an error for the other.
+    databases = [parts.path.strip("/")] if parts.scheme in ("redis", "rediss") else []
+    databases += [v for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                  if k in ("db", "virtual_host")]
+    bad = next((db for db in databases if db and not db.isdigit()), None)
+    return None if bad is None else f"names the database {bad!r}, which is not a number"
 
 
 def check_zmq_endpoint(name: str, endpoint: str) -> str:
@@ -229,6 +234,14 @@ def _budgets(env: Mapping[str, str]) -> tuple[tuple[str, int, int], ...]:
     return tuple(out)
 
 
+def _first_set(env: Mapping[str, str], variables: tuple[str, ...]) -> tuple[str, str]:
+    """(name, value) of the first of ``variables`` set to a non-blank value, else (first, "")."""
+    for name in variables:
+        if env.get(name, "").strip():
+            return name, env[name].strip()
+    return variables[0], ""
+
+
 def _roots(env: Mapping[str, str]) -> tuple[Path, ...]:
     raw = env.get("KLOROS_WATCH_ROOTS", "").strip()
     if not raw:
@@ -248,11 +261,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every KLOROS_* variable; raise SettingsError on the first bad one."""
     env = os.environ if env is None else env
     redis_url = env.get("KLOROS_REDIS_URL", "").strip()
-    chem_name, chem_xsub = "KLOROS_CHEM_XSUB", ""
-    for candidate in ("KLOROS_CHEM_XSUB", "KLR_UMN_XSUB", "KLR_CHEM_XSUB"):
-        if env.get(candidate, "").strip():
-            chem_name, chem_xsub = candidate, env[candidate].strip()
-            break
+    chem_name, chem_xsub = _first_set(env, XSUB_VARIABLES)
+    xpub_name, chem_xpub = _first_set(env, XPUB_VARIABLES)
     exclude = tuple(p for p in env.get("KLOROS_EXCLUDE", "").replace(",", ":").split(":") if p)
     state_raw = env.get("KLOROS_STATE_DIR", "").strip() or DEFAULT_STATE_DIR
     state_dir = Path(state_raw).expanduser()
@@ -267,17 +277,22 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             f"KLOROS_VISIBILITY_TIMEOUT={visibility} must exceed the task time limit"
             f" ({task_time_limit} s), or long tasks would run twice"
         )
+    recorded = None
+    if not redis_url:
+        # The Redis of a running `kloros-tasks up` on this state dir, when it answers.
+        from kloros_tasks.connections import recorded_redis_url  # noqa: PLC0415 - needs redis
+
+        recorded = recorded_redis_url(state_dir)
     return Settings(
         redis_url=(check_redis_url("KLOROS_REDIS_URL", redis_url) if redis_url
-                   else DEFAULT_REDIS_URL),
+                   else recorded or DEFAULT_REDIS_URL),
         redis_url_given=bool(redis_url),
+        redis_url_recorded=recorded is not None,
         watch_roots=_roots(env),
         state_dir=state_dir,
         chem_xsub=check_zmq_endpoint(chem_name, chem_xsub) if chem_xsub else DEFAULT_CHEM_XSUB,
         chem_xsub_given=bool(chem_xsub),
-        chem_xpub=check_zmq_endpoint(
-            "KLOROS_CHEM_XPUB", env.get("KLOROS_CHEM_XPUB", "").strip() or DEFAULT_CHEM_XPUB
-        ),
+        chem_xpub=check_zmq_endpoint(xpub_name, chem_xpub) if chem_xpub else DEFAULT_CHEM_XPUB,
         worker_max_memory_mb=_int(
             env, "KLOROS_WORKER_MAX_MEMORY_MB", DEFAULT_WORKER_MAX_MEMORY_MB, 32
         ),

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,9 +66,12 @@ def registered_root(client, root: str) -> dict | None:
     return info if isinstance(info, dict) else {}
 
 
-def _local_copy(root_info: dict, change: Change) -> bytes | None:
-    """The file from this host's disk when the blob expired, only if it is the same bytes."""
-    if root_info.get("host") != socket.gethostname() or not root_info.get("path"):
+def _local_copy(root_info: dict, change: Change, host: str) -> bytes | None:
+    """The file from this host's disk when the blob expired, only if it is the same bytes.
+
+    ``host`` is this worker's name as configured (KLOROS_HOSTNAME), the same name the
+    watcher registered its roots under."""
+    if root_info.get("host") != host or not root_info.get("path"):
         return None
     path = Path(root_info["path"]) / change.path
     try:
@@ -91,7 +93,7 @@ def _content(ctx: Context, root_info: dict, change: Change) -> tuple[bytes | Non
     if raw is not None and hashlib.sha256(raw).hexdigest() != change.sha256:
         raw = None  # never analyse bytes that are not the ones named
     if raw is None:
-        raw = _local_copy(root_info, change)
+        raw = _local_copy(root_info, change, ctx.publisher.host)
         if raw is None:
             return None, "superseded"
     if len(raw) > ctx.max_file_bytes:
