@@ -230,9 +230,11 @@ def undocumented(path: str, tree: ast.Module) -> list[list]:
 
 
 def _undocumented_in(node: ast.ClassDef | ast.FunctionDef, qualname: str) -> list[list]:
-    out = [] if _exempt(node) or ast.get_docstring(node) is not None else [
-        [node.lineno, qualname]]
-    if isinstance(node, ast.ClassDef):
+    out = [] if (_exempt(node) or _declarative(node)
+                 or ast.get_docstring(node) is not None) else [[node.lineno, qualname]]
+    # The members of a class that inherits are taken for overrides: inspect.getdoc, help()
+    # and Sphinx autodoc give them the docstring of the method they override.
+    if isinstance(node, ast.ClassDef) and not _inherits(node):
         for stmt in flatten_block(node.body):
             if _is_public_definition(stmt):
                 out.extend(_undocumented_in(stmt, f"{qualname}.{stmt.name}"))
@@ -243,6 +245,15 @@ def _is_public_definition(stmt: ast.stmt) -> bool:
     """A class or (async) function whose name has no leading underscore (dunders neither)."""
     definition = isinstance(stmt, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
     return definition and not stmt.name.startswith("_")
+
+
+def _declarative(node: ast.ClassDef | ast.FunctionDef) -> bool:
+    """A subclass that only sets class attributes (a lookup with its ``lookup_name``, a
+    warning category, a widget variant): its bases and values say what it is."""
+    if not isinstance(node, ast.ClassDef) or not _inherits(node):
+        return False
+    return not any(isinstance(s, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+                   for s in flatten_block(node.body))
 
 
 def _exempt(node: ast.ClassDef | ast.FunctionDef) -> bool:

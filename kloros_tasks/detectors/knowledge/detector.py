@@ -84,6 +84,7 @@ ANYWHERE_ROOTS = ("LICENSE", "LICENCE", "COPYING", "AUTHORS", "CONTRIBUTORS", "C
 NAME_RELATIONS = ("defines", "opaque", "open")
 SPHINX_TXT = "sphinx_txt"  # a conf.py's directory, when its source_suffix has .txt
 UNDER = "under"  # a .txt document's directories
+UNDOCUMENTED = "undoc"  # dotted names of a module's definitions without a docstring
 
 
 def is_doc(path: str) -> bool:
@@ -159,6 +160,10 @@ class KnowledgeDetector:
         or lost their last inbound link, and documents naming a key whose standing
         (defined, open, defined other than opaquely) changed."""
         out = _newly_linked_or_unlinked(path, touched, view)
+        if is_doc(path):  # a declared object documents a definition without a docstring
+            declared = {v for r, v in touched if r == "defines"}
+            for modules in view.who_many(UNDOCUMENTED, declared).values() if declared else ():
+                out |= modules
         sources = {v for r, v in touched if r == SPHINX_TXT}  # conf.py's source_suffix
         for docs in view.who_many(UNDER, sources).values() if sources else ():
             out |= docs
@@ -174,7 +179,7 @@ class KnowledgeDetector:
             return []
         kind = facts.data.get("kind")
         if kind == "py":
-            return self._missing_docstrings(path, facts.data.get("missing", []))
+            return self._missing_docstrings(path, _not_in_docs(facts.data, view))
         if kind == "doc":
             return self._unindexed(path, facts, view) + self._stale(path, facts, view)
         if kind == "unparsable" and not is_test_path(path):  # test data is broken on purpose
@@ -345,6 +350,7 @@ def _python_facts(path: str, text: str) -> FileFacts:
         return FileFacts(error=error)
     try:
         found = Definitions()
+        module_of_facts = next(iter(importable_names(path)), None)
         for module in importable_names(path):
             found.defines.update(prefixes(module))
             found.body(tree.body, module)
@@ -354,10 +360,29 @@ def _python_facts(path: str, text: str) -> FileFacts:
         return FileFacts(error="line 1: too deeply nested to analyse")
     found.defines.add(f"path:{path}")
     relations = {"defines": frozenset(found.defines), "opaque": frozenset(found.opaque),
-                 "open": frozenset(found.open), "top": top_of(path)}
+                 "open": frozenset(found.open), "top": top_of(path),
+                 UNDOCUMENTED: frozenset(_qualified(module_of_facts, missing))}
     if posixpath.basename(path) == "conf.py" and ".txt" in sphinx_suffixes(tree):
         relations[SPHINX_TXT] = frozenset({posixpath.dirname(path)})
-    return FileFacts(relations=relations, data={"kind": "py", "missing": missing})
+    return FileFacts(relations=relations,
+                     data={"kind": "py", "missing": missing, "module": module_of_facts})
+
+
+def _qualified(module: str | None, missing: list) -> list[str]:
+    """Dotted names of the undocumented definitions (the docs may document them)."""
+    return [f"{module}.{q}" for _, q in missing if module and q != "<module>"]
+
+
+def _not_in_docs(data, view: IndexView) -> list:
+    """The undocumented definitions the documentation does not declare either: an object
+    a Sphinx page documents (``.. method:: SessionBase.get``) needs no docstring."""
+    missing, module = data.get("missing", []), data.get("module")
+    names = _qualified(module, missing)
+    if not names:
+        return missing
+    holders = view.who_many("defines", names)
+    documented = {n for n, who in holders.items() if any(is_doc(p) for p in who)}
+    return [m for m in missing if f"{module}.{m[1]}" not in documented]
 
 
 def _ancestors(path: str) -> list[str]:
