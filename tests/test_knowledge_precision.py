@@ -146,14 +146,18 @@ def test_a_module_importable_only_from_a_subdirectory_is_no_top_level_module(tmp
     assert found == []
 
 
-def test_objects_the_docs_declare_exist_for_sphinx(tmp_path):
+def test_a_reference_to_a_declared_object_resolves_to_the_declaration(tmp_path):
+    code = {**DJANGO_CODE, "django/utils/text.py": '"""Text."""\n\n\nclass Sitemap:\n'
+            '    """Sitemap."""\n\n    location = None\n'}
     page = ("Sitemaps\n========\n\n.. module:: django.utils.text\n\n.. class:: Sitemap\n\n"
-            "    .. attribute:: Sitemap.lastmod\n\n"
+            "    .. attribute:: Sitemap.location\n\n    .. attribute:: Sitemap.lastmod\n\n"
             "See :attr:`~django.utils.text.Sitemap.lastmod` and "
             ":attr:`django.utils.text.Sitemap.priority`.\n")
     assert declared_objects(page.splitlines()) == [
-        "django.utils.text.Sitemap", "django.utils.text.Sitemap.lastmod"]
-    assert evidence(tmp_path, {**DJANGO_CODE, "docs/sitemaps.rst": page}) == []
+        (6, "django.utils.text.Sitemap"), (8, "django.utils.text.Sitemap.location"),
+        (10, "django.utils.text.Sitemap.lastmod")]
+    assert evidence(tmp_path, {**code, "docs/sitemaps.rst": page}) == [
+        "docs/sitemaps.rst:12 django.utils.text.Sitemap.priority"]
 
 
 def test_runtime_dunder_names_are_not_judged(tmp_path):

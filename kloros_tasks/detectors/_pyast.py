@@ -201,6 +201,25 @@ class Definitions:
         self.opaque.add(qualname)
 
 
+def assigned_module_attributes(tree: ast.Module) -> set[str]:
+    """``pkg.mod.attr`` for every ``mod.attr = ...`` anywhere in the file, ``mod`` being
+    imported at module level (``from pkg import mod``): a module attribute bound from
+    outside (``mail.outbox = []`` in Django's test utilities)."""
+    aliases: dict[str, str] = {}
+    for stmt in flatten_block(tree.body):
+        if isinstance(stmt, ast.Import):
+            aliases.update({a.asname: a.name for a in stmt.names if a.asname})
+        elif isinstance(stmt, ast.ImportFrom) and stmt.module and not stmt.level:
+            aliases.update({a.asname or a.name: f"{stmt.module}.{a.name}"
+                            for a in stmt.names if a.name != "*"})
+    out: set[str] = set()
+    for node in ast.walk(tree) if aliases else ():
+        if (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
+                and isinstance(node.value, ast.Name) and node.value.id in aliases):
+            out.add(f"{aliases[node.value.id]}.{node.attr}")
+    return out
+
+
 def _inherits(node: ast.ClassDef) -> bool:
     bases = [dotted(b.value if isinstance(b, ast.Subscript) else b) for b in node.bases]
     return bool(node.keywords) or any(b not in PLAIN_BASES for b in bases)
