@@ -115,10 +115,14 @@ def names_no_code(lines: list[str], number: int, column: int) -> bool:
 
 def is_generated(text: str) -> bool:
     """A module written by a tool (a "generated" notice in its first lines or its
-    docstring's opening, as codec tables and parser tables carry): nobody documents it
-    by hand."""
+    docstring's opening, as parser tables and most codec tables carry), or a codec
+    module's registration boilerplate: nobody documents it by hand."""
     head = "\n".join(text.splitlines()[:GENERATED_HEAD_LINES])
-    return bool(_GENERATED.search(head))
+    if _GENERATED.search(head):
+        return True
+    # A codec module: the table and the Codec/IncrementalEncoder/getregentry boilerplate
+    # every encodings module repeats.
+    return "def getregentry(" in text and "codecs.CodecInfo(" in text
 
 
 def example_definitions(lines: list[str]) -> frozenset[str]:

@@ -76,7 +76,7 @@ NOT_DOC_TXT = (
 )
 NOT_DOC_DIRS = frozenset({"tests", "test", "fixtures", "testdata", "test_data",
                           "node_modules", "site-packages"})
-ROOT_STEMS = ("README", "INDEX")  # at any depth
+ROOT_STEMS = ("README", "INDEX", "CONTENTS")  # at any depth (contents: Sphinx's old root)
 TOP_LEVEL_ROOTS = ("CHANGELOG", "CHANGES", "HISTORY", "CONTRIBUTING", "LICENSE", "LICENCE",
                    "AUTHORS", "NOTICE", "CODE_OF_CONDUCT", "SECURITY")
 # Stand-alone files nobody links to, wherever they are (a vendored library's licence).
@@ -359,7 +359,9 @@ def _python_facts(path: str, text: str) -> FileFacts:
         for name in assigned_module_attributes(tree):  # bound here, on another module
             found.defines.add(name)
             found.opaque.add(name)
-        skip = is_test_path(path) or is_generated(text)  # nobody documents those by hand
+        # Nobody documents tests or generated code by hand, and a module importable only
+        # from its own directory (examples/, scripts/, docs/conf.py) is no library API.
+        skip = is_test_path(path) or is_generated(text) or not importable_names(path)
         missing = [] if skip else undocumented(path, tree)
     except RecursionError:  # the parser's limits make this unlikely, not impossible
         return FileFacts(error="line 1: too deeply nested to analyse")
