@@ -231,3 +231,14 @@ def test_codec_boilerplate_and_scripts_outside_the_library_are_not_asked(tmp_pat
 def test_a_sphinx_projects_contents_page_is_its_root(tmp_path):
     assert asked(tmp_path, {"t/unit/contrib/proj/conf.py": "master_doc = 'contents'\n",
                             "t/unit/contrib/proj/contents.rst": "Contents\n========\n"}) == set()
+
+
+def test_private_and_deprecated_modules_are_not_asked(tmp_path):
+    deprecated = ('"""Old."""\nimport warnings\n'
+                  "warnings._deprecated(__name__, remove=(3, 12))\n" + UNDOCUMENTED_FUNCTIONS)
+    warned = ('"""Old."""\nimport warnings\nwarnings.warn("gone soon", DeprecationWarning, '
+              "stacklevel=2)\n" + UNDOCUMENTED_FUNCTIONS)
+    assert asked(tmp_path, {"_markupbase.py": "class ParserBase:\n" + "".join(
+        f"    def m{i}(self):\n        pass\n" for i in range(5)),
+        "asyncore.py": deprecated, "imp.py": warned, "lib.py": UNDOCUMENTED_FUNCTIONS}) == {
+        ("missing_docstrings", "lib.py")}

@@ -237,15 +237,35 @@ def _self_attributes(func: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
 
 
 def undocumented(path: str, tree: ast.Module) -> list[list]:
-    """[line, qualified name] of each public definition without a docstring."""
+    """[line, qualified name] of each public definition without a docstring.
+
+    As pydocstyle has it, nothing in a private module (``_markupbase.py``, ``re/_parser.py``)
+    is public; neither is anything in a module that warns on import that it is deprecated
+    (nobody documents what is on its way out)."""
     out: list[list] = []
-    if tree.body and _module_is_public(path) and ast.get_docstring(tree) is None:
+    if not _module_is_public(path) or _warns_deprecated(tree):
+        return out
+    if tree.body and ast.get_docstring(tree) is None:
         out.append([1, "<module>"])
     exported = literal_all(tree.body)
     for stmt in flatten_block(tree.body):
         if _is_public_definition(stmt) and (exported is None or stmt.name in exported):
             out.extend(_undocumented_in(stmt, stmt.name))
     return out
+
+
+def _warns_deprecated(tree: ast.Module) -> bool:
+    """A module-level ``warnings.warn(..., DeprecationWarning)`` or ``_deprecated(...)``."""
+    for stmt in flatten_block(tree.body):
+        call = stmt.value if isinstance(stmt, ast.Expr) else None
+        if not isinstance(call, ast.Call):
+            continue
+        name = dotted(call.func) or ""
+        if name.endswith("_deprecated") or (name.endswith("warn") and any(
+                dotted(a) in ("DeprecationWarning", "PendingDeprecationWarning")
+                for a in [*call.args, *(k.value for k in call.keywords)])):
+            return True
+    return False
 
 
 def _undocumented_in(node: ast.ClassDef | ast.FunctionDef, qualname: str) -> list[list]:
