@@ -264,3 +264,9 @@ def test_a_glob_added_later_indexes_the_documents_it_matches():
                                   ".. toctree::\n   :glob:\n\n   api/*\n")
     assert "docs/api/models.rst" in applied.owners
     assert detector.evaluate("docs/api/models.rst", index) == []
+
+
+def test_a_namespace_package_at_the_root_is_library_code(tmp_path):
+    found = asked(tmp_path, {"pkg/mod.py": UNDOCUMENTED_FUNCTIONS,
+                             "README.md": "Use `pkg.mod.gone`.\n"})
+    assert found == {("missing_docstrings", "pkg/mod.py"), ("stale_doc", "README.md")}

@@ -35,7 +35,6 @@ defined: its documents keep their answers).
 
 from __future__ import annotations
 
-import keyword
 import posixpath
 import sys
 from fnmatch import fnmatchcase
@@ -50,7 +49,11 @@ from kloros_tasks.detectors._pyast import (
 )
 from kloros_tasks.detectors.base import FileFacts, IndexView, Touched
 from kloros_tasks.detectors.knowledge import docrefs as _docrefs
-from kloros_tasks.detectors.knowledge.context import is_generated, sphinx_suffixes
+from kloros_tasks.detectors.knowledge.context import (
+    importable_names,
+    is_generated,
+    sphinx_suffixes,
+)
 from kloros_tasks.detectors.knowledge.docfacts import (
     GLOB_DIR,
     UNDER,
@@ -61,7 +64,6 @@ from kloros_tasks.detectors.knowledge.docfacts import (
     prefixes,
     top_of,
 )
-from kloros_tasks.detectors.layout import import_root, module_names
 from kloros_tasks.questions import Question
 
 PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"  # what parses here
@@ -331,19 +333,6 @@ def _capped(items: list[str]) -> tuple[str, ...]:
 
 
 # --- Python ---------------------------------------------------------------------------------
-
-def importable_names(path: str) -> list[str]:
-    """The module's name when documents can name it: its import root is the tree's root,
-    a top-level ``src/`` or ``lib/``, or above the root (the root is a package).  A
-    module under ``examples/`` or ``scripts/`` is importable only from there, so its
-    names are no top-level modules of the tree; neither is a name that cannot be
-    imported (a component that is no identifier)."""
-    if import_root(path) not in (None, "", "src", "lib"):
-        return []
-    names = module_names(path)[:1]
-    return [m for m in names if all(
-        p.isidentifier() and not keyword.iskeyword(p) for p in m.split("."))]
-
 
 def _python_facts(path: str, text: str) -> FileFacts:
     tree, error = parse(text)
