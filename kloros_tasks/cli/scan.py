@@ -24,6 +24,7 @@ from pathlib import Path
 
 from kloros_tasks import names
 from kloros_tasks.cli.render import render_envelope
+from kloros_tasks.detectors.layout import is_package_file
 from kloros_tasks.questions import SEVERITIES, Question, dumps, open_envelope
 from kloros_tasks.settings import Settings, SettingsError
 from kloros_tasks.state.index import MemoryIndex
@@ -121,25 +122,40 @@ def scan_root(root: Path, detector, settings: Settings, *, warn=print,
     questions those relative paths own, judged against the whole tree)."""
     index = MemoryIndex()
     root_key = filters.root_name(str(root))
+    root_package = engine.package_prefix(str(root))
     paths = sorted(rel for rel, _stat in walk_tree(str(root), settings.exclude)
                    if detector.name in filters.should_enqueue(rel, settings.exclude))
-    for done, rel in enumerate(paths, 1):
+
+    def text_of(rel: str) -> str:
+        raw = read_file(str(root / rel), settings.max_file_bytes + 1)
+        if len(raw) > settings.max_file_bytes:
+            raise engine.NotText(f"too large (> {settings.max_file_bytes} bytes)")
+        return engine.decode_source(rel, raw)
+
+    def reread(rel: str) -> str | None:
+        try:
+            return text_of(rel)
+        except (OSError, engine.NotText):
+            return None
+
+    # Packages first, outermost first: every module is then named from its import
+    # root at once, and no __init__.py arriving later renames what was extracted.
+    ordered = sorted(paths, key=lambda rel: (not is_package_file(rel), rel.count("/"), rel))
+    for done, rel in enumerate(ordered, 1):
         if progress is not None:
             progress(done, len(paths))
         try:
-            raw = read_file(str(root / rel), settings.max_file_bytes + 1)
-            if len(raw) > settings.max_file_bytes:
-                raise engine.NotText(f"too large (> {settings.max_file_bytes} bytes)")
-            text = engine.decode_source(rel, raw)
+            text = text_of(rel)
         except (OSError, engine.NotText) as exc:
             if only is None or rel in only:
                 warn(f"{root_key}:{rel}: not analysed: {exc}")
             continue
-        applied = engine.apply_change(detector, index, rel, text)
+        applied = engine.apply_change(detector, index, rel, text, root_package=root_package,
+                                      reread=reread)
         if applied.error and (only is None or rel in only):
             warn(f"{root_key}:{rel}: does not parse: {applied.error}")
     owners = paths if only is None else [p for p in paths if p in only]
-    found = engine.evaluate(detector, index, owners, root_key)
+    found = engine.evaluate(detector, index, owners, root_key, root_package)
     return [q for owner in sorted(found) for q in found[owner]]
 
 

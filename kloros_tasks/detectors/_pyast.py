@@ -9,10 +9,11 @@ crash, so every detector parses through ``parse`` here.
 from __future__ import annotations
 
 import ast
-import keyword
 import posixpath
 import warnings
 from collections.abc import Iterator
+
+from kloros_tasks.detectors import layout
 
 TEST_DIRS = frozenset({"tests", "test"})
 PLAIN_BASES = frozenset({"object", "Protocol", "typing.Protocol", "Generic", "typing.Generic"})
@@ -40,22 +41,11 @@ def _nul_line(text: str) -> int:
 
 
 def module_name(path: str) -> str | None:
-    """Dotted name of a module from its relative path.
-
-    "a/b/c.py" -> "a.b.c", "a/b/__init__.py" -> "a.b", and a leading "src/" is the
-    src layout ("src/a/b.py" -> "a.b").  None when a component cannot be imported
-    (not an identifier, or a keyword).
-    """
-    if not path.endswith(".py"):
-        return None
-    parts = path[: -len(".py")].split("/")
-    if parts[-1] == "__init__":
-        parts.pop()
-    if len(parts) > 1 and parts[0] == "src":
-        parts = parts[1:]
-    if not parts or not all(p.isidentifier() and not keyword.iskeyword(p) for p in parts):
-        return None
-    return ".".join(parts)
+    """Dotted name of a module from its relative path and import root (see
+    ``kloros_tasks.detectors.layout``): "a/b/c.py" -> "a.b.c", "a/b/__init__.py" ->
+    "a.b", "src/a/b.py" -> "a.b".  None when a component cannot be imported (not an
+    identifier, or a keyword)."""
+    return layout.module_name(path)
 
 
 def is_test_path(path: str) -> bool:
@@ -211,6 +201,25 @@ class Definitions:
         self.opaque.add(qualname)
 
 
+def assigned_module_attributes(tree: ast.Module) -> set[str]:
+    """``pkg.mod.attr`` for every ``mod.attr = ...`` anywhere in the file, ``mod`` being
+    imported at module level (``from pkg import mod``): a module attribute bound from
+    outside (``mail.outbox = []`` in Django's test utilities)."""
+    aliases: dict[str, str] = {}
+    for stmt in flatten_block(tree.body):
+        if isinstance(stmt, ast.Import):
+            aliases.update({a.asname: a.name for a in stmt.names if a.asname})
+        elif isinstance(stmt, ast.ImportFrom) and stmt.module and not stmt.level:
+            aliases.update({a.asname or a.name: f"{stmt.module}.{a.name}"
+                            for a in stmt.names if a.name != "*"})
+    out: set[str] = set()
+    for node in ast.walk(tree) if aliases else ():
+        if (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
+                and isinstance(node.value, ast.Name) and node.value.id in aliases):
+            out.add(f"{aliases[node.value.id]}.{node.attr}")
+    return out
+
+
 def _inherits(node: ast.ClassDef) -> bool:
     bases = [dotted(b.value if isinstance(b, ast.Subscript) else b) for b in node.bases]
     return bool(node.keywords) or any(b not in PLAIN_BASES for b in bases)
@@ -228,9 +237,15 @@ def _self_attributes(func: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
 
 
 def undocumented(path: str, tree: ast.Module) -> list[list]:
-    """[line, qualified name] of each public definition without a docstring."""
+    """[line, qualified name] of each public definition without a docstring.
+
+    As pydocstyle has it, nothing in a private module (``_markupbase.py``, ``re/_parser.py``)
+    is public; neither is anything in a module that warns on import that it is deprecated
+    (nobody documents what is on its way out)."""
     out: list[list] = []
-    if tree.body and _module_is_public(path) and ast.get_docstring(tree) is None:
+    if not _module_is_public(path) or _warns_deprecated(tree):
+        return out
+    if tree.body and ast.get_docstring(tree) is None:
         out.append([1, "<module>"])
     exported = literal_all(tree.body)
     for stmt in flatten_block(tree.body):
@@ -239,10 +254,26 @@ def undocumented(path: str, tree: ast.Module) -> list[list]:
     return out
 
 
+def _warns_deprecated(tree: ast.Module) -> bool:
+    """A module-level ``warnings.warn(..., DeprecationWarning)`` or ``_deprecated(...)``."""
+    for stmt in flatten_block(tree.body):
+        call = stmt.value if isinstance(stmt, ast.Expr) else None
+        if not isinstance(call, ast.Call):
+            continue
+        name = dotted(call.func) or ""
+        if name.endswith("_deprecated") or (name.endswith("warn") and any(
+                dotted(a) in ("DeprecationWarning", "PendingDeprecationWarning")
+                for a in [*call.args, *(k.value for k in call.keywords)])):
+            return True
+    return False
+
+
 def _undocumented_in(node: ast.ClassDef | ast.FunctionDef, qualname: str) -> list[list]:
-    out = [] if _exempt(node) or ast.get_docstring(node) is not None else [
-        [node.lineno, qualname]]
-    if isinstance(node, ast.ClassDef):
+    out = [] if (_exempt(node) or _declarative(node)
+                 or ast.get_docstring(node) is not None) else [[node.lineno, qualname]]
+    # The members of a class that inherits are taken for overrides: inspect.getdoc, help()
+    # and Sphinx autodoc give them the docstring of the method they override.
+    if isinstance(node, ast.ClassDef) and not _inherits(node):
         for stmt in flatten_block(node.body):
             if _is_public_definition(stmt):
                 out.extend(_undocumented_in(stmt, f"{qualname}.{stmt.name}"))
@@ -253,6 +284,15 @@ def _is_public_definition(stmt: ast.stmt) -> bool:
     """A class or (async) function whose name has no leading underscore (dunders neither)."""
     definition = isinstance(stmt, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
     return definition and not stmt.name.startswith("_")
+
+
+def _declarative(node: ast.ClassDef | ast.FunctionDef) -> bool:
+    """A subclass that only sets class attributes (a lookup with its ``lookup_name``, a
+    warning category, a widget variant): its bases and values say what it is."""
+    if not isinstance(node, ast.ClassDef) or not _inherits(node):
+        return False
+    return not any(isinstance(s, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+                   for s in flatten_block(node.body))
 
 
 def _exempt(node: ast.ClassDef | ast.FunctionDef) -> bool:
