@@ -151,6 +151,8 @@ class Up:
         self.proxy: subprocess.Popen | None = None
         self.started_at = self.started_wall = 0.0
         self._client: redis.Redis | None = None
+        # Round trips and commands this observer made, left out of redis_io().
+        self.own_trips = self.own_commands = 0
         self._known: set[int] = set()
         self._log_marks: dict[Path, int] = {}
 
@@ -161,8 +163,35 @@ class Up:
     @property
     def client(self) -> redis.Redis:
         if self._client is None:
-            self._client = redis_client(self.url, socket_timeout=10)
+            client = redis_client(self.url, socket_timeout=10)
+            plain = client.execute_command
+
+            def counted(*args, **options):
+                self.own_trips += 1
+                self.own_commands += 1
+                return plain(*args, **options)
+
+            client.execute_command = counted  # so that redis_io() can leave ours out
+            self._client = client
         return self._client
+
+    def redis_io(self) -> dict[str, int]:
+        """What the pipeline asked of its Redis so far, this observer's own polling left
+        out: ``reads`` (read(2) calls of redis-server: one per request a client sent, a
+        pipeline or a script call counting once; from /proc/PID/io) and ``commands``
+        (``INFO commandstats``: every command, those run inside scripts included)."""
+        pid = self.pid_of("redis-server")
+        reads = 0
+        if pid is not None:
+            io = Path(f"/proc/{pid}/io").read_text().split()
+            reads = int(io[io.index("syscr:") + 1])
+        stats = self.client.info("commandstats")
+        commands = sum(int(v["calls"]) for v in stats.values())
+        scripts = sum(int(v["calls"]) for k, v in stats.items()
+                      if k in ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_fcall"))
+        return {"reads": max(0, reads - self.own_trips),
+                "commands": max(0, commands - self.own_commands),
+                "scripts": scripts}
 
     def start(self, timeout: float = 30.0) -> Up:
         """Start ``up`` (and the proxy); return once the embedded Redis answers."""
@@ -176,8 +205,7 @@ class Up:
                 self.proxy = self._spawn(["chem-proxy"], env, "chem-proxy.log")
         self._mark_logs()
         argv = ["up", "--format", "jsonl", *map(str, self.roots)]
-        if self.single_worker:
-            argv.append("--single-worker")
+        argv.append("--single-worker" if self.single_worker else "--per-detector")
         self.started_at, self.started_wall = time.perf_counter(), time.time()
         self.proc = self._spawn(argv, env, "up.out")
         self.wait_for(self._redis_answers, timeout, "the embedded redis-server")
@@ -235,6 +263,8 @@ class Up:
     # --- state as seen from Redis ----------------------------------------------------------
     def queued(self) -> int:
         pipe = self.client.pipeline(transaction=False)
+        self.own_trips += 1  # one round trip of len(QUEUES) + 1 commands
+        self.own_commands += len(names.QUEUES) + 1
         for queue in names.QUEUES:
             pipe.llen(queue)
         pipe.hlen(KOMBU_UNACKED)

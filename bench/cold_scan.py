@@ -1,10 +1,13 @@
-"""Cold scan: a copy of the standard library and a generated tree through ``kloros-tasks up``,
-against pyflakes, vulture and interrogate over the same trees.
+"""Cold scan: Django's package directory, a copy of the standard library and a generated
+tree through ``kloros-tasks up``, against pyflakes, vulture and interrogate over the same
+trees, in the same run.
 
-    .venv/bin/python bench/cold_scan.py [--quick] [--files N] [--no-stdlib | --with-stdlib]
-                                        [--no-tools]
+    .venv/bin/python bench/cold_scan.py [--quick] [--files N] [--trees T[,T...]]
+                                        [--sdists DIR] [--single-worker] [--no-tools]
 
-``--quick``: the generated tree only, 1,000 files (``--with-stdlib`` adds the stdlib copy).
+Trees: ``django`` (the ``django/`` directory of the Django 5.2 sdist, from ``--sdists``
+or the bench cache, else downloaded once), ``stdlib``, ``generated``.  Default: all
+three; ``--quick``: the generated tree only, 1,000 files.
 
 For each tree: an empty state dir, then ``kloros-tasks up TREE`` (embedded Redis, one
 prefork worker per queue, beat, the watcher; no bridge) is started and timed until
@@ -14,6 +17,12 @@ the files the pipeline analyses (.py, .md, .rst, .txt).  CPU is utime+stime of e
 process of the pipeline, Redis included, at idle.  Then each comparison tool runs
 once over the same tree as a single process (needs ``pip install pyflakes vulture
 interrogate`` into the venv; they are not dependencies of the package).
+
+Work done per analysed file: tasks run (workers' logs), Redis requests (read(2) calls
+of redis-server: one per request or pipeline a client sends, more for a request over
+16 KiB) and Redis commands (``INFO commandstats``, commands run inside scripts
+included), the benchmark's own polling left out.  The load average is printed beside
+each tree: on a shared machine only ratios measured in one run compare.
 """
 
 from __future__ import annotations
@@ -29,15 +38,17 @@ import sys
 import time
 from pathlib import Path
 
+import _corpora
 from _measure import machine, table
 from _measure import workdir as make_workdir
-from _pipeline import CLK_TCK, Up, cpu_ticks
+from _pipeline import CLK_TCK, Up, cpu_ticks, pss_kib
 from _trees import copy_stdlib, generate_tree, routed_files
 
 from kloros_tasks import names
 
 TASK_TIME = re.compile(r" succeeded in ([0-9.]+)s")
 FULL_FILES, QUICK_FILES = 10_000, 1_000
+REST_AFTER = 5.0  # seconds after idle before the at-rest window opens
 TOOLS = {
     "pyflakes": ["pyflakes"],
     "vulture": ["vulture"],
@@ -79,9 +90,32 @@ def task_times(up: Up) -> dict[str, list[float]]:
     return out
 
 
-def scan_pipeline(work: Path, root: Path, files: int) -> dict:
-    """Time ``kloros-tasks up`` on ``root`` from start to idle."""
-    up = Up(work / "run", [root])
+def load() -> str:
+    """The 1-minute load average now."""
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
+def at_rest(up: Up, seconds: float) -> dict:
+    """PSS of every process of ``up`` (Redis included) and percent of one core they used
+    over ``seconds`` of quiet."""
+    procs = up.processes(include_proxy=False)
+    before = {p.pid: cpu_ticks(p.pid, with_reaped=False) for p in procs}
+    started = time.perf_counter()
+    time.sleep(seconds)
+    elapsed = time.perf_counter() - started
+    procs = up.processes(include_proxy=False)
+    pss = sum(pss_kib(p.pid) or 0 for p in procs) / 1024
+    used = sum((cpu_ticks(p.pid, with_reaped=False) or 0) - (before.get(p.pid) or 0)
+               for p in procs if before.get(p.pid) is not None)
+    return {"processes": len(procs), "pss": pss, "cpu": used / CLK_TCK / elapsed * 100,
+            "rest_s": seconds}
+
+
+def scan_pipeline(work: Path, root: Path, files: int, single_worker: bool,
+                  rest: float = 0.0) -> dict:
+    """Time ``kloros-tasks up`` on ``root`` from start to idle; with ``rest``, then
+    measure it at rest (5 s after idle, over ``rest`` seconds)."""
+    up = Up(work / "run", [root], single_worker=single_worker)
     try:
         up.start()
         up.wait_for(up.workers_ready, 300, "the workers")
@@ -89,13 +123,17 @@ def scan_pipeline(work: Path, root: Path, files: int) -> dict:
         idle_at = up.wait_idle(expect_seen=files) - up.started_at
         last_ms = up.stream_last_ms()
         roles = cpu_by_role(up)
-        result = {
+        io = up.redis_io()
+        result = {"load": load(), **io,
             "idle": idle_at, "workers": workers_at, "cpu": sum(roles.values()), "roles": roles,
             "task_times": task_times(up), "questions": up.client.xlen("kloros:questions"),
             "resolved": _resolutions(up),
             "tasks": len(up.worker_log_lines(" succeeded in ")),
             "last_question": last_ms / 1000 - up.started_wall if last_ms else 0.0,
         }
+        if rest:
+            time.sleep(REST_AFTER)
+            result["rest"] = at_rest(up, rest)
     finally:
         up.stop()
     return result
@@ -120,10 +158,13 @@ def scan_tools(root: Path) -> dict[str, tuple[float, float, int] | None]:
 def row(label: str, root: Path, pipe: dict, tools: dict) -> tuple[list, list]:
     files, py, tasks = routed_files(root)
     opened = pipe["questions"] - pipe["resolved"]
-    main = [label, files, py, tasks, pipe["tasks"], f"{opened} + {pipe['resolved']}",
+    main = [label, pipe["load"], files, py, tasks, pipe["tasks"],
+            f"{pipe['tasks'] / files:.2f}", f"{pipe['reads'] / files:.1f}",
+            f"{pipe['commands'] / files:.1f}", f"{pipe['scripts'] / files:.1f}",
+            f"{opened} + {pipe['resolved']}",
             f"{pipe['workers']:.1f}", f"{pipe['last_question']:.1f}", f"{pipe['idle']:.1f}",
             f"{files / pipe['idle']:.0f}", f"{pipe['cpu']:.1f}"]
-    comp = [label]
+    comp = [label, load()]
     for name in TOOLS:
         result = tools.get(name)
         if result is None:
@@ -155,39 +196,65 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_FILES}-file tree")
     parser.add_argument("--files", type=int, help=f"generated tree size (default {FULL_FILES})")
-    parser.add_argument("--no-stdlib", action="store_true", help="skip the stdlib copy")
-    parser.add_argument("--with-stdlib", action="store_true", help="the stdlib copy in --quick")
+    parser.add_argument("--trees", default=None,
+                        help="comma-separated: django, stdlib, generated "
+                             "(default all three; --quick: generated)")
+    parser.add_argument("--sdists", type=Path, help="a directory holding Django-5.2.tar.gz")
+    parser.add_argument("--single-worker", action="store_true",
+                        help="run up with --single-worker")
     parser.add_argument("--no-tools", action="store_true", help="skip the comparison tools")
+    parser.add_argument("--rest", type=float, default=0.0, metavar="S",
+                        help="after idle, PSS and CPU of the pipeline over S quiet seconds")
     args = parser.parse_args()
     files = args.files or (QUICK_FILES if args.quick else FULL_FILES)
-    print(f"# cold scan: a generated {files}-file tree (and the stdlib copy unless --quick)")
+    wanted = (args.trees or ("generated" if args.quick else "django,stdlib,generated")).split(",")
+    unknown = set(wanted) - {"django", "stdlib", "generated"}
+    if unknown:
+        parser.error(f"--trees: unknown {', '.join(sorted(unknown))}")
+    print(f"# cold scan: {', '.join(wanted)} (generated: {files} files)"
+          + (", up --single-worker" if args.single_worker else ""))
     print(f"machine: {machine()}\n")
     mains, comps, labels, pipes = [], [], [], []
     with make_workdir() as work:
-        stdlib = not args.no_stdlib and (args.with_stdlib or not args.quick)
-        trees = [("stdlib copy", copy_stdlib(work / "trees"))] if stdlib else []
-        generated = work / "trees" / f"gen{files}"
-        generate_tree(generated, files)
-        trees.append((f"generated {files}", generated))
+        trees = []
+        if "django" in wanted:
+            trees.append(("django/ (5.2)", _corpora.fetch(_corpora.CORPORA["django"],
+                                                          args.sdists) / "django"))
+        if "stdlib" in wanted:
+            trees.append(("stdlib copy", copy_stdlib(work / "trees")))
+        if "generated" in wanted:
+            generated = work / "trees" / f"gen{files}"
+            generate_tree(generated, files)
+            trees.append((f"generated {files}", generated))
         for label, root in trees:
             analysed = routed_files(root)[0]
-            pipe = scan_pipeline(work / label.replace(" ", "_"), root, analysed)
+            pipe = scan_pipeline(work / re.sub(r"\W+", "_", label), root, analysed,
+                                 args.single_worker, args.rest)
             tools = {} if args.no_tools else scan_tools(root)
             m, c = row(label, root, pipe, tools)
             labels.append(label)
             pipes.append(pipe)
             mains.append(m)
             comps.append(c)
-    print(table(["tree", "files", ".py", "tasks expected", "tasks run", "opened + resolved",
+    print(table(["tree", "load", "files", ".py", "tasks expected", "tasks run", "tasks/file",
+                 "redis requests/file", "redis commands/file", "script calls/file",
+                 "opened + resolved",
                  "workers ready s", "last question s", "idle s", "files/s", "pipeline CPU s"],
                 mains))
     print()
-    headers = ["tree"]
+    headers = ["tree", "load"]
     for name in TOOLS:
         headers += [f"{name} (wall, CPU)", f"pipeline / {name}"]
     print(table(headers, comps))
     print()
     print(detail_tables(labels, pipes))
+    rested = [(label, p["rest"]) for label, p in zip(labels, pipes, strict=True) if "rest" in p]
+    if rested:
+        print()
+        print(table(["tree", "processes at rest", "PSS MiB (Redis included)",
+                     "CPU % of one core", "window s"],
+                    [[label, r["processes"], f"{r['pss']:.1f}", f"{r['cpu']:.2f}",
+                      f"{r['rest_s']:.0f}"] for label, r in rested]))
     print("\nidle s: from starting `up` to idle, worker start-up included; "
           "ratios are pipeline idle time / tool wall time")
 
