@@ -96,8 +96,8 @@ def pipeline(procs):
     env = service_env("", base / "state", KLOROS_FLOWER_PORT=str(port),
                       KLOROS_EXPLORATION_INTERVAL="3600")
     del env["KLOROS_REDIS_URL"]
-    up = procs.add(Proc([sys.executable, "-m", "kloros_tasks.cli", "up", "--flower", str(tree)],
-                        env, base / "up.log"))
+    up = procs.add(Proc([sys.executable, "-m", "kloros_tasks.cli", "up", "--flower",
+                         "--per-detector", str(tree)], env, base / "up.log"))
     # The credentials up generated and printed once.
     printed = wait_for(lambda: re.search(r"flower on (http://127\.0\.0\.1:\d+)/ \(basic auth "
                                          r"(\S+:\S+)\)", up.output()), 60,

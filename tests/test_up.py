@@ -68,9 +68,9 @@ def child_commands(pid: int) -> list[str]:
     return out
 
 
-def test_the_single_worker_layout_embeds_beat_and_serves_every_queue(world):
+def test_by_default_one_worker_serves_every_queue_with_beat_embedded(world):
     base, tree, state = world
-    up = start_up(base, tree, state, "up.log", "--single-worker")
+    up = start_up(base, tree, state, "up.log")
     try:
         up.wait_output("knowledge.missing_docstrings", 90)
         client = redis_client(f"redis+socket://{state}/redis/redis.sock")
@@ -195,8 +195,11 @@ def child_pid(up: Proc, text: str) -> int:
 @pytest.mark.fault
 def test_up_restarts_a_child_that_died_and_status_shows_the_restart(world):
     base, tree, state = world
-    up = start_up(base, tree, state, "up.log")
+    # The per-detector layout: one worker per queue, each restarted on its own.
+    up = start_up(base, tree, state, "up.log", "--per-detector")
     up.wait_output("knowledge.missing_docstrings", 90)
+    assert len([c for c in child_commands(up.popen.pid) if " worker " in c]) == len(names.QUEUES)
+    assert [c for c in child_commands(up.popen.pid) if " beat " in c]
     url = f"redis+socket://{state}/redis/redis.sock"
     client = redis_client(url)
 

@@ -50,7 +50,7 @@ def cmd_up(args, settings: Settings) -> int:
     roots = _roots(args.paths or ["."], settings)
     try:
         return run_up(settings, roots, fmt=args.format, concurrency=args.concurrency,
-                      single_worker=args.single_worker, flower=args.flower)
+                      single_worker=not args.per_detector, flower=args.flower)
     except AlreadyRunning as exc:
         print(f"kloros-tasks: {exc}", file=sys.stderr)
         return 2
@@ -226,17 +226,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_scan)
 
     p = _sub(sub, "up", "the whole pipeline in the foreground",
-             "Run Redis (embedded unless --redis/KLOROS_REDIS_URL), one worker per queue,\n"
-             "beat, the watcher (and the bridge when KLOROS_CHEM_XSUB is set) and print\n"
-             "questions as they are published. Ctrl-C stops everything.")
+             "Run Redis (embedded unless --redis/KLOROS_REDIS_URL), one worker consuming\n"
+             "every detector queue with beat embedded (--per-detector: one worker per queue\n"
+             "and a separate beat), the watcher (and the bridge when KLOROS_CHEM_XSUB is\n"
+             "set) and print questions as they are published. Ctrl-C stops everything.")
     p.add_argument("paths", nargs="*", metavar="PATH", help="roots to watch (default: .)")
     p.add_argument("--redis", metavar="URL", help="use this Redis instead of an embedded one")
     p.add_argument("--format", choices=("text", "jsonl"), default="text",
                    help=FORMAT_HELP + " (default: text)")
     p.add_argument("--concurrency", type=int, default=1, metavar="N",
                    help="pool processes per worker (default: 1)")
-    p.add_argument("--single-worker", action="store_true",
-                   help="one worker on all queues with beat embedded (lowest memory)")
+    layout = p.add_mutually_exclusive_group()
+    layout.add_argument("--per-detector", action="store_true",
+                        help="one worker per queue and a separate beat (isolation; the "
+                             "layout of the systemd units)")
+    layout.add_argument("--single-worker", action="store_true",
+                        help="one worker on all queues with beat embedded (the default)")
     p.add_argument("--flower", action="store_true",
                    help="also run the Flower dashboard on 127.0.0.1 (basic auth)")
     p.set_defaults(func=cmd_up)

@@ -121,8 +121,9 @@ def flower_child(settings: Settings, auth: str, nodes: list[str]) -> Child:
 
 
 def plan(settings: Settings, roots: list[Path], *, concurrency: int = 1,
-         single_worker: bool = False, flower_auth: str | None = None) -> list[Child]:
+         single_worker: bool = True, flower_auth: str | None = None) -> list[Child]:
     """The children of one ``up``: workers, beat, watcher (and the bridge when configured).
+    By default one worker on every queue; ``single_worker=False``: one per queue.
 
     The single worker runs beat embedded (``-B``), as kloros-curiosity-all.service
     does: a separate beat process would cost about 45 MiB to send one message every
