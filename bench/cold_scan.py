@@ -48,7 +48,7 @@ from kloros_tasks import names
 
 TASK_TIME = re.compile(r" succeeded in ([0-9.]+)s")
 FULL_FILES, QUICK_FILES = 10_000, 1_000
-REST_AFTER = 5.0  # seconds after idle before the at-rest window opens
+REST_AFTER = 30.0  # seconds after idle before the at-rest window opens
 TOOLS = {
     "pyflakes": ["pyflakes"],
     "vulture": ["vulture"],
@@ -83,7 +83,7 @@ def cpu_by_role(up: Up) -> dict[str, float]:
 def task_times(up: Up) -> dict[str, list[float]]:
     """Seconds of every task each worker ran, from its log's "succeeded in" lines."""
     out = {}
-    for path in sorted((up.state / "logs").glob("worker-*.log")):
+    for path in sorted((up.state / "logs").glob("worker*.log")):
         found = TASK_TIME.findall(up.log_since_start(path))
         if found:
             out[path.stem.removeprefix("worker-")] = [float(t) for t in found]
@@ -104,17 +104,21 @@ def at_rest(up: Up, seconds: float) -> dict:
     time.sleep(seconds)
     elapsed = time.perf_counter() - started
     procs = up.processes(include_proxy=False)
-    pss = sum(pss_kib(p.pid) or 0 for p in procs) / 1024
-    used = sum((cpu_ticks(p.pid, with_reaped=False) or 0) - (before.get(p.pid) or 0)
-               for p in procs if before.get(p.pid) is not None)
-    return {"processes": len(procs), "pss": pss, "cpu": used / CLK_TCK / elapsed * 100,
-            "rest_s": seconds}
+    pss: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    for proc in procs:
+        pss[proc.role] = pss.get(proc.role, 0.0) + (pss_kib(proc.pid) or 0) / 1024
+        if before.get(proc.pid) is not None:  # one born inside the window is left out
+            used = (cpu_ticks(proc.pid, with_reaped=False) or 0) - before[proc.pid]
+            cpu[proc.role] = cpu.get(proc.role, 0.0) + used / CLK_TCK / elapsed * 100
+    return {"processes": len(procs), "pss": sum(pss.values()), "cpu": sum(cpu.values()),
+            "rest_s": seconds, "pss_by_role": pss, "cpu_by_role": cpu}
 
 
 def scan_pipeline(work: Path, root: Path, files: int, single_worker: bool,
                   rest: float = 0.0) -> dict:
     """Time ``kloros-tasks up`` on ``root`` from start to idle; with ``rest``, then
-    measure it at rest (5 s after idle, over ``rest`` seconds)."""
+    measure it at rest (REST_AFTER s after idle, over ``rest`` seconds)."""
     up = Up(work / "run", [root], single_worker=single_worker)
     try:
         up.start()
@@ -171,7 +175,8 @@ def row(label: str, root: Path, pipe: dict, tools: dict) -> tuple[list, list]:
             comp += ["not run", "-"]
         else:
             wall, cpu, _rc = result
-            comp += [f"{wall:.2f} s ({cpu:.2f} CPU)", f"{pipe['idle'] / wall:.1f}x"]
+            comp += [f"{wall:.2f} s ({cpu:.2f} CPU)",
+                     f"{pipe['idle'] / wall:.1f}x (CPU {pipe['cpu'] / cpu:.1f}x)"]
     return main, comp
 
 
@@ -232,6 +237,9 @@ def main() -> None:
                                  args.single_worker, args.rest)
             tools = {} if args.no_tools else scan_tools(root)
             m, c = row(label, root, pipe, tools)
+            # Each tree as soon as it is done: a long run cut short keeps what it measured.
+            print(f"done: {' | '.join(map(str, m))} || {' | '.join(map(str, c))}"
+                  + (f" || at rest: {pipe['rest']}" if "rest" in pipe else ""), flush=True)
             labels.append(label)
             pipes.append(pipe)
             mains.append(m)
@@ -255,6 +263,12 @@ def main() -> None:
                      "CPU % of one core", "window s"],
                     [[label, r["processes"], f"{r['pss']:.1f}", f"{r['cpu']:.2f}",
                       f"{r['rest_s']:.0f}"] for label, r in rested]))
+        roles = sorted({role for _label, r in rested for role in r["pss_by_role"]})
+        print()
+        print(table(["at rest: PSS MiB / CPU %", *(label for label, _r in rested)],
+                    [[role, *(f"{r['pss_by_role'].get(role, 0.0):.1f} / "
+                              f"{r['cpu_by_role'].get(role, 0.0):.2f}" for _l, r in rested)]
+                     for role in roles]))
     print("\nidle s: from starting `up` to idle, worker start-up included; "
           "ratios are pipeline idle time / tool wall time")
 
