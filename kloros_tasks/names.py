@@ -37,7 +37,13 @@ TASK_EXPLORATION_SCAN = "kloros.exploration.scan"
 FILE_DETECTOR_SUFFIXES: dict[str, tuple[str, ...]] = {
     KNOWLEDGE: (".py", ".md", ".rst", ".txt"),
     INTEGRATION: (".py",),
-    CAPABILITY: (".py", "pyproject.toml", "requirements*.txt", ".env.example", "*.env.example"),
+    # capability also reads what sets or documents environment variables (see
+    # detectors/capability/envfiles.py); its wants_path narrows ".txt" to requirements
+    # and documentation.
+    CAPABILITY: (".py", "pyproject.toml", "setup.cfg", ".txt", ".md", ".rst", ".sh", ".bash",
+                 ".service", "*.env", ".env.*", "env.example", "*.env.example",
+                 "docker-compose*.yml", "docker-compose*.yaml", "compose*.yml", "compose*.yaml",
+                 "Dockerfile*", "*.dockerfile"),
 }
 
 # --- pub/sub channels (equal to the envelope's ``signal``) -----------------------

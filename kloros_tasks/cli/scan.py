@@ -78,7 +78,7 @@ def run_scan(settings: Settings, roots: list[Path], *, detectors: list[str] | No
         root_key = filters.root_name(str(root))
         for name in chosen:
             progress = terminal_progress(err, f"{root_key} {name}")
-            for q in scan_root(root, scan_detector(name, settings), settings,
+            for q in scan_root(root, scan_detector(name, settings, root), settings,
                                warn=lambda m: print(m, file=err), progress=progress):
                 env = open_envelope(q, root=root_key, host=host, now=now)
                 out.write((dumps(env) if fmt == "jsonl" else render_envelope(env)) + "\n")

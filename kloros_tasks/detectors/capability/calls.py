@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import re
 import shlex
+from collections.abc import Iterable
 
 # The first argument is the program itself (a list, or a string naming it).
 EXEC_PROGRAM = frozenset({
@@ -70,3 +71,42 @@ def program_of(name: str, call: ast.Call) -> str | None:
     # Without shell=True a string is still the whole command on POSIX; its first word
     # is what the author meant to run, and what is worth asking about.
     return plain_program(text if name in VERBATIM else shell_program(text) or "")
+
+
+def aliases_of(tree: ast.AST) -> dict[str, str]:
+    """Local name -> qualified name for every import in the file (any scope)."""
+    out: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.asname:
+                    out[a.asname] = a.name
+                else:
+                    top = a.name.split(".")[0]
+                    out[top] = top
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            for a in node.names:
+                if a.name != "*":
+                    out[a.asname or a.name] = f"{node.module}.{a.name}"
+    return out
+
+
+def exception_names(exprs: Iterable[ast.expr]) -> set[str]:
+    """Last name of each exception expression: ``builtins.OSError`` -> ``OSError``."""
+    names: set[str] = set()
+    for t in exprs:
+        if isinstance(t, ast.Tuple):
+            names |= exception_names(t.elts)
+        elif isinstance(t, ast.Name):
+            names.add(t.id)
+        elif isinstance(t, ast.Attribute):
+            names.add(t.attr)
+    return names
+
+
+def caught(handlers: Iterable[ast.ExceptHandler]) -> frozenset[str]:
+    """Exceptions a try statement's handlers catch; a bare ``except:`` catches everything."""
+    names: set[str] = set()
+    for h in handlers:
+        names |= {"BaseException"} if h.type is None else exception_names([h.type])
+    return frozenset(names)

@@ -5,7 +5,9 @@ Pure: text in, values out.  Three kinds of file are understood:
 * ``pyproject.toml``: ``[project] dependencies`` and ``optional-dependencies``,
   PEP 735 ``[dependency-groups]``, and Poetry's ``[tool.poetry]`` dependency tables;
 * ``requirements*.txt`` (and any ``.txt`` under a ``requirements/`` directory);
-* ``.env.example``: the environment variables a deployment is expected to set.
+  lock files (every line pinned, pip-compile's ``# via``) and files for developers
+  (``docs/requirements.txt``, ``requirements-test.txt``) declare, but not as runtime needs;
+* ``setup.cfg``: ``[metadata] name`` and ``[options] install_requires``.
 
 Distribution names are normalised per PEP 503, so ``PyYAML``, ``pyyaml`` and
 ``Py_Yaml`` are one name.
@@ -30,8 +32,30 @@ _DEV_WORDS = re.compile(r"(^|[-_.])(dev|devel|develop|test|tests|testing|lint|do
 
 PYPROJECT = "pyproject"
 REQUIREMENTS = "requirements"
-ENV_EXAMPLE = "env_example"
-ENV_EXAMPLE_NAMES = frozenset({".env.example", "env.example"})
+SETUP_CFG = "setup_cfg"
+# Folders whose requirement files serve developers, never the running program.
+_DEV_DIRS = frozenset({"docs", "doc", "tests", "test", "testing", "ci", ".github", "dev",
+                       "benchmarks", "bench"})
+# pip-compile and friends: every requirement pinned, or "# via" provenance comments.
+_PINNED = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[^\]]*\])?\s*===?\s*[^,;\s]+\s*(;.*)?$")
+# Distributions whose import name is not their own name, for declarations the target
+# environment cannot answer for (not installed there); an installed one is read from
+# its metadata instead.
+IMPORT_NAMES: dict[str, tuple[str, ...]] = {
+    "pyyaml": ("yaml",), "pillow": ("PIL",), "argon2-cffi": ("argon2",),
+    "python-dateutil": ("dateutil",), "beautifulsoup4": ("bs4",), "scikit-learn": ("sklearn",),
+    "opencv-python": ("cv2",), "opencv-python-headless": ("cv2",), "pyzmq": ("zmq",),
+    "python-memcached": ("memcache",), "mysqlclient": ("MySQLdb",), "attrs": ("attr", "attrs"),
+    "protobuf": ("google",), "setuptools": ("setuptools", "pkg_resources"),
+    "python-dotenv": ("dotenv",), "pywin32": ("win32api", "win32con", "pywintypes"),
+    "pyopenssl": ("OpenSSL",), "pycryptodome": ("Crypto",), "pyjwt": ("jwt",),
+    "python-magic": ("magic",), "pyserial": ("serial",), "typing-extensions": (
+        "typing_extensions",), "msgpack-python": ("msgpack",), "psycopg2-binary": ("psycopg2",),
+    "psycopg-binary": ("psycopg",), "python-multipart": ("multipart",), "pygobject": ("gi",),
+    "dnspython": ("dns",), "gitpython": ("git",), "pymupdf": ("fitz",),
+    "google-api-python-client": ("googleapiclient",), "ruamel-yaml": ("ruamel",),
+    "importlib-metadata": ("importlib_metadata",), "sentry-sdk": ("sentry_sdk",),
+}
 
 
 def normalize(name: str) -> str:
@@ -39,9 +63,17 @@ def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def import_names(dist: str) -> tuple[str, ...]:
+    """The import names a distribution conventionally provides, without asking any
+    environment: the known exceptions, else ``foo-bar`` -> ``foo_bar``."""
+    dist = normalize(dist)
+    return IMPORT_NAMES.get(dist, (dist.replace("-", "_"),))
+
+
 @dataclass(frozen=True)
 class Declared:
-    """One distribution a declaration file names, where, and whether it is a runtime need."""
+    """One distribution a declaration file names, where, and whether it is a runtime need
+    (``main``: a runtime dependency the project itself needs, unconditionally)."""
 
     dist: str
     line: int
@@ -59,17 +91,24 @@ class Declarations:
     authoritative: bool
 
 
+def is_dev_path(path: str) -> bool:
+    """True for a declaration file that serves developers: a dev-named file, or one
+    under docs/, tests/, ci/ and the like."""
+    p = PurePosixPath(path)
+    return is_dev_name(p.stem) or any(part.lower() in _DEV_DIRS for part in p.parts[:-1])
+
+
 def file_kind(path: str) -> str | None:
     """Which declaration kind ``path`` is, or None when it is not one."""
     p = PurePosixPath(path)
     name = p.name
     if name == "pyproject.toml":
         return PYPROJECT
-    if name in ENV_EXAMPLE_NAMES or name.endswith(".env.example"):
-        return ENV_EXAMPLE
     if name.endswith(".txt") and (name.startswith("requirements")
                                   or "requirements" in p.parent.parts):
         return REQUIREMENTS
+    if name == "setup.cfg":
+        return SETUP_CFG
     return None
 
 
@@ -107,7 +146,7 @@ def _pep621(doc: dict[str, Any]) -> tuple[list[tuple[str, bool]], bool]:
     dynamic = project.get("dynamic", [])
     if isinstance(dynamic, list) and "dependencies" in dynamic:
         return [], False
-    reqs = [(s, True) for s in _strings(project.get("dependencies", []))]
+    reqs = [(s, ";" not in s) for s in _strings(project.get("dependencies", []))]
     optional = project.get("optional-dependencies", {})
     if isinstance(optional, dict):
         for extra, values in optional.items():
@@ -184,10 +223,21 @@ def _logical_lines(text: str) -> list[tuple[int, str]]:
     return out
 
 
+def is_lock_file(text: str) -> bool:
+    """True for a lock-style requirements file (pip-compile, ``pip freeze``): it pins
+    transitive dependencies on purpose, so an entry nothing imports is not unused."""
+    if re.search(r"^\s*#\s+via\b", text, re.M) or "--hash=" in text:
+        return True
+    reqs = [line.strip() for _, line in _logical_lines(text)
+            if line.strip() and not line.strip().startswith(("-", "#"))]
+    return len(reqs) >= 3 and all(_PINNED.match(r) for r in reqs)
+
+
 def parse_requirements(path: str, text: str) -> Declarations:
     """Declarations of a requirements file: options (-r, -c, -e, --index-url ...),
-    URLs and local paths are skipped; markers, extras and versions are stripped."""
-    main = not is_dev_name(PurePosixPath(path).stem)
+    URLs and local paths are skipped; markers, extras and versions are stripped.
+    Entries of dev files, lock files, and entries with a marker are not ``main``."""
+    main = not is_dev_path(path) and not is_lock_file(text)
     out: dict[str, Declared] = {}
     for line_no, line in _logical_lines(text):
         line = line.strip()
@@ -197,16 +247,33 @@ def parse_requirements(path: str, text: str) -> Declarations:
             continue  # a local path: pip installs it as a project, not by name
         dist = requirement_name(line.split(";", 1)[0])
         if dist is not None and dist not in out:
-            out[dist] = Declared(dist, line_no, main)
+            out[dist] = Declared(dist, line_no, main and ";" not in line)
     return Declarations(tuple(out.values()), None, True)
 
 
-def parse_env_example(text: str) -> dict[str, int]:
-    """Variable names an .env.example documents (commented-out entries included,
-    since ``# OPTIONAL=`` is how such files document optional settings), with lines."""
-    found: dict[str, int] = {}
-    for i, line in enumerate(text.splitlines(), 1):
-        m = _ENV_LINE.match(line)
-        if m:
-            found.setdefault(m.group(1), i)
-    return found
+def parse_setup_cfg(text: str) -> Declarations:
+    """Declarations of a setup.cfg: ``[metadata] name``, ``[options] install_requires``
+    and ``[options.extras_require]``; raises ValueError when it is not INI."""
+    import configparser  # noqa: PLC0415 -- only setup.cfg needs it
+
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(text)
+    except configparser.Error as exc:
+        raise ValueError(str(exc).splitlines()[0]) from exc
+    lines = text.splitlines()
+    project = parser.get("metadata", "name", fallback=None)
+    found: list[tuple[str, bool]] = []
+    for raw in parser.get("options", "install_requires", fallback="").splitlines():
+        found.append((raw, ";" not in raw))
+    if parser.has_section("options.extras_require"):
+        for _extra, body in parser.items("options.extras_require"):
+            found += [(raw, False) for raw in body.splitlines()]
+    out: dict[str, Declared] = {}
+    for raw, main in found:
+        dist = requirement_name(raw.split(";", 1)[0])
+        if dist is not None and dist not in out:
+            out[dist] = Declared(dist, _line_of(lines, raw.strip()), main)
+    authoritative = parser.has_option("options", "install_requires")
+    return Declarations(tuple(out.values()), normalize(project) if project else None,
+                        authoritative)

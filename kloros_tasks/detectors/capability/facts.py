@@ -12,7 +12,6 @@ from __future__ import annotations
 import ast
 import re
 import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kloros_tasks.detectors.capability.calls import (
@@ -20,6 +19,9 @@ from kloros_tasks.detectors.capability.calls import (
     ENV_SETS,
     EXEC_PROGRAM,
     EXEC_SHELL,
+    aliases_of,
+    caught,
+    exception_names,
     literal,
     program_of,
 )
@@ -30,7 +32,7 @@ from kloros_tasks.detectors.capability.paths import module_of, spelling
 TYPING, GUARDED, CONDITIONAL, LAZY, PLAIN = "typing", "guarded", "conditional", "lazy", "plain"
 OPTIONAL_KINDS = frozenset({TYPING, GUARDED, CONDITIONAL})
 # How a program is reached.
-RUN, RUN_GUARDED, WHICH = "run", "guarded", "which"
+RUN = "run"
 
 REGISTRY_DECORATORS = frozenset({"tool", "skill", "capability"})
 _IMPORT_ERRORS = frozenset({"ImportError", "ModuleNotFoundError"})
@@ -38,6 +40,18 @@ _OS_ERRORS = frozenset({"OSError", "FileNotFoundError", "EnvironmentError", "IOE
 _KEY_ERRORS = frozenset({"KeyError", "LookupError"})
 _BROAD = frozenset({"Exception", "BaseException"})
 _PLATFORM_TESTS = ("sys.version_info", "sys.platform", "os.name", "platform.", "sys.implementation")
+# Calls that raise on None: an environment read passed straight to one needs the variable.
+_NONE_BREAKS = frozenset({
+    "int", "float", "complex", "open", "bytes.fromhex", "pathlib.Path", "pathlib.PurePath",
+    "Path", "json.loads", "os.path.join", "os.path.expanduser", "os.path.abspath",
+    "os.path.realpath", "os.path.isdir", "os.path.isfile", "os.listdir", "os.chdir",
+})
+# Calls that change where imports come from: the file's imports cannot be judged.
+_SYS_PATH_CHANGES = frozenset({"sys.path.insert", "sys.path.append", "sys.path.extend",
+                               "site.addsitedir"})
+_MODULE_STRING = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+# A test that skips itself when the module is missing: the import is optional.
+_IMPORT_OR_SKIP = frozenset({"pytest.importorskip"})
 
 
 @dataclass
@@ -56,56 +70,21 @@ class PyScan:
     registered: set[str] = field(default_factory=set)
     defines: set[str] = field(default_factory=set)  # "module:Name", "module:*"
     execs: list[tuple[str, int, str]] = field(default_factory=list)  # program, line, kind
+    # variables read where their absence breaks: a subscript, or a None-less use of .get
     env_reads: list[tuple[str, int]] = field(default_factory=list)
     env_sets: set[str] = field(default_factory=set)
-
-
-def _aliases(tree: ast.AST) -> dict[str, str]:
-    """Local name -> qualified name for every import in the file (any scope)."""
-    out: dict[str, str] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for a in node.names:
-                if a.asname:
-                    out[a.asname] = a.name
-                else:
-                    top = a.name.split(".")[0]
-                    out[top] = top
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            for a in node.names:
-                if a.name != "*":
-                    out[a.asname or a.name] = f"{node.module}.{a.name}"
-    return out
-
-
-def _exception_names(exprs: Iterable[ast.expr]) -> set[str]:
-    """Last name of each exception expression: ``builtins.OSError`` -> ``OSError``."""
-    names: set[str] = set()
-    for t in exprs:
-        if isinstance(t, ast.Tuple):
-            names |= _exception_names(t.elts)
-        elif isinstance(t, ast.Name):
-            names.add(t.id)
-        elif isinstance(t, ast.Attribute):
-            names.add(t.attr)
-    return names
-
-
-def _caught(handlers: Iterable[ast.ExceptHandler]) -> frozenset[str]:
-    """Exceptions a try statement's handlers catch; a bare ``except:`` catches everything."""
-    names: set[str] = set()
-    for h in handlers:
-        names |= {"BaseException"} if h.type is None else _exception_names([h.type])
-    return frozenset(names)
+    sys_path: bool = False  # the file changes sys.path: its imports come from elsewhere
+    # top-level names of modules named in strings ("app.middleware.X", INSTALLED_APPS)
+    string_refs: set[str] = field(default_factory=set)
 
 
 class _Scanner(ast.NodeVisitor):
     """One pass over a module; ``_caught`` frames and flags say how each use is guarded."""
 
     def __init__(self, module: str, is_package: bool, tool_packages: frozenset[str],
-                 aliases: dict[str, str]) -> None:
+                 aliases: dict[str, str], parents: dict[ast.AST, ast.AST]) -> None:
         self.module, self.is_package = module, is_package
-        self.tool_packages, self.aliases = tool_packages, aliases
+        self.tool_packages, self.aliases, self.parents = tool_packages, aliases, parents
         self.scan = PyScan()
         self._frames: list[frozenset[str]] = []  # exceptions caught around the current node
         self._typing = 0  # depth of `if TYPE_CHECKING:` blocks
@@ -113,6 +92,7 @@ class _Scanner(ast.NodeVisitor):
         self._depth = 0  # depth of def/class: 0 means module level
         self._lazy = 0  # depth of function bodies and runtime `if` blocks
         self._env_checked: set[str] = set()
+        self._probed: set[str] = set()  # programs the file looks up with shutil.which
         self._testing = 0  # inside a condition, where a read is a check, not a need
 
     # --- predicates -----------------------------------------------------------------
@@ -143,7 +123,7 @@ class _Scanner(ast.NodeVisitor):
 
     # --- structure --------------------------------------------------------------------
     def visit_Try(self, node: ast.Try) -> None:
-        self._frames.append(_caught(node.handlers))
+        self._frames.append(caught(node.handlers))
         for stmt in node.body:
             self.visit(stmt)
         self._frames.pop()
@@ -197,7 +177,7 @@ class _Scanner(ast.NodeVisitor):
         for item in node.items:
             call = item.context_expr
             if isinstance(call, ast.Call) and ast.unparse(call.func).endswith("suppress"):
-                suppressed |= _exception_names(call.args)
+                suppressed |= exception_names(call.args)
         self._frames.append(frozenset(suppressed))
         self.generic_visit(node)
         self._frames.pop()
@@ -285,9 +265,10 @@ class _Scanner(ast.NodeVisitor):
         for module in modules:
             self.scan.modules_guarded.setdefault(module, line)
 
-    def _import(self, module: str, line: int) -> None:
+    def _import(self, module: str, line: int, kind: str | None = None) -> None:
         if module and not module.startswith("."):
-            self.scan.imports.append((module.split(".")[0], module, line, self._import_kind()))
+            self.scan.imports.append((module.split(".")[0], module, line,
+                                      kind or self._import_kind()))
 
     # --- calls: dynamic imports, programs, environment ------------------------------
     def visit_Call(self, node: ast.Call) -> None:
@@ -299,25 +280,61 @@ class _Scanner(ast.NodeVisitor):
         first = node.args[0] if node.args else None
         if name in ("importlib.import_module", "__import__") and literal(first):
             self._import(literal(first), node.lineno)
+        elif name in _IMPORT_OR_SKIP and literal(first):
+            self._import(literal(first), node.lineno, GUARDED)
+        elif name == "shutil.which":
+            # A lookup is a probe: the code handles absence, and runs the program only
+            # after asking, so later runs of the same program in this file are handled.
+            self._probed.add(literal(first) or "")
         elif name in EXEC_PROGRAM or name in EXEC_SHELL:
             self._exec(name, node)
         elif name in ENV_READS and len(node.args) == 1 and not node.keywords and literal(first):
-            self._env_read(literal(first), node.lineno)
+            if self._testing or self._breaks_on_none(node):
+                self._env_read(literal(first), node.lineno)
         elif literal(first) and (name in ENV_SETS or (
                 isinstance(func, ast.Attribute) and func.attr == "setenv")):
             self.scan.env_sets.add(literal(first))
         elif name == "os.environ.update":
             self.scan.env_sets |= {k.arg for k in node.keywords if k.arg}
+        elif name in _SYS_PATH_CHANGES:
+            self.scan.sys_path = True
+
+    def _breaks_on_none(self, node: ast.expr) -> bool:
+        """True when the value of ``node`` (a read that gives None when the variable is
+        unset) is used where None raises: an attribute, an index, arithmetic, or an
+        argument of a call that needs a string (``int(...)``, ``Path(...)``)."""
+        parent = self.parents.get(node)
+        if isinstance(parent, ast.Attribute | ast.Subscript):
+            return parent.value is node
+        if isinstance(parent, ast.BinOp):
+            return True
+        if isinstance(parent, ast.Call) and node in parent.args:
+            callee = self.qualname(parent.func) or getattr(parent.func, "id", "")
+            return callee in _NONE_BREAKS
+        return False
+
+    def visit_Constant(self, node: ast.Constant) -> None:
+        # A module named in a string is loaded by name (settings, plugin lists): the
+        # distribution providing it is used although nothing imports it.
+        value = node.value
+        if not isinstance(value, str) or not _MODULE_STRING.fullmatch(value):
+            return
+        if "." in value or isinstance(self.parents.get(node), ast.List | ast.Tuple | ast.Set):
+            self.scan.string_refs.add(value.split(".")[0])
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> None:
+        # `sys.path += [...]` changes the import path like sys.path.extend does.
+        self.generic_visit(node)
+        if self.qualname(node.target) == "sys.path":
+            self.scan.sys_path = True
 
     def _exec(self, name: str, node: ast.Call) -> None:
         program = program_of(name, node)
-        if program is None:
+        # A handled failure (try/except OSError) or a platform branch is not a need of
+        # this host; only a run that would raise here is recorded.
+        if program is None or self._catches(_OS_ERRORS) or self._conditional:
             return
-        if name == "shutil.which":
-            kind = WHICH
-        else:
-            kind = RUN_GUARDED if self._catches(_OS_ERRORS) else RUN
-        self.scan.execs.append((program, node.lineno, kind))
+        self.scan.execs.append((program, node.lineno, RUN))
 
     def visit_Subscript(self, node: ast.Subscript) -> None:
         self.generic_visit(node)
@@ -353,10 +370,12 @@ def scan_python(path: str, text: str, tool_packages: frozenset[str]) -> PyScan:
         warnings.simplefilter("ignore")
         tree = ast.parse(text, filename=path)
     module, is_package = module_of(path)
-    scanner = _Scanner(module, is_package, tool_packages, _aliases(tree))
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    scanner = _Scanner(module, is_package, tool_packages, aliases_of(tree), parents)
     scanner.visit(tree)
     scan = scanner.scan
     scan.env_reads = [(k, line) for k, line in scan.env_reads if k not in scanner._env_checked]
+    scan.execs = [e for e in scan.execs if e[0] not in scanner._probed]
     scan.modules_guarded = {m: line for m, line in scan.modules_guarded.items()
                             if m not in scan.modules_plain}
     return scan

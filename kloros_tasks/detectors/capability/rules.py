@@ -1,4 +1,4 @@
-"""The five CapabilityDiscovery rules, judged from stored facts and the index.
+"""The CapabilityDiscovery rules, judged from stored facts and the index.
 
 Each function takes one file's facts, a read-only ``IndexView`` and the probed
 ``Environment`` and returns the Questions that file owns.  Subjects name the file
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from kloros_tasks import names
 from kloros_tasks.detectors.base import FileFacts, IndexView
-from kloros_tasks.detectors.capability.facts import OPTIONAL_KINDS, PLAIN, RUN, TYPING
+from kloros_tasks.detectors.capability.facts import OPTIONAL_KINDS, PLAIN
 from kloros_tasks.detectors.capability.paths import module_of, spelling
 from kloros_tasks.questions import Question
 
@@ -25,8 +25,6 @@ if TYPE_CHECKING:
 MAX_EVIDENCE = 10
 # Always importable, yet listed by neither pkgutil nor sys.stdlib_module_names.
 ALWAYS_IMPORTABLE = frozenset({"__main__", "__future__", "builtins"})
-# Modules that exist only in type stubs: importing them under TYPE_CHECKING is correct.
-STUB_ONLY = frozenset({"_typeshed"})
 STDLIB, TREE, ENV, MISSING = "stdlib", "tree", "env", "missing"
 
 
@@ -56,34 +54,52 @@ def evaluate_python(path: str, facts: FileFacts, view: IndexView,
     data = facts.data
     by_top = _grouped(data.get("imports", []))
     status = resolve_imports(path, {t for (t,) in by_top}, view, env)
+    # Tests and documentation builds are not deployment: what they run or read is the
+    # developer's business, not the target host's.
+    deployed = not data.get("test") and not is_docs_path(path)
     return [
-        *missing_module(path, by_top, status, bool(data.get("test")), _guarded_by(path, view)),
+        *missing_module(path, by_top, status, view, is_test=bool(data.get("test")),
+                        sys_path=bool(data.get("sys_path"))),
         *undeclared_dependency(path, by_top, status, view, env),
         *missing_capability(path, data.get("wants", []), view),
-        *missing_executable(path, data.get("execs", []), env),
-        *missing_env(path, data.get("env_reads", []), view, env),
+        *(missing_executable(path, data.get("execs", []), env) if deployed else []),
+        *(missing_env(path, data.get("env_reads", []), view, env) if deployed else []),
     ]
+
+
+def is_docs_path(path: str) -> bool:
+    """True for files of a documentation tree (a Sphinx ``conf.py``, doc extensions)."""
+    return any(part in ("docs", "doc") for part in PurePosixPath(path).parts[:-1])
 
 
 def resolve_imports(path: str, tops: set[str], view: IndexView,
                     env: Environment) -> dict[str, str]:
     """Where each top-level name resolves: stdlib, the tree, the environment, or nowhere.
 
-    In the tree means a module or package at the root (or under ``src/``), or beside
-    the importing file (a script importing its sibling).
+    In the tree means a module or package at the root (or under ``src/``), or in the
+    importing file's folder or any folder above it: a script imports its siblings, and
+    a test runner puts its own folder on ``sys.path`` (Django's ``tests/`` imports
+    ``admin_views`` from ``tests/admin_views/``).
     """
-    folder = str(PurePosixPath(path).parent)
-    local = {t: (f"{folder}/{t}" if folder != "." else t) for t in tops}
-    present = _has(view, "node", set(tops) | set(local.values()))
+    folders = import_folders(path)
+    local = {t: {f"{folder}/{t}" for folder in folders} for t in tops}
+    present = _has(view, "node", set(tops).union(*local.values()) if local else set())
     status = {}
     for top in tops:
         if is_stdlib(top, env):
             status[top] = STDLIB
-        elif top in present or local[top] in present:
+        elif top in present or local[top] & present:
             status[top] = TREE
         else:
             status[top] = ENV if env.importable(top) else MISSING
     return status
+
+
+def import_folders(path: str) -> list[str]:
+    """The folders (other than the root) an import in ``path`` may resolve from: its
+    own folder and every folder above it, nearest first."""
+    parts = PurePosixPath(path).parts[:-1]
+    return ["/".join(parts[:i]) for i in range(len(parts), 0, -1)]
 
 
 def is_stdlib(top: str, env: Environment) -> bool:
@@ -111,21 +127,31 @@ def _import_evidence(path: str, rows: list[list]) -> list[str]:
 
 
 def missing_module(path: str, by_top: dict[tuple, list[list]], status: dict[str, str],
-                   is_test: bool, guarded_by: list[str]) -> list[Question]:
-    """Absolute imports that resolve nowhere.  Optional ones (guarded, TYPE_CHECKING,
-    version/platform-conditional, or in a module the tree only imports under a guard)
-    are ``low``; lazy ones (in a function or behind a runtime test) are ``medium``."""
+                   view: IndexView, *, is_test: bool, sys_path: bool) -> list[Question]:
+    """Absolute imports that resolve nowhere and that the code cannot do without.
+
+    Not asked: optional imports (guarded, ``TYPE_CHECKING``, version or platform
+    conditional, ``pytest.importorskip``, or in a module the tree only imports under a
+    guard); imports of a file that changes ``sys.path`` (they come from where it
+    points); and names a declaration of the tree provides, the project's own included
+    (the target environment lacks them: ``target_environment`` asks that once).
+    Plain imports are ``high``; lazy ones (in a function or behind a runtime test), and
+    those of tests, are ``medium``."""
+    if sys_path:
+        return []
+    missing = {top: rows for (top,), rows in by_top.items() if status[top] == MISSING
+               and {kind for *_, kind in rows} - OPTIONAL_KINDS}
+    if not missing:
+        return []
+    provided = _has(view, "declares_top", missing)
+    missing = {t: rows for t, rows in missing.items() if t not in provided}
+    if not missing or _guarded_by(path, view):
+        return []
     out = []
-    for (top,), rows in sorted(by_top.items()):
+    for top, rows in sorted(missing.items()):
         kinds = {kind for *_, kind in rows}
-        if status[top] != MISSING or (top in STUB_ONLY and kinds == {TYPING}):
-            continue
-        evidence = _import_evidence(path, rows) + guarded_by
-        if kinds - OPTIONAL_KINDS and not guarded_by:
-            severity = "high" if PLAIN in kinds and not is_test else "medium"
-            out.append(_missing(path, top, evidence, severity))
-        else:
-            out.append(_optional(path, top, evidence))
+        severity = "high" if PLAIN in kinds and not is_test else "medium"
+        out.append(_missing(path, top, _import_evidence(path, rows), severity))
     return out
 
 
@@ -141,25 +167,15 @@ def _missing(path: str, top: str, evidence: list[str], severity: str) -> Questio
         extra={"module": top})
 
 
-def _optional(path: str, top: str, evidence: list[str]) -> Question:
-    return _question(
-        "missing_module", f"{path}:{top}:optional", path, evidence=evidence,
-        hypothesis=f"OPTIONAL_CAPABILITY_UNAVAILABLE: {top}",
-        question=(f"{path} can use the optional module {top}, which the target "
-                  f"environment does not provide: should it be installed?"),
-        severity="low", confidence=0.7,
-        suggestion=f"Install '{top}' if the optional capability is wanted; "
-                   "otherwise nothing breaks.",
-        extra={"module": top})
-
-
 def undeclared_dependency(path: str, by_top: dict[tuple, list[list]], status: dict[str, str],
                           view: IndexView, env: Environment) -> list[Question]:
     """Third-party imports that no declaration file of the tree provides."""
     third_party = {t: env.dists_of(t) for (t,) in by_top if status[t] == ENV and env.dists_of(t)}
     if not third_party or not view.who("depfile", "1"):
         return []  # a tree that declares nothing is not judged
-    declared = _has(view, "declares", set().union(*third_party.values()))
+    dists = set().union(*third_party.values())
+    # The project's own distribution, installed into the target, provides its own names.
+    declared = _has(view, "declares", dists) | _has(view, "own_dist", dists)
     out = []
     for top, dists in sorted(third_party.items()):
         if dists & declared:
@@ -213,31 +229,33 @@ def missing_capability(path: str, wants: list[list], view: IndexView) -> list[Qu
 
 
 def missing_executable(path: str, execs: list[list], env: Environment) -> list[Question]:
-    """Programs run by literal name that are not on the target PATH."""
+    """Programs run by literal name, where a failure to start them raises, that are not
+    on the PATH judged (``env.path_label`` says whose).  Lookups (``shutil.which``),
+    runs inside ``try/except OSError`` and platform branches are not recorded at all."""
     out = []
     for (program,), rows in sorted(_grouped(execs).items()):
         if program in env.executables:
             continue
-        breaking = any(kind == RUN for _, _, kind in rows)
+        where = env.path_label or "the target PATH"
         out.append(_question(
-            "missing_executable", f"{path}:{program}" + ("" if breaking else ":optional"), path,
-            evidence=[f"{path}:{line} {'runs' if kind != 'which' else 'looks up'} {program}"
-                      for _, line, kind in rows],
+            "missing_executable", f"{path}:{program}", path,
+            evidence=[f"{path}:{line} runs {program}" for _, line, _ in rows],
             hypothesis=f"MISSING_EXECUTABLE: {program}",
-            question=(f"{path} runs {program}, which is not on the target PATH: should it be "
-                      f"installed or the call made optional?" if breaking else
-                      f"{path} can use {program}, which is not on the target PATH: should it "
-                      f"be installed?"),
-            severity="medium" if breaking else "low", confidence=0.85 if breaking else 0.6,
+            question=(f"{path} runs {program}, which is not on {where}: should it be "
+                      f"installed there or the call made optional?"),
+            severity="medium", confidence=0.85,
             suggestion=f"Install '{program}' on the hosts that run this code, or handle its "
                        "absence (shutil.which, FileNotFoundError).",
-            extra={"program": program}))
+            extra={"program": program, "judged_on": where}))
     return out
 
 
 def missing_env(path: str, reads: list[list], view: IndexView,
                 env: Environment) -> list[Question]:
-    """Variables read without a default that nothing sets or documents."""
+    """Variables read where their absence raises (``os.environ["X"]``, or a ``get``
+    whose None is used at once) that neither the service environment sets nor any
+    file of the tree sets or mentions (code, .env files, units, compose files, shell
+    scripts, documentation)."""
     by_name = _grouped(reads)
     unknown = {k for (k,) in by_name if k not in env.env_vars}
     if not unknown:
@@ -247,31 +265,69 @@ def missing_env(path: str, reads: list[list], view: IndexView,
         "missing_env", f"{path}:{name}", path,
         evidence=[f"{path}:{line} reads {name}" for _, line in by_name[(name,)]],
         hypothesis=f"MISSING_ENV: {name}",
-        question=(f"{path} reads {name} without a default, but the service environment does "
-                  f"not set it and no .env.example lists it: should it be set or documented?"),
+        question=(f"{path} needs the environment variable {name}, but the service "
+                  f"environment does not set it and nothing in the tree sets or documents "
+                  f"it: should it be set or documented?"),
         severity="low", confidence=0.6,
-        suggestion=f"Set {name} in the service environment, list it in .env.example, "
-                   "or give the read a default.",
+        suggestion=f"Set {name} in the service environment, list it in .env.example or "
+                   "the docs, or give the read a default.",
         extra={"variable": name}) for name in sorted(unknown - known)]
 
 
 def evaluate_declarations(path: str, facts: FileFacts, view: IndexView,
                           env: Environment) -> list[Question]:
-    """Declared runtime dependencies of one declaration file that nothing imports."""
+    """The declaration file's questions: runtime dependencies the target environment
+    lacks (one question), and installed runtime dependencies nothing uses."""
     declared = [d for d in facts.data.get("declared", []) if d[2]]
-    tops = {dist: env.tops_of(dist) for dist, _, _ in declared}
-    used = _has(view, "imports", set().union(*tops.values()) if tops else set())
+    return [*target_environment(path, declared, env), *unused_dependency(path, declared, view,
+                                                                         env)]
+
+
+def target_environment(path: str, declared: list[list], env: Environment) -> list[Question]:
+    """One question when the target lacks runtime dependencies the file declares: the
+    environment judged is not (or not fully) the one the tree runs in, and every import
+    of those distributions would otherwise be a missing module of its own."""
+    lacking = sorted(dist for dist, _, _ in declared if dist not in env.installed)
+    if not lacking or not env.installed:
+        return []
+    shown = ", ".join(lacking[:MAX_EVIDENCE]) + (" ..." if len(lacking) > MAX_EVIDENCE else "")
+    lines = {dist: line for dist, line, _ in declared}
+    return [_question(
+        "target_environment", f"{path}:environment", path,
+        evidence=[f"{path}:{lines[d]} declares {d}" for d in lacking],
+        hypothesis=f"TARGET_ENVIRONMENT_INCOMPLETE: {len(lacking)}/{len(declared)}",
+        question=(f"The target environment ({env.python or 'the worker interpreter'}) lacks "
+                  f"{len(lacking)} of the {len(declared)} runtime dependencies {path} declares "
+                  f"({shown}): is it the environment this tree runs in?"),
+        severity="medium" if 2 * len(lacking) > len(declared) else "low", confidence=0.8,
+        suggestion="Install the declared dependencies into the target environment, or point "
+                   "KLOROS_TARGET_PYTHON at the tree's own interpreter (a .venv/ in the "
+                   "root is used by default).",
+        extra={"missing": lacking})]
+
+
+def unused_dependency(path: str, declared: list[list], view: IndexView,
+                      env: Environment) -> list[Question]:
+    """Declared runtime dependencies, installed in the target, whose import names
+    nothing in the tree imports or names in a string (``INSTALLED_APPS``), and that
+    are not used without an import (plugins with entry points, data such as tzdata,
+    command-line tools)."""
+    judged = {dist: env.tops_of(dist) for dist, _, _ in declared
+              if dist in env.installed and dist not in env.unimported}
+    judged = {dist: tops for dist, tops in judged.items() if tops}
+    wanted = set().union(*judged.values()) if judged else set()
+    used = _has(view, "imports", wanted) | _has(view, "str_refs", wanted)
     out = []
     for dist, line, _ in sorted(declared):
-        if not tops[dist] or tops[dist] & used:
-            continue  # used, or installed without anything importable (a command-line tool)
+        if dist not in judged or judged[dist] & used:
+            continue
         out.append(_question(
             "undeclared_dependency", f"{path}:unused:{dist}", path,
             evidence=[f"{path}:{line} declares {dist}"],
             hypothesis=f"UNUSED_DEPENDENCY: {dist}",
             question=(f"{path} declares {dist}, but nothing in the tree imports "
-                      f"{', '.join(sorted(tops[dist]))}: is the dependency still needed?"),
-            severity="low", confidence=0.6 if dist in env.installed else 0.4,
+                      f"{', '.join(sorted(judged[dist]))}: is the dependency still needed?"),
+            severity="low", confidence=0.6,
             suggestion=f"Remove '{dist}' from {path}, or move it to a development group.",
             extra={"distribution": dist}))
     return out
