@@ -73,11 +73,13 @@ def import_names(dist: str) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class Declared:
     """One distribution a declaration file names, where, and whether it is a runtime need
-    (``main``: a runtime dependency the project itself needs, unconditionally)."""
+    (``main``: a runtime dependency, an optional extra included, that is not conditional;
+    ``required``: one the project cannot run without, what any install brings)."""
 
     dist: str
     line: int
     main: bool
+    required: bool = False
 
 
 @dataclass(frozen=True)
@@ -189,14 +191,19 @@ def parse_pyproject(text: str) -> Declarations:
     project = doc.get("project", {}).get("name") if isinstance(doc.get("project"), dict) else None
     if project is None and poetry:
         project = doc["tool"]["poetry"].get("name")
+    required = {raw for raw in _strings((doc.get("project") or {}).get("dependencies", []))
+                if ";" not in raw} if pep621 else set()
+    if poetry:
+        required |= set(_keys(doc["tool"]["poetry"].get("dependencies")))
     out: dict[str, Declared] = {}
     for raw, main in reqs + poetry_reqs:
         dist = requirement_name(raw)
         if dist is None:
             continue
         old = out.get(dist)
-        out[dist] = Declared(dist, old.line if old else _line_of(lines, raw), main or (
-            old is not None and old.main))
+        out[dist] = Declared(dist, old.line if old else _line_of(lines, raw),
+                             main or (old is not None and old.main),
+                             raw in required or (old is not None and old.required))
     own = normalize(project) if isinstance(project, str) else None
     # Dependency groups alone say nothing about runtime needs, so they do not make
     # the file authoritative.
@@ -247,7 +254,8 @@ def parse_requirements(path: str, text: str) -> Declarations:
             continue  # a local path: pip installs it as a project, not by name
         dist = requirement_name(line.split(";", 1)[0])
         if dist is not None and dist not in out:
-            out[dist] = Declared(dist, line_no, main and ";" not in line)
+            runtime = main and ";" not in line
+            out[dist] = Declared(dist, line_no, runtime, runtime)
     return Declarations(tuple(out.values()), None, True)
 
 
@@ -273,7 +281,7 @@ def parse_setup_cfg(text: str) -> Declarations:
     for raw, main in found:
         dist = requirement_name(raw.split(";", 1)[0])
         if dist is not None and dist not in out:
-            out[dist] = Declared(dist, _line_of(lines, raw.strip()), main)
+            out[dist] = Declared(dist, _line_of(lines, raw.strip()), main, main)
     authoritative = parser.has_option("options", "install_requires")
     return Declarations(tuple(out.values()), normalize(project) if project else None,
                         authoritative)

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from kloros_tasks import names
 from kloros_tasks.detectors.base import FileFacts, IndexView, Touched, held_by_others
 from kloros_tasks.detectors.capability import deps, envfiles
-from kloros_tasks.detectors.capability.facts import scan_python
+from kloros_tasks.detectors.capability.facts import CONDITIONAL, GUARDED, scan_python
 from kloros_tasks.detectors.capability.paths import is_test_path, module_of, nodes_of, spelling
 from kloros_tasks.detectors.capability.rules import (
     evaluate_declarations,
@@ -107,6 +107,9 @@ class CapabilityDetector:
             "py": frozenset({"1"}),
             "node": frozenset(nodes_of(path)),
             "imports": frozenset(top for top, _, _, _ in scan.imports),
+            # names the tree itself treats as optional somewhere (see missing_module)
+            "optional_tops": frozenset(top for top, _, _, kind in scan.imports
+                                       if kind in (GUARDED, CONDITIONAL)),
             "wants": frozenset(f"{m}:{n}" for m, n, _ in scan.wants if n),
             "wants_mod": frozenset(p for m in wanted_modules for p in _prefixes(m)),
             "wants_norm": frozenset(spelling(n) for _, n, _ in scan.wants if n),
@@ -155,7 +158,7 @@ class CapabilityDetector:
                 out |= _union(view.who_many("declares", dists))
             elif relation in ("declares", "own_dist"):
                 out |= _union(view.who_many("imports", env.tops_of(value)))
-            elif relation == "declares_top":
+            elif relation in ("declares_top", "optional_tops"):
                 out |= view.who("imports", value)
             elif relation == "depfile" and not view.who("depfile", "1") - {path}:
                 out |= view.who("py", "1")  # the first or last declaration file
@@ -195,7 +198,7 @@ def _declaration_facts(found: deps.Declarations) -> FileFacts:
     relations["declares_top"] = frozenset(tops)
     if found.authoritative:
         relations["depfile"] = frozenset({"1"})
-    data = {"declared": [[d.dist, d.line, d.main] for d in declared]}
+    data = {"declared": [[d.dist, d.line, d.main, d.required] for d in declared]}
     return FileFacts(relations=relations, data=data)
 
 

@@ -94,6 +94,7 @@ class _Scanner(ast.NodeVisitor):
         self._env_checked: set[str] = set()
         self._probed: set[str] = set()  # programs the file looks up with shutil.which
         self._testing = 0  # inside a condition, where a read is a check, not a need
+        self._fallback = 0  # inside an `except ImportError:` handler: the plan B import
 
     # --- predicates -----------------------------------------------------------------
     def _catches(self, names: frozenset[str]) -> bool:
@@ -103,7 +104,7 @@ class _Scanner(ast.NodeVisitor):
     def _import_kind(self) -> str:
         if self._typing:
             return TYPING
-        if self._catches(_IMPORT_ERRORS):
+        if self._catches(_IMPORT_ERRORS) or self._fallback:
             return GUARDED
         if self._conditional:
             return CONDITIONAL
@@ -127,7 +128,13 @@ class _Scanner(ast.NodeVisitor):
         for stmt in node.body:
             self.visit(stmt)
         self._frames.pop()
-        for stmt in [*node.handlers, *node.orelse, *node.finalbody]:
+        for handler in node.handlers:
+            # `except ImportError: import other_impl` names an alternative: optional too.
+            fallback = bool(caught([handler]) & (_IMPORT_ERRORS | _BROAD))
+            self._fallback += fallback
+            self.visit(handler)
+            self._fallback -= fallback
+        for stmt in [*node.orelse, *node.finalbody]:
             self.visit(stmt)
 
     visit_TryStar = visit_Try

@@ -128,31 +128,32 @@ def _import_evidence(path: str, rows: list[list]) -> list[str]:
 
 def missing_module(path: str, by_top: dict[tuple, list[list]], status: dict[str, str],
                    view: IndexView, *, is_test: bool, sys_path: bool) -> list[Question]:
-    """Absolute imports that resolve nowhere and that the code cannot do without.
+    """Module-level, unconditional imports that resolve nowhere: the module cannot even
+    be loaded.  ``high``.
 
-    Not asked: optional imports (guarded, ``TYPE_CHECKING``, version or platform
-    conditional, ``pytest.importorskip``, or in a module the tree only imports under a
-    guard); imports of a file that changes ``sys.path`` (they come from where it
-    points); and names a declaration of the tree provides, the project's own included
-    (the target environment lacks them: ``target_environment`` asks that once).
-    Plain imports are ``high``; lazy ones (in a function or behind a runtime test), and
-    those of tests, are ``medium``."""
-    if sys_path:
+    Not asked: tests (their imports are the test environment's business, and some are
+    broken on purpose); lazy imports (in a function or behind a runtime test: the idiom
+    of optional features); optional imports (guarded, ``TYPE_CHECKING``, version or
+    platform conditional, ``pytest.importorskip``, an ``except ImportError`` fallback,
+    or in a module the tree only imports under a guard); a name the tree imports under
+    a guard anywhere (the project treats it as optional); imports of a file that
+    changes ``sys.path``; and names a declaration of the tree provides, the project's
+    own included (the target environment lacks them: ``target_environment`` asks that
+    once)."""
+    if sys_path or is_test:
         return []
     missing = {top: rows for (top,), rows in by_top.items() if status[top] == MISSING
-               and {kind for *_, kind in rows} - OPTIONAL_KINDS}
+               and PLAIN in {kind for *_, kind in rows}}
     if not missing:
         return []
-    provided = _has(view, "declares_top", missing)
-    missing = {t: rows for t, rows in missing.items() if t not in provided}
+    # Another file's guard counts: within one file a plain import still breaks.
+    excused = _has(view, "declares_top", missing) | {
+        top for top, who in view.who_many("optional_tops", set(missing)).items() if who - {path}}
+    missing = {t: rows for t, rows in missing.items() if t not in excused}
     if not missing or _guarded_by(path, view):
         return []
-    out = []
-    for top, rows in sorted(missing.items()):
-        kinds = {kind for *_, kind in rows}
-        severity = "high" if PLAIN in kinds and not is_test else "medium"
-        out.append(_missing(path, top, _import_evidence(path, rows), severity))
-    return out
+    return [_missing(path, top, _import_evidence(path, rows), "high")
+            for top, rows in sorted(missing.items())]
 
 
 def _missing(path: str, top: str, evidence: list[str], severity: str) -> Question:
@@ -169,7 +170,9 @@ def _missing(path: str, top: str, evidence: list[str], severity: str) -> Questio
 
 def undeclared_dependency(path: str, by_top: dict[tuple, list[list]], status: dict[str, str],
                           view: IndexView, env: Environment) -> list[Question]:
-    """Third-party imports that no declaration file of the tree provides."""
+    """Third-party imports, installed in the target, that no declaration file of the
+    tree provides; optional imports (guarded, conditional, ``TYPE_CHECKING``) are not
+    asked about."""
     third_party = {t: env.dists_of(t) for (t,) in by_top if status[t] == ENV and env.dists_of(t)}
     if not third_party or not view.who("depfile", "1"):
         return []  # a tree that declares nothing is not judged
@@ -181,15 +184,16 @@ def undeclared_dependency(path: str, by_top: dict[tuple, list[list]], status: di
         if dists & declared:
             continue
         rows = by_top[(top,)]
+        if all(kind in OPTIONAL_KINDS for *_, kind in rows):
+            continue  # the code runs without it: an optional extra at most
         dist = sorted(dists)[0]
-        optional = all(kind in OPTIONAL_KINDS for *_, kind in rows)
         out.append(_question(
             "undeclared_dependency", f"{path}:{top}", path,
             evidence=_import_evidence(path, rows),
             hypothesis=f"UNDECLARED_DEPENDENCY: {top} ({', '.join(sorted(dists))})",
             question=(f"{path} imports {top} from {dist}, which no pyproject.toml or "
                       f"requirements file declares: should {dist} be declared?"),
-            severity="low" if optional else "medium", confidence=0.8,
+            severity="medium", confidence=0.8,
             suggestion=f"Add '{dist}' to the project's dependencies (or an optional group).",
             extra={"module": top, "distributions": sorted(dists)}))
     return out
@@ -278,9 +282,10 @@ def evaluate_declarations(path: str, facts: FileFacts, view: IndexView,
                           env: Environment) -> list[Question]:
     """The declaration file's questions: runtime dependencies the target environment
     lacks (one question), and installed runtime dependencies nothing uses."""
-    declared = [d for d in facts.data.get("declared", []) if d[2]]
-    return [*target_environment(path, declared, env), *unused_dependency(path, declared, view,
-                                                                         env)]
+    rows = facts.data.get("declared", [])
+    required = [d[:3] for d in rows if d[3:4] == [True]]
+    main = [d[:3] for d in rows if d[2]]
+    return [*target_environment(path, required, env), *unused_dependency(path, main, view, env)]
 
 
 def target_environment(path: str, declared: list[list], env: Environment) -> list[Question]:
