@@ -128,7 +128,8 @@ def test_a_module_the_tree_imports_only_under_a_guard_has_optional_imports():
 
 
 def test_a_file_that_changes_sys_path_is_not_judged_for_missing_modules():
-    for change in ("sys.path.insert(0, 'vendor')", "sys.path.append(HERE)", "sys.path += ['x']"):
+    for change in ("sys.path.insert(0, 'vendor')", "sys.path.append(HERE)", "sys.path += ['x']",
+                   "sys.path[0:0] = ['x']", "pkg_resources.working_set.add_entry('eggs')"):
         src = f"import sys\n{change}\nimport vendored_lib\n"
         assert found({"tools/run.py": src}, "missing_module") == {}, change
 
@@ -144,9 +145,24 @@ def test_a_declared_distribution_the_target_lacks_is_not_a_missing_module():
     files = {"pyproject.toml": ("[project]\nname='Demo-App'\ndependencies=['redis', 'Pillow']\n"
                                 "[project.optional-dependencies]\nfast=['ujson']\n"),
              "requirements-test.txt": "hypothesis\n",
-             "app/m.py": "import PIL, ujson, demo_app\nimport really_missing\n",
+             "app/m.py": "import PIL, ujson, demo_app\n", "app/n.py": "import really_missing\n",
              "tests/test_m.py": "import hypothesis\nimport also_missing\n"}
-    assert found(files, "missing_module") == {"app/m.py:really_missing": "high"}
+    assert found(files, "missing_module") == {"app/n.py:really_missing": "high"}
+
+
+def test_a_module_needing_an_optional_dependency_is_an_optional_integration():
+    # celery/contrib/sphinx.py: sphinx is declared for the docs, docutils comes with it.
+    files = {"docs/requirements.txt": "sphinx\n",
+             "pkg/contrib/sphinx.py": "import docutils\nfrom sphinx.domains import X\n"}
+    assert found(files, "missing_module") == {}
+
+
+@pytest.mark.parametrize("folder", ["tests", "t/smoke", "docs/_ext", "examples/app", "scripts"])
+def test_tests_docs_examples_and_scripts_are_not_judged(folder):
+    src = ("import os, subprocess, yaml, no_such_mod\nsubprocess.run(['no-such-prog'])\n"
+           "os.environ['NO_SUCH_VAR']\n")
+    files = {"requirements.txt": "redis\n", f"{folder}/x.py": src}
+    assert [q.rule for q in questions(files) if q.owner == f"{folder}/x.py"] == []
 
 
 def test_a_target_lacking_declared_runtime_dependencies_says_so_once():
@@ -489,6 +505,7 @@ def test_variables_read_where_their_absence_raises_are_missing_env():
     "import os\nx = os.environ.get('X')\nif x is None:\n    x = 'd'\n",
     "import os\ncall(os.getenv('X'))\n",
     "import os\nprint(f\"{os.getenv('X')}\")\n",
+    "import os\nwords = os.environ['COMP_WORDS'].split()\n",
     "import os\nflag = os.getenv('X') == '1'\n",
 ])
 def test_a_get_whose_none_is_handled_is_not_a_requirement(source):

@@ -36,6 +36,12 @@ SETUP_CFG = "setup_cfg"
 # Folders whose requirement files serve developers, never the running program.
 _DEV_DIRS = frozenset({"docs", "doc", "tests", "test", "testing", "ci", ".github", "dev",
                        "benchmarks", "bench"})
+# Requirement files that hold what any install of the tree needs (at the root, or in a
+# requirements/ folder): their entries are ``required``; others (extras, examples,
+# tooling) are optional even when they are runtime needs of some feature.
+_REQUIRED_STEMS = frozenset({"requirements", "base", "default", "main", "prod", "production",
+                             "runtime", "common", "install", "requirements-prod",
+                             "requirements-production", "requirements-base"})
 # pip-compile and friends: every requirement pinned, or "# via" provenance comments.
 _PINNED = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[^\]]*\])?\s*===?\s*[^,;\s]+\s*(;.*)?$")
 # Distributions whose import name is not their own name, for declarations the target
@@ -240,11 +246,18 @@ def is_lock_file(text: str) -> bool:
     return len(reqs) >= 3 and all(_PINNED.match(r) for r in reqs)
 
 
+def _is_required_file(path: str) -> bool:
+    p = PurePosixPath(path)
+    parents = p.parts[:-1]
+    return p.stem.lower() in _REQUIRED_STEMS and parents in ((), ("requirements",))
+
+
 def parse_requirements(path: str, text: str) -> Declarations:
     """Declarations of a requirements file: options (-r, -c, -e, --index-url ...),
     URLs and local paths are skipped; markers, extras and versions are stripped.
     Entries of dev files, lock files, and entries with a marker are not ``main``."""
     main = not is_dev_path(path) and not is_lock_file(text)
+    required = main and _is_required_file(path)
     out: dict[str, Declared] = {}
     for line_no, line in _logical_lines(text):
         line = line.strip()
@@ -255,7 +268,7 @@ def parse_requirements(path: str, text: str) -> Declarations:
         dist = requirement_name(line.split(";", 1)[0])
         if dist is not None and dist not in out:
             runtime = main and ";" not in line
-            out[dist] = Declared(dist, line_no, runtime, runtime)
+            out[dist] = Declared(dist, line_no, runtime, runtime and required)
     return Declarations(tuple(out.values()), None, True)
 
 

@@ -303,7 +303,9 @@ class _Scanner(ast.NodeVisitor):
             self.scan.env_sets.add(literal(first))
         elif name == "os.environ.update":
             self.scan.env_sets |= {k.arg for k in node.keywords if k.arg}
-        elif name in _SYS_PATH_CHANGES:
+        elif name in _SYS_PATH_CHANGES or (isinstance(func, ast.Attribute)
+                                            and func.attr == "add_entry"):
+            # pkg_resources' working_set.add_entry() puts a folder on sys.path too.
             self.scan.sys_path = True
 
     def _breaks_on_none(self, node: ast.expr) -> bool:
@@ -332,7 +334,18 @@ class _Scanner(ast.NodeVisitor):
     def visit_AugAssign(self, node: ast.AugAssign) -> None:
         # `sys.path += [...]` changes the import path like sys.path.extend does.
         self.generic_visit(node)
-        if self.qualname(node.target) == "sys.path":
+        self._path_store(node.target)
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        self.generic_visit(node)
+        for target in node.targets:
+            self._path_store(target)
+
+    def _path_store(self, target: ast.expr) -> None:
+        """`sys.path = ...` and `sys.path[0:0] = ...` change where imports come from."""
+        if isinstance(target, ast.Subscript):
+            target = target.value
+        if self.qualname(target) == "sys.path":
             self.scan.sys_path = True
 
     def _exec(self, name: str, node: ast.Call) -> None:

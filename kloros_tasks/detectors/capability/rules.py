@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from kloros_tasks import names
 from kloros_tasks.detectors.base import FileFacts, IndexView
-from kloros_tasks.detectors.capability.facts import OPTIONAL_KINDS, PLAIN
+from kloros_tasks.detectors.capability.facts import PLAIN
 from kloros_tasks.detectors.capability.paths import module_of, spelling
 from kloros_tasks.questions import Question
 
@@ -26,6 +26,17 @@ MAX_EVIDENCE = 10
 # Always importable, yet listed by neither pkgutil nor sys.stdlib_module_names.
 ALWAYS_IMPORTABLE = frozenset({"__main__", "__future__", "builtins"})
 STDLIB, TREE, ENV, MISSING = "stdlib", "tree", "env", "missing"
+NOT_DEPLOYED = frozenset({"tests", "test", "t", "testing", "docs", "doc", "examples", "example",
+                          "benchmarks", "bench", "scripts"})
+# Variables that whoever starts the program provides, though a service environment may
+# not: the login shell, bash completion, sudo, Windows, virtual environments.
+PROVIDED_VARS = frozenset({
+    "HOME", "USER", "LOGNAME", "SHELL", "PWD", "TERM", "PATH", "LANG", "TMPDIR", "DISPLAY",
+    "COMP_WORDS", "COMP_CWORD", "COMP_LINE", "COMP_POINT", "SUDO_USER", "SUDO_UID",
+    "SSH_AUTH_SOCK", "XDG_RUNTIME_DIR", "VIRTUAL_ENV", "PYTHONPATH", "CONDA_PREFIX",
+    "USERPROFILE", "APPDATA", "LOCALAPPDATA", "PROGRAMFILES", "SYSTEMROOT", "WINDIR",
+    "COMSPEC", "USERNAME", "HOMEDRIVE", "HOMEPATH",
+})
 
 
 def _question(rule: str, subject: str, path: str, **kw) -> Question:
@@ -54,22 +65,23 @@ def evaluate_python(path: str, facts: FileFacts, view: IndexView,
     data = facts.data
     by_top = _grouped(data.get("imports", []))
     status = resolve_imports(path, {t for (t,) in by_top}, view, env)
-    # Tests and documentation builds are not deployment: what they run or read is the
-    # developer's business, not the target host's.
-    deployed = not data.get("test") and not is_docs_path(path)
+    if data.get("test") or not is_deployed_path(path):
+        # Tests, docs, examples and maintainers' scripts are not deployment: what they
+        # import, run or read is the developers' business, not the target host's.
+        return missing_capability(path, data.get("wants", []), view)
     return [
-        *missing_module(path, by_top, status, view, is_test=bool(data.get("test")),
-                        sys_path=bool(data.get("sys_path"))),
+        *missing_module(path, by_top, status, view, sys_path=bool(data.get("sys_path"))),
         *undeclared_dependency(path, by_top, status, view, env),
         *missing_capability(path, data.get("wants", []), view),
-        *(missing_executable(path, data.get("execs", []), env) if deployed else []),
-        *(missing_env(path, data.get("env_reads", []), view, env) if deployed else []),
+        *missing_executable(path, data.get("execs", []), env),
+        *missing_env(path, data.get("env_reads", []), view, env),
     ]
 
 
-def is_docs_path(path: str) -> bool:
-    """True for files of a documentation tree (a Sphinx ``conf.py``, doc extensions)."""
-    return any(part in ("docs", "doc") for part in PurePosixPath(path).parts[:-1])
+def is_deployed_path(path: str) -> bool:
+    """False for files under a folder of tests, documentation, examples, benchmarks or
+    maintainers' scripts (``t/`` is celery's tests, ``docs/conf.py`` a Sphinx build)."""
+    return not any(part.lower() in NOT_DEPLOYED for part in PurePosixPath(path).parts[:-1])
 
 
 def resolve_imports(path: str, tops: set[str], view: IndexView,
@@ -82,7 +94,8 @@ def resolve_imports(path: str, tops: set[str], view: IndexView,
     ``admin_views`` from ``tests/admin_views/``).
     """
     folders = import_folders(path)
-    local = {t: {f"{folder}/{t}" for folder in folders} for t in tops}
+    itself = str(PurePosixPath(path).with_suffix(""))  # `import sphinx` in .../sphinx.py
+    local = {t: {f"{folder}/{t}" for folder in folders} - {itself} for t in tops}
     present = _has(view, "node", set(tops).union(*local.values()) if local else set())
     status = {}
     for top in tops:
@@ -127,31 +140,29 @@ def _import_evidence(path: str, rows: list[list]) -> list[str]:
 
 
 def missing_module(path: str, by_top: dict[tuple, list[list]], status: dict[str, str],
-                   view: IndexView, *, is_test: bool, sys_path: bool) -> list[Question]:
+                   view: IndexView, *, sys_path: bool) -> list[Question]:
     """Module-level, unconditional imports that resolve nowhere: the module cannot even
     be loaded.  ``high``.
 
-    Not asked: tests (their imports are the test environment's business, and some are
-    broken on purpose); lazy imports (in a function or behind a runtime test: the idiom
+    Not asked (besides tests, docs, examples and scripts, see ``evaluate_python``): lazy
+    imports (in a function or behind a runtime test: the idiom
     of optional features); optional imports (guarded, ``TYPE_CHECKING``, version or
     platform conditional, ``pytest.importorskip``, an ``except ImportError`` fallback,
     or in a module the tree only imports under a guard); a name the tree imports under
     a guard anywhere (the project treats it as optional); imports of a file that
-    changes ``sys.path``; and names a declaration of the tree provides, the project's
+    changes ``sys.path``; names a declaration of the tree provides, the project's
     own included (the target environment lacks them: ``target_environment`` asks that
-    once)."""
-    if sys_path or is_test:
-        return []
-    missing = {top: rows for (top,), rows in by_top.items() if status[top] == MISSING
-               and PLAIN in {kind for *_, kind in rows}}
-    if not missing:
+    once); and any import of a module that needs such an optional name: it is an
+    optional integration (``celery/contrib/sphinx.py`` needs sphinx, and docutils)."""
+    missing = {top: rows for (top,), rows in by_top.items() if status[top] == MISSING}
+    if sys_path or not any(PLAIN in {kind for *_, kind in rows} for rows in missing.values()):
         return []
     # Another file's guard counts: within one file a plain import still breaks.
     excused = _has(view, "declares_top", missing) | {
         top for top, who in view.who_many("optional_tops", set(missing)).items() if who - {path}}
-    missing = {t: rows for t, rows in missing.items() if t not in excused}
-    if not missing or _guarded_by(path, view):
+    if excused or _guarded_by(path, view):
         return []
+    missing = {t: rows for t, rows in missing.items() if PLAIN in {kind for *_, kind in rows}}
     return [_missing(path, top, _import_evidence(path, rows), "high")
             for top, rows in sorted(missing.items())]
 
@@ -184,8 +195,8 @@ def undeclared_dependency(path: str, by_top: dict[tuple, list[list]], status: di
         if dists & declared:
             continue
         rows = by_top[(top,)]
-        if all(kind in OPTIONAL_KINDS for *_, kind in rows):
-            continue  # the code runs without it: an optional extra at most
+        if PLAIN not in {kind for *_, kind in rows}:
+            continue  # optional or lazy: the module loads without it
         dist = sorted(dists)[0]
         out.append(_question(
             "undeclared_dependency", f"{path}:{top}", path,
@@ -261,7 +272,7 @@ def missing_env(path: str, reads: list[list], view: IndexView,
     file of the tree sets or mentions (code, .env files, units, compose files, shell
     scripts, documentation)."""
     by_name = _grouped(reads)
-    unknown = {k for (k,) in by_name if k not in env.env_vars}
+    unknown = {k for (k,) in by_name if k not in env.env_vars and k not in PROVIDED_VARS}
     if not unknown:
         return []
     known = _has(view, "env_documented", unknown) | _has(view, "env_sets", unknown)
