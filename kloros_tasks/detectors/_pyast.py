@@ -9,10 +9,11 @@ crash, so every detector parses through ``parse`` here.
 from __future__ import annotations
 
 import ast
-import keyword
 import posixpath
 import warnings
 from collections.abc import Iterator
+
+from kloros_tasks.detectors import layout
 
 TEST_DIRS = frozenset({"tests", "test"})
 PLAIN_BASES = frozenset({"object", "Protocol", "typing.Protocol", "Generic", "typing.Generic"})
@@ -40,22 +41,11 @@ def _nul_line(text: str) -> int:
 
 
 def module_name(path: str) -> str | None:
-    """Dotted name of a module from its relative path.
-
-    "a/b/c.py" -> "a.b.c", "a/b/__init__.py" -> "a.b", and a leading "src/" is the
-    src layout ("src/a/b.py" -> "a.b").  None when a component cannot be imported
-    (not an identifier, or a keyword).
-    """
-    if not path.endswith(".py"):
-        return None
-    parts = path[: -len(".py")].split("/")
-    if parts[-1] == "__init__":
-        parts.pop()
-    if len(parts) > 1 and parts[0] == "src":
-        parts = parts[1:]
-    if not parts or not all(p.isidentifier() and not keyword.iskeyword(p) for p in parts):
-        return None
-    return ".".join(parts)
+    """Dotted name of a module from its relative path and import root (see
+    ``kloros_tasks.detectors.layout``): "a/b/c.py" -> "a.b.c", "a/b/__init__.py" ->
+    "a.b", "src/a/b.py" -> "a.b".  None when a component cannot be imported (not an
+    identifier, or a keyword)."""
+    return layout.module_name(path)
 
 
 def is_test_path(path: str) -> bool:

@@ -8,7 +8,10 @@ Rules (see docs/detectors.md for the full statement of each):
     a document that no other document links to, includes or lists in a toctree;
 ``stale_doc``
     a document naming, in code spans or links, files or dotted names of this tree that
-    do not exist.
+    do not exist;
+``unparsable_module``
+    a Python module this Python cannot parse and never could (newer syntax, say):
+    opaque, not absent, so one low question instead of broken references.
 
 Relations extracted per file (the index inverts them):
 
@@ -32,7 +35,9 @@ defined: its documents keep their answers).
 
 from __future__ import annotations
 
+import keyword
 import posixpath
+import sys
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 
@@ -40,14 +45,15 @@ from kloros_tasks import names
 from kloros_tasks.detectors._pyast import (
     Definitions,
     is_test_path,
-    module_name,
     parse,
     undocumented,
 )
 from kloros_tasks.detectors.base import FileFacts, IndexView, Touched
 from kloros_tasks.detectors.knowledge import docrefs as _docrefs
+from kloros_tasks.detectors.layout import module_names
 from kloros_tasks.questions import Question
 
+PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"  # what parses here
 DEFAULT_DOCSTRING_THRESHOLD = 3  # the original daemon's "more than 3"
 EVIDENCE_CAP = 20
 MANY_MISSING = 10  # above this many undocumented definitions: medium severity
@@ -120,6 +126,17 @@ class KnowledgeDetector:
                              data={"kind": "other"})
         return FileFacts()
 
+    def opaque(self, path: str, error: str) -> FileFacts | None:
+        """Facts of a Python module this Python cannot parse (newer syntax, say): the
+        module exists and any name under it may too; asked about once, at low severity."""
+        if not path.endswith(".py"):
+            return None
+        modules = importable_names(path)
+        defines = {f"path:{path}", *(p for m in modules for p in prefixes(m))}
+        return FileFacts(
+            relations={"defines": frozenset(defines), "open": frozenset(modules)},
+            data={"kind": "unparsable", "error": error, "python": PYTHON_VERSION})
+
     # --- phase 2 --------------------------------------------------------------------
 
     def affected(self, path: str, touched: Touched, view: IndexView) -> set[str]:
@@ -141,6 +158,8 @@ class KnowledgeDetector:
             return self._missing_docstrings(path, facts.data.get("missing", []))
         if kind == "doc":
             return self._unindexed(path, facts, view) + self._stale(path, facts, view)
+        if kind == "unparsable" and not is_test_path(path):  # test data is broken on purpose
+            return self._unparsable(path, facts.data)
         return []
 
     # --- rules ------------------------------------------------------------------------
@@ -159,6 +178,21 @@ class KnowledgeDetector:
             suggestion="Add a docstring saying what each public module, class and function "
                        "promises, or make the helpers private with a leading underscore.",
             evidence=_capped([f"{path}:{line} {qualname}" for line, qualname in missing]),
+        )]
+
+    def _unparsable(self, path: str, data) -> list[Question]:
+        version, error = data.get("python", "?"), data.get("error", "")
+        line = error.split(":", 1)[0].removeprefix("line ").strip() or "1"
+        return [self._question(
+            "unparsable_module", path,
+            hypothesis=f"UNPARSABLE_MODULE: {path} (Python {version})",
+            question=(f"{path} does not parse with Python {version} ({error}): does it "
+                      "need a newer Python, or is it broken?"),
+            severity="low",
+            confidence=0.7,
+            suggestion="Fix the syntax, or run the analysis with the Python the project "
+                       "targets; until then what the module defines is unknown.",
+            evidence=(f"{path}:{line if line.isdigit() else 1} {error}",),
         )]
 
     def _unindexed(self, path: str, facts: FileFacts, view: IndexView) -> list[Question]:
@@ -321,14 +355,20 @@ def _ref_keys(entries: Iterable[list]) -> set[str]:
 
 # --- Python ---------------------------------------------------------------------------------
 
+def importable_names(path: str) -> list[str]:
+    """The names a module is importable as (see ``kloros_tasks.detectors.layout``),
+    those with a component that is no identifier left out."""
+    return [m for m in module_names(path) if all(
+        p.isidentifier() and not keyword.iskeyword(p) for p in m.split("."))]
+
+
 def _python_facts(path: str, text: str) -> FileFacts:
     tree, error = parse(text)
     if tree is None:
         return FileFacts(error=error)
     try:
         found = Definitions()
-        module = module_name(path)
-        if module is not None:
+        for module in importable_names(path):  # the primary name, then namespace aliases
             found.defines.update(prefixes(module))
             found.body(tree.body, module)
         missing = [] if is_test_path(path) else undocumented(path, tree)
