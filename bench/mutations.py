@@ -228,7 +228,10 @@ def corpus_name(name: str) -> str:
 def _scan(corpus: str, detector: str, root: Path) -> list[dict]:
     from precision import scan_corpus  # noqa: PLC0415
 
-    return scan_corpus(CORPORA[corpus_name(corpus)], detector, root=root)["questions"]
+    # CapabilityDiscovery is judged against the corpus's matched environment, as in
+    # `precision.py scan --target-env`, so a break shows against what the tree runs in.
+    return scan_corpus(CORPORA[corpus_name(corpus)], detector, root=root,
+                       target_env=detector == names.CAPABILITY)["questions"]
 
 
 def main(argv: list[str] | None = None) -> None:

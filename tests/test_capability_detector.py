@@ -121,10 +121,10 @@ def test_an_import_in_an_import_error_handler_is_a_fallback():
 def test_a_module_the_tree_imports_only_under_a_guard_has_optional_imports():
     files = {"pkg/__init__.py": ("try:\n    from ._cli import main\nexcept ImportError:\n"
                                  "    main = None\n"),
-             "pkg/_cli.py": "import fancy_cli\n"}
+             "pkg/_cli.py": "import widgetlib\n"}
     assert found(files, "missing_module") == {}
     files["app.py"] = "import pkg._cli\n"
-    assert found(files, "missing_module") == {"pkg/_cli.py:fancy_cli": "high"}
+    assert found(files, "missing_module") == {"pkg/_cli.py:widgetlib": "high"}
 
 
 def test_a_file_that_changes_sys_path_is_not_judged_for_missing_modules():
@@ -182,9 +182,22 @@ def test_stub_only_modules_under_type_checking_are_fine():
     assert found({"m.py": src}, "missing_module") == {}
 
 
-def test_a_guarded_and_an_unguarded_import_of_one_module_is_breakage():
-    src = "try:\n    import fancy\nexcept ImportError:\n    pass\nimport fancy.sub\n"
-    assert found({"app/m.py": src}, "missing_module") == {"app/m.py:fancy": "high"}
+def test_a_guard_that_reraises_makes_the_later_imports_of_the_module_optional_too():
+    # django/db/backends/mysql/base.py: the guard raises ImproperlyConfigured, with help.
+    src = ("try:\n    import fancy\nexcept ImportError as e:\n    raise RuntimeError('pip install "
+           "fancy') from e\nfrom fancy.constants import FLAG\n")
+    assert found({"app/m.py": src}, "missing_module") == {}
+
+
+@pytest.mark.parametrize("path, source", [
+    ("pkg/serializers/pyyaml.py", "import yaml\n"),
+    ("pkg/backends/mysql/base.py", "import MySQLdb\n"),
+    ("pkg/bin/amqp.py", "import amqp\n"),
+    ("distutils/command/bdist_rpm.py", "import subprocess\nsubprocess.run(['rpm', '-q'])\n"),
+])
+def test_an_adapter_named_after_what_it_uses_is_not_asked_about(path, source):
+    assert [q.rule for q in questions({"requirements.txt": "redis\n", path: source})
+            if q.owner == path] == []
 
 
 def test_tests_are_not_judged_for_missing_modules():
@@ -462,6 +475,8 @@ def test_paths_builtins_non_literals_and_other_functions_are_not_judged(source):
     "import sys, os\nif sys.platform == 'darwin':\n    os.system('open x.html')\n",
     "import sys, subprocess\nif sys.platform == 'win32':\n    pass\n"
     "elif sys.platform == 'darwin':\n    subprocess.call(['osascript'])\n",
+    "import sys, subprocess\ndarwin = sys.platform == 'darwin'\nif darwin:\n"
+    "    subprocess.run(['osascript'])\n",
 ])
 def test_lookups_handled_failures_and_platform_branches_are_not_questions(source):
     assert found({"m.py": source}, "missing_executable") == {}
@@ -507,6 +522,9 @@ def test_variables_read_where_their_absence_raises_are_missing_env():
     "import os\nprint(f\"{os.getenv('X')}\")\n",
     "import os\nwords = os.environ['COMP_WORDS'].split()\n",
     "import os\nflag = os.getenv('X') == '1'\n",
+    "import os\nenv = os.environ\nif 'X' in env:\n    os.environ['X']\n",
+    "import os, sys\nif sys.platform == 'darwin':\n    os.environ['__PYVENV_LAUNCHER__']\n",
+    "import os\nos.environ['Path']\nos.environ['GITHUB_ACTION_PATH']\n",
 ])
 def test_a_get_whose_none_is_handled_is_not_a_requirement(source):
     assert found({"cfg.py": source}, "missing_env") == {}
@@ -681,10 +699,10 @@ def test_only_the_first_plain_import_makes_a_guarded_module_required():
     detector, index = build({
         "pkg/__init__.py": ("try:\n    from ._cli import main\nexcept ImportError:\n"
                             "    main = None\n"),
-        "pkg/_cli.py": "import fancy_cli\n"})
+        "pkg/_cli.py": "import widgetlib\n"})
     touched = index.update("app.py", detector.extract("app.py", "import pkg._cli\n"))
     assert detector.affected("app.py", touched, index) == {"pkg/_cli.py"}
-    assert found_in(detector, index, "pkg/_cli.py") == {"pkg/_cli.py:fancy_cli"}
+    assert found_in(detector, index, "pkg/_cli.py") == {"pkg/_cli.py:widgetlib"}
     touched = index.update("cli.py", detector.extract("cli.py", "import pkg._cli\n"))
     assert detector.affected("cli.py", touched, index) == set()
 

@@ -85,6 +85,7 @@ class _Scanner(ast.NodeVisitor):
                  aliases: dict[str, str], parents: dict[ast.AST, ast.AST]) -> None:
         self.module, self.is_package = module, is_package
         self.tool_packages, self.aliases, self.parents = tool_packages, aliases, parents
+        self.platform_flags = _platform_flags(parents)
         self.scan = PyScan()
         self._frames: list[frozenset[str]] = []  # exceptions caught around the current node
         self._typing = 0  # depth of `if TYPE_CHECKING:` blocks
@@ -171,7 +172,8 @@ class _Scanner(ast.NodeVisitor):
             self._typing -= 1
             self._visit_all(node.orelse)
             return
-        platform = any(p in test for p in _PLATFORM_TESTS)
+        platform = any(p in test for p in _PLATFORM_TESTS) or any(
+            isinstance(n, ast.Name) and n.id in self.platform_flags for n in ast.walk(node.test))
         self._conditional += platform
         self._lazy += not platform
         self._visit_all(node.body)
@@ -367,18 +369,30 @@ class _Scanner(ast.NodeVisitor):
             self.scan.env_sets.add(key)
 
     def visit_Compare(self, node: ast.Compare) -> None:
-        # `"X" in os.environ` anywhere in the file: the code checks before it reads.
+        # `"X" in os.environ` (or in `env = os.environ`) anywhere in the file: the code
+        # checks before it reads.
         self.generic_visit(node)
         key = literal(node.left)
-        if key and any(isinstance(op, ast.In | ast.NotIn) for op in node.ops) and any(
-                self.qualname(c) == "os.environ" for c in node.comparators):
+        if key and any(isinstance(op, ast.In | ast.NotIn) for op in node.ops):
             self._env_checked.add(key)
 
     def _env_read(self, key: str, line: int) -> None:
         if self._testing:
             self._env_checked.add(key)  # `if os.environ.get("X"):` asks; it does not need
-        elif not self._catches(_KEY_ERRORS):
+        elif not self._catches(_KEY_ERRORS) and not self._conditional:
+            # A platform branch reads what that platform sets (macOS's __PYVENV_LAUNCHER__).
             self.scan.env_reads.append((key, line))
+
+
+def _platform_flags(parents: dict[ast.AST, ast.AST]) -> frozenset[str]:
+    """Names assigned a platform test (``darwin = sys.platform == "darwin"``), so that
+    ``if darwin:`` is a platform branch too."""
+    flags = set()
+    for node in parents:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Compare | ast.BoolOp) \
+                and any(p in ast.unparse(node.value) for p in _PLATFORM_TESTS):
+            flags |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return frozenset(flags)
 
 
 def scan_python(path: str, text: str, tool_packages: frozenset[str]) -> PyScan:

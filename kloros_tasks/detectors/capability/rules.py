@@ -37,6 +37,8 @@ PROVIDED_VARS = frozenset({
     "USERPROFILE", "APPDATA", "LOCALAPPDATA", "PROGRAMFILES", "SYSTEMROOT", "WINDIR",
     "COMSPEC", "USERNAME", "HOMEDRIVE", "HOMEPATH",
 })
+# Set by the CI runner that executes the code (a GitHub Action's own script).
+PROVIDED_PREFIXES = ("GITHUB_", "RUNNER_")
 
 
 def _question(rule: str, subject: str, path: str, **kw) -> Question:
@@ -108,6 +110,24 @@ def resolve_imports(path: str, tops: set[str], view: IndexView,
     return status
 
 
+def adapts(path: str, thing: str) -> bool:
+    """True when ``path`` is named after ``thing``, a module or program it uses: an
+    adapter that exists only for it (``serializers/pyyaml.py`` and yaml,
+    ``backends/mysql/base.py`` and MySQLdb, ``bdist_rpm.py`` and rpm), loaded only where
+    it is wanted, so its absence elsewhere is no defect."""
+    want = spelling(thing)
+    if len(want) < 3:
+        return False
+    parts = [spelling(p) for p in PurePosixPath(path).with_suffix("").parts]
+    return any(len(p) >= 3 and (want in p or p in want) for p in parts)
+
+
+def is_provided(variable: str) -> bool:
+    """True for a variable whoever starts the program sets (Windows spells ``Path``)."""
+    name = variable.upper()
+    return name in PROVIDED_VARS or name.startswith(PROVIDED_PREFIXES)
+
+
 def import_folders(path: str) -> list[str]:
     """The folders (other than the root) an import in ``path`` may resolve from: its
     own folder and every folder above it, nearest first."""
@@ -157,12 +177,11 @@ def missing_module(path: str, by_top: dict[tuple, list[list]], status: dict[str,
     missing = {top: rows for (top,), rows in by_top.items() if status[top] == MISSING}
     if sys_path or not any(PLAIN in {kind for *_, kind in rows} for rows in missing.values()):
         return []
-    # Another file's guard counts: within one file a plain import still breaks.
-    excused = _has(view, "declares_top", missing) | {
-        top for top, who in view.who_many("optional_tops", set(missing)).items() if who - {path}}
+    excused = _has(view, "declares_top", missing) | _has(view, "optional_tops", missing)
     if excused or _guarded_by(path, view):
         return []
-    missing = {t: rows for t, rows in missing.items() if PLAIN in {kind for *_, kind in rows}}
+    missing = {t: rows for t, rows in missing.items()
+               if PLAIN in {kind for *_, kind in rows} and not adapts(path, t)}
     return [_missing(path, top, _import_evidence(path, rows), "high")
             for top, rows in sorted(missing.items())]
 
@@ -195,8 +214,8 @@ def undeclared_dependency(path: str, by_top: dict[tuple, list[list]], status: di
         if dists & declared:
             continue
         rows = by_top[(top,)]
-        if PLAIN not in {kind for *_, kind in rows}:
-            continue  # optional or lazy: the module loads without it
+        if PLAIN not in {kind for *_, kind in rows} or adapts(path, top):
+            continue  # optional or lazy (the module loads without it), or its adapter
         dist = sorted(dists)[0]
         out.append(_question(
             "undeclared_dependency", f"{path}:{top}", path,
@@ -249,7 +268,7 @@ def missing_executable(path: str, execs: list[list], env: Environment) -> list[Q
     runs inside ``try/except OSError`` and platform branches are not recorded at all."""
     out = []
     for (program,), rows in sorted(_grouped(execs).items()):
-        if program in env.executables:
+        if program in env.executables or adapts(path, program):
             continue
         where = env.path_label or "the target PATH"
         out.append(_question(
@@ -272,7 +291,7 @@ def missing_env(path: str, reads: list[list], view: IndexView,
     file of the tree sets or mentions (code, .env files, units, compose files, shell
     scripts, documentation)."""
     by_name = _grouped(reads)
-    unknown = {k for (k,) in by_name if k not in env.env_vars and k not in PROVIDED_VARS}
+    unknown = {k for (k,) in by_name if k not in env.env_vars and not is_provided(k)}
     if not unknown:
         return []
     known = _has(view, "env_documented", unknown) | _has(view, "env_sets", unknown)
