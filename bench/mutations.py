@@ -115,6 +115,54 @@ MUTATIONS: list[Mutation] = [
              Expect("stale_doc", text="the_basics")),
 ]
 
+# CapabilityDiscovery, judged against each corpus's matched environment (see _scan):
+# a missing tool, an undeclared import (missing, or installed but undeclared), a
+# required variable read by subscript, a subprocess of a program not on PATH.
+C = names.CAPABILITY
+_CAPABILITY_SITES = (("django", "django/utils/text.py", "django"),
+                     ("celery", "celery/utils/text.py", "celery"),
+                     ("black", "src/black/comments.py", "black"),
+                     ("stdlib", "json/decoder.py", "json"))
+_UNDECLARED = {"django": "setuptools", "celery": "prompt_toolkit", "black": "setuptools"}
+_PROGRAMS = {"django": "wkhtmltopdf", "celery": "pandoc", "black": "clang-format",
+             "stdlib": "ffmpeg"}
+
+
+def _capability_mutations() -> list[Mutation]:
+    out = []
+    for corpus, path, package in _CAPABILITY_SITES:
+        token = f"{package.upper()}_BENCH_SECRET_TOKEN"
+        program = _PROGRAMS[corpus]
+        run_program = ("\nimport subprocess\n\n\ndef _bench_render(x):\n"
+                       f"    return subprocess.run(['{program}', x])\n")
+        out += [
+            Mutation(f"{corpus}-import-of-an-absent-library", corpus, C,
+                     (Edit("append", path, text="\nimport requests_oauthlib\n"),),
+                     Expect("missing_module", owner=path, text="requests_oauthlib")),
+            Mutation(f"{corpus}-required-variable-by-subscript", corpus, C,
+                     (Edit("append", path, text=f"\nimport os\nTOKEN = os.environ['{token}']\n"),),
+                     Expect("missing_env", owner=path, text=token)),
+            Mutation(f"{corpus}-subprocess-of-a-program-not-on-path", corpus, C,
+                     (Edit("append", path, text=run_program),),
+                     Expect("missing_executable", owner=path, text=program)),
+            Mutation(f"{corpus}-a-missing-tool", corpus, C,
+                     (Edit("append", path,
+                           text=f"\nfrom {package}.tools.search import web_search\n"),),
+                     Expect("missing_capability", owner=path, text=f"{package}.tools.search")),
+        ]
+        if corpus != "stdlib":  # the standard library declares nothing to compare with
+            # A library the matched environment holds (as a transitive dependency, or
+            # as the venv's own) that the corpus does not declare.
+            module = _UNDECLARED[corpus]
+            out.append(Mutation(
+                f"{corpus}-import-installed-but-undeclared", corpus, C,
+                (Edit("append", path, text=f"\nimport {module}\n"),),
+                Expect("undeclared_dependency", owner=path, text=module)))
+    return out
+
+
+MUTATIONS += _capability_mutations()
+
 
 class MutationError(ValueError):
     """A mutation that does not apply to the tree (the corpus changed under it)."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from kloros_tasks import names
 from kloros_tasks.detectors.base import FileFacts, IndexView
-from kloros_tasks.detectors.capability.facts import PLAIN
+from kloros_tasks.detectors.capability.facts import OPTIONAL_KINDS, PLAIN
 from kloros_tasks.detectors.capability.paths import module_of, spelling
 from kloros_tasks.questions import Question
 
@@ -174,7 +174,9 @@ def missing_module(path: str, by_top: dict[tuple, list[list]], status: dict[str,
     own included (the target environment lacks them: ``target_environment`` asks that
     once); and any import of a module that needs such an optional name: it is an
     optional integration (``celery/contrib/sphinx.py`` needs sphinx, and docutils)."""
-    missing = {top: rows for (top,), rows in by_top.items() if status[top] == MISSING}
+    # What the module needs (plain or lazy): a guarded-only import is optional anyway.
+    missing = {top: rows for (top,), rows in by_top.items() if status[top] == MISSING
+               and {kind for *_, kind in rows} - OPTIONAL_KINDS}
     if sys_path or not any(PLAIN in {kind for *_, kind in rows} for rows in missing.values()):
         return []
     excused = _has(view, "declares_top", missing) | _has(view, "optional_tops", missing)
