@@ -277,6 +277,13 @@ def test_a_declared_runtime_dependency_nothing_imports_is_low():
     assert found(files, "undeclared_dependency") == {"pyproject.toml:unused:celery": "low"}
 
 
+def test_an_extra_nothing_imports_is_not_unused():
+    files = {"pyproject.toml": ("[project]\nname='x'\ndependencies=['redis']\n"
+                                "[project.optional-dependencies]\nzeromq=['pyzmq']\n"),
+             "requirements/extras/yaml.txt": "pyyaml\n", "app/m.py": "import redis\n"}
+    assert found(files, "undeclared_dependency") == {}
+
+
 def test_a_dependency_with_a_marker_is_conditional_and_never_unused():
     assert found({"pyproject.toml": PYPROJECT, "app/m.py": "import redis, yaml\n"},
                  "undeclared_dependency") == {}

@@ -314,10 +314,11 @@ def evaluate_declarations(path: str, facts: FileFacts, view: IndexView,
                           env: Environment) -> list[Question]:
     """The declaration file's questions: runtime dependencies the target environment
     lacks (one question), and installed runtime dependencies nothing uses."""
-    rows = facts.data.get("declared", [])
-    required = [d[:3] for d in rows if d[3:4] == [True]]
-    main = [d[:3] for d in rows if d[2]]
-    return [*target_environment(path, required, env), *unused_dependency(path, main, view, env)]
+    # Only what every install needs is judged: an extra often serves a dependency
+    # (celery's zeromq extra installs pyzmq for kombu's transport), not the tree.
+    required = [d[:3] for d in facts.data.get("declared", []) if d[3:4] == [True]]
+    return [*target_environment(path, required, env),
+            *unused_dependency(path, required, view, env)]
 
 
 def target_environment(path: str, declared: list[list], env: Environment) -> list[Question]:
