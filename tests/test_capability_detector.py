@@ -127,6 +127,19 @@ def test_a_module_the_tree_imports_only_under_a_guard_has_optional_imports():
     assert found(files, "missing_module") == {"pkg/_cli.py:widgetlib": "high"}
 
 
+def test_a_name_many_modules_need_is_one_question_owned_by_the_first():
+    files = {f"app/m{i}.py": "import asgiref.sync\n" for i in range(5)}
+    files["app/lazy.py"] = "def f():\n    import asgiref\n"
+    got = [q for q in questions(files) if q.rule == "missing_module"]
+    assert [q.subject for q in got] == ["app/m0.py:asgiref"]
+    assert got[0].question.startswith("app/m0.py and 4 other modules import asgiref")
+    assert "app/m4.py imports asgiref too" in got[0].evidence
+    detector, index = build(files)
+    touched = index.update("app/m0.py", None)
+    assert detector.affected("app/m0.py", touched, index) == {"app/m1.py"}
+    assert found_in(detector, index, "app/m1.py") == {"app/m1.py:asgiref"}
+
+
 def test_a_file_that_changes_sys_path_is_not_judged_for_missing_modules():
     for change in ("sys.path.insert(0, 'vendor')", "sys.path.append(HERE)", "sys.path += ['x']",
                    "sys.path[0:0] = ['x']", "pkg_resources.working_set.add_entry('eggs')"):
@@ -711,7 +724,8 @@ def test_only_the_first_plain_import_makes_a_guarded_module_required():
     assert detector.affected("app.py", touched, index) == {"pkg/_cli.py"}
     assert found_in(detector, index, "pkg/_cli.py") == {"pkg/_cli.py:widgetlib"}
     touched = index.update("cli.py", detector.extract("cli.py", "import pkg._cli\n"))
-    assert detector.affected("cli.py", touched, index) == set()
+    # Only app.py, the first module needing pkg (it owns any question about it).
+    assert detector.affected("cli.py", touched, index) == {"app.py"}
 
 
 def found_in(detector: CapabilityDetector, index: MemoryIndex, path: str) -> set[str]:
@@ -740,6 +754,8 @@ VARIANTS: dict[str, list[str | None]] = {
     "tools/agent.py": [None, "from .web import fetch\nfrom . import vision\n"],
     "tools/vision.py": [None, ""],
     ".env.example": [None, "API_KEY=\n"],
+    "app/need1.py": [None, "import gone_lib\n", "import not_here\nimport util\n"],
+    "app/need2.py": [None, "import gone_lib, not_here\n"],
     "app/opt.py": [None, "try:\n    import not_here\nexcept ImportError:\n    pass\n",
                    "try:\n    import os\nexcept ImportError:\n    import gone_lib\n"],
     "docs/usage.md": [None, "Set `API_KEY` first.\n", "Nothing here.\n"],

@@ -31,6 +31,7 @@ from kloros_tasks.detectors.capability.rules import (
     evaluate_declarations,
     evaluate_python,
     is_stdlib,
+    needed_tops,
 )
 from kloros_tasks.detectors.capability.target import Environment
 from kloros_tasks.questions import Question
@@ -119,6 +120,7 @@ class CapabilityDetector:
             "py": frozenset({"1"}),
             "node": frozenset(nodes_of(path)),
             "imports": frozenset(top for top, _, _, _ in scan.imports),
+            "needs": frozenset(needed_tops(path, scan.imports, scan.sys_path)),
             # names the tree itself treats as optional somewhere (see missing_module)
             "optional_tops": frozenset(top for top, _, _, kind in scan.imports
                                        if kind in (GUARDED, CONDITIONAL)),
@@ -172,6 +174,8 @@ class CapabilityDetector:
                 out |= _union(view.who_many("imports", env.tops_of(value)))
             elif relation in ("declares_top", "optional_tops"):
                 out |= view.who("imports", value)
+            elif relation == "needs" and (needers := sorted(view.who("needs", value) - {path})):
+                out.add(needers[0])  # the owner of the name's missing_module question
             elif relation == "depfile" and not view.who("depfile", "1") - {path}:
                 out |= view.who("py", "1")  # the first or last declaration file
             elif relation == "tool_defines":

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from kloros_tasks import names
 from kloros_tasks.detectors.base import FileFacts, IndexView
 from kloros_tasks.detectors.capability.facts import OPTIONAL_KINDS, PLAIN
-from kloros_tasks.detectors.capability.paths import module_of, spelling
+from kloros_tasks.detectors.capability.paths import is_test_path, module_of, spelling
 from kloros_tasks.questions import Question
 
 if TYPE_CHECKING:
@@ -184,17 +184,35 @@ def missing_module(path: str, by_top: dict[tuple, list[list]], status: dict[str,
         return []
     missing = {t: rows for t, rows in missing.items()
                if PLAIN in {kind for *_, kind in rows} and not adapts(path, t)}
-    return [_missing(path, top, _import_evidence(path, rows), "high")
-            for top, rows in sorted(missing.items())]
+    # One question per missing name, owned by the first module that needs it: a target
+    # without asgiref is one gap, not one per importer.
+    needers = view.who_many("needs", set(missing)) if missing else {}
+    out = []
+    for top, rows in sorted(missing.items()):
+        others = sorted(needers.get(top, frozenset()) - {path})
+        if others and others[0] < path:
+            continue
+        evidence = _import_evidence(path, rows) + [f"{p} imports {top} too" for p in others]
+        out.append(_missing(path, top, evidence, len(others)))
+    return out
 
 
-def _missing(path: str, top: str, evidence: list[str], severity: str) -> Question:
+def needed_tops(path: str, imports: list[tuple[str, str, int, str]], sys_path: bool) -> set[str]:
+    """The names a deployed module cannot load without (see ``missing_module``): what
+    the ``needs`` relation holds, so the first needer of a name owns its question."""
+    if sys_path or is_test_path(path) or not is_deployed_path(path):
+        return set()
+    return {top for top, _, _, kind in imports if kind == PLAIN and not adapts(path, top)}
+
+
+def _missing(path: str, top: str, evidence: list[str], others: int) -> Question:
+    who = f"{path} and {others} other module{'s' if others > 1 else ''}" if others else path
     return _question(
         "missing_module", f"{path}:{top}", path, evidence=evidence,
         hypothesis=f"MISSING_MODULE: {top}",
-        question=(f"{path} imports {top}, which neither the tree nor the target "
-                  f"environment provides: should it be installed or the import removed?"),
-        severity=severity, confidence=0.9,
+        question=(f"{who} import{'' if others else 's'} {top}, which neither the tree nor the "
+                  f"target environment provides: should it be installed or the import removed?"),
+        severity="high", confidence=0.9,
         suggestion=f"Install the distribution that provides '{top}' into the target "
                    "environment (and declare it), or remove the import.",
         extra={"module": top})
