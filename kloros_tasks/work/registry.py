@@ -85,16 +85,36 @@ def _cached(name: str, settings: Settings, environment_json: str | None):
     return build(name, settings, environment)
 
 
-def worker_detector(name: str, settings: Settings, client) -> tuple[object, bool]:
+def _local_root(client, root: str | None) -> str | None:
+    """The folder of watched root ``root`` when it lives on this host (the watcher
+    registers {path, host} per root), else None."""
+    import json  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+
+    raw = client.hget(names.ROOTS, root) if root else None
+    try:
+        info = json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+    if not isinstance(info, dict) or info.get("host") != socket.gethostname():
+        return None
+    path = info.get("path")
+    return path if isinstance(path, str) else None
+
+
+def worker_detector(name: str, settings: Settings, client,
+                    root: str | None = None) -> tuple[object, bool]:
     """(detector, environment_changed) for a worker: the capability environment comes
-    from the per-host cache in Redis and is re-probed only when it changed."""
+    from the per-host cache in Redis and is re-probed only when it changed.  Without
+    KLOROS_TARGET_PYTHON, a virtual environment in ``root``'s folder (when the root is
+    on this host) is the target, else the worker's own interpreter."""
     if name != names.CAPABILITY:
         return _cached(name, settings, None), False
     import json  # noqa: PLC0415
 
     from kloros_tasks.detectors.capability.environment import cached_environment  # noqa: PLC0415
 
-    python = target_python(settings)
+    python = target_python(settings, None if settings.target_python else _local_root(client, root))
     digest = hashlib.sha256(f"{python}\0{settings.target_path or ''}".encode()).hexdigest()[:16]
     environment, changed = cached_environment(
         client, names.environment(settings.host, digest), python=python,

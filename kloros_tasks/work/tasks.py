@@ -123,7 +123,9 @@ def _analyze(task: KlorosTask, detector_name: str, args: tuple, kwargs: dict) ->
     # Accept any call shape so that a malformed message is refused and acknowledged
     # by handle_change instead of failing inside Celery's argument binding.
     payload = args[0] if len(args) == 1 and not kwargs else {"args": list(args), **kwargs}
-    detector, environment_changed = worker_detector(detector_name, task.settings, task.client)
+    root = payload.get("root") if isinstance(payload, dict) else None
+    detector, environment_changed = worker_detector(detector_name, task.settings, task.client,
+                                                    root if isinstance(root, str) else None)
     context = task.context()
     outcome = handle_change(context, detector, payload, reevaluate_all=environment_changed)
     log.debug("%s %s: %s", task.name, task.request.id, outcome)
@@ -148,7 +150,7 @@ def _settle_task(task: KlorosTask, detector_name: str, args: tuple, kwargs: dict
     if kwargs or len(args) != 1 or not isinstance(args[0], str):
         log.warning("%s: refused malformed settle payload %r %r", task.name, args, kwargs)
         return "refused"
-    detector, _ = worker_detector(detector_name, task.settings, task.client)
+    detector, _ = worker_detector(detector_name, task.settings, task.client, args[0])
     return f"{_settle(task, task.context(), detector, args[0])} deferred"
 
 

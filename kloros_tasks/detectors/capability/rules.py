@@ -344,7 +344,7 @@ def target_environment(path: str, declared: list[list], env: Environment) -> lis
     environment judged is not (or not fully) the one the tree runs in, and every import
     of those distributions would otherwise be a missing module of its own."""
     lacking = sorted(dist for dist, _, _ in declared if dist not in env.installed)
-    if not lacking or not env.installed:
+    if not lacking or not env.stdlib:  # no stdlib: not a probed environment at all
         return []
     shown = ", ".join(lacking[:MAX_EVIDENCE]) + (" ..." if len(lacking) > MAX_EVIDENCE else "")
     lines = {dist: line for dist, line, _ in declared}
