@@ -84,6 +84,18 @@ def _stem(name: str) -> str:
     return name[: -len(".py")] if name.endswith(".py") else name
 
 
+def import_root(path: str, layout: Layout | None = None) -> str | None:
+    """The root-relative directory ``path``'s module is named from: its nearest ancestor
+    without ``__init__.py`` (``""`` for the tree's root); None when every directory up
+    to and including the root is a package (the root's own package name then leads)."""
+    layout = layout or current()
+    dirs = path.split("/")[:-1]
+    for depth in range(len(dirs), -1, -1):
+        if not layout.is_package("/".join(dirs[:depth])):
+            return "/".join(dirs[:depth])
+    return None
+
+
 def module_names(path: str, layout: Layout | None = None) -> tuple[str, ...]:
     """Dotted names a root-relative module path is importable as, primary first.
 
@@ -94,13 +106,12 @@ def module_names(path: str, layout: Layout | None = None) -> tuple[str, ...]:
     layout = layout or current()
     *dirs, base = path.split("/")
     stem = [] if base == PACKAGE_FILE else [_stem(base)]
-    depth = len(dirs)
-    while depth >= 0 and layout.is_package("/".join(dirs[:depth])):
-        depth -= 1  # climb while the directory at this depth holds an __init__.py
-    if depth < 0:  # every directory up to the root is a package: the root's name leads
+    root = import_root(path, layout)
+    if root is None:  # every directory up to the root is a package: the root's name leads
         prefix = layout.root_package.split(".") if layout.root_package else []
         names = [".".join(prefix + dirs + stem)]
     else:
+        depth = root.count("/") + 1 if root else 0
         names = [".".join(dirs[depth:] + stem)]
         names += [".".join(dirs[k:] + stem) for k in range(depth - 1, -1, -1)
                   if not layout.is_package("/".join(dirs[:k]))]
