@@ -346,7 +346,9 @@ def test_unused_is_not_judged_for_a_distribution_the_target_lacks():
     files = {"requirements.txt": "argon2-cffi\n", "app/m.py": "import argon2\n"}
     assert found(files, "undeclared_dependency") == {}
     assert deps.import_names("argon2-cffi") == ("argon2",)
-    assert deps.import_names("my-lib") == ("my_lib",)
+    assert deps.import_names("my-lib") == ("my", "my_lib")
+    assert "paho" in deps.import_names("paho-mqtt")
+    assert "graphitesend" in deps.name_prefixes("graphitesender")
 
 
 def test_a_pyproject_change_affects_only_importers_of_the_changed_distributions():
@@ -508,6 +510,15 @@ def test_tests_and_docs_are_not_deployment():
         got = {q.rule for q in questions({path: src})}
         assert not got & {"missing_executable", "missing_env"}, path
     assert {q.rule for q in questions({"app.py": src})} >= {"missing_executable", "missing_env"}
+
+
+def test_an_adapter_class_named_after_the_program_is_chosen_by_configuration():
+    # ranger/ext/img_display.py: UeberzugImageDisplayer runs ueberzug when configured.
+    src = ("import subprocess\nclass UeberzugImageDisplayer:\n    def initialize(self):\n"
+           "        subprocess.Popen(['ueberzug', 'layer'])\n"
+           "class Other:\n    def go(self):\n        subprocess.Popen(['ueberzug'])\n")
+    got = questions({"ext/img_display.py": src})
+    assert [e for q in got for e in q.evidence] == ["ext/img_display.py:7 runs ueberzug"]
 
 
 def test_the_question_names_the_path_it_was_judged_against():

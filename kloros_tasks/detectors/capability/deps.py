@@ -73,7 +73,19 @@ def import_names(dist: str) -> tuple[str, ...]:
     """The import names a distribution conventionally provides, without asking any
     environment: the known exceptions, else ``foo-bar`` -> ``foo_bar``."""
     dist = normalize(dist)
-    return IMPORT_NAMES.get(dist, (dist.replace("-", "_"),))
+    if dist in IMPORT_NAMES:
+        return IMPORT_NAMES[dist]
+    # paho-mqtt provides paho, google-cloud-storage google, python-consul consul.
+    names = {dist.replace("-", "_"), dist.split("-")[0], dist.removeprefix("python-")}
+    return tuple(sorted({n.replace("-", "_") for n in names}))
+
+
+def name_prefixes(dist: str, shortest: int = 5) -> tuple[str, ...]:
+    """Import names a distribution may provide under a shorter form of its own name
+    (``graphitesender`` provides ``graphitesend``): every prefix of at least
+    ``shortest`` characters, as an import name."""
+    name = normalize(dist).replace("-", "_")
+    return tuple(name[:i] for i in range(shortest, len(name)))
 
 
 @dataclass(frozen=True)

@@ -206,7 +206,7 @@ def _declaration_facts(found: deps.Declarations) -> FileFacts:
     # The import names each declared distribution (and the project itself) conventionally
     # provides: an import of one of them that the target lacks is the environment's
     # shortfall (one target_environment question), not a missing module of the code.
-    tops = {t for d in declared for t in deps.import_names(d.dist)}
+    tops = {t for d in declared for t in deps.import_names(d.dist) + deps.name_prefixes(d.dist)}
     relations = {"declares": frozenset(d.dist for d in declared)}
     if found.project:
         relations["own_dist"] = frozenset({found.project})

@@ -31,8 +31,6 @@ from kloros_tasks.detectors.capability.paths import module_of, spelling
 # or behind a runtime `if`) still breaks, but only when that code runs.
 TYPING, GUARDED, CONDITIONAL, LAZY, PLAIN = "typing", "guarded", "conditional", "lazy", "plain"
 OPTIONAL_KINDS = frozenset({TYPING, GUARDED, CONDITIONAL})
-# How a program is reached.
-RUN = "run"
 
 REGISTRY_DECORATORS = frozenset({"tool", "skill", "capability"})
 _IMPORT_ERRORS = frozenset({"ImportError", "ModuleNotFoundError"})
@@ -69,7 +67,8 @@ class PyScan:
     modules_guarded: dict[str, int] = field(default_factory=dict)  # module -> first line
     registered: set[str] = field(default_factory=set)
     defines: set[str] = field(default_factory=set)  # "module:Name", "module:*"
-    execs: list[tuple[str, int, str]] = field(default_factory=list)  # program, line, kind
+    # program, line, the enclosing "Class.method" ("" at module level)
+    execs: list[tuple[str, int, str]] = field(default_factory=list)
     # variables read where their absence breaks: a subscript, or a None-less use of .get
     env_reads: list[tuple[str, int]] = field(default_factory=list)
     env_sets: set[str] = field(default_factory=set)
@@ -94,6 +93,7 @@ class _Scanner(ast.NodeVisitor):
         self._lazy = 0  # depth of function bodies and runtime `if` blocks
         self._env_checked: set[str] = set()
         self._probed: set[str] = set()  # programs the file looks up with shutil.which
+        self._scope: list[str] = []  # enclosing class and function names
         self._testing = 0  # inside a condition, where a read is a check, not a need
         self._fallback = 0  # inside an `except ImportError:` handler: the plan B import
 
@@ -202,7 +202,9 @@ class _Scanner(ast.NodeVisitor):
         self._registered(node)
         self._depth += 1
         self._lazy += 1
+        self._scope.append(node.name)
         self.generic_visit(node)
+        self._scope.pop()
         self._lazy -= 1
         self._depth -= 1
 
@@ -212,7 +214,9 @@ class _Scanner(ast.NodeVisitor):
         self._define(node.name)
         self._registered(node)
         self._depth += 1
+        self._scope.append(node.name)
         self.generic_visit(node)
+        self._scope.pop()
         self._depth -= 1
 
     def visit_Name(self, node: ast.Name) -> None:
@@ -356,7 +360,7 @@ class _Scanner(ast.NodeVisitor):
         # this host; only a run that would raise here is recorded.
         if program is None or self._catches(_OS_ERRORS) or self._conditional:
             return
-        self.scan.execs.append((program, node.lineno, RUN))
+        self.scan.execs.append((program, node.lineno, ".".join(self._scope)))
 
     def visit_Subscript(self, node: ast.Subscript) -> None:
         self.generic_visit(node)

@@ -116,7 +116,7 @@ def adapts(path: str, thing: str) -> bool:
     ``backends/mysql/base.py`` and MySQLdb, ``bdist_rpm.py`` and rpm), loaded only where
     it is wanted, so its absence elsewhere is no defect."""
     want = spelling(thing)
-    if len(want) < 3:
+    if len(want) < 3 or not path:
         return False
     parts = [spelling(p) for p in PurePosixPath(path).with_suffix("").parts]
     return any(len(p) >= 3 and (want in p or p in want) for p in parts)
@@ -288,7 +288,10 @@ def missing_executable(path: str, execs: list[list], env: Environment) -> list[Q
     runs inside ``try/except OSError`` and platform branches are not recorded at all."""
     out = []
     for (program,), rows in sorted(_grouped(execs).items()):
-        if program in env.executables or adapts(path, program):
+        # An adapter class or function named after the program (ranger's
+        # UeberzugImageDisplayer runs ueberzug) is chosen by configuration.
+        rows = [r for r in rows if not adapts(r[2].replace(".", "/"), program)]
+        if not rows or program in env.executables or adapts(path, program):
             continue
         where = env.path_label or "the target PATH"
         out.append(_question(
