@@ -27,6 +27,19 @@ SHELL_BUILTINS = frozenset({
     "local", "printf", "pwd", "read", "readonly", "return", "set", "shift", "source", "test",
     "time", "times", "trap", "true", "type", "ulimit", "umask", "unalias", "unset", "wait",
 })
+PLATFORM_TESTS = ("sys.version_info", "sys.platform", "os.name", "platform.", "sys.implementation")
+# Calls that raise on None: an environment read passed straight to one needs the variable.
+NONE_BREAKS = frozenset({
+    "int", "float", "complex", "open", "bytes.fromhex", "pathlib.Path", "pathlib.PurePath",
+    "Path", "json.loads", "os.path.join", "os.path.expanduser", "os.path.abspath",
+    "os.path.realpath", "os.path.isdir", "os.path.isfile", "os.listdir", "os.chdir",
+})
+# Calls that change where imports come from: the file's imports cannot be judged.
+SYS_PATH_CHANGES = frozenset({"sys.path.insert", "sys.path.append", "sys.path.extend",
+                               "site.addsitedir"})
+MODULE_STRING = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+# A test that skips itself when the module is missing: the import is optional.
+IMPORT_OR_SKIP = frozenset({"pytest.importorskip"})
 ENV_READS = frozenset({"os.getenv", "os.environ.get"})
 ENV_SETS = frozenset({"os.environ.setdefault", "os.putenv"})
 
@@ -110,3 +123,14 @@ def caught(handlers: Iterable[ast.ExceptHandler]) -> frozenset[str]:
     for h in handlers:
         names |= {"BaseException"} if h.type is None else exception_names([h.type])
     return frozenset(names)
+
+
+def platform_flags(parents: dict[ast.AST, ast.AST]) -> frozenset[str]:
+    """Names assigned a platform test (``darwin = sys.platform == "darwin"``), so that
+    ``if darwin:`` is a platform branch too."""
+    flags = set()
+    for node in parents:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Compare | ast.BoolOp) \
+                and any(p in ast.unparse(node.value) for p in PLATFORM_TESTS):
+            flags |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return frozenset(flags)

@@ -1,19 +1,21 @@
 """CapabilityDiscovery: what the code expects to be able to do but cannot.
 
-Five rules, each judged against the watched tree (through the index) and against an
+Six rules, each judged against the watched tree (through the index) and against an
 ``Environment``, the probed facts of the target interpreter, PATH and service
-environment (see ``kloros_tasks.detectors.capability.environment``):
+environment (see ``kloros_tasks.detectors.capability.environment``), asking only
+what a maintainer would act on (docs/detectors.md has the details):
 
-* ``missing_module``: an absolute import resolved neither in the tree nor in the
-  environment (guarded, ``TYPE_CHECKING`` and version/platform-conditional imports
-  are ``low`` "optional capability unavailable");
+* ``missing_module``: a module-level, unconditional import of a deployed module that
+  resolves neither in the tree nor in the environment, once per missing name;
+* ``target_environment``: required dependencies a declaration file names that the
+  environment lacks (one question instead of a missing module per importer);
 * ``undeclared_dependency``: a third-party import no declaration file provides, and
-  a declared runtime dependency that nothing imports (``low``);
+  a required dependency that nothing imports or names (``low``);
 * ``missing_capability``: a name imported from an in-tree tool package that nothing
   defines or registers;
-* ``missing_executable``: a program run by literal name that is not on PATH;
-* ``missing_env``: an environment variable read without a default that is neither
-  set in the service environment, set by the tree, nor listed in an ``.env.example``.
+* ``missing_executable``: a program run by literal name, unhandled, not on the PATH;
+* ``missing_env``: a variable read where its absence raises that neither the service
+  environment nor any file of the tree sets or documents.
 
 Pure: nothing here reads files, ``os.environ`` or PATH; the Environment is passed in.
 """

@@ -3,8 +3,8 @@
 Pure: source text in, a ``PyScan`` out.  The scan records, with line numbers,
 absolute imports (and how they are guarded), names imported from tool packages,
 capabilities registered by decorators, names defined at module level, programs run
-by literal name, and environment variables read without a default.  Nothing here
-decides whether any of that is a problem; ``capability.py`` does, against the index.
+by literal name, and environment variables read where their absence raises.  Nothing
+here decides whether any of that is a problem; ``rules.py`` does, against the index.
 """
 
 from __future__ import annotations
@@ -19,16 +19,21 @@ from kloros_tasks.detectors.capability.calls import (
     ENV_SETS,
     EXEC_PROGRAM,
     EXEC_SHELL,
+    IMPORT_OR_SKIP,
+    MODULE_STRING,
+    NONE_BREAKS,
+    PLATFORM_TESTS,
+    SYS_PATH_CHANGES,
     aliases_of,
     caught,
     exception_names,
     literal,
+    platform_flags,
     program_of,
 )
 from kloros_tasks.detectors.capability.paths import module_of, spelling
 
-# How an import is reached, from most to least optional.  LAZY (inside a function,
-# or behind a runtime `if`) still breaks, but only when that code runs.
+# How an import is reached, from most to least optional (LAZY: in a function or `if`).
 TYPING, GUARDED, CONDITIONAL, LAZY, PLAIN = "typing", "guarded", "conditional", "lazy", "plain"
 OPTIONAL_KINDS = frozenset({TYPING, GUARDED, CONDITIONAL})
 
@@ -37,19 +42,6 @@ _IMPORT_ERRORS = frozenset({"ImportError", "ModuleNotFoundError"})
 _OS_ERRORS = frozenset({"OSError", "FileNotFoundError", "EnvironmentError", "IOError"})
 _KEY_ERRORS = frozenset({"KeyError", "LookupError"})
 _BROAD = frozenset({"Exception", "BaseException"})
-_PLATFORM_TESTS = ("sys.version_info", "sys.platform", "os.name", "platform.", "sys.implementation")
-# Calls that raise on None: an environment read passed straight to one needs the variable.
-_NONE_BREAKS = frozenset({
-    "int", "float", "complex", "open", "bytes.fromhex", "pathlib.Path", "pathlib.PurePath",
-    "Path", "json.loads", "os.path.join", "os.path.expanduser", "os.path.abspath",
-    "os.path.realpath", "os.path.isdir", "os.path.isfile", "os.listdir", "os.chdir",
-})
-# Calls that change where imports come from: the file's imports cannot be judged.
-_SYS_PATH_CHANGES = frozenset({"sys.path.insert", "sys.path.append", "sys.path.extend",
-                               "site.addsitedir"})
-_MODULE_STRING = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
-# A test that skips itself when the module is missing: the import is optional.
-_IMPORT_OR_SKIP = frozenset({"pytest.importorskip"})
 
 
 @dataclass
@@ -60,9 +52,8 @@ class PyScan:
     imports: list[tuple[str, str, int, str]] = field(default_factory=list)
     # (module, name, line) imported from tool packages; name "" for `import tools.x`
     wants: list[tuple[str, str, int]] = field(default_factory=list)
-    # absolute names of modules this file may import (relative imports resolved), split
-    # by whether every such import is optional: a module only ever imported under a
-    # guard is itself optional, and so are its own imports
+    # modules this file imports (relative ones resolved), split by whether every such
+    # import is optional: a module only ever imported under a guard is optional itself
     modules_plain: set[str] = field(default_factory=set)
     modules_guarded: dict[str, int] = field(default_factory=dict)  # module -> first line
     registered: set[str] = field(default_factory=set)
@@ -84,7 +75,7 @@ class _Scanner(ast.NodeVisitor):
                  aliases: dict[str, str], parents: dict[ast.AST, ast.AST]) -> None:
         self.module, self.is_package = module, is_package
         self.tool_packages, self.aliases, self.parents = tool_packages, aliases, parents
-        self.platform_flags = _platform_flags(parents)
+        self.platform_flags = platform_flags(parents)
         self.scan = PyScan()
         self._frames: list[frozenset[str]] = []  # exceptions caught around the current node
         self._typing = 0  # depth of `if TYPE_CHECKING:` blocks
@@ -172,7 +163,7 @@ class _Scanner(ast.NodeVisitor):
             self._typing -= 1
             self._visit_all(node.orelse)
             return
-        platform = any(p in test for p in _PLATFORM_TESTS) or any(
+        platform = any(p in test for p in PLATFORM_TESTS) or any(
             isinstance(n, ast.Name) and n.id in self.platform_flags for n in ast.walk(node.test))
         self._conditional += platform
         self._lazy += not platform
@@ -293,7 +284,7 @@ class _Scanner(ast.NodeVisitor):
         first = node.args[0] if node.args else None
         if name in ("importlib.import_module", "__import__") and literal(first):
             self._import(literal(first), node.lineno)
-        elif name in _IMPORT_OR_SKIP and literal(first):
+        elif name in IMPORT_OR_SKIP and literal(first):
             self._import(literal(first), node.lineno, GUARDED)
         elif name == "shutil.which":
             # A lookup is a probe: the code handles absence, and runs the program only
@@ -309,7 +300,7 @@ class _Scanner(ast.NodeVisitor):
             self.scan.env_sets.add(literal(first))
         elif name == "os.environ.update":
             self.scan.env_sets |= {k.arg for k in node.keywords if k.arg}
-        elif name in _SYS_PATH_CHANGES or (isinstance(func, ast.Attribute)
+        elif name in SYS_PATH_CHANGES or (isinstance(func, ast.Attribute)
                                             and func.attr == "add_entry"):
             # pkg_resources' working_set.add_entry() puts a folder on sys.path too.
             self.scan.sys_path = True
@@ -325,14 +316,14 @@ class _Scanner(ast.NodeVisitor):
             return True
         if isinstance(parent, ast.Call) and node in parent.args:
             callee = self.qualname(parent.func) or getattr(parent.func, "id", "")
-            return callee in _NONE_BREAKS
+            return callee in NONE_BREAKS
         return False
 
     def visit_Constant(self, node: ast.Constant) -> None:
         # A module named in a string is loaded by name (settings, plugin lists): the
         # distribution providing it is used although nothing imports it.
         value = node.value
-        if not isinstance(value, str) or not _MODULE_STRING.fullmatch(value):
+        if not isinstance(value, str) or not MODULE_STRING.fullmatch(value):
             return
         if "." in value or isinstance(self.parents.get(node), ast.List | ast.Tuple | ast.Set):
             self.scan.string_refs.add(value.split(".")[0])
@@ -386,17 +377,6 @@ class _Scanner(ast.NodeVisitor):
         elif not self._catches(_KEY_ERRORS) and not self._conditional:
             # A platform branch reads what that platform sets (macOS's __PYVENV_LAUNCHER__).
             self.scan.env_reads.append((key, line))
-
-
-def _platform_flags(parents: dict[ast.AST, ast.AST]) -> frozenset[str]:
-    """Names assigned a platform test (``darwin = sys.platform == "darwin"``), so that
-    ``if darwin:`` is a platform branch too."""
-    flags = set()
-    for node in parents:
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Compare | ast.BoolOp) \
-                and any(p in ast.unparse(node.value) for p in _PLATFORM_TESTS):
-            flags |= {t.id for t in node.targets if isinstance(t, ast.Name)}
-    return frozenset(flags)
 
 
 def scan_python(path: str, text: str, tool_packages: frozenset[str]) -> PyScan:
