@@ -770,6 +770,8 @@ VARIANTS: dict[str, list[str | None]] = {
     "app/need2.py": [None, "import gone_lib, not_here\n"],
     "app/opt.py": [None, "try:\n    import not_here\nexcept ImportError:\n    pass\n",
                    "try:\n    import os\nexcept ImportError:\n    import gone_lib\n"],
+    "deploy/app.service": [None, "[Service]\nEnvironment=PORT_X=8000\n"],
+    "app/settings.py": [None, "APPS = ['kombu', 'redis.client']\n", "APPS = []\n"],
     "docs/usage.md": [None, "Set `API_KEY` first.\n", "Nothing here.\n"],
     "tests/helpers/__init__.py": [None, ""],
     "tests/sub/test_a.py": [None, "import helpers\nimport gone_lib\nimport PIL\n",
@@ -797,7 +799,7 @@ def test_incremental_updates_equal_a_full_rebuild(seed):
     detector, index = CapabilityDetector(ENV), MemoryIndex()
     good: dict[str, str] = {}  # the last parseable content: what the index holds
     open_ids: dict[str, set[str]] = {}
-    for _ in range(60):
+    for _ in range(100):
         path = rng.choice(sorted(VARIANTS))
         text = rng.choice(VARIANTS[path])
         facts = None if text is None else detector.extract(path, text)
