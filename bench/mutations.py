@@ -167,6 +167,21 @@ def _capability_mutations() -> list[Mutation]:
 
 
 MUTATIONS += _capability_mutations()
+# A required dependency the matched environment lacks: one target_environment question.
+MUTATIONS += [
+    Mutation("django-new-required-dependency", "django", C,
+             (Edit("replace", "pyproject.toml", old='    "sqlparse>=0.3.1",\n',
+                   new='    "sqlparse>=0.3.1",\n    "requests-oauthlib>=2",\n'),),
+             Expect("target_environment", owner="pyproject.toml", text="requests-oauthlib")),
+    Mutation("celery-new-required-dependency", "celery", C,
+             (Edit("append", "requirements/default.txt", text="requests-oauthlib>=2\n"),),
+             Expect("target_environment", owner="requirements/default.txt",
+                    text="requests-oauthlib")),
+    Mutation("black-new-required-dependency", "black", C,
+             (Edit("replace", "pyproject.toml", old='  "click>=8.0.0",\n',
+                   new='  "click>=8.0.0",\n  "requests-oauthlib>=2",\n'),),
+             Expect("target_environment", owner="pyproject.toml", text="requests-oauthlib")),
+]
 
 
 class MutationError(ValueError):
