@@ -5,6 +5,7 @@
     python bench/precision.py sample --corpus C [--detector D]... [--rule R]... [--n 30] [--seed 14]
     python bench/precision.py show    --corpus C QUESTION_ID...
 
+All subcommands take ``--cache DIR`` (default ``~/.cache/kloros-tasks-bench``).
 ``scan`` fetches each corpus (see _corpora.py) into the cache, runs every file
 detector over it in process with the same machinery as ``kloros-tasks scan``
 (``kloros_tasks.cli.scan.scan_root``: index every file, then evaluate every file) and
@@ -13,8 +14,8 @@ stores the questions under the cache (``results/<corpus>.<detector>.jsonl``).
 files the detector analysed, and precision = tp / (tp + fp + arguable) from the
 labels that still match a current question; it lists current questions with no
 label, so a change that creates new questions shows up as unlabelled.  ``sample``
-draws questions to label: a seeded shuffle of each rule's question ids, the first
-``--n`` of them (labelled ones marked), printed with their evidence.
+draws questions to label: each rule's questions ranked by a seeded hash of their id,
+the first ``--n`` of them (labelled ones marked), printed with their evidence.
 
 Labels live in ``bench/labels/<corpus>.jsonl``, one judgement per line:
 ``{"question_id": ..., "rule": ..., "verdict": "tp"|"fp"|"arguable", "reason": ...}``.
@@ -30,9 +31,9 @@ judges against this interpreter's environment.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
-import random
 import sys
 import time
 from collections import Counter
@@ -41,7 +42,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _corpora import CORPORA, Corpus, cache_dir, fetch, target_python  # noqa: E402
+from _corpora import (  # noqa: E402
+    CORPORA,
+    Corpus,
+    cache_dir,
+    fetch,
+    set_cache_dir,
+    target_python,
+)
 
 from kloros_tasks import names, settings  # noqa: E402
 from kloros_tasks.cli.scan import scan_root  # noqa: E402
@@ -184,10 +192,14 @@ def cmd_report(args) -> None:
 
 
 def draw(questions: list[dict], rule: str, n: int, seed: int, corpus: str) -> list[dict]:
-    """The first ``n`` of a seeded shuffle of the rule's questions (stable per corpus/rule)."""
-    pool = sorted((q for q in questions if q["rule"] == rule), key=lambda q: q["question_id"])
-    random.Random(f"{seed}:{corpus}:{rule}").shuffle(pool)
-    return pool[:n]
+    """The ``n`` questions of the rule ranked first by a seeded hash of their id: each
+    question's rank is its own, so a question that appears or goes does not reshuffle
+    the others, and the labelled sample stays the sample."""
+
+    def rank(q: dict) -> str:
+        return hashlib.sha256(f"{seed}:{corpus}:{rule}:{q['question_id']}".encode()).hexdigest()
+
+    return sorted((q for q in questions if q["rule"] == rule), key=rank)[:n]
 
 
 def show(q: dict, label: dict | None) -> None:
@@ -232,6 +244,8 @@ def main(argv: list[str] | None = None) -> None:
         p.set_defaults(func=func)
         p.add_argument("--corpus", action="append", choices=sorted(CORPORA),
                        required=name in ("sample", "show"))
+        p.add_argument("--cache", type=Path, help="where corpora and results are kept "
+                                                   "(default ~/.cache/kloros-tasks-bench)")
         if name == "show":
             p.add_argument("ids", nargs="+")
             continue
@@ -248,6 +262,8 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--n", type=int, default=30)
             p.add_argument("--seed", type=int, default=14)
     args = parser.parse_args(argv)
+    if args.cache is not None:
+        set_cache_dir(args.cache)
     if args.command == "show":
         args.corpus = args.corpus[0]
     elif args.command == "sample":
