@@ -98,6 +98,22 @@ def test_plugins_and_command_line_tools_are_known_to_be_used_without_an_import(p
     assert "pyzmq" not in probed.unimported and "redis" not in probed.unimported
 
 
+def test_a_data_only_distribution_is_known_to_be_used_without_an_import(tmp_path):
+    # tzdata's shape: packages of __init__.py files and data, read by zoneinfo.
+    (tmp_path / "zonedata" / "zones").mkdir(parents=True)
+    (tmp_path / "zonedata" / "__init__.py").write_text("")
+    (tmp_path / "zonedata" / "zones" / "__init__.py").write_text("")
+    (tmp_path / "zonedata" / "zones" / "UTC").write_bytes(b"TZif")
+    info = tmp_path / "zonedata-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: zonedata\nVersion: 1.0\n")
+    (info / "RECORD").write_text("zonedata/__init__.py,,\nzonedata/zones/__init__.py,,\n"
+                                 "zonedata/zones/UTC,,\nzonedata-1.0.dist-info/METADATA,,\n")
+    env = probe_environment(TARGET, env={**BASE_ENV, "PYTHONPATH": str(tmp_path)})
+    assert "zonedata" in env.installed and "zonedata" in env.unimported
+    assert env.dists_of("zonedata") == {"zonedata"}
+
+
 def test_the_probe_round_trips_through_json(probed):
     assert Environment.from_json(json.loads(json.dumps(probed.to_json()))) == probed
 
