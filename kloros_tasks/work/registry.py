@@ -115,7 +115,9 @@ def worker_detector(name: str, settings: Settings, client,
     from kloros_tasks.detectors.capability.environment import cached_environment  # noqa: PLC0415
 
     python = target_python(settings, None if settings.target_python else _local_root(client, root))
-    digest = hashlib.sha256(f"{python}\0{settings.target_path or ''}".encode()).hexdigest()[:16]
+    # The key names the interpreter (and the PATH judged, when one is set).
+    which = f"{python}\0{settings.target_path}" if settings.target_path else python
+    digest = hashlib.sha256(which.encode()).hexdigest()[:16]
     environment, changed = cached_environment(
         client, names.environment(settings.host, digest), python=python,
         path=settings.target_path, path_label=path_label(settings))
