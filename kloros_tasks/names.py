@@ -39,11 +39,12 @@ FILE_DETECTOR_SUFFIXES: dict[str, tuple[str, ...]] = {
     INTEGRATION: (".py",),
     # capability also reads what sets or documents environment variables (see
     # detectors/capability/envfiles.py); its wants_path narrows ".txt" to requirements
-    # and documentation.
-    CAPABILITY: (".py", "pyproject.toml", "setup.cfg", ".txt", ".md", ".rst", ".sh", ".bash",
-                 ".service", "*.env", ".env.*", "env.example", "*.env.example",
-                 "docker-compose*.yml", "docker-compose*.yaml", "compose*.yml", "compose*.yaml",
-                 "Dockerfile*", "*.dockerfile"),
+    # and Sphinx sources under docs/.  Markdown and reST stay knowledge's alone: a
+    # capability task per document would double the work of every docs storm.
+    CAPABILITY: (".py", "pyproject.toml", "setup.cfg", ".txt", ".sh", ".bash", ".service",
+                 "*.env", ".env.*", "env.example", "*.env.example", "docker-compose*.yml",
+                 "docker-compose*.yaml", "compose*.yml", "compose*.yaml", "Dockerfile*",
+                 "*.dockerfile"),
 }
 
 # --- pub/sub channels (equal to the envelope's ``signal``) -----------------------

@@ -569,9 +569,8 @@ def test_a_get_whose_none_is_handled_is_not_a_requirement(source):
     ("docker-compose.yml", "services:\n  app:\n    environment:\n      - API_KEY=${API_KEY}\n"),
     ("Dockerfile", "FROM python:3.12\nENV API_KEY=none\n"),
     ("scripts/run.sh", "#!/bin/sh\nexport API_KEY\nexec python app.py\n"),
-    ("README.md", "Set `API_KEY` to your key before starting.\n"),
-    ("docs/setup.rst", "Set ``API_KEY``.\n"),
     ("docs/ref/settings.txt", "API_KEY\n  The key.\n"),
+    ("README.txt", "Set API_KEY to your key before starting.\n"),
 ])
 def test_a_variable_the_tree_sets_or_documents_is_not_missing(path, text):
     files = {"cfg.py": "import os\nos.environ['API_KEY']\n", path: text}
@@ -637,7 +636,7 @@ def test_the_detector_sees_code_declarations_and_what_sets_or_documents_variable
                         "README.md", "other.toml", "data/words.txt", "a.service",
                         "image.png") if wants_path(p)] == [
         "a.py", "pyproject.toml", "requirements.txt", "requirements/dev.txt", ".env.example",
-        "prod.env.example", "docs/notes.txt", "setup.cfg", "README.md", "a.service"]
+        "prod.env.example", "docs/notes.txt", "setup.cfg", "a.service"]
     assert CapabilityDetector(ENV).extract("data/words.txt", "REDIS\n").relations == {}
 
 
@@ -646,8 +645,11 @@ def test_routing_sends_the_detector_every_file_it_wants():
 
     for path in (".env", ".env.local", "prod.env", "x/prod.env.example", "setup.cfg",
                  "deploy/app.service", "docker-compose.yml", "compose.yaml", "Dockerfile",
-                 "run.sh", "docs/a.txt", "README.md", "requirements-dev.txt"):
+                 "run.sh", "docs/a.txt", "README.txt", "requirements-dev.txt",
+                 "requirements/extras/zeromq.txt"):
         assert wants_path(path) and "capability" in route(path), path
+    # Markdown and reST documents are knowledge's alone.
+    assert route("README.md") == route("docs/x.rst") == {"knowledge"}
 
 
 def test_setup_cfg_declares_like_pyproject():
@@ -772,7 +774,7 @@ VARIANTS: dict[str, list[str | None]] = {
                    "try:\n    import os\nexcept ImportError:\n    import gone_lib\n"],
     "deploy/app.service": [None, "[Service]\nEnvironment=PORT_X=8000\n"],
     "app/settings.py": [None, "APPS = ['kombu', 'redis.client']\n", "APPS = []\n"],
-    "docs/usage.md": [None, "Set `API_KEY` first.\n", "Nothing here.\n"],
+    "docs/usage.txt": [None, "Set API_KEY first.\n", "Nothing here.\n"],
     "tests/helpers/__init__.py": [None, ""],
     "tests/sub/test_a.py": [None, "import helpers\nimport gone_lib\nimport PIL\n",
                             "import sys\nsys.path.insert(0, 'x')\nimport nowhere\n"],

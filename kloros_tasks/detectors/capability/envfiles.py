@@ -5,7 +5,9 @@ these files is one the tree knows about, so reading it is not a missing_env
 question: ``.env`` files (``.env``, ``.env.local``, ``prod.env``, ``.env.example``),
 systemd units (``Environment=``), compose files (``environment:``, ``${X}``),
 Dockerfiles (``ENV``, ``ARG``), shell scripts (``export X=``, ``$X``) and the
-documentation (``.md``, ``.rst``, and ``.txt`` under a docs folder or a README).
+plain-text documentation (``.txt`` under a docs folder, such as Sphinx sources, or a
+``README``/``INSTALL`` text).  Markdown and reST are routed to KnowledgeDiscovery alone
+(``names.FILE_DETECTOR_SUFFIXES``), so they are not read here.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ ENV_SOURCE = "env_source"
 ENV_FILE_GLOBS = ("*.env", ".env.*", "env.example", "*.env.example")
 CONFIG_GLOBS = ("*.service", "docker-compose*.yml", "docker-compose*.yaml", "compose*.yml",
                 "compose*.yaml", "Dockerfile*", "*.dockerfile", "*.sh", "*.bash")
-DOC_SUFFIXES = (".md", ".rst")
 _DOC_DIRS = frozenset({"docs", "doc", "documentation"})
 # How a variable name looks wherever it is mentioned: upper case, digits, underscores.
 _NAME = re.compile(r"(?<![A-Za-z0-9_])[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*(?![A-Za-z0-9_])")
@@ -31,8 +32,6 @@ def is_env_source(path: str) -> bool:
     p = PurePosixPath(path)
     name = p.name
     if any(fnmatchcase(name, g) for g in ENV_FILE_GLOBS + CONFIG_GLOBS):
-        return True
-    if name.endswith(DOC_SUFFIXES):
         return True
     return name.endswith(".txt") and (name.upper().startswith(("README", "INSTALL"))
                                       or any(part in _DOC_DIRS for part in p.parts[:-1]))
