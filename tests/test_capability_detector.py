@@ -163,6 +163,17 @@ def test_a_declared_distribution_the_target_lacks_is_not_a_missing_module():
     assert found(files, "missing_module") == {"app/n.py:really_missing": "high"}
 
 
+def test_an_optional_integration_is_not_asked_about_undeclared_imports_either():
+    # celery/concurrency/eventlet.py: eventlet is an extra the target lacks; the yaml it
+    # also imports comes with the integration's own installation.
+    files = {"pyproject.toml": ("[project]\nname='x'\ndependencies=['redis']\n"
+                                "[project.optional-dependencies]\nev=['eventlet']\n"),
+             "pkg/pool.py": "import yaml\nimport redis\n\n\ndef f():\n    import eventlet\n"}
+    assert found(files, "undeclared_dependency") == {}
+    files["pkg/pool.py"] = "import yaml\nimport redis\n"
+    assert found(files, "undeclared_dependency") == {"pkg/pool.py:yaml": "medium"}
+
+
 def test_a_module_needing_an_optional_dependency_is_an_optional_integration():
     # celery/contrib/sphinx.py: sphinx is declared for the docs, docutils comes with it.
     files = {"docs/requirements.txt": "sphinx\n",

@@ -17,6 +17,12 @@ from kloros_tasks import names
 from kloros_tasks.detectors.base import FileFacts, IndexView
 from kloros_tasks.detectors.capability.facts import OPTIONAL_KINDS, PLAIN
 from kloros_tasks.detectors.capability.paths import is_test_path, module_of, spelling
+from kloros_tasks.detectors.capability.scope import (
+    adapts,
+    import_folders,
+    is_deployed_path,
+    is_provided,
+)
 from kloros_tasks.questions import Question
 
 if TYPE_CHECKING:
@@ -26,21 +32,6 @@ MAX_EVIDENCE = 10
 # Always importable, yet listed by neither pkgutil nor sys.stdlib_module_names.
 ALWAYS_IMPORTABLE = frozenset({"__main__", "__future__", "builtins"})
 STDLIB, TREE, ENV, MISSING = "stdlib", "tree", "env", "missing"
-NOT_DEPLOYED = frozenset({"tests", "test", "t", "testing", "docs", "doc", "examples", "example",
-                          "benchmarks", "bench", "scripts"})
-# Variables that whoever starts the program provides, though a service environment may
-# not: the login shell, bash completion, sudo, Windows, virtual environments.
-PROVIDED_VARS = frozenset({
-    "HOME", "USER", "LOGNAME", "SHELL", "PWD", "TERM", "PATH", "LANG", "TMPDIR", "DISPLAY",
-    "COMP_WORDS", "COMP_CWORD", "COMP_LINE", "COMP_POINT", "SUDO_USER", "SUDO_UID",
-    "SSH_AUTH_SOCK", "XDG_RUNTIME_DIR", "VIRTUAL_ENV", "PYTHONPATH", "CONDA_PREFIX",
-    "USERPROFILE", "APPDATA", "LOCALAPPDATA", "PROGRAMFILES", "SYSTEMROOT", "WINDIR",
-    "COMSPEC", "USERNAME", "HOMEDRIVE", "HOMEPATH",
-})
-# Set by the CI runner that executes the code (a GitHub Action's own script).
-PROVIDED_PREFIXES = ("GITHUB_", "RUNNER_")
-
-
 def _question(rule: str, subject: str, path: str, **kw) -> Question:
     evidence = tuple(kw.pop("evidence", ()))
     if len(evidence) > MAX_EVIDENCE:
@@ -71,19 +62,17 @@ def evaluate_python(path: str, facts: FileFacts, view: IndexView,
         # Tests, docs, examples and maintainers' scripts are not deployment: what they
         # import, run or read is the developers' business, not the target host's.
         return missing_capability(path, data.get("wants", []), view)
+    # A module that needs an optional name the target lacks (a declared extra, a name
+    # guarded elsewhere) is an optional integration: its other imports come with it.
+    integration = optional_integration(by_top, status, view)
     return [
-        *missing_module(path, by_top, status, view, sys_path=bool(data.get("sys_path"))),
-        *undeclared_dependency(path, by_top, status, view, env),
+        *([] if integration else missing_module(path, by_top, status, view,
+                                                sys_path=bool(data.get("sys_path")))),
+        *([] if integration else undeclared_dependency(path, by_top, status, view, env)),
         *missing_capability(path, data.get("wants", []), view),
         *missing_executable(path, data.get("execs", []), env),
         *missing_env(path, data.get("env_reads", []), view, env),
     ]
-
-
-def is_deployed_path(path: str) -> bool:
-    """False for files under a folder of tests, documentation, examples, benchmarks or
-    maintainers' scripts (``t/`` is celery's tests, ``docs/conf.py`` a Sphinx build)."""
-    return not any(part.lower() in NOT_DEPLOYED for part in PurePosixPath(path).parts[:-1])
 
 
 def resolve_imports(path: str, tops: set[str], view: IndexView,
@@ -108,31 +97,6 @@ def resolve_imports(path: str, tops: set[str], view: IndexView,
         else:
             status[top] = ENV if env.importable(top) else MISSING
     return status
-
-
-def adapts(path: str, thing: str) -> bool:
-    """True when ``path`` is named after ``thing``, a module or program it uses: an
-    adapter that exists only for it (``serializers/pyyaml.py`` and yaml,
-    ``backends/mysql/base.py`` and MySQLdb, ``bdist_rpm.py`` and rpm), loaded only where
-    it is wanted, so its absence elsewhere is no defect."""
-    want = spelling(thing)
-    if len(want) < 3 or not path:
-        return False
-    parts = [spelling(p) for p in PurePosixPath(path).with_suffix("").parts]
-    return any(len(p) >= 3 and (want in p or p in want) for p in parts)
-
-
-def is_provided(variable: str) -> bool:
-    """True for a variable whoever starts the program sets (Windows spells ``Path``)."""
-    name = variable.upper()
-    return name in PROVIDED_VARS or name.startswith(PROVIDED_PREFIXES)
-
-
-def import_folders(path: str) -> list[str]:
-    """The folders (other than the root) an import in ``path`` may resolve from: its
-    own folder and every folder above it, nearest first."""
-    parts = PurePosixPath(path).parts[:-1]
-    return ["/".join(parts[:i]) for i in range(len(parts), 0, -1)]
 
 
 def is_stdlib(top: str, env: Environment) -> bool:
@@ -179,8 +143,7 @@ def missing_module(path: str, by_top: dict[tuple, list[list]], status: dict[str,
                and {kind for *_, kind in rows} - OPTIONAL_KINDS}
     if sys_path or not any(PLAIN in {kind for *_, kind in rows} for rows in missing.values()):
         return []
-    excused = _has(view, "declares_top", missing) | _has(view, "optional_tops", missing)
-    if excused or _guarded_by(path, view):
+    if _guarded_by(path, view):
         return []
     missing = {t: rows for t, rows in missing.items()
                if PLAIN in {kind for *_, kind in rows} and not adapts(path, t)}
@@ -195,6 +158,18 @@ def missing_module(path: str, by_top: dict[tuple, list[list]], status: dict[str,
         evidence = _import_evidence(path, rows) + [f"{p} imports {top} too" for p in others]
         out.append(_missing(path, top, evidence, len(others)))
     return out
+
+
+def optional_integration(by_top: dict[tuple, list[list]], status: dict[str, str],
+                         view: IndexView) -> bool:
+    """True when the module needs (plainly or lazily) a name the target lacks that the
+    tree treats as optional: declared (in any group, or the project's own) or imported
+    under a guard somewhere (``celery/concurrency/eventlet.py`` needs eventlet, an
+    extra, and greenlet with it)."""
+    needed = {top for (top,), rows in by_top.items() if status[top] == MISSING
+              and {kind for *_, kind in rows} - OPTIONAL_KINDS}
+    return bool(needed and (_has(view, "declares_top", needed)
+                            or _has(view, "optional_tops", needed)))
 
 
 def needed_tops(path: str, imports: list[tuple[str, str, int, str]], sys_path: bool) -> set[str]:
