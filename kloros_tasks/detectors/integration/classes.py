@@ -20,6 +20,7 @@ from kloros_tasks.detectors.integration.methods import (
     ClassFacts,
     MethodWalker,
     is_container,
+    is_queue_type,
     mangle,
 )
 from kloros_tasks.detectors.integration.scope import (
@@ -29,6 +30,7 @@ from kloros_tasks.detectors.integration.scope import (
     target_names,
     top_statements,
 )
+from kloros_tasks.detectors.integration.topictext import class_constants
 
 SAFE_METACLASSES = frozenset({"abc.ABCMeta", "builtins.type"})
 _FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
@@ -48,7 +50,7 @@ def extract_classes(scope: ModuleScope,
 
 def _class(scope: ModuleScope, node: ast.ClassDef, prefix: str, enclosing: dict[str, str],
            out: list[ClassFacts], self_nodes: set[int]) -> None:
-    cf = ClassFacts(local=prefix + node.name, line=node.lineno)
+    cf = ClassFacts(local=prefix + node.name, line=node.lineno, consts=class_constants(node))
     out.append(cf)
     _bases(scope, node, enclosing, cf)
     nested = {n.name: f"{scope.module}.{cf.local}.{n.name}"
@@ -99,6 +101,8 @@ def _body_statement(scope: ModuleScope, node: ast.ClassDef, stmt: ast.stmt, cf: 
                 define(name)
                 if is_container(stmt.value):
                     cf.creates.setdefault(mangle(node.name, name), stmt.lineno)
+                    if is_queue_type(stmt.value):
+                        cf.queues.add(mangle(node.name, name))
                 if name == "__slots__":
                     cf.defs.update(_slot_names(stmt.value))
         cf.stateful |= isinstance(stmt, ast.AnnAssign) and stmt.value is None  # a field

@@ -11,7 +11,7 @@ from __future__ import annotations
 import builtins
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kloros_tasks.detectors.base import FileFacts, IndexView
@@ -70,6 +70,11 @@ class Lineage:
     nodes: list[ClassNode]
     builtin_attrs: set[str]
     unknown: str | None
+    # Set when every ancestor that could not be followed is simply outside the tree
+    # (``threading.Thread``): the class's own code can still be judged for what it
+    # alone decides, such as draining a queue it created.
+    external: list[str] = field(default_factory=list)
+    opaque: str | None = None
 
     @property
     def stateful(self) -> bool:
@@ -223,20 +228,29 @@ class Resolver:
             parents[current.key] = []
             for reason in current.summary["op"]:
                 result.unknown = result.unknown or f"{current.qn}: {reason}"
+                result.opaque = result.opaque or result.unknown
             for base in current.summary["bases"]:
                 found = self.resolve(base) if base is not None else "computed base"
                 if isinstance(found, str):
                     result.unknown = result.unknown or f"{base}: {found}"
+                    if found == "outside the tree":
+                        result.external.append(base)
+                    else:
+                        result.opaque = result.opaque or f"{base}: {found}"
                     continue
                 parents[current.key].append(found)
                 if base == "builtins.type":
                     result.unknown = result.unknown or f"{current.qn}: a metaclass"
+                    result.opaque = result.opaque or result.unknown
                 if isinstance(found, set):
                     result.builtin_attrs |= found
                 elif found.key not in parents and found not in queue:
                     result.nodes.append(found)
                     queue.append(found)
-        result.unknown = result.unknown or _cooperative_mixin(result.nodes, parents)
+        if not result.external:  # an outside base answers super() calls we cannot see
+            mixin = _cooperative_mixin(result.nodes, parents)
+            result.unknown = result.unknown or mixin
+            result.opaque = result.opaque or mixin
         self._lineage[node.key] = result
         return result
 
@@ -264,6 +278,26 @@ class Resolver:
                     targets.extend(f"{m}.{last(target)}" for m in content["m"])
         found.pop(node.key, None)
         return [found[k] for k in sorted(found)]
+
+    def constant(self, ref: str, hops: int = 0) -> tuple[str, str] | None:
+        """(value, qualified name) of the string constant ``ref`` names: a module's
+        constant or a class's (Enum members included), through aliases; None when it
+        is not one (or not in the tree)."""
+        if hops > MAX_HOPS:
+            return None
+        found = self.contributions(SYM + ref)
+        if len(found) == 1:
+            content = found[0][1]
+            if content.get("k") == "alias":
+                return self.constant(content["t"], hops + 1)
+            return (content["v"], ref) if "v" in content else None
+        if found or "." not in ref:
+            return None
+        owner = self.resolve(parent(ref))
+        if not isinstance(owner, ClassNode):
+            return None
+        value = owner.summary.get("kv", {}).get(last(ref))
+        return (value, f"{owner.qn}.{last(ref)}") if value else None
 
     # --- imports -----------------------------------------------------------------------
     def broken_import(self, parts: list[str]) -> tuple[str, str] | None:

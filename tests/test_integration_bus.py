@@ -1,0 +1,212 @@
+"""IntegrationMonitor on message buses and queues as real trees write them: raw ZeroMQ
+sends, Enum and class-constant topics, wrappers, catch-all recorders, queue types,
+Redis lists, and questions in test code.
+
+Each case is the smallest real-shaped example of a form; a question is named by its
+owner and hypothesis, as in test_integration_detector.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_integration_detector import DETECTOR, change, found, index_of, questions_of
+
+
+# --- publishers it used to miss -------------------------------------------------------------
+@pytest.mark.parametrize("publisher", [
+    "sock.send_multipart([b'chem.alert', payload])",
+    "sock.send_multipart([('chem.alert').encode('utf8'), json.dumps(msg)])",
+    "msg = [b'chem.alert', body]\nsock.send_multipart(msg)",
+    "sock.send_string('chem.alert ' + json.dumps(msg))",
+    "sock.send_string(f'chem.alert {body}')",
+])
+def test_raw_zeromq_sends_to_a_topic_nobody_subscribes_are_orphaned(publisher):
+    assert found({"pub.py": publisher + "\n"}) == {"pub.py ORPHANED_CHANNEL: publish 'chem.alert'"}
+    sub = "sock.setsockopt(zmq.SUBSCRIBE, b'chem.')\n"
+    assert found({"pub.py": publisher + "\n", "sub.py": sub}) == set()
+
+
+def test_a_built_first_frame_covers_its_prefix_subscribers():
+    # circus: watcher.notify_event sends ("watcher.%s.%s" % (name, topic)).encode()
+    pub = ("def notify(name, topic, msg):\n"
+           "    frames = [('watcher.%s.%s' % (name, topic)).encode('utf8'), msg]\n"
+           "    sock.send_multipart(frames)\n")
+    sub = "sock.setsockopt(zmq.SUBSCRIBE, b'watcher.')\n"
+    assert found({"pub.py": pub, "sub.py": sub}) == set()
+
+
+def test_frames_sent_on_a_socket_that_is_not_pub_are_not_topics():
+    dealer = "sock = ctx.socket(zmq.DEALER)\nsock.send_multipart([b'ping', b''])\n"
+    assert found({"client.py": dealer}) == set()
+
+
+ENUM = "import enum\nclass Signal(str, enum.Enum):\n    EMERGENCY = 'chem.emergency'\n"
+
+
+@pytest.mark.parametrize("use", ["bus.publish(Signal.EMERGENCY.value, 1)",
+                                 "bus.publish(Signal.EMERGENCY, 1)"])
+def test_an_enum_member_topic_from_another_module_is_followed_through_the_index(use):
+    pub = f"from signals import Signal\n{use}\n"
+    assert found({"signals.py": ENUM, "pub.py": pub}) == \
+        {"pub.py ORPHANED_CHANNEL: publish 'chem.emergency'"}
+    assert found({"signals.py": ENUM, "pub.py": pub,
+                  "sub.py": "bus.subscribe('chem.')\n"}) == set()
+    by_name = "from signals import Signal\nbus.subscribe(Signal.EMERGENCY)\n"
+    assert found({"signals.py": ENUM, "pub.py": pub, "sub.py": by_name}) == set()
+
+
+def test_a_class_constant_topic_of_the_same_file_is_a_literal():
+    text = "class Topics:\n    ALERT = 'chem.alert'\n\nbus.publish(Topics.ALERT, 1)\n"
+    assert found({"pub.py": text}) == {"pub.py ORPHANED_CHANNEL: publish 'chem.alert'"}
+
+
+def test_a_literal_subscription_is_fed_by_a_class_constant_publisher():
+    topics = "class Topics:\n    ALERT = 'chem.alert'\n"
+    pub = "from topics import Topics\nbus.publish(Topics.ALERT, 1)\n"
+    assert found({"topics.py": topics, "pub.py": pub,
+                  "sub.py": "bus.subscribe('chem.alert')\n"}) == set()
+
+
+def test_a_constant_changed_in_its_module_re_judges_the_publishers():
+    index = index_of({"topics.py": "class Topics:\n    ALERT = 'chem.alert'\n",
+                      "pub.py": "from topics import Topics\nbus.publish(Topics.ALERT, 1)\n",
+                      "sub.py": "bus.subscribe('chem.')\n"})
+    assert questions_of(index) == []
+    assert "pub.py" in change(index, "topics.py", "class Topics:\n    ALERT = 'jobs.alert'\n")
+    assert sorted(q.hypothesis for q in questions_of(index)) == \
+        ["ORPHANED_CHANNEL: publish 'jobs.alert'", "ORPHANED_CHANNEL: subscribe 'chem.'"]
+
+
+WRAPPER = """
+class Bus:
+    def __init__(self, sock):
+        self.sock = sock
+    def send_event(self, topic, data):
+        self.sock.send_multipart([topic.encode(), data])
+"""
+
+
+def test_a_call_through_an_in_tree_wrapper_with_a_literal_is_a_publisher():
+    caller = "from bus import Bus\nBus(s).send_event('jobs.done', b'{}')\n"
+    assert found({"bus.py": WRAPPER, "app.py": caller}) == \
+        {"app.py ORPHANED_CHANNEL: publish 'jobs.done'"}
+    assert found({"bus.py": WRAPPER, "app.py": caller,
+                  "sub.py": "bus.subscribe('jobs.')\n"}) == set()
+    # and it feeds a subscription
+    assert found({"bus.py": WRAPPER, "app.py": caller,
+                  "sub.py": "bus.subscribe('jobs.done')\n"}) == set()
+
+
+def test_a_wrapper_defined_after_its_callers_opens_their_questions():
+    index = index_of({"app.py": "bus.send_event(topic='jobs.done', data=1)\n"})
+    assert questions_of(index) == []
+    assert "app.py" in change(index, "bus.py", WRAPPER)
+    assert [(q.owner, q.hypothesis) for q in questions_of(index)] == \
+        [("app.py", "ORPHANED_CHANNEL: publish 'jobs.done'")]
+
+
+# --- subscribers it used to miss ------------------------------------------------------------
+@pytest.mark.parametrize("subscriber", [
+    "sock.setsockopt(zmq.SUBSCRIBE, b'chem.alert')",
+    "sock.setsockopt_string(zmq.SUBSCRIBE, 'chem.')",
+    "pubsub.subscribe(**{'chem.alert': handler})",
+    "pubsub.psubscribe('chem.*')",
+    "pubsub.subscribe(chem_alert=handler)",
+    "class S:\n    def __init__(self, sock):\n        self.topic = b'chem.'\n"
+    "        self.sock = sock\n"
+    "    def start(self):\n        self.sock.setsockopt(zmq.SUBSCRIBE, self.topic)",
+])
+def test_subscriber_forms_consume_a_publication(subscriber):
+    topic = "chem_alert" if "chem_alert" in subscriber else "chem.alert"
+    pub = f"bus.publish('{topic}', 1)\n"
+    assert found({"pub.py": pub, "sub.py": subscriber + "\n"}) == set()
+
+
+def test_the_constructor_of_an_in_tree_subscriber_class_subscribes():
+    sub_class = ("class SomeSub:\n    def __init__(self, topic, callback):\n"
+                 "        self.sock = zmq.Context.instance().socket(zmq.SUB)\n"
+                 "        self.sock.setsockopt(zmq.SUBSCRIBE, topic.encode())\n")
+    user = "from subs import SomeSub\nSomeSub(topic='chem.alert', callback=print)\n"
+    pub = "bus.publish('chem.alert', 1)\n"
+    assert found({"subs.py": sub_class, "user.py": user, "pub.py": pub}) == set()
+    assert found({"subs.py": sub_class, "user.py": user}) == \
+        {"user.py ORPHANED_CHANNEL: subscribe 'chem.alert'"}
+
+
+# --- the catch-all --------------------------------------------------------------------------
+@pytest.mark.parametrize("recorder", [
+    "sock.setsockopt(zmq.SUBSCRIBE, b'')",
+    "sock.setsockopt_string(zmq.SUBSCRIBE, '')",
+    "r.psubscribe('*')",
+])
+def test_a_catch_all_subscriber_is_named_but_never_counts_as_a_consumer(recorder):
+    files = {"pub.py": "bus.publish('chem.alert', 1)\n", "history_daemon.py": recorder + "\n"}
+    questions = questions_of(index_of(files))
+    assert [(q.owner, q.hypothesis) for q in questions] == \
+        [("pub.py", "ORPHANED_CHANNEL: publish 'chem.alert'")]
+    assert any(e.startswith("history_daemon.py subscribes to every topic")
+               for e in questions[0].evidence)
+    assert "catch-all of history_daemon.py" in questions[0].question
+
+
+def test_a_catch_all_arriving_or_leaving_re_judges_publishers():
+    index = index_of({"pub.py": "bus.publish('chem.alert', 1)\n"})
+    assert "pub.py" in change(index, "rec.py", "sock.setsockopt(zmq.SUBSCRIBE, b'')\n")
+    assert "pub.py" in change(index, "rec2.py", "sock.setsockopt(zmq.SUBSCRIBE, b'')\n")
+    assert "pub.py" in change(index, "rec.py", None)
+
+
+# --- queues ---------------------------------------------------------------------------------
+def test_a_write_only_list_that_is_not_named_as_a_queue_is_not_a_queue():
+    text = ("class Recorder:\n    def __init__(self):\n        self.calls = []\n"
+            "    def record(self, x):\n        self.calls.append(x)\n")
+    assert found({"tests/fakes.py": text}) == set()
+    assert found({"app.py": text}) == set()
+
+
+@pytest.mark.parametrize("container, fill", [
+    ("queue.Queue()", "put"), ("asyncio.Queue()", "put_nowait"),
+    ("multiprocessing.Queue()", "put"), ("collections.deque()", "append")])
+def test_queue_types_are_queues_whatever_their_name(container, fill):
+    text = (f"import queue, asyncio, multiprocessing, collections\nclass W:\n"
+            f"    def __init__(self):\n        self.items = {container}\n"
+            f"    def add(self, x):\n        self.items.{fill}(x)\n")
+    assert found({"w.py": text}) == {"w.py ORPHANED_QUEUE: W.items"}
+
+
+def test_a_queue_in_a_thread_subclass_whose_base_is_outside_the_tree_is_judged():
+    text = ("import threading, queue\nclass Worker(threading.Thread):\n"
+            "    def __init__(self):\n        super().__init__()\n"
+            "        self.jobs = queue.Queue()\n"
+            "    def submit(self, job):\n        self.jobs.put(job)\n")
+    assert found({"w.py": text}) == {"w.py ORPHANED_QUEUE: Worker.jobs"}
+    drained = text + "    def run(self):\n        while True:\n            self.jobs.get()\n"
+    assert found({"w.py": drained}) == set()
+
+
+def test_a_redis_list_pushed_and_never_popped_is_an_orphaned_queue():
+    producer = "r.lpush('jobs:new', payload)\n"
+    assert found({"p.py": producer}) == {"p.py ORPHANED_QUEUE: redis list 'jobs:new'"}
+    assert found({"p.py": producer, "c.py": "r.brpop(['jobs:new'], timeout=5)\n"}) == set()
+    assert found({"p.py": producer, "c.py": "r.rpop(f'jobs:{kind}')\n"}) == set()
+
+
+# --- test code ------------------------------------------------------------------------------
+def test_questions_in_test_code_are_low_and_say_so():
+    files = {"django/__init__.py": "", "django/db/__init__.py": "",
+             "tests/admin_scripts/broken_app/models.py": "from django.db import modelz\n"}
+    [question] = questions_of(index_of(files))
+    assert question.rule == "broken_import" and question.severity == "low"
+    assert question.question.startswith("In test code") and question.extra["test_code"]
+    outside = {**files, "app.py": "from django.db import modelz\n"}
+    severities = {q.owner: q.severity for q in questions_of(index_of(outside))}
+    assert severities["app.py"] == "high"
+
+
+def test_facts_of_every_new_form_survive_json():
+    facts = DETECTOR.extract("a.py", ENUM + WRAPPER + "r.lpush('k', 1)\n")
+    again = type(facts).from_json(json.loads(json.dumps(facts.to_json())))
+    assert again.data == facts.data and again.relations == facts.relations
+    assert facts.data["lpush"] == {"k": [10]}
