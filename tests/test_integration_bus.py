@@ -199,7 +199,7 @@ def test_questions_in_test_code_are_low_and_say_so():
              "tests/admin_scripts/broken_app/models.py": "from django.db import modelz\n"}
     [question] = questions_of(index_of(files))
     assert question.rule == "broken_import" and question.severity == "low"
-    assert question.question.startswith("In test code") and question.extra["test_code"]
+    assert question.question.startswith("In test or example code") and question.extra["test_code"]
     outside = {**files, "app.py": "from django.db import modelz\n"}
     severities = {q.owner: q.severity for q in questions_of(index_of(outside))}
     assert severities["app.py"] == "high"
@@ -210,3 +210,48 @@ def test_facts_of_every_new_form_survive_json():
     again = type(facts).from_json(json.loads(json.dumps(facts.to_json())))
     assert again.data == facts.data and again.relations == facts.relations
     assert facts.data["lpush"] == {"k": [10]}
+
+
+# --- real shapes that are not bus topics ----------------------------------------------------
+def test_events_addressed_to_network_peers_only_cover():
+    # python-socketio's admin server: emits to a browser client, listens in a namespace
+    server = ("sio.emit('config', {'a': 1}, to=sid, namespace='/admin')\n"
+              "sio.on('emit', admin_emit, namespace='/admin')\n")
+    client = "admin_client.emit('emit', ('/', sid, 'foo'))\n"
+    assert found({"admin.py": server, "client.py": client}) == set()
+
+
+def test_event_emitter_listeners_cover_but_are_not_judged():
+    # engineio fires 'message' from outside the tree
+    assert found({"server.py": "self.eio.on('message', self._handle_eio_message)\n"}) == set()
+    pub = "emitter.emit('ready')\n"
+    assert found({"pub.py": pub, "sub.py": "emitter.once('ready', go)\n"}) == set()
+
+
+@pytest.mark.parametrize("subscription, publisher", [
+    ("client.subscribe('requests/math/#')",
+     "topic = 'requests/math/' + func\nclient.publish(topic, payload)"),
+    ("client.subscribe('sensors/+/temp')", "client.publish('sensors/kitchen/temp', 21)"),
+])
+def test_mqtt_wildcards_subscribe_to_their_literal_head(subscription, publisher):
+    assert found({"sub.py": subscription + "\n", "pub.py": publisher + "\n"}) == set()
+
+
+def test_broker_system_topics_are_published_by_the_broker():
+    assert found({"logger.py": "client.subscribe('$SYS/#')\n"}) == set()
+
+
+def test_topics_of_test_and_example_code_cover_but_are_not_judged():
+    assert found({"examples/client_pub.py": "client.publish('tuple', 'bar')\n",
+                  "tests/test_client.py": "client.subscribe('qos0/test')\n"}) == set()
+    assert found({"examples/sub.py": "client.subscribe('jobs.')\n",
+                  "app.py": "client.publish('jobs.new', 1)\n"}) == set()
+
+
+def test_a_private_name_written_on_another_object_in_the_class_is_mangled():
+    # python-socketio's admin: Socket.__handler = ... in InstrumentedServer wires
+    # self.__handler (both _InstrumentedServer__handler)
+    text = ("class InstrumentedServer:\n    def __init__(self):\n        self.sio = None\n"
+            "        Socket.__handler = Socket._handler\n"
+            "    def _handler(self, ws):\n        return self.__handler(ws)\n")
+    assert found({"admin.py": text}) == set()

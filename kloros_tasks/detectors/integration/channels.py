@@ -3,6 +3,7 @@
 A publication is consumed only by a subscription that names its topic or a prefix
 of it narrower than everything; a catch-all subscription (``""``) records every
 topic and consumes none, so it is named in the evidence, never counted.
+Topics of test and example code cover the rest of the tree but are not judged.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from kloros_tasks.detectors._pyast import is_test_path
 from kloros_tasks.detectors.base import FileFacts
 from kloros_tasks.detectors.integration.keys import (
     CATCH_ALL,
@@ -32,6 +34,13 @@ ORPHANED_CHANNEL = "orphaned_channel"
 CATCH_ALL_NAMED = 2  # catch-all subscribers named in the evidence
 
 Make = Callable[..., Question]
+# Example and documentation code talks to things outside the tree on purpose.
+EXAMPLE_DIRS = frozenset({"examples", "example", "demo", "demos", "docs", "doc", "samples"})
+
+
+def is_test_or_example(path: str) -> bool:
+    """Test code (tests/ directories, test_*.py, conftest.py) or example code."""
+    return is_test_path(path) or bool(EXAMPLE_DIRS.intersection(path.split("/")[:-1]))
 
 
 def _subscribed(resolver: Resolver, topic: str, declared: bool = True) -> bool:
@@ -68,7 +77,11 @@ def _through_wrappers(facts: FileFacts, resolver: Resolver, path: str
 
 def orphaned_channels(path: str, facts: FileFacts, resolver: Resolver,
                       make: Make) -> list[Question]:
-    """Publications nobody consumes and subscriptions nobody feeds, of one file."""
+    """Publications nobody consumes and subscriptions nobody feeds, of one file.
+    Test and example code publishes to brokers and fakes outside the tree on purpose:
+    its topics count for the rest of the tree but are not judged."""
+    if is_test_or_example(path):
+        return []
     pubs: dict[str, list[str]] = {
         t: [f"{path}:{line} publishes {t!r}" for line in lines]
         for t, lines in facts.data.get("pubs", {}).items()}
@@ -93,7 +106,8 @@ def orphaned_channels(path: str, facts: FileFacts, resolver: Resolver,
     out = [_publish_question(path, topic, evidence, resolver, make)
            for topic, evidence in sorted(orphans.items())]
     for topic, evidence in sorted(subs.items()):
-        if not _published(resolver, topic):
+        # ``$SYS/...``: MQTT brokers publish ``$`` topics themselves.
+        if not topic.startswith("$") and not _published(resolver, topic):
             out.append(make(
                 ORPHANED_CHANNEL, f"{path}|subscribe|{topic}",
                 f"ORPHANED_CHANNEL: subscribe {topic!r}",

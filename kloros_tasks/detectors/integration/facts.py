@@ -45,7 +45,7 @@ from kloros_tasks.detectors.integration.keys import (
     sym_ptrs,
     text_prefixes,
 )
-from kloros_tasks.detectors.integration.methods import FILL_METHODS, ClassFacts
+from kloros_tasks.detectors.integration.methods import FILL_METHODS, ClassFacts, mangle
 from kloros_tasks.detectors.integration.scope import ModuleScope, build_scope
 from kloros_tasks.detectors.integration.topics import Topics, extract_topics
 from kloros_tasks.detectors.integration.topictext import declared_topics, is_topic
@@ -304,10 +304,13 @@ def external_attributes(nodes: list[ast.AST],
                         self_nodes: set[int]) -> tuple[set[str], set[str]]:
     """Attribute names read and written on objects other than ``self``: ``obj.X``
     and ``getattr(obj, "X")`` (except as the receiver of a fill, ``obj.X.append``),
-    ``obj.X = ...`` and ``setattr(obj, "X", ...)``."""
+    ``obj.X = ...`` and ``setattr(obj, "X", ...)``.  Inside a class, ``obj.__x`` is
+    mangled as the compiler does (``Socket.__h = ...`` in ``Server`` writes
+    ``_Server__h``, which ``self.__h`` in ``Server`` reads)."""
     fill_receivers: set[int] = set()
     reads: set[str] = set()
     writes: set[str] = set()
+    owner = _enclosing_classes(nodes)
     for node in nodes:
         if isinstance(node, ast.Call):
             func = node.func
@@ -319,8 +322,21 @@ def external_attributes(nodes: list[ast.AST],
                 (reads if func.id == "getattr" else writes).add(node.args[1].value)
     for node in nodes:
         if isinstance(node, ast.Attribute) and id(node) not in self_nodes:
+            name = mangle(owner[id(node)], node.attr) if id(node) in owner else node.attr
             if isinstance(node.ctx, ast.Store):
-                writes.add(node.attr)
+                writes.add(name)
             elif isinstance(node.ctx, ast.Load) and id(node) not in fill_receivers:
-                reads.add(node.attr)
+                reads.add(name)
     return reads, writes
+
+
+def _enclosing_classes(nodes: list[ast.AST]) -> dict[int, str]:
+    """Innermost enclosing class name of every private attribute node (``obj.__x``).
+    ``nodes`` come breadth first, outer classes before inner ones, which overwrite."""
+    out: dict[int, str] = {}
+    for node in nodes:
+        if isinstance(node, ast.ClassDef):
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.Attribute) and inner.attr.startswith("__"):
+                    out[id(inner)] = node.name
+    return out

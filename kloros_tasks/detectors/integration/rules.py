@@ -16,11 +16,11 @@ import re
 from typing import Any
 
 from kloros_tasks import names
-from kloros_tasks.detectors._pyast import is_test_path
 from kloros_tasks.detectors.base import FileFacts
 from kloros_tasks.detectors.integration.channels import (
     ORPHANED_CHANNEL,
     ORPHANED_QUEUE,
+    is_test_or_example,
     orphaned_channels,
     orphaned_lists,
 )
@@ -34,7 +34,7 @@ MISSING_WIRING = "missing_wiring"
 RULES = (BROKEN_IMPORT, MISSING_WIRING, ORPHANED_QUEUE, ORPHANED_CHANNEL)
 # A container that is not a queue type is a queue only when its name says so.
 QUEUE_NAME = re.compile(r"(?i)queue|(^|_)q$|inbox|outbox|mailbox|backlog|pending")
-TEST_CODE = "In test code (a fixture may be broken on purpose): "
+TEST_CODE = "In test or example code (it may be incomplete on purpose): "
 
 
 def evaluate_file(path: str, facts: FileFacts, resolver: Resolver) -> list[Question]:
@@ -61,9 +61,9 @@ def evaluate_file(path: str, facts: FileFacts, resolver: Resolver) -> list[Quest
 
 def _question(rule: str, subject: str, owner: str, hypothesis: str, text: str,
               evidence: list[str], **kwargs: Any) -> Question:
-    """A question; in test code (tests/ directories, test_*.py, conftest.py) it says so
-    and is asked at low severity, since fixtures are often incomplete on purpose."""
-    if is_test_path(owner):
+    """A question; in test or example code it says so and is asked at low severity,
+    since fixtures and examples are often incomplete or broken on purpose."""
+    if is_test_or_example(owner):
         text = TEST_CODE + text
         kwargs["severity"] = "low"
         kwargs["confidence"] = round(kwargs.get("confidence", 0.5) / 2, 2)

@@ -7,10 +7,13 @@ list) and the first word of ``sock.send_string("topic payload")``, unless the so
 is created in the same file as a type other than PUB/XPUB.  Subscribing:
 ``x.subscribe``, ``psubscribe``, ``ssubscribe`` (Redis keyword forms
 ``subscribe(chan=handler)`` and ``subscribe(**{"chan": handler})`` included),
-``on``/``once``/``add_listener`` (event emitters), ``ChemSub/UMNSub(topic, ...)``,
+``ChemSub/UMNSub(topic, ...)``,
 ZeroMQ ``setsockopt(zmq.SUBSCRIBE, b"topic")`` / ``setsockopt_string``, and handler
 tables passed as ``handlers={"topic": fn}`` (event receivers; these only cover
-publications, since the same shape also dispatches commands).
+publications, since the same shape also dispatches commands).  Event-emitter
+listeners (``on``/``once``/``add_listener``) and events addressed to network peers
+(Socket.IO's ``emit(ev, data, to=sid)``, ``on(ev, fn, namespace=...)``) likewise
+only cover: whoever fires or receives them may live outside the tree.
 
 A topic counts when it is a string (or bytes) literal, a module-level string
 constant of the same file, a ``self.X`` constant of the same file, or a class
@@ -41,12 +44,18 @@ from kloros_tasks.detectors.integration.topictext import (
 )
 
 PUBLISH_METHODS = frozenset({"publish", "emit"})
-SUBSCRIBE_METHODS = frozenset({"subscribe", "psubscribe", "ssubscribe", "on", "once",
-                               "add_listener"})
-REDIS_SUBSCRIBE = frozenset({"subscribe", "psubscribe", "ssubscribe"})
+SUBSCRIBE_METHODS = frozenset({"subscribe", "psubscribe", "ssubscribe"})
+# Event-emitter listeners: the emitter's own code, often a library outside the tree,
+# fires these events, so they cover publications but are not judged themselves.
+EMITTER_METHODS = frozenset({"on", "once", "add_listener"})
 SUBSCRIBER_CLASSES = frozenset({"ChemSub", "UMNSub"})
 TOPIC_KEYWORDS = ("signal", "topic", "channel")
 ZMQ_SENDS = frozenset({"send_multipart", "send_string"})
+# Keywords of an event addressed to network peers (Socket.IO's ``emit(ev, data,
+# to=sid)``, ``on(ev, handler, namespace="/chat")``): a protocol with clients
+# outside the tree, not a topic of an in-tree bus.
+PEER_KEYWORDS = frozenset({"to", "room", "sid", "skip_sid", "namespace", "callback",
+                           "broadcast", "include_self"})
 PUB_SOCKETS = frozenset({"PUB", "XPUB"})
 
 
@@ -75,6 +84,7 @@ class _Collector:
         self.attrs = self_constants(nodes)
         self.class_consts = class_consts
         self.lists = _list_names(nodes)
+        self.locals = _single_names(nodes)
         self.sockets = _socket_kinds(nodes)
         self.topics = Topics()
 
@@ -82,30 +92,25 @@ class _Collector:
         func = node.func
         method = func.attr if isinstance(func, ast.Attribute) else None
         callee = (dotted_name(func) or "").rpartition(".")[2]
+        peer = any(k.arg in PEER_KEYWORDS for k in node.keywords)
         if method in PUBLISH_METHODS:
-            self.publish(_topic_args(node, True), node)
+            self.record(_topic_args(node, True), node, sub=False, glob=False, judged=not peer)
+        elif method in EMITTER_METHODS:
+            self.record(_topic_args(node, True), node, sub=True, glob=True, judged=False)
         elif method in SUBSCRIBE_METHODS:
-            first_only = method in ("on", "once", "add_listener")
-            self.subscribe(_topic_args(node, first_only), node)
-            if method in REDIS_SUBSCRIBE:
-                self.redis_keywords(node)
+            self.record(_topic_args(node, False), node, sub=True, glob=True, judged=not peer)
+            self.redis_keywords(node)
         elif method in ZMQ_SENDS and node.args and self.pub_socket(func):
             self.zmq_send(method, node)
         for keyword in node.keywords:
             if keyword.arg == "handlers" and isinstance(keyword.value, ast.Dict):
                 self.handler_table(keyword.value)
         if callee in SUBSCRIBER_CLASSES:
-            self.subscribe(_topic_args(node, True), node)
+            self.record(_topic_args(node, True), node, sub=True, glob=True)
         elif method in ("setsockopt", "setsockopt_string") and len(node.args) >= 2:
             option = dotted_name(node.args[0]) or ""
             if option.endswith("SUBSCRIBE") and not option.endswith("UNSUBSCRIBE"):
                 self.record([node.args[1]], node, sub=True, glob=False)
-
-    def publish(self, args: list[ast.expr], node: ast.Call) -> None:
-        self.record(args, node, sub=False, glob=False)
-
-    def subscribe(self, args: list[ast.expr], node: ast.Call) -> None:
-        self.record(args, node, sub=True, glob=True)
 
     def pub_socket(self, func: ast.Attribute) -> bool:
         """False when the socket is made in this file as something else than PUB."""
@@ -119,7 +124,7 @@ class _Collector:
                 arg = self.lists[arg.id]
             if not isinstance(arg, (ast.List, ast.Tuple)) or not arg.elts:
                 return
-            self.publish([arg.elts[0]], node)
+            self.record([arg.elts[0]], node, sub=False, glob=False)
             return
         literal, head = topic_text(arg, self.consts, self.attrs)
         text = literal if literal is not None else head
@@ -152,14 +157,19 @@ class _Collector:
                     self.topics.sub_heads.add(head)
                 self.topics.catch_all |= not head
 
-    def record(self, args: list[ast.expr], node: ast.Call, sub: bool, glob: bool) -> None:
+    def record(self, args: list[ast.expr], node: ast.Call, sub: bool, glob: bool,
+               judged: bool = True) -> None:
+        """Record topics; ``judged=False`` keeps them as heads, which only cover."""
         for arg in args:
             ref = self.reference(arg)
             if ref is not None:
-                refs = self.topics.sub_refs if sub else self.topics.pub_refs
-                refs.setdefault(ref, []).append(node.lineno)
+                if judged or sub:
+                    refs = self.topics.sub_refs if sub else self.topics.pub_refs
+                    refs.setdefault(ref, []).append(node.lineno)
                 continue
             literal, head = self.text(arg)
+            if not judged:
+                literal, head = None, glob_head(literal) if literal is not None else head
             self.add(literal, head, node, sub, glob)
 
     def add(self, literal: str | None, head: str, node: ast.Call, sub: bool,
@@ -177,6 +187,8 @@ class _Collector:
         expr = unwrap(expr)
         if isinstance(expr, ast.Name) and self.consts.get(expr.id):
             self.topics.used_constants.add(expr.id)
+        if isinstance(expr, ast.Name) and not self.consts.get(expr.id) and expr.id in self.locals:
+            return topic_text(self.locals[expr.id], self.consts, self.attrs)
         member = _member(expr)
         if member is not None and member[0] in self.class_consts:
             value = self.class_consts[member[0]].get(member[1])
@@ -232,6 +244,22 @@ def _list_names(nodes: list[ast.AST]) -> dict[str, ast.List | ast.Tuple]:
             ok = isinstance(value, (ast.List, ast.Tuple)) and name not in seen
             seen[name] = value if ok else None
     return {k: v for k, v in seen.items() if v is not None}
+
+
+def _single_names(nodes: list[ast.AST]) -> dict[str, ast.expr]:
+    """Names bound exactly once in the whole file, by a plain assignment, and never a
+    parameter (``topic = "requests/math/" + func`` then ``client.publish(topic)``)."""
+    stores: dict[str, int] = {}
+    values: dict[str, ast.expr] = {}
+    for node in nodes:
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            stores[node.id] = stores.get(node.id, 0) + 1
+        elif isinstance(node, ast.arg):
+            stores[node.arg] = stores.get(node.arg, 0) + 2
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 \
+                and isinstance(node.targets[0], ast.Name):
+            values[node.targets[0].id] = node.value
+    return {k: v for k, v in values.items() if stores.get(k) == 1}
 
 
 def _socket_kinds(nodes: list[ast.AST]) -> dict[str, str]:

@@ -18,6 +18,7 @@ import re
 from kloros_tasks.detectors.integration.scope import dotted_name, target_names, top_statements
 
 GLOB_CHARS = "*?["
+MQTT_WILDCARD = re.compile(r"/[#+](?=/|$)")
 # Topics are names: ``emit("Traceback (most recent call last):")`` writes text.
 TOPIC_SHAPE = re.compile(r"\S{1,200}")
 # Calls that only convert a topic between str and bytes.
@@ -30,7 +31,12 @@ def is_topic(text: str) -> bool:
 
 
 def glob_head(text: str) -> str:
+    """The literal head of a subscription pattern: glob (``chem.*``) or MQTT
+    wildcards (``sensors/+/temp``, ``sensors/#``)."""
     cut = [text.index(c) for c in GLOB_CHARS if c in text]
+    cut += [m.start() + 1 for m in MQTT_WILDCARD.finditer(text)]
+    if text[:1] in ("#", "+"):
+        cut.append(0)
     return text[: min(cut)] if cut else text
 
 

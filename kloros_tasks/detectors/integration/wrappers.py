@@ -23,8 +23,8 @@ from typing import Any
 
 from kloros_tasks.detectors.integration.scope import dotted_name
 from kloros_tasks.detectors.integration.topics import (
+    EMITTER_METHODS,
     PUBLISH_METHODS,
-    REDIS_SUBSCRIBE,
     SUBSCRIBE_METHODS,
     SUBSCRIBER_CLASSES,
     TOPIC_KEYWORDS,
@@ -35,7 +35,7 @@ from kloros_tasks.detectors.integration.topictext import is_topic, topic_text, u
 BUS_NAME = re.compile(r"(?i)publish|emit|send|notify|broadcast|fire|signal|announce|"
                       r"dispatch|subscri|listen|consum|pub$|sub$|event|topic|channel")
 SUB_NAME = re.compile(r"(?i)subscri|listen|consum|sub$")
-DIRECT = PUBLISH_METHODS | SUBSCRIBE_METHODS | ZMQ_SENDS
+DIRECT = PUBLISH_METHODS | SUBSCRIBE_METHODS | ZMQ_SENDS | EMITTER_METHODS
 REDIS_PUSH = frozenset({"lpush", "rpush", "lpushx", "rpushx"})
 REDIS_READ = frozenset({"lpop", "rpop", "blpop", "brpop", "lrange", "lindex", "llen", "lmove",
                         "blmove", "rpoplpush", "brpoplpush", "lmpop", "blmpop", "lrem",
@@ -62,7 +62,7 @@ def _through(call: ast.Call, params: list[str]) -> tuple[str, str] | None:
     callee = (dotted_name(func) or "").rpartition(".")[2]
     keyword = next((k.value for k in call.keywords if k.arg in TOPIC_KEYWORDS), None)
     first = keyword if keyword is not None else (call.args[0] if call.args else None)
-    if method in PUBLISH_METHODS or (method == "send" and len(call.args) >= 2):
+    if method in PUBLISH_METHODS:
         found = _passed(first, params)
         return ("pub", found) if found else None
     if method in SUBSCRIBE_METHODS or callee in SUBSCRIBER_CLASSES:
@@ -119,7 +119,7 @@ def wrapper_calls(nodes: list[ast.AST], consts: dict[str, str | None],
         func = node.func
         name = func.attr if isinstance(func, ast.Attribute) else \
             func.id if isinstance(func, ast.Name) else ""
-        if not name or name in DIRECT or name in REDIS_SUBSCRIBE:
+        if not name or name in DIRECT:
             continue
         if name not in own and not BUS_NAME.search(name):
             continue
