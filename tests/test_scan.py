@@ -17,6 +17,7 @@ UNDOCUMENTED = "".join(f"def f{i}():\n    return {i}\n\n" for i in range(5))
 @pytest.fixture
 def tree(tmp_path):
     (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
     (tmp_path / "pkg" / "mod.py").write_text(UNDOCUMENTED)
     (tmp_path / "README.md").write_text("See [the guide](docs/guide.md) and `pkg.mod.gone`.\n")
     (tmp_path / "docs").mkdir()

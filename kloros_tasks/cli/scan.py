@@ -15,6 +15,7 @@ from pathlib import Path
 
 from kloros_tasks import names
 from kloros_tasks.cli.render import render_envelope
+from kloros_tasks.detectors.layout import is_package_file
 from kloros_tasks.questions import SEVERITIES, Question, dumps, open_envelope
 from kloros_tasks.settings import Settings
 from kloros_tasks.state.index import MemoryIndex
@@ -43,23 +44,38 @@ def scan_root(root: Path, detector, settings: Settings, *, warn=print,
     """Every question ``detector`` asks about the tree at ``root``."""
     index = MemoryIndex()
     root_key = filters.root_name(str(root))
+    root_package = engine.package_prefix(str(root))
     paths = [rel for rel, _stat in walk_tree(str(root), settings.exclude)
              if detector.name in filters.should_enqueue(rel, settings.exclude)]
-    for done, rel in enumerate(sorted(paths), 1):
+
+    def text_of(rel: str) -> str:
+        raw = read_file(str(root / rel), settings.max_file_bytes + 1)
+        if len(raw) > settings.max_file_bytes:
+            raise engine.NotText(f"too large (> {settings.max_file_bytes} bytes)")
+        return engine.decode_source(rel, raw)
+
+    def reread(rel: str) -> str | None:
+        try:
+            return text_of(rel)
+        except (OSError, engine.NotText):
+            return None
+
+    # Packages first, outermost first: every module is then named from its import
+    # root at once, and no __init__.py arriving later renames what was extracted.
+    ordered = sorted(paths, key=lambda rel: (not is_package_file(rel), rel.count("/"), rel))
+    for done, rel in enumerate(ordered, 1):
         if progress is not None and (done % 50 == 0 or done == len(paths)):
             progress(done, len(paths))
         try:
-            raw = read_file(str(root / rel), settings.max_file_bytes + 1)
-            if len(raw) > settings.max_file_bytes:
-                raise engine.NotText(f"too large (> {settings.max_file_bytes} bytes)")
-            text = engine.decode_source(rel, raw)
+            text = text_of(rel)
         except (OSError, engine.NotText) as exc:
             warn(f"{root_key}:{rel}: not analysed: {exc}")
             continue
-        applied = engine.apply_change(detector, index, rel, text)
+        applied = engine.apply_change(detector, index, rel, text, root_package=root_package,
+                                      reread=reread)
         if applied.error:
             warn(f"{root_key}:{rel}: does not parse: {applied.error}")
-    found = engine.evaluate(detector, index, paths, root_key)
+    found = engine.evaluate(detector, index, paths, root_key, root_package)
     return [q for owner in sorted(found) for q in found[owner]]
 
 

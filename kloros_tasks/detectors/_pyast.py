@@ -9,10 +9,11 @@ crash, so every detector parses through ``parse`` here.
 from __future__ import annotations
 
 import ast
-import keyword
 import posixpath
 import warnings
 from collections.abc import Iterator
+
+from kloros_tasks.detectors import layout
 
 TEST_DIRS = frozenset({"tests", "test"})
 PLAIN_BASES = frozenset({"object", "Protocol", "typing.Protocol", "Generic", "typing.Generic"})
@@ -40,22 +41,11 @@ def _nul_line(text: str) -> int:
 
 
 def module_name(path: str) -> str | None:
-    """Dotted name of a module from its relative path.
-
-    "a/b/c.py" -> "a.b.c", "a/b/__init__.py" -> "a.b", and a leading "src/" is the
-    src layout ("src/a/b.py" -> "a.b").  None when a component cannot be imported
-    (not an identifier, or a keyword).
-    """
-    if not path.endswith(".py"):
-        return None
-    parts = path[: -len(".py")].split("/")
-    if parts[-1] == "__init__":
-        parts.pop()
-    if len(parts) > 1 and parts[0] == "src":
-        parts = parts[1:]
-    if not parts or not all(p.isidentifier() and not keyword.iskeyword(p) for p in parts):
-        return None
-    return ".".join(parts)
+    """Dotted name of a module from its relative path and import root (see
+    ``kloros_tasks.detectors.layout``): "a/b/c.py" -> "a.b.c", "a/b/__init__.py" ->
+    "a.b", "src/a/b.py" -> "a.b".  None when a component cannot be imported (not an
+    identifier, or a keyword)."""
+    return layout.module_name(path)
 
 
 def is_test_path(path: str) -> bool:
@@ -240,9 +230,11 @@ def undocumented(path: str, tree: ast.Module) -> list[list]:
 
 
 def _undocumented_in(node: ast.ClassDef | ast.FunctionDef, qualname: str) -> list[list]:
-    out = [] if _exempt(node) or ast.get_docstring(node) is not None else [
-        [node.lineno, qualname]]
-    if isinstance(node, ast.ClassDef):
+    out = [] if (_exempt(node) or _declarative(node)
+                 or ast.get_docstring(node) is not None) else [[node.lineno, qualname]]
+    # The members of a class that inherits are taken for overrides: inspect.getdoc, help()
+    # and Sphinx autodoc give them the docstring of the method they override.
+    if isinstance(node, ast.ClassDef) and not _inherits(node):
         for stmt in flatten_block(node.body):
             if _is_public_definition(stmt):
                 out.extend(_undocumented_in(stmt, f"{qualname}.{stmt.name}"))
@@ -253,6 +245,15 @@ def _is_public_definition(stmt: ast.stmt) -> bool:
     """A class or (async) function whose name has no leading underscore (dunders neither)."""
     definition = isinstance(stmt, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
     return definition and not stmt.name.startswith("_")
+
+
+def _declarative(node: ast.ClassDef | ast.FunctionDef) -> bool:
+    """A subclass that only sets class attributes (a lookup with its ``lookup_name``, a
+    warning category, a widget variant): its bases and values say what it is."""
+    if not isinstance(node, ast.ClassDef) or not _inherits(node):
+        return False
+    return not any(isinstance(s, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+                   for s in flatten_block(node.body))
 
 
 def _exempt(node: ast.ClassDef | ast.FunctionDef) -> bool:

@@ -152,16 +152,22 @@ def _analyse(ctx: Context, detector: FileDetector, change: Change, root_info: di
         ctx.client.hset(names.SKIPPED, key, reason)
     else:
         ctx.client.hdel(names.SKIPPED, key)
+    package = root_package(root_info, change.root)
     # Parse outside the lock: a slow or killed parse must not hold up the whole root.
-    facts = detector.extract(change.path, text) if text is not None else None
+    facts = (engine.extract(detector, index, change.path, text, package)
+             if text is not None else None)
     with _root_lock(ctx, detector.name, change.root):
-        applied = engine.apply_change(detector, index, change.path, text, change.sha256,
-                                      facts=facts)
+        applied = engine.apply_change(
+            detector, index, change.path, text, change.sha256, facts=facts,
+            root_package=package, reread=lambda rel: _read_local(ctx, root_info, rel))
+        if applied.stale:
+            log.info("%s: %d modules under %s keep their old names until they change "
+                     "(not readable on this host)", detector.name, len(applied.stale), key)
         owners = set(applied.owners)
         if reevaluate_all:  # the world the detector judges against changed
             owners.update(index.paths())
         if not _defer(ctx, detector.name, change.root, owners):
-            _publish(ctx, detector, index, change.root, owners)
+            _publish(ctx, detector, index, change.root, owners, package)
     return _record_error(ctx, key, applied.error) or ("skipped" if reason else "analysed")
 
 
@@ -170,8 +176,33 @@ def _root_lock(ctx: Context, detector: str, root: str):
                            blocking_timeout=LOCK_WAIT)
 
 
-def _publish(ctx: Context, detector: FileDetector, index, root: str, owners) -> None:
-    for owner, questions in engine.evaluate(detector, index, owners, root).items():
+def root_package(root_info: dict | None, root: str) -> str:
+    """The dotted package name of a watched root that is itself a package: from this
+    host's disk when the root is here, else the root's name (used only when the
+    index holds the root's own ``__init__.py``)."""
+    info = root_info or {}
+    if info.get("host") == socket.gethostname() and info.get("path"):
+        return engine.package_prefix(info["path"])
+    return root
+
+
+def _read_local(ctx: Context, root_info: dict, rel: str) -> str | None:
+    """The text of another file of the root from this host's disk, or None."""
+    if root_info.get("host") != socket.gethostname() or not root_info.get("path"):
+        return None
+    path = Path(root_info["path"]) / rel
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > ctx.max_file_bytes:
+            return None
+        return engine.decode_source(rel, path.read_bytes())
+    except (OSError, engine.NotText):
+        return None
+
+
+def _publish(ctx: Context, detector: FileDetector, index, root: str, owners,
+             package: str) -> None:
+    for owner, questions in engine.evaluate(detector, index, owners, root,
+                                            package).items():
         ctx.publisher.sync(detector.name, root, owner, questions)
 
 
@@ -199,13 +230,14 @@ def settle(ctx: Context, detector: FileDetector, root: str,
     key, since = names.deferred(detector.name, root), names.deferred_since(detector.name, root)
     index = RedisIndex(ctx.client, detector.name, root)
     deadline = time.monotonic() + budget
+    package = root_package(registered_root(ctx.client, root), root)
     while True:
         with _root_lock(ctx, detector.name, root):
             batch = [_text(m) for m in ctx.client.srandmember(key, SETTLE_BATCH)]
             if not batch:
                 ctx.client.delete(since)
                 return 0
-            _publish(ctx, detector, index, root, batch)
+            _publish(ctx, detector, index, root, batch, package)
             ctx.client.srem(key, *batch)
         if time.monotonic() >= deadline:
             return ctx.client.scard(key)

@@ -10,10 +10,24 @@ from __future__ import annotations
 import codecs
 import io
 import tokenize
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from kloros_tasks.detectors.base import FileDetector, FileFacts
+from kloros_tasks.detectors.layout import (
+    EXTENSION_SUFFIXES,
+    PACKAGE_FILE,
+    Layout,
+    is_package_file,
+    module_names,
+    using,
+)
 from kloros_tasks.questions import Question, in_root
+
+DIGEST = "_sha256"  # the content digest a change was analysed from
+NAMES = "_names"  # the module names a Python file's facts were extracted under
+MODULE_SUFFIXES = (".py", *EXTENSION_SUFFIXES)
 
 
 class NotText(ValueError):
@@ -45,39 +59,146 @@ def decode_source(path: str, raw: bytes) -> str:
 
 @dataclass(frozen=True)
 class Applied:
-    """What one change did: owners to re-evaluate, or the parse error that kept old facts."""
+    """What one change did: owners to re-evaluate, or the parse error that kept old
+    facts; ``stale`` lists files whose module names changed (an ``__init__.py``
+    appeared or went) but could not be read again to re-extract them."""
 
     owners: frozenset[str]
     error: str | None = None
+    stale: frozenset[str] = frozenset()
+
+
+Reread = Callable[[str], str | None]
+
+
+def tree_layout(index, root_package: str = "", *, present: str | None = None,
+                absent: str | None = None) -> Layout:
+    """The package layout of the indexed tree: a directory is a package when its
+    ``__init__.py`` is indexed (``present``/``absent`` override one file, the one a
+    change is about to add or remove)."""
+
+    def is_package(directory: str) -> bool:
+        init = f"{directory}/{PACKAGE_FILE}" if directory else PACKAGE_FILE
+        if init == present:
+            return True
+        if init == absent:
+            return False
+        return index.facts(init) is not None
+
+    return Layout(is_package, root_package)
+
+
+def package_prefix(root_path: str) -> str:
+    """The dotted package name of a directory that is itself inside packages (the
+    directories above it that hold an ``__init__.py``), "" when it is no package."""
+    names, here = [], Path(root_path).resolve()
+    while (here / PACKAGE_FILE).is_file() and here.parent != here:
+        names.append(here.name)
+        here = here.parent
+    return ".".join(reversed(names))
+
+
+def extract(detector: FileDetector, index, path: str, text: str,
+            root_package: str = "") -> FileFacts:
+    """``detector.extract`` with module names from the tree's current layout."""
+    layout = tree_layout(index, root_package, present=path)
+    with using(layout):
+        facts = detector.extract(path, text)
+    if path.endswith(MODULE_SUFFIXES) and (facts.relations or facts.data):
+        # The names it was given, so a caller holding it can tell they still hold.
+        facts = replace(facts, data={**facts.data, NAMES: list(module_names(path, layout))})
+    return facts
 
 
 def apply_change(detector: FileDetector, index, path: str, text: str | None,
-                 digest: str | None = None, facts: FileFacts | None = None) -> Applied:
+                 digest: str | None = None, facts: FileFacts | None = None, *,
+                 root_package: str = "", reread: Reread | None = None) -> Applied:
     """Store ``path``'s new facts (None text = the file is gone or unanalysable).
 
     A parse error keeps the previous facts: while someone types, the rest of the tree
-    must not see the file's definitions vanish and come back.
+    must not see the file's definitions vanish and come back.  A file with no previous
+    facts that does not parse (a module in syntax this Python does not know) is stored
+    with the detector's ``opaque(path, error)`` facts when it has that method: the
+    module exists and binds names nobody can see, so its importers are not broken.
+
+    ``facts`` may be extracted beforehand (outside a lock) with ``extract``; they are
+    extracted again if the layout they were named by changed since.  When ``path`` is
+    an ``__init__.py`` that appears or goes, the files below its directory change
+    names: each is read again with ``reread`` and re-extracted.
     """
+    flips = is_package_file(path) and (index.facts(path) is None) != (text is None)
     if text is None:
         touched = index.update(path, None)
-        return Applied(frozenset({path} | detector.affected(path, touched, index)))
-    if facts is None:
-        facts = detector.extract(path, text)
-    if facts.error:
-        return Applied(frozenset({path}) if index.facts(path) is None else frozenset(),
-                       facts.error)
+        applied = Applied(frozenset({path} | detector.affected(path, touched, index)))
+        return _renamed(detector, index, path, applied, root_package, reread) if flips \
+            else applied
+    if facts is None or not _same_names(facts, index, path, root_package):
+        facts = extract(detector, index, path, text, root_package)
+    error = facts.error
+    if error:
+        opaque = None if index.facts(path) is not None else _opaque(
+            detector, index, path, error, root_package)
+        if opaque is None:
+            return Applied(frozenset({path}) if index.facts(path) is None else frozenset(),
+                           error)
+        facts = opaque  # never parsed here (newer syntax, say): it exists, names unknown
     if digest is not None:
-        facts = replace(facts, data={**facts.data, "_sha256": digest})
+        facts = replace(facts, data={**facts.data, DIGEST: digest})
     touched = index.update(path, facts)
-    return Applied(frozenset({path} | detector.affected(path, touched, index)))
+    applied = Applied(frozenset({path} | detector.affected(path, touched, index)), error)
+    return _renamed(detector, index, path, applied, root_package, reread) if flips else applied
 
 
-def evaluate(detector: FileDetector, index, owners, root: str) -> dict[str, list[Question]]:
+def _opaque(detector: FileDetector, index, path: str, error: str,
+            root_package: str) -> FileFacts | None:
+    """The detector's facts for a file that exists but cannot be parsed, if it has any
+    (``opaque(path, error)``, optional)."""
+    make = getattr(detector, "opaque", None)
+    if make is None:
+        return None
+    with using(tree_layout(index, root_package, present=path)):
+        return make(path, error)
+
+
+def _same_names(facts: FileFacts, index, path: str, root_package: str) -> bool:
+    """Whether facts extracted earlier were named by the layout the index has now."""
+    named = facts.data.get(NAMES)
+    if named is None:
+        return False  # not extracted by ``extract``: name it now
+    return tuple(named) == module_names(path, tree_layout(index, root_package, present=path))
+
+
+def _renamed(detector: FileDetector, index, init: str, applied: Applied,
+             root_package: str, reread: Reread | None) -> Applied:
+    """Re-extract the indexed modules below ``init``'s directory: their names changed."""
+    directory = init.rpartition("/")[0]
+    below = [p for p in index.paths() if p != init and p.endswith(MODULE_SUFFIXES)
+             and (not directory or p.startswith(directory + "/"))]
+    owners, stale = set(applied.owners), set()
+    for path in below:
+        text = reread(path) if reread is not None else None
+        if text is None:
+            stale.add(path)
+            continue
+        digest = stored_digest(index, path)
+        facts = extract(detector, index, path, text, root_package)
+        if facts.error:
+            continue  # keeps its previous facts, like any half-typed save
+        if digest is not None:
+            facts = replace(facts, data={**facts.data, DIGEST: digest})
+        touched = index.update(path, facts)
+        owners |= {path} | detector.affected(path, touched, index)
+    return Applied(frozenset(owners), applied.error, frozenset(stale))
+
+
+def evaluate(detector: FileDetector, index, owners, root: str,
+             root_package: str = "") -> dict[str, list[Question]]:
     """Every question each owner of ``root`` has now (an empty list resolves what it had)."""
-    return {owner: [in_root(q, root) for q in detector.evaluate(owner, index)]
-            for owner in sorted(owners)}
+    with using(tree_layout(index, root_package)):
+        return {owner: [in_root(q, root) for q in detector.evaluate(owner, index)]
+                for owner in sorted(owners)}
 
 
 def stored_digest(index, path: str) -> str | None:
     facts: FileFacts | None = index.facts(path)
-    return None if facts is None else facts.data.get("_sha256")
+    return None if facts is None else facts.data.get(DIGEST)

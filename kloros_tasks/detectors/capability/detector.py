@@ -98,6 +98,18 @@ class CapabilityDetector:
             return _error(exc)
         return FileFacts()
 
+    def opaque(self, path: str, error: str) -> FileFacts | None:
+        """Facts of a module that never parsed here (newer syntax, say): it exists and
+        may define any name, so nothing it would provide is "missing"."""
+        if file_kind(path) != PYTHON:
+            return None
+        module, _ = module_of(path)
+        return FileFacts(
+            relations={"py": frozenset({"1"}), "node": frozenset(nodes_of(path)),
+                       "tool_defines": frozenset({f"{module}:*"})},
+            data={"imports": [], "wants": [], "execs": [], "env_reads": [],
+                  "guarded_modules": {}, "test": is_test_path(path), "opaque": error})
+
     def _extract_python(self, path: str, text: str) -> FileFacts:
         scan = scan_python(path, text, self.tool_packages)
         wanted_modules = {m for m, _, _ in scan.wants}

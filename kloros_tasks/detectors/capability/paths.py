@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath
 
+from kloros_tasks.detectors import layout
+
 
 def spelling(name: str) -> str:
     """The spelling-insensitive form of a capability name: ``Web-Search`` == ``web_search``."""
@@ -15,26 +17,20 @@ def spelling(name: str) -> str:
 
 
 def module_of(path: str) -> tuple[str, bool]:
-    """(dotted module name, is a package) of a .py path; a leading ``src/`` is dropped."""
-    parts = list(PurePosixPath(path).with_suffix("").parts)
-    if len(parts) > 1 and parts[0] == "src":
-        parts = parts[1:]
-    is_package = parts[-1] == "__init__"
-    if is_package:
-        parts = parts[:-1]
-    return ".".join(parts), is_package
+    """(dotted module name from the import root, is a package) of a .py path (see
+    ``kloros_tasks.detectors.layout``: ``src/a/b.py`` is ``a.b``)."""
+    names = layout.module_names(path)
+    return (names[0] if names else ""), layout.is_package_file(path)
 
 
 def nodes_of(path: str) -> set[str]:
-    """Every importable location a .py file makes exist, as slash paths from the root
-    (``a/b/c.py`` -> ``a``, ``a/b``, ``a/b/c``); files under ``src/`` add the same
-    without the ``src/`` prefix, since an installed src layout imports them so."""
-    parts = list(PurePosixPath(path).with_suffix("").parts)
-    if parts and parts[-1] == "__init__":
-        parts = parts[:-1]
-    out = {"/".join(parts[:i]) for i in range(1, len(parts) + 1)}
-    if len(parts) > 1 and parts[0] == "src":
-        out |= {"/".join(parts[1:i]) for i in range(2, len(parts) + 1)}
+    """Every importable location a .py file makes exist, as slash paths of its module
+    names (``a/b/c.py`` -> ``a``, ``a/b``, ``a/b/c``); a file under a non-package
+    directory such as ``src/`` is importable both with and without it."""
+    out: set[str] = set()
+    for name in layout.module_names(path):
+        parts = name.split(".")
+        out |= {"/".join(parts[:i]) for i in range(1, len(parts) + 1)}
     return out
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from kloros_tasks import names
 from kloros_tasks.detectors.base import FileFacts, IndexView, Touched
 from kloros_tasks.detectors.integration.deps import affected as _affected
-from kloros_tasks.detectors.integration.facts import FACTS_VERSION, extract_facts
+from kloros_tasks.detectors.integration.facts import FACTS_VERSION, extract_facts, opaque_facts
 from kloros_tasks.detectors.integration.keys import EXTENSION_SUFFIXES
 from kloros_tasks.detectors.integration.resolve import Resolver
 from kloros_tasks.detectors.integration.rules import RULES, evaluate_file
@@ -34,6 +34,12 @@ class IntegrationDetector:
         """Facts of one file; ``FileFacts(error="line N: ...")`` if it does not
         parse (never raises for bad input, deep nesting included)."""
         return extract_facts(path, text)
+
+    def opaque(self, path: str, error: str) -> FileFacts | None:
+        """Facts of a module that never parsed here: it exists, its names are unknown,
+        so its importers are not "broken" (the engine stores these only when the file
+        has no previous facts)."""
+        return opaque_facts(path) if path.endswith(".py") else None
 
     def affected(self, path: str, touched: Touched, view: IndexView) -> set[str]:
         """Other files whose questions may change now that ``path``'s facts

@@ -158,6 +158,12 @@ def _extension(path: str) -> FileFacts:
     return out.facts({"v": FACTS_VERSION, "mods": list(module_names(path)), **empty})
 
 
+def opaque_facts(path: str) -> FileFacts:
+    """A module this Python cannot parse (newer syntax, say): like a compiled module,
+    it exists and binds names we cannot see."""
+    return _extension(path)
+
+
 def _module(scope: ModuleScope, out: Contributions) -> None:
     stars = sorted(set(scope.stars))
     for module in scope.names:

@@ -39,6 +39,7 @@ import hashlib
 import json
 from typing import Any
 
+from kloros_tasks.detectors import layout
 from kloros_tasks.detectors.base import SIGNATURE
 
 SYM, SUB, STAR, ATTR, WRITTEN, NSDIR = "s:", "x:", "t:", "a:", "w:", "n:"
@@ -100,47 +101,36 @@ def sub_ptrs(ref: str) -> list[str]:
     return keys
 
 
-EXTENSION_SUFFIXES = (".so", ".pyd")
+EXTENSION_SUFFIXES = layout.EXTENSION_SUFFIXES
 
 
 def is_extension(path: str) -> bool:
     """A compiled extension module (``_speedups.cpython-311-x86_64-linux-gnu.so``)."""
-    return path.endswith(EXTENSION_SUFFIXES)
+    return layout.is_extension(path)
 
 
 def module_names(path: str) -> tuple[str, ...]:
-    """Dotted module names a POSIX relative path is importable as, primary first.
-
+    """Dotted module names a POSIX relative path is importable as, primary first,
+    from its import root (see ``kloros_tasks.detectors.layout``):
     ``pkg/mod.py -> ("pkg.mod",)``, ``pkg/__init__.py -> ("pkg",)``,
-    ``pkg/_c.abi3.so -> ("pkg._c",)``; a file under a top-level ``src/``
-    directory is also importable without it (the src layout).
+    ``pkg/_c.abi3.so -> ("pkg._c",)``, ``src/pkg/mod.py -> ("pkg.mod", "src.pkg.mod")``.
     """
-    parts = path.split("/")
-    if is_extension(path):
-        parts[-1] = parts[-1].split(".")[0]  # the ABI tag is not part of the name
-    elif path.endswith(".py"):
-        parts[-1] = parts[-1][:-3]
-    if parts and parts[-1] == "__init__":
-        parts = parts[:-1]
-    if not parts:
-        return ("__init__",)
-    names = [".".join(parts)]
-    if parts[0] == "src" and len(parts) > 1:
-        names.append(".".join(parts[1:]))
-    return tuple(names)
+    return layout.module_names(path) or ("__init__",)
 
 
 def is_package(path: str) -> bool:
-    return path == "__init__.py" or path.endswith("/__init__.py")
+    return layout.is_package_file(path)
 
 
 def directories(path: str) -> list[str]:
-    """Dotted names of the directories holding ``path`` (for namespace packages)."""
-    dirs = path.split("/")[:-1]
-    out = [".".join(dirs[:i]) for i in range(1, len(dirs) + 1)]
-    if dirs and dirs[0] == "src":
-        out += [".".join(dirs[1:i]) for i in range(2, len(dirs) + 1)]
-    return out
+    """Dotted names of the packages holding ``path`` under each of its names (for
+    namespace packages)."""
+    out: list[str] = []
+    for name in layout.module_names(path):
+        parts = name.split(".")
+        end = len(parts) + 1 if is_package(path) else len(parts)
+        out += [".".join(parts[:i]) for i in range(1, end)]
+    return list(dict.fromkeys(out))
 
 
 def resolve_relative(path: str, level: int, module: str | None) -> str | None:

@@ -8,7 +8,10 @@ Rules (see docs/detectors.md for the full statement of each):
     a document that no other document links to, includes or lists in a toctree;
 ``stale_doc``
     a document naming, in code spans or links, files or dotted names of this tree that
-    do not exist.
+    do not exist;
+``unparsable_module``
+    a Python module this Python cannot parse and never could (newer syntax, say):
+    opaque, not absent, so one low question instead of broken references.
 
 Relations extracted per file (the index inverts them):
 
@@ -32,22 +35,32 @@ defined: its documents keep their answers).
 
 from __future__ import annotations
 
+import keyword
 import posixpath
-from collections.abc import Iterable
+import sys
+from dataclasses import replace
 from fnmatch import fnmatchcase
 
 from kloros_tasks import names
 from kloros_tasks.detectors._pyast import (
     Definitions,
     is_test_path,
-    module_name,
     parse,
     undocumented,
 )
 from kloros_tasks.detectors.base import FileFacts, IndexView, Touched
 from kloros_tasks.detectors.knowledge import docrefs as _docrefs
+from kloros_tasks.detectors.knowledge.context import is_generated, sphinx_suffixes
+from kloros_tasks.detectors.knowledge.docfacts import (
+    dangling_references,
+    doc_facts,
+    prefixes,
+    top_of,
+)
+from kloros_tasks.detectors.layout import import_root, module_names
 from kloros_tasks.questions import Question
 
+PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"  # what parses here
 DEFAULT_DOCSTRING_THRESHOLD = 3  # the original daemon's "more than 3"
 EVIDENCE_CAP = 20
 MANY_MISSING = 10  # above this many undocumented definitions: medium severity
@@ -65,7 +78,13 @@ NOT_DOC_DIRS = frozenset({"tests", "test", "fixtures", "testdata", "test_data",
 ROOT_STEMS = ("README", "INDEX")  # at any depth
 TOP_LEVEL_ROOTS = ("CHANGELOG", "CHANGES", "HISTORY", "CONTRIBUTING", "LICENSE", "LICENCE",
                    "AUTHORS", "NOTICE", "CODE_OF_CONDUCT", "SECURITY")
+# Stand-alone files nobody links to, wherever they are (a vendored library's licence).
+ANYWHERE_ROOTS = ("LICENSE", "LICENCE", "COPYING", "AUTHORS", "CONTRIBUTORS", "CREDITS",
+                  "NOTICE")
 NAME_RELATIONS = ("defines", "opaque", "open")
+SPHINX_TXT = "sphinx_txt"  # a conf.py's directory, when its source_suffix has .txt
+UNDER = "under"  # a .txt document's directories
+UNDOCUMENTED = "undoc"  # dotted names of a module's definitions without a docstring
 
 
 def is_doc(path: str) -> bool:
@@ -74,6 +93,8 @@ def is_doc(path: str) -> bool:
     if not path.endswith(_docrefs.DOC_SUFFIXES):
         return False
     directory, base = posixpath.split(path)
+    if base.startswith("."):  # .git_archival.txt, editor and tool files
+        return False
     for part in directory.split("/") if directory else ():
         if part.startswith(".") or part in NOT_DOC_DIRS:
             return False
@@ -83,17 +104,12 @@ def is_doc(path: str) -> bool:
 
 
 def is_index_root(path: str) -> bool:
-    """README.* and index.* anywhere; CHANGELOG*, CONTRIBUTING*, LICENSE*... at the top."""
+    """README.*, index.*, LICENSE*, AUTHORS*, CREDITS*... anywhere; CHANGELOG*,
+    CONTRIBUTING*, SECURITY*... at the top."""
     base = posixpath.basename(path).upper()
-    if base.split(".", 1)[0] in ROOT_STEMS:
+    if base.split(".", 1)[0] in ROOT_STEMS or base.startswith(ANYWHERE_ROOTS):
         return True
     return "/" not in path and base.startswith(TOP_LEVEL_ROOTS)
-
-
-def prefixes(name: str) -> list[str]:
-    """"a.b.c" -> ["a", "a.b", "a.b.c"]."""
-    parts = name.split(".")
-    return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 class KnowledgeDetector:
@@ -114,11 +130,28 @@ class KnowledgeDetector:
         if path.endswith(".py"):
             return _python_facts(path, text)
         if is_doc(path):
-            return _doc_facts(path, text)
+            facts = doc_facts(path, text, is_index_root(path))
+            if path.endswith(".txt"):  # a source only under a conf.py that says so
+                facts = replace(facts, relations={**facts.relations,
+                                                  UNDER: frozenset(_ancestors(path))})
+            return facts
         if path.endswith(SUFFIXES):  # a .txt that is not a doc: it exists, nothing more
-            return FileFacts(relations={"defines": frozenset({f"path:{path}"})},
+            return FileFacts(relations={"defines": frozenset({f"path:{path}"}),
+                                        "top": top_of(path)},
                              data={"kind": "other"})
         return FileFacts()
+
+    def opaque(self, path: str, error: str) -> FileFacts | None:
+        """Facts of a Python module this Python cannot parse (newer syntax, say): the
+        module exists and any name under it may too; asked about once, at low severity."""
+        if not path.endswith(".py"):
+            return None
+        modules = importable_names(path)
+        defines = {f"path:{path}", *(p for m in modules for p in prefixes(m))}
+        return FileFacts(
+            relations={"defines": frozenset(defines), "open": frozenset(modules),
+                       "top": top_of(path)},
+            data={"kind": "unparsable", "error": error, "python": PYTHON_VERSION})
 
     # --- phase 2 --------------------------------------------------------------------
 
@@ -127,7 +160,15 @@ class KnowledgeDetector:
         or lost their last inbound link, and documents naming a key whose standing
         (defined, open, defined other than opaquely) changed."""
         out = _newly_linked_or_unlinked(path, touched, view)
+        if is_doc(path):  # a declared object documents a definition without a docstring
+            declared = {v for r, v in touched if r == "defines"}
+            for modules in view.who_many(UNDOCUMENTED, declared).values() if declared else ():
+                out |= modules
+        sources = {v for r, v in touched if r == SPHINX_TXT}  # conf.py's source_suffix
+        for docs in view.who_many(UNDER, sources).values() if sources else ():
+            out |= docs
         out |= _readers_of_changed_keys(path, touched, view)
+        out |= _readers_of_changed_tops(path, touched, view)
         out.discard(path)
         return out
 
@@ -138,9 +179,11 @@ class KnowledgeDetector:
             return []
         kind = facts.data.get("kind")
         if kind == "py":
-            return self._missing_docstrings(path, facts.data.get("missing", []))
+            return self._missing_docstrings(path, _not_in_docs(facts.data, view))
         if kind == "doc":
             return self._unindexed(path, facts, view) + self._stale(path, facts, view)
+        if kind == "unparsable" and not is_test_path(path):  # test data is broken on purpose
+            return self._unparsable(path, facts.data)
         return []
 
     # --- rules ------------------------------------------------------------------------
@@ -161,9 +204,26 @@ class KnowledgeDetector:
             evidence=_capped([f"{path}:{line} {qualname}" for line, qualname in missing]),
         )]
 
+    def _unparsable(self, path: str, data) -> list[Question]:
+        version, error = data.get("python", "?"), data.get("error", "")
+        line = error.split(":", 1)[0].removeprefix("line ").strip() or "1"
+        return [self._question(
+            "unparsable_module", path,
+            hypothesis=f"UNPARSABLE_MODULE: {path} (Python {version})",
+            question=(f"{path} does not parse with Python {version} ({error}): does it "
+                      "need a newer Python, or is it broken?"),
+            severity="low",
+            confidence=0.7,
+            suggestion="Fix the syntax, or run the analysis with the Python the project "
+                       "targets; until then what the module defines is unknown.",
+            evidence=(f"{path}:{line if line.isdigit() else 1} {error}",),
+        )]
+
     def _unindexed(self, path: str, facts: FileFacts, view: IndexView) -> list[Question]:
         if facts.data.get("root") or facts.data.get("orphan"):
             return []
+        if path.endswith(".txt") and not view.exists_many(SPHINX_TXT, _ancestors(path)):
+            return []  # no conf.py above makes .txt a source: data, templates, notes
         if view.who("links", path) - {path}:
             return []
         return [self._question(
@@ -179,7 +239,7 @@ class KnowledgeDetector:
 
     def _stale(self, path: str, facts: FileFacts, view: IndexView) -> list[Question]:
         entries = facts.data.get("refs", [])
-        dangling = _dangling(entries, view) if entries else []
+        dangling = dangling_references(entries, view) if entries else []
         if not dangling:
             return []
         count = len(dangling)
@@ -238,6 +298,24 @@ def _readers_of_changed_keys(path: str, touched: Touched, view: IndexView) -> se
     return out
 
 
+def _readers_of_changed_tops(path: str, touched: Touched, view: IndexView) -> set[str]:
+    """Documents naming a path under a top-level entry that appeared or went (code paths
+    are judged only under an existing one)."""
+    tops = {v for r, v in touched if r == "top"}
+    readers = view.who_many("refs", {f"top:{t}" for t in tops}) if tops else {}
+    if not any(readers.values()):
+        return set()
+    facts = view.facts(path)
+    mine = facts.relations.get("top", frozenset()) if facts else frozenset()
+    counts = view.count_many("top", tops)
+    out: set[str] = set()
+    for top in tops:
+        before = counts[top] - 1 if top in mine else counts[top] + 1
+        if (counts[top] > 0) != (before > 0):
+            out |= readers[f"top:{top}"]
+    return out
+
+
 def _standing(holders: dict[str, frozenset[str]]) -> tuple[bool, bool, bool]:
     """What ``_dangling`` reads of one key: is it defined, open, defined by a file that
     does not hold it as opaque (a module or class whose attributes are known)."""
@@ -251,75 +329,20 @@ def _capped(items: list[str]) -> tuple[str, ...]:
     return (*items[:EVIDENCE_CAP], f"... and {len(items) - EVIDENCE_CAP} more")
 
 
-def _dangling(entries: list, view: IndexView) -> list:
-    """The doc's references that name nothing in the tree.
-
-    A dotted name is judged only when its first component is defined here (so
-    ``os.path`` never is) and the longest defined prefix is a module or class whose
-    attributes are all known (not only a variable, function or import, and not open).
-    """
-    dotted_keys = sorted({p for e in entries if e[2] == "name" for p in prefixes(e[3][0])})
-    path_keys = sorted({f"path:{c}" for e in entries if e[2] != "name" for c in e[3]})
-    defined = view.who_many("defines", dotted_keys + path_keys)
-    opaque = view.who_many("opaque", dotted_keys) if dotted_keys else {}
-    open_ = view.who_many("open", dotted_keys) if dotted_keys else {}
-    out = []
-    for entry in entries:  # in document order
-        _, _, kind, candidates = entry
-        if kind != "name":
-            if not any(defined[f"path:{c}"] for c in candidates):
-                out.append(entry)
-            continue
-        chain = prefixes(candidates[0])
-        if not defined[chain[0]] or defined[chain[-1]]:
-            continue
-        longest = next(p for p in reversed(chain) if defined[p])
-        if not open_[longest] and defined[longest] - opaque[longest]:
-            out.append(entry)
-    return out
-
-
-# --- documents ------------------------------------------------------------------------------
-
-def _doc_facts(path: str, text: str) -> FileFacts:
-    found = _docrefs.scan(path, text)
-    links: set[str] = set()
-    entries: dict[tuple, tuple[int, list]] = {}  # (line, text, kind) -> (column, entry)
-    for target in found.targets:
-        resolved = _docrefs.resolve(path, target)
-        if resolved is None:
-            continue
-        kind, candidates = resolved
-        links.update(candidates if kind in ("file", "dir") else ())
-        if kind == "file":
-            raw = target.target.strip()
-            entry = [target.line, raw, "link", list(candidates)]
-            entries.setdefault((target.line, raw, "link"), (target.column, entry))
-    for code in found.code:
-        ref = _docrefs.code_reference(path, code.text)
-        if ref is not None:
-            entry = [code.line, code.text, ref[0], list(ref[1])]
-            entries.setdefault((code.line, code.text, ref[0]), (code.column, entry))
-    ordered = [entry for _, entry in sorted(entries.values(), key=lambda c: (c[1][0], c[0]))]
-    return FileFacts(
-        relations={"defines": frozenset({f"path:{path}"}), "links": frozenset(links),
-                   "refs": frozenset(_ref_keys(ordered))},
-        data={"kind": "doc", "root": is_index_root(path), "orphan": found.orphan,
-              "refs": ordered},
-    )
-
-
-def _ref_keys(entries: Iterable[list]) -> set[str]:
-    keys: set[str] = set()
-    for _, _, kind, candidates in entries:
-        if kind == "name":
-            keys.update(prefixes(candidates[0]))
-        else:
-            keys.update(f"path:{c}" for c in candidates)
-    return keys
-
-
 # --- Python ---------------------------------------------------------------------------------
+
+def importable_names(path: str) -> list[str]:
+    """The module's name when documents can name it: its import root is the tree's root,
+    a top-level ``src/`` or ``lib/``, or above the root (the root is a package).  A
+    module under ``examples/`` or ``scripts/`` is importable only from there, so its
+    names are no top-level modules of the tree; neither is a name that cannot be
+    imported (a component that is no identifier)."""
+    if import_root(path) not in (None, "", "src", "lib"):
+        return []
+    names = module_names(path)[:1]
+    return [m for m in names if all(
+        p.isidentifier() and not keyword.iskeyword(p) for p in m.split("."))]
+
 
 def _python_facts(path: str, text: str) -> FileFacts:
     tree, error = parse(text)
@@ -327,16 +350,42 @@ def _python_facts(path: str, text: str) -> FileFacts:
         return FileFacts(error=error)
     try:
         found = Definitions()
-        module = module_name(path)
-        if module is not None:
+        module_of_facts = next(iter(importable_names(path)), None)
+        for module in importable_names(path):
             found.defines.update(prefixes(module))
             found.body(tree.body, module)
-        missing = [] if is_test_path(path) else undocumented(path, tree)
+        skip = is_test_path(path) or is_generated(text)  # nobody documents those by hand
+        missing = [] if skip else undocumented(path, tree)
     except RecursionError:  # the parser's limits make this unlikely, not impossible
         return FileFacts(error="line 1: too deeply nested to analyse")
     found.defines.add(f"path:{path}")
-    return FileFacts(
-        relations={"defines": frozenset(found.defines), "opaque": frozenset(found.opaque),
-                   "open": frozenset(found.open)},
-        data={"kind": "py", "missing": missing},
-    )
+    relations = {"defines": frozenset(found.defines), "opaque": frozenset(found.opaque),
+                 "open": frozenset(found.open), "top": top_of(path),
+                 UNDOCUMENTED: frozenset(_qualified(module_of_facts, missing))}
+    if posixpath.basename(path) == "conf.py" and ".txt" in sphinx_suffixes(tree):
+        relations[SPHINX_TXT] = frozenset({posixpath.dirname(path)})
+    return FileFacts(relations=relations,
+                     data={"kind": "py", "missing": missing, "module": module_of_facts})
+
+
+def _qualified(module: str | None, missing: list) -> list[str]:
+    """Dotted names of the undocumented definitions (the docs may document them)."""
+    return [f"{module}.{q}" for _, q in missing if module and q != "<module>"]
+
+
+def _not_in_docs(data, view: IndexView) -> list:
+    """The undocumented definitions the documentation does not declare either: an object
+    a Sphinx page documents (``.. method:: SessionBase.get``) needs no docstring."""
+    missing, module = data.get("missing", []), data.get("module")
+    names = _qualified(module, missing)
+    if not names:
+        return missing
+    holders = view.who_many("defines", names)
+    documented = {n for n, who in holders.items() if any(is_doc(p) for p in who)}
+    return [m for m in missing if f"{module}.{m[1]}" not in documented]
+
+
+def _ancestors(path: str) -> list[str]:
+    """Every directory holding ``path``, the root ("") included."""
+    dirs = path.split("/")[:-1]
+    return ["/".join(dirs[:k]) for k in range(len(dirs) + 1)]

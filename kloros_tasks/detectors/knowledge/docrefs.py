@@ -34,6 +34,7 @@ _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _PATH = re.compile(r"^(?:\.{1,2}/)*[\w.-]+(?:/[\w.-]+)*\.py$")
 _NAME = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
 _ENTRY_POINT = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
+_OPTION = re.compile(r"^[\w-]+:(?:\s|$)")  # "maxdepth: 2" in a MyST toctree's options
 _TITLED = re.compile(r"^(.*?)\s*<([^<>]+)>$")  # "Title <target>"
 
 _MD_FENCE = re.compile(r"^\s*(`{3,}|~{3,})\s*(.*)$")  # any indent: fences nest in lists
@@ -67,9 +68,13 @@ class Target:
 
 @dataclass(frozen=True)
 class Code:
+    """A code span: ``kind`` "literal" (a code span or rst literal), "role" (``:class:``,
+    MyST ``{py:func}``...) or "autodoc" (an ``.. automodule::``-style directive)."""
+
     line: int
     text: str
     column: int = 0
+    kind: str = "literal"
 
 
 @dataclass
@@ -211,7 +216,7 @@ def _rst_directive(lines: list[str], i: int, match: re.Match, out: Scan) -> int:
     if name in ("include", "literalinclude") and argument:
         out.targets.append(Target(i + 1, argument))
     elif AUTODOC.fullmatch(name.removeprefix("py:")) and argument:
-        out.code.append(Code(i + 1, argument.split("(")[0].strip()))
+        out.code.append(Code(i + 1, argument.split("(")[0].strip(), kind="autodoc"))
     if name == "toctree":
         for k in range(i + 1, end):
             _toctree_entry(k + 1, lines[k], out)
@@ -223,8 +228,9 @@ def _rst_directive(lines: list[str], i: int, match: re.Match, out: Scan) -> int:
 
 def _toctree_entry(number: int, line: str, out: Scan) -> None:
     entry = line.strip()
-    if not entry or entry.startswith(":") or entry == "self" or "*" in entry:
-        return  # options, the document itself, glob patterns (not resolvable here)
+    if (not entry or entry.startswith(":") or entry == "self" or "*" in entry
+            or entry == "---" or _OPTION.match(entry)):
+        return  # options (rst, MyST YAML), the document itself, glob patterns
     out.targets.append(Target(number, _untitled(entry), "docname"))
 
 
@@ -250,7 +256,7 @@ def _role(number: int, column: int, role: str, text: str, out: Scan) -> None:
     if kind == "doc":
         out.targets.append(Target(number, target, "docname", column))
     elif kind in CODE_ROLES and not target.startswith("."):
-        out.code.append(Code(number, target.lstrip("~!"), column))
+        out.code.append(Code(number, target.lstrip("~!"), column, "role"))
 
 
 def _block_end(lines: list[str], i: int, indent: int) -> int:
@@ -282,7 +288,7 @@ def resolve(doc: str, target: Target) -> tuple[str, tuple[str, ...]] | None:
     ``<target>.md`` and ``<target>.rst``); never judged broken; "other": a file the
     detector does not see (an image, say).  None for external URLs, same-page anchors
     and anything that leaves the root.  A leading "/" means the root, or (Sphinx style)
-    the top directory of ``doc``: both are candidates.
+    the source directory, any directory above ``doc``: all are candidates.
     """
     raw = target.target.strip()
     if raw.startswith("<") and raw.endswith(">"):
@@ -294,7 +300,9 @@ def resolve(doc: str, target: Target) -> tuple[str, tuple[str, ...]] | None:
     if not bases:
         return None
     if target.style == "docname" and not raw.endswith(DOC_SUFFIXES):
-        return "file", tuple(f"{b}{s}" for b in bases for s in (".rst", ".md"))
+        # Sphinx adds its source_suffix; trees use .rst, .md (MyST) or .txt (Django):
+        # the docname names whichever source exists.
+        return "file", tuple(f"{b}{s}" for b in bases for s in DOC_SUFFIXES)
     base = posixpath.basename(raw.rstrip("/"))
     if raw.endswith("/") or base in ("", ".", "..") or "." not in base:
         pages = () if raw.endswith("/") or base in ("", ".", "..") else tuple(
@@ -307,9 +315,11 @@ def resolve(doc: str, target: Target) -> tuple[str, tuple[str, ...]] | None:
 def _bases(doc: str, raw: str) -> tuple[str, ...]:
     """Normalised relative paths ``raw`` may mean from ``doc``; those outside the root dropped."""
     if raw.startswith("/"):
-        top = doc.split("/", 1)[0] if "/" in doc else ""
+        # The root, or (Sphinx) the source directory: the one holding conf.py, which
+        # may be any directory above the document.
         rel = raw.lstrip("/")
-        options = [rel or ".", posixpath.join(top, rel) if top else ""]
+        dirs = doc.split("/")[:-1]
+        options = [rel or "."] + [posixpath.join(*dirs[:k], rel) for k in range(1, len(dirs) + 1)]
     else:
         options = [posixpath.join(posixpath.dirname(doc), raw)]
     out: list[str] = []

@@ -1,0 +1,116 @@
+"""What a name in a document is, judged from where it stands.
+
+Pure helpers for the KnowledgeDiscovery rules: which documents are history (release
+notes, changelogs, deprecation timelines name removed code on purpose), which
+Python objects a Sphinx document declares itself (``.. class::`` under
+``.. module::``: Sphinx resolves references to them whether or not the code binds
+that exact name), which code spans name a logger or title a section rather than
+refer to code, and which Python modules are generated.
+"""
+
+from __future__ import annotations
+
+import ast
+import posixpath
+import re
+
+HISTORY_DIRS = frozenset({"releases", "release-notes", "release_notes", "history", "changelog",
+                          "changelogs", "changes", "whatsnew", "news"})
+HISTORY_STEMS = ("changelog", "change_log", "change-log", "changes", "history", "news",
+                 "release-notes", "release_notes", "releasenotes", "releases", "whatsnew",
+                 "whats_new", "whats-new", "deprecation")
+
+_PY_DIRECTIVE = re.compile(
+    r"^(\s*)\.\.\s+(?:py:)?(module|currentmodule|class|exception|function|method|"
+    r"classmethod|staticmethod|attribute|property|data|decorator|decoratormethod)::\s*(.*)$")
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
+_UNDERLINE = re.compile(r"^([=\-~^\"'`#*+.:_])\1{2,}\s*$")
+_LOGGER_AFTER = re.compile(r"^\s*(?:logger|loggers|log\s+(?:record|message)s?)\b", re.I)
+_LOGGER_BEFORE = re.compile(r"\b(?:logger|loggers)(?:\s+(?:named|called))?\s*$", re.I)
+# What tools that generate Python write at the top (codec tables say "generated from").
+_GENERATED = re.compile(
+    r"\b(?:auto-?generated|generated\s+(?:by|from|with|automatically)|do\s+not\s+edit|"
+    r"this\s+file\s+(?:is|was)\s+(?:automatically\s+)?generated)\b", re.I)
+GENERATED_HEAD_LINES = 15
+
+
+def is_historical(path: str) -> bool:
+    """Release notes, changelogs, "what's new" pages and deprecation timelines: under a
+    releases/history/changelog directory, or named so (``CHANGES.md``, ``1.8.7.txt``
+    under ``releases/``, ``deprecation.txt``)."""
+    directory, base = posixpath.split(path.lower())
+    if HISTORY_DIRS.intersection(directory.split("/")):
+        return True
+    return base.split(".", 1)[0].startswith(HISTORY_STEMS)
+
+
+def declared_objects(lines: list[str]) -> list[str]:
+    """Dotted names of the Python objects an rst document declares with py-domain
+    directives, qualified by the current ``.. module::``/``.. currentmodule::`` and by
+    an enclosing ``.. class::`` (``.. method:: render`` inside ``.. class:: Template``)."""
+    module: str | None = None
+    classes: list[tuple[int, str]] = []  # (indent, name relative to the module)
+    out: list[str] = []
+    for line in lines:
+        match = _PY_DIRECTIVE.match(line)
+        if match is None:
+            continue
+        indent, kind, argument = len(match.group(1)), match.group(2), match.group(3).strip()
+        name = re.split(r"[\s(\[]", argument, maxsplit=1)[0] if argument else ""
+        if kind in ("module", "currentmodule"):
+            module = name if _DOTTED.match(name) else None
+            classes.clear()
+            continue
+        if not _DOTTED.match(name):
+            continue
+        while classes and classes[-1][0] >= indent:
+            classes.pop()
+        relative = name
+        if classes and not (name == classes[-1][1] or name.startswith(classes[-1][1] + ".")):
+            relative = f"{classes[-1][1]}.{name}"  # Sphinx: a repeated class name is not doubled
+        out.append(f"{module}.{relative}" if module else relative)
+        if kind in ("class", "exception"):
+            classes.append((indent, relative))
+    return out
+
+
+def sphinx_suffixes(tree) -> frozenset[str]:
+    """The ``source_suffix`` a Sphinx ``conf.py`` assigns (a string, a list or tuple, or
+    a dict keyed by suffix), read from its syntax tree: never executed."""
+    found: set[str] = set()
+    for stmt in tree.body:
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else (
+            [stmt.target] if isinstance(stmt, ast.AnnAssign) and stmt.value else [])
+        if not any(isinstance(t, ast.Name) and t.id == "source_suffix" for t in targets):
+            continue
+        value = stmt.value
+        items = value.keys if isinstance(value, ast.Dict) else (
+            value.elts if isinstance(value, ast.List | ast.Tuple | ast.Set) else [value])
+        found = {i.value for i in items
+                 if isinstance(i, ast.Constant) and isinstance(i.value, str)}
+    return frozenset(found)
+
+
+def names_no_code(lines: list[str], number: int, column: int) -> bool:
+    """The code span at ``lines[number - 1][column:]`` names a logger (``the
+    ``django.request`` logger``) or is a section title on its own, not a reference."""
+    line = lines[number - 1] if 0 < number <= len(lines) else ""
+    span = re.match(r"(`+)(.*?)\1", line[column:])
+    if span is None:
+        return False
+    before, after = line[:column], line[column + span.end():]
+    if _LOGGER_AFTER.match(after) or _LOGGER_BEFORE.search(before):
+        return True
+    if before.strip() or after.strip():
+        return False
+    below = lines[number] if number < len(lines) else ""
+    above = lines[number - 2] if number >= 2 else ""
+    return bool(_UNDERLINE.match(below) or _UNDERLINE.match(above))
+
+
+def is_generated(text: str) -> bool:
+    """A module written by a tool (a "generated" notice in its first lines or its
+    docstring's opening, as codec tables and parser tables carry): nobody documents it
+    by hand."""
+    head = "\n".join(text.splitlines()[:GENERATED_HEAD_LINES])
+    return bool(_GENERATED.search(head))

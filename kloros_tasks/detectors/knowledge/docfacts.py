@@ -1,0 +1,151 @@
+"""A document's facts for KnowledgeDiscovery, and which of its references dangle.
+
+A document *references* this tree with links (which must resolve to a file), code
+paths (``pkg/mod.py``) and dotted names in code context: a code span or literal, an
+interpreted-text role (``:class:``), an autodoc-style directive.  What it names in
+prose is not read.  Not every name in code context is a reference, though:
+
+* release notes, changelogs and deprecation timelines name removed code on purpose,
+  so only their links are judged;
+* a code span that names a logger (``the ``django.request`` logger``) or is a
+  section title on its own is not a reference;
+* a code path is judged only when its first directory is a top-level entry of the
+  tree (``mysite/settings.py`` in a tutorial names the reader's project);
+* a dotted name is judged only when its first part is a top-level module of the tree
+  (see ``importable_names`` in the detector), and a plain reStructuredText literal
+  only when the name breaks below a submodule: a bare ``django.request`` is a logger,
+  a setting or a JavaScript namespace far more often than code (Sphinx projects link
+  their API with roles, which stay judged);
+* the Python objects the documentation declares itself (``.. class::`` under
+  ``.. module::``) exist for Sphinx whether or not the code binds that exact name.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterable
+
+from kloros_tasks.detectors.base import FileFacts, IndexView
+from kloros_tasks.detectors.knowledge import docrefs as _docrefs
+from kloros_tasks.detectors.knowledge.context import (
+    declared_objects,
+    is_historical,
+    names_no_code,
+)
+
+NAME, LITERAL_NAME, PATH, LINK = "name", "lname", "path", "link"
+NAME_KINDS = (NAME, LITERAL_NAME)
+
+
+def prefixes(name: str) -> list[str]:
+    """"a.b.c" -> ["a", "a.b", "a.b.c"]."""
+    parts = name.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def top_of(path: str) -> frozenset[str]:
+    """The ``top`` relation of a file: the top-level entry of the tree that holds it."""
+    return frozenset({path.split("/", 1)[0]})
+
+
+def path_top(text: str) -> str | None:
+    """The top-level entry a code path lives under when read from the root; None for a
+    path written relative to the document (``./x.py``, ``../pkg/x.py``)."""
+    text = text.strip()
+    if text.startswith("."):
+        return None
+    return posixpath.normpath(text).split("/", 1)[0]
+
+
+def doc_facts(path: str, text: str, root: bool) -> FileFacts:
+    """Facts of one document (``root``: an index root, never "unindexed")."""
+    found = _docrefs.scan(path, text)
+    lines = text.splitlines()
+    history = is_historical(path)
+    links: set[str] = set()
+    entries: dict[tuple, tuple[int, list]] = {}  # (line, text, kind) -> (column, entry)
+    for target in found.targets:
+        resolved = _docrefs.resolve(path, target)
+        if resolved is None:
+            continue
+        kind, candidates = resolved
+        links.update(candidates if kind in ("file", "dir") else ())
+        if kind == "file":
+            raw = target.target.strip()
+            entry = [target.line, raw, LINK, list(candidates)]
+            entries.setdefault((target.line, raw, LINK), (target.column, entry))
+    for code in [] if history else found.code:
+        ref = _docrefs.code_reference(path, code.text)
+        if ref is None or (code.kind == "literal" and names_no_code(lines, code.line,
+                                                                    code.column)):
+            continue
+        kind = ref[0]
+        if kind == NAME and code.kind == "literal" and not path.endswith(".md"):
+            kind = LITERAL_NAME
+        entry = [code.line, code.text, kind, list(ref[1])]
+        entries.setdefault((code.line, code.text, kind), (code.column, entry))
+    ordered = [entry for _, entry in sorted(entries.values(), key=lambda c: (c[1][0], c[0]))]
+    declared = [] if path.endswith(".md") else declared_objects(lines)
+    documented = {p for name in declared for p in prefixes(name)}
+    return FileFacts(
+        relations={"defines": frozenset({f"path:{path}"} | documented),
+                   "opaque": frozenset(documented),  # their attributes are not all known
+                   "links": frozenset(links), "refs": frozenset(ref_keys(ordered)),
+                   "top": top_of(path)},
+        data={"kind": "doc", "root": root, "orphan": found.orphan, "refs": ordered},
+    )
+
+
+def ref_keys(entries: Iterable[list]) -> set[str]:
+    """The keys a document's references look up (its ``refs`` relation)."""
+    keys: set[str] = set()
+    for _, text, kind, candidates in entries:
+        if kind in NAME_KINDS:
+            keys.update(prefixes(candidates[0]))
+            continue
+        keys.update(f"path:{c}" for c in candidates)
+        top = path_top(text) if kind == PATH else None
+        if top is not None:
+            keys.add(f"top:{top}")
+    return keys
+
+
+def _dunder(name: str) -> bool:
+    """``a.B.__proxy__``: special names are made by the runtime, not bound in source."""
+    last = name.rpartition(".")[2]
+    return last.startswith("__") and last.endswith("__")
+
+
+def dangling_references(entries: list, view: IndexView) -> list:
+    """The document's references that name nothing in the tree.
+
+    A dotted name is judged only when its first component is defined here (so
+    ``os.path`` never is) and the longest defined prefix is a module or class whose
+    attributes are all known (not only a variable, function or import, and not open).
+    """
+    dotted_keys = sorted({p for e in entries if e[2] in NAME_KINDS for p in prefixes(e[3][0])})
+    path_keys = sorted({f"path:{c}" for e in entries if e[2] not in NAME_KINDS for c in e[3]})
+    tops = {path_top(e[1]) for e in entries if e[2] == PATH} - {None}
+    present_tops = view.exists_many("top", tops) if tops else set()
+    defined = view.who_many("defines", dotted_keys + path_keys)
+    opaque = view.who_many("opaque", dotted_keys) if dotted_keys else {}
+    open_ = view.who_many("open", dotted_keys) if dotted_keys else {}
+    out = []
+    for entry in entries:  # in document order
+        _, text, kind, candidates = entry
+        if kind not in NAME_KINDS:
+            top = path_top(text) if kind == PATH else None
+            if top is not None and top not in present_tops:
+                continue  # the reader's project (``mysite/settings.py``), not this tree
+            if not any(defined[f"path:{c}"] for c in candidates):
+                out.append(entry)
+            continue
+        chain = prefixes(candidates[0])
+        if not defined[chain[0]] or defined[chain[-1]] or _dunder(chain[-1]):
+            continue
+        longest = next(p for p in reversed(chain) if defined[p])
+        if kind == LITERAL_NAME and "." not in longest:
+            continue  # breaks right below the top-level package: seldom code
+        if not open_[longest] and defined[longest] - opaque[longest]:
+            out.append(entry)
+    return out

@@ -1,0 +1,212 @@
+"""KnowledgeDiscovery false positives found on real trees, each in its smallest real shape.
+
+The trees are indexed as ``kloros-tasks scan`` indexes them (packages first, names from
+the import root), through ``scan_root`` on a temporary directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kloros_tasks import settings
+from kloros_tasks.cli.scan import scan_root
+from kloros_tasks.detectors.knowledge.context import (
+    declared_objects,
+    is_generated,
+    is_historical,
+    sphinx_suffixes,
+)
+from kloros_tasks.detectors.knowledge.detector import KnowledgeDetector
+from kloros_tasks.state.index import MemoryIndex
+from kloros_tasks.work import engine
+
+CFG = settings.from_env({})
+SPHINX_TXT_CONF = 'project = "Django"\nsource_suffix = {".txt": "restructuredtext"}\n'
+DJANGO_CODE = {
+    "django/__init__.py": '"""Django."""\n',
+    "django/utils/__init__.py": "",
+    "django/utils/text.py": '"""Text."""\n\ndef slugify(value):\n    """Slug."""\n',
+}
+
+
+def scan(tmp_path: Path, files: dict[str, str]) -> list:
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    return scan_root(tmp_path, KnowledgeDetector(), CFG, warn=lambda m: None)
+
+
+def asked(tmp_path: Path, files: dict[str, str]) -> set[tuple[str, str]]:
+    return {(q.rule, q.owner) for q in scan(tmp_path, files)}
+
+
+def evidence(tmp_path: Path, files: dict[str, str]) -> list[str]:
+    return [e for q in scan(tmp_path, files) if q.rule == "stale_doc" for e in q.evidence]
+
+
+# --- Sphinx .txt sources (Django: docs/ref/index.txt:34 lists validators) ---------------
+
+def test_a_toctree_entry_resolves_to_a_txt_source(tmp_path):
+    found = asked(tmp_path, {
+        "docs/conf.py": SPHINX_TXT_CONF,
+        "docs/index.txt": "Django\n======\n\n.. toctree::\n\n   ref/index\n",
+        "docs/ref/index.txt": "API\n===\n\n.. toctree::\n\n   validators\n",
+        "docs/ref/validators.txt": "Validators\n==========\n\nSee :doc:`/ref/index`.\n",
+    })
+    assert found == set()
+
+
+def test_a_txt_file_is_a_document_source_only_where_conf_py_says_so(tmp_path):
+    found = asked(tmp_path, {
+        "docs/conf.py": SPHINX_TXT_CONF,
+        "docs/index.txt": "Index\n=====\n",
+        "docs/orphaned.txt": "Nobody lists me\n===============\n",
+        "django/forms/templates/errors/list/text.txt": "{% for error in errors %}\n",
+        "requirements/extras/redis.txt": "redis>=4\n",
+    })
+    assert found == {("unindexed_doc", "docs/orphaned.txt")}
+
+
+def test_source_suffix_is_read_without_executing_conf_py():
+    import ast  # noqa: PLC0415
+
+    assert sphinx_suffixes(ast.parse(SPHINX_TXT_CONF)) == {".txt"}
+    assert sphinx_suffixes(ast.parse('source_suffix = [".rst", ".md"]\n')) == {".rst", ".md"}
+    assert sphinx_suffixes(ast.parse("import os\nsource_suffix = os.environ['X']\n")) == set()
+
+
+def test_a_conf_py_arriving_later_makes_its_txt_sources_judged():
+    detector, index = KnowledgeDetector(), MemoryIndex()
+    engine.apply_change(detector, index, "docs/index.txt", "Index\n=====\n")
+    engine.apply_change(detector, index, "docs/orphaned.txt", "Orphan\n======\n")
+    assert detector.evaluate("docs/orphaned.txt", index) == []
+    applied = engine.apply_change(detector, index, "docs/conf.py", SPHINX_TXT_CONF)
+    assert "docs/orphaned.txt" in applied.owners
+    assert [q.rule for q in detector.evaluate("docs/orphaned.txt", index)] == ["unindexed_doc"]
+
+
+def test_myst_toctree_options_are_not_entries(tmp_path):
+    found = asked(tmp_path, {
+        "docs/index.md": "# Black\n\n```{toctree}\n---\nmaxdepth: 3\nincludehidden:\n"
+                         "caption: User Guide\n---\n\nfaq\n```\n",
+        "docs/faq.md": "# FAQ\n",
+    })
+    assert found == set()
+
+
+# --- history is not stale (Django: docs/releases/1.8.7.txt:9 names django.utils.six) ----
+
+def test_release_notes_and_deprecation_timelines_name_removed_code_on_purpose(tmp_path):
+    found = asked(tmp_path, {
+        **DJANGO_CODE,
+        "docs/releases/1.8.7.txt": "1.8.7\n=====\n\nFixed :mod:`django.utils.six`.\n",
+        "docs/internals/deprecation.txt": "Timeline\n========\n\n``django.utils.six`` goes.\n",
+        "CHANGES.md": "# Changes\n\n- removed `django.utils.six`\n",
+        "docs/ref/utils.txt": "Utils\n=====\n\n:mod:`django.utils.six` helps.\n",
+    })
+    assert ("stale_doc", "docs/ref/utils.txt") in found
+    assert not {owner for rule, owner in found if rule == "stale_doc"} - {"docs/ref/utils.txt"}
+
+
+def test_historical_documents_are_recognised_by_place_or_name():
+    for path in ("docs/releases/1.8.7.txt", "docs/history/changelog-1.0.rst", "CHANGES.md",
+                 "docs/change_log.md", "docs/internals/deprecation.txt", "NEWS.rst"):
+        assert is_historical(path), path
+    assert not is_historical("docs/ref/request-response.txt")
+
+
+# --- names and paths outside code context or outside the tree ---------------------------
+
+def test_a_logger_name_in_a_literal_is_not_a_reference(tmp_path):
+    found = evidence(tmp_path, {**DJANGO_CODE, "docs/logging.rst": (
+        "Loggers\n=======\n\n``django.utils.request``\n~~~~~~~~~~~~~~~~~~~~~~~~\n\n"
+        "Errors go to the ``django.utils.security`` logger, not ``django.utils.gone``.\n")})
+    assert found == ["docs/logging.rst:7 django.utils.gone"]
+
+
+def test_a_tutorial_path_names_the_readers_project_not_this_tree(tmp_path):
+    found = evidence(tmp_path, {**DJANGO_CODE, "docs/intro/tutorial01.rst": (
+        "Tutorial\n========\n\nEdit ``mysite/settings.py`` and ``django/utils/gone.py``.\n")})
+    assert found == ["docs/intro/tutorial01.rst:4 django/utils/gone.py"]
+
+
+def test_a_bare_literal_below_the_top_level_package_is_not_judged(tmp_path):
+    # ``django.jQuery`` (a JavaScript namespace) stays quiet; a role is still judged.
+    found = evidence(tmp_path, {**DJANGO_CODE, "docs/admin.rst": (
+        "Admin\n=====\n\nUse ``django.jQuery`` and :func:`django.jQuery`.\n")})
+    assert found == ["docs/admin.rst:4 django.jQuery"]
+
+
+def test_a_module_importable_only_from_a_subdirectory_is_no_top_level_module(tmp_path):
+    found = evidence(tmp_path, {
+        **DJANGO_CODE,
+        "examples/proj/__init__.py": "", "examples/proj/celery.py": "app = None\n",
+        "docs/next-steps.rst": "Steps\n=====\n\nStart :mod:`proj.app` first.\n",
+    })
+    assert found == []
+
+
+def test_objects_the_docs_declare_exist_for_sphinx(tmp_path):
+    page = ("Sitemaps\n========\n\n.. module:: django.utils.text\n\n.. class:: Sitemap\n\n"
+            "    .. attribute:: Sitemap.lastmod\n\n"
+            "See :attr:`~django.utils.text.Sitemap.lastmod` and "
+            ":attr:`django.utils.text.Sitemap.priority`.\n")
+    assert declared_objects(page.splitlines()) == [
+        "django.utils.text.Sitemap", "django.utils.text.Sitemap.lastmod"]
+    assert evidence(tmp_path, {**DJANGO_CODE, "docs/sitemaps.rst": page}) == []
+
+
+def test_runtime_dunder_names_are_not_judged(tmp_path):
+    found = evidence(tmp_path, {**DJANGO_CODE, "docs/unicode.rst": (
+        "Unicode\n=======\n\nA :class:`django.utils.text.__proxy__` object.\n")})
+    assert found == []
+
+
+# --- missing_docstrings ------------------------------------------------------------------
+
+UNDOCUMENTED_FUNCTIONS = "".join(f"def f{i}(x):\n    return x\n\n" for i in range(5))
+
+
+def test_generated_modules_are_not_asked_for_docstrings(tmp_path):
+    codec = ('""" Python Character Mapping Codec cp1252 generated from '
+             "'MAPPINGS/VENDORS/MICSFT/WINDOWS/CP1252.TXT' with gencodec.py.\n\n\"\"\"\n")
+    migration = "# Generated by Django 5.2 on 2025-04-02 10:00\n"
+    assert is_generated(codec + UNDOCUMENTED_FUNCTIONS)
+    assert asked(tmp_path, {"encodings/cp1252.py": codec + UNDOCUMENTED_FUNCTIONS,
+                            "app/migrations/0001_initial.py": migration + UNDOCUMENTED_FUNCTIONS,
+                            "app/plain.py": UNDOCUMENTED_FUNCTIONS}) == {
+        ("missing_docstrings", "app/plain.py")}
+
+
+def test_overrides_and_declarative_subclasses_are_not_counted(tmp_path):
+    source = ('"""Commands."""\nfrom django.core.management import BaseCommand\n\n\n'
+              "class Command(BaseCommand):\n"
+              + "".join(f"    def hook{i}(self):\n        pass\n" for i in range(5))
+              + "\n\nclass RemovedInDjango60Warning(DeprecationWarning):\n    pass\n"
+              + "\n\nclass Contains(Lookup):\n    lookup_name = 'contains'\n")
+    found = scan(tmp_path, {"app/commands.py": source})
+    assert [(q.rule, q.evidence) for q in found] == []
+
+
+def test_a_definition_the_docs_declare_needs_no_docstring(tmp_path):
+    code = '"""Sessions."""\n\n\nclass SessionBase:\n    """Base."""\n\n' + "".join(
+        f"    def m{i}(self):\n        pass\n\n" for i in range(5))
+    page = ("Sessions\n========\n\n.. currentmodule:: pkg.sessions\n\n"
+            ".. class:: SessionBase\n\n" + "".join(
+                f"    .. method:: m{i}()\n\n" for i in range(3)))
+    files = {"pkg/__init__.py": "", "pkg/sessions.py": code}
+    assert ("missing_docstrings", "pkg/sessions.py") in asked(tmp_path / "a", files)
+    # 2 left undocumented: at the threshold of 3, not above it
+    assert asked(tmp_path / "b", {**files, "docs/index.rst": page}) == set()
+
+
+def test_a_page_declaring_the_definitions_resolves_the_question_incrementally():
+    detector, index = KnowledgeDetector(), MemoryIndex()
+    code = '"""M."""\n\n' + "".join(f"def f{i}():\n    pass\n\n" for i in range(5))
+    engine.apply_change(detector, index, "pkg/__init__.py", "")
+    engine.apply_change(detector, index, "pkg/mod.py", code)
+    assert [q.rule for q in detector.evaluate("pkg/mod.py", index)] == ["missing_docstrings"]
+    page = ".. module:: pkg.mod\n\n" + "".join(f".. function:: f{i}()\n\n" for i in range(5))
+    applied = engine.apply_change(detector, index, "docs/index.rst", page)
+    assert "pkg/mod.py" in applied.owners
+    assert detector.evaluate("pkg/mod.py", index) == []
