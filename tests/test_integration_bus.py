@@ -13,6 +13,9 @@ import json
 import pytest
 from test_integration_detector import DETECTOR, change, found, index_of, questions_of
 
+from kloros_tasks.detectors.layout import Layout, using
+from kloros_tasks.state.index import MemoryIndex
+
 
 # --- publishers it used to miss -------------------------------------------------------------
 @pytest.mark.parametrize("publisher", [
@@ -255,3 +258,38 @@ def test_a_private_name_written_on_another_object_in_the_class_is_mangled():
             "        Socket.__handler = Socket._handler\n"
             "    def _handler(self, ws):\n        return self.__handler(ws)\n")
     assert found({"admin.py": text}) == set()
+
+
+# --- imports across import roots ------------------------------------------------------------
+def tree_layout(files: dict[str, str]) -> Layout:
+    """The real layout of ``files``: a directory is a package when it has __init__.py."""
+    packages = {p.rpartition("/")[0] for p in files if p.endswith("__init__.py")}
+    return Layout(lambda d: d in packages)
+
+
+@pytest.mark.parametrize("shadow, importer", [
+    # black: a test data file named like the standard library module
+    ("tests/data/cases/collections.py", "src/black/trans.py"),
+    # celery: an example package named like a third-party distribution
+    ("examples/pydantic/__init__.py", "t/integration/tasks.py"),
+])
+def test_a_module_of_another_import_root_is_not_what_an_import_finds(shadow, importer):
+    name = "collections" if "collections" in shadow else "pydantic"
+    files = {shadow: "x = 1\n", importer: f"from {name} import Something\n",
+             "src/black/__init__.py": "", "src/black/mode.py": ""}
+    with using(tree_layout(files)):
+        index = MemoryIndex()
+        for path, text in files.items():
+            index.update(path, DETECTOR.extract(path, text))
+        assert [q for p in files for q in DETECTOR.evaluate(p, index)] == []
+        same_root = "src/black/linegen.py"
+        index.update(same_root, DETECTOR.extract(same_root, "from black.mode import Gone\n"))
+        assert [q.hypothesis for q in DETECTOR.evaluate(same_root, index)] == \
+            ["BROKEN_IMPORT: black.mode.Gone"]
+
+
+def test_an_import_of_a_test_package_left_out_of_the_watch_is_not_broken():
+    # idlelib's modules import idlelib.idle_test under __main__; the tests are excluded
+    files = {"idlelib/__init__.py": "", "idlelib/browser.py": "from idlelib.idle_test import h\n",
+             "pkg/__init__.py": "", "pkg/a.py": "from pkg import tests\n"}
+    assert found(files) == set()

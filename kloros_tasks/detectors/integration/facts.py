@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 from typing import Any
 
+from kloros_tasks.detectors import layout
 from kloros_tasks.detectors.base import FileFacts
 from kloros_tasks.detectors.integration.classes import extract_classes
 from kloros_tasks.detectors.integration.keys import (
@@ -136,6 +137,7 @@ def _facts(path: str, tree: ast.Module) -> FileFacts:
     out.exist.update(WRITTEN + name for name in writes)
     data = {
         "v": FACTS_VERSION,
+        "root": root_of(path),
         "mods": list(scope.names),
         "imports": [[list(i.parts), i.line] for i in scope.imports],
         "classes": class_data,
@@ -151,11 +153,18 @@ def _facts(path: str, tree: ast.Module) -> FileFacts:
 def _extension(path: str) -> FileFacts:
     out = Contributions()
     for module in module_names(path):
-        out.add(SYM + module, {"k": "mod", "dyn": True, "stars": []})
+        out.add(SYM + module, {"k": "mod", "dyn": True, "stars": [], "r": root_of(path)})
     out.exist.update(NSDIR + d for d in directories(path))
     empty = {"imports": [], "classes": {}, "pubs": {}, "subs": {}, "prefs": {}, "wcalls": {},
              "lpush": {}}
-    return out.facts({"v": FACTS_VERSION, "mods": list(module_names(path)), **empty})
+    return out.facts({"v": FACTS_VERSION, "root": root_of(path), "mods": list(module_names(path)),
+                      **empty})
+
+
+def root_of(path: str) -> str:
+    """The import root a module is named from (``""`` for the tree's root, also when
+    the root is itself a package)."""
+    return layout.import_root(path) or ""
 
 
 def opaque_facts(path: str) -> FileFacts:
@@ -167,7 +176,8 @@ def opaque_facts(path: str) -> FileFacts:
 def _module(scope: ModuleScope, out: Contributions) -> None:
     stars = sorted(set(scope.stars))
     for module in scope.names:
-        out.add(SYM + module, {"k": "mod", "dyn": scope.dynamic, "stars": stars})
+        out.add(SYM + module, {"k": "mod", "dyn": scope.dynamic, "stars": stars,
+                               "r": root_of(scope.path)})
         for name in scope.bindings:
             kind, target = scope.binding(name)
             if kind == "class":

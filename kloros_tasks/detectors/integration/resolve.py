@@ -26,6 +26,7 @@ from kloros_tasks.detectors.integration.keys import (
     parent,
 )
 
+TEST_PACKAGES = frozenset({"test", "tests"})
 MAX_HOPS = 32  # alias and star chains longer than this are treated as unknown
 # Names every module has without binding them.
 MODULE_DUNDERS = frozenset({
@@ -300,15 +301,24 @@ class Resolver:
         return (value, f"{owner.qn}.{last(ref)}") if value else None
 
     # --- imports -----------------------------------------------------------------------
-    def broken_import(self, parts: list[str]) -> tuple[str, str] | None:
-        """(module, missing name) when importing ``parts`` must fail, else None.
+    def broken_import(self, parts: list[str], root: str = "") -> tuple[str, str] | None:
+        """(module, missing name) when importing ``parts`` from a file named from the
+        import root ``root`` must fail, else None.
 
         Only judged from the first in-tree package down: a module that is
         in the tree (file or namespace directory) must contain the next part as a
         submodule or a name (bound, re-exported, star-imported, or possibly served
-        by a module ``__getattr__``).
+        by a module ``__getattr__``).  A top-level module counts as the one imported
+        only when it is named from the tree's root, a ``src/`` root, or the importer's
+        own root: ``tests/data/cases/collections.py`` or ``examples/pydantic/`` is not
+        what ``src/black/trans.py`` or ``t/integration/tasks.py`` imports.  A missing
+        name that is a test package (``idle_test``, ``tests``) is most likely left
+        out of the watch, not missing.
         """
-        if not (self.modules(parts[0]) or self.exists(NSDIR + parts[0])):
+        top = self.modules(parts[0])
+        if not (top or self.exists(NSDIR + parts[0])):
+            return None
+        if top and not any(m.get("r", "") in ("", "src", root) for m in top):
             return None
         current = parts[0]
         for name in parts[1:]:
@@ -322,6 +332,8 @@ class Resolver:
                 return None  # a namespace package may be completed elsewhere
             if self.provides(current, name, set()):
                 return None  # a name, not a module: nothing further to check
+            if name in TEST_PACKAGES or name.startswith("test_") or name.endswith("_test"):
+                return None
             return (current, name)
         return None
 
