@@ -293,3 +293,25 @@ def test_an_import_of_a_test_package_left_out_of_the_watch_is_not_broken():
     files = {"idlelib/__init__.py": "", "idlelib/browser.py": "from idlelib.idle_test import h\n",
              "pkg/__init__.py": "", "pkg/a.py": "from pkg import tests\n"}
     assert found(files) == set()
+
+
+def test_an_example_package_named_after_the_library_it_demonstrates_imports_the_library():
+    files = {"examples/pydantic/__init__.py": "",
+             "examples/pydantic/tasks.py": "from pydantic import BaseModel\n"}
+    with using(tree_layout(files)):
+        index = MemoryIndex()
+        for path, text in files.items():
+            index.update(path, DETECTOR.extract(path, text))
+        assert [q for p in files for q in DETECTOR.evaluate(p, index)] == []
+
+
+def test_a_class_that_builds_its_subclasses_with_type_is_not_judged_for_wiring():
+    # Django's BaseManager.from_queryset gives _queryset_class to a type() subclass
+    text = ("class BaseManager:\n    def __init__(self):\n        self.name = None\n"
+            "    def deconstruct(self):\n        return self._queryset_class\n"
+            "    @classmethod\n    def from_queryset(cls, qs):\n"
+            "        return type('M', (cls,), {'_queryset_class': qs})\n")
+    assert found({"manager.py": text}) == set()
+    without = text.replace("(cls,)", "(object,)")
+    assert found({"manager.py": without}) == \
+        {"manager.py MISSING_WIRING: BaseManager._queryset_class"}

@@ -57,6 +57,23 @@ def _class(scope: ModuleScope, node: ast.ClassDef, prefix: str, enclosing: dict[
               for n in top_statements(node.body) if isinstance(n, ast.ClassDef)}
     for stmt in top_statements(node.body):
         _body_statement(scope, node, stmt, cf, nested, out, self_nodes)
+    cf.escapes |= _subclassed_at_run_time(node)
+
+
+def _subclassed_at_run_time(node: ast.ClassDef) -> bool:
+    """A method that builds a subclass of its own class with ``type(name, (cls,), ns)``
+    (Django's ``BaseManager.from_queryset``): the subclasses are not in the tree."""
+    own = {"cls", "self", node.name}
+    for item in node.body:
+        if not isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for call in ast.walk(item):
+            if (isinstance(call, ast.Call) and dotted_name(call.func) == "type"
+                    and len(call.args) == 3 and isinstance(call.args[1], ast.Tuple)
+                    and any((dotted_name(e) or "").partition(".")[0] in own
+                            for e in call.args[1].elts)):
+                return True
+    return False
 
 
 def _bases(scope: ModuleScope, node: ast.ClassDef, enclosing: dict[str, str],

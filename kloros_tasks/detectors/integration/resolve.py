@@ -301,7 +301,8 @@ class Resolver:
         return (value, f"{owner.qn}.{last(ref)}") if value else None
 
     # --- imports -----------------------------------------------------------------------
-    def broken_import(self, parts: list[str], root: str = "") -> tuple[str, str] | None:
+    def broken_import(self, parts: list[str], root: str = "",
+                      own: str = "") -> tuple[str, str] | None:
         """(module, missing name) when importing ``parts`` from a file named from the
         import root ``root`` must fail, else None.
 
@@ -313,12 +314,17 @@ class Resolver:
         own root: ``tests/data/cases/collections.py`` or ``examples/pydantic/`` is not
         what ``src/black/trans.py`` or ``t/integration/tasks.py`` imports.  A missing
         name that is a test package (``idle_test``, ``tests``) is most likely left
-        out of the watch, not missing.
+        out of the watch, not missing.  A package outside those roots importing its
+        own top-level name (celery's ``examples/pydantic/tasks.py`` imports
+        ``pydantic``) is run from inside its directory, where that name is the
+        distribution it demonstrates.
         """
         top = self.modules(parts[0])
         if not (top or self.exists(NSDIR + parts[0])):
             return None
         if top and not any(m.get("r", "") in ("", "src", root) for m in top):
+            return None
+        if root not in ("", "src") and parts[0] == own.partition(".")[0]:
             return None
         current = parts[0]
         for name in parts[1:]:

@@ -76,7 +76,8 @@ def _question(rule: str, subject: str, owner: str, hypothesis: str, text: str,
 def broken_imports(path: str, facts: FileFacts, resolver: Resolver) -> list[Question]:
     failures: dict[tuple[str, str], list[int]] = {}
     for parts, line in facts.data.get("imports", []):
-        broken = resolver.broken_import(parts, facts.data.get("root", ""))
+        own = (facts.data.get("mods") or [""])[0]
+        broken = resolver.broken_import(parts, facts.data.get("root", ""), own)
         if broken is not None:
             failures.setdefault(broken, []).append(line)
     out = []
