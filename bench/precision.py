@@ -13,8 +13,8 @@ stores the questions under the cache (``results/<corpus>.<detector>.jsonl``).
 files the detector analysed, and precision = tp / (tp + fp + arguable) from the
 labels that still match a current question; it lists current questions with no
 label, so a change that creates new questions shows up as unlabelled.  ``sample``
-draws questions to label: a seeded shuffle of each rule's question ids, the first
-``--n`` of them (labelled ones marked), printed with their evidence.
+draws questions to label: each rule's questions ranked by a seeded hash of their id,
+the first ``--n`` of them (labelled ones marked), printed with their evidence.
 
 Labels live in ``bench/labels/<corpus>.jsonl``, one judgement per line:
 ``{"question_id": ..., "rule": ..., "verdict": "tp"|"fp"|"arguable", "reason": ...}``.
@@ -30,9 +30,9 @@ judges against this interpreter's environment.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
-import random
 import sys
 import time
 from collections import Counter
@@ -184,10 +184,14 @@ def cmd_report(args) -> None:
 
 
 def draw(questions: list[dict], rule: str, n: int, seed: int, corpus: str) -> list[dict]:
-    """The first ``n`` of a seeded shuffle of the rule's questions (stable per corpus/rule)."""
-    pool = sorted((q for q in questions if q["rule"] == rule), key=lambda q: q["question_id"])
-    random.Random(f"{seed}:{corpus}:{rule}").shuffle(pool)
-    return pool[:n]
+    """The ``n`` questions of the rule ranked first by a seeded hash of their id: each
+    question's rank is its own, so a question that appears or goes does not reshuffle
+    the others, and the labelled sample stays the sample."""
+
+    def rank(q: dict) -> str:
+        return hashlib.sha256(f"{seed}:{corpus}:{rule}:{q['question_id']}".encode()).hexdigest()
+
+    return sorted((q for q in questions if q["rule"] == rule), key=rank)[:n]
 
 
 def show(q: dict, label: dict | None) -> None:

@@ -201,6 +201,25 @@ class Definitions:
         self.opaque.add(qualname)
 
 
+def assigned_module_attributes(tree: ast.Module) -> set[str]:
+    """``pkg.mod.attr`` for every ``mod.attr = ...`` anywhere in the file, ``mod`` being
+    imported at module level (``from pkg import mod``): a module attribute bound from
+    outside (``mail.outbox = []`` in Django's test utilities)."""
+    aliases: dict[str, str] = {}
+    for stmt in flatten_block(tree.body):
+        if isinstance(stmt, ast.Import):
+            aliases.update({a.asname: a.name for a in stmt.names if a.asname})
+        elif isinstance(stmt, ast.ImportFrom) and stmt.module and not stmt.level:
+            aliases.update({a.asname or a.name: f"{stmt.module}.{a.name}"
+                            for a in stmt.names if a.name != "*"})
+    out: set[str] = set()
+    for node in ast.walk(tree) if aliases else ():
+        if (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
+                and isinstance(node.value, ast.Name) and node.value.id in aliases):
+            out.add(f"{aliases[node.value.id]}.{node.attr}")
+    return out
+
+
 def _inherits(node: ast.ClassDef) -> bool:
     bases = [dotted(b.value if isinstance(b, ast.Subscript) else b) for b in node.bases]
     return bool(node.keywords) or any(b not in PLAIN_BASES for b in bases)
@@ -218,15 +237,35 @@ def _self_attributes(func: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
 
 
 def undocumented(path: str, tree: ast.Module) -> list[list]:
-    """[line, qualified name] of each public definition without a docstring."""
+    """[line, qualified name] of each public definition without a docstring.
+
+    As pydocstyle has it, nothing in a private module (``_markupbase.py``, ``re/_parser.py``)
+    is public; neither is anything in a module that warns on import that it is deprecated
+    (nobody documents what is on its way out)."""
     out: list[list] = []
-    if tree.body and _module_is_public(path) and ast.get_docstring(tree) is None:
+    if not _module_is_public(path) or _warns_deprecated(tree):
+        return out
+    if tree.body and ast.get_docstring(tree) is None:
         out.append([1, "<module>"])
     exported = literal_all(tree.body)
     for stmt in flatten_block(tree.body):
         if _is_public_definition(stmt) and (exported is None or stmt.name in exported):
             out.extend(_undocumented_in(stmt, stmt.name))
     return out
+
+
+def _warns_deprecated(tree: ast.Module) -> bool:
+    """A module-level ``warnings.warn(..., DeprecationWarning)`` or ``_deprecated(...)``."""
+    for stmt in flatten_block(tree.body):
+        call = stmt.value if isinstance(stmt, ast.Expr) else None
+        if not isinstance(call, ast.Call):
+            continue
+        name = dotted(call.func) or ""
+        if name.endswith("_deprecated") or (name.endswith("warn") and any(
+                dotted(a) in ("DeprecationWarning", "PendingDeprecationWarning")
+                for a in [*call.args, *(k.value for k in call.keywords)])):
+            return True
+    return False
 
 
 def _undocumented_in(node: ast.ClassDef | ast.FunctionDef, qualname: str) -> list[list]:

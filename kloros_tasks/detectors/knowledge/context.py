@@ -32,6 +32,11 @@ _GENERATED = re.compile(
     r"\b(?:auto-?generated|generated\s+(?:by|from|with|automatically)|do\s+not\s+edit|"
     r"this\s+file\s+(?:is|was)\s+(?:automatically\s+)?generated)\b", re.I)
 GENERATED_HEAD_LINES = 15
+_EXAMPLE_DEFINITION = re.compile(r"^\s*(?:>>>\s*|\.\.\.\s*)?(?:async\s+)?(?:def|class)\s+"
+                                 r"([A-Za-z_]\w*)")
+# A sentence that says the name is gone mentions it on purpose.
+_SAYS_GONE = re.compile(r"\b(?:no\s+longer|removed|renamed|was\s+moved|were\s+moved|"
+                        r"used\s+to|formerly|previously)\b", re.I)
 
 
 def is_historical(path: str) -> bool:
@@ -44,14 +49,14 @@ def is_historical(path: str) -> bool:
     return base.split(".", 1)[0].startswith(HISTORY_STEMS)
 
 
-def declared_objects(lines: list[str]) -> list[str]:
-    """Dotted names of the Python objects an rst document declares with py-domain
+def declared_objects(lines: list[str]) -> list[tuple[int, str]]:
+    """(line, dotted name) of the Python objects an rst document declares with py-domain
     directives, qualified by the current ``.. module::``/``.. currentmodule::`` and by
     an enclosing ``.. class::`` (``.. method:: render`` inside ``.. class:: Template``)."""
     module: str | None = None
     classes: list[tuple[int, str]] = []  # (indent, name relative to the module)
-    out: list[str] = []
-    for line in lines:
+    out: list[tuple[int, str]] = []
+    for number, line in enumerate(lines, 1):
         match = _PY_DIRECTIVE.match(line)
         if match is None:
             continue
@@ -68,7 +73,7 @@ def declared_objects(lines: list[str]) -> list[str]:
         relative = name
         if classes and not (name == classes[-1][1] or name.startswith(classes[-1][1] + ".")):
             relative = f"{classes[-1][1]}.{name}"  # Sphinx: a repeated class name is not doubled
-        out.append(f"{module}.{relative}" if module else relative)
+        out.append((number, f"{module}.{relative}" if module else relative))
         if kind in ("class", "exception"):
             classes.append((indent, relative))
     return out
@@ -110,7 +115,22 @@ def names_no_code(lines: list[str], number: int, column: int) -> bool:
 
 def is_generated(text: str) -> bool:
     """A module written by a tool (a "generated" notice in its first lines or its
-    docstring's opening, as codec tables and parser tables carry): nobody documents it
-    by hand."""
+    docstring's opening, as parser tables and most codec tables carry), or a codec
+    module's registration boilerplate: nobody documents it by hand."""
     head = "\n".join(text.splitlines()[:GENERATED_HEAD_LINES])
-    return bool(_GENERATED.search(head))
+    if _GENERATED.search(head):
+        return True
+    # A codec module: the table and the Codec/IncrementalEncoder/getregentry boilerplate
+    # every encodings module repeats.
+    return "def getregentry(" in text and "codecs.CodecInfo(" in text
+
+
+def example_definitions(lines: list[str]) -> frozenset[str]:
+    """Names the document's own examples define (``def make_toast():`` in a tutorial that
+    has the reader write it): a reference to one is to the example, not to the tree."""
+    return frozenset(m.group(1) for m in map(_EXAMPLE_DEFINITION.match, lines) if m)
+
+
+def says_gone(lines: list[str], number: int) -> bool:
+    """The line says what it names was removed, renamed or moved."""
+    return 0 < number <= len(lines) and bool(_SAYS_GONE.search(lines[number - 1]))

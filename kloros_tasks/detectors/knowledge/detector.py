@@ -44,6 +44,7 @@ from fnmatch import fnmatchcase
 from kloros_tasks import names
 from kloros_tasks.detectors._pyast import (
     Definitions,
+    assigned_module_attributes,
     is_test_path,
     parse,
     undocumented,
@@ -75,13 +76,13 @@ NOT_DOC_TXT = (
 )
 NOT_DOC_DIRS = frozenset({"tests", "test", "fixtures", "testdata", "test_data",
                           "node_modules", "site-packages"})
-ROOT_STEMS = ("README", "INDEX")  # at any depth
+ROOT_STEMS = ("README", "INDEX", "CONTENTS")  # at any depth (contents: Sphinx's old root)
 TOP_LEVEL_ROOTS = ("CHANGELOG", "CHANGES", "HISTORY", "CONTRIBUTING", "LICENSE", "LICENCE",
                    "AUTHORS", "NOTICE", "CODE_OF_CONDUCT", "SECURITY")
 # Stand-alone files nobody links to, wherever they are (a vendored library's licence).
 ANYWHERE_ROOTS = ("LICENSE", "LICENCE", "COPYING", "AUTHORS", "CONTRIBUTORS", "CREDITS",
                   "NOTICE")
-NAME_RELATIONS = ("defines", "opaque", "open")
+NAME_RELATIONS = ("defines", "opaque", "open", "declared")
 SPHINX_TXT = "sphinx_txt"  # a conf.py's directory, when its source_suffix has .txt
 UNDER = "under"  # a .txt document's directories
 UNDOCUMENTED = "undoc"  # dotted names of a module's definitions without a docstring
@@ -161,7 +162,7 @@ class KnowledgeDetector:
         (defined, open, defined other than opaquely) changed."""
         out = _newly_linked_or_unlinked(path, touched, view)
         if is_doc(path):  # a declared object documents a definition without a docstring
-            declared = {v for r, v in touched if r == "defines"}
+            declared = {v for r, v in touched if r == "declared"}
             for modules in view.who_many(UNDOCUMENTED, declared).values() if declared else ():
                 out |= modules
         sources = {v for r, v in touched if r == SPHINX_TXT}  # conf.py's source_suffix
@@ -316,11 +317,12 @@ def _readers_of_changed_tops(path: str, touched: Touched, view: IndexView) -> se
     return out
 
 
-def _standing(holders: dict[str, frozenset[str]]) -> tuple[bool, bool, bool]:
+def _standing(holders: dict[str, frozenset[str]]) -> tuple[bool, bool, bool, bool]:
     """What ``_dangling`` reads of one key: is it defined, open, defined by a file that
     does not hold it as opaque (a module or class whose attributes are known)."""
     defined = holders["defines"]
-    return bool(defined), bool(holders["open"]), bool(defined - holders["opaque"])
+    return (bool(defined), bool(holders["open"]), bool(defined - holders["opaque"]),
+            bool(holders["declared"]))
 
 
 def _capped(items: list[str]) -> tuple[str, ...]:
@@ -354,7 +356,12 @@ def _python_facts(path: str, text: str) -> FileFacts:
         for module in importable_names(path):
             found.defines.update(prefixes(module))
             found.body(tree.body, module)
-        skip = is_test_path(path) or is_generated(text)  # nobody documents those by hand
+        for name in assigned_module_attributes(tree):  # bound here, on another module
+            found.defines.add(name)
+            found.opaque.add(name)
+        # Nobody documents tests or generated code by hand, and a module importable only
+        # from its own directory (examples/, scripts/, docs/conf.py) is no library API.
+        skip = is_test_path(path) or is_generated(text) or not importable_names(path)
         missing = [] if skip else undocumented(path, tree)
     except RecursionError:  # the parser's limits make this unlikely, not impossible
         return FileFacts(error="line 1: too deeply nested to analyse")
@@ -380,8 +387,7 @@ def _not_in_docs(data, view: IndexView) -> list:
     names = _qualified(module, missing)
     if not names:
         return missing
-    holders = view.who_many("defines", names)
-    documented = {n for n, who in holders.items() if any(is_doc(p) for p in who)}
+    documented = view.exists_many("declared", names)
     return [m for m in missing if f"{module}.{m[1]}" not in documented]
 
 

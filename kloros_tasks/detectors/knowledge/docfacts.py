@@ -16,8 +16,12 @@ prose is not read.  Not every name in code context is a reference, though:
   only when the name breaks below a submodule: a bare ``django.request`` is a logger,
   a setting or a JavaScript namespace far more often than code (Sphinx projects link
   their API with roles, which stay judged);
-* the Python objects the documentation declares itself (``.. class::`` under
-  ``.. module::``) exist for Sphinx whether or not the code binds that exact name.
+* a name on a line saying it was removed, renamed or moved is mentioned on purpose,
+  and a name the document's own examples define (a tutorial's ``def make_toast():``)
+  is the example's;
+* a reference to a Python object the documentation declares itself (``.. class::``
+  under ``.. module::``) resolves for Sphinx to that declaration, whether or not the
+  code binds that exact name (``django.contrib.admin.InlineModelAdmin``).
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ from kloros_tasks.detectors.base import FileFacts, IndexView
 from kloros_tasks.detectors.knowledge import docrefs as _docrefs
 from kloros_tasks.detectors.knowledge.context import (
     declared_objects,
+    example_definitions,
     is_historical,
     names_no_code,
+    says_gone,
 )
 
 NAME, LITERAL_NAME, PATH, LINK = "name", "lname", "path", "link"
@@ -74,22 +80,26 @@ def doc_facts(path: str, text: str, root: bool) -> FileFacts:
             raw = target.target.strip()
             entry = [target.line, raw, LINK, list(candidates)]
             entries.setdefault((target.line, raw, LINK), (target.column, entry))
+    examples = example_definitions(lines)
     for code in [] if history else found.code:
         ref = _docrefs.code_reference(path, code.text)
-        if ref is None or (code.kind == "literal" and names_no_code(lines, code.line,
-                                                                    code.column)):
+        if ref is None or says_gone(lines, code.line) or (
+                code.kind == "literal" and names_no_code(lines, code.line, code.column)):
             continue
+        if ref[0] == NAME and ref[1][0].rpartition(".")[2] in examples:
+            continue  # the document's own example defines it
         kind = ref[0]
         if kind == NAME and code.kind == "literal" and not path.endswith(".md"):
             kind = LITERAL_NAME
         entry = [code.line, code.text, kind, list(ref[1])]
         entries.setdefault((code.line, code.text, kind), (code.column, entry))
+    # Not judged themselves: Sphinx pages declare conceptual objects (a RelatedManager,
+    # a CustomUser, a Storage subclass's methods) that no module binds by that name.
+    declared = [] if path.endswith(".md") or history else declared_objects(lines)
     ordered = [entry for _, entry in sorted(entries.values(), key=lambda c: (c[1][0], c[0]))]
-    declared = [] if path.endswith(".md") else declared_objects(lines)
-    documented = {p for name in declared for p in prefixes(name)}
     return FileFacts(
-        relations={"defines": frozenset({f"path:{path}"} | documented),
-                   "opaque": frozenset(documented),  # their attributes are not all known
+        relations={"defines": frozenset({f"path:{path}"}),
+                   "declared": frozenset(p for _, name in declared for p in prefixes(name)),
                    "links": frozenset(links), "refs": frozenset(ref_keys(ordered)),
                    "top": top_of(path)},
         data={"kind": "doc", "root": root, "orphan": found.orphan, "refs": ordered},
@@ -128,6 +138,7 @@ def dangling_references(entries: list, view: IndexView) -> list:
     tops = {path_top(e[1]) for e in entries if e[2] == PATH} - {None}
     present_tops = view.exists_many("top", tops) if tops else set()
     defined = view.who_many("defines", dotted_keys + path_keys)
+    declared = view.who_many("declared", dotted_keys) if dotted_keys else {}
     opaque = view.who_many("opaque", dotted_keys) if dotted_keys else {}
     open_ = view.who_many("open", dotted_keys) if dotted_keys else {}
     out = []
@@ -143,6 +154,8 @@ def dangling_references(entries: list, view: IndexView) -> list:
         chain = prefixes(candidates[0])
         if not defined[chain[0]] or defined[chain[-1]] or _dunder(chain[-1]):
             continue
+        if declared[chain[-1]]:
+            continue  # Sphinx resolves it to the page that declares it
         longest = next(p for p in reversed(chain) if defined[p])
         if kind == LITERAL_NAME and "." not in longest:
             continue  # breaks right below the top-level package: seldom code
