@@ -315,3 +315,17 @@ def test_a_class_that_builds_its_subclasses_with_type_is_not_judged_for_wiring()
     without = text.replace("(cls,)", "(object,)")
     assert found({"manager.py": without}) == \
         {"manager.py MISSING_WIRING: BaseManager._queryset_class"}
+
+
+def test_a_redis_index_gives_the_same_bus_questions_as_memory(r):
+    from kloros_tasks.state.index import RedisIndex  # noqa: PLC0415
+
+    files = {"signals.py": ENUM, "bus.py": WRAPPER,
+             "pub.py": "from signals import Signal\nbus.publish(Signal.EMERGENCY.value, 1)\n"
+                       "from bus import Bus\nBus(s).send_event('jobs.done', b'')\n"
+                       "sock.send_multipart([b'chem.alert', b''])\nr.lpush('jobs', 1)\n",
+             "rec.py": "sock.setsockopt(zmq.SUBSCRIBE, b'')\n"}
+    memory = questions_of(index_of(files))
+    redis = questions_of(index_of(files, RedisIndex(r, "integration", "root")))
+    assert len(memory) == 4
+    assert [(q.id, q.evidence) for q in redis] == [(q.id, q.evidence) for q in memory]
