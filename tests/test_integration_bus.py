@@ -329,3 +329,20 @@ def test_a_redis_index_gives_the_same_bus_questions_as_memory(r):
     redis = questions_of(index_of(files, RedisIndex(r, "integration", "root")))
     assert len(memory) == 4
     assert [(q.id, q.evidence) for q in redis] == [(q.id, q.evidence) for q in memory]
+
+
+def test_a_topic_keyword_makes_any_in_tree_class_a_possible_subscriber():
+    recorder = ("class Recorder:\n    def __init__(self, topic):\n"
+                "        self.sock = None\n        self.topic = topic\n"
+                "    def start(self, ctx):\n        s = ctx.socket(zmq.SUB)\n"
+                "        s.setsockopt(zmq.SUBSCRIBE, self.topic)\n")
+    init = ("class Recorder:\n    def __init__(self, ctx, topic):\n"
+            "        self.sock = ctx.socket(zmq.SUB)\n"
+            "        self.sock.setsockopt(zmq.SUBSCRIBE, topic.encode())\n")
+    user = "from rec import Recorder\nRecorder(ctx, topic='chem.alert')\n"
+    pub = "bus.publish('chem.alert', 1)\n"
+    assert found({"rec.py": init, "user.py": user, "pub.py": pub}) == set()
+    # a parameter stored first and subscribed later is not followed, but the call
+    # still covers the topic as a possible subscription
+    assert found({"rec.py": recorder, "user.py": user.replace("ctx, ", ""), "pub.py": pub}) \
+        == set()

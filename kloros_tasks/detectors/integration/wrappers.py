@@ -8,8 +8,8 @@ contributes ``wr:<name>`` with the parameter's position and name; a call of that
 name with a literal at that place is then a publication (or subscription), found
 by following one level through the index.  Calls that may be such call sites are
 recorded with their literal arguments when the callee's name says it talks to a
-bus (``publish``, ``send``, ``notify``, ``subscribe``...) or is a wrapper of the
-same file.
+bus (``publish``, ``send``, ``notify``, ``subscribe``...), when a ``topic=``,
+``channel=`` or ``signal=`` keyword is given, or when it is a wrapper of the same file.
 
 A Redis list is a queue: ``r.lpush("jobs", x)`` / ``rpush`` fill the key
 ``"jobs"``; ``lpop``, ``rpop``, ``blpop``, ``brpop``, ``lrange``, ``lmove``... read it.
@@ -121,7 +121,8 @@ def wrapper_calls(nodes: list[ast.AST], consts: dict[str, str | None],
             func.id if isinstance(func, ast.Name) else ""
         if not name or name in DIRECT:
             continue
-        if name not in own and not BUS_NAME.search(name):
+        keyworded = any(k.arg in TOPIC_KEYWORDS for k in node.keywords)
+        if name not in own and not keyworded and not BUS_NAME.search(name):
             continue
         args = [(i, "", a) for i, a in enumerate(node.args)]
         args += [(-1, k.arg, k.value) for k in node.keywords if k.arg]
@@ -133,7 +134,11 @@ def wrapper_calls(nodes: list[ast.AST], consts: dict[str, str | None],
 
 
 def is_sub_name(name: str) -> bool:
-    return bool(SUB_NAME.search(name))
+    """Whether a possible wrapper call covers as a subscription until the index says
+    what the callee does: its name says so, or says nothing of a bus (a class given a
+    ``topic=`` is more often a subscriber; covering a publication wrongly only hides
+    a question, covering it as a publication could hide a real orphan)."""
+    return bool(SUB_NAME.search(name)) or not BUS_NAME.search(name)
 
 
 def redis_lists(nodes: list[ast.AST], consts: dict[str, str | None]
