@@ -1,7 +1,7 @@
 """The pinned real trees the precision benchmark scans, and how they are fetched.
 
 Every corpus is unpacked under a cache directory outside the repository (never
-committed): ``$KLOROS_BENCH_CACHE``, else ``~/.cache/kloros-tasks-bench``.  Source
+committed): ``--cache DIR``, else ``~/.cache/kloros-tasks-bench``.  Source
 distributions are fetched with ``pip download --no-deps --no-binary :all:`` (so the
 docs and tests that only an sdist carries are there), or taken from ``--sdists DIR``
 when an archive of the same name is already on disk.
@@ -15,7 +15,6 @@ about.  Its name says the version (``python3.11``), since labels only hold for i
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -78,9 +77,17 @@ CORPORA: dict[str, Corpus] = {c.name: c for c in (
 )}
 
 
+DEFAULT_CACHE = Path.home() / ".cache" / "kloros-tasks-bench"
+_cache = [DEFAULT_CACHE]
+
+
+def set_cache_dir(path: Path) -> None:
+    """Use ``path`` (the scripts' ``--cache``) instead of the default cache."""
+    _cache[0] = path
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get("KLOROS_BENCH_CACHE")
-                or Path.home() / ".cache" / "kloros-tasks-bench")
+    return _cache[0]
 
 
 def _sdist(corpus: Corpus, cache: Path, sdists: Path | None) -> Path:

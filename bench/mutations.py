@@ -2,6 +2,7 @@
 that the question it deserves appears.
 
     python bench/mutations.py [--corpus C]... [--detector D]... [--rule R]... [--only NAME]...
+                              [--cache DIR]
     python bench/mutations.py --list
 
 Each mutation names a corpus, the edits that make one break, and what must be asked
@@ -27,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _corpora import CORPORA, fetch  # noqa: E402
+from _corpora import CORPORA, fetch, set_cache_dir  # noqa: E402
 
 from kloros_tasks import names  # noqa: E402
 
@@ -249,7 +250,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rule", action="append")
     parser.add_argument("--only", action="append")
     parser.add_argument("--list", action="store_true")
+    parser.add_argument("--cache", type=Path, help="as bench/precision.py's --cache")
     args = parser.parse_args(argv)
+    if args.cache is not None:
+        set_cache_dir(args.cache)
     chosen = [m for m in MUTATIONS + _integration()
               if (not args.corpus or m.corpus in args.corpus)
               and (not args.detector or m.detector in args.detector)

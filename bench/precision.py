@@ -5,6 +5,7 @@
     python bench/precision.py sample --corpus C [--detector D]... [--rule R]... [--n 30] [--seed 14]
     python bench/precision.py show    --corpus C QUESTION_ID...
 
+All subcommands take ``--cache DIR`` (default ``~/.cache/kloros-tasks-bench``).
 ``scan`` fetches each corpus (see _corpora.py) into the cache, runs every file
 detector over it in process with the same machinery as ``kloros-tasks scan``
 (``kloros_tasks.cli.scan.scan_root``: index every file, then evaluate every file) and
@@ -41,7 +42,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _corpora import CORPORA, Corpus, cache_dir, fetch, target_python  # noqa: E402
+from _corpora import (  # noqa: E402
+    CORPORA,
+    Corpus,
+    cache_dir,
+    fetch,
+    set_cache_dir,
+    target_python,
+)
 
 from kloros_tasks import names, settings  # noqa: E402
 from kloros_tasks.cli.scan import scan_root  # noqa: E402
@@ -236,6 +244,8 @@ def main(argv: list[str] | None = None) -> None:
         p.set_defaults(func=func)
         p.add_argument("--corpus", action="append", choices=sorted(CORPORA),
                        required=name in ("sample", "show"))
+        p.add_argument("--cache", type=Path, help="where corpora and results are kept "
+                                                   "(default ~/.cache/kloros-tasks-bench)")
         if name == "show":
             p.add_argument("ids", nargs="+")
             continue
@@ -252,6 +262,8 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--n", type=int, default=30)
             p.add_argument("--seed", type=int, default=14)
     args = parser.parse_args(argv)
+    if args.cache is not None:
+        set_cache_dir(args.cache)
     if args.command == "show":
         args.corpus = args.corpus[0]
     elif args.command == "sample":

@@ -242,3 +242,31 @@ def test_private_and_deprecated_modules_are_not_asked(tmp_path):
         f"    def m{i}(self):\n        pass\n" for i in range(5)),
         "asyncore.py": deprecated, "imp.py": warned, "lib.py": UNDOCUMENTED_FUNCTIONS}) == {
         ("missing_docstrings", "lib.py")}
+
+
+def test_toctree_globs_index_what_they_match_like_sphinx(tmp_path):
+    found = asked(tmp_path, {
+        "docs/index.rst": "Docs\n====\n\n.. toctree::\n   :glob:\n\n   api/*\n",
+        "docs/api/models.rst": "Models\n======\n",
+        "docs/api/deep/fields.rst": "Fields\n======\n",  # * stays within a directory
+        "docs/other.rst": "Other\n=====\n",
+    })
+    assert found == {("unindexed_doc", "docs/api/deep/fields.rst"),
+                     ("unindexed_doc", "docs/other.rst")}
+
+
+def test_a_glob_added_later_indexes_the_documents_it_matches():
+    detector, index = KnowledgeDetector(), MemoryIndex()
+    engine.apply_change(detector, index, "docs/api/models.rst", "Models\n======\n")
+    assert [q.rule for q in detector.evaluate("docs/api/models.rst", index)] == [
+        "unindexed_doc"]
+    applied = engine.apply_change(detector, index, "docs/index.rst",
+                                  ".. toctree::\n   :glob:\n\n   api/*\n")
+    assert "docs/api/models.rst" in applied.owners
+    assert detector.evaluate("docs/api/models.rst", index) == []
+
+
+def test_a_namespace_package_at_the_root_is_library_code(tmp_path):
+    found = asked(tmp_path, {"pkg/mod.py": UNDOCUMENTED_FUNCTIONS,
+                             "README.md": "Use `pkg.mod.gone`.\n"})
+    assert found == {("missing_docstrings", "pkg/mod.py"), ("stale_doc", "README.md")}

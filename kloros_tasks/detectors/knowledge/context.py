@@ -11,8 +11,11 @@ refer to code, and which Python modules are generated.
 from __future__ import annotations
 
 import ast
+import keyword
 import posixpath
 import re
+
+from kloros_tasks.detectors.layout import import_root, module_names
 
 HISTORY_DIRS = frozenset({"releases", "release-notes", "release_notes", "history", "changelog",
                           "changelogs", "changes", "whatsnew", "news"})
@@ -32,6 +35,9 @@ _GENERATED = re.compile(
     r"\b(?:auto-?generated|generated\s+(?:by|from|with|automatically)|do\s+not\s+edit|"
     r"this\s+file\s+(?:is|was)\s+(?:automatically\s+)?generated)\b", re.I)
 GENERATED_HEAD_LINES = 15
+# Directories of code that is no library: examples, scripts, documentation helpers.
+NOT_LIBRARY_DIRS = frozenset({"examples", "example", "samples", "demo", "demos", "scripts",
+                              "docs", "doc", "benchmarks", "bench", "extra", "extras"})
 _EXAMPLE_DEFINITION = re.compile(r"^\s*(?:>>>\s*|\.\.\.\s*)?(?:async\s+)?(?:def|class)\s+"
                                  r"([A-Za-z_]\w*)")
 # A sentence that says the name is gone mentions it on purpose.
@@ -134,3 +140,22 @@ def example_definitions(lines: list[str]) -> frozenset[str]:
 def says_gone(lines: list[str], number: int) -> bool:
     """The line says what it names was removed, renamed or moved."""
     return 0 < number <= len(lines) and bool(_SAYS_GONE.search(lines[number - 1]))
+
+
+def importable_names(path: str) -> list[str]:
+    """The module's name when it is library code documents can name: its import root is
+    the tree's root, a top-level ``src/`` or ``lib/``, or above the root (the root is a
+    package); or it sits in namespace packages (no ``__init__.py``) from the root, outside
+    the directories that hold examples, scripts and docs.  A module under
+    ``examples/proj/`` is importable only from there: no top-level module of the tree.
+    A name with a component that is no identifier is left out."""
+    root = import_root(path)
+    names = module_names(path)
+    if root in (None, "", "src", "lib"):
+        names = names[:1]
+    elif NOT_LIBRARY_DIRS.isdisjoint(path.split("/")[:-1]):
+        names = names[-1:]  # from the tree's root, through namespace packages
+    else:
+        return []
+    return [m for m in names if all(
+        p.isidentifier() and not keyword.iskeyword(p) for p in m.split("."))]

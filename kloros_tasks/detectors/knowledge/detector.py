@@ -35,10 +35,8 @@ defined: its documents keep their answers).
 
 from __future__ import annotations
 
-import keyword
 import posixpath
 import sys
-from dataclasses import replace
 from fnmatch import fnmatchcase
 
 from kloros_tasks import names
@@ -51,14 +49,21 @@ from kloros_tasks.detectors._pyast import (
 )
 from kloros_tasks.detectors.base import FileFacts, IndexView, Touched
 from kloros_tasks.detectors.knowledge import docrefs as _docrefs
-from kloros_tasks.detectors.knowledge.context import is_generated, sphinx_suffixes
+from kloros_tasks.detectors.knowledge.context import (
+    importable_names,
+    is_generated,
+    sphinx_suffixes,
+)
 from kloros_tasks.detectors.knowledge.docfacts import (
+    GLOB_DIR,
+    UNDER,
+    ancestors,
     dangling_references,
     doc_facts,
+    globbed,
     prefixes,
     top_of,
 )
-from kloros_tasks.detectors.layout import import_root, module_names
 from kloros_tasks.questions import Question
 
 PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"  # what parses here
@@ -84,7 +89,6 @@ ANYWHERE_ROOTS = ("LICENSE", "LICENCE", "COPYING", "AUTHORS", "CONTRIBUTORS", "C
                   "NOTICE")
 NAME_RELATIONS = ("defines", "opaque", "open", "declared")
 SPHINX_TXT = "sphinx_txt"  # a conf.py's directory, when its source_suffix has .txt
-UNDER = "under"  # a .txt document's directories
 UNDOCUMENTED = "undoc"  # dotted names of a module's definitions without a docstring
 
 
@@ -131,11 +135,7 @@ class KnowledgeDetector:
         if path.endswith(".py"):
             return _python_facts(path, text)
         if is_doc(path):
-            facts = doc_facts(path, text, is_index_root(path))
-            if path.endswith(".txt"):  # a source only under a conf.py that says so
-                facts = replace(facts, relations={**facts.relations,
-                                                  UNDER: frozenset(_ancestors(path))})
-            return facts
+            return doc_facts(path, text, is_index_root(path))
         if path.endswith(SUFFIXES):  # a .txt that is not a doc: it exists, nothing more
             return FileFacts(relations={"defines": frozenset({f"path:{path}"}),
                                         "top": top_of(path)},
@@ -165,7 +165,8 @@ class KnowledgeDetector:
             declared = {v for r, v in touched if r == "declared"}
             for modules in view.who_many(UNDOCUMENTED, declared).values() if declared else ():
                 out |= modules
-        sources = {v for r, v in touched if r == SPHINX_TXT}  # conf.py's source_suffix
+        # conf.py's source_suffix, a toctree glob: the documents under that directory
+        sources = {v for r, v in touched if r in (SPHINX_TXT, GLOB_DIR)}
         for docs in view.who_many(UNDER, sources).values() if sources else ():
             out |= docs
         out |= _readers_of_changed_keys(path, touched, view)
@@ -223,9 +224,9 @@ class KnowledgeDetector:
     def _unindexed(self, path: str, facts: FileFacts, view: IndexView) -> list[Question]:
         if facts.data.get("root") or facts.data.get("orphan"):
             return []
-        if path.endswith(".txt") and not view.exists_many(SPHINX_TXT, _ancestors(path)):
+        if path.endswith(".txt") and not view.exists_many(SPHINX_TXT, ancestors(path)):
             return []  # no conf.py above makes .txt a source: data, templates, notes
-        if view.who("links", path) - {path}:
+        if view.who("links", path) - {path} or globbed(path, view):
             return []
         return [self._question(
             "unindexed_doc", path,
@@ -333,19 +334,6 @@ def _capped(items: list[str]) -> tuple[str, ...]:
 
 # --- Python ---------------------------------------------------------------------------------
 
-def importable_names(path: str) -> list[str]:
-    """The module's name when documents can name it: its import root is the tree's root,
-    a top-level ``src/`` or ``lib/``, or above the root (the root is a package).  A
-    module under ``examples/`` or ``scripts/`` is importable only from there, so its
-    names are no top-level modules of the tree; neither is a name that cannot be
-    imported (a component that is no identifier)."""
-    if import_root(path) not in (None, "", "src", "lib"):
-        return []
-    names = module_names(path)[:1]
-    return [m for m in names if all(
-        p.isidentifier() and not keyword.iskeyword(p) for p in m.split("."))]
-
-
 def _python_facts(path: str, text: str) -> FileFacts:
     tree, error = parse(text)
     if tree is None:
@@ -390,8 +378,3 @@ def _not_in_docs(data, view: IndexView) -> list:
     documented = view.exists_many("declared", names)
     return [m for m in missing if f"{module}.{m[1]}" not in documented]
 
-
-def _ancestors(path: str) -> list[str]:
-    """Every directory holding ``path``, the root ("") included."""
-    dirs = path.split("/")[:-1]
-    return ["/".join(dirs[:k]) for k in range(len(dirs) + 1)]

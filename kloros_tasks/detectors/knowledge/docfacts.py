@@ -27,6 +27,7 @@ prose is not read.  Not every name in code context is a reference, though:
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Iterable
 
 from kloros_tasks.detectors.base import FileFacts, IndexView
@@ -40,6 +41,8 @@ from kloros_tasks.detectors.knowledge.context import (
 )
 
 NAME, LITERAL_NAME, PATH, LINK = "name", "lname", "path", "link"
+GLOB_DIR = "globdir"  # the fixed directory of each toctree glob pattern of a document
+UNDER = "under"  # every directory holding a document
 NAME_KINDS = (NAME, LITERAL_NAME)
 
 
@@ -70,7 +73,11 @@ def doc_facts(path: str, text: str, root: bool) -> FileFacts:
     history = is_historical(path)
     links: set[str] = set()
     entries: dict[tuple, tuple[int, list]] = {}  # (line, text, kind) -> (column, entry)
+    globs: list[str] = []
     for target in found.targets:
+        if target.style == "glob":
+            globs += _docrefs.glob_patterns(path, target)
+            continue
         resolved = _docrefs.resolve(path, target)
         if resolved is None:
             continue
@@ -101,9 +108,44 @@ def doc_facts(path: str, text: str, root: bool) -> FileFacts:
         relations={"defines": frozenset({f"path:{path}"}),
                    "declared": frozenset(p for _, name in declared for p in prefixes(name)),
                    "links": frozenset(links), "refs": frozenset(ref_keys(ordered)),
-                   "top": top_of(path)},
-        data={"kind": "doc", "root": root, "orphan": found.orphan, "refs": ordered},
+                   "top": top_of(path), GLOB_DIR: frozenset(map(_fixed_dir, globs)),
+                   UNDER: frozenset(ancestors(path))},
+        data={"kind": "doc", "root": root, "orphan": found.orphan, "refs": ordered,
+              **({"globs": globs} if globs else {})},
     )
+
+
+def ancestors(path: str) -> list[str]:
+    """Every directory holding ``path``, the root ("") included."""
+    dirs = path.split("/")[:-1]
+    return ["/".join(dirs[:k]) for k in range(len(dirs) + 1)]
+
+
+def _fixed_dir(pattern: str) -> str:
+    """The directory a glob pattern's matches all live under (``docs/api/*`` -> ``docs/api``)."""
+    parts = pattern.split("/")
+    fixed = next((i for i, p in enumerate(parts) if any(c in p for c in "*?[")), len(parts))
+    return "/".join(parts[: min(fixed, len(parts) - 1)])
+
+
+def _glob_regex(pattern: str) -> re.Pattern:
+    """Sphinx's toctree glob: ``*`` and ``?`` stay within a directory, ``**`` does not."""
+    out = []
+    for token in re.split(r"(\*\*|\*|\?)", pattern):
+        out.append({"**": ".*", "*": "[^/]*", "?": "[^/]"}.get(token, re.escape(token)))
+    return re.compile("".join(out) + r"\Z")
+
+
+def globbed(path: str, view: IndexView) -> bool:
+    """Some other document's toctree glob matches ``path``'s docname."""
+    holders = view.who_many(GLOB_DIR, ancestors(path))
+    docname = path.rsplit(".", 1)[0]
+    for doc in set().union(*holders.values()) - {path}:
+        facts = view.facts(doc)
+        patterns = facts.data.get("globs", []) if facts else []
+        if any(_glob_regex(p).match(docname) for p in patterns):
+            return True
+    return False
 
 
 def ref_keys(entries: Iterable[list]) -> set[str]:

@@ -228,10 +228,11 @@ def _rst_directive(lines: list[str], i: int, match: re.Match, out: Scan) -> int:
 
 def _toctree_entry(number: int, line: str, out: Scan) -> None:
     entry = line.strip()
-    if (not entry or entry.startswith(":") or entry == "self" or "*" in entry
+    if (not entry or entry.startswith(":") or entry == "self"
             or entry == "---" or _OPTION.match(entry)):
-        return  # options (rst, MyST YAML), the document itself, glob patterns
-    out.targets.append(Target(number, _untitled(entry), "docname"))
+        return  # options (rst, MyST YAML), the document itself
+    glob = any(c in entry for c in "*?[")  # meaningful under :glob:, harmless otherwise
+    out.targets.append(Target(number, _untitled(entry), "glob" if glob else "docname"))
 
 
 def _rst_line(number: int, line: str, out: Scan) -> None:
@@ -330,6 +331,11 @@ def _bases(doc: str, raw: str) -> tuple[str, ...]:
         if norm != ".." and not norm.startswith("../") and norm not in out:
             out.append(norm)
     return tuple(out)
+
+
+def glob_patterns(doc: str, target: Target) -> tuple[str, ...]:
+    """The relative docname patterns a toctree glob entry in ``doc`` may mean."""
+    return _bases(doc, target.target.strip())
 
 
 def code_reference(doc: str, text: str) -> tuple[str, tuple[str, ...]] | None:
