@@ -346,3 +346,25 @@ def test_a_topic_keyword_makes_any_in_tree_class_a_possible_subscriber():
     # still covers the topic as a possible subscription
     assert found({"rec.py": recorder, "user.py": user.replace("ctx, ", ""), "pub.py": pub}) \
         == set()
+
+
+# --- shapes found in kombu, redis-py and pyzmq ---------------------------------------------
+def test_a_method_passing_a_single_frame_through_is_not_a_topic_wrapper():
+    # pyzmq's ZMQStream.send(msg) sends [msg]: its callers' literals are messages
+    stream = ("class ZMQStream:\n    def __init__(self, sock):\n        self.sock = sock\n"
+              "    def send(self, msg, flags=0):\n        self.sock.send_multipart([msg])\n")
+    caller = "def stop(pipe):\n    pipe.send(b'TERMINATE')\n"
+    assert found({"zmqstream.py": stream, "auth.py": caller}) == set()
+
+
+def test_a_call_with_fewer_arguments_than_the_wrapper_needs_is_another_method():
+    caller = "conn.send_event('A')\n"  # send_event(topic, data) needs two
+    assert found({"bus.py": WRAPPER, "app.py": caller}) == set()
+
+
+@pytest.mark.parametrize("call", [
+    "sns.subscribe(TopicArn=arn, Protocol='sqs', Endpoint=queue_arn)",  # boto
+    "self.subscribe(channel, handler=handler)",  # redis-py keyspace notifications
+])
+def test_keyword_options_of_other_subscribe_methods_are_not_channels(call):
+    assert found({"s.py": call + "\n"}) == set()

@@ -64,9 +64,11 @@ def _through_wrappers(facts: FileFacts, resolver: Resolver, path: str
     for name, calls in sorted(facts.data.get("wcalls", {}).items()):
         for holder, content in resolver.contributions(WRAPPER + name):
             for wrapper in content["w"]:
-                for position, keyword, topic, line in calls:
+                for position, keyword, topic, line, given in calls:
                     if position != wrapper["i"] and keyword != wrapper["p"]:
                         continue
+                    if given < wrapper["n"]:
+                        continue  # too few arguments: a method of the same name elsewhere
                     verb = "publishes" if wrapper["d"] == "pub" else "subscribes to"
                     side = pubs if wrapper["d"] == "pub" else subs
                     side.setdefault(topic, []).append(

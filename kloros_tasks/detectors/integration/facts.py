@@ -296,7 +296,7 @@ def _wrappers(wrappers: dict[str, list[dict[str, Any]]],
         out.add(WRAPPER + name, {"w": entries})
     for name, found in calls.items():
         out.reads.add(WRAPPER + name)
-        for _, _, topic, _ in found[:20]:
+        for _, _, topic, _, _ in found[:20]:
             _reads_as_publication(topic, out)
             _reads_as_subscription(topic, out)
             if is_sub_name(name):

@@ -136,7 +136,12 @@ class _Collector:
             self.topics.pub_heads.add(head)
 
     def redis_keywords(self, node: ast.Call) -> None:
-        """``subscribe(chan=handler)`` and ``subscribe(**{"chan": handler})``."""
+        """``subscribe(chan=handler)`` and ``subscribe(**{"chan": handler})``: only
+        without positional arguments and with no literal value, since other
+        ``subscribe`` methods take options as keywords (``subscribe(channel,
+        handler=f)``, boto's ``subscribe(TopicArn=arn, Protocol="sqs")``)."""
+        if node.args or any(isinstance(k.value, ast.Constant) for k in node.keywords):
+            return
         for keyword in node.keywords:
             if keyword.arg is not None and keyword.arg not in TOPIC_KEYWORDS:
                 self.add(keyword.arg, None, node, sub=True, glob=True)

@@ -69,13 +69,11 @@ def _through(call: ast.Call, params: list[str]) -> tuple[str, str] | None:
         found = _passed(first, params)
         return ("sub", found) if found else None
     if method == "send_multipart" and call.args:
+        # A topic frame and a payload: ``[msg]`` alone passes a message through.
         frames = unwrap(call.args[0])
-        if isinstance(frames, (ast.List, ast.Tuple)) and frames.elts:
+        if isinstance(frames, (ast.List, ast.Tuple)) and len(frames.elts) >= 2:
             found = _passed(frames.elts[0], params)
             return ("pub", found) if found else None
-    if method == "send_string" and call.args:
-        found = _passed(call.args[0], params)
-        return ("pub", found) if found else None
     if method in ("setsockopt", "setsockopt_string") and len(call.args) >= 2 and \
             (dotted_name(call.args[0]) or "").endswith(".SUBSCRIBE"):
         found = _passed(call.args[1], params)
@@ -84,8 +82,9 @@ def _through(call: ast.Call, params: list[str]) -> tuple[str, str] | None:
 
 
 def wrapper_definitions(tree: ast.Module) -> dict[str, list[dict[str, Any]]]:
-    """name -> [{"d": "pub"|"sub", "i": position, "p": parameter}] for the module's
-    functions and the methods of its classes (``__init__`` under the class name)."""
+    """name -> [{"d": "pub"|"sub", "i": position, "p": parameter, "n": parameters
+    without a default}] for the module's functions and the methods of its classes
+    (``__init__`` under the class name)."""
     out: dict[str, list[dict[str, Any]]] = {}
     for stmt in tree.body:
         functions: list[tuple[str, Any, bool]] = []
@@ -98,10 +97,12 @@ def wrapper_definitions(tree: ast.Module) -> dict[str, list[dict[str, Any]]]:
                     functions.append((name, item, True))
         for name, fn, method in functions:
             params = _params(fn, method)
+            required = len(params) - len(fn.args.defaults)
             for node in ast.walk(fn):
                 found = _through(node, params) if isinstance(node, ast.Call) else None
                 if found is not None:
-                    entry = {"d": found[0], "i": params.index(found[1]), "p": found[1]}
+                    entry = {"d": found[0], "i": params.index(found[1]), "p": found[1],
+                             "n": required}
                     if entry not in out.setdefault(name, []):
                         out[name].append(entry)
     return {k: sorted(v, key=lambda e: (e["d"], e["i"])) for k, v in out.items()}
@@ -109,7 +110,8 @@ def wrapper_definitions(tree: ast.Module) -> dict[str, list[dict[str, Any]]]:
 
 def wrapper_calls(nodes: list[ast.AST], consts: dict[str, str | None],
                   own: set[str]) -> dict[str, list[list[Any]]]:
-    """name -> [[position or -1, keyword or "", literal topic, line]] of the calls that
+    """name -> [[position or -1, keyword or "", literal topic, line, arguments given]]
+    of the calls that
     may go through a wrapper: a literal topic-shaped argument, a callee named like a
     bus operation or a wrapper of this file, and not one of the direct forms."""
     out: dict[str, list[list[Any]]] = {}
@@ -129,7 +131,8 @@ def wrapper_calls(nodes: list[ast.AST], consts: dict[str, str | None],
         for position, keyword, arg in args:
             literal, _ = topic_text(arg, consts)
             if literal is not None and is_topic(literal):
-                out.setdefault(name, []).append([position, keyword, literal, node.lineno])
+                out.setdefault(name, []).append(
+                    [position, keyword, literal, node.lineno, len(args)])
     return out
 
 
