@@ -71,6 +71,12 @@ CORPORA: dict[str, Corpus] = {c.name: c for c in (
     Corpus("paho-mqtt", "paho-mqtt==2.2.0",
            notes="an MQTT client: examples/ and tests/ publish and subscribe to broker "
                  "topics ($SYS, wildcards)"),
+    Corpus("kombu", "kombu==5.5.4",
+           notes="celery's messaging library: Redis, SQS/SNS, AMQP transports; Redis "
+                 "lists and pub/sub with keys built at run time"),
+    Corpus("redis", "redis==6.2.0",
+           notes="redis-py: pub/sub, keyspace notifications, tests publishing and "
+                 "subscribing to literal channels"),
     Corpus("python-socketio", "python-socketio==5.18.1",
            notes="Socket.IO server and client: emit/on events addressed to network peers, "
                  "an admin instrumentation server"),
