@@ -6,6 +6,9 @@ Celery/kombu spell a unix socket ``redis+socket:///path``; redis-py spells it
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import redis
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
@@ -57,3 +60,52 @@ def _retry(retries: int) -> Retry:
         return Retry(NoBackoff(), 0)
     return Retry(ExponentialWithJitterBackoff(
         cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE), retries)
+
+
+# ``kloros-tasks up`` writes where its Redis is into this file of the state directory,
+# so that the companion commands (questions, status, celery inspect ...) find it when
+# KLOROS_REDIS_URL is unset.  One line: the URL.
+RECORDED_URL_FILE = "redis.url"
+RECORDED_PING_TIMEOUT = 0.5  # a recorded server that does not answer at once is not used
+
+
+def record_redis_url(state_dir: Path, url: str) -> Path:
+    """Write ``url`` to ``state_dir/redis.url`` (mode 0600: it may hold a password)."""
+    path = Path(state_dir) / RECORDED_URL_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(url + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def forget_redis_url(state_dir: Path, url: str) -> None:
+    """Remove the record if it still names ``url`` (a later ``up`` may have replaced it)."""
+    path = Path(state_dir) / RECORDED_URL_FILE
+    try:
+        if path.read_text().strip() == url:
+            path.unlink()
+    except OSError:
+        pass
+
+
+def recorded_redis_url(state_dir: Path) -> str | None:
+    """The URL a running ``up`` recorded under ``state_dir``, if its Redis answers a PING."""
+    try:
+        url = (Path(state_dir) / RECORDED_URL_FILE).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not url:
+        return None
+    try:
+        client = redis.Redis.from_url(client_url(url), socket_timeout=RECORDED_PING_TIMEOUT,
+                                      socket_connect_timeout=RECORDED_PING_TIMEOUT)
+    except ValueError:
+        return None  # not a URL redis-py understands: ignore the record
+    try:
+        return url if client.ping() else None
+    except (redis.RedisError, OSError):
+        return None
+    finally:
+        client.close()

@@ -65,6 +65,7 @@ BRIDGE_GROUP = "chembus-bridge"
 
 # --- keys ---------------------------------------------------------------------------
 LEDGER = "kloros:ledger"  # HASH question_id -> open envelope JSON
+RESOLUTIONS = "kloros:resolutions"  # HASH stable question id -> times it was resolved
 ROOTS = "kloros:roots"  # HASH root name -> JSON {path, host}
 DEADLETTER = "kloros:deadletter"  # LIST of JSON {task, payload, reason, ts}
 SYNTAX_ERRORS = "kloros:syntax_errors"  # HASH "<root>:<path>" -> "line N: message"
@@ -151,13 +152,25 @@ def instance_lock(state_dir_id: str) -> str:
 SKIPPED = "kloros:skipped"  # HASH "<detector>:<root>:<path>" -> why the file was not analysed
 
 # --- the ChemBus bridge ---------------------------------------------------------------
-BRIDGE_HELD = "kloros:bridge:held"  # HASH question_id -> envelope waiting for budget
+# HASH question_id (a question) or incident_id (a resolution) -> envelope waiting to be sent
+BRIDGE_HELD = "kloros:bridge:held"
 BRIDGE_HEARTBEAT = "kloros:bridge:heartbeat"  # STRING JSON, with TTL
+# ZSET incident_id scored by time: resolution notices waiting for a subscriber, oldest first
+BRIDGE_RESOLUTIONS = "kloros:bridge:backlog:resolved"
+# HASH detector -> questions resolved while they waited, never sent (and
+# "resolutions_trimmed": resolution notices dropped from an over-long backlog)
+BRIDGE_CANCELLED = "kloros:bridge:cancelled"
+# HASH topic -> since when the bridge has had something of it to send and no subscriber
+BRIDGE_UNSUBSCRIBED = "kloros:bridge:unsubscribed"
 
 
 def bridge_backlog(detector: str) -> str:
-    """ZSET question_id scored by severity then age: what waits for the detector's budget."""
+    """ZSET question_id scored by severity then age: what waits for the detector's budget
+    or for a subscriber of its topic."""
     return f"kloros:bridge:backlog:{detector}"
+
+
+BRIDGE_BACKLOGS = (*(bridge_backlog(d) for d in DETECTORS), BRIDGE_RESOLUTIONS)
 
 
 def bridge_sent(detector: str) -> str:

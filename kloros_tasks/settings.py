@@ -41,6 +41,11 @@ DEFAULT_BUDGETS = {
     "exploration": (2, 300),
 }
 
+# KLoROS's own names for the proxy's two sides are honoured when ours are unset, in
+# this order (KLR_UMN_* is the current spelling, KLR_CHEM_* the former one).
+XSUB_VARIABLES = ("KLOROS_CHEM_XSUB", "KLR_UMN_XSUB", "KLR_CHEM_XSUB")
+XPUB_VARIABLES = ("KLOROS_CHEM_XPUB", "KLR_UMN_XPUB", "KLR_CHEM_XPUB")
+
 REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "unix")
 ZMQ_SCHEMES = ("tcp", "ipc", "inproc")
 
@@ -53,6 +58,8 @@ class SettingsError(ValueError):
 class Settings:
     redis_url: str = DEFAULT_REDIS_URL
     redis_url_given: bool = False
+    # True when redis_url is the one a running `up` recorded in the state dir.
+    redis_url_recorded: bool = False
     watch_roots: tuple[Path, ...] = ()
     state_dir: Path = field(default_factory=lambda: Path(DEFAULT_STATE_DIR).expanduser())
     chem_xsub: str = DEFAULT_CHEM_XSUB
@@ -179,6 +186,14 @@ def _budgets(env: Mapping[str, str]) -> tuple[tuple[str, int, int], ...]:
     return tuple(out)
 
 
+def _first_set(env: Mapping[str, str], variables: tuple[str, ...]) -> tuple[str, str]:
+    """(name, value) of the first of ``variables`` set to a non-blank value, else (first, "")."""
+    for name in variables:
+        if env.get(name, "").strip():
+            return name, env[name].strip()
+    return variables[0], ""
+
+
 def _roots(env: Mapping[str, str]) -> tuple[Path, ...]:
     raw = env.get("KLOROS_WATCH_ROOTS", "").strip()
     if not raw:
@@ -198,11 +213,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every KLOROS_* variable; raise SettingsError on the first bad one."""
     env = os.environ if env is None else env
     redis_url = env.get("KLOROS_REDIS_URL", "").strip()
-    chem_name, chem_xsub = "KLOROS_CHEM_XSUB", ""
-    for candidate in ("KLOROS_CHEM_XSUB", "KLR_UMN_XSUB", "KLR_CHEM_XSUB"):
-        if env.get(candidate, "").strip():
-            chem_name, chem_xsub = candidate, env[candidate].strip()
-            break
+    chem_name, chem_xsub = _first_set(env, XSUB_VARIABLES)
+    xpub_name, chem_xpub = _first_set(env, XPUB_VARIABLES)
     exclude = tuple(p for p in env.get("KLOROS_EXCLUDE", "").replace(",", ":").split(":") if p)
     state_raw = env.get("KLOROS_STATE_DIR", "").strip() or DEFAULT_STATE_DIR
     state_dir = Path(state_raw).expanduser()
@@ -215,17 +227,22 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             f"KLOROS_VISIBILITY_TIMEOUT={visibility} must exceed the task time limit"
             f" ({task_time_limit} s), or long tasks would run twice"
         )
+    recorded = None
+    if not redis_url:
+        # The Redis of a running `kloros-tasks up` on this state dir, when it answers.
+        from kloros_tasks.connections import recorded_redis_url  # noqa: PLC0415 - needs redis
+
+        recorded = recorded_redis_url(state_dir)
     return Settings(
         redis_url=(check_redis_url("KLOROS_REDIS_URL", redis_url) if redis_url
-                   else DEFAULT_REDIS_URL),
+                   else recorded or DEFAULT_REDIS_URL),
         redis_url_given=bool(redis_url),
+        redis_url_recorded=recorded is not None,
         watch_roots=_roots(env),
         state_dir=state_dir,
         chem_xsub=check_zmq_endpoint(chem_name, chem_xsub) if chem_xsub else DEFAULT_CHEM_XSUB,
         chem_xsub_given=bool(chem_xsub),
-        chem_xpub=check_zmq_endpoint(
-            "KLOROS_CHEM_XPUB", env.get("KLOROS_CHEM_XPUB", "").strip() or DEFAULT_CHEM_XPUB
-        ),
+        chem_xpub=check_zmq_endpoint(xpub_name, chem_xpub) if chem_xpub else DEFAULT_CHEM_XPUB,
         worker_max_memory_mb=_int(
             env, "KLOROS_WORKER_MAX_MEMORY_MB", DEFAULT_WORKER_MAX_MEMORY_MB, 32
         ),

@@ -4,31 +4,25 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import sys
 import threading
 import time
 
 import pytest
-import redis
 import zmq
-from procs import Proc, service_env, wait_for
+from chembus_consumers import free_port, start_bridge, start_proxy, waiting_idle
+from procs import service_env, wait_for
 
 from kloros_tasks import names
-from kloros_tasks.connections import redis_client
-from kloros_tasks.deliver.bridge import IDLE_BLOCK_MS, Bridge, backlog_score, run_bridge
+from kloros_tasks.deliver.backlog import backlog_score
+from kloros_tasks.deliver.bridge import Bridge
+from kloros_tasks.deliver.run import IDLE_BLOCK_MS, run_bridge
 from kloros_tasks.questions import Question, dumps, open_envelope
 from kloros_tasks.settings import from_env
 from kloros_tasks.state.publish import Publisher
 
 pytestmark = pytest.mark.integration
 CLI = [sys.executable, "-m", "kloros_tasks.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -41,38 +35,6 @@ def chem_env(redis_url, tmp_path, endpoints):
     xsub, xpub = endpoints
     return service_env(redis_url, tmp_path, KLOROS_CHEM_XSUB=xsub, KLOROS_CHEM_XPUB=xpub,
                        KLOROS_BUDGET_KNOWLEDGE="0", KLOROS_BUDGET_INTEGRATION="0")
-
-
-def start_proxy(env, tmp_path, procs) -> Proc:
-    proc = procs.add(Proc(CLI + ["chem-proxy"], env, tmp_path / "proxy.log"))
-    proc.wait_output("ChemBus proxy:", 20)
-    return proc
-
-
-def start_bridge(env, tmp_path, procs) -> Proc:
-    proc = procs.add(Proc(CLI + ["bridge"], env, tmp_path / "bridge.log"))
-    proc.wait_output("bridging", 20)
-    # "bridging" is logged just before the consumer group is made: tests read the group.
-    client = redis_client(env["KLOROS_REDIS_URL"])
-    try:
-        wait_for(lambda: has_group(client), 20, message="the bridge's consumer group")
-    finally:
-        client.close()
-    return proc
-
-
-def has_group(r) -> bool:
-    try:
-        return any(g["name"] in (names.BRIDGE_GROUP, names.BRIDGE_GROUP.encode())
-                   for g in r.xinfo_groups(names.STREAM))
-    except redis.ResponseError:
-        return False  # no stream yet
-
-
-def waiting_idle(r, *, just_began: bool = False) -> bool:
-    """A client (the bridge) is blocked in XREADGROUP; ``just_began``: for under a second."""
-    return any(c["cmd"] == "xreadgroup" and "b" in c["flags"]
-               and (not just_began or int(c["idle"]) == 0) for c in r.client_list())
 
 
 class Subscriber:
@@ -159,11 +121,11 @@ def test_questions_wait_while_the_proxy_is_down_and_arrive_in_order(r, chem_env,
 def test_a_killed_bridge_loses_nothing_and_resends_with_the_same_incident_ids(
         r, chem_env, endpoints, tmp_path, procs):
     proxy = start_proxy(chem_env, tmp_path, procs)
-    bridge = start_bridge(chem_env, tmp_path, procs)  # no subscriber yet: everything stays pending
+    bridge = start_bridge(chem_env, tmp_path, procs)  # no subscriber yet: nothing can go
     publish(r, range(12))
-    # The bridge reads, cannot send (no subscriber), and keeps what it read pending.
-    wait_for(lambda: r.xpending(names.STREAM, names.BRIDGE_GROUP)["pending"] >= 1, 10,
-             message="entries read but unacknowledged")
+    # The bridge reads, cannot send (no subscriber), and parks what it read in Redis.
+    wait_for(lambda: r.zcard(names.bridge_backlog(names.KNOWLEDGE)) >= 1, 10,
+             message="entries parked for a subscriber")
     bridge.popen.send_signal(signal.SIGKILL)
     bridge.stop()
     sub = Subscriber(endpoints[1])
@@ -209,9 +171,11 @@ def test_over_budget_questions_wait_and_go_out_by_severity_and_resolutions_cance
         thread.start()
         got = sub.collect(4, timeout=20)
         sub.quiet_for(1.5)
+        # Read in one batch, the burst goes out most severe first, one a second.
         assert [e["facts"]["metadata"]["paths"][0] for _, e in got] == [
-            "docs/0.md", "docs/3.md", "docs/2.md", "docs/1.md"]
+            "docs/3.md", "docs/2.md", "docs/0.md", "docs/1.md"]
         assert r.hlen(names.BRIDGE_HELD) == 0
+        assert r.hget(names.BRIDGE_CANCELLED, names.KNOWLEDGE) == b"1"
     finally:
         stop.set()
         thread.join(5)

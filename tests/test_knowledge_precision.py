@@ -270,3 +270,12 @@ def test_a_namespace_package_at_the_root_is_library_code(tmp_path):
     found = asked(tmp_path, {"pkg/mod.py": UNDOCUMENTED_FUNCTIONS,
                              "README.md": "Use `pkg.mod.gone`.\n"})
     assert found == {("missing_docstrings", "pkg/mod.py"), ("stale_doc", "README.md")}
+
+
+def test_a_definition_documented_under_its_public_package_path_needs_no_docstring(tmp_path):
+    code = '"""Engine."""\n\n\nclass Engine:\n' + "".join(
+        f"    def m{i}(self):\n        pass\n\n" for i in range(5))
+    page = (".. module:: pkg\n\n.. class:: Engine\n\n"
+            + "".join(f"    .. method:: m{i}()\n\n" for i in range(5)))
+    assert asked(tmp_path, {"pkg/__init__.py": "from pkg.engine import Engine\n",
+                            "pkg/engine.py": code, "docs/index.rst": page}) == set()

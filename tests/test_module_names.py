@@ -172,3 +172,17 @@ def test_a_half_typed_save_keeps_the_previous_facts_and_asks_nothing():
     assert applied.error and applied.owners == frozenset()
     assert index.facts("pkg/mod.py") == before
     assert detector.evaluate("pkg/mod.py", index) == []
+
+
+def test_a_document_extracted_outside_the_lock_is_not_parsed_again():
+    class Counting(KnowledgeDetector):
+        calls = 0
+
+        def extract(self, path, text):
+            Counting.calls += 1
+            return super().extract(path, text)
+
+    detector, index = Counting(), MemoryIndex()
+    early = engine.extract(detector, index, "docs/a.md", "# A\n")
+    engine.apply_change(detector, index, "docs/a.md", "# A\n", facts=early)
+    assert Counting.calls == 1

@@ -87,3 +87,38 @@ def test_the_first_seen_timestamp_survives_later_syncs(r):
     publisher.sync(names.KNOWLEDGE, "repo", "docs/a.md", [q("a")])
     (env,) = publisher.open_questions()
     assert env["facts"]["timestamp"] == 100.0
+
+
+def test_a_reopened_question_comes_under_an_id_the_consumer_has_not_seen(r):
+    publisher = Publisher(r, host="h1")
+    stable = q("a").id
+    for _ in range(3):  # opened, resolved, opened again, resolved, opened a third time
+        publisher.sync(names.KNOWLEDGE, "repo", "docs/a.md", [q("a")])
+        publisher.sync(names.KNOWLEDGE, "repo", "docs/a.md", [])
+    publisher.sync(names.KNOWLEDGE, "repo", "docs/a.md", [q("a")])
+    envelopes = stream_envelopes(r)
+    assert [(e["signal"].rpartition("_")[2], e["facts"]["question_id"]) for e in envelopes] == [
+        ("question", stable), ("resolved", stable),
+        ("question", f"{stable}.r2"), ("resolved", f"{stable}.r2"),
+        ("question", f"{stable}.r3"), ("resolved", f"{stable}.r3"),
+        ("question", f"{stable}.r4")]
+    first, reopened = envelopes[0], envelopes[2]
+    assert "stable_id" not in first["facts"]["metadata"]
+    assert reopened["facts"]["metadata"] == {**first["facts"]["metadata"], "stable_id": stable}
+    assert [loads(json.dumps(e))["facts"]["question"] for e in envelopes[::2]] == [
+        first["facts"]["question"]] * 4
+    # The ledger keeps its stable key; the open envelope carries the re-opened id.
+    assert json.loads(r.hget(names.LEDGER, stable))["facts"]["question_id"] == f"{stable}.r4"
+    assert publisher.open_ids(names.KNOWLEDGE, "repo", "docs/a.md") == {stable}
+
+
+def test_a_question_still_open_is_not_counted_as_reopened_by_later_syncs(r):
+    publisher = Publisher(r)
+    publisher.sync(names.KNOWLEDGE, "repo", "docs/a.md", [q("a")])
+    publisher.sync(names.KNOWLEDGE, "repo", "docs/b.md", [q("b")])
+    publisher.sync(names.KNOWLEDGE, "repo", "docs/a.md", [q("a"), q("c")])
+    publisher.sync(names.KNOWLEDGE, "repo", "docs/b.md", [])
+    publisher.sync(names.KNOWLEDGE, "repo", "docs/b.md", [q("b")])
+    ids = [e["facts"]["question_id"] for e in stream_envelopes(r)
+           if e["signal"] != names.CHANNEL_RESOLVED]
+    assert ids == [q("a").id, q("b").id, q("c").id, f"{q('b').id}.r2"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -61,3 +62,81 @@ def test_text_output_is_quiet_about_progress_in_a_pipe(tree):
     assert "analysed " not in done.stderr.replace("not analysed", "")
     assert "\r" not in done.stderr
     assert "pkg/mod.py" in done.stdout
+
+
+# --- a file as PATH (pyflakes and ruff accept files) ------------------------------------
+def test_a_file_is_judged_within_its_tree_and_only_its_questions_are_printed(tree):
+    (tree / ".git").mkdir()  # the tree's root, though the file is given from deeper down
+    done = scan(str(tree / "README.md"), "--detector", "knowledge", "--format", "jsonl")
+    assert done.returncode == 0, done.stderr
+    (only,) = [json.loads(line) for line in done.stdout.splitlines()]
+    # Stale: judged against the whole tree (pkg/mod.py exists, pkg.mod.gone does not).
+    assert only["facts"]["metadata"]["rule"] == "stale_doc"
+    assert only["facts"]["metadata"]["paths"] == ["README.md"]
+    assert only["facts"]["metadata"]["root"] == tree.name
+    # The binary file elsewhere in the tree is not this scan's business.
+    assert "bin.py" not in done.stderr
+
+
+def test_files_of_one_tree_are_indexed_once_and_a_directory_covers_its_files(tree):
+    (tree / "pyproject.toml").write_text("[project]\nname = 'demo'\n")
+    done = scan(str(tree / "pkg" / "mod.py"), str(tree / "docs" / "orphan.md"),
+                "--detector", "knowledge", "--format", "jsonl")
+    assert rules(done.stdout) == {"missing_docstrings", "unindexed_doc"}
+    both = scan(str(tree), str(tree / "README.md"), "--detector", "knowledge",
+                "--format", "jsonl")
+    assert rules(both.stdout) == {"missing_docstrings", "unindexed_doc", "stale_doc"}
+
+
+def test_the_tree_of_a_file_is_the_nearest_marked_ancestor_else_its_directory(tmp_path):
+    from kloros_tasks.cli.scan import scan_targets, tree_root
+
+    (tmp_path / "repo" / "sub" / "deep").mkdir(parents=True)
+    (tmp_path / "repo" / "setup.cfg").write_text("")
+    (tmp_path / "repo" / "sub" / "deep" / "a.py").write_text("")
+    (tmp_path / "loose").mkdir()
+    (tmp_path / "loose" / "b.py").write_text("")
+    assert tree_root(tmp_path / "repo" / "sub" / "deep" / "a.py") == tmp_path / "repo"
+    (target,) = scan_targets([str(tmp_path / "repo" / "sub" / "deep" / "a.py")])
+    assert (target.root, target.only) == ((tmp_path / "repo").resolve(), {"sub/deep/a.py"})
+    if not any((p / m).exists() for p in tmp_path.parents for m in (".git", "setup.cfg",
+                                                                   "pyproject.toml", ".hg")):
+        assert tree_root(tmp_path / "loose" / "b.py") == tmp_path / "loose"
+
+
+# --- statistics and progress ------------------------------------------------------------
+def test_statistics_count_questions_per_rule_instead_of_listing_them(tree):
+    (tree / "docs" / "other.md").write_text("# Also unlinked\n")
+    done = scan(str(tree), "--detector", "knowledge", "--statistics")
+    assert done.returncode == 0
+    rows = [line.split() for line in done.stdout.splitlines()]
+    assert rows[0] == ["2", "knowledge.unindexed_doc", "low"]
+    assert sorted(rows[1:]) == [["1", "knowledge.missing_docstrings", "low"],
+                                ["1", "knowledge.stale_doc", "medium"]]
+
+
+def test_every_scan_ends_with_the_count_by_severity_on_stderr(tree):
+    done = scan(str(tree), "--detector", "knowledge")
+    assert done.stderr.splitlines()[-1] == "3 questions (1 medium, 2 low)"
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_shows_on_a_terminal_only_once_a_scan_runs_for_a_few_seconds():
+    from kloros_tasks.cli.scan import ScanProgress
+
+    now = [0.0]
+    term = Terminal()
+    progress = ScanProgress(term, delay=2.0, clock=lambda: now[0])
+    show = progress.callback("repo knowledge")
+    show(10, 100)
+    assert term.getvalue() == ""  # a short scan stays quiet
+    now[0] = 2.5
+    show(20, 100)
+    assert "repo knowledge: indexed 20 of 100 files" in term.getvalue()
+    progress.clear()
+    assert term.getvalue().endswith("\r")
+    assert ScanProgress(io.StringIO(), delay=0).callback("x") is None  # not a terminal

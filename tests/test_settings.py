@@ -7,8 +7,9 @@ import pytest
 from kloros_tasks.settings import SettingsError, from_env
 
 
-def test_defaults_follow_the_contract():
-    s = from_env({})
+def test_defaults_follow_the_contract(tmp_path):
+    # A state dir of its own: a running `kloros-tasks up` on ~/.kloros would be found.
+    s = from_env({"KLOROS_STATE_DIR": str(tmp_path)})
     assert s.redis_url == "redis://127.0.0.1:6379/0" and not s.redis_url_given
     assert s.chem_xsub == "tcp://127.0.0.1:5556" and s.chem_xpub == "tcp://127.0.0.1:5557"
     assert s.worker_max_memory_kib == 150 * 1024
@@ -48,6 +49,16 @@ def test_chembus_fallback_variables_are_honoured_in_order():
     assert from_env(both).chem_xsub == "tcp://10.0.0.1:1"
     assert from_env({"KLR_CHEM_XSUB": "tcp://10.0.0.2:2"}).chem_xsub == "tcp://10.0.0.2:2"
     assert from_env({**both, "KLOROS_CHEM_XSUB": "tcp://h:3"}).chem_xsub == "tcp://h:3"
+
+
+def test_chembus_xpub_fallback_variables_are_honoured_in_order():
+    both = {"KLR_UMN_XPUB": "tcp://10.0.0.1:1", "KLR_CHEM_XPUB": "tcp://10.0.0.2:2"}
+    assert from_env({}).chem_xpub == "tcp://127.0.0.1:5557"
+    assert from_env(both).chem_xpub == "tcp://10.0.0.1:1"
+    assert from_env({"KLR_CHEM_XPUB": "tcp://10.0.0.2:2"}).chem_xpub == "tcp://10.0.0.2:2"
+    assert from_env({**both, "KLOROS_CHEM_XPUB": "tcp://h:3"}).chem_xpub == "tcp://h:3"
+    with pytest.raises(SettingsError, match="^KLR_UMN_XPUB="):
+        from_env({"KLR_UMN_XPUB": "localhost:5557"})
 
 
 def test_watch_roots_and_excludes_are_split_on_colons(tmp_path):

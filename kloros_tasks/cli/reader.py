@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import redis
 
 from kloros_tasks import names
-from kloros_tasks.cli.render import render_envelope, render_text
+from kloros_tasks.cli.render import budget_line, render_envelope, render_text
 from kloros_tasks.connections import redis_client
+from kloros_tasks.deliver.backlog import delivery_report, pending_envelopes
 from kloros_tasks.questions import dumps
 from kloros_tasks.settings import Settings
 from kloros_tasks.state.publish import Publisher
@@ -35,25 +37,39 @@ def _field(fields) -> str:
 
 
 def pending(client) -> list[dict]:
-    """The bridge's budget backlog, per detector in the order it will be sent."""
-    out = []
-    for detector in names.DETECTORS:
-        ids = client.zrange(names.bridge_backlog(detector), 0, -1)
-        if not ids:
-            continue
-        for raw in client.hmget(names.BRIDGE_HELD, ids):
-            if raw is not None:
-                out.append(json.loads(raw))
-    return out
+    """What the bridge holds: each detector's backlog in sending order, then the
+    resolution notices waiting for a subscriber, oldest first."""
+    return pending_envelopes(client)
+
+
+def _pending_summary(client, settings: Settings, out) -> None:
+    """One line per detector: held count, next send time, cancellations, budget."""
+    report = delivery_report(client, settings, time.time())
+    for detector, budget in report["budgets"].items():
+        out.write(f"{detector:<12} {budget_line(budget)}\n")
+    out.write(f"{'resolved':<12} waiting {report['resolutions_waiting']} "
+              f"(for a subscriber of {names.CHANNEL_RESOLVED})\n")
+    for topic, since in sorted(report["unsubscribed"].items()):
+        out.write(f"no subscriber for {topic} since "
+                  f"{time.strftime('%H:%M:%S', time.localtime(since))}\n")
 
 
 def run_questions(settings: Settings, *, follow: bool = False, signal: str | None = None,
                   open_only: bool = False, pending_only: bool = False, fmt: str = "text",
                   count: int = 100, out=sys.stdout) -> int:
+    """Print the questions asked for; 0, or 2 when Redis cannot be reached."""
     client = redis_client(settings.redis_url, socket_timeout=None)
     try:
         if pending_only:
-            for env in pending(client):
+            held = pending(client)
+            if client.get(names.BRIDGE_HEARTBEAT) is None:
+                # Say why the list is what it is: whatever is held waits for the bridge.
+                print("kloros-tasks: no ChemBus bridge is running (no heartbeat)"
+                      + (f"; {len(held)} questions wait for it" if held else
+                         "; nothing waits for it"), file=sys.stderr)
+            if fmt != "jsonl":
+                _pending_summary(client, settings, out)
+            for env in held:
                 if signal is None or env.get("signal") == signal:
                     out.write((dumps(env) if fmt == "jsonl" else render_envelope(env)) + "\n")
             return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,3 +25,17 @@ def render_text(raw: str | bytes) -> str:
         return render_envelope(loads(raw))
     except EnvelopeError as exc:
         return f"(unreadable envelope: {exc})"
+
+
+def budget_line(budget: dict, now: float | None = None) -> str:
+    """``held N  next send HH:MM:SS (in N s)  cancelled N  budget COUNT/SECONDS``."""
+    now = time.time() if now is None else now
+    when = budget["next_send"]
+    if when is None:
+        nxt = "-"
+    elif when <= now:
+        nxt = "now (when a subscriber is there)"
+    else:
+        nxt = f"{time.strftime('%H:%M:%S', time.localtime(when))} (in {when - now:.0f} s)"
+    return (f"held {budget['held']}  next send {nxt}  cancelled {budget['cancelled']}  "
+            f"budget {budget['budget']}")

@@ -16,11 +16,21 @@ from typing import Any
 import redis
 
 from kloros_tasks import names
+from kloros_tasks.cli.render import budget_line
 from kloros_tasks.connections import redis_client
+from kloros_tasks.deliver.backlog import UNDELIVERED_AFTER, delivery_report
 from kloros_tasks.settings import Settings
 
 HEALTHY, DEGRADED, UNREACHABLE = 0, 1, 2
 WORD = {HEALTHY: "healthy", DEGRADED: "degraded", UNREACHABLE: "unreachable"}
+ABSENT = "absent"  # the status word of a Redis holding nothing of kloros-tasks (exit 1)
+# What any part of kloros-tasks leaves in its Redis: the watcher's roots and heartbeat,
+# the ledger and stream, exploration's records, dead letters, the queues, and the
+# binding tables kombu writes when a worker or producer declares a detector queue.
+STATE_KEYS = (names.ROOTS, names.WATCHER_HEARTBEAT, names.LEDGER, names.STREAM,
+              names.EXPLORATION_LAST_SCAN, names.EXPLORATION_NODES, names.DEADLETTER,
+              names.BRIDGE_HEARTBEAT, *names.QUEUES,
+              *(f"_kombu.binding.{q}" for q in names.QUEUES))
 STUCK_AFTER = 120.0  # seconds a task may wait while consumers exist
 INSPECT_TIMEOUT = 1.5
 RECENT_ENTRIES = 2000
@@ -58,8 +68,15 @@ def oldest_waiting_age(client, queue: str, now: float) -> float | None:
         return None
 
 
+def holds_kloros_state(client) -> bool:
+    """Whether any part of kloros-tasks ever ran on this Redis (one read-only EXISTS)."""
+    return bool(client.exists(*STATE_KEYS))
+
+
 def worker_queues(app) -> dict[str, list[str]] | None:
-    """Worker node -> queues it consumes, answered within a short timeout."""
+    """Worker node -> queues it consumes, answered within a short timeout.
+
+    Leaves nothing behind in Redis when ``app`` comes from ``inspecting_app``."""
     try:
         active = app.control.inspect(timeout=INSPECT_TIMEOUT).active_queues() or {}
     except Exception:  # noqa: BLE001 - any broker failure here means "unknown"
@@ -84,7 +101,10 @@ def detector_summary(client) -> dict[str, dict]:
     return out
 
 
-def bridge_summary(client) -> dict:
+def bridge_summary(client, settings: Settings | None = None, now: float | None = None) -> dict:
+    """The bridge's heartbeat, its group's lag and pending, and what waits in its backlogs
+    (``delivery_report``: held counts, next send times, cancellations, the oldest entry
+    that could have gone out and did not)."""
     heartbeat = _json(client.get(names.BRIDGE_HEARTBEAT))
     group = None
     try:
@@ -94,7 +114,17 @@ def bridge_summary(client) -> dict:
     except redis.ResponseError:
         group = None  # no stream yet
     backlog = {d: client.zcard(names.bridge_backlog(d)) for d in names.DETECTORS}
-    return {"heartbeat": heartbeat, "group": group, "backlog": backlog}
+    delivery = delivery_report(client, settings or Settings(), time.time() if now is None else now)
+    return {"heartbeat": heartbeat, "group": group, "backlog": backlog, **delivery}
+
+
+def undelivered_problem(bridge: dict) -> str | None:
+    """A problem line when an entry that could have gone to ChemBus waits too long."""
+    late = bridge.get("undelivered")
+    if not late or late["age"] <= UNDELIVERED_AFTER:
+        return None
+    return (f"bridge: the oldest undelivered entry ({late['topic']}) has waited "
+            f"{late['age']:.0f} s: {late['why']}")
 
 
 def collect(settings: Settings, client, app=None, now: float | None = None) -> dict:
@@ -123,9 +153,12 @@ def collect(settings: Settings, client, app=None, now: float | None = None) -> d
     report["watcher"] = _json(client.get(names.WATCHER_HEARTBEAT))
     if report["watcher"] is None:
         problems.append("no watcher heartbeat in the last 30 s")
-    report["bridge"] = bridge_summary(client)
+    report["bridge"] = bridge_summary(client, settings, now)
     if settings.chem_xsub_given and report["bridge"]["heartbeat"] is None:
         problems.append("the ChemBus bridge is configured but sends no heartbeat")
+    late = undelivered_problem(report["bridge"])
+    if late and (settings.chem_xsub_given or report["bridge"]["heartbeat"] is not None):
+        problems.append(late)
     report["exploration"] = {
         _text(h): float(t) for h, t in client.hgetall(names.EXPLORATION_LAST_SCAN).items()}
     late = [h for h, t in report["exploration"].items()
@@ -171,7 +204,11 @@ def render(report: dict) -> str:
                                  f"{hb.get('endpoint')} connected {hb.get('connected')} "
                                  f"sent {hb.get('sent')}")
                  + f"  lag {group.get('lag', '-')} pending {group.get('pending', '-')}"
-                 f"  backlog {sum(b['backlog'].values())}")
+                 f"  backlog {sum(b['backlog'].values())}"
+                 f"  resolutions waiting {b.get('resolutions_waiting', 0)}")
+    for detector, budget in b.get("budgets", {}).items():
+        if budget["held"] or budget["cancelled"]:
+            lines.append(f"budget    {detector:<12} {budget_line(budget)}")
     for host, ts in sorted(report["exploration"].items()):
         lines.append(f"explore   {host} last scan {_age(ts)}")
     for detector, d in report["detectors"].items():
@@ -184,10 +221,33 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-def run_status(settings: Settings, *, as_json: bool = False, out=None) -> int:
-    import sys  # noqa: PLC0415
+def inspecting_app(settings: Settings):
+    """The Celery app ``status`` asks the workers through, without writing to Redis.
 
+    Celery declares the reply queue of an inspect broadcast with x-expires
+    (``control_queue_expires``); kombu 5.7 keeps a deadline for the binding of every
+    such queue in ``_kombu.binding_deadlines`` (at least an hour), which outlives the
+    reply queue that is deleted when the inspect ends.  Declared without x-expires the
+    binding is a plain table entry, and deleting the reply queue removes it again."""
     from kloros_tasks.celery_app import create_app  # noqa: PLC0415
+
+    app = create_app(settings)
+    app.conf.control_queue_expires = None
+    return app
+
+
+def absent_report(settings: Settings, client) -> dict:
+    """The report of a Redis that holds nothing of kloros-tasks."""
+    return {"status": ABSENT, "redis": redis_info(client), "problems": [
+        f"nothing of kloros-tasks runs on {settings.redis_url}: no queues, questions, "
+        "watcher or workers have ever used it (KLOROS_REDIS_URL unset? `kloros-tasks env` "
+        "finds the Redis of a running `kloros-tasks up`)"]}
+
+
+def run_status(settings: Settings, *, as_json: bool = False, out=None) -> int:
+    """Print the report; 0 healthy, 1 degraded or nothing of kloros-tasks there,
+    2 unreachable.  It never writes to the Redis it inspects."""
+    import sys  # noqa: PLC0415
 
     out = out or sys.stdout
     client = redis_client(settings.redis_url, socket_timeout=3)
@@ -201,7 +261,12 @@ def run_status(settings: Settings, *, as_json: bool = False, out=None) -> int:
             out.write(f"status    unreachable\nproblem   redis at {settings.redis_url}: {exc}\n")
         return UNREACHABLE
     try:
-        report = collect(settings, client, create_app(settings))
+        if not holds_kloros_state(client):
+            report = absent_report(settings, client)
+            out.write((json.dumps(report, sort_keys=True) if as_json else
+                       f"status    {ABSENT}\nproblem   {report['problems'][0]}") + "\n")
+            return DEGRADED
+        report = collect(settings, client, inspecting_app(settings))
     finally:
         client.close()
     out.write((json.dumps(report, sort_keys=True) if as_json else render(report)) + "\n")

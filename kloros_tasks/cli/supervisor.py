@@ -87,11 +87,13 @@ def worker_argv(queues: list[str], settings: Settings, concurrency: int, node: s
     ]
 
 
-def flower_child(settings: Settings, auth: str) -> Child:
-    """Flower on 127.0.0.1 only, behind basic auth, with a bounded task history."""
-    return Child("flower", CELERY + [
-        "flower", "--address=127.0.0.1", f"--port={settings.flower_port}",
-        "--max_tasks=10000", "--persistent=False",
+def flower_child(settings: Settings, auth: str, nodes: list[str]) -> Child:
+    """Flower on 127.0.0.1 only, behind basic auth, with a bounded task history; started
+    once the worker ``nodes`` answer, so it lists them from the start (cli/flower.py)."""
+    return Child("flower", [
+        sys.executable, "-m", "kloros_tasks.cli.flower", ",".join(nodes), "--",
+        "--address=127.0.0.1", f"--port={settings.flower_port}",
+        "--max_tasks=10000", "--persistent=False", "--inspect_timeout=3000",
     ], extra_env={"FLOWER_BASIC_AUTH": auth})
 
 
@@ -120,7 +122,8 @@ def plan(settings: Settings, roots: list[Path], *, concurrency: int = 1,
     if settings.chem_xsub_given:
         children.append(Child("bridge", [sys.executable, "-m", "kloros_tasks.cli", "bridge"]))
     if flower_auth:
-        children.append(flower_child(settings, flower_auth))
+        nodes = ["all"] if single_worker else list(names.QUEUES)
+        children.append(flower_child(settings, flower_auth, nodes))
     return children
 
 

@@ -7,6 +7,7 @@ missed between publication and printing.  Progress goes to stderr on a terminal 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import signal
@@ -21,12 +22,14 @@ from kloros_tasks import names
 from kloros_tasks.cli.embedded import EmbeddedRedis
 from kloros_tasks.cli.render import render_text
 from kloros_tasks.cli.supervisor import first_dead, lock_state_dir, plan, stop_all
-from kloros_tasks.connections import redis_client
+from kloros_tasks.connections import forget_redis_url, record_redis_url, redis_client
 from kloros_tasks.settings import Settings
 from kloros_tasks.state import snapshot
 
 MAX_SOCKET_PATH = 100
 SNAPSHOT_EVERY = snapshot.SNAPSHOT_EVERY  # up keeps the snapshot; its watcher does not
+# Compact envelopes spell the signal exactly so (questions.dumps): a cheap test.
+RESOLVED_MARK = f'"signal":"{names.CHANNEL_RESOLVED}"'
 
 
 def embedded_dir(state_dir: Path) -> Path:
@@ -45,45 +48,72 @@ def _stream_tail(client) -> str:
 
 
 class Progress:
-    """Initial-scan progress from the queue depths: shown on a terminal, silent in pipes."""
+    """What the analysis is doing, on stderr.
 
-    def __init__(self, stream=sys.stderr) -> None:
+    On a terminal, one updating line while changes wait in the queues.  Everywhere
+    (terminal, pipe or file), one plain line when the analysis goes idle, so a script
+    can wait for it: once the watcher of this run has beaten (its initial
+    reconciliation has sent everything), the queues are empty and a polling round
+    brought nothing new."""
+
+    def __init__(self, stream=sys.stderr, watcher_pid: int | None = None) -> None:
         self.stream = stream
-        self.enabled = stream.isatty()
+        self.tty = stream.isatty()
+        self.watcher_pid = watcher_pid
         self.peak = 0
-        self.shown = False
+        self.busy = True  # the initial scan is ahead
+        self.opened = self.resolved = 0  # publications printed during this run
 
-    def update(self, client, printed: int) -> None:
-        if not self.enabled:
-            return
+    def _watcher_ready(self, client) -> bool:
+        if self.watcher_pid is None:
+            return True
+        beat = client.get(names.WATCHER_HEARTBEAT)
+        try:
+            return beat is not None and json.loads(beat).get("pid") == self.watcher_pid
+        except (ValueError, AttributeError):
+            return False
+
+    def update(self, client, opened: int = 0, resolved: int = 0) -> None:
+        self.opened += opened
+        self.resolved += resolved
         queued = sum(client.llen(q) for q in names.QUEUES)
         self.peak = max(self.peak, queued)
-        if queued:
-            done = self.peak - queued
-            self.stream.write(f"\ranalysing: {done} of {self.peak} changes, "
-                              f"{printed} questions so far ")
-            self.shown = True
-        elif self.shown:
-            self.stream.write(f"\ranalysis idle: {self.peak} changes, {printed} questions"
-                              + " " * 10 + "\n")
-            self.shown, self.peak = False, 0
+        if queued or opened or resolved:
+            self.busy = True
+            if queued and self.tty:
+                self.stream.write(f"\ranalysing: {self.peak - queued} of {self.peak} changes, "
+                                  f"{self.opened} opened, {self.resolved} resolved ")
+        elif self.busy and self._watcher_ready(client):
+            self.stream.write(("\r" if self.tty else "")
+                              + f"analysis idle: {self.counts(client)}"
+                              + (" " * 10 if self.tty else "") + "\n")
+            self.busy, self.peak = False, 0
         self.stream.flush()
 
+    def counts(self, client) -> str:
+        """``N questions open; this run opened A and resolved B``."""
+        return (f"{client.hlen(names.LEDGER)} questions open; this run opened {self.opened} "
+                f"and resolved {self.resolved}")
 
-def _print_new(client, last_id: str, fmt: str, out) -> tuple[str, int]:
-    printed = 0
+
+def _print_new(client, last_id: str, fmt: str, out) -> tuple[str, int, int]:
+    """Print what the stream got since ``last_id``: (new last id, opened, resolved)."""
+    opened = resolved = 0
     try:
         batches = client.xread({names.STREAM: last_id}, count=500, block=1000)
     except redis.TimeoutError:
-        return last_id, 0
+        return last_id, 0, 0
     for _stream, entries in batches or []:
         for entry_id, fields in entries:
             last_id = entry_id.decode()
             raw = fields.get(names.STREAM_FIELD.encode(), b"").decode()
             out.write((raw if fmt == "jsonl" else render_text(raw)) + "\n")
-            printed += 1
+            if RESOLVED_MARK in raw:
+                resolved += 1
+            else:
+                opened += 1
     out.flush()
-    return last_id, printed
+    return last_id, opened, resolved
 
 
 def run_up(settings: Settings, roots: list[Path], *, fmt: str = "text",
@@ -113,7 +143,11 @@ def run_up(settings: Settings, roots: list[Path], *, fmt: str = "text",
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     client = redis_client(url, socket_timeout=5)
+    # Where this pipeline's Redis is, for `questions`, `status`, `env` and celery's own
+    # commands started without KLOROS_REDIS_URL.
+    record_redis_url(settings.state_dir, url)
     status = 0
+    progress: Progress | None = None
     snapshot_path = snapshot.default_path(settings.state_dir)
     try:
         if snapshot.restore_snapshot(client, snapshot_path):
@@ -128,20 +162,33 @@ def run_up(settings: Settings, roots: list[Path], *, fmt: str = "text",
             child.start(env, log_dir)
         print(f"started {', '.join(c.name for c in children)}; logs in {log_dir}",
               file=sys.stderr)
-        status = _loop(client, children, stop, last_id, fmt, snapshot_path)
+        watcher = next((c for c in children if c.name == "watcher"), None)
+        progress = Progress(watcher_pid=watcher.proc.pid if watcher and watcher.proc else None)
+        status = _loop(client, children, stop, last_id, fmt, snapshot_path, progress)
     finally:
         stop_all(children)
+        if progress is not None:
+            _end_summary(client, progress)
         snapshot.keep_snapshot(client, snapshot_path)  # best effort, logged
         client.close()
+        forget_redis_url(settings.state_dir, url)
         if server is not None:
             server.stop()
         lock.close()
     return status
 
 
+def _end_summary(client, progress: Progress) -> None:
+    """The last line of a run, plain, wherever stderr goes."""
+    try:
+        print(f"stopped: {progress.counts(client)}", file=sys.stderr)
+    except redis.RedisError as exc:
+        print(f"stopped: this run opened {progress.opened} and resolved {progress.resolved} "
+              f"questions (redis unreachable: {exc})", file=sys.stderr)
+
+
 def _loop(client, children, stop: threading.Event, last_id: str, fmt: str,
-          snapshot_path: Path) -> int:
-    progress, printed = Progress(), 0
+          snapshot_path: Path, progress: Progress) -> int:
     next_snapshot = time.monotonic() + SNAPSHOT_EVERY
     while not stop.is_set():
         if time.monotonic() >= next_snapshot:
@@ -153,9 +200,8 @@ def _loop(client, children, stop: threading.Event, last_id: str, fmt: str,
                   f"see {dead.log_path}", file=sys.stderr)
             return 1
         try:
-            last_id, n = _print_new(client, last_id, fmt, sys.stdout)
-            printed += n
-            progress.update(client, printed)
+            last_id, opened, resolved = _print_new(client, last_id, fmt, sys.stdout)
+            progress.update(client, opened, resolved)
         except redis.ConnectionError as exc:
             print(f"kloros-tasks: redis unreachable: {exc}", file=sys.stderr)
             time.sleep(1)

@@ -3,111 +3,60 @@
 It reads ``kloros:questions`` through the consumer group ``chembus-bridge``: first its
 own pending entries (left by a crash), then new ones; entries idle with a dead
 consumer are claimed back with XAUTOCLAIM.  An entry is acknowledged only after it
-was handed to ZeroMQ, or parked in the budget backlog (itself in Redis).  While the
-proxy is away nothing is sent and nothing is acknowledged, so the backlog goes out in
-order when it returns.  A resend after a crash carries the same ``incident_id``.
+was handed to ZeroMQ, or parked in a backlog in Redis (see backlog.py) from which it
+is sent later.  While the proxy is away nothing is read, so entries wait in the stream.
 
-Budgets: per detector at most N questions per window reach ChemBus; the excess
-waits in ``kloros:bridge:backlog:<detector>`` ordered by severity then age, and a
-resolution of a question still waiting cancels it instead of being sent.
+Only what must be ordered is: a question's opening goes before its resolution (a
+resolution whose opening still waits cancels both instead).  Otherwise each topic
+goes at its own pace: an entry whose topic has no subscriber waits in its backlog
+without holding back the others, and goes out when a subscriber arrives.
+
+Budgets: per detector at most N questions per window reach ChemBus.  Questions of a
+budgeted detector all pass through its backlog, drained GATHER_S after the first of a
+burst arrives, so the most severe of a burst go first.
 
 Idle, it costs a few Redis commands every few seconds: it blocks on XREADGROUP (which
-returns the moment an entry arrives), drains a backlog only when one exists and its
-budget window has room again, and runs its chores (heartbeat, backlog check, claiming
-stuck entries) each on its own period.
+returns the moment an entry arrives), drains a backlog only when one exists and it can
+send (budget room, a new subscriber), and runs its chores (heartbeat, backlog check,
+claiming stuck entries) each on its own period.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import signal
 import socket
-import threading
 import time
-from collections.abc import Iterator
+import uuid
 
 import redis
 
 from kloros_tasks import names
 from kloros_tasks.connections import redis_client
+from kloros_tasks.deliver.backlog import TRIMMED, Budget, backlog_score, detector_of, facts_of
 from kloros_tasks.deliver.chemlink import ChemLink
 from kloros_tasks.settings import Settings
 
+__all__ = ["Bridge", "WaitCut", "backlog_score", "detector_of"]
 log = logging.getLogger(__name__)
 BATCH = 100
 BLOCK_MS = 200  # a step's longest wait when its caller names none
-IDLE_BLOCK_MS = 5_000  # run_bridge's idle wait; below the client's 10 s socket timeout
-THREAD_BLOCK_MS = 1_000  # where no signal can cut a wait, a stop is seen within this
 CLAIM_IDLE_MS = 30_000
 HEARTBEAT_TTL = 30
-HEARTBEAT_EVERY = 5.0  # status reports the bridge down once the key's TTL runs out
-BACKLOG_CHECK_EVERY = 5.0  # bounds how long a backlog parked by another bridge waits
-CLAIM_EVERY = 15.0  # an entry only counts as stuck after CLAIM_IDLE_MS anyway
 DRAIN_RECHECK = 60.0  # a waiting backlog is looked at again at least this often
-LINK_RETRY = 1.0  # a backlog whose topic has no subscriber yet is retried after this
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-BACKLOG_KEYS = tuple(names.bridge_backlog(d) for d in names.DETECTORS)
-SEVERITY_RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3}
-SEND, HOLD, CANCEL, WAIT, DROP = "send", "hold", "cancel", "wait", "drop"
+LINK_RETRY = 1.0  # while something waits for a subscriber, the link is looked at this often
+GATHER_S = 0.5  # a backlog drains this long after its first new entry: a burst goes best first
+SEND, HOLD, PARK, CANCEL, DROP = "send", "hold", "park", "cancel", "drop"
 
 
 class WaitCut(Exception):
     """Raised by a stop signal into the bridge's idle wait, to end it at once."""
 
 
-def backlog_score(envelope: dict) -> float:
-    """Lower is sooner: severity first, then age."""
-    facts = envelope.get("facts", {})
-    rank = SEVERITY_RANK.get(facts.get("severity"), 3)
-    return rank * 1e11 + float(facts.get("timestamp") or envelope.get("ts") or 0)
-
-
-def detector_of(envelope: dict) -> str:
-    meta = envelope.get("facts", {}).get("metadata", {})
-    if isinstance(meta, dict) and meta.get("detector") in names.DETECTORS:
-        return meta["detector"]
-    for detector, channel in names.CHANNEL.items():
-        if envelope.get("signal") == channel:
-            return detector
-    return ""
-
-
-class Budget:
-    """Sliding-window send budget per detector, counted in Redis so restarts keep it."""
-
-    def __init__(self, client, settings: Settings) -> None:
-        self.r = client
-        self.settings = settings
-
-    def room(self, detector: str, now: float) -> int:
-        count, window = self.settings.budget(detector)
-        if count == 0:
-            return 1 << 30
-        key = names.bridge_sent(detector)
-        self.r.zremrangebyscore(key, "-inf", now - window)
-        return max(0, count - self.r.zcard(key))
-
-    def spend(self, detector: str, incident_id: str, now: float) -> None:
-        count, window = self.settings.budget(detector)
-        if count:
-            self.r.zadd(names.bridge_sent(detector), {incident_id: now})
-            self.r.expire(names.bridge_sent(detector), window + 60)
-
-    def reopens(self, detector: str, now: float) -> float:
-        """When the window has room again (counts what ``room`` left: call it right after)."""
-        count, window = self.settings.budget(detector)
-        key = names.bridge_sent(detector)
-        over = self.r.zcard(key) - count
-        if count == 0 or over < 0:
-            return now
-        first = self.r.zrange(key, over, over, withscores=True)
-        return first[0][1] + window if first else now
-
-
 class Bridge:
+    """One consumer of the group: ``step`` is one turn of its loop (see run.py)."""
+
     def __init__(self, settings: Settings, client=None, link: ChemLink | None = None,
                  consumer: str | None = None, clock=time.time) -> None:
         self.settings = settings
@@ -118,17 +67,30 @@ class Bridge:
         self.clock = clock
         self.sent = 0
         self._own_pending = True  # finish our own pending entries before new ones
-        self.drain_at = 0.0  # clock time at which the backlog may next have something to send
+        self.drain_at = 0.0  # clock time at which a backlog may next have something to send
         self._backlog_keys = -1  # backlog keys that existed at the last look (-1: not looked)
+        self._link_changes = -1  # the link's change count when the backlogs were last drained
+        self._link_blocked = False  # something waits for a subscriber (or for the link to settle)
+        # topic -> whether it is marked in BRIDGE_UNSUBSCRIBED (absent: not known, so the
+        # first look writes either way and clears a mark an earlier run left)
+        self._unsubscribed: dict[str, bool] = {}
         self.waiting = False  # inside a wait that a stop signal may cut short
 
     # -- stream side -------------------------------------------------------------------
     def ensure_group(self) -> None:
+        """Make the stream and the consumer group unless they exist (they may have been
+        lost with an emptied Redis); a recreated group reads the stream from its start."""
         try:
             self.r.xgroup_create(names.STREAM, names.BRIDGE_GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+
+    def lost_stream(self) -> None:
+        """Forget what Redis forgot: our pending entries and the topics marked waiting."""
+        self._own_pending = True
+        self._unsubscribed.clear()
+        self._backlog_keys = -1
 
     def _read(self, block_ms: int) -> list:
         if self._own_pending:
@@ -143,7 +105,7 @@ class Bridge:
         return batch[0][1] if batch else []
 
     def _wait(self, call, *args, **kwargs):
-        """Run a blocking call that a stop signal may cut short (see run_bridge)."""
+        """Run a blocking call that a stop signal may cut short (see run.py)."""
         try:
             self.waiting = True
             return call(*args, **kwargs)
@@ -163,113 +125,190 @@ class Bridge:
         return len(claimed)
 
     # -- decisions ---------------------------------------------------------------------
-    def decide(self, envelope: dict, now: float) -> str:
-        facts = envelope.get("facts", {})
-        qid = facts.get("question_id")
-        if envelope.get("signal") == names.CHANNEL_RESOLVED:
-            if qid and self.r.hexists(names.BRIDGE_HELD, qid):
-                return CANCEL
-            return SEND if self.link.ready(envelope["signal"]) else WAIT
+    def decide(self, envelope: dict) -> str:
+        """What to do with one stream entry; nothing here waits."""
+        qid = facts_of(envelope).get("question_id")
+        signal = envelope.get("signal")
+        if not isinstance(qid, str) or not qid:
+            return DROP  # CuriosityCore cannot use an envelope without one
+        if signal == names.CHANNEL_RESOLVED:
+            if self.r.hexists(names.BRIDGE_HELD, qid):
+                return CANCEL  # its opening was never sent: neither is sent
+            if self.r.zcard(names.BRIDGE_RESOLUTIONS) or not self.link.ready(signal):
+                return PARK
+            return SEND
         detector = detector_of(envelope)
-        if not detector or not qid:
+        if not detector or signal != names.CHANNEL[detector]:
             return DROP
-        if self.r.zcard(names.bridge_backlog(detector)) or not self.budget.room(detector, now):
-            return HOLD
-        return SEND if self.link.ready(envelope["signal"]) else WAIT
+        if self.budget.limited(detector) or self.r.zcard(names.bridge_backlog(detector)) \
+                or not self.link.ready(signal):
+            return HOLD  # sent from the backlog: by severity, when budget and subscriber allow
+        return SEND
 
     def _apply(self, action: str, envelope: dict, raw: str, now: float) -> None:
-        facts = envelope.get("facts", {})
-        qid = facts.get("question_id")
+        qid = facts_of(envelope).get("question_id")
         if action == SEND:
             self.link.send(envelope["signal"], raw)
             self.sent += 1
-            if envelope["signal"] != names.CHANNEL_RESOLVED:
-                self.budget.spend(detector_of(envelope), envelope.get("incident_id", ""), now)
         elif action == HOLD:
             pipe = self.r.pipeline()
             pipe.hset(names.BRIDGE_HELD, qid, raw)
             pipe.zadd(names.bridge_backlog(detector_of(envelope)), {qid: backlog_score(envelope)})
             pipe.execute()
-            self.drain_at = min(self.drain_at, now)  # the next step works out when it can go
+        elif action == PARK:
+            self._park_resolution(envelope, raw)
         elif action == CANCEL:
-            held = self.r.hget(names.BRIDGE_HELD, qid)
-            detector = detector_of(json.loads(held)) if held else detector_of(envelope)
+            detector = detector_of(json.loads(self.r.hget(names.BRIDGE_HELD, qid) or raw))
             pipe = self.r.pipeline()
             pipe.hdel(names.BRIDGE_HELD, qid)
             pipe.zrem(names.bridge_backlog(detector), qid)
+            pipe.hincrby(names.BRIDGE_CANCELLED, detector or "?", 1)
             pipe.execute()
-            log.info("%s resolved while waiting for budget; not sent", qid)
+            log.info("%s resolved while waiting to be sent; neither is sent", qid)
         elif action == DROP:
             log.warning("dropping a stream entry that is not a question envelope: %.200s", raw)
 
+    def _park_resolution(self, envelope: dict, raw: str) -> None:
+        """Keep a resolution notice until a subscriber of its topic is there, oldest first.
+
+        Bounded by the stream's length: past it the oldest notices are dropped and counted
+        (the stream still holds them), so a topic nobody ever subscribes to cannot grow
+        Redis without end.
+        """
+        incident = str(envelope.get("incident_id") or f"resolved:{uuid.uuid4().hex}")
+        pipe = self.r.pipeline()
+        pipe.hset(names.BRIDGE_HELD, incident, raw)
+        pipe.zadd(names.BRIDGE_RESOLUTIONS, {incident: float(envelope.get("ts") or self.clock())})
+        pipe.zcard(names.BRIDGE_RESOLUTIONS)
+        over = pipe.execute()[-1] - self.settings.stream_maxlen
+        if over > 0:
+            dropped = [m for m, _ in self.r.zpopmin(names.BRIDGE_RESOLUTIONS, over)]
+            self.r.hdel(names.BRIDGE_HELD, *dropped)
+            self.r.hincrby(names.BRIDGE_CANCELLED, TRIMMED, len(dropped))
+            log.warning("%d resolution notices dropped: nobody subscribes to %s", len(dropped),
+                        names.CHANNEL_RESOLVED)
+
     def process(self, entries) -> int:
-        """Handle entries in order; stop at the first that must wait.  Returns acked count."""
-        acked = 0
+        """Handle entries in stream order; none waits for another.  Returns the acked count."""
+        acked = parked = 0
         for entry_id, fields in entries:
-            raw = (fields.get(names.STREAM_FIELD.encode()) or b"").decode(errors="replace")
+            raw = ((fields or {}).get(names.STREAM_FIELD.encode()) or b"").decode(errors="replace")
             try:
                 envelope = json.loads(raw)
                 if not isinstance(envelope, dict):
                     raise ValueError("not an object")
             except ValueError:
                 envelope = {}
-            now = self.clock()
-            action = self.decide(envelope, now) if envelope else DROP
-            if action == WAIT:
-                self._own_pending = True  # re-read from our pending list, in order
-                break
-            self._apply(action, envelope, raw, now)
+            action = self.decide(envelope) if envelope else DROP
+            self._apply(action, envelope, raw, self.clock())
             self.r.xack(names.STREAM, names.BRIDGE_GROUP, entry_id)
             acked += 1
+            parked += action in (HOLD, PARK)
+        if parked:
+            # Not at once: the rest of a burst (a scan settling) arrives over the next
+            # moments, and the most severe of it should take the budget.
+            self.drain_at = min(self.drain_at, self.clock() + GATHER_S)
         return acked
 
+    # -- backlogs ----------------------------------------------------------------------
     def drain_backlog(self) -> int:
-        """Send what the budgets now allow, best first, and note when the rest can go."""
+        """Send what budgets and subscribers now allow, best first; note when the rest can go."""
         now = self.clock()
+        self._link_changes, self._link_blocked = self.link.changes, False
         sent, waiting, due = 0, 0, now + DRAIN_RECHECK
         for detector in names.DETECTORS:
             count, next_at = self._drain_one(detector, now)
-            sent += count
-            if next_at is not None:
-                waiting += 1
-                due = min(due, next_at)
+            sent, waiting = sent + count, waiting + (next_at is not None)
+            due = min(due, next_at if next_at is not None else due)
+        count, next_at = self._drain_resolutions(now)
+        sent, waiting = sent + count, waiting + (next_at is not None)
+        due = min(due, next_at if next_at is not None else due)
         self._backlog_keys = waiting
         self.drain_at = due if waiting else math.inf
         return sent
 
     def _drain_one(self, detector: str, now: float) -> tuple[int, float | None]:
-        """Send one detector's backlog while its budget has room.
+        """Send one detector's backlog while its budget has room and its topic a subscriber.
 
         Returns how many went out and when the rest may go (None: nothing waits).
         """
-        key = names.bridge_backlog(detector)
+        key, topic = names.bridge_backlog(detector), names.CHANNEL[detector]
         sent = 0
         while True:
             best = self.r.zrange(key, 0, 0)
             if not best:
+                self._mark_unsubscribed(topic, False, now)
                 return sent, None
             if self.budget.room(detector, now) <= 0:
                 return sent, self.budget.reopens(detector, now)
+            if not self.link.ready(topic):
+                return sent, self._blocked_on_link(topic, now)
             qid = best[0].decode()
             raw = self.r.hget(names.BRIDGE_HELD, qid)
-            if raw is None:
-                self.r.zrem(key, qid)
-                continue
-            envelope = json.loads(raw)
-            if not self.link.ready(envelope["signal"]):
-                return sent, now + LINK_RETRY
-            self._apply(SEND, envelope, raw.decode(), now)
-            self.r.zrem(key, qid)
-            self.r.hdel(names.BRIDGE_HELD, qid)
-            sent += 1
+            if raw is not None:
+                envelope = json.loads(raw)
+                self.link.send(topic, raw.decode())
+                self.sent += 1
+                sent += 1
+            pipe = self.r.pipeline()
+            pipe.zrem(key, qid)
+            pipe.hdel(names.BRIDGE_HELD, qid)
+            if raw is not None:
+                self.budget.spend(detector, envelope.get("incident_id", ""), now, pipe)
+            pipe.execute()
+            self._mark_unsubscribed(topic, False, now)
+
+    def _drain_resolutions(self, now: float) -> tuple[int, float | None]:
+        """Send waiting resolution notices, oldest first, while their topic has a subscriber."""
+        topic, sent = names.CHANNEL_RESOLVED, 0
+        while True:
+            first = self.r.zrange(names.BRIDGE_RESOLUTIONS, 0, 0)
+            if not first:
+                self._mark_unsubscribed(topic, False, now)
+                return sent, None
+            if not self.link.ready(topic):
+                return sent, self._blocked_on_link(topic, now)
+            raw = self.r.hget(names.BRIDGE_HELD, first[0])
+            if raw is not None:
+                self.link.send(topic, raw.decode())
+                self.sent += 1
+                sent += 1
+            pipe = self.r.pipeline()
+            pipe.zrem(names.BRIDGE_RESOLUTIONS, first[0])
+            pipe.hdel(names.BRIDGE_HELD, first[0])
+            pipe.execute()
+
+    def _blocked_on_link(self, topic: str, now: float) -> float:
+        """Note that ``topic`` cannot go for want of a subscriber; returns when to look again.
+
+        A subscriber's arrival is a link change, which ``step`` sees within LINK_RETRY and
+        which brings the drain forward; only while the link is settling, when readiness
+        changes with no event, is the drain itself repeated that often.
+        """
+        self._link_blocked = True
+        self._mark_unsubscribed(topic, True, now)
+        return now + (LINK_RETRY if self.link.settling() else DRAIN_RECHECK)
+
+    def _mark_unsubscribed(self, topic: str, waiting: bool, now: float) -> None:
+        """Record since when ``topic`` has had something to send and no subscriber (for
+        ``status``); written only when that changes."""
+        if self._unsubscribed.get(topic) is waiting:
+            return
+        if waiting:
+            self.r.hsetnx(names.BRIDGE_UNSUBSCRIBED, topic, now)
+            log.info("nobody subscribes to %s; its entries wait without holding back others",
+                     topic)
+        else:
+            self.r.hdel(names.BRIDGE_UNSUBSCRIBED, topic)
+        self._unsubscribed[topic] = waiting
 
     def check_backlog(self) -> None:
         """One EXISTS over the backlog keys; drain at once when their number changed.
 
-        This bridge's own holds schedule a drain themselves; this catches a backlog that
-        another bridge of the group parked, or that an earlier run left.
+        This bridge's own holds drain themselves; this catches a backlog that another
+        bridge of the group parked, or that an earlier run left.
         """
-        count = self.r.exists(*BACKLOG_KEYS)
+        count = self.r.exists(*names.BRIDGE_BACKLOGS)
         if count != self._backlog_keys:
             self._backlog_keys = count
             self.drain_at = self.clock() if count else math.inf
@@ -281,118 +320,30 @@ class Bridge:
         self.r.set(names.BRIDGE_HEARTBEAT, json.dumps(info), ex=HEARTBEAT_TTL)
 
     def step(self, block_ms: int = BLOCK_MS) -> None:
-        """Drain the backlog when due, then forward new entries, waiting up to ``block_ms``.
+        """Drain the backlogs when due, then forward new entries, waiting up to ``block_ms``.
 
-        Every wait ends early on what it waits for: a stream entry, a connection or
-        subscription change, and the backlog's next chance to send.
+        Every wait ends early on what it waits for: a stream entry, a backlog's next
+        chance to send, and a subscription change (seen within LINK_RETRY while
+        something waits for a subscriber).
         """
         self.link.pump(0)
         if not self.link.connected:
             self._wait(self.link.pump, block_ms)  # nothing can be sent: wait for the proxy
             return
+        if self._link_blocked and self.link.changes != self._link_changes:
+            self.drain_at = min(self.drain_at, self.clock())  # a new subscriber may unblock
         if self.clock() >= self.drain_at:
             self.drain_backlog()
         entries = self._read(self._until_drain(block_ms))
-        if entries and self.process(entries) < len(entries):
-            # wait for a subscriber or a connection change: both wake the poll
-            self._wait(self.link.pump, self._until_drain(block_ms))
+        if entries:
+            self.process(entries)
 
     def _until_drain(self, block_ms: int) -> int:
-        """``block_ms``, cut to when the backlog is due; at least 1 (BLOCK 0 is forever)."""
+        """``block_ms``, cut to when the backlog is due, and to LINK_RETRY while something
+        waits for a subscriber; at least 1 (BLOCK 0 is forever)."""
+        if self._link_blocked:
+            block_ms = min(block_ms, int(LINK_RETRY * 1000))
         return max(1, math.ceil(min(block_ms, (self.drain_at - self.clock()) * 1000)))
 
     def close(self) -> None:
         self.link.close()
-
-
-CHORES = ((HEARTBEAT_EVERY, Bridge.heartbeat), (BACKLOG_CHECK_EVERY, Bridge.check_backlog),
-          (CLAIM_EVERY, Bridge.claim_stuck))
-
-
-def run_bridge(settings: Settings, stop: threading.Event | None = None) -> int:
-    """Run until ``stop`` is set (SIGTERM/SIGINT in the CLI); survives Redis and proxy restarts.
-
-    Idle, it waits on the stream up to IDLE_BLOCK_MS, and a stop signal cuts that wait
-    short.  Run outside the main thread, where no signal handler runs, it waits at most
-    THREAD_BLOCK_MS, so a ``stop.set()`` takes effect within that.
-    """
-    stop = stop or threading.Event()
-    bridge = Bridge(settings)
-    log.info("bridging %s to ChemBus at %s", names.STREAM, settings.chem_xsub)
-    try:
-        with _stop_signals_cut_waits(bridge, stop) as block_ms:
-            _loop(bridge, stop, block_ms)
-    finally:
-        bridge.close()
-    return 0
-
-
-def _loop(bridge: Bridge, stop: threading.Event, block_ms: int) -> None:
-    down_since = None
-    due: list[float] = []  # when each chore is next due; empty: run them all now
-    while not stop.is_set():
-        try:
-            until_chores = _chores(bridge, due)
-            bridge.step(max(1, min(block_ms, math.ceil(until_chores * 1000))))
-            if down_since is not None:
-                log.info("redis is back after %.0f s", time.monotonic() - down_since)
-                down_since = None
-        except WaitCut:
-            continue  # a stop signal ended the wait: the loop condition sees the stop
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            if down_since is None:
-                log.warning("redis unreachable (%s); retrying", exc)
-                down_since = time.monotonic()
-            due.clear()
-            stop.wait(1.0)
-        except redis.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            due.clear()  # a fresh Redis lost the group: recreate it
-
-
-def _chores(bridge: Bridge, due: list[float]) -> float:
-    """Run the chores that are due; returns the seconds until the next one.
-
-    An empty ``due`` (at start, or after Redis was away) runs them all, once the consumer
-    group is known to exist: a Redis that restarted empty has lost it.
-    """
-    now = time.monotonic()
-    if not due:
-        bridge.ensure_group()
-        due.extend([now] * len(CHORES))
-    for i, (period, chore) in enumerate(CHORES):
-        if now >= due[i]:
-            chore(bridge)
-            due[i] = now + period
-    return min(due) - now
-
-
-@contextlib.contextmanager
-def _stop_signals_cut_waits(bridge: Bridge, stop: threading.Event) -> Iterator[int]:
-    """Yield the longest wait the loop may use, letting a stop signal end a wait at once.
-
-    The CLI's SIGINT/SIGTERM handlers only set ``stop``, and Python resumes a socket or
-    poll wait after running a handler (PEP 475): a long wait would hold the stop back
-    for its whole length.  Chained here, a handler that set ``stop`` also raises
-    WaitCut into the wait.  Only the main thread runs handlers: elsewhere waits stay
-    short instead.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield THREAD_BLOCK_MS
-        return
-    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-
-    def cut(signum, frame) -> None:
-        previous[signum](signum, frame)
-        if stop.is_set() and bridge.waiting:
-            raise WaitCut
-
-    chained = [sig for sig, handler in previous.items() if callable(handler)]
-    for sig in chained:
-        signal.signal(sig, cut)
-    try:
-        yield IDLE_BLOCK_MS if chained else THREAD_BLOCK_MS
-    finally:
-        for sig in chained:
-            signal.signal(sig, previous[sig])

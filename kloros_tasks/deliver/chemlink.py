@@ -5,7 +5,15 @@ is a publisher like any other, but unlike a plain PUB it *receives the subscript
 that the proxy forwards from its subscribers.  So the bridge sends a topic only when
 (a) the socket monitor says the connection is up and (b) a subscription covering the
 topic has arrived.  That removes the slow-joiner loss without sleeping and without
-sending anything twice: until both hold, entries stay pending in the stream.
+sending anything twice: until both hold, entries wait in Redis.
+
+A topic is covered as soon as *one* subscriber asks for it, and a recorder that
+subscribes to everything (``""``) covers every topic: the bridge cannot tell whether
+CuriosityCore is among the subscribers.  Two waits narrow that gap where it is widest:
+after connecting, nothing goes for SETTLE_S, while the proxy forwards the subscriptions
+it holds; after the proxy comes back, nothing goes until every topic subscribed before
+is subscribed again, or REJOIN_GRACE_S has passed (subscribers reconnect on their own
+schedule, and the recorder may be first).
 
 ZeroMQ contexts are created here, inside the bridge process, never before a fork.
 """
@@ -13,12 +21,15 @@ ZeroMQ contexts are created here, inside the bridge process, never before a fork
 from __future__ import annotations
 
 import logging
+import time
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 log = logging.getLogger(__name__)
 SNDHWM = 10_000
+SETTLE_S = 0.2  # the proxy sends the subscriptions it holds at once on a new connection
+REJOIN_GRACE_S = 10.0  # how long a reconnect waits for the topics subscribed before
 
 
 class ChemLink:
@@ -35,6 +46,9 @@ class ChemLink:
             zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         self.connected = False  # one endpoint, so one connection at a time
         self.subscriptions: dict[bytes, int] = {}
+        self.changes = 0  # counts connection and subscription changes: what may unblock a topic
+        self.connected_at = 0.0  # monotonic time of the last connection
+        self.seen: set[bytes] = set()  # every topic subscribed while this link lived
         self.sock.connect(endpoint)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
@@ -51,8 +65,10 @@ class ChemLink:
             self._on_subscription(self.sock.recv())
 
     def _on_monitor(self, event: dict) -> None:
+        self.changes += 1
         if event["event"] == zmq.EVENT_CONNECTED:
             self.connected = True
+            self.connected_at = time.monotonic()
             log.info("connected to ChemBus proxy at %s", self.endpoint)
         elif event["event"] == zmq.EVENT_DISCONNECTED and self.connected:
             self.connected = False
@@ -64,8 +80,10 @@ class ChemLink:
         if not frame:
             return
         topic = frame[1:]
+        self.changes += 1
         if frame[0] == 1:
             self.subscriptions[topic] = self.subscriptions.get(topic, 0) + 1
+            self.seen.add(topic)
         elif frame[0] == 0 and topic in self.subscriptions:
             self.subscriptions[topic] -= 1
             if self.subscriptions[topic] <= 0:
@@ -78,10 +96,29 @@ class ChemLink:
         disconnect, so a send never goes into a connection already known to be dead.
         """
         self.pump(0)
-        if not self.connected:
+        if not self.connected or not self._settled():
             return False
         t = topic.encode()
         return any(t.startswith(prefix) for prefix in self.subscriptions)
+
+    def settling(self) -> bool:
+        """Connected, but still inside the waits after connecting: readiness may change
+        with no event to announce it, so callers look again shortly."""
+        return self.connected and not self._settled()
+
+    def _settled(self) -> bool:
+        """Long enough connected for the subscriptions to be back (see the module's doc)."""
+        since = time.monotonic() - self.connected_at
+        if since < SETTLE_S:
+            return False
+        if self.seen <= self.subscriptions.keys():
+            return True
+        if since < REJOIN_GRACE_S:
+            return False
+        # Whoever did not come back within the grace has left: the next reconnect
+        # does not wait for them again.
+        self.seen = set(self.subscriptions)
+        return True
 
     def send(self, topic: str, envelope_json: str) -> None:
         """The 2-frame ChemBus message ``[signal, envelope-json]``."""

@@ -3,9 +3,13 @@
 ``Publisher.sync(detector, root, owner, questions)`` is given every question one owner
 (a file, or a host for exploration) has *now*.  It opens the new ones and resolves
 the ones that stopped holding.  Each open or resolve is decided inside one Lua
-script (HSETNX / HDEL on the ledger), so two workers racing on the same question
+script (HEXISTS then HSET / HDEL on the ledger), so two workers racing on the same question
 publish it exactly once, and PUBLISH + XADD happen in the same atomic step: what is
 on the channel is always in the stream too.
+
+The ledger and the owned sets are keyed by the stable question id.  The script counts
+resolutions per stable id (``kloros:resolutions``), so a re-opening is published as
+``<stable id>.r<N>`` and its resolution, built from the ledger's envelope, names that id.
 """
 
 from __future__ import annotations
@@ -20,15 +24,23 @@ from kloros_tasks import names
 from kloros_tasks.questions import SEVERITIES, Question, dumps, open_envelope, resolved_envelope
 
 _SYNC = """
-local ledger, owned, stream = KEYS[1], KEYS[2], KEYS[3]
+local ledger, owned, stream, resolutions = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local maxlen, n_open = ARGV[1], tonumber(ARGV[2])
 local opened, resolved = {}, {}
 local i = 3
 for _ = 1, n_open do
-  local qid, channel, env = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  i = i + 3
+  local qid, channel, env, again = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  i = i + 4
   redis.call('SADD', owned, qid)
-  if redis.call('HSETNX', ledger, qid, env) == 1 then
+  if redis.call('HEXISTS', ledger, qid) == 0 then
+    -- resolved N-1 times before: this is opening N, published under <id>.r<N>
+    local times = tonumber(redis.call('HGET', resolutions, qid) or '0')
+    if times > 0 then
+      local at, upto = string.find(again, '"question_id":"' .. qid .. '.r#"', 1, true)
+      env = again:sub(1, at - 1) .. '"question_id":"' .. qid .. '.r' .. (times + 1) .. '"'
+        .. again:sub(upto + 1)
+    end
+    redis.call('HSET', ledger, qid, env)
     redis.call('PUBLISH', channel, env)
     redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'envelope', env)
     table.insert(opened, qid)
@@ -39,6 +51,7 @@ while i <= #ARGV do
   i = i + 2
   redis.call('SREM', owned, qid)
   if redis.call('HDEL', ledger, qid) == 1 then
+    redis.call('HINCRBY', resolutions, qid, 1)
     redis.call('PUBLISH', 'curiosity.question_resolved', env)
     redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'envelope', env)
     table.insert(resolved, qid)
@@ -52,6 +65,20 @@ return {opened, resolved}
 class SyncResult:
     opened: tuple[str, ...]
     resolved: tuple[str, ...]
+
+
+def reopening_template(envelope: dict) -> dict:
+    """The envelope as a re-opening publishes it, its number left as ``#`` for the script.
+
+    KLoROS's CuriosityCore skips a question id it processed once, forever, so a problem
+    that was resolved and holds again must come under an id it has not seen: the ledger
+    script writes ``<stable id>.r<N>`` (N = times resolved + 1) where ``.r#`` stands, and
+    ``metadata.stable_id`` keeps the stable id.  The first opening keeps the stable id.
+    """
+    facts = envelope["facts"]
+    stable = facts["question_id"]
+    return {**envelope, "facts": {**facts, "question_id": f"{stable}.r#",
+                                  "metadata": {**facts["metadata"], "stable_id": stable}}}
 
 
 def _text(value) -> str:
@@ -89,8 +116,8 @@ class Publisher:
             fresh = fresh[:max(0, max_open)]
         args: list = [self.stream_maxlen, len(fresh)]
         for q in fresh:
-            env = dumps(open_envelope(q, root=root, host=self.host, now=now))
-            args += [q.id, q.signal, env]
+            envelope = open_envelope(q, root=root, host=self.host, now=now)
+            args += [q.id, q.signal, dumps(envelope), dumps(reopening_template(envelope))]
         gone = sorted(already - current.keys() - set(keep))
         stored = self.r.hmget(names.LEDGER, gone) if gone else []
         for qid, raw in zip(gone, stored, strict=True):
@@ -100,7 +127,8 @@ class Publisher:
             args += [qid, dumps(resolved_envelope(json.loads(raw), now=now))]
         if args[1] == 0 and not gone:
             return SyncResult((), ())
-        keys = [names.LEDGER, names.owned(detector, root, owner), names.STREAM]
+        keys = [names.LEDGER, names.owned(detector, root, owner), names.STREAM,
+                names.RESOLUTIONS]
         opened, resolved = self._script(keys=keys, args=args)
         return SyncResult(tuple(map(_text, opened)), tuple(map(_text, resolved)))
 

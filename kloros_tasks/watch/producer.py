@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import queue
-import socket
 import sys
 import threading
 import time
@@ -103,7 +102,8 @@ class Watcher:
         self.client = redis_client(settings.redis_url, retries=0)
         sender = sender if sender is not None else CelerySender(settings)
         self.sync = Syncer(settings, self.client, sender, reader, self.roots)
-        self.host = socket.gethostname()
+        # KLOROS_HOSTNAME when set: workers compare it before reading this host's disk.
+        self.host = settings.host
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.debouncer = filters.Debouncer(settings.debounce_ms / 1000)
         self.pending = filters.PendingChanges(settings.pending_limit)

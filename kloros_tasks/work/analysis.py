@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,9 +66,12 @@ def registered_root(client, root: str) -> dict | None:
     return info if isinstance(info, dict) else {}
 
 
-def _local_copy(root_info: dict, change: Change) -> bytes | None:
-    """The file from this host's disk when the blob expired, only if it is the same bytes."""
-    if root_info.get("host") != socket.gethostname() or not root_info.get("path"):
+def _local_copy(root_info: dict, change: Change, host: str) -> bytes | None:
+    """The file from this host's disk when the blob expired, only if it is the same bytes.
+
+    ``host`` is this worker's name as configured (KLOROS_HOSTNAME), the same name the
+    watcher registered its roots under."""
+    if root_info.get("host") != host or not root_info.get("path"):
         return None
     path = Path(root_info["path"]) / change.path
     try:
@@ -91,7 +93,7 @@ def _content(ctx: Context, root_info: dict, change: Change) -> tuple[bytes | Non
     if raw is not None and hashlib.sha256(raw).hexdigest() != change.sha256:
         raw = None  # never analyse bytes that are not the ones named
     if raw is None:
-        raw = _local_copy(root_info, change)
+        raw = _local_copy(root_info, change, ctx.publisher.host)
         if raw is None:
             return None, "superseded"
     if len(raw) > ctx.max_file_bytes:
@@ -152,7 +154,7 @@ def _analyse(ctx: Context, detector: FileDetector, change: Change, root_info: di
         ctx.client.hset(names.SKIPPED, key, reason)
     else:
         ctx.client.hdel(names.SKIPPED, key)
-    package = root_package(root_info, change.root)
+    package = root_package(root_info, change.root, ctx.publisher.host)
     # Parse outside the lock: a slow or killed parse must not hold up the whole root.
     facts = (engine.extract(detector, index, change.path, text, package)
              if text is not None else None)
@@ -176,19 +178,19 @@ def _root_lock(ctx: Context, detector: str, root: str):
                            blocking_timeout=LOCK_WAIT)
 
 
-def root_package(root_info: dict | None, root: str) -> str:
+def root_package(root_info: dict | None, root: str, host: str) -> str:
     """The dotted package name of a watched root that is itself a package: from this
     host's disk when the root is here, else the root's name (used only when the
     index holds the root's own ``__init__.py``)."""
     info = root_info or {}
-    if info.get("host") == socket.gethostname() and info.get("path"):
+    if info.get("host") == host and info.get("path"):
         return engine.package_prefix(info["path"])
     return root
 
 
 def _read_local(ctx: Context, root_info: dict, rel: str) -> str | None:
     """The text of another file of the root from this host's disk, or None."""
-    if root_info.get("host") != socket.gethostname() or not root_info.get("path"):
+    if root_info.get("host") != ctx.publisher.host or not root_info.get("path"):
         return None
     path = Path(root_info["path"]) / rel
     try:
@@ -230,7 +232,7 @@ def settle(ctx: Context, detector: FileDetector, root: str,
     key, since = names.deferred(detector.name, root), names.deferred_since(detector.name, root)
     index = RedisIndex(ctx.client, detector.name, root)
     deadline = time.monotonic() + budget
-    package = root_package(registered_root(ctx.client, root), root)
+    package = root_package(registered_root(ctx.client, root), root, ctx.publisher.host)
     while True:
         with _root_lock(ctx, detector.name, root):
             batch = [_text(m) for m in ctx.client.srandmember(key, SETTLE_BATCH)]

@@ -162,9 +162,11 @@ def _opaque(detector: FileDetector, index, path: str, error: str,
 
 def _same_names(facts: FileFacts, index, path: str, root_package: str) -> bool:
     """Whether facts extracted earlier were named by the layout the index has now."""
+    if not path.endswith(MODULE_SUFFIXES):
+        return True  # a document or a declaration file has no module name
     named = facts.data.get(NAMES)
     if named is None:
-        return False  # not extracted by ``extract``: name it now
+        return False  # not extracted by ``extract`` (or did not parse): name it now
     return tuple(named) == module_names(path, tree_layout(index, root_package, present=path))
 
 

@@ -7,7 +7,6 @@ environment for CapabilityDiscovery) is probed here, at the edge, and passed in.
 from __future__ import annotations
 
 import hashlib
-import socket
 from functools import lru_cache
 
 from kloros_tasks import names
@@ -67,5 +66,5 @@ def worker_detector(name: str, settings: Settings, client) -> tuple[object, bool
     python = settings.target_python or sys.executable
     digest = hashlib.sha256(python.encode()).hexdigest()[:16]
     environment, changed = cached_environment(
-        client, names.environment(socket.gethostname(), digest), python=python)
+        client, names.environment(settings.host, digest), python=python)
     return _cached(name, settings, json.dumps(environment.to_json(), sort_keys=True)), changed

@@ -364,8 +364,14 @@ def _python_facts(path: str, text: str) -> FileFacts:
 
 
 def _qualified(module: str | None, missing: list) -> list[str]:
-    """Dotted names of the undocumented definitions (the docs may document them)."""
-    return [f"{module}.{q}" for _, q in missing if module and q != "<module>"]
+    """Dotted names the docs may document the undocumented definitions under: the
+    defining module's path, and each package above it (``django.template.Engine`` for
+    ``django/template/engine.py``'s ``Engine``: Sphinx pages use the public path)."""
+    if not module:
+        return []
+    parts = module.split(".")
+    bases = [".".join(parts[:k]) for k in range(len(parts), 0, -1)]
+    return [f"{b}.{q}" for _, q in missing if q != "<module>" for b in bases]
 
 
 def _not_in_docs(data, view: IndexView) -> list:
@@ -376,5 +382,5 @@ def _not_in_docs(data, view: IndexView) -> list:
     if not names:
         return missing
     documented = view.exists_many("declared", names)
-    return [m for m in missing if f"{module}.{m[1]}" not in documented]
-
+    return [m for m in missing if m[1] == "<module>"
+            or not documented.intersection(_qualified(module, [m]))]
