@@ -63,6 +63,23 @@ CORPORA: dict[str, Corpus] = {c.name: c for c in (
                                 "pathspec>=0.9.0", "platformdirs>=2"),
            notes="sdist: src/ layout (black, blackd, blib2to3), docs/ (Sphinx + MyST "
                  "Markdown), tests/ with 3.12-only syntax in its data files"),
+    Corpus("circus", "circus==0.19.0",
+           target_requirements=("pyzmq>=17.0", "psutil", "tornado>=5.0.2"),
+           notes="a multi-component application on a ZeroMQ bus: the arbiter and its "
+                 "watchers publish events (send_multipart), plugins, the stats streamer "
+                 "and circusctl subscribe; controller and client talk over DEALER/ROUTER"),
+    Corpus("paho-mqtt", "paho-mqtt==2.2.0",
+           notes="an MQTT client: examples/ and tests/ publish and subscribe to broker "
+                 "topics ($SYS, wildcards)"),
+    Corpus("kombu", "kombu==5.5.4",
+           notes="celery's messaging library: Redis, SQS/SNS, AMQP transports; Redis "
+                 "lists and pub/sub with keys built at run time"),
+    Corpus("redis", "redis==6.2.0",
+           notes="redis-py: pub/sub, keyspace notifications, tests publishing and "
+                 "subscribing to literal channels"),
+    Corpus("python-socketio", "python-socketio==5.18.1",
+           notes="Socket.IO server and client: emit/on events addressed to network peers, "
+                 "an admin instrumentation server"),
 )}
 
 

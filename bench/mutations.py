@@ -122,6 +122,12 @@ MUTATIONS: list[Mutation] = [
 ]
 
 
+def _integration() -> list[Mutation]:
+    from _integration_mutations import INTEGRATION_MUTATIONS  # noqa: PLC0415
+
+    return INTEGRATION_MUTATIONS
+
+
 class MutationError(ValueError):
     """A mutation that does not apply to the tree (the corpus changed under it)."""
 
@@ -248,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.cache is not None:
         set_cache_dir(args.cache)
-    chosen = [m for m in MUTATIONS
+    chosen = [m for m in MUTATIONS + _integration()
               if (not args.corpus or m.corpus in args.corpus)
               and (not args.detector or m.detector in args.detector)
               and (not args.rule or m.expect.rule in args.rule)
