@@ -21,6 +21,8 @@ from kloros_tasks.connections import redis_client
 
 pytestmark = pytest.mark.integration
 UNDOCUMENTED = "".join(f"def f{i}():\n    return {i}\n\n" for i in range(5))
+# The tree declares a docstring policy: missing_docstrings asks only in such a tree.
+DOC_POLICY = '[tool.ruff.lint]\nselect = ["D"]\n'
 DOCUMENTED = '"""Doc."""\n' + "".join(
     f'def f{i}():\n    """Doc."""\n    return {i}\n\n' for i in range(5))
 
@@ -46,6 +48,7 @@ def world():
     tree = base / "tree"
     (tree / "pkg").mkdir(parents=True)
     (tree / "pkg" / "mod.py").write_text(UNDOCUMENTED)
+    (tree / "pyproject.toml").write_text(DOC_POLICY)
     (tree / "README.md").write_text("# Tree\n")
     yield base, tree, base / "state"
     for pid in processes_mentioning(str(base)):
