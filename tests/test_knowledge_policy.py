@@ -158,3 +158,29 @@ def test_a_policy_appearing_changing_and_going_re_evaluates_the_modules_it_gover
     applied = engine.apply_change(detector, index, "pyproject.toml", None)
     assert "pkg/mod.py" in applied.owners
     assert detector.evaluate("pkg/mod.py", index) == []
+
+
+CELERY_SETUP_CFG = ("[flake8]\nmax-line-length = 117\nextend-ignore = \n\tE203,\n\tD102,\n"
+                    "\tD104,\n\tD105,\n\tD107,\n\tD401,\n\tE741,\nper-file-ignores = \n"
+                    "\tt/*,setup.py,examples/*,docs/*,extra/*:\n\tD,\n")
+
+
+def test_a_flake8_section_ignoring_some_d_codes_declares_flake8_docstrings():
+    # celery's shape: no docstring-convention, the plugin's codes named in the ignores
+    (policy,) = read_policies("setup.cfg", CELERY_SETUP_CFG)
+    assert policy["codes"] == ["D100", "D101", "D103", "D106"]
+    assert enforced(policy, "celery/utils/text.py") == {"D100", "D101", "D103", "D106"}
+    assert enforced(policy, "t/unit/test_app.py") == set()
+    assert enforced(policy, "examples/app/tasks.py") == set()
+    files = {"setup.cfg": CELERY_SETUP_CFG, "celery/__init__.py": '"""C."""\n',
+             "celery/text.py": UNDOCUMENTED, "celery/methods.py": METHODS,
+             "extra/tool.py": UNDOCUMENTED}
+    assert asked(files) == {"celery/text.py"}
+
+
+def test_flake8_per_file_ignores_on_one_line_hold_several_groups():
+    cfg = "[flake8]\ndocstring-convention = google\nper-file-ignores = a.py:D103 b/*:E501,D1\n"
+    (policy,) = read_policies("tox.ini", cfg)
+    assert enforced(policy, "a.py") == set(policy["codes"]) - {"D103"}
+    assert enforced(policy, "b/c.py") == set()
+    assert enforced(policy, "c.py") == set(policy["codes"])

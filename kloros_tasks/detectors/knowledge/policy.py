@@ -107,21 +107,50 @@ def _pydocstyle(section: Any) -> Policy | None:
 
 
 def _flake8(section: Any) -> Policy | None:
-    """flake8-docstrings: a ``[flake8]`` section naming a ``docstring-convention``."""
-    if not isinstance(section, dict) or "docstring-convention" not in section:
+    """flake8-docstrings: a ``[flake8]`` section naming a ``docstring-convention``, or
+    selecting or ignoring the plugin's D codes (celery ignores D102 and D104: the
+    plugin runs, with its default pep257 convention, on everything else)."""
+    if not isinstance(section, dict):
+        return None
+    listed = ("select", "extend-select", "ignore", "extend-ignore")
+    names_d = any(_names_d_codes(section.get(k, "")) for k in listed) or any(
+        _names_d_codes(" ".join(c)) for _, c in _per_file_ignores(section))
+    if "docstring-convention" not in section and not names_d:
         return None
     codes = set(MISSING_CODES) - CONVENTION_OFF.get(
-        section["docstring-convention"].strip().lower(), set())
+        section.get("docstring-convention", "pep257").strip().lower(), set())
     if "select" in section:
         codes &= _codes(section["select"]) | _codes(section.get("extend-select", ""))
     codes -= _codes(section.get("ignore", "")) | _codes(section.get("extend-ignore", ""))
-    per_file = []
-    for line in re.split(r"[\n]", section.get("per-file-ignores", "")):
-        glob, sep, listed = line.partition(":")
-        if sep and glob.strip():
-            per_file.append([glob.strip(), sorted(_codes(listed))])
+    per_file = [[glob, sorted(_codes(listed_codes))]
+                for glob, listed_codes in _per_file_ignores(section)]
     return _policy("flake8-docstrings", codes, exclude=_strings(section.get("exclude", "")),
                    per_file=per_file)
+
+
+def _names_d_codes(value: str) -> bool:
+    return any(re.fullmatch(r"D\d*", s.strip().upper()) for s in _strings(value))
+
+
+def _per_file_ignores(section: dict) -> list[tuple[str, list[str]]]:
+    """flake8's ``per-file-ignores``: ``glob[,glob...]: code[,code...]`` groups, on one
+    line or several (``t/*,setup.py:`` then ``D,`` on the next)."""
+    out: list[tuple[str, list[str]]] = []
+    globs: list[str] = []
+    codes: list[str] = []
+    after_colon = False
+    for token in re.findall(r"[^\s,:]+|:", section.get("per-file-ignores", "")):
+        if token == ":":
+            after_colon = True
+        elif after_colon and re.fullmatch(r"[A-Z]+\d*", token):
+            codes.append(token)
+        else:
+            if after_colon:  # a new group starts
+                out += [(g, codes) for g in globs]
+                globs, codes, after_colon = [], [], False
+            globs.append(token)
+    out += [(g, codes) for g in globs] if after_colon else []
+    return out
 
 
 def _interrogate(section: Any) -> Policy | None:
