@@ -610,6 +610,9 @@ EDITS: list[tuple[str, str | None]] = [
     ("pyproject.toml", RUFF_D["pyproject.toml"]),
     ("pkg/setup.cfg", "[pydocstyle]\nadd-ignore = D103\n"),
     ("pkg/setup.cfg", None),
+    # a task registered under a name a document uses, then renamed
+    ("pkg/tasks.py", "@app.task(name='pkg.cli.gone')\ndef gone():\n    pass\n"),
+    ("pkg/tasks.py", "@app.task(name='pkg.cli.went')\ndef gone():\n    pass\n"),
 ]
 
 

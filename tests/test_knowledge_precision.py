@@ -282,3 +282,48 @@ def test_a_definition_documented_under_its_public_package_path_needs_no_docstrin
             + "".join(f"    .. method:: m{i}()\n\n" for i in range(5)))
     assert asked(tmp_path, {**RUFF_D, "pkg/__init__.py": "from pkg.engine import Engine\n",
                             "pkg/engine.py": code, "docs/index.rst": page}) == set()
+
+
+# --- stale_doc: celery ---------------------------------------------------------------------
+
+CELERY_CODE = {
+    "celery/__init__.py": '"""Celery."""\n',
+    "celery/app/__init__.py": '"""App."""\n',
+    "celery/app/builtins.py": (
+        '"""Built-in tasks."""\n\n\ndef add_map_task(app):\n    """Map."""\n'
+        "    from celery.canvas import signature\n\n"
+        "    @app.task(name='celery.map', shared=False, lazy=False)\n"
+        "    def xmap(task, it):\n        return [task(item) for item in it]\n"
+        "    return xmap\n"),
+    "celery/utils/__init__.py": '"""Utils."""\n',
+    "celery/utils/time.py": '"""Time."""\n\n\ndef humanize_seconds(secs):\n    """H."""\n',
+}
+
+
+def test_a_name_a_decorator_registers_a_task_under_is_not_stale(tmp_path):
+    page = (":class:`~celery.map` and :class:`~celery.starmap` are built-in tasks\n"
+            "that call the provided calling task for every element in a sequence.\n")
+    found = evidence(tmp_path, {**CELERY_CODE, "docs/canvas.rst": page})
+    assert found == ["docs/canvas.rst:1 celery.starmap"]  # starmap is not registered here
+
+
+def test_a_registered_task_name_going_re_evaluates_the_documents_naming_it():
+    detector, index = KnowledgeDetector(), MemoryIndex()
+    for path, text in CELERY_CODE.items():
+        engine.apply_change(detector, index, path, text)
+    engine.apply_change(detector, index, "docs/index.rst", ":class:`~celery.map`\n")
+    assert detector.evaluate("docs/index.rst", index) == []
+    renamed = CELERY_CODE["celery/app/builtins.py"].replace("celery.map", "celery.xmap")
+    applied = engine.apply_change(detector, index, "celery/app/builtins.py", renamed)
+    assert "docs/index.rst" in applied.owners
+    assert [q.rule for q in detector.evaluate("docs/index.rst", index)] == ["stale_doc"]
+
+
+def test_the_old_names_of_a_migration_table_are_not_stale_and_its_new_names_are(tmp_path):
+    page = ("Aliases\n=======\n\n"
+            "* ``celery.utils.info``\n"
+            "    * ``.humanize_seconds`` -> ``celery.utils.time.humanize_seconds``\n"
+            "    * ``.textindent`` -> ``celery.utils.textindent``\n\n"
+            "* ``celery.utils.conf`` -> {``app.conf``}\n")
+    assert evidence(tmp_path, {**CELERY_CODE, "docs/app-overview.rst": page}) == [
+        "docs/app-overview.rst:6 celery.utils.textindent"]

@@ -69,12 +69,32 @@ def python_facts(path: str, text: str) -> FileFacts:
     relations = {"defines": frozenset(found.defines), "opaque": frozenset(found.opaque),
                  "open": frozenset(found.open), "top": top_of(path),
                  UNDOCUMENTED: frozenset(qualified(module_of_facts, missing)),
-                 PY_UNDER: frozenset(ancestors(path))}
+                 PY_UNDER: frozenset(ancestors(path)),
+                 "declared": frozenset(p for n in registered_names(tree) for p in prefixes(n))}
     if posixpath.basename(path) == "conf.py" and ".txt" in sphinx_suffixes(tree):
         relations[SPHINX_TXT] = frozenset({posixpath.dirname(path)})
     return FileFacts(relations=relations,
                      data={"kind": "py", "missing": missing, "codes": codes, "total": total,
                            "module": module_of_facts})
+
+
+_DOTTED_NAME = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+$")
+
+
+def registered_names(tree: ast.Module) -> set[str]:
+    """Dotted names a decorator registers an object under (``@app.task(name='celery.map')``):
+    documents name the object so, and no module binds that name."""
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            continue
+        for decorator in node.decorator_list:
+            for keyword in decorator.keywords if isinstance(decorator, ast.Call) else ():
+                value = keyword.value
+                if keyword.arg == "name" and isinstance(value, ast.Constant) and isinstance(
+                        value.value, str) and _DOTTED_NAME.match(value.value):
+                    out.add(value.value)
+    return out
 
 
 def policy_facts(path: str, text: str) -> FileFacts:
