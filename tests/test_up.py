@@ -249,7 +249,7 @@ def test_a_redis_flushed_under_up_is_restored_at_once_and_the_snapshot_survives(
     up = start_up(base, tree, state, "up1.log")
     up.wait_output("knowledge.missing_docstrings", 90)
     client = redis_client(url)
-    wait_for(lambda: client.hlen(names.facts(names.KNOWLEDGE, "tree")) == 32
+    wait_for(lambda: client.hlen(names.facts(names.KNOWLEDGE, "tree")) == 33
              and all(client.llen(q) == 0 for q in names.QUEUES) and not client.hlen("unacked"),
              60, 0.2, "every file analysed")
     client.close()
@@ -276,6 +276,6 @@ def test_a_redis_flushed_under_up_is_restored_at_once_and_the_snapshot_survives(
     client.close()
     assert up.stop() == 0
     kept = json.loads((state / "snapshot.json").read_text())
-    assert len(kept["facts"][names.facts(names.KNOWLEDGE, "tree")]) == 33
+    assert len(kept["facts"][names.facts(names.KNOWLEDGE, "tree")]) == 34
     assert kept["ledger"].keys() == {k.decode() for k in ledger} | {
         entry["facts"]["question_id"]}
