@@ -63,6 +63,8 @@ NOT_DECLARING = {
     "flake8 without flake8-docstrings": {"setup.cfg": "[flake8]\nmax-line-length = 99\n"},
     "a configuration that does not parse": {"pyproject.toml": "[tool.ruff.lint\nselect = ["},
     "an INI that does not parse": {"setup.cfg": "select = D\n[pydocstyle"},
+    "TOML nested past the parser's recursion limit": {
+        "pyproject.toml": "[tool.ruff]\nselect = " + "[" * 100_000 + "]" * 100_000 + "\n"},
 }
 
 

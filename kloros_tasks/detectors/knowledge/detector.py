@@ -3,7 +3,9 @@
 Rules (see docs/detectors.md for the full statement of each):
 
 ``missing_docstrings``
-    a Python module with more public definitions lacking a docstring than the threshold;
+    in a tree that declares a docstring policy (ruff ``D``, pydocstyle,
+    flake8-docstrings, interrogate: see ``policy``), a Python module with more public
+    definitions the policy covers lacking a docstring than the threshold;
 ``unindexed_doc``
     a document that no other document links to, includes or lists in a toctree;
 ``stale_doc``
@@ -26,7 +28,8 @@ refs       what a document names: "path:<relpath>" candidates, and every prefix
            of each dotted name ("a", "a.b", "a.b.C")
 =========  ===================================================================
 
-so ``affected`` needs only exact look-ups: a changed ``links`` value re-evaluates
+(plus, from ``docstrings``: ``undoc``, ``py_under`` and the ``docpolicy`` relations of
+configuration files), so ``affected`` needs only exact look-ups: a changed ``links`` value re-evaluates
 that document when it gained its first or lost its last inbound link, a changed
 ``defines``/``opaque``/``open`` value the documents whose ``refs`` hold it when what
 the rules read of that name changed (a module joining a package leaves the package

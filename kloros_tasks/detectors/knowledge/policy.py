@@ -62,7 +62,7 @@ def read_policies(path: str, text: str) -> list[Policy]:
             found = [_pydocstyle(sections.get("pydocstyle")),
                      _flake8(sections.get("flake8"))]
     except (tomllib.TOMLDecodeError, configparser.Error, TypeError, AttributeError,
-            ValueError):
+            ValueError, RecursionError):  # tomllib recurses into nested arrays
         return []  # a broken configuration declares nothing; its own tool says why
     return [p for p in found if p is not None and p["codes"]]
 
