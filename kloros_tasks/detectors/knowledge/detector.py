@@ -29,8 +29,8 @@ refs       what a document names: "path:<relpath>" candidates, and every prefix
 =========  ===================================================================
 
 (plus, from ``docstrings``: ``undoc``, ``py_under`` and the ``docpolicy`` relations of
-configuration files), so ``affected`` needs only exact look-ups: a changed ``links`` value re-evaluates
-that document when it gained its first or lost its last inbound link, a changed
+configuration files), so ``affected`` needs only exact look-ups: a changed ``links``
+value re-evaluates that document when it gained its first or lost its last inbound link, a changed
 ``defines``/``opaque``/``open`` value the documents whose ``refs`` hold it when what
 the rules read of that name changed (a module joining a package leaves the package
 defined: its documents keep their answers).
