@@ -80,6 +80,18 @@ CORPORA: dict[str, Corpus] = {c.name: c for c in (
     Corpus("python-socketio", "python-socketio==5.18.1",
            notes="Socket.IO server and client: emit/on events addressed to network peers, "
                  "an admin instrumentation server"),
+    Corpus("pydantic", "pydantic==2.10.6",
+           target_requirements=("annotated-types>=0.6.0", "pydantic-core==2.27.2",
+                                "typing-extensions>=4.12.2"),
+           notes="sdist: pydantic/, tests/, docs/ (MkDocs Markdown); declares a docstring "
+                 "policy (ruff D, google convention, D105/D107 ignored, per-file ignores "
+                 "for docs/, tests/, pydantic/deprecated/, pydantic/v1 excluded)"),
+    Corpus("interrogate", "interrogate==1.7.0",
+           target_requirements=("attrs", "click>=7.1", "colorama", "py", "tabulate"),
+           notes="sdist: src/ layout, tests/ (with sample modules), docs/ (Sphinx); "
+                 "declares a docstring policy ([tool.interrogate], fail-under 95, "
+                 "__init__ methods ignored, tests/functional/sample, setup.py, docs "
+                 "excluded)"),
 )}
 
 

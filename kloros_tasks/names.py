@@ -35,7 +35,10 @@ TASK_EXPLORATION_SCAN = "kloros.exploration.scan"
 # Entries starting with "." and holding no other "." are suffixes; others are globs
 # matched against the file's basename.
 FILE_DETECTOR_SUFFIXES: dict[str, tuple[str, ...]] = {
-    KNOWLEDGE: (".py", ".md", ".rst", ".txt"),
+    # Configuration files: where a docstring policy is declared (``[.]flake8``: a
+    # glob, since an entry starting with "." and no other "." would be a suffix).
+    KNOWLEDGE: (".py", ".md", ".rst", ".txt", "pyproject.toml", "ruff.toml", ".ruff.toml",
+                "setup.cfg", "tox.ini", "[.]flake8", "[.]pydocstyle*"),
     INTEGRATION: (".py",),
     CAPABILITY: (".py", "pyproject.toml", "requirements*.txt", ".env.example", "*.env.example"),
 }
