@@ -70,19 +70,33 @@ class Mutation:
 K = names.KNOWLEDGE
 MUTATIONS: list[Mutation] = [
     # --- KnowledgeDiscovery.missing_docstrings ----------------------------------------
-    Mutation("django-strip-text-docstrings", "django", K,
-             (Edit("strip_docstrings", "django/utils/text.py"),),
-             Expect("missing_docstrings", owner="django/utils/text.py", text="capfirst")),
+    # The rule asks only in a tree that declares a docstring policy: pydantic (ruff D),
+    # interrogate ([tool.interrogate]) and celery (flake8-docstrings) declare one; in
+    # the others the policy is declared by the mutation itself.
+    Mutation("pydantic-strip-networks-docstrings", "pydantic", K,
+             (Edit("strip_docstrings", "pydantic/networks.py"),),
+             Expect("missing_docstrings", owner="pydantic/networks.py",
+                    text="UrlConstraints")),
+    Mutation("interrogate-strip-coverage-docstrings", "interrogate", K,
+             (Edit("strip_docstrings", "src/interrogate/coverage.py"),),
+             Expect("missing_docstrings", owner="src/interrogate/coverage.py",
+                    text="InterrogateCoverage")),
     Mutation("celery-strip-text-docstrings", "celery", K,
              (Edit("strip_docstrings", "celery/utils/text.py"),),
              Expect("missing_docstrings", owner="celery/utils/text.py",
                     text="str_to_list")),
-    Mutation("black-strip-comments-docstrings", "black", K,
-             (Edit("strip_docstrings", "src/black/comments.py"),),
+    Mutation("django-ruff-d-and-strip-text-docstrings", "django", K,
+             (Edit("append", "pyproject.toml", text='\n[tool.ruff.lint]\nselect = ["D"]\n'),
+              Edit("strip_docstrings", "django/utils/text.py")),
+             Expect("missing_docstrings", owner="django/utils/text.py", text="capfirst")),
+    Mutation("black-pydocstyle-and-strip-comments-docstrings", "black", K,
+             (Edit("create", ".pydocstyle", text="[pydocstyle]\nconvention = pep257\n"),
+              Edit("strip_docstrings", "src/black/comments.py")),
              Expect("missing_docstrings", owner="src/black/comments.py",
                     text="generate_comments")),
-    Mutation("stdlib-strip-json-decoder", "stdlib", K,
-             (Edit("strip_docstrings", "json/decoder.py"),),
+    Mutation("stdlib-interrogate-and-strip-json-decoder", "stdlib", K,
+             (Edit("create", "pyproject.toml", text="[tool.interrogate]\nfail-under = 90\n"),
+              Edit("strip_docstrings", "json/decoder.py")),
              Expect("missing_docstrings", owner="json/decoder.py", text="JSONDecoder")),
     # --- KnowledgeDiscovery.unindexed_doc ---------------------------------------------
     Mutation("django-paginator-out-of-toctree", "django", K,
@@ -183,6 +197,12 @@ MUTATIONS += [
                    new='  "click>=8.0.0",\n  "requests-oauthlib>=2",\n'),),
              Expect("target_environment", owner="pyproject.toml", text="requests-oauthlib")),
 ]
+
+
+def _integration() -> list[Mutation]:
+    from _integration_mutations import INTEGRATION_MUTATIONS  # noqa: PLC0415
+
+    return INTEGRATION_MUTATIONS
 
 
 class MutationError(ValueError):
@@ -314,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.cache is not None:
         set_cache_dir(args.cache)
-    chosen = [m for m in MUTATIONS
+    chosen = [m for m in MUTATIONS + _integration()
               if (not args.corpus or m.corpus in args.corpus)
               and (not args.detector or m.detector in args.detector)
               and (not args.rule or m.expect.rule in args.rule)

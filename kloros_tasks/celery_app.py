@@ -40,7 +40,9 @@ def configure(app: Celery, settings: Settings) -> None:
             # An idle worker re-issues BRPOP when it times out: every 5 s instead of
             # kombu's 1 s (a message still wakes it at once). Below socket_timeout.
             "polling_interval": 5,
-            # Tasks of a dead worker come back within seconds, not kombu's default 100 s.
+            # Unacknowledged messages older than the visibility timeout (a killed worker's)
+            # are looked for every 5 s, not every 100 s (kombu's default): they come back
+            # within the timeout plus 5 s.
             "unacked_restore_interval": 5,
             "unacked_restore_throttle": 1,
         },

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
@@ -33,6 +34,38 @@ def broker_url(url: str) -> str:
     if url.startswith("unix://"):
         return "redis+socket://" + url[len("unix://"):]
     return url
+
+
+MASK = "***"
+SECRET_QUERY_KEYS = ("password", "pass", "passwd")
+
+
+def redact(url: str) -> str:
+    """``url`` with its password (in the user part or a ``password=`` query option)
+    replaced by ``***``: the only form of a Redis URL that any message may show.
+
+    Anything that does not parse is reduced to its scheme, so a mistyped URL holding a
+    password is never echoed either."""
+    if "://" not in url:
+        return MASK if "@" in url else url
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, hostport = netloc.rpartition("@")
+            user, colon, _password = userinfo.partition(":")
+            netloc = f"{user}:{MASK}@{hostport}" if colon else netloc
+        query = parts.query
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            query = urlencode([(k, MASK if k.lower() in SECRET_QUERY_KEYS else v)
+                               for k, v in pairs], safe="*")
+        # Built by hand: urlunsplit drops the empty host of redis+socket:///path.
+        return (f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+                + (f"#{parts.fragment}" if parts.fragment else ""))
+    except ValueError:
+        scheme, sep, _rest = url.partition("://")
+        return f"{scheme}://{MASK}" if sep else MASK
 
 
 def redis_client(url: str, *, socket_timeout: float | None = SOCKET_TIMEOUT,

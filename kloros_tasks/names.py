@@ -35,7 +35,10 @@ TASK_EXPLORATION_SCAN = "kloros.exploration.scan"
 # Entries starting with "." and holding no other "." are suffixes; others are globs
 # matched against the file's basename.
 FILE_DETECTOR_SUFFIXES: dict[str, tuple[str, ...]] = {
-    KNOWLEDGE: (".py", ".md", ".rst", ".txt"),
+    # Configuration files: where a docstring policy is declared (``[.]flake8``: a
+    # glob, since an entry starting with "." and no other "." would be a suffix).
+    KNOWLEDGE: (".py", ".md", ".rst", ".txt", "pyproject.toml", "ruff.toml", ".ruff.toml",
+                "setup.cfg", "tox.ini", "[.]flake8", "[.]pydocstyle*"),
     INTEGRATION: (".py",),
     # capability also reads what sets or documents environment variables (see
     # detectors/capability/envfiles.py); its wants_path narrows ".txt" to requirements
@@ -77,6 +80,7 @@ ROOTS = "kloros:roots"  # HASH root name -> JSON {path, host}
 DEADLETTER = "kloros:deadletter"  # LIST of JSON {task, payload, reason, ts}
 SYNTAX_ERRORS = "kloros:syntax_errors"  # HASH "<root>:<path>" -> "line N: message"
 WATCHER_HEARTBEAT = "kloros:watcher:heartbeat"  # STRING JSON, with TTL
+UP_STATE = "kloros:up"  # STRING JSON {pid, host, ts, children}, with TTL: kloros-tasks up
 EXPLORATION_LAST_SCAN = "kloros:exploration:last_scan"  # HASH host -> time of the last scan
 EXPLORATION_NODES = "kloros:exploration:nodes"  # HASH worker node -> JSON {host, seen}
 

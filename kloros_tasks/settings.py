@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_STATE_DIR = "~/.kloros"
@@ -41,6 +42,11 @@ DEFAULT_BUDGETS = {
     "exploration": (2, 300),
 }
 
+# Upper bounds: past them a value is a typo, and some would fail only later (beat's
+# timedelta overflows, a port beyond 65535 makes Flower bind a random one).
+MAX_PORT = 65535
+MAX_INTERVAL = 7 * 24 * 3600  # a week: exploration interval, time limits, TTLs
+MAX_INT = 2**31 - 1  # counts and sizes
 # KLoROS's own names for the proxy's two sides are honoured when ours are unset, in
 # this order (KLR_UMN_* is the current spelling, KLR_CHEM_* the former one).
 XSUB_VARIABLES = ("KLOROS_CHEM_XSUB", "KLR_UMN_XSUB", "KLR_CHEM_XSUB")
@@ -103,7 +109,8 @@ class Settings:
         return replace(self, **changes)
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0,
+         maximum: int = MAX_INT) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -113,26 +120,49 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
         raise SettingsError(f"{name}={raw!r} is not an integer") from None
     if value < minimum:
         raise SettingsError(f"{name}={value} must be at least {minimum}")
+    if value > maximum:
+        raise SettingsError(f"{name}={value} must be at most {maximum}")
     return value
 
 
+def _redact(url: str) -> str:
+    from kloros_tasks.connections import redact  # noqa: PLC0415 - needs redis, only on error
+
+    return redact(url)
+
+
 def check_redis_url(name: str, url: str) -> str:
-    parts = urlsplit(url)
+    """``url`` when it is a Redis URL every client here reads the same way (scheme, host
+    or socket path, port, a numeric database); else SettingsError naming ``name``.
+    Messages show the URL without its password."""
+    problem = _redis_url_problem(url)
+    if problem:
+        raise SettingsError(f"{name}={_redact(url)!r} {problem}")
+    return url
+
+
+def _redis_url_problem(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises on a non-numeric or out-of-range port
+    except ValueError:
+        return "has an invalid port or host"
     if parts.scheme not in REDIS_SCHEMES:
-        raise SettingsError(
-            f"{name}={url!r} must start with one of "
-            + ", ".join(s + "://" for s in REDIS_SCHEMES)
-        )
+        return "must start with one of " + ", ".join(s + "://" for s in REDIS_SCHEMES)
     if parts.scheme in ("redis+socket", "unix"):
         if not parts.path:
-            raise SettingsError(f"{name}={url!r} names no socket path")
+            return "names no socket path"
     elif not parts.hostname:
-        raise SettingsError(f"{name}={url!r} names no host")
-    try:
-        parts.port  # noqa: B018 - raises on a non-numeric port
-    except ValueError:
-        raise SettingsError(f"{name}={url!r} has an invalid port") from None
-    return url
+        return "names no host"
+    elif port == 0:
+        return "has an invalid port"
+    # redis-py and kombu both read the database from the path (of a TCP URL) or a query
+    # option; anything but a number is silently database 0 for one, an error for the other.
+    databases = [parts.path.strip("/")] if parts.scheme in ("redis", "rediss") else []
+    databases += [v for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                  if k in ("db", "virtual_host")]
+    bad = next((db for db in databases if db and not db.isdigit()), None)
+    return None if bad is None else f"names the database {bad!r}, which is not a number"
 
 
 def check_zmq_endpoint(name: str, endpoint: str) -> str:
@@ -143,7 +173,24 @@ def check_zmq_endpoint(name: str, endpoint: str) -> str:
         host, colon, port = rest.rpartition(":")
         if not colon or not host or not (port.isdigit() or port == "*"):
             raise SettingsError(f"{name}={endpoint!r} needs host:port")
+        if port != "*" and not 1 <= int(port) <= MAX_PORT:
+            raise SettingsError(f"{name}={endpoint!r}: the port must be 1 to {MAX_PORT}")
     return endpoint
+
+
+def check_state_dir(state_dir: Path, name: str = "KLOROS_STATE_DIR") -> Path:
+    """Create ``state_dir`` (private, 0700) if needed and prove it writable; SettingsError
+    naming ``name`` otherwise.  Called by the commands that keep state there (``up``,
+    ``watch``) before they start anything, not by ``from_env``: ``scan`` and ``status``
+    need no state dir."""
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=state_dir):
+            pass
+    except OSError as exc:
+        raise SettingsError(f"{name}={str(state_dir)!r} is not a writable directory "
+                            f"({exc.strerror or exc})") from None
+    return state_dir
 
 
 def _rate(env: Mapping[str, str], name: str, default: tuple[int, int]) -> tuple[int, int]:
@@ -155,8 +202,9 @@ def _rate(env: Mapping[str, str], name: str, default: tuple[int, int]) -> tuple[
         count, window = int(n), (int(w) if slash else default[1])
     except ValueError:
         raise SettingsError(f"{name}={raw!r} is not COUNT or COUNT/SECONDS") from None
-    if count < 0 or window < 1:
-        raise SettingsError(f"{name}={raw!r}: COUNT >= 0 (0 = unlimited), SECONDS >= 1")
+    if not (0 <= count <= MAX_INT and 1 <= window <= MAX_INTERVAL):
+        raise SettingsError(f"{name}={raw!r}: COUNT >= 0 (0 = unlimited), SECONDS from 1 to"
+                            f" {MAX_INTERVAL}")
     return count, window
 
 
@@ -235,8 +283,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     state_dir = Path(state_raw).expanduser()
     if state_dir.exists() and not state_dir.is_dir():
         raise SettingsError(f"KLOROS_STATE_DIR={state_raw!r} exists and is not a directory")
-    task_time_limit = _int(env, "KLOROS_TASK_TIME_LIMIT", DEFAULT_TASK_TIME_LIMIT, 2)
-    visibility = _int(env, "KLOROS_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT, 5)
+    task_time_limit = _int(env, "KLOROS_TASK_TIME_LIMIT", DEFAULT_TASK_TIME_LIMIT, 2,
+                           MAX_INTERVAL)
+    visibility = _int(env, "KLOROS_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT, 5,
+                      MAX_INTERVAL)
     if visibility <= task_time_limit:
         raise SettingsError(
             f"KLOROS_VISIBILITY_TIMEOUT={visibility} must exceed the task time limit"
@@ -262,14 +312,14 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             env, "KLOROS_WORKER_MAX_MEMORY_MB", DEFAULT_WORKER_MAX_MEMORY_MB, 32
         ),
         exploration_interval=_int(
-            env, "KLOROS_EXPLORATION_INTERVAL", DEFAULT_EXPLORATION_INTERVAL, 5
+            env, "KLOROS_EXPLORATION_INTERVAL", DEFAULT_EXPLORATION_INTERVAL, 5, MAX_INTERVAL
         ),
         exclude=exclude,
-        debounce_ms=_int(env, "KLOROS_DEBOUNCE_MS", DEFAULT_DEBOUNCE_MS, 0),
+        debounce_ms=_int(env, "KLOROS_DEBOUNCE_MS", DEFAULT_DEBOUNCE_MS, 0, 60_000),
         max_file_bytes=_int(env, "KLOROS_MAX_FILE_BYTES", DEFAULT_MAX_FILE_BYTES, 1),
         docstring_threshold=_int(env, "KLOROS_DOCSTRING_THRESHOLD", DEFAULT_DOCSTRING_THRESHOLD),
         stream_maxlen=_int(env, "KLOROS_STREAM_MAXLEN", DEFAULT_STREAM_MAXLEN, 100),
-        blob_ttl=_int(env, "KLOROS_BLOB_TTL", DEFAULT_BLOB_TTL, 10),
+        blob_ttl=_int(env, "KLOROS_BLOB_TTL", DEFAULT_BLOB_TTL, 10, MAX_INTERVAL),
         task_time_limit=task_time_limit,
         visibility_timeout=visibility,
         max_deliveries=_int(env, "KLOROS_MAX_DELIVERIES", DEFAULT_MAX_DELIVERIES, 1),
@@ -280,7 +330,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         target_path=_target_path(env),
         flower_auth=_flower_auth(env),
         host=env.get("KLOROS_HOSTNAME", "").strip() or socket.gethostname(),
-        flower_port=_int(env, "KLOROS_FLOWER_PORT", DEFAULT_FLOWER_PORT, 1),
+        flower_port=_int(env, "KLOROS_FLOWER_PORT", DEFAULT_FLOWER_PORT, 1, MAX_PORT),
         tool_packages=tuple(p for p in env.get("KLOROS_TOOL_PACKAGES", "").replace(
             ":", ",").split(",") if p.strip()) or DEFAULT_TOOL_PACKAGES,
     )

@@ -109,7 +109,7 @@ def test_questions_wait_while_the_proxy_is_down_and_arrive_in_order(r, chem_env,
         sub.collect(3)
         proxy.stop()
         publish(r, range(3, 8))
-        wait_for(lambda: "went away" in bridge.output(), 10, message="the bridge noticing")
+        wait_for(lambda: "went away" in bridge.output(), 30, message="the bridge noticing")
         proxy = start_proxy(chem_env, tmp_path, procs)
         got = sub.collect(8, timeout=30)
         sub.quiet_for(0.5)
@@ -124,7 +124,7 @@ def test_a_killed_bridge_loses_nothing_and_resends_with_the_same_incident_ids(
     bridge = start_bridge(chem_env, tmp_path, procs)  # no subscriber yet: nothing can go
     publish(r, range(12))
     # The bridge reads, cannot send (no subscriber), and parks what it read in Redis.
-    wait_for(lambda: r.zcard(names.bridge_backlog(names.KNOWLEDGE)) >= 1, 10,
+    wait_for(lambda: r.zcard(names.bridge_backlog(names.KNOWLEDGE)) >= 1, 30,
              message="entries parked for a subscriber")
     bridge.popen.send_signal(signal.SIGKILL)
     bridge.stop()
@@ -134,7 +134,7 @@ def test_a_killed_bridge_loses_nothing_and_resends_with_the_same_incident_ids(
         got = sub.collect(12, timeout=30)
         sub.quiet_for(0.5)
         assert [e["incident_id"] for _, e in got] == stream_incidents(r)
-        wait_for(lambda: r.xpending(names.STREAM, names.BRIDGE_GROUP)["pending"] == 0, 10,
+        wait_for(lambda: r.xpending(names.STREAM, names.BRIDGE_GROUP)["pending"] == 0, 30,
                  message="everything acknowledged")
     finally:
         bridge.stop(), proxy.stop(), sub.close()

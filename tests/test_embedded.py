@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import tempfile
 from pathlib import Path
 
-from kloros_tasks.cli.embedded import EmbeddedRedis, find_redis_server
+import pytest
+
+from kloros_tasks.cli.embedded import EmbeddedRedis, EmbeddedRedisError, find_redis_server
 from kloros_tasks.connections import redis_client
 
 
@@ -33,3 +37,51 @@ def test_a_persisted_embedded_server_keeps_its_data_across_restarts():
         client = redis_client(server.url)
         assert client.hget("kloros:ledger", "q") == b"{}"
         client.close()
+
+
+def modes(directory: Path) -> dict[str, int]:
+    return {str(p.relative_to(directory)): stat.S_IMODE(p.lstat().st_mode)
+            for p in [directory, *directory.rglob("*")]
+            if not stat.S_ISSOCK(p.lstat().st_mode)}
+
+
+def test_the_embedded_servers_directory_and_files_are_private_to_their_user():
+    base = Path(tempfile.mkdtemp(prefix="kl-emb-"))
+    directory = base / "redis"
+    with EmbeddedRedis(directory) as server:
+        client = redis_client(server.url)
+        client.hset("kloros:ledger", "q", "{}")
+        client.bgrewriteaof()  # every file an AOF server writes, base and increment
+        client.close()
+    found = modes(directory)
+    assert any("aof" in name for name in found) and "redis.log" in found
+    assert found.pop(".") == 0o700
+    assert {name: mode for name, mode in found.items()
+            if mode not in (0o600, 0o700)} == {}
+
+
+def test_a_directory_left_by_an_earlier_release_is_narrowed_to_private():
+    directory = Path(tempfile.mkdtemp(prefix="kl-emb-"))
+    os.chmod(directory, 0o755)
+    (directory / "appendonly.aof").write_text("")
+    os.chmod(directory / "appendonly.aof", 0o644)
+    with EmbeddedRedis(directory, persist=False):
+        pass
+    assert modes(directory)["."] == 0o700
+    assert modes(directory)["appendonly.aof"] == 0o600
+
+
+def test_a_socket_directory_others_may_write_to_is_refused():
+    directory = Path(tempfile.mkdtemp(prefix="kl-emb-"))
+    os.chmod(directory, 0o777)  # as a /tmp/kloros-redis-<hash> made by someone else
+    with pytest.raises(EmbeddedRedisError, match="writable by group or others"):
+        EmbeddedRedis(directory, persist=False).start()
+    assert not (directory / "redis.sock").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a directory away")
+def test_a_socket_directory_another_user_owns_is_refused():
+    directory = Path(tempfile.mkdtemp(prefix="kl-emb-"))
+    os.chown(directory, 65534, 65534)  # nobody
+    with pytest.raises(EmbeddedRedisError, match="belongs to uid 65534"):
+        EmbeddedRedis(directory, persist=False).start()

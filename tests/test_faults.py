@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -239,6 +240,13 @@ def test_a_pool_child_killed_mid_task_is_replaced_and_the_task_delivered_again(w
     assert worker.popen.poll() is None
 
 
+def received_at(log: str, task_id: str) -> float:
+    """When a worker logged receiving ``task_id`` (Celery's ``[date time,ms: ...]``)."""
+    line = next(line for line in log.splitlines() if f"[{task_id}] received" in line)
+    stamp = line[1:line.index(": ")]
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
 def test_a_worker_killed_mid_task_leaves_the_task_to_the_next_worker(world):
     worker = world.worker()
     world.watcher()
@@ -247,12 +255,15 @@ def test_a_worker_killed_mid_task_leaves_the_task_to_the_next_worker(world):
     os.kill(worker.popen.pid, signal.SIGKILL)
     worker.popen.wait(10)
     # The pool child goes with its parent (billiard's parent-death signal).
-    wait_for(lambda: not Path(f"/proc/{child}").exists(), 10, message="the child gone")
+    wait_for(lambda: not Path(f"/proc/{child}").exists(), 30, message="the child gone")
     lock.release()
     replacement = world.worker()
     visibility = int(LIMITS["KLOROS_VISIBILITY_TIMEOUT"])
     wait_for(lambda: f"[{task_id}] received" in replacement.output(), visibility + 15,
              message="the task redelivered to the new worker")
+    # Not before the visibility timeout (docs/architecture.md): Redis has no acks.
+    delivered = received_at(worker.output(), task_id)
+    assert received_at(replacement.output(), task_id) - delivered >= visibility - 1
     wait_for(lambda: world.question_paths() == {"slow.md"}, 30, message="the question")
     wait_for(world.all_analysed, 30, message="the index")
     assert list(world.opened().values()) == [1]
@@ -333,7 +344,7 @@ def test_a_python_file_whose_parse_outlasts_the_hard_time_limit_is_parked(make_w
     defs = "".join(f"def f{i}():\n    return {i}\n\n" for i in range(190_000))
     put(world.tree / "huge.py", defs)
     wait_for(lambda: "Hard time limit" in worker.output(), 60, message="the hard limit")
-    wait_for(lambda: worker.output().count(" received") >= 2, 15,
+    wait_for(lambda: worker.output().count(" received") >= 2, 60,
              message="the task delivered again")
     wait_for(lambda: parked_paths(world) == ["huge.py"], 60,
              message="the file parked after its attempts")
@@ -367,10 +378,13 @@ def test_every_change_of_a_burst_is_analysed_across_a_redis_restart(world):
 
 # --- 4. a checkout-style storm ------------------------------------------------------
 
-# 5,000 documents, each analysed twice (the initial scan, then the storm): about a
-# minute on two cores.  The storm's renames raise more events than inotify's default
-# queue of 16,384 holds; the watcher reconciles as soon as the queue overflows.
-STORM_FILES = 5000
+# 2,000 documents, each analysed twice (the initial scan, then the storm): under half a
+# minute on two idle cores.  Five events per rewritten file, far more than one task each
+# may become; whether the kernel's queue overflows on the way (then the watcher
+# reconciles) depends on the machine, and the test holds either way.  Its own timeout
+# leaves room for a loaded machine, and every wait in it is bounded.
+STORM_FILES = 2000
+STORM_TIMEOUT = 900
 
 
 def checkout(tree: Path, count: int, version: int) -> None:
@@ -382,11 +396,12 @@ def checkout(tree: Path, count: int, version: int) -> None:
         os.replace(fresh, target)
 
 
+@pytest.mark.timeout(STORM_TIMEOUT)
 def test_a_checkout_storm_keeps_the_queue_bounded_and_publishes_each_question_once(world):
     write_docs(world.tree, STORM_FILES)
     worker = world.worker(concurrency=2)
     world.watcher()
-    settle(world, [worker], 120)
+    settle(world, [worker], STORM_TIMEOUT / 3)
     assert world.analysed() == world.on_disk()
     opened_before = world.opened()
     checkout(world.tree, STORM_FILES, version=1)
@@ -396,7 +411,7 @@ def test_a_checkout_storm_keeps_the_queue_bounded_and_publishes_each_question_on
         peak[0] = max(peak[0], world.r.llen(KNOWLEDGE))
         return world.all_analysed()
 
-    wait_for(done, 300, 0.1, "every rewritten file analysed")
+    wait_for(done, STORM_TIMEOUT / 2, 0.1, "every rewritten file analysed")
     # At most one task per file however many events the storm raised.
     assert 0 < peak[0] <= STORM_FILES
     assert world.opened() == opened_before
@@ -557,7 +572,13 @@ def transient_files(hostile: Path) -> None:
         moved.rename(hostile / f"moved{i}.txt.bak")
 
 
-def test_hostile_inputs_crash_nothing_and_a_good_file_written_last_is_analysed(world):
+# The hostile files are judged, not timed: the default 60 s limit (soft 55 s), so that a
+# loaded machine does not park a file the short limits above would let it time out on.
+HOSTILE_LIMITS = {"KLOROS_TASK_TIME_LIMIT": "60", "KLOROS_VISIBILITY_TIMEOUT": "120"}
+
+
+def test_hostile_inputs_crash_nothing_and_a_good_file_written_last_is_analysed(make_world):
+    world = make_world(**HOSTILE_LIMITS)
     outside = world.base / "outside"
     outside.mkdir()
     sock = socket_in(world.tree / "sock.py")
@@ -573,7 +594,7 @@ def test_hostile_inputs_crash_nothing_and_a_good_file_written_last_is_analysed(w
     assert worker.popen.poll() is None
     for proc in (worker, watcher):
         assert "Traceback" not in proc.output(), proc.output()[-4000:]
-    assert world.r.llen(names.DEADLETTER) == 0
+    assert world.r.llen(names.DEADLETTER) == 0, parked(world)
     analysed = world.analysed()
     assert not any(p.startswith(("hostile/escape", "hostile/linked_dir", "hostile/loop",
                                  "hostile/fifo", "sock")) for p in analysed)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+
 import pytest
 
 from kloros_tasks.settings import SettingsError, from_env
@@ -86,3 +91,68 @@ def test_bridge_budgets_default_to_the_original_rates_and_can_be_changed():
     assert s.budget("knowledge") == (0, 3600) and s.budget("integration") == (7, 60)
     with pytest.raises(SettingsError, match="KLOROS_BUDGET_CAPABILITY"):
         from_env({"KLOROS_BUDGET_CAPABILITY": "many"})
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"KLOROS_REDIS_URL": "redis://host:6379/notadb"}, "KLOROS_REDIS_URL"),
+    ({"KLOROS_REDIS_URL": "redis://host:6379/0?db=two"}, "KLOROS_REDIS_URL"),
+    ({"KLOROS_REDIS_URL": "redis://host:99999/0"}, "KLOROS_REDIS_URL"),
+    ({"KLOROS_EXPLORATION_INTERVAL": "99999999999999999"}, "KLOROS_EXPLORATION_INTERVAL"),
+    ({"KLOROS_FLOWER_PORT": "99999"}, "KLOROS_FLOWER_PORT"),
+    ({"KLOROS_CHEM_XSUB": "tcp://127.0.0.1:99999"}, "KLOROS_CHEM_XSUB"),
+    ({"KLOROS_CHEM_XPUB": "tcp://127.0.0.1:0"}, "KLOROS_CHEM_XPUB"),
+    ({"KLOROS_TASK_TIME_LIMIT": "9" * 20}, "KLOROS_TASK_TIME_LIMIT"),
+    ({"KLOROS_BLOB_TTL": "9" * 20}, "KLOROS_BLOB_TTL"),
+    ({"KLOROS_BUDGET_KNOWLEDGE": "1/99999999999999"}, "KLOROS_BUDGET_KNOWLEDGE"),
+])
+def test_a_value_that_would_only_fail_later_is_refused_at_start(env, named):
+    with pytest.raises(SettingsError) as info:
+        from_env(env)
+    assert named in str(info.value) and "\n" not in str(info.value)
+
+
+def up_once(tmp_path, *options: str, **env: str) -> subprocess.CompletedProcess:
+    tree = tmp_path / "tree"
+    tree.mkdir(exist_ok=True)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("KLOROS_", "KLR_"))}
+    clean.setdefault("KLOROS_STATE_DIR", str(tmp_path / "state"))
+    return subprocess.run([sys.executable, "-m", "kloros_tasks.cli", "up", *options,
+                           str(tree)], env={**clean, **env}, capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.mark.parametrize(("env", "options", "named"), [
+    ({"KLOROS_STATE_DIR": "/proc/nope"}, (), "KLOROS_STATE_DIR"),
+    ({"KLOROS_EXPLORATION_INTERVAL": "99999999999999999"}, (), "KLOROS_EXPLORATION_INTERVAL"),
+    ({"KLOROS_FLOWER_PORT": "99999"}, ("--flower",), "KLOROS_FLOWER_PORT"),
+    ({"KLOROS_CHEM_XSUB": "tcp://127.0.0.1:99999"}, (), "KLOROS_CHEM_XSUB"),
+    ({"KLOROS_REDIS_URL": "redis://127.0.0.1:6379/notadb"}, (), "KLOROS_REDIS_URL"),
+    ({}, ("--redis", "redis://127.0.0.1:6379/notadb"), "--redis"),
+])
+def test_up_stops_with_one_line_before_anything_starts(tmp_path, env, options, named):
+    done = up_once(tmp_path, *options, **env)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and named in done.stderr, done.stderr
+    assert not (tmp_path / "state" / "logs").exists()  # no child was started
+
+
+def test_up_with_an_unreachable_redis_says_so_in_one_line(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    done = up_once(tmp_path, KLOROS_REDIS_URL=f"redis://kuser:S3cretPW@127.0.0.1:{port}/0")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "KLOROS_REDIS_URL" in done.stderr
+    assert "does not answer" in done.stderr and "S3cretPW" not in done.stderr
+    assert not (tmp_path / "state" / "logs").exists()
+
+
+def test_watch_with_a_state_dir_it_cannot_write_says_so_in_one_line(tmp_path):
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("KLOROS_", "KLR_"))}
+    done = subprocess.run([sys.executable, "-m", "kloros_tasks.cli", "watch", str(tree)],
+                          env={**clean, "KLOROS_STATE_DIR": "/proc/nope"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "KLOROS_STATE_DIR" in done.stderr

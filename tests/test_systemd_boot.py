@@ -26,7 +26,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -295,6 +294,24 @@ def test_the_target_starts_every_unit_and_the_pipeline_is_healthy(booted):
             for unit in SERVICES} == dict.fromkeys(SERVICES, "0")
 
 
+def subscribed_through_the_proxy(context, sub, xsub: int) -> None:
+    """Return once ``sub``'s subscription has reached the proxy's publisher side: a probe
+    published there until one arrives (no fixed sleep that a loaded machine outlasts).
+    The proxy passes a subscription to every publisher connected to it, the bridge too."""
+    probe = context.socket(zmq.PUB)
+    probe.connect(f"tcp://127.0.0.1:{xsub}")
+    try:
+        def arrived() -> bool:
+            probe.send_multipart([b"curiosity.knowledge_probe", b"{}"])
+            return bool(sub.poll(200))
+
+        wait_for(arrived, 60, 0, "the subscription to reach the proxy")
+        while sub.poll(500):  # the probes sent before the first one arrived
+            sub.recv_multipart()
+    finally:
+        probe.close(linger=0)
+
+
 def test_a_question_reaches_a_chembus_subscriber_through_the_sandboxed_bridge(booted):
     namespace, deployment = booted
     wait_healthy(namespace, deployment)
@@ -303,7 +320,7 @@ def test_a_question_reaches_a_chembus_subscriber_through_the_sandboxed_bridge(bo
     try:
         sub.connect(f"tcp://127.0.0.1:{deployment.xpub}")
         sub.setsockopt(zmq.SUBSCRIBE, b"curiosity.knowledge")
-        time.sleep(0.5)  # the subscription reaches the bridge through the proxy
+        subscribed_through_the_proxy(context, sub, deployment.xsub)
         # Four public functions without a docstring: over the threshold of three.
         (deployment.tree / "undocumented.py").write_text(
             "".join(f"def helper_{n}():\n    return {n}\n\n" for n in range(4)))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -20,6 +21,8 @@ from kloros_tasks.connections import redis_client
 
 pytestmark = pytest.mark.integration
 UNDOCUMENTED = "".join(f"def f{i}():\n    return {i}\n\n" for i in range(5))
+# The tree declares a docstring policy: missing_docstrings asks only in such a tree.
+DOC_POLICY = '[tool.ruff.lint]\nselect = ["D"]\n'
 DOCUMENTED = '"""Doc."""\n' + "".join(
     f'def f{i}():\n    """Doc."""\n    return {i}\n\n' for i in range(5))
 
@@ -45,6 +48,7 @@ def world():
     tree = base / "tree"
     (tree / "pkg").mkdir(parents=True)
     (tree / "pkg" / "mod.py").write_text(UNDOCUMENTED)
+    (tree / "pyproject.toml").write_text(DOC_POLICY)
     (tree / "README.md").write_text("# Tree\n")
     yield base, tree, base / "state"
     for pid in processes_mentioning(str(base)):
@@ -176,3 +180,102 @@ def test_up_bridges_questions_to_a_chembus_subscriber_when_an_endpoint_is_set(wo
     finally:
         sub.close(0)
         context.term()
+
+
+def child_pid(up: Proc, text: str) -> int:
+    """The pid of ``up``'s direct child whose command line holds ``text``."""
+    def found():
+        children = Path(f"/proc/{up.popen.pid}/task/{up.popen.pid}/children").read_text()
+        for child in children.split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if text in cmdline:
+                return int(child)
+        return None
+
+    return wait_for(found, 30, 0.2, f"a child running {text!r}")
+
+
+@pytest.mark.fault
+def test_up_restarts_a_child_that_died_and_status_shows_the_restart(world):
+    base, tree, state = world
+    up = start_up(base, tree, state, "up.log")
+    up.wait_output("knowledge.missing_docstrings", 90)
+    url = f"redis+socket://{state}/redis/redis.sock"
+    client = redis_client(url)
+
+    # A worker's parent SIGKILLed (what the OOM killer does): up carries on without it
+    # for a second, then starts it again; its pool children went with it.
+    os.kill(child_pid(up, " -Q knowledge "), signal.SIGKILL)
+    up.wait_output("worker-knowledge was killed by SIGKILL", 30)
+    up.wait_output("worker-knowledge restarted (restart 1)", 30)
+    # The watcher too: restarted, it reconciles what changed while it was away.
+    os.kill(child_pid(up, " watch "), signal.SIGKILL)
+    (tree / "pkg" / "mod.py").write_text(DOCUMENTED)
+    up.wait_output("watcher restarted (restart 1)", 30)
+    # (Exploration questions about this host may be open too: only knowledge's count.)
+    wait_for(lambda: not [q for q in client.hkeys(names.LEDGER) if q.startswith(b"knowledge.")],
+             60, 0.2, message="the restarted pair resolving the question")
+    assert up.popen.poll() is None
+
+    done = subprocess.run([sys.executable, "-m", "kloros_tasks.cli", "status", "--json"],
+                          env=service_env(url, state), capture_output=True, text=True,
+                          timeout=60)
+    children = json.loads(done.stdout)["up"]["children"]
+    assert children["worker-knowledge"]["restarts"] == 1
+    assert children["worker-knowledge"]["last_exit"] == -signal.SIGKILL
+    assert children["watcher"]["restarts"] == 1
+    assert {c["state"] for c in children.values()} == {"running"}
+    assert children["worker-integration"]["restarts"] == 0
+    client.close()
+    assert up.stop() == 0
+
+
+def docs_naming_code(tree: Path, count: int) -> None:
+    """Documents that name pkg/mod.py and its functions, all linked from the README: on
+    an index without the module, each would be a stale_doc."""
+    (tree / "docs").mkdir(exist_ok=True)
+    for i in range(count):
+        (tree / "docs" / f"n{i:02d}.md").write_text(
+            f"# Note {i}\n\nSee `pkg/mod.py` and `pkg.mod.f{i % 5}`.\n")
+    (tree / "README.md").write_text("# Tree\n\n" + "".join(
+        f"- [note {i}](docs/n{i:02d}.md)\n" for i in range(count)))
+
+
+@pytest.mark.fault
+def test_a_redis_flushed_under_up_is_restored_at_once_and_the_snapshot_survives(world):
+    base, tree, state = world
+    docs_naming_code(tree, 30)
+    url = f"redis+socket://{state}/redis/redis.sock"
+    up = start_up(base, tree, state, "up1.log")
+    up.wait_output("knowledge.missing_docstrings", 90)
+    client = redis_client(url)
+    wait_for(lambda: client.hlen(names.facts(names.KNOWLEDGE, "tree")) == 33
+             and all(client.llen(q) == 0 for q in names.QUEUES) and not client.hlen("unacked"),
+             60, 0.2, "every file analysed")
+    client.close()
+    assert up.stop() == 0  # the watcher writes the snapshot
+    written = json.loads((state / "snapshot.json").read_text())
+    up = start_up(base, tree, state, "up2.log")
+    up.wait_output("already open", 60)
+    client = redis_client(url)
+    wait_for(lambda: client.exists(names.WATCHER_HEARTBEAT), 30, message="the watcher")
+    ledger = client.hgetall(names.LEDGER)
+    assert {k.decode() for k in ledger} == written["ledger"].keys() != set()
+
+    client.flushdb()
+    wait_for(lambda: client.hgetall(names.LEDGER) == ledger, 30, 0.2,
+             "the ledger restored (the periodic reconciliation is 600 s away)")
+    wait_for(lambda: all(client.llen(q) == 0 for q in names.QUEUES)
+             and not client.hlen("unacked"), 30, message="the queues drained")
+    time.sleep(2)  # give a wrong publication (a stale_doc, say) the chance to happen
+    assert client.xrange(names.STREAM) == []  # the stream went with the flush
+    (tree / "docs" / "new.md").write_text("# New\n\nNobody links here.\n")
+    wait_for(lambda: client.xlen(names.STREAM), 30, message="the new document's question")
+    (entry,) = [json.loads(f[b"envelope"]) for _i, f in client.xrange(names.STREAM)]
+    assert entry["facts"]["metadata"]["paths"] == ["docs/new.md"]
+    client.close()
+    assert up.stop() == 0
+    kept = json.loads((state / "snapshot.json").read_text())
+    assert len(kept["facts"][names.facts(names.KNOWLEDGE, "tree")]) == 34
+    assert kept["ledger"].keys() == {k.decode() for k in ledger} | {
+        entry["facts"]["question_id"]}

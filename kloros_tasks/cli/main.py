@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kloros_tasks import __version__, names
 from kloros_tasks.questions import SEVERITIES
-from kloros_tasks.settings import Settings, SettingsError, from_env
+from kloros_tasks.settings import Settings, SettingsError, check_redis_url, from_env
 
 EPILOG_WIDTH = 88
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a process ended by SIGPIPE
@@ -45,7 +45,8 @@ def cmd_up(args, settings: Settings) -> int:
     from kloros_tasks.cli.up import run_up  # noqa: PLC0415
 
     if args.redis:
-        settings = settings.with_overrides(redis_url=args.redis, redis_url_given=True)
+        settings = settings.with_overrides(redis_url=check_redis_url("--redis", args.redis),
+                                           redis_url_given=True)
     roots = _roots(args.paths or ["."], settings)
     try:
         return run_up(settings, roots, fmt=args.format, concurrency=args.concurrency,
@@ -250,8 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="*", metavar="PATH",
                    help="roots to watch (default: KLOROS_WATCH_ROOTS)")
     p.add_argument("--no-snapshot", action="store_true",
-                   help="neither restore nor write $KLOROS_STATE_DIR/snapshot.json "
-                        "(kloros-tasks up keeps it itself)")
+                   help="neither restore nor write $KLOROS_STATE_DIR/snapshot.json")
     p.set_defaults(func=cmd_watch)
 
     p = _sub(sub, "bridge", "the Redis-to-ChemBus bridge alone")

@@ -10,7 +10,7 @@ import redis
 
 from kloros_tasks import names
 from kloros_tasks.cli.render import budget_line, render_envelope, render_text
-from kloros_tasks.connections import redis_client
+from kloros_tasks.connections import redact, redis_client
 from kloros_tasks.deliver.backlog import delivery_report, pending_envelopes
 from kloros_tasks.questions import dumps
 from kloros_tasks.settings import Settings
@@ -94,7 +94,8 @@ def run_questions(settings: Settings, *, follow: bool = False, signal: str | Non
                 out.flush()
         return 0
     except redis.ConnectionError as exc:
-        print(f"kloros-tasks: redis unreachable at {settings.redis_url}: {exc}", file=sys.stderr)
+        print(f"kloros-tasks: redis unreachable at {redact(settings.redis_url)}: {exc}",
+              file=sys.stderr)
         return 2
     finally:
         client.close()

@@ -2,7 +2,7 @@
 
 Exit 0 healthy, 1 degraded, 2 Redis unreachable.  ``--json`` prints one object whose
 shape is documented in docs/operations.md and kept stable:
-``{"status", "problems", "redis", "queues", "workers", "watcher", "bridge",
+``{"status", "problems", "redis", "queues", "workers", "watcher", "up", "bridge",
 "exploration", "detectors", "deadletter", "syntax_errors", "skipped"}``.
 """
 
@@ -17,7 +17,7 @@ import redis
 
 from kloros_tasks import names
 from kloros_tasks.cli.render import budget_line
-from kloros_tasks.connections import redis_client
+from kloros_tasks.connections import redact, redis_client
 from kloros_tasks.deliver.backlog import UNDELIVERED_AFTER, delivery_report
 from kloros_tasks.settings import Settings
 
@@ -153,6 +153,10 @@ def collect(settings: Settings, client, app=None, now: float | None = None) -> d
     report["watcher"] = _json(client.get(names.WATCHER_HEARTBEAT))
     if report["watcher"] is None:
         problems.append("no watcher heartbeat in the last 30 s")
+    report["up"] = _json(client.get(names.UP_STATE))  # kloros-tasks up's children, if any
+    for name, child in ((report["up"] or {}).get("children") or {}).items():
+        if child.get("state") == "restarting":
+            problems.append(f"up: {name} died and is being restarted")
     report["bridge"] = bridge_summary(client, settings, now)
     if settings.chem_xsub_given and report["bridge"]["heartbeat"] is None:
         problems.append("the ChemBus bridge is configured but sends no heartbeat")
@@ -198,6 +202,11 @@ def render(report: dict) -> str:
                                  f"{w.get('host')} pid {w.get('pid')} roots "
                                  f"{','.join(w.get('roots', []))} pending {w.get('pending')} "
                                  f"beat {_age(w.get('ts'))}"))
+    up = report.get("up")
+    if up:
+        lines.append(f"up        pid {up.get('pid')}  restarts " + (", ".join(
+            f"{name} {c.get('restarts')}" for name, c in up.get("children", {}).items()
+            if c.get("restarts")) or "none"))
     b = report["bridge"]
     hb, group = b["heartbeat"], b["group"] or {}
     lines.append("bridge    " + ("not running" if hb is None else
@@ -239,7 +248,7 @@ def inspecting_app(settings: Settings):
 def absent_report(settings: Settings, client) -> dict:
     """The report of a Redis that holds nothing of kloros-tasks."""
     return {"status": ABSENT, "redis": redis_info(client), "problems": [
-        f"nothing of kloros-tasks runs on {settings.redis_url}: no queues, questions, "
+        f"nothing of kloros-tasks runs on {redact(settings.redis_url)}: no queues, questions, "
         "watcher or workers have ever used it (KLOROS_REDIS_URL unset? `kloros-tasks env` "
         "finds the Redis of a running `kloros-tasks up`)"]}
 
@@ -256,9 +265,10 @@ def run_status(settings: Settings, *, as_json: bool = False, out=None) -> int:
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         if as_json:
             out.write(json.dumps({"status": WORD[UNREACHABLE], "problems": [
-                f"redis unreachable at {settings.redis_url}: {exc}"]}) + "\n")
+                f"redis unreachable at {redact(settings.redis_url)}: {exc}"]}) + "\n")
         else:
-            out.write(f"status    unreachable\nproblem   redis at {settings.redis_url}: {exc}\n")
+            out.write(f"status    unreachable\nproblem   redis at "
+                      f"{redact(settings.redis_url)}: {exc}\n")
         return UNREACHABLE
     try:
         if not holds_kloros_state(client):

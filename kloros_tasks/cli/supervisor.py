@@ -4,6 +4,14 @@ Children run in their own sessions (process groups), so a Ctrl-C reaches only th
 supervisor, which then stops them in order with SIGTERM and, after a grace period,
 SIGKILLs whole groups (a prefork worker's pool children included).  An exclusive
 ``flock`` on the state dir refuses a second ``up`` on the same state.
+
+A child that dies while ``up`` runs is restarted the way systemd's ``Restart=`` does
+it (``RestartPolicy``): after a delay that doubles from RestartSec to a cap and resets
+once the child has run for a while, with a start limit: more than ``burst`` restarts
+of one child within ``interval`` seconds, or an exit status a restart cannot mend
+(status 2 of a ``kloros-tasks`` child, a configuration error: the units'
+``RestartPreventExitStatus=2``), and ``up`` gives up, stops everything and exits 1.
+``up`` never asks a child to stop while running, so any exit counts, a clean one too.
 """
 
 from __future__ import annotations
@@ -15,6 +23,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +34,8 @@ from kloros_tasks.settings import Settings
 log = logging.getLogger(__name__)
 STOP_GRACE = 7.0  # SIGTERM to SIGKILL; the whole stop stays under 10 s
 CELERY = [sys.executable, "-m", "celery", "-A", "kloros_tasks.celery_app"]
+# A ``kloros-tasks`` command's configuration error (cli/main.py): a restart cannot mend it.
+CONFIG_ERROR = 2
 
 
 class AlreadyRunning(RuntimeError):
@@ -33,7 +45,8 @@ class AlreadyRunning(RuntimeError):
 def lock_state_dir(state_dir: Path):
     """Hold an exclusive lock on ``state_dir/up.lock`` for this process's lifetime."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(state_dir / "up.lock", "a+")  # noqa: SIM115 - held until exit
+    fd = os.open(state_dir / "up.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    handle = os.fdopen(fd, "a+")  # held until exit
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -56,15 +69,25 @@ class Child:
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    final_statuses: frozenset[int] = frozenset()  # exits a restart cannot mend
+    restarts: int = 0
+    last_exit: int | None = None
+    restart_at: float | None = None  # monotonic time of the pending restart, if any
+    started_at: float = 0.0
+    delay: float = 0.0
+    restart_times: deque[float] = field(default_factory=deque)
 
     def start(self, env: dict[str, str], log_dir: Path) -> None:
         self.log_path = log_dir / f"{self.name}.log"
-        out = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(
-            self.argv, env={**env, **self.extra_env}, stdin=subprocess.DEVNULL,
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        out.close()
+        # Logs name the watched files: private to the user, as the state dir is.
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            self.proc = subprocess.Popen(
+                self.argv, env={**env, **self.extra_env}, stdin=subprocess.DEVNULL,
+                stdout=fd, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        finally:
+            os.close(fd)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -116,11 +139,14 @@ def plan(settings: Settings, roots: list[Path], *, concurrency: int = 1,
                                   worker_argv([queue], settings, concurrency, queue)))
         children.append(Child("beat", CELERY + ["beat", "--loglevel", "INFO",
                                                 "--schedule", schedule]))
-    # --no-snapshot: run_up restores and writes the snapshot itself, around its children.
+    # The watcher keeps the snapshot, as under systemd: it restores it as soon as it
+    # finds Redis emptied under it, and is the one process that writes it.
     children.append(Child("watcher", [sys.executable, "-m", "kloros_tasks.cli", "watch",
-                                      "--no-snapshot", *map(str, roots)]))
+                                      *map(str, roots)],
+                          final_statuses=frozenset({CONFIG_ERROR})))
     if settings.chem_xsub_given:
-        children.append(Child("bridge", [sys.executable, "-m", "kloros_tasks.cli", "bridge"]))
+        children.append(Child("bridge", [sys.executable, "-m", "kloros_tasks.cli", "bridge"],
+                              final_statuses=frozenset({CONFIG_ERROR})))
     if flower_auth:
         nodes = ["all"] if single_worker else list(names.QUEUES)
         children.append(flower_child(settings, flower_auth, nodes))
@@ -145,5 +171,93 @@ def stop_all(children: list[Child], grace: float = STOP_GRACE) -> None:
             child.proc.wait(2)
 
 
-def first_dead(children: list[Child]) -> Child | None:
-    return next((c for c in children if not c.alive()), None)
+def describe_exit(status: int | None) -> str:
+    """``exited with status N`` or ``was killed by SIGKILL``."""
+    if status is not None and status < 0:
+        try:
+            return f"was killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"was killed by signal {-status}"
+    return f"exited with status {status}"
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """systemd's ``RestartSec=`` (doubling up to ``max_delay``, back to ``first_delay``
+    after a run of ``stable_after`` seconds) and ``StartLimitBurst=`` within
+    ``StartLimitIntervalSec=`` (``burst`` restarts of one child in ``interval`` s)."""
+
+    first_delay: float = 1.0
+    max_delay: float = 30.0
+    stable_after: float = 60.0
+    burst: int = 5
+    interval: float = 300.0
+
+
+class GaveUp(RuntimeError):
+    """A child cannot be kept running; the message says which and why, in one line."""
+
+
+class Supervisor:
+    """Starts the children and keeps them running under a RestartPolicy."""
+
+    def __init__(self, children: list[Child], env: dict[str, str], log_dir: Path, *,
+                 policy: RestartPolicy = RestartPolicy(),
+                 clock: Callable[[], float] = time.monotonic,
+                 say: Callable[[str], None] | None = None) -> None:
+        self.children, self.env, self.log_dir = children, env, log_dir
+        self.policy, self.clock = policy, clock
+        self.say = say or (lambda line: print(f"kloros-tasks: {line}", file=sys.stderr,
+                                              flush=True))
+        self.changed = True  # the state others read (``status``) needs publishing
+
+    def start_all(self) -> None:
+        for child in self.children:
+            self._start(child)
+
+    def _start(self, child: Child) -> None:
+        child.start(self.env, self.log_dir)
+        child.started_at, child.restart_at = self.clock(), None
+        self.changed = True
+
+    def check(self) -> None:
+        """Restart the children whose delay is over and schedule those that died;
+        GaveUp when one hit the start limit or exited for good."""
+        now = self.clock()
+        for child in self.children:
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    self._start(child)
+                    self.say(f"{child.name} restarted (restart {child.restarts}); "
+                             f"pid {child.proc.pid}")
+            elif not child.alive():
+                self._died(child, now)
+
+    def _died(self, child: Child, now: float) -> None:
+        child.last_exit = child.proc.returncode
+        child.signal_group(signal.SIGKILL)  # pool children it left behind
+        how = f"{child.name} {describe_exit(child.last_exit)}; see {child.log_path}"
+        if child.last_exit in child.final_statuses:
+            raise GaveUp(f"{how}; a restart cannot help")
+        policy = self.policy
+        while child.restart_times and now - child.restart_times[0] > policy.interval:
+            child.restart_times.popleft()
+        if len(child.restart_times) >= policy.burst:
+            raise GaveUp(f"{how}; restarted {policy.burst} times within "
+                         f"{policy.interval:.0f} s, giving up")
+        if now - child.started_at >= policy.stable_after or not child.delay:
+            child.delay = policy.first_delay
+        else:
+            child.delay = min(child.delay * 2, policy.max_delay)
+        child.restart_times.append(now)
+        child.restarts += 1
+        child.restart_at = now + child.delay
+        self.changed = True
+        self.say(f"{how}; restarting in {child.delay:.0f} s")
+
+    def state(self) -> dict[str, dict]:
+        """Per child: pid, ``running`` or ``restarting``, restarts so far, last exit."""
+        return {c.name: {"pid": c.proc.pid if c.proc is not None else None,
+                         "state": "restarting" if c.restart_at is not None else "running",
+                         "restarts": c.restarts, "last_exit": c.last_exit}
+                for c in self.children}

@@ -2,15 +2,23 @@
 
 Questions are read from the durable stream (from where it stood at start), so none is
 missed between publication and printing.  Progress goes to stderr on a terminal only.
+
+Before anything starts, the state dir must be writable and a given Redis must answer;
+otherwise one line names the variable and the status is 2.  A child that dies is
+restarted with backoff (supervisor.Supervisor); its restarts are published under
+``kloros:up`` for ``kloros-tasks status``.  The snapshot is restored here before the
+children start; the watcher then keeps it (and restores it again if Redis is emptied).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import secrets
 import signal
+import socket
 import sys
 import threading
 import time
@@ -19,15 +27,16 @@ from pathlib import Path
 import redis
 
 from kloros_tasks import names
-from kloros_tasks.cli.embedded import EmbeddedRedis
+from kloros_tasks.cli.embedded import EmbeddedRedis, EmbeddedRedisError
 from kloros_tasks.cli.render import render_text
-from kloros_tasks.cli.supervisor import first_dead, lock_state_dir, plan, stop_all
-from kloros_tasks.connections import forget_redis_url, record_redis_url, redis_client
-from kloros_tasks.settings import Settings
+from kloros_tasks.cli.supervisor import GaveUp, Supervisor, lock_state_dir, plan, stop_all
+from kloros_tasks.connections import forget_redis_url, record_redis_url, redact, redis_client
+from kloros_tasks.settings import Settings, SettingsError, check_state_dir
 from kloros_tasks.state import snapshot
 
 MAX_SOCKET_PATH = 100
-SNAPSHOT_EVERY = snapshot.SNAPSHOT_EVERY  # up keeps the snapshot; its watcher does not
+PUBLISH_EVERY = 5.0  # seconds between refreshes of kloros:up
+STATE_TTL = 30
 # Compact envelopes spell the signal exactly so (questions.dumps): a cheap test.
 RESOLVED_MARK = f'"signal":"{names.CHANNEL_RESOLVED}"'
 
@@ -116,20 +125,42 @@ def _print_new(client, last_id: str, fmt: str, out) -> tuple[str, int, int]:
     return last_id, opened, resolved
 
 
+def check_reachable(url: str) -> None:
+    """SettingsError naming KLOROS_REDIS_URL when the given Redis does not answer."""
+    client = redis_client(url, socket_timeout=5, retries=0)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        raise SettingsError(f"KLOROS_REDIS_URL (or --redis) {redact(url)}: redis does not "
+                            f"answer ({exc})") from None
+    finally:
+        client.close()
+
+
 def run_up(settings: Settings, roots: list[Path], *, fmt: str = "text",
            concurrency: int = 1, single_worker: bool = False, flower: bool = False) -> int:
-    """Run the pipeline until SIGINT/SIGTERM; returns the exit status."""
+    """Run the pipeline until SIGINT/SIGTERM; returns the exit status: 0 stopped, 1 a
+    child could not be kept running, 2 configuration (SettingsError raised before
+    anything started, or the embedded server refused its directory)."""
+    check_state_dir(settings.state_dir)
+    if settings.redis_url_given:
+        check_reachable(settings.redis_url)
     lock = lock_state_dir(settings.state_dir)
     server = None
     url = settings.redis_url
     if not settings.redis_url_given:
-        server = EmbeddedRedis(embedded_dir(settings.state_dir)).start()
+        try:
+            server = EmbeddedRedis(embedded_dir(settings.state_dir)).start()
+        except EmbeddedRedisError as exc:
+            lock.close()
+            print(f"kloros-tasks: embedded redis-server: {exc}", file=sys.stderr)
+            return 2
         url = server.url
         print(f"embedded redis-server on {server.socket}", file=sys.stderr)
     env = {**os.environ, "KLOROS_REDIS_URL": url, "KLOROS_STATE_DIR": str(settings.state_dir),
            "PYTHONUNBUFFERED": "1"}
     log_dir = settings.state_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     flower_auth = None
     if flower:
         # Never an open dashboard: the given credentials, or fresh ones printed once.
@@ -143,6 +174,7 @@ def run_up(settings: Settings, roots: list[Path], *, fmt: str = "text",
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     client = redis_client(url, socket_timeout=5)
+    supervisor = Supervisor(children, env, log_dir)
     # Where this pipeline's Redis is, for `questions`, `status`, `env` and celery's own
     # commands started without KLOROS_REDIS_URL.
     record_redis_url(settings.state_dir, url)
@@ -158,18 +190,17 @@ def run_up(settings: Settings, roots: list[Path], *, fmt: str = "text",
         if open_count:
             print(f"{open_count} questions already open (kloros-tasks questions --open)",
                   file=sys.stderr)
-        for child in children:
-            child.start(env, log_dir)
+        supervisor.start_all()
         print(f"started {', '.join(c.name for c in children)}; logs in {log_dir}",
               file=sys.stderr)
-        watcher = next((c for c in children if c.name == "watcher"), None)
-        progress = Progress(watcher_pid=watcher.proc.pid if watcher and watcher.proc else None)
-        status = _loop(client, children, stop, last_id, fmt, snapshot_path, progress)
+        progress = Progress(watcher_pid=_watcher_pid(children))
+        status = _loop(client, supervisor, stop, last_id, fmt, progress)
     finally:
         stop_all(children)
         if progress is not None:
             _end_summary(client, progress)
-        snapshot.keep_snapshot(client, snapshot_path)  # best effort, logged
+        with contextlib.suppress(redis.RedisError):
+            client.delete(names.UP_STATE)
         client.close()
         forget_redis_url(settings.state_dir, url)
         if server is not None:
@@ -187,22 +218,37 @@ def _end_summary(client, progress: Progress) -> None:
               f"questions (redis unreachable: {exc})", file=sys.stderr)
 
 
-def _loop(client, children, stop: threading.Event, last_id: str, fmt: str,
-          snapshot_path: Path, progress: Progress) -> int:
-    next_snapshot = time.monotonic() + SNAPSHOT_EVERY
+def _watcher_pid(children) -> int | None:
+    watcher = next((c for c in children if c.name == "watcher"), None)
+    return watcher.proc.pid if watcher is not None and watcher.proc is not None else None
+
+
+def publish_state(client, supervisor: Supervisor) -> None:
+    """``kloros:up``: this supervisor and its children's restarts, for ``status``."""
+    body = {"pid": os.getpid(), "host": socket.gethostname(), "ts": time.time(),
+            "children": supervisor.state()}
+    client.set(names.UP_STATE, json.dumps(body), ex=STATE_TTL)
+
+
+def _loop(client, supervisor: Supervisor, stop: threading.Event, last_id: str, fmt: str,
+          progress: Progress) -> int:
+    next_publish = 0.0
     while not stop.is_set():
-        if time.monotonic() >= next_snapshot:
-            snapshot.keep_snapshot(client, snapshot_path)
-            next_snapshot = time.monotonic() + SNAPSHOT_EVERY
-        dead = first_dead(children)
-        if dead is not None:
-            print(f"kloros-tasks: {dead.name} exited with status {dead.proc.returncode}; "
-                  f"see {dead.log_path}", file=sys.stderr)
+        try:
+            supervisor.check()
+        except GaveUp as exc:
+            print(f"kloros-tasks: {exc}", file=sys.stderr)
             return 1
         try:
+            if supervisor.changed or time.monotonic() >= next_publish:
+                publish_state(client, supervisor)
+                supervisor.changed, next_publish = False, time.monotonic() + PUBLISH_EVERY
+                progress.watcher_pid = _watcher_pid(supervisor.children)  # a restart's
             last_id, opened, resolved = _print_new(client, last_id, fmt, sys.stdout)
             progress.update(client, opened, resolved)
-        except redis.ConnectionError as exc:
-            print(f"kloros-tasks: redis unreachable: {exc}", file=sys.stderr)
-            time.sleep(1)
+        except redis.RedisError as exc:
+            # Unreachable, restarted, or BUSY with a long script: wait it out; the
+            # children have their own retries.
+            print(f"kloros-tasks: redis: {exc}; retrying", file=sys.stderr)
+            stop.wait(1)
     return 0

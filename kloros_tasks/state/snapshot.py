@@ -21,22 +21,19 @@ A snapshot that cannot be read is renamed ``<name>.corrupted`` and logged, and
 ``restore_snapshot`` returns False: the watcher's reconciliation then sends every file
 again and the detectors rebuild the index by rescanning.
 
-Who keeps it: ``kloros-tasks up`` (restore before its children start, write every
-SNAPSHOT_EVERY seconds and after they stopped), or else the watcher of
-``kloros-tasks watch`` (restore before its first reconciliation, write every
-SNAPSHOT_EVERY seconds and at shutdown); ``up`` runs its watcher with ``--no-snapshot``.
+Who keeps it: the watcher (``kloros-tasks watch``, under systemd or under ``up``):
+it restores the snapshot before its first reconciliation and as soon as it finds Redis
+emptied under it, and writes it every SNAPSHOT_EVERY seconds and at shutdown.
+``kloros-tasks up`` also restores it before its children start, and writes nothing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -46,11 +43,20 @@ import redis
 from kloros_tasks import names
 from kloros_tasks.routing import route
 from kloros_tasks.state import index
+from kloros_tasks.state.snapshot_file import (  # noqa: F401 - part of this module's API
+    FORMAT,
+    VERSION,
+    SnapshotError,
+    Summary,
+    keep_previous,
+    load_snapshot,
+    previous_path,
+    summarise,
+    write_atomically,
+)
 
 log = logging.getLogger(__name__)
 
-FORMAT = "kloros-state-snapshot"
-VERSION = 1
 SNAPSHOT_FILE = "snapshot.json"  # under KLOROS_STATE_DIR
 SNAPSHOT_EVERY = 300.0  # seconds between snapshots written while running
 CORRUPTED_SUFFIX = ".corrupted"
@@ -60,18 +66,6 @@ DIGEST_FIELD = "_sha256"  # where engine.apply_change records the digest it anal
 _ENCODING, _ERRORS = "utf-8", "surrogateescape"
 
 Hashes = dict[str, dict[str, str]]
-
-
-class SnapshotError(ValueError):
-    """A file is not a readable state snapshot; the message says why."""
-
-
-@dataclass(frozen=True)
-class Summary:
-    """What a snapshot holds: open questions and indexed files (per detector)."""
-
-    questions: int
-    files: int
 
 
 def default_path(state_dir: str | os.PathLike) -> Path:
@@ -87,7 +81,8 @@ def write_snapshot(client, path: str | os.PathLike) -> Summary:
     The seen hashes are read before the facts, so that a change sent but not analysed
     yet shows as a seen entry that the facts do not confirm, and is sent again after a
     restore (see ``confirmed_seen``).  Raises redis errors and OSError; the previous
-    snapshot then stays in place.
+    snapshot then stays in place.  A snapshot this one would replace while holding far
+    more is kept as ``<name>.previous`` (``snapshot_file.keep_previous``).
     """
     seen = _read_hashes(client, _scan(client, names.seen("*"), "hash"))
     facts_keys = [k for d in names.DETECTORS for k in _scan(client, names.facts(d, "*"), "hash")]
@@ -96,9 +91,10 @@ def write_snapshot(client, path: str | os.PathLike) -> Summary:
     ledger = _read_hashes(client, [names.LEDGER]).get(names.LEDGER, {})
     document = {"format": FORMAT, "version": VERSION, "written_at": time.time(),
                 "ledger": ledger, "owned": owned, "seen": seen, "facts": facts}
-    _write_atomically(Path(path), json.dumps(document, ensure_ascii=True,
-                                             separators=(",", ":")))
-    summary = _summarise(document)
+    summary = summarise(document)
+    keep_previous(Path(path), summary)
+    write_atomically(Path(path), json.dumps(document, ensure_ascii=True,
+                                            separators=(",", ":")))
     log.info("wrote state snapshot %s: %d open questions, %d indexed files",
              path, summary.questions, summary.files)
     return summary
@@ -161,83 +157,6 @@ def _read_sets(client, keys: list[str]) -> dict[str, list[str]]:
     return out
 
 
-def _summarise(document: dict[str, Any]) -> Summary:
-    files = sum(len(paths) for paths in document["facts"].values())
-    return Summary(questions=len(document["ledger"]), files=files)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    # The rename must reach the disk too, or a crash could bring the old file back.
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-# --- reading ----------------------------------------------------------------------------
-
-def load_snapshot(path: str | os.PathLike) -> dict[str, Any]:
-    """The checked snapshot document at ``path``: SnapshotError when the file is not a
-    snapshot of this version or any part is malformed; OSError when it cannot be read."""
-    try:
-        document = json.loads(Path(path).read_bytes())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SnapshotError(f"not JSON: {exc}") from exc
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise SnapshotError("not a kloros state snapshot")
-    if document.get("version") != VERSION:
-        raise SnapshotError(f"snapshot version {document.get('version')!r} is not {VERSION}")
-    _check(document, "ledger", _is_json_object)
-    _check(document, "owned", lambda v: isinstance(v, list) and all(_is_str(m) for m in v))
-    for part, valid in (("seen", _is_str), ("facts", _is_facts)):
-        _check(document, part, lambda v, valid=valid: isinstance(v, dict) and all(
-            _is_str(f) and valid(x) for f, x in v.items()))
-    return document
-
-
-def _is_str(value: Any) -> bool:
-    return isinstance(value, str)
-
-
-def _is_json_object(value: Any) -> bool:
-    if not isinstance(value, str):
-        return False
-    try:
-        return isinstance(json.loads(value), dict)
-    except ValueError:
-        return False
-
-
-def _is_facts(value: Any) -> bool:
-    """A facts JSON as RedisIndex stores it: relations of string lists, a data object."""
-    if not _is_json_object(value):
-        return False
-    obj = json.loads(value)
-    relations, data = obj.get("relations", {}), obj.get("data", {})
-    return isinstance(data, dict) and isinstance(relations, dict) and all(
-        isinstance(v, list) and all(_is_str(x) for x in v) for v in relations.values())
-
-
-def _check(document: dict, part: str, valid: Callable[[Any], bool]) -> None:
-    value = document.get(part)
-    if not isinstance(value, dict) or not all(
-            _is_str(key) and valid(item) for key, item in value.items()):
-        raise SnapshotError(f"{part!r} is missing or malformed")
-
-
 # --- restoring --------------------------------------------------------------------------
 
 def holds_state(client) -> bool:
@@ -284,7 +203,7 @@ def restore_snapshot(client, path: str | os.PathLike) -> bool:
     seen, dropped = confirmed_seen(document["seen"], document["facts"])
     commands = _restore_commands({**document, "seen": seen, "ledger": {}})
     _write_commands(client, chain(commands, [("hsetnx", names.LEDGER, document["ledger"])]))
-    summary = _summarise(document)
+    summary = summarise(document)
     log.info("restored state snapshot %s: %d open questions, %d indexed files, "
              "%d files to send again", path, summary.questions, summary.files, dropped)
     return True

@@ -21,9 +21,10 @@ watch a smaller tree.  Events lost to an inotify queue overflow
 IN_Q_OVERFLOW and rebuilds its watches, so the observer here then queues a
 QueueOverflowEvent (observer.py).  A reconciliation also runs every RECONCILE_EVERY seconds.
 
-State snapshot (``keep_snapshot``, on for ``kloros-tasks watch`` unless ``up`` runs it):
-restored into a Redis without file state before reconciling, at start and when Redis
-lost the watcher's registration; written every SNAPSHOT_EVERY seconds and at shutdown.
+State snapshot (``keep_snapshot``, unless ``--no-snapshot``): restored into a Redis
+without file state before reconciling, at start and when Redis lost the watcher's
+registration (checked with every heartbeat, so within seconds); written every
+SNAPSHOT_EVERY seconds and at shutdown.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from kombu.exceptions import OperationalError
 
 from kloros_tasks import names
 from kloros_tasks.connections import redis_client
-from kloros_tasks.settings import Settings
+from kloros_tasks.settings import Settings, check_state_dir
 from kloros_tasks.state import snapshot
 from kloros_tasks.watch import filters, sync
 from kloros_tasks.watch.observer import OVERFLOW, InboxHandler, overflow_observer
@@ -308,14 +309,15 @@ class Watcher:
         self.retry_at = now + self.backoff.next()
 
     def _check_registered(self) -> None:
-        """Before anything is sent: when the roots this watcher registered are gone, Redis
-        lost its data (restarted empty, which redis-py reconnects to silently, or
-        flushed), so register again and restore the snapshot first."""
+        """Before anything is sent, and with every heartbeat: roots this watcher registered
+        gone mean Redis lost its data (restarted empty, which redis-py reconnects to
+        silently, or flushed): restore the snapshot, register again, reconcile at once."""
         if self.registered and not all(self.client.hmget(names.ROOTS, list(self.by_name))):
             log.warning("Redis lost the watcher's registration (restarted empty or flushed);"
-                        " registering again")
+                        " restoring the snapshot, registering again and reconciling now")
             self.registered = False
             self.restore_due = self.snapshot_path is not None
+            self.reconcile_needed = True  # the seen hashes went too, or predate the disk
 
     def _restore(self) -> None:
         """A Redis without file state gets the snapshot back before anything is sent,
@@ -325,6 +327,9 @@ class Watcher:
         self.restore_due = False
 
     def _register(self) -> None:
+        # The queues' bindings first: a Redis that lost them drops every task silently.
+        if hasattr(self.sync.sender, "declare"):
+            self.sync.sender.declare()
         mapping = {r.name: json.dumps({"path": r.path, "host": self.host}) for r in self.roots}
         self.client.hset(names.ROOTS, mapping=mapping)
         self.registered = True
@@ -334,6 +339,7 @@ class Watcher:
         body = {"host": self.host, "pid": os.getpid(), "roots": [r.name for r in self.roots],
                 "ts": time.time(), "pending": self.held}
         try:
+            self._check_registered()  # a Redis emptied under us is noticed within seconds
             self.client.set(names.WATCHER_HEARTBEAT, json.dumps(body), ex=HEARTBEAT_TTL)
         except TRANSIENT as exc:
             self._went_down(exc, now)
@@ -380,6 +386,8 @@ def run_watch(
     0 stopped, 1 inotify limit too low, 2 bad roots, 3 a watcher thread died.
     ``keep_snapshot``: restore and write ``$KLOROS_STATE_DIR/snapshot.json``."""
     stop_event = stop_event if stop_event is not None else threading.Event()
+    if keep_snapshot:
+        check_state_dir(settings.state_dir)  # one line and status 2, not a traceback later
     path = snapshot.default_path(settings.state_dir) if keep_snapshot else None
     try:
         watcher = Watcher(settings, roots, sender=sender, progress=progress, snapshot_path=path)

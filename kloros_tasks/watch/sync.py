@@ -77,6 +77,17 @@ class CelerySender:
             self._app = self._load()
         self._app.send_task(names.TASK_ANALYZE[detector], args=[payload], queue=detector)
 
+    def declare(self) -> None:
+        """(Re)create every task queue's binding in Redis.  kombu routes a message through
+        ``_kombu.binding.<queue>`` and drops it silently when that key is gone (a flushed
+        Redis); it declares a queue once per connection, so it would not notice."""
+        if self._app is None:
+            self._app = self._load()
+        with self._app.connection_for_write() as connection:
+            channel = connection.default_channel
+            for queue in self._app.amqp.queues.values():
+                queue.bind(channel).declare()
+
 
 def inotify_watch_limit() -> int | None:
     """``fs.inotify.max_user_watches``, or None where it cannot be read (not Linux)."""

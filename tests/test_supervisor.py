@@ -1,0 +1,127 @@
+"""``up``'s supervisor keeps its children running the way systemd's ``Restart=`` does:
+a dead child is restarted after a doubling delay, and a start limit ends a crash loop.
+Real child processes; the supervisor's clock is the test's, so no test waits for it."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from kloros_tasks.cli.supervisor import Child, GaveUp, RestartPolicy, Supervisor, describe_exit
+
+POLICY = RestartPolicy(first_delay=1.0, max_delay=4.0, stable_after=60.0, burst=3,
+                       interval=300.0)
+
+
+def exits_with(status: int, name: str = "worker-knowledge", **options) -> Child:
+    return Child(name, [sys.executable, "-c", f"import sys; sys.exit({status})"], **options)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A Supervisor over ``children`` with the test's clock; what it says is recorded."""
+    made: list[Supervisor] = []
+
+    def make(*children: Child) -> tuple[Supervisor, Clock, list[str]]:
+        clock, said = Clock(), []
+        supervisor = Supervisor(list(children), {}, tmp_path, policy=POLICY, clock=clock,
+                                say=said.append)
+        supervisor.start_all()
+        made.append(supervisor)
+        return supervisor, clock, said
+
+    yield make
+    for supervisor in made:
+        for child in supervisor.children:
+            if child.alive():
+                child.proc.kill()
+                child.proc.wait()
+
+
+def died(child: Child) -> None:
+    child.proc.wait(30)
+
+
+def test_a_dead_child_is_restarted_after_a_delay_that_doubles_up_to_the_cap(run):
+    child = exits_with(3)
+    supervisor, clock, said = run(child)
+    delays = []
+    for _ in range(POLICY.burst):
+        died(child)
+        first_pid = child.proc.pid
+        supervisor.check()
+        assert supervisor.state()[child.name]["state"] == "restarting"
+        delays.append(child.restart_at - clock.now)
+        clock.now += delays[-1] - 0.01
+        supervisor.check()
+        assert child.proc.pid == first_pid  # not before its delay
+        clock.now += 0.01
+        supervisor.check()
+        assert child.proc.pid != first_pid
+        clock.now += 1  # dies again soon after its start
+    assert delays == [1.0, 2.0, 4.0]
+    assert supervisor.state()[child.name] == {
+        "pid": child.proc.pid, "state": "running", "restarts": 3, "last_exit": 3}
+    assert "worker-knowledge exited with status 3" in said[0] and "restarting in 1 s" in said[0]
+    assert any("restarted (restart 1)" in line for line in said)
+
+
+def test_the_start_limit_gives_up_on_a_crash_loop(run):
+    child = exits_with(1)
+    supervisor, clock, _said = run(child)
+    for _ in range(POLICY.burst):
+        died(child)
+        supervisor.check()
+        clock.now = child.restart_at
+        supervisor.check()
+    died(child)
+    with pytest.raises(GaveUp, match=f"restarted {POLICY.burst} times within 300 s"):
+        supervisor.check()
+
+
+def test_restarts_older_than_the_interval_do_not_count_towards_the_limit(run):
+    child = exits_with(1)
+    supervisor, clock, _said = run(child)
+    for _ in range(3 * POLICY.burst):
+        died(child)
+        supervisor.check()
+        clock.now = child.restart_at + POLICY.interval / POLICY.burst + 1
+        supervisor.check()
+    assert child.restarts == 3 * POLICY.burst
+
+
+def test_a_child_that_ran_long_enough_starts_again_from_the_first_delay(run):
+    child = exits_with(1)
+    supervisor, clock, _said = run(child)
+    for _ in range(2):
+        died(child)
+        supervisor.check()
+        clock.now = child.restart_at
+        supervisor.check()
+    assert child.delay == 2.0
+    clock.now += POLICY.stable_after
+    died(child)
+    supervisor.check()
+    assert child.delay == POLICY.first_delay
+
+
+def test_an_exit_a_restart_cannot_mend_gives_up_at_once(run):
+    child = exits_with(2, "watcher", final_statuses=frozenset({2}))
+    supervisor, _clock, _said = run(child)
+    died(child)
+    with pytest.raises(GaveUp, match="watcher exited with status 2; .*a restart cannot help"):
+        supervisor.check()
+
+
+def test_a_killed_child_is_described_by_its_signal():
+    assert describe_exit(-9) == "was killed by SIGKILL"
+    assert describe_exit(1) == "exited with status 1"
