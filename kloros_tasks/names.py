@@ -119,6 +119,13 @@ def index_paths(detector: str, root: str, bucket: int | str) -> str:
     return f"kloros:ix:{detector}:{root}:p:{bucket}"
 
 
+def index_pending(detector: str, root: str) -> str:
+    """HASH relpath -> "<file id>:" and the zlib-compressed JSON of the (relation, value)
+    pairs of its last change, from before the index is touched until the questions it
+    affects are published or deferred: what a retry needs to finish or settle it."""
+    return f"kloros:ix:{detector}:{root}:pending"
+
+
 def owned(detector: str, root: str, path: str) -> str:
     """SET of open question ids owned by (raised about) one file."""
     return f"kloros:owned:{detector}:{root}:{path}"

@@ -131,11 +131,14 @@ def handle_change(ctx: Context, detector: FileDetector, obj, *,
 
 def _analyse(ctx: Context, detector: FileDetector, change: Change, root_info: dict,
              reevaluate_all: bool) -> str:
-    index = RedisIndex(ctx.client, detector.name, change.root)
+    index = RedisIndex(ctx.client, detector.name, change.root, keep_journal=True)
     key = f"{detector.name}:{change.root}:{change.path}"
     if (change.sha256 and not reevaluate_all
             and engine.stored_digest(index, change.path) == change.sha256):
-        return "duplicate"  # delivered twice, or a rename back: already in the index
+        # Delivered again, or a rename back: already in the index.  Done only if the
+        # questions it affects were published or deferred too; a delivery that died
+        # (or a transient error) in between left its journal entry to finish from.
+        return _finish(ctx, detector, index, change) or "duplicate"
     raw, reason = _content(ctx, root_info, change)
     if reason == "superseded":
         log.info("%s: %s changed again before analysis; the newer task covers it",
@@ -147,11 +150,6 @@ def _analyse(ctx: Context, detector: FileDetector, change: Change, root_info: di
             text = engine.decode_source(change.path, raw)
         except engine.NotText as exc:
             reason = str(exc)
-    if reason:
-        log.warning("%s: not analysing %s: %s", detector.name, key, reason)
-        ctx.client.hset(names.SKIPPED, key, reason)
-    else:
-        ctx.client.hdel(names.SKIPPED, key)
     # Parse outside the lock: a slow or killed parse must not hold up the whole root.
     facts = detector.extract(change.path, text) if text is not None else None
     with _root_lock(ctx, detector.name, change.root):
@@ -160,9 +158,39 @@ def _analyse(ctx: Context, detector: FileDetector, change: Change, root_info: di
         owners = set(applied.owners)
         if reevaluate_all:  # the world the detector judges against changed
             owners.update(index.paths())
-        if not _defer(ctx, detector.name, change.root, owners):
-            _publish(ctx, detector, index, change.root, owners)
+        _judge(ctx, detector, index, change.root, owners)
+        index.settled(change.path)
+    reason = reason or applied.skipped
+    if reason:
+        log.warning("%s: not analysing %s: %s", detector.name, key, reason)
+        ctx.client.hset(names.SKIPPED, key, reason)
+    else:
+        ctx.client.hdel(names.SKIPPED, key)
     return _record_error(ctx, key, applied.error) or ("skipped" if reason else "analysed")
+
+
+def _finish(ctx: Context, detector: FileDetector, index: RedisIndex,
+            change: Change) -> str | None:
+    """Publish or defer what the journaled last change of the file affects; None when
+    nothing was left unfinished."""
+    if index.pending(change.path) is None:
+        return None
+    with _root_lock(ctx, detector.name, change.root):
+        touched = index.pending(change.path)
+        if touched is None:  # another delivery finished it meanwhile
+            return None
+        owners = {change.path} | detector.affected(change.path, touched, index)
+        _judge(ctx, detector, index, change.root, owners)
+        index.settled(change.path)
+    log.info("%s: finished %s:%s, whose questions an earlier delivery left unpublished",
+             detector.name, change.root, change.path)
+    return "analysed"
+
+
+def _judge(ctx: Context, detector: FileDetector, index, root: str, owners: set[str]) -> None:
+    """Defer ``owners`` while a burst goes on, else publish their questions now."""
+    if not _defer(ctx, detector.name, root, owners):
+        _publish(ctx, detector, index, root, owners)
 
 
 def _root_lock(ctx: Context, detector: str, root: str):

@@ -15,6 +15,13 @@ from dataclasses import dataclass, replace
 from kloros_tasks.detectors.base import FileDetector, FileFacts
 from kloros_tasks.questions import Question, in_root
 
+# Facts one file may put in the index: relation values plus entries of its data lists
+# and maps.  A file past it (a generated page of 90,000 links, say) is not indexed and
+# its reason is recorded like an oversized file's: a giant fact costs every worker
+# and Redis far more than the file can be worth to a question, and keeps no promise
+# anyway (see docs/architecture.md, "Guarantees under faults").
+MAX_FACTS = 25_000
+
 
 class NotText(ValueError):
     """The bytes are not analysable text; the message says why."""
@@ -49,6 +56,21 @@ class Applied:
 
     owners: frozenset[str]
     error: str | None = None
+    skipped: str | None = None  # why the new facts were not indexed (too many)
+
+
+def too_many_facts(facts: FileFacts, limit: int = MAX_FACTS) -> str | None:
+    """Why ``facts`` are too many to index, or None.  Counts relation values and the
+    entries of list or map data."""
+    count = 0
+    for values in facts.relations.values():
+        count += len(values)
+    for value in facts.data.values():
+        if isinstance(value, list | dict):
+            count += len(value)
+    if count <= limit:
+        return None
+    return f"too many facts ({count} values > {limit}); not indexed"
 
 
 def apply_change(detector: FileDetector, index, path: str, text: str | None,
@@ -66,6 +88,11 @@ def apply_change(detector: FileDetector, index, path: str, text: str | None,
     if facts.error:
         return Applied(frozenset({path}) if index.facts(path) is None else frozenset(),
                        facts.error)
+    skipped = too_many_facts(facts)
+    if skipped is not None:  # retract what it had, as for a file grown past the size cap
+        touched = index.update(path, None)
+        return Applied(frozenset({path} | detector.affected(path, touched, index)),
+                       skipped=skipped)
     if digest is not None:
         facts = replace(facts, data={**facts.data, "_sha256": digest})
     touched = index.update(path, facts)
