@@ -21,11 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import socket
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from kloros_tasks import names
 from kloros_tasks.detectors.base import FileDetector
@@ -67,17 +68,35 @@ def registered_root(client, root: str) -> dict | None:
     return info if isinstance(info, dict) else {}
 
 
-def _local_copy(root_info: dict, change: Change) -> bytes | None:
-    """The file from this host's disk when the blob expired, only if it is the same bytes."""
+def _local_copy(root_info: dict, change: Change, max_bytes: int) -> bytes | str | None:
+    """The file from this host's disk when the blob expired, only if it is the same
+    bytes: its real path must lie inside the root's real path with no symlink on the
+    way (as the watcher never follows one), and its size is checked before any byte is
+    read.  Returns the bytes, a reason string when it is too large, or None."""
     if root_info.get("host") != socket.gethostname() or not root_info.get("path"):
         return None
-    path = Path(root_info["path"]) / change.path
-    try:
-        if path.is_symlink() or not path.is_file():
-            return None
-        raw = path.read_bytes()
-    except OSError:
+    base = root_info["path"]
+    if not isinstance(base, str) or not os.path.isabs(base):
         return None
+    try:
+        base = os.path.realpath(base)
+        path = os.path.join(base, change.path)
+        # realpath resolves every symlink on the way: any difference means one was
+        # crossed (a link to a file, or to a directory inside or outside the root).
+        if os.path.realpath(path) != path:
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            if st.st_size > max_bytes:
+                return f"too large ({st.st_size} bytes > {max_bytes})"
+            raw = f.read(max_bytes + 1)
+    except (OSError, ValueError):
+        return None
+    if len(raw) > max_bytes:  # grew after the stat
+        return f"too large ({len(raw)}+ bytes > {max_bytes})"
     return raw if hashlib.sha256(raw).hexdigest() == change.sha256 else None
 
 
@@ -87,15 +106,18 @@ def _content(ctx: Context, root_info: dict, change: Change) -> tuple[bytes | Non
         return None, None
     if change.skip:
         return None, change.skip
-    raw = blobs.fetch(ctx.client, change.sha256)
+    raw = blobs.fetch(ctx.client, change.sha256, ctx.max_file_bytes)
+    if isinstance(raw, int):  # measured in Redis, never loaded
+        return None, f"too large ({raw} bytes > {ctx.max_file_bytes})"
     if raw is not None and hashlib.sha256(raw).hexdigest() != change.sha256:
         raw = None  # never analyse bytes that are not the ones named
     if raw is None:
-        raw = _local_copy(root_info, change)
-        if raw is None:
+        local = _local_copy(root_info, change, ctx.max_file_bytes)
+        if isinstance(local, str):
+            return None, local
+        if local is None:
             return None, "superseded"
-    if len(raw) > ctx.max_file_bytes:
-        return None, f"too large ({len(raw)} bytes > {ctx.max_file_bytes})"
+        raw = local
     return raw, None
 
 

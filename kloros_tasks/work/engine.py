@@ -59,9 +59,10 @@ class Applied:
     skipped: str | None = None  # why the new facts were not indexed (too many)
 
 
-def too_many_facts(facts: FileFacts, limit: int = MAX_FACTS) -> str | None:
+def too_many_facts(facts: FileFacts, limit: int | None = None) -> str | None:
     """Why ``facts`` are too many to index, or None.  Counts relation values and the
     entries of list or map data."""
+    limit = MAX_FACTS if limit is None else limit
     count = 0
     for values in facts.relations.values():
         count += len(values)
