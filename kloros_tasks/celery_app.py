@@ -8,9 +8,12 @@ health checks so that a worker notices a restarted Redis.
 
 from __future__ import annotations
 
+import logging
+import resource
 import sys
 
 from celery import Celery
+from celery.signals import worker_process_init
 from kombu import Queue
 
 from kloros_tasks import names
@@ -20,6 +23,12 @@ from kloros_tasks.settings import Settings, SettingsError, from_env
 SOFT_LIMIT_MARGIN = 5  # seconds between the soft and the hard time limit
 WORKER_LOST_WAIT = 10.0
 BEAT_SCHEDULER = "kloros_tasks.work.beatstore:JSONScheduler"
+# The hard per-child memory limit, as a multiple of the soft ceiling
+# (KLOROS_WORKER_MAX_MEMORY_MB): the soft one replaces a child after a task that grew
+# it; the hard one stops the task that grows it too far, with a MemoryError.
+HARD_MEMORY_FACTOR = 4
+
+log = logging.getLogger(__name__)
 
 
 def configure(app: Celery, settings: Settings) -> None:
@@ -90,6 +99,44 @@ def configure(app: Celery, settings: Settings) -> None:
     )
     # Kept on the app object, not in conf: conf is sent over the wire by `inspect conf`.
     app.kloros_settings = settings
+
+
+def hard_memory_limit(soft_mb: int, data_now: int) -> int:
+    """Bytes of data segment (RLIMIT_DATA: heap and private anonymous mappings) a pool
+    child may use: HARD_MEMORY_FACTOR times the soft ceiling, and never less than what
+    the child holds at start plus the soft ceiling, so that a small ceiling still
+    leaves room to work."""
+    soft = soft_mb * 1024 * 1024
+    return max(HARD_MEMORY_FACTOR * soft, data_now + soft)
+
+
+def _data_bytes() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmData:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+@worker_process_init.connect
+def limit_child_memory(**_kwargs) -> None:
+    """In each prefork child as it starts: the hard memory limit.  An allocation past
+    it raises MemoryError in the task, which parks the message with its file
+    (work/tasks.py); the child lives on, and the soft ceiling then replaces it."""
+    settings = getattr(app, "kloros_settings", None)
+    if settings is None:
+        return
+    limit = hard_memory_limit(settings.worker_max_memory_mb, _data_bytes())
+    try:
+        _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+    except (OSError, ValueError) as exc:  # not Linux, or not permitted: the soft one stays
+        log.warning("could not set the hard memory limit of a pool child: %s", exc)
 
 
 def create_app(settings: Settings | None = None) -> Celery:

@@ -66,7 +66,8 @@ BRIDGE_GROUP = "chembus-bridge"
 # --- keys ---------------------------------------------------------------------------
 LEDGER = "kloros:ledger"  # HASH question_id -> open envelope JSON
 ROOTS = "kloros:roots"  # HASH root name -> JSON {path, host}
-DEADLETTER = "kloros:deadletter"  # LIST of JSON {task, payload, reason, ts}
+# LIST of JSON {task, id, args, reason, ts, file, detector, exception, deliveries}
+DEADLETTER = "kloros:deadletter"
 SYNTAX_ERRORS = "kloros:syntax_errors"  # HASH "<root>:<path>" -> "line N: message"
 WATCHER_HEARTBEAT = "kloros:watcher:heartbeat"  # STRING JSON, with TTL
 EXPLORATION_LAST_SCAN = "kloros:exploration:last_scan"  # HASH host -> time of the last scan
@@ -144,6 +145,12 @@ def deferred(detector: str, root: str) -> str:
 def deferred_since(detector: str, root: str) -> str:
     """STRING: when the oldest deferred evaluation of (detector, root) was deferred."""
     return f"kloros:deferred-since:{detector}:{root}"
+
+
+def burst(root: str) -> str:
+    """STRING (with a TTL): held by the watcher while it sends a reconciliation or a
+    storm of changes of ``root``; workers defer judging the root's files meanwhile."""
+    return f"kloros:burst:{root}"
 
 
 def attempts(task_id: str) -> str:

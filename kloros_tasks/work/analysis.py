@@ -4,16 +4,17 @@
 Publisher and a detector.  It never raises for bad input: it returns an outcome word
 and logs why.  Redis errors propagate so the task layer retries them.
 
-Deferred evaluation: while more changes wait in the detector's queue (a cold scan, a
-``git checkout``), a change only updates the index and adds the files it affects to
-``kloros:deferred:<detector>:<root>``; the first change that finds the queue empty
-evaluates them all once (``settle``).  Cross-file rules are then judged against the
+Deferred evaluation: while more changes wait in the detector's queue, or the watcher
+holds the root's burst marker (it is still sending a cold scan, a reconciliation or
+a ``git checkout``), a change only updates the index and adds the files it affects
+to ``kloros:deferred:<detector>:<root>``; once the burst is over they are all
+evaluated once (``settle``).  Cross-file rules are then judged against the
 whole burst instead of half of it, so no question is opened only to be resolved a
 moment later, and a file affected by a hundred changes is evaluated once instead of
 a hundred times.  Questions are a pure function of the final index, so the result is
 the same as evaluating after every change.  The settle task queued when a burst starts
-deferring bounds the wait: a deferred file is judged when that task reaches the head of
-the queue, however long the burst goes on (a change made later starts a new burst).
+deferring waits for the burst's end (it queues itself again while one goes on), up to
+SETTLE_MAX_WAIT; a change that finds the burst over settles at once too.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ LOCK_TIMEOUT = 30
 LOCK_WAIT = 60
 SETTLE_BATCH = 200  # deferred files evaluated per hold of the root's lock
 SETTLE_BUDGET = 20.0  # seconds one task spends settling before handing the rest over
+# However long a burst goes on, deferred files are judged after this long: a watcher
+# that never stops sending must not silence the root for ever.
+SETTLE_MAX_WAIT = 600.0
+SETTLE_RECHECK = 1.0  # seconds a settle task waits before looking at the burst again
 
 
 @dataclass(frozen=True)
@@ -225,10 +230,20 @@ def _publish(ctx: Context, detector: FileDetector, index, root: str, owners) -> 
         ctx.publisher.sync(detector.name, root, owner, questions)
 
 
+def in_burst(client, detector: str, root: str) -> bool:
+    """More changes are coming: tasks wait in the detector's queue, or the watcher is
+    still sending a reconciliation or storm of ``root`` (its burst marker)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.llen(detector)
+    pipe.exists(names.burst(root))
+    waiting, sending = pipe.execute()
+    return bool(waiting or sending)
+
+
 def _defer(ctx: Context, detector: str, root: str, owners: set[str]) -> bool:
-    """Add ``owners`` to the deferred set when more changes wait in the queue; False
-    means evaluate them now.  The first deferral of a burst schedules its settle task."""
-    if not owners or not ctx.client.llen(detector):
+    """Add ``owners`` to the deferred set while a burst goes on; False means evaluate
+    them now.  The first deferral of a burst schedules its settle task."""
+    if not owners or not in_burst(ctx.client, detector, root):
         return False
     pipe = ctx.client.pipeline()
     pipe.set(names.deferred_since(detector, root), time.time(), nx=True)
@@ -237,6 +252,15 @@ def _defer(ctx: Context, detector: str, root: str, owners: set[str]) -> bool:
     if first and ctx.schedule_settle is not None:
         ctx.schedule_settle(detector, root)
     return True
+
+
+def deferred_for(client, detector: str, root: str) -> float | None:
+    """Seconds since the oldest deferred evaluation of (detector, root), or None."""
+    since = client.get(names.deferred_since(detector, root))
+    try:
+        return max(0.0, time.time() - float(since)) if since is not None else None
+    except ValueError:
+        return 0.0
 
 
 def settle(ctx: Context, detector: FileDetector, root: str,
@@ -262,12 +286,15 @@ def settle(ctx: Context, detector: FileDetector, root: str,
 
 
 def deferred_roots(client, detector: str) -> list[str]:
-    """The registered roots with evaluations of ``detector`` still deferred."""
+    """The registered roots with evaluations of ``detector`` still deferred and no
+    burst being sent (those are settled when their burst ends)."""
     roots = [_text(root) for root in client.hkeys(names.ROOTS)]
     pipe = client.pipeline(transaction=False)
     for root in roots:
         pipe.exists(names.deferred(detector, root))
-    return [root for root, n in zip(roots, pipe.execute(), strict=True) if n]
+        pipe.exists(names.burst(root))
+    found = pipe.execute()
+    return [root for i, root in enumerate(roots) if found[2 * i] and not found[2 * i + 1]]
 
 
 def _record_error(ctx: Context, key: str, error: str | None) -> str | None:

@@ -3,7 +3,10 @@
 Cross-cutting behaviour lives in ``KlorosTask``: one Redis client and Publisher per
 worker process (created after the fork), a delivery counter that parks a message
 which keeps killing its worker in ``kloros:deadletter``, and retries with backoff
-for transient Redis errors only.  Bad input is never retried.
+for transient Redis errors only.  Bad input is never retried.  Every task ends as a
+success, a retry, or a dead-letter entry: an unexpected exception (a bug, a
+``MemoryError`` at the hard memory limit) parks the message with the file, the
+detector, the exception and the deliveries, instead of letting it vanish.
 """
 
 from __future__ import annotations
@@ -13,21 +16,31 @@ import logging
 import os
 import time
 
-import redis
 from celery import Task
-from celery.exceptions import Reject, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 from celery.signals import worker_ready
 from celery.utils.nodenames import worker_direct
 
 from kloros_tasks import names
 from kloros_tasks.celery_app import SOFT_LIMIT_MARGIN, app, settings_of
-from kloros_tasks.connections import redis_client
+from kloros_tasks.connections import TRANSIENT_ERRORS, is_transient, redis_client
 from kloros_tasks.state.publish import Publisher
-from kloros_tasks.work.analysis import SETTLE_BUDGET, Context, deferred_roots, handle_change, settle
+from kloros_tasks.work.analysis import (
+    SETTLE_BUDGET,
+    SETTLE_MAX_WAIT,
+    SETTLE_RECHECK,
+    Context,
+    deferred_for,
+    deferred_roots,
+    handle_change,
+    in_burst,
+    settle,
+)
 from kloros_tasks.work.registry import worker_detector
 
 log = logging.getLogger(__name__)
-TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+TRANSIENT = TRANSIENT_ERRORS  # BUSY and LOADING replies included (connections.py)
+CONTROL = (Reject, Retry, Ignore)  # Celery's own flow: never parked
 
 
 REDIS_WAIT_FIRST, REDIS_WAIT_MAX = 0.25, 8.0
@@ -64,9 +77,10 @@ class KlorosTask(Task):
         return Context(self.client, publisher, self.settings.max_file_bytes,
                        schedule_settle=self.schedule_settle)
 
-    def schedule_settle(self, detector: str, root: str) -> None:
+    def schedule_settle(self, detector: str, root: str, countdown: float | None = None) -> None:
         """Queue a settle task behind the tasks waiting on ``detector``'s queue."""
-        self.app.send_task(names.TASK_SETTLE[detector], args=[root], queue=detector)
+        self.app.send_task(names.TASK_SETTLE[detector], args=[root], queue=detector,
+                           countdown=countdown)
 
     def __call__(self, *args, **kwargs):
         budget = self.settings.task_time_limit - SOFT_LIMIT_MARGIN - REDIS_WAIT_MARGIN
@@ -75,7 +89,9 @@ class KlorosTask(Task):
         while True:
             try:
                 return self._call_once(*args, **kwargs)
-            except TRANSIENT as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 if time.monotonic() + delay > deadline:
                     # A small exception without its chain: a long chained traceback
                     # sent back over the pool's pipe has desynchronised it before.
@@ -96,6 +112,17 @@ class KlorosTask(Task):
             self._dead_letter(task_id, args, f"exceeded the {self.settings.task_time_limit} s"
                               " time limit")
             return "dead-lettered"
+        except CONTROL:
+            raise
+        except Exception as exc:
+            if is_transient(exc):
+                raise  # waited out by __call__
+            # A bug or a MemoryError: running it again would fail the same way, and
+            # with late acks and no requeue Celery would drop the message silently.
+            exc.__traceback__ = None  # let what the failed task held be freed first
+            self._dead_letter(task_id, args, "raised an unexpected exception",
+                              exception=_exception_line(exc))
+            return "dead-lettered"
         if task_id:
             self.client.delete(names.attempts(task_id))
         return result
@@ -112,11 +139,33 @@ class KlorosTask(Task):
         self.client.delete(key)
         return True
 
-    def _dead_letter(self, task_id, args, reason: str) -> None:
+    def _dead_letter(self, task_id, args, reason: str, exception: str | None = None) -> None:
+        deliveries = self.client.get(names.attempts(task_id)) if task_id else None
+        file = _file_of(args)
         entry = {"task": self.name, "id": task_id, "args": list(args), "reason": reason,
-                 "ts": time.time()}
-        log.error("%s %s parked in %s: %s", self.name, task_id, names.DEADLETTER, reason)
-        self.client.rpush(names.DEADLETTER, json.dumps(entry))
+                 "ts": time.time(), "file": file, "detector": self.name.split(".")[1],
+                 "exception": exception, "deliveries": int(deliveries or 1)}
+        log.error("%s %s parked in %s: %s%s%s", self.name, task_id, names.DEADLETTER,
+                  reason, f" ({file})" if file else "", f": {exception}" if exception else "")
+        pipe = self.client.pipeline()
+        pipe.rpush(names.DEADLETTER, json.dumps(entry, default=str))
+        if task_id:
+            pipe.delete(names.attempts(task_id))
+        pipe.execute()
+
+
+def _file_of(args) -> str | None:
+    """"root:path" of a file task's payload, when it names one."""
+    payload = args[0] if len(args) == 1 else None
+    if isinstance(payload, dict) and isinstance(payload.get("root"), str) \
+            and isinstance(payload.get("path"), str):
+        return f"{payload['root']}:{payload['path']}"
+    return None
+
+
+def _exception_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())[:500]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _analyze(task: KlorosTask, detector_name: str, args: tuple, kwargs: dict) -> str:
@@ -148,8 +197,18 @@ def _settle_task(task: KlorosTask, detector_name: str, args: tuple, kwargs: dict
     if kwargs or len(args) != 1 or not isinstance(args[0], str):
         log.warning("%s: refused malformed settle payload %r %r", task.name, args, kwargs)
         return "refused"
+    root = args[0]
+    if not task.client.exists(names.deferred(detector_name, root)):
+        return "0 deferred"  # settled already, by a change that found the burst over
+    waited = deferred_for(task.client, detector_name, root) or 0.0
+    if in_burst(task.client, detector_name, root) and waited < SETTLE_MAX_WAIT:
+        # Judged only on the settled index: look again behind what is queued, or in a
+        # moment while the watcher is still sending.
+        queued = task.client.llen(detector_name)
+        task.schedule_settle(detector_name, root, None if queued else SETTLE_RECHECK)
+        return "burst in progress"
     detector, _ = worker_detector(detector_name, task.settings, task.client)
-    return f"{_settle(task, task.context(), detector, args[0])} deferred"
+    return f"{_settle(task, task.context(), detector, root)} deferred"
 
 
 @app.task(name=names.TASK_ANALYZE[names.KNOWLEDGE], base=KlorosTask, bind=True)
