@@ -56,6 +56,10 @@ class Context:
     # layer queues a settle task behind the burst, so the deferred files are judged
     # even if the burst's last task never completes (dead-lettered, worker killed).
     schedule_settle: Callable[[str, str], None] | None = None
+    # How long a root's lock outlives a holder that died (a child SIGKILLed or killed
+    # at the hard time limit): no holder can need it longer than the task time limit.
+    lock_timeout: float = LOCK_TIMEOUT
+    lock_wait: float = LOCK_WAIT  # then redis.exceptions.LockError: the task tries again
 
 
 def _text(v) -> str:
@@ -221,8 +225,8 @@ def _judge(ctx: Context, detector: FileDetector, index, root: str, owners: set[s
 
 
 def _root_lock(ctx: Context, detector: str, root: str):
-    return ctx.client.lock(names.lock(detector, root), timeout=LOCK_TIMEOUT,
-                           blocking_timeout=LOCK_WAIT)
+    return ctx.client.lock(names.lock(detector, root), timeout=ctx.lock_timeout,
+                           blocking_timeout=ctx.lock_wait)
 
 
 def _publish(ctx: Context, detector: FileDetector, index, root: str, owners) -> None:

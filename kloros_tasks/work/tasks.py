@@ -16,10 +16,12 @@ import logging
 import os
 import time
 
+from billiard.exceptions import WorkerLostError
 from celery import Task
-from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
-from celery.signals import worker_ready
+from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.signals import task_failure, worker_ready
 from celery.utils.nodenames import worker_direct
+from redis.exceptions import LockError
 
 from kloros_tasks import names
 from kloros_tasks.celery_app import SOFT_LIMIT_MARGIN, app, settings_of
@@ -45,6 +47,15 @@ CONTROL = (Reject, Retry, Ignore)  # Celery's own flow: never parked
 
 REDIS_WAIT_FIRST, REDIS_WAIT_MAX = 0.25, 8.0
 REDIS_WAIT_MARGIN = 10  # seconds kept free before the soft time limit
+# A task gives up waiting for its root's lock this long before the soft time limit
+# (the lock of a killed holder lasts up to the time limit) and is tried again later:
+# waiting is not the file's fault, so it must not be parked as a poison.
+LOCK_WAIT_MARGIN = 2
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Redis unavailable for now, or the root's lock not had in time."""
+    return is_transient(exc) or isinstance(exc, LockError)
 
 
 class KlorosTask(Task):
@@ -75,7 +86,10 @@ class KlorosTask(Task):
         publisher = Publisher(self.client, host=self.settings.host,
                               stream_maxlen=self.settings.stream_maxlen)
         return Context(self.client, publisher, self.settings.max_file_bytes,
-                       schedule_settle=self.schedule_settle)
+                       schedule_settle=self.schedule_settle,
+                       lock_timeout=self.settings.task_time_limit,
+                       lock_wait=max(1.0, self.settings.task_time_limit - SOFT_LIMIT_MARGIN
+                                     - LOCK_WAIT_MARGIN))
 
     def schedule_settle(self, detector: str, root: str, countdown: float | None = None) -> None:
         """Queue a settle task behind the tasks waiting on ``detector``'s queue."""
@@ -90,13 +104,14 @@ class KlorosTask(Task):
             try:
                 return self._call_once(*args, **kwargs)
             except Exception as exc:
-                if not is_transient(exc):
+                if not _retryable(exc):
                     raise
                 if time.monotonic() + delay > deadline:
                     # A small exception without its chain: a long chained traceback
                     # sent back over the pool's pipe has desynchronised it before.
                     raise Reject(f"redis unavailable: {exc}", requeue=True) from None
-                log.warning("%s: redis unavailable (%s); trying again in %.2f s",
+                log.warning("%s: redis or the root's lock unavailable (%s); trying again"
+                            " in %.2f s",
                             self.name, exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, REDIS_WAIT_MAX)
@@ -115,7 +130,7 @@ class KlorosTask(Task):
         except CONTROL:
             raise
         except Exception as exc:
-            if is_transient(exc):
+            if _retryable(exc):
                 raise  # waited out by __call__
             # A bug or a MemoryError: running it again would fail the same way, and
             # with late acks and no requeue Celery would drop the message silently.
@@ -260,6 +275,21 @@ def exploration_scan(self, *args, fanned: bool = False, **kwargs):
                                queue=worker_direct(node), expires=expires)
     result = run_scan(self.client, self.context().publisher, settings)
     return "skipped" if result is None else f"{len(result.opened)} opened"
+
+
+@task_failure.connect
+def park_failed_task(sender=None, task_id=None, exception=None, args=None, **_kwargs):
+    """The last net: a task that failed past KlorosTask's own handling (an exception
+    lost at the hard memory limit surfaces as a SystemError) is parked, not dropped.
+    A hard time limit or a lost worker is not: its message comes back and is counted."""
+    if not isinstance(sender, KlorosTask) or isinstance(
+            exception, (*CONTROL, TimeLimitExceeded, WorkerLostError)):
+        return
+    try:
+        sender._dead_letter(task_id, tuple(args or ()), "failed",
+                            exception=_exception_line(exception) if exception else None)
+    except Exception as exc:  # noqa: BLE001 - logged; the message is lost to Celery anyway
+        log.error("could not park failed task %s %s: %s", sender.name, task_id, exc)
 
 
 @worker_ready.connect
