@@ -141,13 +141,19 @@ class _MemoryGuard:
             if hard != resource.RLIM_INFINITY:
                 backstop = min(backstop, hard)
             resource.setrlimit(resource.RLIMIT_DATA, (backstop, hard))
-        except (OSError, ValueError) as exc:  # not permitted: the timer alone guards
-            log.warning("could not set RLIMIT_DATA for a pool child: %s", exc)
+        except (OSError, ValueError) as exc:
+            # systemd's units filter @resources (setrlimit): the timer and the unit's
+            # MemoryMax guard there.
+            log.debug("could not set RLIMIT_DATA for a pool child: %s", exc)
 
     def arm(self, on: bool) -> None:
         if self.limit:
             every = MEMORY_CHECK_EVERY if on else 0
-            signal.setitimer(signal.ITIMER_VIRTUAL, every, every)
+            try:
+                signal.setitimer(signal.ITIMER_VIRTUAL, every, every)
+            except OSError as exc:  # a seccomp filter without timers: the rlimit stays
+                log.warning("could not arm the memory check of a pool child: %s", exc)
+                self.limit = 0
 
     def _check(self, _signum, _frame) -> None:
         used = data_bytes()

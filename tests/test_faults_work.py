@@ -124,7 +124,15 @@ def test_children_killed_again_and_again_in_a_burst_lose_no_question(make_world)
             os.kill(rng.choice(children), signal.SIGKILL)
             kills += 1
         time.sleep(rng.uniform(0.2, 1.0))
-    settle(world, [worker], 180, quiet=15)
+    try:
+        settle(world, [worker], 180, quiet=15)
+    except AssertionError:
+        print("DIAG llen", world.r.llen(KNOWLEDGE), "unacked", world.r.hlen("unacked"),
+              "deferred", world.r.scard(names.deferred(KNOWLEDGE, ROOT)),
+              "burst", world.r.get(names.burst(ROOT)), "analysed", len(world.analysed()),
+              "kills", kills, "dead", world.r.llen(names.DEADLETTER))
+        print(worker.output()[-8000:])
+        raise
     wait_for(world.all_analysed, 60, message="every note analysed and judged")
     assert kills >= 1
     assert world.r.llen(names.DEADLETTER) == 0
