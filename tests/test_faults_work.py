@@ -158,7 +158,7 @@ def test_a_task_that_raises_is_parked_with_its_file_and_status_says_so(make_worl
     assert f"({ROOT}:broken.md)" in worker.output()
     code, report = status_json(world)
     assert code == 1 and report["deadletter"] == 1
-    assert any(names.DEADLETTER in p for p in report["problems"])
+    assert any(names.DEADLETTER in p and f"{ROOT}:broken.md" in p for p in report["problems"])
     world.r.hdel(names.facts(KNOWLEDGE, ROOT), "broken.md")
     good_files_go_on(world, worker, "broken.md")
 
