@@ -15,11 +15,12 @@ from dataclasses import dataclass, replace
 from kloros_tasks.detectors.base import FileDetector, FileFacts
 from kloros_tasks.questions import Question, in_root
 
-# Facts one file may put in the index: relation values plus entries of its data lists
-# and maps.  A file past it (a generated page of 90,000 links, say) is not indexed and
-# its reason is recorded like an oversized file's: a giant fact costs every worker
-# and Redis far more than the file can be worth to a question, and keeps no promise
-# anyway (see docs/architecture.md, "Guarantees under faults").
+# Relation values one file may put in the index (each one an entry of an inverted
+# index, so an operation of every update and lookup of the file).  A file past it (a
+# generated page of 90,000 links, say) is not indexed and its reason is recorded like
+# an oversized file's: a giant fact costs the workers and Redis far more than the file
+# can be worth to a question.  Per-file data is stored compressed and not inverted;
+# the file size cap bounds it.
 MAX_FACTS = 25_000
 
 
@@ -60,18 +61,12 @@ class Applied:
 
 
 def too_many_facts(facts: FileFacts, limit: int | None = None) -> str | None:
-    """Why ``facts`` are too many to index, or None.  Counts relation values and the
-    entries of list or map data."""
+    """Why ``facts`` hold too many relation values to index, or None."""
     limit = MAX_FACTS if limit is None else limit
-    count = 0
-    for values in facts.relations.values():
-        count += len(values)
-    for value in facts.data.values():
-        if isinstance(value, list | dict):
-            count += len(value)
+    count = sum(len(values) for values in facts.relations.values())
     if count <= limit:
         return None
-    return f"too many facts ({count} values > {limit}); not indexed"
+    return f"too many facts ({count} relation values > {limit}); not indexed"
 
 
 def apply_change(detector: FileDetector, index, path: str, text: str | None,
