@@ -45,6 +45,11 @@ SETTLE_BUDGET = 20.0  # seconds one task spends settling before handing the rest
 # that never stops sending must not silence the root for ever.
 SETTLE_MAX_WAIT = 600.0
 SETTLE_RECHECK = 1.0  # seconds a settle task waits before looking at the burst again
+# Fairness: a waiter polls the root's lock every LOCK_POLL s, and settling pauses
+# SETTLE_YIELD s between two batches, so a change waiting for the lock gets it in
+# between instead of timing out behind a settle of thousands of files.
+LOCK_POLL = 0.05
+SETTLE_YIELD = 0.12
 
 
 @dataclass(frozen=True)
@@ -226,7 +231,7 @@ def _judge(ctx: Context, detector: FileDetector, index, root: str, owners: set[s
 
 def _root_lock(ctx: Context, detector: str, root: str):
     return ctx.client.lock(names.lock(detector, root), timeout=ctx.lock_timeout,
-                           blocking_timeout=ctx.lock_wait)
+                           sleep=LOCK_POLL, blocking_timeout=ctx.lock_wait)
 
 
 def _publish(ctx: Context, detector: FileDetector, index, root: str, owners) -> None:
@@ -287,6 +292,8 @@ def settle(ctx: Context, detector: FileDetector, root: str,
             ctx.client.srem(key, *batch)
         if time.monotonic() >= deadline:
             return ctx.client.scard(key)
+        if len(batch) == SETTLE_BATCH:  # more may follow: let a waiting change in first
+            time.sleep(SETTLE_YIELD)
 
 
 def deferred_roots(client, detector: str) -> list[str]:

@@ -109,7 +109,8 @@ class KlorosTask(Task):
                 if time.monotonic() + delay > deadline:
                     # A small exception without its chain: a long chained traceback
                     # sent back over the pool's pipe has desynchronised it before.
-                    raise Reject(f"redis unavailable: {exc}", requeue=True) from None
+                    raise Reject(f"redis or the root's lock unavailable: {exc}",
+                                 requeue=True) from None
                 log.warning("%s: redis or the root's lock unavailable (%s); trying again"
                             " in %.2f s",
                             self.name, exc, delay)
