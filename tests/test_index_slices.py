@@ -104,7 +104,7 @@ def test_a_kept_journal_entry_lasts_until_the_change_is_settled(r):
 
 def test_a_busy_redis_is_a_transient_error(r, redis_url):
     # A script that runs past busy-reply-threshold makes Redis answer BUSY to others.
-    r.config_set("busy-reply-threshold", 100)
+    r.config_set("lua-time-limit", 100)  # busy-reply-threshold since Redis 7
     other = redis_client(redis_url, retries=0)
     blocker = redis_client(redis_url, socket_timeout=None)
     import threading  # noqa: PLC0415
@@ -122,7 +122,7 @@ def test_a_busy_redis_is_a_transient_error(r, redis_url):
         assert isinstance(caught.value, RedisBusyError) and is_transient(caught.value)
     finally:
         thread.join()
-        r.config_set("busy-reply-threshold", 5000)
+        r.config_set("lua-time-limit", 5000)
         other.close()
         blocker.close()
     assert is_transient(redis.ResponseError("BUSY Redis is busy running a script."))
