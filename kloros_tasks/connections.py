@@ -41,6 +41,8 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class _Parser(_RESP3Parser):
+    # The parser redis-py uses by default (its connections speak RESP3 unless told
+    # otherwise; the protocol is left as it was so that no reply changes shape).
     # Replies starting with BUSY become RedisBusyError instead of a plain ResponseError,
     # so every ``except TRANSIENT_ERRORS`` (and redis-py's own retry) covers them.
     EXCEPTION_CLASSES = {**_RESP3Parser.EXCEPTION_CLASSES, "BUSY": RedisBusyError}
@@ -74,7 +76,6 @@ def redis_client(url: str, *, socket_timeout: float | None = SOCKET_TIMEOUT,
         "socket_connect_timeout": CONNECT_TIMEOUT,
         "health_check_interval": HEALTH_CHECK_INTERVAL,
         "parser_class": _Parser,
-        "protocol": 3,  # the parser's (redis-py's default, said here so that they agree)
     }
     if not url.startswith("unix://"):
         options["socket_keepalive"] = True  # TCP only; unix sockets refuse the option
