@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from kloros_tasks.work.analysis import Context, handle_change
 from kloros_tasks.work.payload import Change
 
 ROOT = "tree"
+HOST = "test-host"  # the host the root is registered on, and the one the worker is
 DETECTOR = KnowledgeDetector()
 NOTE = b"# A note\n\nNobody links to this note.\n"
 
@@ -45,7 +45,7 @@ class FlakyPublisher(Publisher):
 
 
 def context(r, publisher: Publisher | None = None, max_bytes: int = 1 << 20) -> Context:
-    return Context(r, publisher or Publisher(r, host="test"), max_file_bytes=max_bytes)
+    return Context(r, publisher or Publisher(r, host=HOST), max_file_bytes=max_bytes)
 
 
 def payload(path: str, raw: bytes, *, sha: str | None = None) -> dict:
@@ -68,14 +68,14 @@ def opened(r) -> list[str]:
 def rr(r, tmp_path):
     tree = tmp_path / ROOT
     tree.mkdir()
-    r.hset(names.ROOTS, ROOT, json.dumps({"path": str(tree), "host": socket.gethostname()}))
+    r.hset(names.ROOTS, ROOT, json.dumps({"path": str(tree), "host": HOST}))
     return r
 
 
 # --- completion is idempotent ------------------------------------------------------------
 
 def test_a_task_retried_after_publishing_failed_publishes_what_its_first_run_indexed(rr):
-    ctx = context(rr, FlakyPublisher(rr, host="test"))
+    ctx = context(rr, FlakyPublisher(rr, host=HOST))
     with pytest.raises(redis.ConnectionError):
         send(rr, ctx, "note.md", NOTE)
     assert opened(rr) == []
@@ -91,7 +91,7 @@ def test_a_retry_also_publishes_what_the_change_did_to_other_files(rr):
     ctx = context(rr)
     assert send(rr, ctx, "a.md", NOTE) == "analysed"
     assert len(opened(rr)) == 1  # a.md is linked from nowhere
-    flaky = context(rr, FlakyPublisher(rr, host="test"))
+    flaky = context(rr, FlakyPublisher(rr, host=HOST))
     index_md = b"# Index\n\n[a](a.md)\n"
     with pytest.raises(redis.ConnectionError):
         send(rr, flaky, "README.md", index_md)
@@ -140,7 +140,7 @@ def test_a_file_reached_through_a_symlinked_directory_is_never_read(rr, tmp_path
 def test_a_root_registered_by_a_relative_path_is_never_read(rr, tmp_path, monkeypatch):
     (tmp_path / "note.md").write_bytes(NOTE)
     monkeypatch.chdir(tmp_path)
-    rr.hset(names.ROOTS, ROOT, json.dumps({"path": ".", "host": socket.gethostname()}))
+    rr.hset(names.ROOTS, ROOT, json.dumps({"path": ".", "host": HOST}))
     assert handle_change(context(rr), DETECTOR, payload("note.md", NOTE)) == "superseded"
 
 

@@ -212,7 +212,7 @@ def _renamed(detector: FileDetector, index, init: str, applied: Applied,
             facts = replace(facts, data={**facts.data, DIGEST: digest})
         touched = index.update(path, facts)
         owners |= {path} | detector.affected(path, touched, index)
-    return Applied(frozenset(owners), applied.error, frozenset(stale))
+    return Applied(frozenset(owners), applied.error, stale=frozenset(stale))
 
 
 def evaluate(detector: FileDetector, index, owners, root: str,
