@@ -63,6 +63,35 @@ CORPORA: dict[str, Corpus] = {c.name: c for c in (
                                 "pathspec>=0.9.0", "platformdirs>=2"),
            notes="sdist: src/ layout (black, blackd, blib2to3), docs/ (Sphinx + MyST "
                  "Markdown), tests/ with 3.12-only syntax in its data files"),
+    Corpus("circus", "circus==0.19.0",
+           target_requirements=("pyzmq>=17.0", "psutil", "tornado>=5.0.2"),
+           notes="a multi-component application on a ZeroMQ bus: the arbiter and its "
+                 "watchers publish events (send_multipart), plugins, the stats streamer "
+                 "and circusctl subscribe; controller and client talk over DEALER/ROUTER"),
+    Corpus("paho-mqtt", "paho-mqtt==2.2.0",
+           notes="an MQTT client: examples/ and tests/ publish and subscribe to broker "
+                 "topics ($SYS, wildcards)"),
+    Corpus("kombu", "kombu==5.5.4",
+           notes="celery's messaging library: Redis, SQS/SNS, AMQP transports; Redis "
+                 "lists and pub/sub with keys built at run time"),
+    Corpus("redis", "redis==6.2.0",
+           notes="redis-py: pub/sub, keyspace notifications, tests publishing and "
+                 "subscribing to literal channels"),
+    Corpus("python-socketio", "python-socketio==5.18.1",
+           notes="Socket.IO server and client: emit/on events addressed to network peers, "
+                 "an admin instrumentation server"),
+    Corpus("pydantic", "pydantic==2.10.6",
+           target_requirements=("annotated-types>=0.6.0", "pydantic-core==2.27.2",
+                                "typing-extensions>=4.12.2"),
+           notes="sdist: pydantic/, tests/, docs/ (MkDocs Markdown); declares a docstring "
+                 "policy (ruff D, google convention, D105/D107 ignored, per-file ignores "
+                 "for docs/, tests/, pydantic/deprecated/, pydantic/v1 excluded)"),
+    Corpus("interrogate", "interrogate==1.7.0",
+           target_requirements=("attrs", "click>=7.1", "colorama", "py", "tabulate"),
+           notes="sdist: src/ layout, tests/ (with sample modules), docs/ (Sphinx); "
+                 "declares a docstring policy ([tool.interrogate], fail-under 95, "
+                 "__init__ methods ignored, tests/functional/sample, setup.py, docs "
+                 "excluded)"),
 )}
 
 

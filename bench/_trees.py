@@ -5,7 +5,8 @@ one envelope.
 The generated tree is deterministic for a given (size, seed): packages of up to
 ``PER_PACKAGE`` files, mostly Python modules with imports between siblings, classes
 and functions (some without docstrings, so a few modules raise
-``knowledge.missing_docstrings``), plus one Markdown document in ten that links to
+``knowledge.missing_docstrings`` under the ruff ``D`` policy its ``pyproject.toml``
+declares), plus one Markdown document in ten that links to
 and names code of its package (some with dangling references or no inbound link).
 """
 
@@ -24,6 +25,9 @@ DOC_EVERY = 10  # one file in ten is a Markdown document
 STDLIB_SKIP = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages",
                          "__pycache__"})
 TOGGLE_PATH = "pkg000/toggle.py"
+# missing_docstrings asks only in a tree that declares a docstring policy.
+DOC_POLICY = '[tool.ruff.lint]\nselect = ["E", "F", "D"]\n'
+
 TOGGLE_DOC = '"""A module whose fourth function gains and loses its docstring."""\n\n\n'
 
 
@@ -81,10 +85,13 @@ def _document(pkg: int, doc: int, rng: random.Random, modules: int, package: str
 def generate_tree(root: Path, files: int, seed: int = 1, prefix: str = "pkg") -> int:
     """Write ``files`` files under ``root`` (which may already hold others); returns
     how many were written.  With ``prefix`` "pkg" the toggle module is one of them,
-    in state 0."""
+    in state 0, and so is a ``pyproject.toml`` declaring a docstring policy."""
     rng = random.Random(seed)
     root.mkdir(parents=True, exist_ok=True)
     written, pkg = 0, 0
+    if prefix == "pkg" and files > 0:  # the tree declares a docstring policy (ruff D)
+        (root / "pyproject.toml").write_text(DOC_POLICY)
+        written = 1
     while written < files:
         directory = root / f"{prefix}{pkg:03d}"
         directory.mkdir(exist_ok=True)

@@ -70,19 +70,33 @@ class Mutation:
 K = names.KNOWLEDGE
 MUTATIONS: list[Mutation] = [
     # --- KnowledgeDiscovery.missing_docstrings ----------------------------------------
-    Mutation("django-strip-text-docstrings", "django", K,
-             (Edit("strip_docstrings", "django/utils/text.py"),),
-             Expect("missing_docstrings", owner="django/utils/text.py", text="capfirst")),
+    # The rule asks only in a tree that declares a docstring policy: pydantic (ruff D),
+    # interrogate ([tool.interrogate]) and celery (flake8-docstrings) declare one; in
+    # the others the policy is declared by the mutation itself.
+    Mutation("pydantic-strip-networks-docstrings", "pydantic", K,
+             (Edit("strip_docstrings", "pydantic/networks.py"),),
+             Expect("missing_docstrings", owner="pydantic/networks.py",
+                    text="UrlConstraints")),
+    Mutation("interrogate-strip-coverage-docstrings", "interrogate", K,
+             (Edit("strip_docstrings", "src/interrogate/coverage.py"),),
+             Expect("missing_docstrings", owner="src/interrogate/coverage.py",
+                    text="InterrogateCoverage")),
     Mutation("celery-strip-text-docstrings", "celery", K,
              (Edit("strip_docstrings", "celery/utils/text.py"),),
              Expect("missing_docstrings", owner="celery/utils/text.py",
                     text="str_to_list")),
-    Mutation("black-strip-comments-docstrings", "black", K,
-             (Edit("strip_docstrings", "src/black/comments.py"),),
+    Mutation("django-ruff-d-and-strip-text-docstrings", "django", K,
+             (Edit("append", "pyproject.toml", text='\n[tool.ruff.lint]\nselect = ["D"]\n'),
+              Edit("strip_docstrings", "django/utils/text.py")),
+             Expect("missing_docstrings", owner="django/utils/text.py", text="capfirst")),
+    Mutation("black-pydocstyle-and-strip-comments-docstrings", "black", K,
+             (Edit("create", ".pydocstyle", text="[pydocstyle]\nconvention = pep257\n"),
+              Edit("strip_docstrings", "src/black/comments.py")),
              Expect("missing_docstrings", owner="src/black/comments.py",
                     text="generate_comments")),
-    Mutation("stdlib-strip-json-decoder", "stdlib", K,
-             (Edit("strip_docstrings", "json/decoder.py"),),
+    Mutation("stdlib-interrogate-and-strip-json-decoder", "stdlib", K,
+             (Edit("create", "pyproject.toml", text="[tool.interrogate]\nfail-under = 90\n"),
+              Edit("strip_docstrings", "json/decoder.py")),
              Expect("missing_docstrings", owner="json/decoder.py", text="JSONDecoder")),
     # --- KnowledgeDiscovery.unindexed_doc ---------------------------------------------
     Mutation("django-paginator-out-of-toctree", "django", K,
@@ -120,6 +134,75 @@ MUTATIONS: list[Mutation] = [
                    new="docs/usage_and_configuration/basics.md"),),
              Expect("stale_doc", text="the_basics")),
 ]
+
+# CapabilityDiscovery, judged against each corpus's matched environment (see _scan):
+# a missing tool, an undeclared import (missing, or installed but undeclared), a
+# required variable read by subscript, a subprocess of a program not on PATH.
+C = names.CAPABILITY
+_CAPABILITY_SITES = (("django", "django/utils/text.py", "django"),
+                     ("celery", "celery/utils/text.py", "celery"),
+                     ("black", "src/black/comments.py", "black"),
+                     ("stdlib", "json/decoder.py", "json"))
+_UNDECLARED = {"django": "setuptools", "celery": "prompt_toolkit", "black": "setuptools"}
+_PROGRAMS = {"django": "wkhtmltopdf", "celery": "pandoc", "black": "clang-format",
+             "stdlib": "ffmpeg"}
+
+
+def _capability_mutations() -> list[Mutation]:
+    out = []
+    for corpus, path, package in _CAPABILITY_SITES:
+        token = f"{package.upper()}_BENCH_SECRET_TOKEN"
+        program = _PROGRAMS[corpus]
+        run_program = ("\nimport subprocess\n\n\ndef _bench_render(x):\n"
+                       f"    return subprocess.run(['{program}', x])\n")
+        out += [
+            Mutation(f"{corpus}-import-of-an-absent-library", corpus, C,
+                     (Edit("append", path, text="\nimport requests_oauthlib\n"),),
+                     Expect("missing_module", owner=path, text="requests_oauthlib")),
+            Mutation(f"{corpus}-required-variable-by-subscript", corpus, C,
+                     (Edit("append", path, text=f"\nimport os\nTOKEN = os.environ['{token}']\n"),),
+                     Expect("missing_env", owner=path, text=token)),
+            Mutation(f"{corpus}-subprocess-of-a-program-not-on-path", corpus, C,
+                     (Edit("append", path, text=run_program),),
+                     Expect("missing_executable", owner=path, text=program)),
+            Mutation(f"{corpus}-a-missing-tool", corpus, C,
+                     (Edit("append", path,
+                           text=f"\nfrom {package}.tools.search import web_search\n"),),
+                     Expect("missing_capability", owner=path, text=f"{package}.tools.search")),
+        ]
+        if corpus != "stdlib":  # the standard library declares nothing to compare with
+            # A library the matched environment holds (as a transitive dependency, or
+            # as the venv's own) that the corpus does not declare.
+            module = _UNDECLARED[corpus]
+            out.append(Mutation(
+                f"{corpus}-import-installed-but-undeclared", corpus, C,
+                (Edit("append", path, text=f"\nimport {module}\n"),),
+                Expect("undeclared_dependency", owner=path, text=module)))
+    return out
+
+
+MUTATIONS += _capability_mutations()
+# A required dependency the matched environment lacks: one target_environment question.
+MUTATIONS += [
+    Mutation("django-new-required-dependency", "django", C,
+             (Edit("replace", "pyproject.toml", old='    "sqlparse>=0.3.1",\n',
+                   new='    "sqlparse>=0.3.1",\n    "requests-oauthlib>=2",\n'),),
+             Expect("target_environment", owner="pyproject.toml", text="requests-oauthlib")),
+    Mutation("celery-new-required-dependency", "celery", C,
+             (Edit("append", "requirements/default.txt", text="requests-oauthlib>=2\n"),),
+             Expect("target_environment", owner="requirements/default.txt",
+                    text="requests-oauthlib")),
+    Mutation("black-new-required-dependency", "black", C,
+             (Edit("replace", "pyproject.toml", old='  "click>=8.0.0",\n',
+                   new='  "click>=8.0.0",\n  "requests-oauthlib>=2",\n'),),
+             Expect("target_environment", owner="pyproject.toml", text="requests-oauthlib")),
+]
+
+
+def _integration() -> list[Mutation]:
+    from _integration_mutations import INTEGRATION_MUTATIONS  # noqa: PLC0415
+
+    return INTEGRATION_MUTATIONS
 
 
 class MutationError(ValueError):
@@ -234,7 +317,10 @@ def corpus_name(name: str) -> str:
 def _scan(corpus: str, detector: str, root: Path) -> list[dict]:
     from precision import scan_corpus  # noqa: PLC0415
 
-    return scan_corpus(CORPORA[corpus_name(corpus)], detector, root=root)["questions"]
+    # CapabilityDiscovery is judged against the corpus's matched environment, as in
+    # `precision.py scan --target-env`, so a break shows against what the tree runs in.
+    return scan_corpus(CORPORA[corpus_name(corpus)], detector, root=root,
+                       target_env=detector == names.CAPABILITY)["questions"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -248,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.cache is not None:
         set_cache_dir(args.cache)
-    chosen = [m for m in MUTATIONS
+    chosen = [m for m in MUTATIONS + _integration()
               if (not args.corpus or m.corpus in args.corpus)
               and (not args.detector or m.detector in args.detector)
               and (not args.rule or m.expect.rule in args.rule)

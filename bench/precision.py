@@ -95,7 +95,7 @@ def scan_corpus(corpus: Corpus, detector: str, *, target_env: bool = False,
     cfg = corpus_settings(corpus, target_env and detector == names.CAPABILITY)
     warnings: list[str] = []
     started = time.perf_counter()
-    found = scan_root(root, scan_detector(detector, cfg), cfg, warn=warnings.append)
+    found = scan_root(root, scan_detector(detector, cfg, root), cfg, warn=warnings.append)
     return {"files": analysed_files(root, detector, cfg),
             "seconds": round(time.perf_counter() - started, 1),
             "not_analysed": warnings, "questions": [question_record(q) for q in found]}

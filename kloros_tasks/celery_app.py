@@ -8,9 +8,14 @@ health checks so that a worker notices a restarted Redis.
 
 from __future__ import annotations
 
+import logging
+import os
+import resource
+import signal
 import sys
 
 from celery import Celery
+from celery.signals import task_postrun, task_prerun, worker_process_init
 from kombu import Queue
 
 from kloros_tasks import names
@@ -20,6 +25,14 @@ from kloros_tasks.settings import Settings, SettingsError, from_env
 SOFT_LIMIT_MARGIN = 5  # seconds between the soft and the hard time limit
 WORKER_LOST_WAIT = 10.0
 BEAT_SCHEDULER = "kloros_tasks.work.beatstore:JSONScheduler"
+# The hard per-child memory limit, as a multiple of the soft ceiling
+# (KLOROS_WORKER_MAX_MEMORY_MB): the soft one replaces a child after a task that grew
+# it; the hard one stops the task that grows it too far, with a MemoryError.
+HARD_MEMORY_FACTOR = 4
+MEMORY_CHECK_EVERY = 0.02  # seconds of CPU time between checks while a task runs
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+log = logging.getLogger(__name__)
 
 
 def configure(app: Celery, settings: Settings) -> None:
@@ -92,6 +105,85 @@ def configure(app: Celery, settings: Settings) -> None:
     )
     # Kept on the app object, not in conf: conf is sent over the wire by `inspect conf`.
     app.kloros_settings = settings
+
+
+def hard_memory_limit(soft_mb: int, data_now: int) -> int:
+    """Bytes of data segment (heap and private mappings) a pool child may use:
+    HARD_MEMORY_FACTOR times the soft ceiling, and never less than what the child holds
+    at start plus the soft ceiling, so that a small ceiling still leaves room to work."""
+    soft = soft_mb * 1024 * 1024
+    return max(HARD_MEMORY_FACTOR * soft, data_now + soft)
+
+
+def data_bytes() -> int:
+    """This process's data segment (``VmData``: heap and private anonymous mappings)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[5]) * PAGE_BYTES
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class _MemoryGuard:
+    """The hard limit of one pool child, in two layers.  While a task runs, a CPU-time
+    timer checks the data segment every MEMORY_CHECK_EVERY s and raises MemoryError in
+    the task past the limit, with memory still to spare, so the exception unwinds
+    cleanly and the task parks its message (work/tasks.py).  RLIMIT_DATA, a quarter
+    higher, stops what the timer cannot see: a single C call allocating without end
+    (the MemoryError it raises may then be lost; the task's failure is parked too)."""
+
+    limit = 0
+
+    def start(self, soft_mb: int) -> None:
+        self.limit = hard_memory_limit(soft_mb, data_bytes())
+        signal.signal(signal.SIGVTALRM, self._check)
+        try:
+            _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+            backstop = self.limit + self.limit // 4
+            if hard != resource.RLIM_INFINITY:
+                backstop = min(backstop, hard)
+            resource.setrlimit(resource.RLIMIT_DATA, (backstop, hard))
+        except (OSError, ValueError) as exc:
+            # systemd's units filter @resources (setrlimit): the timer and the unit's
+            # MemoryMax guard there.
+            log.debug("could not set RLIMIT_DATA for a pool child: %s", exc)
+
+    def arm(self, on: bool) -> None:
+        if self.limit:
+            every = MEMORY_CHECK_EVERY if on else 0
+            try:
+                signal.setitimer(signal.ITIMER_VIRTUAL, every, every)
+            except OSError as exc:  # a seccomp filter without timers: the rlimit stays
+                log.warning("could not arm the memory check of a pool child: %s", exc)
+                self.limit = 0
+
+    def _check(self, _signum, _frame) -> None:
+        used = data_bytes()
+        if used > self.limit:
+            self.arm(False)  # raised once; the task's end re-arms it for the next
+            raise MemoryError(f"the task used {used >> 20} MB, past the hard limit of "
+                              f"{self.limit >> 20} MB per worker child")
+
+
+memory_guard = _MemoryGuard()
+
+
+@worker_process_init.connect
+def limit_child_memory(**_kwargs) -> None:
+    """In each prefork child as it starts: the hard memory limit (see _MemoryGuard)."""
+    settings = getattr(app, "kloros_settings", None)
+    if settings is not None:
+        memory_guard.start(settings.worker_max_memory_mb)
+
+
+@task_prerun.connect
+def _arm_memory_guard(**_kwargs) -> None:
+    memory_guard.arm(True)
+
+
+@task_postrun.connect
+def _disarm_memory_guard(**_kwargs) -> None:
+    memory_guard.arm(False)
 
 
 def create_app(settings: Settings | None = None) -> Celery:

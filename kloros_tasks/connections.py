@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
+from redis._parsers import _RESP3Parser
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
@@ -20,6 +21,35 @@ CONNECT_TIMEOUT = 5
 # Backoff between retries when a caller asks for some (redis-py's own defaults).
 RETRY_BACKOFF_BASE = 0.01
 RETRY_BACKOFF_CAP = 1.0
+
+
+class RedisBusyError(redis.ConnectionError):
+    """Redis answered ``BUSY``: a script (or a module command) is running past
+    ``busy-reply-threshold``.  Transient like a lost connection: the same command
+    succeeds once the script ends, so it is a ConnectionError subclass, as redis-py's
+    own ``BusyLoadingError`` (a server still loading its data) is."""
+
+
+# What "Redis is away for now; wait and try again" looks like to code using a client
+# from ``redis_client``: BUSY and LOADING are ConnectionError subclasses there.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError)
+_TRANSIENT_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for an error that means "Redis is unavailable for now", including a
+    ``BUSY``/``LOADING`` reply seen through a client not built here (kombu's, say)."""
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith(_TRANSIENT_REPLIES)
+
+
+class _Parser(_RESP3Parser):
+    # The parser redis-py uses by default (its connections speak RESP3 unless told
+    # otherwise; the protocol is left as it was so that no reply changes shape).
+    # Replies starting with BUSY become RedisBusyError instead of a plain ResponseError,
+    # so every ``except TRANSIENT_ERRORS`` (and redis-py's own retry) covers them.
+    EXCEPTION_CLASSES = {**_RESP3Parser.EXCEPTION_CLASSES, "BUSY": RedisBusyError}
 
 
 def client_url(url: str) -> str:
@@ -70,7 +100,8 @@ def redact(url: str) -> str:
 
 def redis_client(url: str, *, socket_timeout: float | None = SOCKET_TIMEOUT,
                  retries: int | None = None) -> redis.Redis:
-    """A client with keepalive and health checks, so a restarted server is noticed.
+    """A client with keepalive and health checks, so a restarted server is noticed; a
+    ``BUSY`` reply raises RedisBusyError (a ConnectionError).
 
     ``retries``: how often a command is retried on a connection error or timeout;
     None keeps redis-py's default, 0 fails at once (for callers with their own backoff).
@@ -80,6 +111,7 @@ def redis_client(url: str, *, socket_timeout: float | None = SOCKET_TIMEOUT,
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": CONNECT_TIMEOUT,
         "health_check_interval": HEALTH_CHECK_INTERVAL,
+        "parser_class": _Parser,
     }
     if not url.startswith("unix://"):
         options["socket_keepalive"] = True  # TCP only; unix sockets refuse the option

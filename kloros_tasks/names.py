@@ -35,9 +35,19 @@ TASK_EXPLORATION_SCAN = "kloros.exploration.scan"
 # Entries starting with "." and holding no other "." are suffixes; others are globs
 # matched against the file's basename.
 FILE_DETECTOR_SUFFIXES: dict[str, tuple[str, ...]] = {
-    KNOWLEDGE: (".py", ".md", ".rst", ".txt"),
+    # Configuration files: where a docstring policy is declared (``[.]flake8``: a
+    # glob, since an entry starting with "." and no other "." would be a suffix).
+    KNOWLEDGE: (".py", ".md", ".rst", ".txt", "pyproject.toml", "ruff.toml", ".ruff.toml",
+                "setup.cfg", "tox.ini", "[.]flake8", "[.]pydocstyle*"),
     INTEGRATION: (".py",),
-    CAPABILITY: (".py", "pyproject.toml", "requirements*.txt", ".env.example", "*.env.example"),
+    # capability also reads what sets or documents environment variables (see
+    # detectors/capability/envfiles.py); its wants_path narrows ".txt" to requirements
+    # and Sphinx sources under docs/.  Markdown and reST stay knowledge's alone: a
+    # capability task per document would double the work of every docs storm.
+    CAPABILITY: (".py", "pyproject.toml", "setup.cfg", ".txt", ".sh", ".bash", ".service",
+                 "*.env", ".env.*", "env.example", "*.env.example", "docker-compose*.yml",
+                 "docker-compose*.yaml", "compose*.yml", "compose*.yaml", "Dockerfile*",
+                 "*.dockerfile"),
 }
 
 # --- pub/sub channels (equal to the envelope's ``signal``) -----------------------
@@ -67,7 +77,8 @@ BRIDGE_GROUP = "chembus-bridge"
 LEDGER = "kloros:ledger"  # HASH question_id -> open envelope JSON
 RESOLUTIONS = "kloros:resolutions"  # HASH stable question id -> times it was resolved
 ROOTS = "kloros:roots"  # HASH root name -> JSON {path, host}
-DEADLETTER = "kloros:deadletter"  # LIST of JSON {task, payload, reason, ts}
+# LIST of JSON {task, id, args, reason, ts, file, detector, exception, deliveries}
+DEADLETTER = "kloros:deadletter"
 SYNTAX_ERRORS = "kloros:syntax_errors"  # HASH "<root>:<path>" -> "line N: message"
 WATCHER_HEARTBEAT = "kloros:watcher:heartbeat"  # STRING JSON, with TTL
 UP_STATE = "kloros:up"  # STRING JSON {pid, host, ts, children}, with TTL: kloros-tasks up
@@ -121,6 +132,13 @@ def index_paths(detector: str, root: str, bucket: int | str) -> str:
     return f"kloros:ix:{detector}:{root}:p:{bucket}"
 
 
+def index_pending(detector: str, root: str) -> str:
+    """HASH relpath -> "<file id>:" and the zlib-compressed JSON of the (relation, value)
+    pairs of its last change, from before the index is touched until the questions it
+    affects are published or deferred: what a retry needs to finish or settle it."""
+    return f"kloros:ix:{detector}:{root}:pending"
+
+
 def owned(detector: str, root: str, path: str) -> str:
     """SET of open question ids owned by (raised about) one file."""
     return f"kloros:owned:{detector}:{root}:{path}"
@@ -139,6 +157,12 @@ def deferred(detector: str, root: str) -> str:
 def deferred_since(detector: str, root: str) -> str:
     """STRING: when the oldest deferred evaluation of (detector, root) was deferred."""
     return f"kloros:deferred-since:{detector}:{root}"
+
+
+def burst(root: str) -> str:
+    """STRING (with a TTL): held by the watcher while it sends a reconciliation or a
+    storm of changes of ``root``; workers defer judging the root's files meanwhile."""
+    return f"kloros:burst:{root}"
 
 
 def attempts(task_id: str) -> str:

@@ -85,6 +85,7 @@ class Settings:
     pending_limit: int = DEFAULT_PENDING_LIMIT
     exploration_rate: tuple[int, int] = DEFAULT_EXPLORATION_RATE
     target_python: str | None = None  # the workers' own interpreter when None
+    target_path: str | None = None  # the PATH programs are judged against; the worker's when None
     flower_auth: str | None = None  # "user:password" for Flower's basic auth
     host: str = field(default_factory=socket.gethostname)  # the name this host reports
     flower_port: int = DEFAULT_FLOWER_PORT
@@ -216,6 +217,20 @@ def _target_python(env: Mapping[str, str]) -> str | None:
     return raw
 
 
+def _target_path(env: Mapping[str, str]) -> str | None:
+    raw = env.get("KLOROS_TARGET_PATH", "").strip()
+    if not raw:
+        return None
+    entries = [p for p in raw.split(":") if p]
+    relative = [p for p in entries if not os.path.isabs(p)]
+    if relative or not entries:
+        raise SettingsError(f"KLOROS_TARGET_PATH={raw!r}: every entry must be an absolute "
+                            f"directory ({', '.join(relative) or 'none given'})")
+    if not any(os.path.isdir(p) for p in entries):
+        raise SettingsError(f"KLOROS_TARGET_PATH={raw!r} names no existing directory")
+    return ":".join(entries)
+
+
 def _flower_auth(env: Mapping[str, str]) -> str | None:
     raw = env.get("KLOROS_FLOWER_AUTH", "").strip()
     if not raw:
@@ -312,6 +327,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         budgets=_budgets(env),
         exploration_rate=_rate(env, "KLOROS_EXPLORATION_RATE", DEFAULT_EXPLORATION_RATE),
         target_python=_target_python(env),
+        target_path=_target_path(env),
         flower_auth=_flower_auth(env),
         host=env.get("KLOROS_HOSTNAME", "").strip() or socket.gethostname(),
         flower_port=_int(env, "KLOROS_FLOWER_PORT", DEFAULT_FLOWER_PORT, 1, MAX_PORT),

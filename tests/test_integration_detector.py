@@ -443,10 +443,25 @@ def random_module(rng: random.Random, path: str = "") -> str:
         lines.append(random_class(rng, cls, bound))
         bound.append(cls)
     lines += [f"def {n}(): pass" for n in ("f", "c") if rng.random() < 0.4]
-    lines += rng.sample(["bus.publish('t.x', 1)", "bus.subscribe('t.')", "bus.subscribe('t.y')",
-                         "bus.publish('u', 1)", "def peek(w):\n    return w.q",
-                         "CHANNELS = ['t.y.z']"], rng.randint(0, 2))
+    lines += rng.sample(BUS_LINES, rng.randint(0, 3))
     return "\n".join(lines) + "\n"
+
+
+# Every form of topic, wrapper, catch-all and Redis list, with names that other files'
+# forms resolve (``from pkg.a import T``: a class of constants some random files define).
+BUS_LINES = [
+    "bus.publish('t.x', 1)", "bus.subscribe('t.')", "bus.subscribe('t.y')",
+    "bus.publish('u', 1)", "def peek(w):\n    return w.q", "CHANNELS = ['t.y.z']",
+    "sock.send_multipart([b't.y.w', b''])", "sock.setsockopt(zmq.SUBSCRIBE, b'')",
+    "class T:\n    X = 't.x'\n    Y = 'v.y'", "TOPIC = 'v.z'",
+    "from pkg.a import T\nbus.publish(T.Y, 1)", "from pkg.b import T\nbus.publish(T.X.value, 1)",
+    "from d import TOPIC\nbus.publish(TOPIC, 1)", "from pkg.a import T\nbus.subscribe(T.Y)",
+    "def send_event(topic, data):\n    sock.send_multipart([topic.encode(), data])",
+    "def listen_to(topic):\n    sock.setsockopt(zmq.SUBSCRIBE, topic)",
+    "send_event('v.q', 1)", "listen_to('v.')", "r.lpush('jobs', 1)", "r.brpop('jobs')",
+    "import threading, queue\nclass Th(threading.Thread):\n    def __init__(self):\n"
+    "        self.q = queue.Queue()\n    def add(self, x):\n        self.q.put(x)",
+]
 
 
 def random_class(rng: random.Random, name: str, bound: list[str]) -> str:

@@ -52,13 +52,16 @@ def undocumented_functions(count: int, start: int = 0) -> str:
     return '"""Module."""\n' + "".join(f"def f{i}():\n    pass\n" for i in range(start, count))
 
 
+# A tree that declares a docstring policy: missing_docstrings asks only in one.
+RUFF_D = {"pyproject.toml": '[tool.ruff.lint]\nselect = ["E", "D"]\n'}
 README = "# Project\n\n[guide](docs/guide.md)\n"
 
 
 # --- missing_docstrings ----------------------------------------------------------------------
 
 def test_a_module_with_more_undocumented_public_definitions_than_the_threshold_is_asked_about():
-    q = only({"pkg/mod.py": undocumented_functions(4)}, "missing_docstrings", "pkg/mod.py")
+    q = only({**RUFF_D, "pkg/mod.py": undocumented_functions(4)}, "missing_docstrings",
+             "pkg/mod.py")
     assert q.detector == "knowledge"
     assert q.subject == "missing_docstrings:pkg/mod.py"
     assert q.hypothesis == "MISSING_DOCSTRINGS: pkg/mod.py (4 public definitions)"
@@ -70,12 +73,12 @@ def test_a_module_with_more_undocumented_public_definitions_than_the_threshold_i
 
 
 def test_the_threshold_itself_is_not_enough():
-    assert found({"pkg/mod.py": undocumented_functions(3)}) == set()
+    assert found({**RUFF_D, "pkg/mod.py": undocumented_functions(3)}) == set()
 
 
 def test_the_threshold_is_configurable():
     strict = KnowledgeDetector(docstring_threshold=0)
-    assert found({"pkg/mod.py": undocumented_functions(1)}, strict) == {
+    assert found({**RUFF_D, "pkg/mod.py": undocumented_functions(1)}, strict) == {
         ("missing_docstrings", "pkg/mod.py")}
     with pytest.raises(ValueError):
         KnowledgeDetector(docstring_threshold=-1)
@@ -101,7 +104,7 @@ class Parser:
     async def drain(self):
         pass
 '''
-    q = only({"pkg/mod.py": source}, "missing_docstrings", "pkg/mod.py")
+    q = only({**RUFF_D, "pkg/mod.py": source}, "missing_docstrings", "pkg/mod.py")
     assert q.evidence == ("pkg/mod.py:7 Parser.feed", "pkg/mod.py:10 Parser.close",
                           "pkg/mod.py:13 Parser.Inner", "pkg/mod.py:14 Parser.Inner.reset",
                           "pkg/mod.py:17 Parser.drain")
@@ -155,20 +158,20 @@ def outer():
         pass
 '''
     strict = KnowledgeDetector(docstring_threshold=0)
-    assert found({"pkg/mod.py": source}, strict) == set()
+    assert found({**RUFF_D, "pkg/mod.py": source}, strict) == set()
 
 
 def test_a_missing_module_docstring_counts_and_an_empty_module_is_not_judged():
     strict = KnowledgeDetector(docstring_threshold=0)
     q = only_with(strict, {"pkg/mod.py": "x = 1\n"})
     assert q.evidence == ("pkg/mod.py:1 <module>",)
-    assert found({"pkg/__init__.py": "", "pkg/_private.py": "x = 1\n"}, strict) == set()
-    assert found({"pkg/__init__.py": "from .mod import x\n"}, strict) == {
+    assert found({**RUFF_D, "pkg/__init__.py": "", "pkg/_private.py": "x = 1\n"}, strict) == set()
+    assert found({**RUFF_D, "pkg/__init__.py": "from .mod import x\n"}, strict) == {
         ("missing_docstrings", "pkg/__init__.py")}
 
 
 def only_with(detector: KnowledgeDetector, files: dict[str, str]) -> Question:
-    (q,) = questions(files, detector).values()
+    (q,) = questions({**RUFF_D, **files}, detector).values()
     return q
 
 
@@ -184,11 +187,12 @@ def test_a_literal_dunder_all_decides_which_top_level_names_are_public():
     "conftest.py", "test/util.py",
 ])
 def test_test_files_are_not_judged(path):
-    assert found({path: undocumented_functions(10)}) == set()
+    assert found({**RUFF_D, path: undocumented_functions(10)}) == set()
 
 
 def test_evidence_is_capped_and_many_missing_docstrings_are_medium():
-    q = only({"pkg/mod.py": undocumented_functions(30)}, "missing_docstrings", "pkg/mod.py")
+    q = only({**RUFF_D, "pkg/mod.py": undocumented_functions(30)}, "missing_docstrings",
+             "pkg/mod.py")
     assert len(q.evidence) == 21
     assert q.evidence[-1] == "... and 10 more"
     assert q.severity == "medium"
@@ -198,7 +202,7 @@ def test_evidence_is_capped_and_many_missing_docstrings_are_medium():
 # --- unindexed_doc -----------------------------------------------------------------------------
 
 def test_a_doc_no_other_doc_links_to_is_asked_about():
-    q = only({"docs/orphan.md": "# Orphan\n\n[me](orphan.md)\n"}, "unindexed_doc",
+    q = only({**RUFF_D, "docs/orphan.md": "# Orphan\n\n[me](orphan.md)\n"}, "unindexed_doc",
              "docs/orphan.md")
     assert q.subject == "unindexed_doc:docs/orphan.md"
     assert q.hypothesis == "UNINDEXED_DOC: docs/orphan.md"
@@ -208,7 +212,7 @@ def test_a_doc_no_other_doc_links_to_is_asked_about():
 
 
 def test_a_doc_linked_from_a_readme_is_indexed():
-    assert found({"README.md": README, "docs/guide.md": "# Guide\n"}) == set()
+    assert found({**RUFF_D, "README.md": README, "docs/guide.md": "# Guide\n"}) == set()
 
 
 @pytest.mark.parametrize("path", [
@@ -217,7 +221,7 @@ def test_a_doc_linked_from_a_readme_is_indexed():
     "CODE_OF_CONDUCT.md", "SECURITY.md",
 ])
 def test_index_roots_are_never_unindexed(path):
-    assert found({path: "Nothing links here.\n"}) == set()
+    assert found({**RUFF_D, path: "Nothing links here.\n"}) == set()
 
 
 def test_changelogs_below_the_top_are_ordinary_docs():
@@ -236,7 +240,7 @@ def test_files_that_are_not_docs_raise_nothing(path):
     assert facts.data == {"kind": "other"}
     assert dict(facts.relations) == {"defines": frozenset({f"path:{path}"}),
                                      "top": frozenset({path.split("/")[0]})}
-    assert found({path: text, "pkg/__init__.py": '"""P."""\n'}) == set()
+    assert found({**RUFF_D, path: text, "pkg/__init__.py": '"""P."""\n'}) == set()
 
 
 def test_a_link_to_a_non_doc_text_file_is_not_broken():
@@ -254,12 +258,12 @@ def test_markdown_link_forms_all_count():
 """
     docs = {f"docs/{n}.md": "# Doc\n" for n in ("a", "b", "c", "d", "e")}
     docs.update({"docs/with space.md": "x\n", "docs/per cent.md": "y\n"})
-    assert found({"README.md": readme, **docs}) == {("unindexed_doc", "docs/e.md")}
+    assert found({**RUFF_D, "README.md": readme, **docs}) == {("unindexed_doc", "docs/e.md")}
 
 
 def test_links_in_code_do_not_count():
     readme = "`[a](docs/a.md)`\n\n```\n[b](docs/b.md)\n```\n"
-    assert found({"README.md": readme, "docs/a.md": "a\n", "docs/b.md": "b\n"}) == {
+    assert found({**RUFF_D, "README.md": readme, "docs/a.md": "a\n", "docs/b.md": "b\n"}) == {
         ("unindexed_doc", "docs/a.md"), ("unindexed_doc", "docs/b.md")}
 
 
@@ -319,7 +323,7 @@ def test_a_directory_link_counts_as_a_link_to_its_readme_and_index_and_is_never_
     facts = DETECTOR.extract("README.md", "[docs](docs/) [api](docs/api) [nowhere](gone/)\n")
     assert {"docs/README.md", "docs/index.rst", "docs/api/index.md",
             "gone/README.md"} <= facts.relations["links"]
-    assert found({"README.md": "[nowhere](gone/)\n"}) == set()
+    assert found({**RUFF_D, "README.md": "[nowhere](gone/)\n"}) == set()
 
 
 def test_an_extensionless_link_also_counts_as_a_link_to_that_page():
@@ -384,7 +388,7 @@ def test_names_and_paths_that_exist_are_not_stale():
 
 def test_a_dotted_name_that_no_longer_exists_is_stale():
     text = "# Guide\n\nUse `pkg.publish.Gone` or\n`pkg.gone.Thing()` and `pkg.cli:gone`.\n"
-    q = only({**CODE, "README.md": "[g](docs/guide.md)\n", "docs/guide.md": text},
+    q = only({**RUFF_D, **CODE, "README.md": "[g](docs/guide.md)\n", "docs/guide.md": text},
              "stale_doc", "docs/guide.md")
     assert q.subject == "stale_doc:docs/guide.md"
     assert q.severity == "medium"
@@ -508,7 +512,7 @@ def test_hostile_documents_are_scanned_in_linear_time(text):
 
 
 def test_question_ids_are_stable_across_runs():
-    files = {"pkg/mod.py": undocumented_functions(4), "docs/orphan.md": "# Orphan\n",
+    files = {**RUFF_D, "pkg/mod.py": undocumented_functions(4), "docs/orphan.md": "# Orphan\n",
              "README.md": README, "docs/guide.md": "`pkg.mod.gone`\n"}
     assert set(questions(files)) == {
         "knowledge.missing_docstrings.4ab3db1e4bd8288e",  # pkg/mod.py
@@ -518,8 +522,8 @@ def test_question_ids_are_stable_across_runs():
 
 
 def test_moving_definitions_down_keeps_the_question_id():
-    before = questions({"pkg/mod.py": undocumented_functions(4)})
-    after = questions({"pkg/mod.py": "\n\n\n" + undocumented_functions(4)})
+    before = questions({**RUFF_D, "pkg/mod.py": undocumented_functions(4)})
+    after = questions({**RUFF_D, "pkg/mod.py": "\n\n\n" + undocumented_functions(4)})
     assert set(before) == set(after)
     (q_before,), (q_after,) = before.values(), after.values()
     assert q_before.evidence != q_after.evidence
@@ -572,6 +576,7 @@ def found_in(index: MemoryIndex, path: str) -> set[str]:
 
 TREE = {
     **CODE,
+    **RUFF_D,
     "README.md": "# P\n[guide](docs/guide.md) [api](docs/api.rst)\n",
     "docs/guide.md": "# Guide\n`pkg.publish.Publisher.send` `pkg/cli.py` [api](api.rst)\n",
     "docs/api.rst": "API\n===\n\n:class:`pkg.publish.Ledger` ``pkg.cli.main``\n",
@@ -598,6 +603,16 @@ EDITS: list[tuple[str, str | None]] = [
     ("pkg/__init__.py", None),
     ("docs/orphan.md", None),
     ("requirements.txt", None),
+    # a docstring policy narrowing, going, coming back nearer the modules, and returning
+    ("pyproject.toml", '[tool.ruff.lint]\nselect = ["D"]\nignore = ["D103"]\n'),
+    ("pyproject.toml", None),
+    ("pkg/setup.cfg", "[pydocstyle]\nconvention = pep257\n"),
+    ("pyproject.toml", RUFF_D["pyproject.toml"]),
+    ("pkg/setup.cfg", "[pydocstyle]\nadd-ignore = D103\n"),
+    ("pkg/setup.cfg", None),
+    # a task registered under a name a document uses, then renamed
+    ("pkg/tasks.py", "@app.task(name='pkg.cli.gone')\ndef gone():\n    pass\n"),
+    ("pkg/tasks.py", "@app.task(name='pkg.cli.went')\ndef gone():\n    pass\n"),
 ]
 
 

@@ -35,13 +35,18 @@ def test_the_hook_runs_the_scan_as_a_python_hook_on_file_names():
 
 @pytest.mark.parametrize("path", ["pkg/mod.py", "README.md", "docs/x.rst", "notes.txt",
                                   "pyproject.toml", "requirements-dev.txt", ".env.example",
-                                  "svc/prod.env.example"])
+                                  "svc/prod.env.example", "setup.cfg", "pkg/tox.ini", ".flake8",
+                                  "ruff.toml", ".ruff.toml", ".pydocstyle", ".env", ".env.local",
+                                  "deploy/prod.env", "deploy/app.service", "run.sh",
+                                  "docker-compose.yml", "compose.yaml", "Dockerfile",
+                                  "img/base.dockerfile"])
 def test_the_hook_selects_every_file_a_detector_reads(path):
     assert route(path)
     assert re.search(hook()["files"], path)
 
 
-@pytest.mark.parametrize("path", ["image.png", "Makefile", "setup.cfg"])
+@pytest.mark.parametrize("path", ["image.png", "Makefile", "mkdocs.yml", "docs.toml",
+                                  "app.yml"])
 def test_the_hook_skips_files_no_detector_reads(path):
     assert not route(path)
     assert not re.search(hook()["files"], path)

@@ -15,11 +15,13 @@ jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is in the [tes
 SCHEMA = Path(__file__).parent / "data" / "sarif-schema-2.1.0.json"
 CLI = [sys.executable, "-m", "kloros_tasks.cli", "scan", "--format", "sarif"]
 UNDOCUMENTED = "".join(f"def f{i}():\n    return {i}\n\n" for i in range(5))
+# The tree declares a docstring policy: missing_docstrings asks only in such a tree.
+DOC_POLICY = '[tool.ruff.lint]\nselect = ["D"]\n'
 
 
 @pytest.fixture
 def tree(tmp_path):
-    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'demo'\n")
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'demo'\n" + DOC_POLICY)
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "__init__.py").write_text("")
     (tmp_path / "pkg" / "mod.py").write_text(UNDOCUMENTED + "import not_installed_anywhere\n")

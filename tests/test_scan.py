@@ -13,10 +13,13 @@ from kloros_tasks.questions import loads
 
 CLI = [sys.executable, "-m", "kloros_tasks.cli", "scan"]
 UNDOCUMENTED = "".join(f"def f{i}():\n    return {i}\n\n" for i in range(5))
+# The tree declares a docstring policy: missing_docstrings asks only in such a tree.
+DOC_POLICY = '[tool.ruff.lint]\nselect = ["D"]\n'
 
 
 @pytest.fixture
 def tree(tmp_path):
+    (tmp_path / "pyproject.toml").write_text(DOC_POLICY)
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "__init__.py").write_text("")
     (tmp_path / "pkg" / "mod.py").write_text(UNDOCUMENTED)
@@ -79,7 +82,7 @@ def test_a_file_is_judged_within_its_tree_and_only_its_questions_are_printed(tre
 
 
 def test_files_of_one_tree_are_indexed_once_and_a_directory_covers_its_files(tree):
-    (tree / "pyproject.toml").write_text("[project]\nname = 'demo'\n")
+    (tree / "pyproject.toml").write_text("[project]\nname = 'demo'\n" + DOC_POLICY)
     done = scan(str(tree / "pkg" / "mod.py"), str(tree / "docs" / "orphan.md"),
                 "--detector", "knowledge", "--format", "jsonl")
     assert rules(done.stdout) == {"missing_docstrings", "unindexed_doc"}

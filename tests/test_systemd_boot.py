@@ -160,6 +160,8 @@ class Deployment:
         self.tree.mkdir(parents=True)
         self.state = self.base / "state"
         (self.tree / "documented.py").write_text('"""A module that says what it is."""\n')
+        # A declared docstring policy: only then does missing_docstrings ask.
+        (self.tree / "pyproject.toml").write_text('[tool.ruff.lint]\nselect = ["D"]\n')
         self.redis_port, self.xsub, self.xpub = free_port(), free_port(), free_port()
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("KLOROS_")}

@@ -21,6 +21,8 @@ from kloros_tasks.connections import redis_client
 
 pytestmark = pytest.mark.integration
 UNDOCUMENTED = "".join(f"def f{i}():\n    return {i}\n\n" for i in range(5))
+# The tree declares a docstring policy: missing_docstrings asks only in such a tree.
+DOC_POLICY = '[tool.ruff.lint]\nselect = ["D"]\n'
 DOCUMENTED = '"""Doc."""\n' + "".join(
     f'def f{i}():\n    """Doc."""\n    return {i}\n\n' for i in range(5))
 
@@ -46,6 +48,7 @@ def world():
     tree = base / "tree"
     (tree / "pkg").mkdir(parents=True)
     (tree / "pkg" / "mod.py").write_text(UNDOCUMENTED)
+    (tree / "pyproject.toml").write_text(DOC_POLICY)
     (tree / "README.md").write_text("# Tree\n")
     yield base, tree, base / "state"
     for pid in processes_mentioning(str(base)):
@@ -252,7 +255,7 @@ def test_a_redis_flushed_under_up_is_restored_at_once_and_the_snapshot_survives(
     up = start_up(base, tree, state, "up1.log")
     up.wait_output("knowledge.missing_docstrings", 90)
     client = redis_client(url)
-    wait_for(lambda: client.hlen(names.facts(names.KNOWLEDGE, "tree")) == 32
+    wait_for(lambda: client.hlen(names.facts(names.KNOWLEDGE, "tree")) == 33
              and all(client.llen(q) == 0 for q in names.QUEUES) and not client.hlen("unacked"),
              60, 0.2, "every file analysed")
     client.close()
@@ -279,6 +282,6 @@ def test_a_redis_flushed_under_up_is_restored_at_once_and_the_snapshot_survives(
     client.close()
     assert up.stop() == 0
     kept = json.loads((state / "snapshot.json").read_text())
-    assert len(kept["facts"][names.facts(names.KNOWLEDGE, "tree")]) == 33
+    assert len(kept["facts"][names.facts(names.KNOWLEDGE, "tree")]) == 34
     assert kept["ledger"].keys() == {k.decode() for k in ledger} | {
         entry["facts"]["question_id"]}

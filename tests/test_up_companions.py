@@ -19,6 +19,8 @@ from kloros_tasks.connections import RECORDED_URL_FILE
 pytestmark = pytest.mark.integration
 CLI = [sys.executable, "-m", "kloros_tasks.cli"]
 UNDOCUMENTED = "".join(f"def f{i}():\n    return {i}\n\n" for i in range(5))
+# The tree declares a docstring policy: missing_docstrings asks only in such a tree.
+DOC_POLICY = '[tool.ruff.lint]\nselect = ["D"]\n'
 
 
 @pytest.fixture
@@ -27,6 +29,7 @@ def up_world(procs):
     tree, state = base / "tree", base / "state"
     (tree / "pkg").mkdir(parents=True)
     (tree / "pkg" / "mod.py").write_text(UNDOCUMENTED)
+    (tree / "pyproject.toml").write_text(DOC_POLICY)
     (tree / "README.md").write_text("# Tree\n")
     env = service_env("", state, KLOROS_EXPLORATION_INTERVAL="3600")
     del env["KLOROS_REDIS_URL"]  # up embeds its own; the others must find it

@@ -28,6 +28,7 @@ from kloros_tasks.cli.embedded import EmbeddedRedis
 from kloros_tasks.cli.supervisor import plan
 from kloros_tasks.connections import redis_client
 from kloros_tasks.questions import Question
+from kloros_tasks.routing import route
 from kloros_tasks.settings import Settings
 from kloros_tasks.state import snapshot
 from kloros_tasks.state.index import facts_json
@@ -45,7 +46,7 @@ def note(i: int, version: int = 0) -> str:
 
 
 def make_tree(base: Path) -> Path:
-    """Notes under docs/ (knowledge alone), each unlinked one owning one question."""
+    """Notes under docs/ (knowledge's questions), each unlinked one owning one question."""
     tree = base / ROOT
     (tree / "docs").mkdir(parents=True)
     for i in range(NOTES):
@@ -87,7 +88,9 @@ def start_watcher(procs, r, redis_url: str, argv: list[str], state: Path, log: P
 
 def start_worker(procs, redis_url: str, state: Path, log: Path) -> Proc:
     argv = [sys.executable, "-m", "celery", "-A", "kloros_tasks.celery_app", "worker",
-            "-Q", KNOWLEDGE, "-n", "state-test@%h", "--pool", "prefork", "--concurrency", "1",
+            # capability reads documents too (the variables they name are documented)
+            "-Q", f"{KNOWLEDGE},{names.CAPABILITY}", "-n", "state-test@%h", "--pool", "prefork",
+            "--concurrency", "1",
             "--loglevel", "INFO", "--without-gossip", "--without-mingle",
             "--without-heartbeat"]
     proc = start(procs, argv, redis_url, state, log)  # registered before it is waited for
@@ -104,8 +107,8 @@ def test_the_watcher_writes_the_snapshot_at_shutdown_and_restores_it_into_a_flus
     start_worker(procs, redis_url, state, tmp_path / "worker.log")
     watcher = start_watcher(procs, r, redis_url, watch, state, tmp_path / "watcher1.log")
     wait_for(lambda: r.hlen(names.facts(KNOWLEDGE, ROOT)) == NOTES + 1 and r.llen(KNOWLEDGE) == 0
-             and not r.hlen("unacked") and r.hlen(names.LEDGER) == NOTES - 1, 60,
-             message="every file analysed")
+             and r.llen(names.CAPABILITY) == 0 and not r.hlen("unacked")
+             and r.hlen(names.LEDGER) == NOTES - 1, 60, message="every file analysed")
     before = state_of(r, tmp_path / "before.json")
 
     assert watcher.stop() == 0  # SIGTERM
@@ -187,7 +190,8 @@ def analysed_state(r, tree: Path) -> None:
         sha, st = hashlib.sha256(data).hexdigest(), os.lstat(path)
         r.hset(names.seen(ROOT), rel, f"{sha} {st.st_mtime_ns} {st.st_size}")
         facts = {"relations": {}, "data": {snapshot.DIGEST_FIELD: sha}}
-        r.hset(names.facts(KNOWLEDGE, ROOT), rel, json.dumps(facts))
+        for detector in route(rel):  # every detector the file is routed to analysed it
+            r.hset(names.facts(detector, ROOT), rel, json.dumps(facts))
     question = Question(detector=KNOWLEDGE, rule="unindexed_doc", subject="docs/n1.md",
                         owner="docs/n1.md", hypothesis="UNINDEXED_DOC: docs/n1.md",
                         question="Is docs/n1.md linked?", severity="low")

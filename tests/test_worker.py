@@ -29,6 +29,8 @@ from kloros_tasks.work.payload import Change
 pytestmark = pytest.mark.integration
 
 UNDOCUMENTED = "".join(f"def f{i}():\n    return {i}\n\n" for i in range(5))
+# Each root declares a docstring policy: missing_docstrings asks only in such a tree.
+DOC_POLICY = '[tool.ruff.lint]\nselect = ["D"]\n'
 DOCUMENTED = '"""A module."""\n' + "".join(
     f'def f{i}():\n    """Return {i}."""\n    return {i}\n\n' for i in range(5))
 
@@ -107,6 +109,7 @@ def pipe():
 
 def test_undocumented_code_raises_a_question_and_documenting_it_resolves_it(pipe):
     root = pipe.new_root()
+    pipe.change(root, "pyproject.toml", DOC_POLICY.encode())
     pipe.change(root, "pkg/mod.py", UNDOCUMENTED.encode())
     (opened,) = pipe.wait_envelopes(root, 1)
     assert opened["signal"] == names.CHANNEL[names.KNOWLEDGE]
@@ -121,6 +124,7 @@ def test_undocumented_code_raises_a_question_and_documenting_it_resolves_it(pipe
 
 def test_a_task_delivered_twice_publishes_once_and_the_blob_goes_when_done(pipe):
     root = pipe.new_root()
+    pipe.change(root, "pyproject.toml", DOC_POLICY.encode())
     content = UNDOCUMENTED.encode() + b"# twice\n"
     change = pipe.change(root, "a.py", content)
     blobs.store(pipe.r, change.sha256, content, refs=1, ttl=600)  # the second delivery's ref
@@ -170,6 +174,7 @@ def test_paths_outside_the_root_are_refused(pipe):
 ])
 def test_unanalysable_content_retracts_the_files_questions_with_a_reason(pipe, content, reason):
     root = pipe.new_root()
+    pipe.change(root, "pyproject.toml", DOC_POLICY.encode())
     pipe.change(root, "m.py", UNDOCUMENTED.encode())
     pipe.wait_envelopes(root, 1)
     pipe.change(root, "m.py", content)
@@ -180,6 +185,7 @@ def test_unanalysable_content_retracts_the_files_questions_with_a_reason(pipe, c
 
 def test_a_syntax_error_is_recorded_and_keeps_the_previous_questions(pipe):
     root = pipe.new_root()
+    pipe.change(root, "pyproject.toml", DOC_POLICY.encode())
     pipe.change(root, "s.py", UNDOCUMENTED.encode())
     pipe.wait_envelopes(root, 1)
     pipe.change(root, "s.py", b"def broken(:\n")
@@ -199,6 +205,7 @@ def test_a_syntax_error_is_recorded_and_keeps_the_previous_questions(pipe):
 ])
 def test_source_nested_deep_enough_to_break_the_parser_does_not_crash_the_worker(pipe, source):
     root = pipe.new_root()
+    pipe.change(root, "pyproject.toml", DOC_POLICY.encode())
     pipe.change(root, "deep.py", source)
     pipe.change(root, "after.py", UNDOCUMENTED.encode())
     (env,) = pipe.wait_envelopes(root, 1)
@@ -208,6 +215,7 @@ def test_source_nested_deep_enough_to_break_the_parser_does_not_crash_the_worker
 
 def test_a_deleted_file_resolves_its_questions(pipe):
     root = pipe.new_root()
+    pipe.change(root, "pyproject.toml", DOC_POLICY.encode())
     pipe.change(root, "gone.py", UNDOCUMENTED.encode())
     pipe.wait_envelopes(root, 1)
     pipe.change(root, "gone.py", None)
@@ -229,6 +237,7 @@ def test_a_change_whose_content_is_gone_is_superseded_not_analysed(pipe):
 
 def test_an_expired_blob_falls_back_to_the_same_bytes_on_this_hosts_disk(pipe):
     root = pipe.new_root()
+    pipe.change(root, "pyproject.toml", DOC_POLICY.encode())
     info = json.loads(pipe.r.hget(names.ROOTS, root))
     pipe.r.hset(names.ROOTS, root, json.dumps({**info, "host": socket.gethostname()}))
     (Path(info["path"]) / "local.py").write_bytes(UNDOCUMENTED.encode())

@@ -220,7 +220,7 @@ def run_scan(settings: Settings, targets: list[Target], *, detectors: list[str] 
     for target in targets:
         root_key = filters.root_name(str(target.root))
         for name in chosen:
-            for q in scan_root(target.root, scan_detector(name, settings), settings,
+            for q in scan_root(target.root, scan_detector(name, settings, target.root), settings,
                                warn=lambda m: print(m, file=err), only=target.only,
                                progress=progress.callback(f"{root_key} {name}")):
                 envelopes.append(open_envelope(q, root=root_key, host=settings.host, now=now))

@@ -175,7 +175,11 @@ def collect(settings: Settings, client, app=None, now: float | None = None) -> d
     report["syntax_errors"] = client.hlen(names.SYNTAX_ERRORS)
     report["skipped"] = client.hlen(names.SKIPPED)
     if report["deadletter"]:
-        problems.append(f"{report['deadletter']} tasks parked in {names.DEADLETTER}")
+        latest = _json(client.lindex(names.DEADLETTER, -1)) or {}
+        what = ", ".join(str(latest[k]) for k in ("file", "exception", "reason")
+                         if isinstance(latest, dict) and latest.get(k))
+        problems.append(f"{report['deadletter']} tasks parked in {names.DEADLETTER}"
+                        + (f" (latest: {what})" if what else ""))
     report["problems"] = problems
     report["status"] = WORD[DEGRADED if problems else HEALTHY]
     return report

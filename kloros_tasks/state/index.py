@@ -39,6 +39,11 @@ PATHS_PER_BUCKET = 128
 FIELD_BYTES = 8
 SPILLED = b"*"
 ATTEMPTS = 50  # optimistic retries when another writer changed what an update read
+# Index operations per script call: a file of thousands of values is applied in
+# slices, each a few milliseconds, so no call holds Redis (BUSY for every client).
+CHUNK_OPS = 500
+MAX_SPLITS = 64  # bucket splits per update; each moves about BUCKET_FILL entries
+LOOKUP_CHUNK = 1000  # values per lookup script call, for the same reason
 ZLIB_LEVEL = 6
 _ENCODING, _ERRORS = "utf-8", "surrogateescape"  # any byte string as a path survives
 
@@ -200,6 +205,20 @@ def _bucket_writes(detector: str, root: str, holders: Mapping[bytes, list[int]],
 
 # --- Redis ---------------------------------------------------------------------------------
 
+def _journal(file_id: int | None, touched: Iterable[tuple[str, str]]) -> bytes:
+    body = json.dumps(sorted(touched), separators=(",", ":")).encode(_ENCODING, _ERRORS)
+    return b"%d:" % (file_id or 0) + zlib.compress(body, ZLIB_LEVEL)
+
+
+def _read_journal(raw: bytes | None) -> tuple[int | None, set[tuple[str, str]]]:
+    """(file id or None, pairs) of a journal entry; (None, empty) for none."""
+    if raw is None:
+        return None, set()
+    file_id, _, packed = raw.partition(b":")
+    pairs = json.loads(zlib.decompress(packed).decode(_ENCODING, _ERRORS))
+    return (int(file_id) or None), {(r, v) for r, v in pairs}
+
+
 def _ints(values: list) -> list[int]:
     return [0 if v is None else int(v) for v in values]
 
@@ -212,12 +231,17 @@ class RedisIndex:
     safe too, and each lookup is one script: one round trip, one consistent view.
     """
 
-    def __init__(self, client, detector: str, root: str) -> None:
+    def __init__(self, client, detector: str, root: str, *, keep_journal: bool = False) -> None:
+        """``keep_journal``: keep each change's journal entry until ``settled`` is called
+        (workers, which must publish what a change affects even if they die first);
+        otherwise it lasts only while the change is being applied."""
         self.r = client
+        self.keep_journal = keep_journal
         self.detector = detector
         self.root = root
         self._facts_key = names.facts(detector, root)
         self._meta = names.index_meta(detector, root)
+        self._pending_key = names.index_pending(detector, root)
         self._prefixes = [names.index_bucket(detector, root, ""),
                           names.index_spill(detector, root, ""),
                           names.index_paths(detector, root, ""), PATHS_PER_BUCKET]
@@ -253,54 +277,98 @@ class RedisIndex:
     def _read(self, mode: str, relation: str, values: Iterable[str]) -> dict[str, object]:
         _check_indexed(self.detector, relation)
         fields = {v: field(relation, v) for v in values}
-        if not fields:
-            return {}
-        found = self._lookup(keys=[self._meta], args=[mode, *self._prefixes, *fields.values()])
-        return dict(zip(fields, found, strict=True))
+        values, found = list(fields), []
+        # In slices, so that no call does unbounded work; the index does not change
+        # between them while the caller holds the root's lock, as workers do.
+        for start in range(0, len(values), LOOKUP_CHUNK):
+            part = [fields[v] for v in values[start:start + LOOKUP_CHUNK]]
+            found += self._lookup(keys=[self._meta], args=[mode, *self._prefixes, *part])
+        return dict(zip(values, found, strict=True))
 
     # --- the one write ---------------------------------------------------------------
     def update(self, path: str, new: FileFacts | None) -> Touched:
+        """Store ``path``'s facts (None removes the file); returns the (relation, value)
+        pairs that changed, including those of an earlier change of the file that was
+        cut short or whose questions were never settled (see ``pending``).
+
+        Applied in slices of CHUNK_OPS operations; the change is journaled first, so an
+        error half-way leaves nothing that the next update of the file does not repair.
+        """
         key = _bytes(path)
         for _ in range(ATTEMPTS):
             pipe = self.r.pipeline(transaction=True)
             pipe.hget(self._facts_key, key)
+            pipe.hget(self._pending_key, key)
             pipe.hmget(self._meta, "level", "split", "entries")
-            old_raw, meta = pipe.execute()
+            old_raw, journal_raw, meta = pipe.execute()
             file_id, old = None, None
             if old_raw is not None:
                 file_id, old_json = _split_stored(old_raw)
                 old = FileFacts.from_json(json.loads(old_json))
-            elif new is None:
+            prior_id, prior = _read_journal(journal_raw)
+            if old_raw is None and new is None and not prior:
                 return frozenset()
+            if file_id is None:
+                file_id = prior_id  # the id a change cut short already used
             added, removed = diff(old, new)
+            # What an interrupted change may have half-applied is decided again from
+            # the new facts, one idempotent operation per pair.
+            held = _pairs(new)
+            adds, removes = added | (prior & held), removed | (prior - held)
+            touched = frozenset(added | removed | prior)
             if file_id is None and new is not None:  # a new file (or one stored without id)
                 file_id = self.r.hincrby(self._meta, "ids", 1)
             value = b"" if new is None else _stored(file_id, _dumps(new))
-            if self._apply(key, old_raw, _ints(meta), file_id, value, added, removed):
-                return frozenset(added | removed)
+            journal = _journal(file_id, touched)
+            if self._apply(key, old_raw, _ints(meta), file_id, value, adds, removes,
+                           careful=bool(prior), journal=journal):
+                return touched
         raise redis.WatchError(f"{self._facts_key}: {path!r} kept changing during an update")
 
+    def pending(self, path: str) -> Touched | None:
+        """The pairs of the last change of ``path`` whose questions were not yet settled
+        (published or deferred), or None when there is none: a worker that died, or a
+        transient error, between the update and the publication leaves one behind."""
+        raw = self.r.hget(self._pending_key, _bytes(path))
+        return None if raw is None else frozenset(_read_journal(raw)[1])
+
+    def settled(self, path: str) -> None:
+        """The questions of ``path``'s last change are published or deferred."""
+        self.r.hdel(self._pending_key, _bytes(path))
+
     def _apply(self, key: bytes, old_raw: bytes | None, meta: list[int],
-               file_id: int | None, value: bytes, added: set, removed: set) -> bool:
+               file_id: int | None, value: bytes, added: set, removed: set, *,
+               careful: bool, journal: bytes) -> bool:
         level, split, entries = meta
         ops = [(b"-", f) for f in _fields(self.detector, removed)]
         ops += [(b"+", f) for f in _fields(self.detector, added)]
-        keys = [self._facts_key, self._meta, names.index_paths(
-            self.detector, self.root, (file_id or 0) // PATHS_PER_BUCKET)]
-        args: list = [BUCKET_FILL, INLINE_MAX, key,
-                      hashlib.sha1(old_raw).hexdigest() if old_raw is not None else b"",
-                      level, split, value, b"" if file_id is None else file_id, len(ops)]
-        for sign, f in ops:
-            keys += [self._bucket(address(f, level, split)),
-                     names.index_spill(self.detector, self.root, f.hex())]
-            args += [sign, f]
-        keys += self._splits(level, split, entries + len(added))
-        return bool(self._update(keys=keys, args=args))
+        head = [self._facts_key, self._meta, names.index_paths(
+            self.detector, self.root, (file_id or 0) // PATHS_PER_BUCKET), self._pending_key]
+        digest = hashlib.sha1(old_raw).hexdigest() if old_raw is not None else b""
+        slices = [ops[i:i + CHUNK_OPS] for i in range(0, len(ops), CHUNK_OPS)] or [[]]
+        for n, ops_slice in enumerate(slices):
+            last = n == len(slices) - 1
+            keys = list(head)
+            args: list = [BUCKET_FILL, INLINE_MAX, key, digest, level, split, value,
+                          b"" if file_id is None else file_id, len(ops_slice),
+                          b"1" if careful else b"", journal if n == 0 else b"",
+                          (b"1" if self.keep_journal else b"2") if last else b""]
+            for sign, f in ops_slice:
+                keys += [self._bucket(address(f, level, split)),
+                         names.index_spill(self.detector, self.root, f.hex())]
+                args += [sign, f]
+            if last:
+                keys += self._splits(level, split, entries + len(added))
+            if not self._update(keys=keys, args=args):
+                return False
+            careful = True  # the journal is written: what follows may be a repair
+        return True
 
     def _splits(self, level: int, split: int, entries: int) -> list[str]:
-        """(from, to) bucket keys of every split ``entries`` could call for."""
-        keys = []
-        while entries > BUCKET_FILL * ((1 << level) + split):
+        """(from, to) bucket keys of every split ``entries`` could call for, up to
+        MAX_SPLITS: the next update goes on splitting where this one stopped."""
+        keys: list[str] = []
+        while entries > BUCKET_FILL * ((1 << level) + split) and len(keys) < 2 * MAX_SPLITS:
             keys += [self._bucket(split), self._bucket(split + (1 << level))]
             split += 1
             if split == 1 << level:

@@ -4,18 +4,34 @@ Kept apart from index.py because they are data for Redis, not Python; each runs
 atomically inside Redis, which is what keeps a change and a lookup consistent.
 """
 
-# One change, atomically: the facts must still be what the caller diffed against and
-# the bucket addressing what it computed keys with (else 0 and the caller retries).
-# KEYS: facts, meta, id map, a (bucket, spill) pair per op, a (from, to) pair per split.
+# One slice of one change.  A change of many values is applied in slices of at most
+# index.CHUNK_OPS operations, so no call keeps Redis busy for long; the last slice
+# ("commit") stores the facts and splits buckets.  Each slice checks that the facts
+# are still what the caller diffed against and the bucket addressing what it computed
+# keys with (else 0 and the caller starts over).  The first slice records the change
+# in the journal (names.index_pending) before touching anything, so that a change cut
+# short is finished by the next update of the file: every operation is idempotent
+# when "careful" (the fast append to a spilled list is not, so it is off then).
+# KEYS: facts, meta, id map, journal, a (bucket, spill) pair per op, a (from, to)
+#       pair per split.
 # ARGV: fill, inline max, path, SHA-1 of the facts read ("" none), level, split,
-#       value to store ("" deletes), file id, op count, then sign and field per op.
+#       value to store ("" deletes), file id, op count, careful ("1"/""), journal entry
+#       ("" leaves it), commit ("": not the last slice; "1": the last, keep the
+#       journal entry until the caller settles the change; "2": the last, drop it),
+#       then sign and field per op.
 UPDATE_SCRIPT = """
 local fill, inline, path = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local current = redis.call('HGET', KEYS[1], path)
 if (current and redis.sha1hex(current) or '') ~= ARGV[4] then return 0 end
 local state = redis.call('HMGET', KEYS[2], 'level', 'split')
 if (state[1] or '0') ~= ARGV[5] or (state[2] or '0') ~= ARGV[6] then return 0 end
-local id, nops, delta = ARGV[8], tonumber(ARGV[9]), 0
+local id, nops, careful, delta = ARGV[8], tonumber(ARGV[9]), ARGV[10] == '1', 0
+local SLICE = 256  -- unpack() has a stack limit: never unpack an unbounded table
+local function sliced(cmd, key, flat)
+  for s = 1, #flat, SLICE do
+    redis.call(cmd, key, unpack(flat, s, math.min(s + SLICE - 1, #flat)))
+  end
+end
 local function without(packed, member)  -- the packed ids but member; was it there?
   local s = ',' .. packed .. ','
   local i, j = string.find(s, ',' .. member .. ',', 1, true)
@@ -25,8 +41,11 @@ end
 local function change(sign, bucket, spill, field)
   local packed = redis.call('HGET', bucket, field) or ''
   local spilled = packed == '*'
-  -- Appending needs no look at a long list: the caller's diff says the id is not in it.
-  if spilled and sign == '+' then redis.call('APPEND', spill, ',' .. id); return end
+  -- Appending needs no look at a long list when the caller's diff says the id is not
+  -- in it; finishing an interrupted change ("careful") cannot know that.
+  if spilled and sign == '+' and not careful then
+    redis.call('APPEND', spill, ',' .. id); return
+  end
   if spilled then packed = redis.call('GET', spill) or '' end
   local rest, held = without(packed, id)
   if sign == '+' then
@@ -53,12 +72,15 @@ local function split_bucket(from, to, level)
       moved[#moved + 1] = all[i]; moved[#moved + 1] = all[i + 1]; gone[#gone + 1] = all[i]
     end
   end
-  if #gone == 0 then return end
-  redis.call('HSET', to, unpack(moved)); redis.call('HDEL', from, unpack(gone))
+  sliced('HSET', to, moved); sliced('HDEL', from, gone)
 end
+if ARGV[11] ~= '' then redis.call('HSET', KEYS[4], path, ARGV[11]) end
 for n = 1, nops do
-  change(ARGV[8 + 2 * n], KEYS[2 + 2 * n], KEYS[3 + 2 * n], ARGV[9 + 2 * n])
+  change(ARGV[11 + 2 * n], KEYS[3 + 2 * n], KEYS[4 + 2 * n], ARGV[12 + 2 * n])
 end
+local entries = redis.call('HINCRBY', KEYS[2], 'entries', delta)
+if ARGV[12] == '' then return 1 end
+if ARGV[12] == '2' then redis.call('HDEL', KEYS[4], path) end
 if ARGV[7] == '' then
   redis.call('HDEL', KEYS[1], path)
   if id ~= '' then redis.call('HDEL', KEYS[3], id) end
@@ -66,8 +88,7 @@ else
   redis.call('HSET', KEYS[1], path, ARGV[7])
   redis.call('HSET', KEYS[3], id, path)
 end
-local entries = redis.call('HINCRBY', KEYS[2], 'entries', delta)
-local level, split, k = tonumber(ARGV[5]), tonumber(ARGV[6]), 4 + 2 * nops
+local level, split, k = tonumber(ARGV[5]), tonumber(ARGV[6]), 5 + 2 * nops
 while entries > fill * (2 ^ level + split) and KEYS[k + 1] do
   split_bucket(KEYS[k], KEYS[k + 1], level)
   k, split = k + 2, split + 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import stat
@@ -47,6 +48,14 @@ BATCH = 500  # paths per seen-hash pipeline
 BLOB_FLUSH_BYTES = 8 * 1024 * 1024
 GONE, IGNORE, LARGE, CONTENT = "gone", "ignore", "large", "content"
 INOTIFY_MAX_WATCHES = Path("/proc/sys/fs/inotify/max_user_watches")
+# The burst marker (names.burst): held while a reconciliation or a storm of changes of
+# a root is being sent, so that workers defer judging until the whole of it is in the
+# queue (a watcher sending slower than workers drain would otherwise let them judge a
+# half-indexed tree).  Its TTL frees the workers of a watcher that died while sending.
+BURST_TTL = 30
+BURST_REFRESH = 5.0
+STORM_FILES = 20  # changed files in one batch that make a storm
+STORM_LINGER = 5  # seconds a storm's marker outlasts its last batch: more may follow
 
 Reader = Callable[[str, int], bytes]
 
@@ -184,6 +193,25 @@ class Syncer:
         self.settings, self.client, self.sender = settings, client, sender
         self.reader, self.roots = reader, roots
         self.by_name = {root.name: root for root in roots}
+        self._bursts: dict[str, float] = {}  # root name -> when its marker was last set
+
+    # --- the burst marker -------------------------------------------------------------
+    def _hold_burst(self, name: str, ttl: int = BURST_TTL) -> None:
+        self.client.set(names.burst(name), json.dumps({"pid": os.getpid(), "ts": time.time()}),
+                        ex=ttl)
+        self._bursts[name] = time.monotonic()
+
+    def _refresh_bursts(self) -> None:
+        now = time.monotonic()
+        for name, since in list(self._bursts.items()):
+            if now - since >= BURST_REFRESH:
+                self._hold_burst(name)
+
+    def _end_bursts(self) -> None:
+        """The last task of the burst is sent: workers may judge."""
+        if self._bursts:
+            self.client.delete(*(names.burst(name) for name in self._bursts))
+            self._bursts.clear()
 
     def process(self, items: Iterable[tuple[tuple[str, str], str]]) -> None:
         """Send what changed for each ((root name, relpath), kind): one HMGET, one blob
@@ -192,6 +220,12 @@ class Syncer:
         for (name, rel), _kind in items:
             by_root.setdefault(name, []).append(rel)
         for name, rels in by_root.items():
+            if len(rels) >= STORM_FILES:
+                # More batches may follow (the pump sends a storm in batches): the
+                # marker lingers past this one instead of being deleted.
+                self.client.set(names.burst(name), json.dumps({"pid": os.getpid(),
+                                                               "ts": time.time()}),
+                                ex=STORM_LINGER)
             olds = self.client.hmget(names.seen(name), rels)
             self._sync(self.by_name[name], zip(rels, olds, strict=True))
 
@@ -218,15 +252,24 @@ class Syncer:
             plans.append((root, seen, to_check + gone))
             files += len(on_disk)
         total, done = sum(len(p[2]) for p in plans), 0
-        for root, seen, rels in plans:
-            for start in range(0, len(rels), BATCH):
-                if progress is not None:
-                    progress(done, total)
-                if stopping.is_set():
-                    return False
-                batch = rels[start:start + BATCH]
-                self._sync(root, ((rel, seen.get(rel)) for rel in batch))
-                done += len(batch)
+        try:
+            for root, _seen, rels in plans:
+                if rels:
+                    self._hold_burst(root.name)
+            for root, seen, rels in plans:
+                for start in range(0, len(rels), BATCH):
+                    if progress is not None:
+                        progress(done, total)
+                    if stopping.is_set():
+                        return False
+                    batch = rels[start:start + BATCH]
+                    self._sync(root, ((rel, seen.get(rel)) for rel in batch))
+                    done += len(batch)
+            self._end_bursts()
+        finally:
+            # Cut short (stopping, Redis gone): the markers expire by themselves, and
+            # the next reconciliation sets them again.
+            self._bursts.clear()
         if progress is not None:
             progress(done, total)
         log.info("reconciled %d files under %s: %d new, changed or gone since last sent",
@@ -250,6 +293,7 @@ class Syncer:
         plan.blobs, plan.blob_bytes = [], 0
         tasks, plan.tasks = plan.tasks, []
         for task in tasks:
+            self._refresh_bursts()
             self._send(root, task)
 
     def _examine(self, root: Root, rel: str) -> tuple[str, os.stat_result | None, bytes]:

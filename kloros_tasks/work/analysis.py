@@ -4,16 +4,17 @@
 Publisher and a detector.  It never raises for bad input: it returns an outcome word
 and logs why.  Redis errors propagate so the task layer retries them.
 
-Deferred evaluation: while more changes wait in the detector's queue (a cold scan, a
-``git checkout``), a change only updates the index and adds the files it affects to
-``kloros:deferred:<detector>:<root>``; the first change that finds the queue empty
-evaluates them all once (``settle``).  Cross-file rules are then judged against the
+Deferred evaluation: while more changes wait in the detector's queue, or the watcher
+holds the root's burst marker (it is still sending a cold scan, a reconciliation or
+a ``git checkout``), a change only updates the index and adds the files it affects
+to ``kloros:deferred:<detector>:<root>``; once the burst is over they are all
+evaluated once (``settle``).  Cross-file rules are then judged against the
 whole burst instead of half of it, so no question is opened only to be resolved a
 moment later, and a file affected by a hundred changes is evaluated once instead of
 a hundred times.  Questions are a pure function of the final index, so the result is
 the same as evaluating after every change.  The settle task queued when a burst starts
-deferring bounds the wait: a deferred file is judged when that task reaches the head of
-the queue, however long the burst goes on (a change made later starts a new burst).
+deferring waits for the burst's end (it queues itself again while one goes on), up to
+SETTLE_MAX_WAIT; a change that finds the burst over settles at once too.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from kloros_tasks import names
 from kloros_tasks.detectors.base import FileDetector
@@ -38,6 +40,15 @@ LOCK_TIMEOUT = 30
 LOCK_WAIT = 60
 SETTLE_BATCH = 200  # deferred files evaluated per hold of the root's lock
 SETTLE_BUDGET = 20.0  # seconds one task spends settling before handing the rest over
+# However long a burst goes on, deferred files are judged after this long: a watcher
+# that never stops sending must not silence the root for ever.
+SETTLE_MAX_WAIT = 600.0
+SETTLE_RECHECK = 1.0  # seconds a settle task waits before looking at the burst again
+# Fairness: a waiter polls the root's lock every LOCK_POLL s, and settling pauses
+# SETTLE_YIELD s between two batches, so a change waiting for the lock gets it in
+# between instead of timing out behind a settle of thousands of files.
+LOCK_POLL = 0.05
+SETTLE_YIELD = 0.12
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,10 @@ class Context:
     # layer queues a settle task behind the burst, so the deferred files are judged
     # even if the burst's last task never completes (dead-lettered, worker killed).
     schedule_settle: Callable[[str, str], None] | None = None
+    # How long a root's lock outlives a holder that died (a child SIGKILLed or killed
+    # at the hard time limit): no holder can need it longer than the task time limit.
+    lock_timeout: float = LOCK_TIMEOUT
+    lock_wait: float = LOCK_WAIT  # then redis.exceptions.LockError: the task tries again
 
 
 def _text(v) -> str:
@@ -66,20 +81,46 @@ def registered_root(client, root: str) -> dict | None:
     return info if isinstance(info, dict) else {}
 
 
-def _local_copy(root_info: dict, change: Change, host: str) -> bytes | None:
-    """The file from this host's disk when the blob expired, only if it is the same bytes.
+def read_inside(base: str, rel: str, max_bytes: int) -> bytes | str | None:
+    """The bytes of ``rel`` under the root directory ``base``, read as the watcher would:
+    its real path must lie inside the root's real path with no symlink on the way, and
+    its size is checked before any byte is read.  Returns the bytes, a reason string
+    when it is too large, or None (absent, not a regular file, behind a link)."""
+    if not isinstance(base, str) or not os.path.isabs(base):
+        return None
+    try:
+        base = os.path.realpath(base)
+        path = os.path.join(base, rel)
+        # realpath resolves every symlink on the way: any difference means one was
+        # crossed (a link to a file, or to a directory inside or outside the root).
+        if os.path.realpath(path) != path:
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            if st.st_size > max_bytes:
+                return f"too large ({st.st_size} bytes > {max_bytes})"
+            raw = f.read(max_bytes + 1)
+    except (OSError, ValueError):
+        return None
+    if len(raw) > max_bytes:  # grew after the stat
+        return f"too large ({len(raw)}+ bytes > {max_bytes})"
+    return raw
 
-    ``host`` is this worker's name as configured (KLOROS_HOSTNAME), the same name the
-    watcher registered its roots under."""
+
+def _local_copy(root_info: dict, change: Change, host: str,
+                max_bytes: int) -> bytes | str | None:
+    """The file from this host's disk when the blob expired, only if it is the same
+    bytes (see ``read_inside``).  ``host`` is this worker's name as configured
+    (KLOROS_HOSTNAME), the name the watcher registered its roots under.  Returns the
+    bytes, a reason string when it is too large, or None."""
     if root_info.get("host") != host or not root_info.get("path"):
         return None
-    path = Path(root_info["path"]) / change.path
-    try:
-        if path.is_symlink() or not path.is_file():
-            return None
-        raw = path.read_bytes()
-    except OSError:
-        return None
+    raw = read_inside(root_info["path"], change.path, max_bytes)
+    if not isinstance(raw, bytes):
+        return raw
     return raw if hashlib.sha256(raw).hexdigest() == change.sha256 else None
 
 
@@ -89,15 +130,18 @@ def _content(ctx: Context, root_info: dict, change: Change) -> tuple[bytes | Non
         return None, None
     if change.skip:
         return None, change.skip
-    raw = blobs.fetch(ctx.client, change.sha256)
+    raw = blobs.fetch(ctx.client, change.sha256, ctx.max_file_bytes)
+    if isinstance(raw, int):  # measured in Redis, never loaded
+        return None, f"too large ({raw} bytes > {ctx.max_file_bytes})"
     if raw is not None and hashlib.sha256(raw).hexdigest() != change.sha256:
         raw = None  # never analyse bytes that are not the ones named
     if raw is None:
-        raw = _local_copy(root_info, change, ctx.publisher.host)
-        if raw is None:
+        local = _local_copy(root_info, change, ctx.publisher.host, ctx.max_file_bytes)
+        if isinstance(local, str):
+            return None, local
+        if local is None:
             return None, "superseded"
-    if len(raw) > ctx.max_file_bytes:
-        return None, f"too large ({len(raw)} bytes > {ctx.max_file_bytes})"
+        raw = local
     return raw, None
 
 
@@ -133,11 +177,14 @@ def handle_change(ctx: Context, detector: FileDetector, obj, *,
 
 def _analyse(ctx: Context, detector: FileDetector, change: Change, root_info: dict,
              reevaluate_all: bool) -> str:
-    index = RedisIndex(ctx.client, detector.name, change.root)
+    index = RedisIndex(ctx.client, detector.name, change.root, keep_journal=True)
     key = f"{detector.name}:{change.root}:{change.path}"
     if (change.sha256 and not reevaluate_all
             and engine.stored_digest(index, change.path) == change.sha256):
-        return "duplicate"  # delivered twice, or a rename back: already in the index
+        # Delivered again, or a rename back: already in the index.  Done only if the
+        # questions it affects were published or deferred too; a delivery that died
+        # (or a transient error) in between left its journal entry to finish from.
+        return _finish(ctx, detector, index, change) or "duplicate"
     raw, reason = _content(ctx, root_info, change)
     if reason == "superseded":
         log.info("%s: %s changed again before analysis; the newer task covers it",
@@ -149,11 +196,6 @@ def _analyse(ctx: Context, detector: FileDetector, change: Change, root_info: di
             text = engine.decode_source(change.path, raw)
         except engine.NotText as exc:
             reason = str(exc)
-    if reason:
-        log.warning("%s: not analysing %s: %s", detector.name, key, reason)
-        ctx.client.hset(names.SKIPPED, key, reason)
-    else:
-        ctx.client.hdel(names.SKIPPED, key)
     package = root_package(root_info, change.root, ctx.publisher.host)
     # Parse outside the lock: a slow or killed parse must not hold up the whole root.
     facts = (engine.extract(detector, index, change.path, text, package)
@@ -168,14 +210,47 @@ def _analyse(ctx: Context, detector: FileDetector, change: Change, root_info: di
         owners = set(applied.owners)
         if reevaluate_all:  # the world the detector judges against changed
             owners.update(index.paths())
-        if not _defer(ctx, detector.name, change.root, owners):
-            _publish(ctx, detector, index, change.root, owners, package)
+        _judge(ctx, detector, index, change.root, owners, package)
+        index.settled(change.path)
+    reason = reason or applied.skipped
+    if reason:
+        log.warning("%s: not analysing %s: %s", detector.name, key, reason)
+        ctx.client.hset(names.SKIPPED, key, reason)
+    else:
+        ctx.client.hdel(names.SKIPPED, key)
     return _record_error(ctx, key, applied.error) or ("skipped" if reason else "analysed")
 
 
+def _finish(ctx: Context, detector: FileDetector, index: RedisIndex,
+            change: Change) -> str | None:
+    """Publish or defer what the journaled last change of the file affects; None when
+    nothing was left unfinished."""
+    if index.pending(change.path) is None:
+        return None
+    with _root_lock(ctx, detector.name, change.root):
+        touched = index.pending(change.path)
+        if touched is None:  # another delivery finished it meanwhile
+            return None
+        owners = {change.path} | detector.affected(change.path, touched, index)
+        package = root_package(registered_root(ctx.client, change.root), change.root,
+                               ctx.publisher.host)
+        _judge(ctx, detector, index, change.root, owners, package)
+        index.settled(change.path)
+    log.info("%s: finished %s:%s, whose questions an earlier delivery left unpublished",
+             detector.name, change.root, change.path)
+    return "analysed"
+
+
+def _judge(ctx: Context, detector: FileDetector, index, root: str, owners: set[str],
+           package: str) -> None:
+    """Defer ``owners`` while a burst goes on, else publish their questions now."""
+    if not _defer(ctx, detector.name, root, owners):
+        _publish(ctx, detector, index, root, owners, package)
+
+
 def _root_lock(ctx: Context, detector: str, root: str):
-    return ctx.client.lock(names.lock(detector, root), timeout=LOCK_TIMEOUT,
-                           blocking_timeout=LOCK_WAIT)
+    return ctx.client.lock(names.lock(detector, root), timeout=ctx.lock_timeout,
+                           sleep=LOCK_POLL, blocking_timeout=ctx.lock_wait)
 
 
 def root_package(root_info: dict | None, root: str, host: str) -> str:
@@ -192,12 +267,12 @@ def _read_local(ctx: Context, root_info: dict, rel: str) -> str | None:
     """The text of another file of the root from this host's disk, or None."""
     if root_info.get("host") != ctx.publisher.host or not root_info.get("path"):
         return None
-    path = Path(root_info["path"]) / rel
+    raw = read_inside(root_info["path"], rel, ctx.max_file_bytes)
+    if not isinstance(raw, bytes):
+        return None
     try:
-        if path.is_symlink() or not path.is_file() or path.stat().st_size > ctx.max_file_bytes:
-            return None
-        return engine.decode_source(rel, path.read_bytes())
-    except (OSError, engine.NotText):
+        return engine.decode_source(rel, raw)
+    except engine.NotText:
         return None
 
 
@@ -208,10 +283,20 @@ def _publish(ctx: Context, detector: FileDetector, index, root: str, owners,
         ctx.publisher.sync(detector.name, root, owner, questions)
 
 
+def in_burst(client, detector: str, root: str) -> bool:
+    """More changes are coming: tasks wait in the detector's queue, or the watcher is
+    still sending a reconciliation or storm of ``root`` (its burst marker)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.llen(detector)
+    pipe.exists(names.burst(root))
+    waiting, sending = pipe.execute()
+    return bool(waiting or sending)
+
+
 def _defer(ctx: Context, detector: str, root: str, owners: set[str]) -> bool:
-    """Add ``owners`` to the deferred set when more changes wait in the queue; False
-    means evaluate them now.  The first deferral of a burst schedules its settle task."""
-    if not owners or not ctx.client.llen(detector):
+    """Add ``owners`` to the deferred set while a burst goes on; False means evaluate
+    them now.  The first deferral of a burst schedules its settle task."""
+    if not owners or not in_burst(ctx.client, detector, root):
         return False
     pipe = ctx.client.pipeline()
     pipe.set(names.deferred_since(detector, root), time.time(), nx=True)
@@ -220,6 +305,15 @@ def _defer(ctx: Context, detector: str, root: str, owners: set[str]) -> bool:
     if first and ctx.schedule_settle is not None:
         ctx.schedule_settle(detector, root)
     return True
+
+
+def deferred_for(client, detector: str, root: str) -> float | None:
+    """Seconds since the oldest deferred evaluation of (detector, root), or None."""
+    since = client.get(names.deferred_since(detector, root))
+    try:
+        return max(0.0, time.time() - float(since)) if since is not None else None
+    except ValueError:
+        return 0.0
 
 
 def settle(ctx: Context, detector: FileDetector, root: str,
@@ -243,15 +337,20 @@ def settle(ctx: Context, detector: FileDetector, root: str,
             ctx.client.srem(key, *batch)
         if time.monotonic() >= deadline:
             return ctx.client.scard(key)
+        if len(batch) == SETTLE_BATCH:  # more may follow: let a waiting change in first
+            time.sleep(SETTLE_YIELD)
 
 
 def deferred_roots(client, detector: str) -> list[str]:
-    """The registered roots with evaluations of ``detector`` still deferred."""
+    """The registered roots with evaluations of ``detector`` still deferred and no
+    burst being sent (those are settled when their burst ends)."""
     roots = [_text(root) for root in client.hkeys(names.ROOTS)]
     pipe = client.pipeline(transaction=False)
     for root in roots:
         pipe.exists(names.deferred(detector, root))
-    return [root for root, n in zip(roots, pipe.execute(), strict=True) if n]
+        pipe.exists(names.burst(root))
+    found = pipe.execute()
+    return [root for i, root in enumerate(roots) if found[2 * i] and not found[2 * i + 1]]
 
 
 def _record_error(ctx: Context, key: str, error: str | None) -> str | None:

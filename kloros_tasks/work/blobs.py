@@ -49,8 +49,19 @@ def store_many(client, items: Iterable[tuple[str, bytes, int]], ttl: int) -> Non
     pipe.execute()
 
 
-def fetch(client, sha256: str) -> bytes | None:
-    return client.get(names.blob(sha256))
+def fetch(client, sha256: str, max_bytes: int | None = None) -> bytes | int | None:
+    """The blob's bytes, or None when it is gone.  With ``max_bytes``, a blob larger
+    than that is measured in Redis and never loaded: its size (an int) is returned."""
+    if max_bytes is None:
+        return client.get(names.blob(sha256))
+    pipe = client.pipeline(transaction=True)
+    pipe.exists(names.blob(sha256))
+    pipe.strlen(names.blob(sha256))
+    pipe.getrange(names.blob(sha256), 0, max_bytes)  # at most max_bytes + 1 bytes
+    exists, size, head = pipe.execute()
+    if not exists:
+        return None
+    return size if size > max_bytes else head
 
 
 def release(client, sha256: str) -> int:

@@ -28,6 +28,13 @@ from kloros_tasks.questions import Question, in_root
 DIGEST = "_sha256"  # the content digest a change was analysed from
 NAMES = "_names"  # the module names a Python file's facts were extracted under
 MODULE_SUFFIXES = (".py", *EXTENSION_SUFFIXES)
+# Relation values one file may put in the index (each one an entry of an inverted
+# index, so an operation of every update and lookup of the file).  A file past it (a
+# generated page of 90,000 links, say) is not indexed and its reason is recorded like
+# an oversized file's: a giant fact costs the workers and Redis far more than the file
+# can be worth to a question.  Per-file data is stored compressed and not inverted;
+# the file size cap bounds it.
+MAX_FACTS = 25_000
 
 
 class NotText(ValueError):
@@ -65,6 +72,7 @@ class Applied:
 
     owners: frozenset[str]
     error: str | None = None
+    skipped: str | None = None  # why the new facts were not indexed (too many)
     stale: frozenset[str] = frozenset()
 
 
@@ -110,6 +118,15 @@ def extract(detector: FileDetector, index, path: str, text: str,
     return facts
 
 
+def too_many_facts(facts: FileFacts, limit: int | None = None) -> str | None:
+    """Why ``facts`` hold too many relation values to index, or None."""
+    limit = MAX_FACTS if limit is None else limit
+    count = sum(len(values) for values in facts.relations.values())
+    if count <= limit:
+        return None
+    return f"too many facts ({count} relation values > {limit}); not indexed"
+
+
 def apply_change(detector: FileDetector, index, path: str, text: str | None,
                  digest: str | None = None, facts: FileFacts | None = None, *,
                  root_package: str = "", reread: Reread | None = None) -> Applied:
@@ -142,6 +159,11 @@ def apply_change(detector: FileDetector, index, path: str, text: str | None,
             return Applied(frozenset({path}) if index.facts(path) is None else frozenset(),
                            error)
         facts = opaque  # never parsed here (newer syntax, say): it exists, names unknown
+    skipped = too_many_facts(facts)
+    if skipped is not None:  # retract what it had, as for a file grown past the size cap
+        touched = index.update(path, None)
+        return Applied(frozenset({path} | detector.affected(path, touched, index)),
+                       skipped=skipped)
     if digest is not None:
         facts = replace(facts, data={**facts.data, DIGEST: digest})
     touched = index.update(path, facts)
@@ -190,7 +212,7 @@ def _renamed(detector: FileDetector, index, init: str, applied: Applied,
             facts = replace(facts, data={**facts.data, DIGEST: digest})
         touched = index.update(path, facts)
         owners |= {path} | detector.affected(path, touched, index)
-    return Applied(frozenset(owners), applied.error, frozenset(stale))
+    return Applied(frozenset(owners), applied.error, stale=frozenset(stale))
 
 
 def evaluate(detector: FileDetector, index, owners, root: str,

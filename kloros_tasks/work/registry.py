@@ -7,7 +7,10 @@ environment for CapabilityDiscovery) is probed here, at the edge, and passed in.
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
 from functools import lru_cache
+from pathlib import Path
 
 from kloros_tasks import names
 from kloros_tasks.settings import Settings
@@ -31,13 +34,42 @@ def build(name: str, settings: Settings, environment=None):
     raise KeyError(f"no file detector called {name!r}")
 
 
-def scan_detector(name: str, settings: Settings):
-    """A detector for the in-process scan (probes the environment directly)."""
+# Virtual environments a tree keeps in its root, in the order they are preferred.
+ROOT_VENVS = (".venv", "venv")
+
+
+def root_venv_python(root: str | Path | None) -> str | None:
+    """The interpreter of a virtual environment in ``root`` (``.venv/``, ``venv/``), if any."""
+    if root is None:
+        return None
+    for folder in ROOT_VENVS:
+        candidate = Path(root) / folder / "bin" / "python"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def target_python(settings: Settings, root: str | Path | None = None) -> str:
+    """The interpreter CapabilityDiscovery judges a tree against: KLOROS_TARGET_PYTHON,
+    else the tree's own virtual environment, else this process's interpreter."""
+    return settings.target_python or root_venv_python(root) or sys.executable
+
+
+def path_label(settings: Settings) -> str:
+    """Whose PATH programs are judged against, as questions name it."""
+    if settings.target_path:
+        return f"KLOROS_TARGET_PATH as seen on host {settings.host}"
+    return f"the PATH of host {settings.host}"
+
+
+def scan_detector(name: str, settings: Settings, root: str | Path | None = None):
+    """A detector for the in-process scan of ``root`` (probes the environment directly)."""
     environment = None
     if name == names.CAPABILITY:
         from kloros_tasks.detectors.capability.environment import probe_environment  # noqa: PLC0415
 
-        environment = probe_environment(settings.target_python)
+        environment = probe_environment(target_python(settings, root), path=settings.target_path,
+                                        path_label=path_label(settings))
     return build(name, settings, environment)
 
 
@@ -53,18 +85,40 @@ def _cached(name: str, settings: Settings, environment_json: str | None):
     return build(name, settings, environment)
 
 
-def worker_detector(name: str, settings: Settings, client) -> tuple[object, bool]:
+def _local_root(client, root: str | None) -> str | None:
+    """The folder of watched root ``root`` when it lives on this host (the watcher
+    registers {path, host} per root), else None."""
+    import json  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+
+    raw = client.hget(names.ROOTS, root) if root else None
+    try:
+        info = json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+    if not isinstance(info, dict) or info.get("host") != socket.gethostname():
+        return None
+    path = info.get("path")
+    return path if isinstance(path, str) else None
+
+
+def worker_detector(name: str, settings: Settings, client,
+                    root: str | None = None) -> tuple[object, bool]:
     """(detector, environment_changed) for a worker: the capability environment comes
-    from the per-host cache in Redis and is re-probed only when it changed."""
+    from the per-host cache in Redis and is re-probed only when it changed.  Without
+    KLOROS_TARGET_PYTHON, a virtual environment in ``root``'s folder (when the root is
+    on this host) is the target, else the worker's own interpreter."""
     if name != names.CAPABILITY:
         return _cached(name, settings, None), False
     import json  # noqa: PLC0415
-    import sys  # noqa: PLC0415
 
     from kloros_tasks.detectors.capability.environment import cached_environment  # noqa: PLC0415
 
-    python = settings.target_python or sys.executable
-    digest = hashlib.sha256(python.encode()).hexdigest()[:16]
+    python = target_python(settings, None if settings.target_python else _local_root(client, root))
+    # The key names the interpreter (and the PATH judged, when one is set).
+    which = f"{python}\0{settings.target_path}" if settings.target_path else python
+    digest = hashlib.sha256(which.encode()).hexdigest()[:16]
     environment, changed = cached_environment(
-        client, names.environment(settings.host, digest), python=python)
+        client, names.environment(settings.host, digest), python=python,
+        path=settings.target_path, path_label=path_label(settings))
     return _cached(name, settings, json.dumps(environment.to_json(), sort_keys=True)), changed

@@ -3,7 +3,10 @@
 Cross-cutting behaviour lives in ``KlorosTask``: one Redis client and Publisher per
 worker process (created after the fork), a delivery counter that parks a message
 which keeps killing its worker in ``kloros:deadletter``, and retries with backoff
-for transient Redis errors only.  Bad input is never retried.
+for transient Redis errors only.  Bad input is never retried.  Every task ends as a
+success, a retry, or a dead-letter entry: an unexpected exception (a bug, a
+``MemoryError`` at the hard memory limit) parks the message with the file, the
+detector, the exception and the deliveries, instead of letting it vanish.
 """
 
 from __future__ import annotations
@@ -13,25 +16,46 @@ import logging
 import os
 import time
 
-import redis
+from billiard.exceptions import WorkerLostError
 from celery import Task
-from celery.exceptions import Reject, SoftTimeLimitExceeded
-from celery.signals import worker_ready
+from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.signals import task_failure, worker_ready
 from celery.utils.nodenames import worker_direct
+from redis.exceptions import LockError
 
 from kloros_tasks import names
 from kloros_tasks.celery_app import SOFT_LIMIT_MARGIN, app, settings_of
-from kloros_tasks.connections import redis_client
+from kloros_tasks.connections import TRANSIENT_ERRORS, is_transient, redis_client
 from kloros_tasks.state.publish import Publisher
-from kloros_tasks.work.analysis import SETTLE_BUDGET, Context, deferred_roots, handle_change, settle
+from kloros_tasks.work.analysis import (
+    SETTLE_BUDGET,
+    SETTLE_MAX_WAIT,
+    SETTLE_RECHECK,
+    Context,
+    deferred_for,
+    deferred_roots,
+    handle_change,
+    in_burst,
+    settle,
+)
 from kloros_tasks.work.registry import worker_detector
 
 log = logging.getLogger(__name__)
-TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+TRANSIENT = TRANSIENT_ERRORS  # BUSY and LOADING replies included (connections.py)
+CONTROL = (Reject, Retry, Ignore)  # Celery's own flow: never parked
 
 
 REDIS_WAIT_FIRST, REDIS_WAIT_MAX = 0.25, 8.0
 REDIS_WAIT_MARGIN = 10  # seconds kept free before the soft time limit
+# A task gives up waiting for its root's lock this long before the soft time limit
+# (the lock of a killed holder lasts up to the time limit) and is tried again later:
+# waiting is not the file's fault, so it must not be parked as a poison.
+LOCK_WAIT_MARGIN = 2
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Redis unavailable for now, or the root's lock not had in time."""
+    return is_transient(exc) or isinstance(exc, LockError)
 
 
 class KlorosTask(Task):
@@ -62,11 +86,15 @@ class KlorosTask(Task):
         publisher = Publisher(self.client, host=self.settings.host,
                               stream_maxlen=self.settings.stream_maxlen)
         return Context(self.client, publisher, self.settings.max_file_bytes,
-                       schedule_settle=self.schedule_settle)
+                       schedule_settle=self.schedule_settle,
+                       lock_timeout=self.settings.task_time_limit,
+                       lock_wait=max(1.0, self.settings.task_time_limit - SOFT_LIMIT_MARGIN
+                                     - LOCK_WAIT_MARGIN))
 
-    def schedule_settle(self, detector: str, root: str) -> None:
+    def schedule_settle(self, detector: str, root: str, countdown: float | None = None) -> None:
         """Queue a settle task behind the tasks waiting on ``detector``'s queue."""
-        self.app.send_task(names.TASK_SETTLE[detector], args=[root], queue=detector)
+        self.app.send_task(names.TASK_SETTLE[detector], args=[root], queue=detector,
+                           countdown=countdown)
 
     def __call__(self, *args, **kwargs):
         budget = self.settings.task_time_limit - SOFT_LIMIT_MARGIN - REDIS_WAIT_MARGIN
@@ -75,12 +103,16 @@ class KlorosTask(Task):
         while True:
             try:
                 return self._call_once(*args, **kwargs)
-            except TRANSIENT as exc:
+            except Exception as exc:
+                if not _retryable(exc):
+                    raise
                 if time.monotonic() + delay > deadline:
                     # A small exception without its chain: a long chained traceback
                     # sent back over the pool's pipe has desynchronised it before.
-                    raise Reject(f"redis unavailable: {exc}", requeue=True) from None
-                log.warning("%s: redis unavailable (%s); trying again in %.2f s",
+                    raise Reject(f"redis or the root's lock unavailable: {exc}",
+                                 requeue=True) from None
+                log.warning("%s: redis or the root's lock unavailable (%s); trying again"
+                            " in %.2f s",
                             self.name, exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, REDIS_WAIT_MAX)
@@ -95,6 +127,17 @@ class KlorosTask(Task):
             # Deterministic: the same input would time out again, so park it now.
             self._dead_letter(task_id, args, f"exceeded the {self.settings.task_time_limit} s"
                               " time limit")
+            return "dead-lettered"
+        except CONTROL:
+            raise
+        except Exception as exc:
+            if _retryable(exc):
+                raise  # waited out by __call__
+            # A bug or a MemoryError: running it again would fail the same way, and
+            # with late acks and no requeue Celery would drop the message silently.
+            exc.__traceback__ = None  # let what the failed task held be freed first
+            self._dead_letter(task_id, args, "raised an unexpected exception",
+                              exception=_exception_line(exc))
             return "dead-lettered"
         if task_id:
             self.client.delete(names.attempts(task_id))
@@ -112,18 +155,42 @@ class KlorosTask(Task):
         self.client.delete(key)
         return True
 
-    def _dead_letter(self, task_id, args, reason: str) -> None:
+    def _dead_letter(self, task_id, args, reason: str, exception: str | None = None) -> None:
+        deliveries = self.client.get(names.attempts(task_id)) if task_id else None
+        file = _file_of(args)
         entry = {"task": self.name, "id": task_id, "args": list(args), "reason": reason,
-                 "ts": time.time()}
-        log.error("%s %s parked in %s: %s", self.name, task_id, names.DEADLETTER, reason)
-        self.client.rpush(names.DEADLETTER, json.dumps(entry))
+                 "ts": time.time(), "file": file, "detector": self.name.split(".")[1],
+                 "exception": exception, "deliveries": int(deliveries or 1)}
+        log.error("%s %s parked in %s: %s%s%s", self.name, task_id, names.DEADLETTER,
+                  reason, f" ({file})" if file else "", f": {exception}" if exception else "")
+        pipe = self.client.pipeline()
+        pipe.rpush(names.DEADLETTER, json.dumps(entry, default=str))
+        if task_id:
+            pipe.delete(names.attempts(task_id))
+        pipe.execute()
+
+
+def _file_of(args) -> str | None:
+    """"root:path" of a file task's payload, when it names one."""
+    payload = args[0] if len(args) == 1 else None
+    if isinstance(payload, dict) and isinstance(payload.get("root"), str) \
+            and isinstance(payload.get("path"), str):
+        return f"{payload['root']}:{payload['path']}"
+    return None
+
+
+def _exception_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())[:500]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _analyze(task: KlorosTask, detector_name: str, args: tuple, kwargs: dict) -> str:
     # Accept any call shape so that a malformed message is refused and acknowledged
     # by handle_change instead of failing inside Celery's argument binding.
     payload = args[0] if len(args) == 1 and not kwargs else {"args": list(args), **kwargs}
-    detector, environment_changed = worker_detector(detector_name, task.settings, task.client)
+    root = payload.get("root") if isinstance(payload, dict) else None
+    detector, environment_changed = worker_detector(detector_name, task.settings, task.client,
+                                                    root if isinstance(root, str) else None)
     context = task.context()
     outcome = handle_change(context, detector, payload, reevaluate_all=environment_changed)
     log.debug("%s %s: %s", task.name, task.request.id, outcome)
@@ -148,8 +215,18 @@ def _settle_task(task: KlorosTask, detector_name: str, args: tuple, kwargs: dict
     if kwargs or len(args) != 1 or not isinstance(args[0], str):
         log.warning("%s: refused malformed settle payload %r %r", task.name, args, kwargs)
         return "refused"
-    detector, _ = worker_detector(detector_name, task.settings, task.client)
-    return f"{_settle(task, task.context(), detector, args[0])} deferred"
+    root = args[0]
+    if not task.client.exists(names.deferred(detector_name, root)):
+        return "0 deferred"  # settled already, by a change that found the burst over
+    waited = deferred_for(task.client, detector_name, root) or 0.0
+    if in_burst(task.client, detector_name, root) and waited < SETTLE_MAX_WAIT:
+        # Judged only on the settled index: look again behind what is queued, or in a
+        # moment while the watcher is still sending.
+        queued = task.client.llen(detector_name)
+        task.schedule_settle(detector_name, root, None if queued else SETTLE_RECHECK)
+        return "burst in progress"
+    detector, _ = worker_detector(detector_name, task.settings, task.client, root)
+    return f"{_settle(task, task.context(), detector, root)} deferred"
 
 
 @app.task(name=names.TASK_ANALYZE[names.KNOWLEDGE], base=KlorosTask, bind=True)
@@ -201,6 +278,21 @@ def exploration_scan(self, *args, fanned: bool = False, **kwargs):
                                queue=worker_direct(node), expires=expires)
     result = run_scan(self.client, self.context().publisher, settings)
     return "skipped" if result is None else f"{len(result.opened)} opened"
+
+
+@task_failure.connect
+def park_failed_task(sender=None, task_id=None, exception=None, args=None, **_kwargs):
+    """The last net: a task that failed past KlorosTask's own handling (an exception
+    lost at the hard memory limit surfaces as a SystemError) is parked, not dropped.
+    A hard time limit or a lost worker is not: its message comes back and is counted."""
+    if not isinstance(sender, KlorosTask) or isinstance(
+            exception, (*CONTROL, TimeLimitExceeded, WorkerLostError)):
+        return
+    try:
+        sender._dead_letter(task_id, tuple(args or ()), "failed",
+                            exception=_exception_line(exception) if exception else None)
+    except Exception as exc:  # noqa: BLE001 - logged; the message is lost to Celery anyway
+        log.error("could not park failed task %s %s: %s", sender.name, task_id, exc)
 
 
 @worker_ready.connect

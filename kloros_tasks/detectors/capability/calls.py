@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import re
 import shlex
+from collections.abc import Iterable
 
 # The first argument is the program itself (a list, or a string naming it).
 EXEC_PROGRAM = frozenset({
@@ -26,6 +27,19 @@ SHELL_BUILTINS = frozenset({
     "local", "printf", "pwd", "read", "readonly", "return", "set", "shift", "source", "test",
     "time", "times", "trap", "true", "type", "ulimit", "umask", "unalias", "unset", "wait",
 })
+PLATFORM_TESTS = ("sys.version_info", "sys.platform", "os.name", "platform.", "sys.implementation")
+# Calls that raise on None: an environment read passed straight to one needs the variable.
+NONE_BREAKS = frozenset({
+    "int", "float", "complex", "open", "bytes.fromhex", "pathlib.Path", "pathlib.PurePath",
+    "Path", "json.loads", "os.path.join", "os.path.expanduser", "os.path.abspath",
+    "os.path.realpath", "os.path.isdir", "os.path.isfile", "os.listdir", "os.chdir",
+})
+# Calls that change where imports come from: the file's imports cannot be judged.
+SYS_PATH_CHANGES = frozenset({"sys.path.insert", "sys.path.append", "sys.path.extend",
+                               "site.addsitedir"})
+MODULE_STRING = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+# A test that skips itself when the module is missing: the import is optional.
+IMPORT_OR_SKIP = frozenset({"pytest.importorskip"})
 ENV_READS = frozenset({"os.getenv", "os.environ.get"})
 ENV_SETS = frozenset({"os.environ.setdefault", "os.putenv"})
 
@@ -70,3 +84,53 @@ def program_of(name: str, call: ast.Call) -> str | None:
     # Without shell=True a string is still the whole command on POSIX; its first word
     # is what the author meant to run, and what is worth asking about.
     return plain_program(text if name in VERBATIM else shell_program(text) or "")
+
+
+def aliases_of(tree: ast.AST) -> dict[str, str]:
+    """Local name -> qualified name for every import in the file (any scope)."""
+    out: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.asname:
+                    out[a.asname] = a.name
+                else:
+                    top = a.name.split(".")[0]
+                    out[top] = top
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            for a in node.names:
+                if a.name != "*":
+                    out[a.asname or a.name] = f"{node.module}.{a.name}"
+    return out
+
+
+def exception_names(exprs: Iterable[ast.expr]) -> set[str]:
+    """Last name of each exception expression: ``builtins.OSError`` -> ``OSError``."""
+    names: set[str] = set()
+    for t in exprs:
+        if isinstance(t, ast.Tuple):
+            names |= exception_names(t.elts)
+        elif isinstance(t, ast.Name):
+            names.add(t.id)
+        elif isinstance(t, ast.Attribute):
+            names.add(t.attr)
+    return names
+
+
+def caught(handlers: Iterable[ast.ExceptHandler]) -> frozenset[str]:
+    """Exceptions a try statement's handlers catch; a bare ``except:`` catches everything."""
+    names: set[str] = set()
+    for h in handlers:
+        names |= {"BaseException"} if h.type is None else exception_names([h.type])
+    return frozenset(names)
+
+
+def platform_flags(parents: dict[ast.AST, ast.AST]) -> frozenset[str]:
+    """Names assigned a platform test (``darwin = sys.platform == "darwin"``), so that
+    ``if darwin:`` is a platform branch too."""
+    flags = set()
+    for node in parents:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Compare | ast.BoolOp) \
+                and any(p in ast.unparse(node.value) for p in PLATFORM_TESTS):
+            flags |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return frozenset(flags)

@@ -5,7 +5,9 @@ Pure: text in, values out.  Three kinds of file are understood:
 * ``pyproject.toml``: ``[project] dependencies`` and ``optional-dependencies``,
   PEP 735 ``[dependency-groups]``, and Poetry's ``[tool.poetry]`` dependency tables;
 * ``requirements*.txt`` (and any ``.txt`` under a ``requirements/`` directory);
-* ``.env.example``: the environment variables a deployment is expected to set.
+  lock files (every line pinned, pip-compile's ``# via``) and files for developers
+  (``docs/requirements.txt``, ``requirements-test.txt``) declare, but not as runtime needs;
+* ``setup.cfg``: ``[metadata] name`` and ``[options] install_requires``.
 
 Distribution names are normalised per PEP 503, so ``PyYAML``, ``pyyaml`` and
 ``Py_Yaml`` are one name.
@@ -30,8 +32,36 @@ _DEV_WORDS = re.compile(r"(^|[-_.])(dev|devel|develop|test|tests|testing|lint|do
 
 PYPROJECT = "pyproject"
 REQUIREMENTS = "requirements"
-ENV_EXAMPLE = "env_example"
-ENV_EXAMPLE_NAMES = frozenset({".env.example", "env.example"})
+SETUP_CFG = "setup_cfg"
+# Folders whose requirement files serve developers, never the running program.
+_DEV_DIRS = frozenset({"docs", "doc", "tests", "test", "testing", "ci", ".github", "dev",
+                       "benchmarks", "bench"})
+# Requirement files that hold what any install of the tree needs (at the root, or in a
+# requirements/ folder): their entries are ``required``; others (extras, examples,
+# tooling) are optional even when they are runtime needs of some feature.
+_REQUIRED_STEMS = frozenset({"requirements", "base", "default", "main", "prod", "production",
+                             "runtime", "common", "install", "requirements-prod",
+                             "requirements-production", "requirements-base"})
+# pip-compile and friends: every requirement pinned, or "# via" provenance comments.
+_PINNED = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[^\]]*\])?\s*===?\s*[^,;\s]+\s*(;.*)?$")
+# Distributions whose import name is not their own name, for declarations the target
+# environment cannot answer for (not installed there); an installed one is read from
+# its metadata instead.
+IMPORT_NAMES: dict[str, tuple[str, ...]] = {
+    "pyyaml": ("yaml",), "pillow": ("PIL",), "argon2-cffi": ("argon2",),
+    "python-dateutil": ("dateutil",), "beautifulsoup4": ("bs4",), "scikit-learn": ("sklearn",),
+    "opencv-python": ("cv2",), "opencv-python-headless": ("cv2",), "pyzmq": ("zmq",),
+    "python-memcached": ("memcache",), "mysqlclient": ("MySQLdb",), "attrs": ("attr", "attrs"),
+    "protobuf": ("google",), "setuptools": ("setuptools", "pkg_resources"),
+    "python-dotenv": ("dotenv",), "pywin32": ("win32api", "win32con", "pywintypes"),
+    "pyopenssl": ("OpenSSL",), "pycryptodome": ("Crypto",), "pyjwt": ("jwt",),
+    "python-magic": ("magic",), "pyserial": ("serial",), "typing-extensions": (
+        "typing_extensions",), "msgpack-python": ("msgpack",), "psycopg2-binary": ("psycopg2",),
+    "psycopg-binary": ("psycopg",), "python-multipart": ("multipart",), "pygobject": ("gi",),
+    "dnspython": ("dns",), "gitpython": ("git",), "pymupdf": ("fitz",),
+    "google-api-python-client": ("googleapiclient",), "ruamel-yaml": ("ruamel",),
+    "importlib-metadata": ("importlib_metadata",), "sentry-sdk": ("sentry_sdk",),
+}
 
 
 def normalize(name: str) -> str:
@@ -39,13 +69,35 @@ def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def import_names(dist: str) -> tuple[str, ...]:
+    """The import names a distribution conventionally provides, without asking any
+    environment: the known exceptions, else ``foo-bar`` -> ``foo_bar``."""
+    dist = normalize(dist)
+    if dist in IMPORT_NAMES:
+        return IMPORT_NAMES[dist]
+    # paho-mqtt provides paho, google-cloud-storage google, python-consul consul.
+    names = {dist.replace("-", "_"), dist.split("-")[0], dist.removeprefix("python-")}
+    return tuple(sorted({n.replace("-", "_") for n in names}))
+
+
+def name_prefixes(dist: str, shortest: int = 5) -> tuple[str, ...]:
+    """Import names a distribution may provide under a shorter form of its own name
+    (``graphitesender`` provides ``graphitesend``): every prefix of at least
+    ``shortest`` characters, as an import name."""
+    name = normalize(dist).replace("-", "_")
+    return tuple(name[:i] for i in range(shortest, len(name)))
+
+
 @dataclass(frozen=True)
 class Declared:
-    """One distribution a declaration file names, where, and whether it is a runtime need."""
+    """One distribution a declaration file names, where, and whether it is a runtime need
+    (``main``: a runtime dependency, an optional extra included, that is not conditional;
+    ``required``: one the project cannot run without, what any install brings)."""
 
     dist: str
     line: int
     main: bool
+    required: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,17 +111,24 @@ class Declarations:
     authoritative: bool
 
 
+def is_dev_path(path: str) -> bool:
+    """True for a declaration file that serves developers: a dev-named file, or one
+    under docs/, tests/, ci/ and the like."""
+    p = PurePosixPath(path)
+    return is_dev_name(p.stem) or any(part.lower() in _DEV_DIRS for part in p.parts[:-1])
+
+
 def file_kind(path: str) -> str | None:
     """Which declaration kind ``path`` is, or None when it is not one."""
     p = PurePosixPath(path)
     name = p.name
     if name == "pyproject.toml":
         return PYPROJECT
-    if name in ENV_EXAMPLE_NAMES or name.endswith(".env.example"):
-        return ENV_EXAMPLE
     if name.endswith(".txt") and (name.startswith("requirements")
                                   or "requirements" in p.parent.parts):
         return REQUIREMENTS
+    if name == "setup.cfg":
+        return SETUP_CFG
     return None
 
 
@@ -107,7 +166,7 @@ def _pep621(doc: dict[str, Any]) -> tuple[list[tuple[str, bool]], bool]:
     dynamic = project.get("dynamic", [])
     if isinstance(dynamic, list) and "dependencies" in dynamic:
         return [], False
-    reqs = [(s, True) for s in _strings(project.get("dependencies", []))]
+    reqs = [(s, ";" not in s) for s in _strings(project.get("dependencies", []))]
     optional = project.get("optional-dependencies", {})
     if isinstance(optional, dict):
         for extra, values in optional.items():
@@ -150,14 +209,19 @@ def parse_pyproject(text: str) -> Declarations:
     project = doc.get("project", {}).get("name") if isinstance(doc.get("project"), dict) else None
     if project is None and poetry:
         project = doc["tool"]["poetry"].get("name")
+    required = {raw for raw in _strings((doc.get("project") or {}).get("dependencies", []))
+                if ";" not in raw} if pep621 else set()
+    if poetry:
+        required |= set(_keys(doc["tool"]["poetry"].get("dependencies")))
     out: dict[str, Declared] = {}
     for raw, main in reqs + poetry_reqs:
         dist = requirement_name(raw)
         if dist is None:
             continue
         old = out.get(dist)
-        out[dist] = Declared(dist, old.line if old else _line_of(lines, raw), main or (
-            old is not None and old.main))
+        out[dist] = Declared(dist, old.line if old else _line_of(lines, raw),
+                             main or (old is not None and old.main),
+                             raw in required or (old is not None and old.required))
     own = normalize(project) if isinstance(project, str) else None
     # Dependency groups alone say nothing about runtime needs, so they do not make
     # the file authoritative.
@@ -184,10 +248,28 @@ def _logical_lines(text: str) -> list[tuple[int, str]]:
     return out
 
 
+def is_lock_file(text: str) -> bool:
+    """True for a lock-style requirements file (pip-compile, ``pip freeze``): it pins
+    transitive dependencies on purpose, so an entry nothing imports is not unused."""
+    if re.search(r"^\s*#\s+via\b", text, re.M) or "--hash=" in text:
+        return True
+    reqs = [line.strip() for _, line in _logical_lines(text)
+            if line.strip() and not line.strip().startswith(("-", "#"))]
+    return len(reqs) >= 3 and all(_PINNED.match(r) for r in reqs)
+
+
+def _is_required_file(path: str) -> bool:
+    p = PurePosixPath(path)
+    parents = p.parts[:-1]
+    return p.stem.lower() in _REQUIRED_STEMS and parents in ((), ("requirements",))
+
+
 def parse_requirements(path: str, text: str) -> Declarations:
     """Declarations of a requirements file: options (-r, -c, -e, --index-url ...),
-    URLs and local paths are skipped; markers, extras and versions are stripped."""
-    main = not is_dev_name(PurePosixPath(path).stem)
+    URLs and local paths are skipped; markers, extras and versions are stripped.
+    Entries of dev files, lock files, and entries with a marker are not ``main``."""
+    main = not is_dev_path(path) and not is_lock_file(text)
+    required = main and _is_required_file(path)
     out: dict[str, Declared] = {}
     for line_no, line in _logical_lines(text):
         line = line.strip()
@@ -197,16 +279,34 @@ def parse_requirements(path: str, text: str) -> Declarations:
             continue  # a local path: pip installs it as a project, not by name
         dist = requirement_name(line.split(";", 1)[0])
         if dist is not None and dist not in out:
-            out[dist] = Declared(dist, line_no, main)
+            runtime = main and ";" not in line
+            out[dist] = Declared(dist, line_no, runtime, runtime and required)
     return Declarations(tuple(out.values()), None, True)
 
 
-def parse_env_example(text: str) -> dict[str, int]:
-    """Variable names an .env.example documents (commented-out entries included,
-    since ``# OPTIONAL=`` is how such files document optional settings), with lines."""
-    found: dict[str, int] = {}
-    for i, line in enumerate(text.splitlines(), 1):
-        m = _ENV_LINE.match(line)
-        if m:
-            found.setdefault(m.group(1), i)
-    return found
+def parse_setup_cfg(text: str) -> Declarations:
+    """Declarations of a setup.cfg: ``[metadata] name``, ``[options] install_requires``
+    and ``[options.extras_require]``; raises ValueError when it is not INI."""
+    import configparser  # noqa: PLC0415 -- only setup.cfg needs it
+
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(text)
+    except configparser.Error as exc:
+        raise ValueError(str(exc).splitlines()[0]) from exc
+    lines = text.splitlines()
+    project = parser.get("metadata", "name", fallback=None)
+    found: list[tuple[str, bool]] = []
+    for raw in parser.get("options", "install_requires", fallback="").splitlines():
+        found.append((raw, ";" not in raw))
+    if parser.has_section("options.extras_require"):
+        for _extra, body in parser.items("options.extras_require"):
+            found += [(raw, False) for raw in body.splitlines()]
+    out: dict[str, Declared] = {}
+    for raw, main in found:
+        dist = requirement_name(raw.split(";", 1)[0])
+        if dist is not None and dist not in out:
+            out[dist] = Declared(dist, _line_of(lines, raw.strip()), main, main)
+    authoritative = parser.has_option("options", "install_requires")
+    return Declarations(tuple(out.values()), normalize(project) if project else None,
+                        authoritative)

@@ -1,19 +1,21 @@
 """CapabilityDiscovery: what the code expects to be able to do but cannot.
 
-Five rules, each judged against the watched tree (through the index) and against an
+Six rules, each judged against the watched tree (through the index) and against an
 ``Environment``, the probed facts of the target interpreter, PATH and service
-environment (see ``kloros_tasks.detectors.capability.environment``):
+environment (see ``kloros_tasks.detectors.capability.environment``), asking only
+what a maintainer would act on (docs/detectors.md has the details):
 
-* ``missing_module``: an absolute import resolved neither in the tree nor in the
-  environment (guarded, ``TYPE_CHECKING`` and version/platform-conditional imports
-  are ``low`` "optional capability unavailable");
+* ``missing_module``: a module-level, unconditional import of a deployed module that
+  resolves neither in the tree nor in the environment, once per missing name;
+* ``target_environment``: required dependencies a declaration file names that the
+  environment lacks (one question instead of a missing module per importer);
 * ``undeclared_dependency``: a third-party import no declaration file provides, and
-  a declared runtime dependency that nothing imports (``low``);
+  a required dependency that nothing imports or names (``low``);
 * ``missing_capability``: a name imported from an in-tree tool package that nothing
   defines or registers;
-* ``missing_executable``: a program run by literal name that is not on PATH;
-* ``missing_env``: an environment variable read without a default that is neither
-  set in the service environment, set by the tree, nor listed in an ``.env.example``.
+* ``missing_executable``: a program run by literal name, unhandled, not on the PATH;
+* ``missing_env``: a variable read where its absence raises that neither the service
+  environment nor any file of the tree sets or documents.
 
 Pure: nothing here reads files, ``os.environ`` or PATH; the Environment is passed in.
 """
@@ -21,32 +23,34 @@ Pure: nothing here reads files, ``os.environ`` or PATH; the Environment is passe
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from pathlib import PurePosixPath
 
 from kloros_tasks import names
 from kloros_tasks.detectors.base import FileFacts, IndexView, Touched, held_by_others
-from kloros_tasks.detectors.capability import deps
-from kloros_tasks.detectors.capability.facts import scan_python
+from kloros_tasks.detectors.capability import deps, envfiles
+from kloros_tasks.detectors.capability.facts import CONDITIONAL, GUARDED, scan_python
 from kloros_tasks.detectors.capability.paths import is_test_path, module_of, nodes_of, spelling
 from kloros_tasks.detectors.capability.rules import (
     evaluate_declarations,
     evaluate_python,
     is_stdlib,
+    needed_tops,
 )
 from kloros_tasks.detectors.capability.target import Environment
 from kloros_tasks.questions import Question
 
 PYTHON = "python"
 DEFAULT_TOOL_PACKAGES = ("tools", "skills")
-# Suffixes a producer routes to this detector; ``wants_path`` decides exactly.
-SUFFIXES = (".py", ".toml", ".txt", ".example")
 
 
 def file_kind(path: str) -> str | None:
-    """``python``, a declaration kind (see capability_deps), or None if not ours."""
+    """``python``, a declaration kind (see ``deps``), ``env_source`` (see ``envfiles``),
+    or None if not ours."""
     if path.endswith(".py"):
         return PYTHON
-    return deps.file_kind(path)
+    kind = deps.file_kind(path)
+    if kind is None and envfiles.is_env_source(path):
+        return envfiles.ENV_SOURCE
+    return kind
 
 
 def wants_path(path: str) -> bool:
@@ -90,9 +94,10 @@ class CapabilityDetector:
                 return _declaration_facts(deps.parse_pyproject(text))
             if kind == deps.REQUIREMENTS:
                 return _declaration_facts(deps.parse_requirements(path, text))
-            if kind == deps.ENV_EXAMPLE:
-                documented = deps.parse_env_example(text)
-                return FileFacts(relations={"env_documented": frozenset(documented)})
+            if kind == deps.SETUP_CFG:
+                return _declaration_facts(deps.parse_setup_cfg(text))
+            if kind == envfiles.ENV_SOURCE:
+                return FileFacts(relations={"env_documented": frozenset(envfiles.mentioned(text))})
         # tomllib.TOMLDecodeError is a ValueError; RecursionError comes from deep nesting.
         except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
             return _error(exc)
@@ -117,18 +122,27 @@ class CapabilityDetector:
             "py": frozenset({"1"}),
             "node": frozenset(nodes_of(path)),
             "imports": frozenset(top for top, _, _, _ in scan.imports),
+            "needs": frozenset(needed_tops(path, scan.imports, scan.sys_path)),
+            # names the tree itself treats as optional somewhere (see missing_module)
+            "optional_tops": frozenset(top for top, _, _, kind in scan.imports
+                                       if kind in (GUARDED, CONDITIONAL)),
             "wants": frozenset(f"{m}:{n}" for m, n, _ in scan.wants if n),
             "wants_mod": frozenset(p for m in wanted_modules for p in _prefixes(m)),
             "wants_norm": frozenset(spelling(n) for _, n, _ in scan.wants if n),
             "registered": frozenset(scan.registered),
             "env_uses": frozenset(k for k, _ in scan.env_reads),
             "env_sets": frozenset(scan.env_sets),
+            "str_refs": frozenset(scan.string_refs),
             "mod_plain": frozenset(scan.modules_plain),
             "mod_guarded": frozenset(scan.modules_guarded),
         }
         module, _ = module_of(path)
         if any(part in self.tool_packages for part in module.split(".")):
-            relations["tool_defines"] = frozenset(scan.defines)
+            defines = set(scan.defines)
+            if path.startswith("src/"):
+                # `from src.tools.x import y` names the same file through the src folder.
+                defines |= {f"src.{d}" for d in scan.defines}
+            relations["tool_defines"] = frozenset(defines)
         data = {
             "imports": [list(i) for i in scan.imports],
             "wants": [list(w) for w in scan.wants],
@@ -136,6 +150,7 @@ class CapabilityDetector:
             "env_reads": [list(e) for e in scan.env_reads],
             "guarded_modules": scan.modules_guarded,
             "test": is_test_path(path),
+            "sys_path": scan.sys_path,
         }
         return FileFacts(relations=relations, data=data)
 
@@ -154,11 +169,15 @@ class CapabilityDetector:
         out = _nodes_affected(path, {v for r, v in touched if r == "node"}, view, env)
         out |= _guard_status_affected(path, touched, view)
         for relation, value in touched:
-            if relation == "imports":
+            if relation in ("imports", "str_refs"):
                 dists = env.dists_of(value) | {deps.normalize(value)}
                 out |= _union(view.who_many("declares", dists))
-            elif relation == "declares":
+            elif relation in ("declares", "own_dist"):
                 out |= _union(view.who_many("imports", env.tops_of(value)))
+            elif relation in ("declares_top", "optional_tops"):
+                out |= view.who("imports", value)
+            elif relation == "needs" and (needers := sorted(view.who("needs", value) - {path})):
+                out.add(needers[0])  # the owner of the name's missing_module question
             elif relation == "depfile" and not view.who("depfile", "1") - {path}:
                 out |= view.who("py", "1")  # the first or last declaration file
             elif relation == "tool_defines":
@@ -179,17 +198,25 @@ class CapabilityDetector:
         kind = file_kind(path)
         if kind == PYTHON:
             return evaluate_python(path, facts, view, self.environment)
-        if kind in (deps.PYPROJECT, deps.REQUIREMENTS):
+        if kind in (deps.PYPROJECT, deps.REQUIREMENTS, deps.SETUP_CFG):
             return evaluate_declarations(path, facts, view, self.environment)
         return []
 
 
 def _declaration_facts(found: deps.Declarations) -> FileFacts:
     declared = [d for d in found.declared if d.dist != found.project]
+    # The import names each declared distribution (and the project itself) conventionally
+    # provides: an import of one of them that the target lacks is the environment's
+    # shortfall (one target_environment question), not a missing module of the code.
+    tops = {t for d in declared for t in deps.import_names(d.dist) + deps.name_prefixes(d.dist)}
     relations = {"declares": frozenset(d.dist for d in declared)}
+    if found.project:
+        relations["own_dist"] = frozenset({found.project})
+        tops |= set(deps.import_names(found.project))
+    relations["declares_top"] = frozenset(tops)
     if found.authoritative:
         relations["depfile"] = frozenset({"1"})
-    data = {"declared": [[d.dist, d.line, d.main] for d in declared]}
+    data = {"declared": [[d.dist, d.line, d.main, d.required] for d in declared]}
     return FileFacts(relations=relations, data=data)
 
 
@@ -218,7 +245,8 @@ def _nodes_affected(path: str, nodes: set[str], view: IndexView,
 def _node_readers(node: str, view: IndexView, env: Environment) -> set[str]:
     """Every file whose rules ask whether ``node`` exists (see capability_rules).
 
-    ``resolve_imports`` asks for ``top`` and for ``<its folder>/top``;
+    ``resolve_imports`` asks for ``top`` and for ``<folder>/top`` of every folder
+    holding the importer;
     ``missing_capability`` asks, for ``from m import n``, for ``m``'s first component,
     for ``m`` itself and for ``m/n`` (a submodule satisfying the name).  Each
     location is looked up on its own: a prefix of it may not have changed.
@@ -227,8 +255,9 @@ def _node_readers(node: str, view: IndexView, env: Environment) -> set[str]:
     # A standard-library name resolves there first: an in-tree os.py changes nothing.
     importers = frozenset() if is_stdlib(leaf, env) else view.who("imports", leaf)
     if parent:
-        # A nested location resolves only a sibling import of its folder.
-        importers = frozenset(p for p in importers if str(PurePosixPath(p).parent) == parent)
+        # A nested location resolves only imports of files in its folder or below it
+        # (see resolve_imports).
+        importers = frozenset(p for p in importers if p.startswith(parent + "/"))
     # "wants_mod" holds every prefix of a wanted module, so this reaches whoever wants
     # module "a.b" or a module below it (and, for node "a", every "a..." module).
     out = set(importers) | view.who("wants_mod", node.replace("/", "."))

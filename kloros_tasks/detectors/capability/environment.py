@@ -49,6 +49,25 @@ def distributions():
         for top in set(tops):
             out.setdefault(top, set()).add(dist.metadata["Name"])
     return {k: sorted(v) for k, v in out.items()}
+def unimported():
+    # Used without an import: entry points (plugins, console scripts), or data only
+    # (every Python file an __init__.py, as in tzdata).
+    out = set()
+    for dist in md.distributions():
+        name = dist.metadata["Name"]
+        if not name:
+            continue
+        try:
+            if len(dist.entry_points):
+                out.add(name)
+                continue
+        except Exception:
+            pass
+        code = [str(f) for f in (dist.files or ()) if str(f).endswith((".py", ".so", ".pyd"))
+                and not str(f).startswith("..")]
+        if dist.files and all(c.endswith("__init__.py") for c in code):
+            out.add(name)
+    return sorted(out)
 def site_dirs():
     dirs = list(getattr(site, "getsitepackages", lambda: [])())
     if site.ENABLE_USER_SITE:
@@ -64,6 +83,7 @@ print(json.dumps({
     "distributions": distributions(),
     "installed": sorted({d.metadata["Name"] for d in md.distributions() if d.metadata["Name"]}),
     "site_dirs": site_dirs(),
+    "unimported": unimported(),
 }))
 """
 
@@ -148,12 +168,19 @@ def _resolve(python: str | None, path: str | None,
     return python, path, env
 
 
+def judged_path(python: str, path: str) -> str:
+    """The PATH a target's programs are judged against: ``path`` and the interpreter's
+    own folder, where a virtual environment keeps its distributions' commands."""
+    return os.pathsep.join(dict.fromkeys([*path.split(os.pathsep), os.path.dirname(python)]))
+
+
 def probe_environment(python: str | None = None, path: str | None = None,
                       env: Mapping[str, str] | None = None,
-                      timeout: float = PROBE_TIMEOUT) -> Environment:
+                      timeout: float = PROBE_TIMEOUT, path_label: str = "") -> Environment:
     """Probe the target: importable modules, stdlib, distributions, executables on
-    ``path`` (default: the PATH of ``env``) and the names set in ``env`` (default:
-    this process's environment).  ``python`` defaults to this interpreter.
+    ``path`` (default: the PATH of ``env``) and the interpreter's own folder, and the
+    names set in ``env`` (default: this process's environment).  ``python`` defaults
+    to this interpreter; ``path_label`` says, in questions, whose PATH that is.
     Raises ProbeError when the interpreter cannot be run or answers nonsense."""
     python, path, env = _resolve(python, path, env)
     found = run_probe(python, env, timeout)
@@ -161,9 +188,10 @@ def probe_environment(python: str | None = None, path: str | None = None,
         return Environment(
             modules=found["modules"], stdlib=found["stdlib"],
             distributions=found["distributions"], installed=found["installed"],
-            executables=executables(path), env_vars=frozenset(env), python=python,
+            executables=executables(judged_path(python, path)), env_vars=frozenset(env),
+            unimported=found.get("unimported", ()), path_label=path_label, python=python,
             site_dirs=tuple(found["site_dirs"]),
-            fingerprint=fingerprint(python, found["site_dirs"], path, env),
+            fingerprint=fingerprint(python, found["site_dirs"], judged_path(python, path), env),
         )
     except (KeyError, TypeError, AttributeError) as exc:
         raise ProbeError(f"probing {python} gave an unexpected answer: {exc!r}") from exc
@@ -173,11 +201,13 @@ def is_fresh(environment: Environment, path: str | None = None,
              env: Mapping[str, str] | None = None) -> bool:
     """True when ``environment`` still describes its interpreter, PATH and variables."""
     python, path, env = _resolve(environment.python, path, env)
-    return environment.fingerprint == fingerprint(python, environment.site_dirs, path, env)
+    return environment.fingerprint == fingerprint(python, environment.site_dirs,
+                                                  judged_path(python, path), env)
 
 
 def cached_environment(client, key: str, python: str | None = None, path: str | None = None,
-                       env: Mapping[str, str] | None = None) -> tuple[Environment, bool]:
+                       env: Mapping[str, str] | None = None,
+                       path_label: str = "") -> tuple[Environment, bool]:
     """The Environment cached in Redis under ``key``, probed again when the cache is
     missing, unreadable, of another interpreter, or stale.  Returns (environment,
     changed): ``changed`` is True when what the environment provides differs from
@@ -191,9 +221,10 @@ def cached_environment(client, key: str, python: str | None = None, path: str | 
             cached = Environment.from_json(json.loads(raw))
         except ValueError:
             cached = None  # unreadable: probe again and overwrite
-        if cached is not None and cached.python == python and is_fresh(cached, path, env):
+        if (cached is not None and cached.python == python and cached.path_label == path_label
+                and is_fresh(cached, path, env)):
             return cached, False
-    fresh = probe_environment(python, path, env)
+    fresh = probe_environment(python, path, env, path_label=path_label)
     client.set(key, json.dumps(fresh.to_json(), separators=(",", ":")))
     changed = cached is None or replace(cached, fingerprint="") != replace(fresh, fingerprint="")
     return fresh, changed

@@ -3,8 +3,8 @@
 Pure: source text in, a ``PyScan`` out.  The scan records, with line numbers,
 absolute imports (and how they are guarded), names imported from tool packages,
 capabilities registered by decorators, names defined at module level, programs run
-by literal name, and environment variables read without a default.  Nothing here
-decides whether any of that is a problem; ``capability.py`` does, against the index.
+by literal name, and environment variables read where their absence raises.  Nothing
+here decides whether any of that is a problem; ``rules.py`` does, against the index.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import ast
 import re
 import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kloros_tasks.detectors.capability.calls import (
@@ -20,24 +19,29 @@ from kloros_tasks.detectors.capability.calls import (
     ENV_SETS,
     EXEC_PROGRAM,
     EXEC_SHELL,
+    IMPORT_OR_SKIP,
+    MODULE_STRING,
+    NONE_BREAKS,
+    PLATFORM_TESTS,
+    SYS_PATH_CHANGES,
+    aliases_of,
+    caught,
+    exception_names,
     literal,
+    platform_flags,
     program_of,
 )
 from kloros_tasks.detectors.capability.paths import module_of, spelling
 
-# How an import is reached, from most to least optional.  LAZY (inside a function,
-# or behind a runtime `if`) still breaks, but only when that code runs.
+# How an import is reached, from most to least optional (LAZY: in a function or `if`).
 TYPING, GUARDED, CONDITIONAL, LAZY, PLAIN = "typing", "guarded", "conditional", "lazy", "plain"
 OPTIONAL_KINDS = frozenset({TYPING, GUARDED, CONDITIONAL})
-# How a program is reached.
-RUN, RUN_GUARDED, WHICH = "run", "guarded", "which"
 
 REGISTRY_DECORATORS = frozenset({"tool", "skill", "capability"})
 _IMPORT_ERRORS = frozenset({"ImportError", "ModuleNotFoundError"})
 _OS_ERRORS = frozenset({"OSError", "FileNotFoundError", "EnvironmentError", "IOError"})
 _KEY_ERRORS = frozenset({"KeyError", "LookupError"})
 _BROAD = frozenset({"Exception", "BaseException"})
-_PLATFORM_TESTS = ("sys.version_info", "sys.platform", "os.name", "platform.", "sys.implementation")
 
 
 @dataclass
@@ -48,64 +52,30 @@ class PyScan:
     imports: list[tuple[str, str, int, str]] = field(default_factory=list)
     # (module, name, line) imported from tool packages; name "" for `import tools.x`
     wants: list[tuple[str, str, int]] = field(default_factory=list)
-    # absolute names of modules this file may import (relative imports resolved), split
-    # by whether every such import is optional: a module only ever imported under a
-    # guard is itself optional, and so are its own imports
+    # modules this file imports (relative ones resolved), split by whether every such
+    # import is optional: a module only ever imported under a guard is optional itself
     modules_plain: set[str] = field(default_factory=set)
     modules_guarded: dict[str, int] = field(default_factory=dict)  # module -> first line
     registered: set[str] = field(default_factory=set)
     defines: set[str] = field(default_factory=set)  # "module:Name", "module:*"
-    execs: list[tuple[str, int, str]] = field(default_factory=list)  # program, line, kind
+    # program, line, the enclosing "Class.method" ("" at module level)
+    execs: list[tuple[str, int, str]] = field(default_factory=list)
+    # variables read where their absence breaks: a subscript, or a None-less use of .get
     env_reads: list[tuple[str, int]] = field(default_factory=list)
     env_sets: set[str] = field(default_factory=set)
-
-
-def _aliases(tree: ast.AST) -> dict[str, str]:
-    """Local name -> qualified name for every import in the file (any scope)."""
-    out: dict[str, str] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for a in node.names:
-                if a.asname:
-                    out[a.asname] = a.name
-                else:
-                    top = a.name.split(".")[0]
-                    out[top] = top
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            for a in node.names:
-                if a.name != "*":
-                    out[a.asname or a.name] = f"{node.module}.{a.name}"
-    return out
-
-
-def _exception_names(exprs: Iterable[ast.expr]) -> set[str]:
-    """Last name of each exception expression: ``builtins.OSError`` -> ``OSError``."""
-    names: set[str] = set()
-    for t in exprs:
-        if isinstance(t, ast.Tuple):
-            names |= _exception_names(t.elts)
-        elif isinstance(t, ast.Name):
-            names.add(t.id)
-        elif isinstance(t, ast.Attribute):
-            names.add(t.attr)
-    return names
-
-
-def _caught(handlers: Iterable[ast.ExceptHandler]) -> frozenset[str]:
-    """Exceptions a try statement's handlers catch; a bare ``except:`` catches everything."""
-    names: set[str] = set()
-    for h in handlers:
-        names |= {"BaseException"} if h.type is None else _exception_names([h.type])
-    return frozenset(names)
+    sys_path: bool = False  # the file changes sys.path: its imports come from elsewhere
+    # top-level names of modules named in strings ("app.middleware.X", INSTALLED_APPS)
+    string_refs: set[str] = field(default_factory=set)
 
 
 class _Scanner(ast.NodeVisitor):
     """One pass over a module; ``_caught`` frames and flags say how each use is guarded."""
 
     def __init__(self, module: str, is_package: bool, tool_packages: frozenset[str],
-                 aliases: dict[str, str]) -> None:
+                 aliases: dict[str, str], parents: dict[ast.AST, ast.AST]) -> None:
         self.module, self.is_package = module, is_package
-        self.tool_packages, self.aliases = tool_packages, aliases
+        self.tool_packages, self.aliases, self.parents = tool_packages, aliases, parents
+        self.platform_flags = platform_flags(parents)
         self.scan = PyScan()
         self._frames: list[frozenset[str]] = []  # exceptions caught around the current node
         self._typing = 0  # depth of `if TYPE_CHECKING:` blocks
@@ -113,7 +83,10 @@ class _Scanner(ast.NodeVisitor):
         self._depth = 0  # depth of def/class: 0 means module level
         self._lazy = 0  # depth of function bodies and runtime `if` blocks
         self._env_checked: set[str] = set()
+        self._probed: set[str] = set()  # programs the file looks up with shutil.which
+        self._scope: list[str] = []  # enclosing class and function names
         self._testing = 0  # inside a condition, where a read is a check, not a need
+        self._fallback = 0  # inside an `except ImportError:` handler: the plan B import
 
     # --- predicates -----------------------------------------------------------------
     def _catches(self, names: frozenset[str]) -> bool:
@@ -123,7 +96,7 @@ class _Scanner(ast.NodeVisitor):
     def _import_kind(self) -> str:
         if self._typing:
             return TYPING
-        if self._catches(_IMPORT_ERRORS):
+        if self._catches(_IMPORT_ERRORS) or self._fallback:
             return GUARDED
         if self._conditional:
             return CONDITIONAL
@@ -143,11 +116,17 @@ class _Scanner(ast.NodeVisitor):
 
     # --- structure --------------------------------------------------------------------
     def visit_Try(self, node: ast.Try) -> None:
-        self._frames.append(_caught(node.handlers))
+        self._frames.append(caught(node.handlers))
         for stmt in node.body:
             self.visit(stmt)
         self._frames.pop()
-        for stmt in [*node.handlers, *node.orelse, *node.finalbody]:
+        for handler in node.handlers:
+            # `except ImportError: import other_impl` names an alternative: optional too.
+            fallback = bool(caught([handler]) & (_IMPORT_ERRORS | _BROAD))
+            self._fallback += fallback
+            self.visit(handler)
+            self._fallback -= fallback
+        for stmt in [*node.orelse, *node.finalbody]:
             self.visit(stmt)
 
     visit_TryStar = visit_Try
@@ -184,7 +163,8 @@ class _Scanner(ast.NodeVisitor):
             self._typing -= 1
             self._visit_all(node.orelse)
             return
-        platform = any(p in test for p in _PLATFORM_TESTS)
+        platform = any(p in test for p in PLATFORM_TESTS) or any(
+            isinstance(n, ast.Name) and n.id in self.platform_flags for n in ast.walk(node.test))
         self._conditional += platform
         self._lazy += not platform
         self._visit_all(node.body)
@@ -197,7 +177,7 @@ class _Scanner(ast.NodeVisitor):
         for item in node.items:
             call = item.context_expr
             if isinstance(call, ast.Call) and ast.unparse(call.func).endswith("suppress"):
-                suppressed |= _exception_names(call.args)
+                suppressed |= exception_names(call.args)
         self._frames.append(frozenset(suppressed))
         self.generic_visit(node)
         self._frames.pop()
@@ -213,7 +193,9 @@ class _Scanner(ast.NodeVisitor):
         self._registered(node)
         self._depth += 1
         self._lazy += 1
+        self._scope.append(node.name)
         self.generic_visit(node)
+        self._scope.pop()
         self._lazy -= 1
         self._depth -= 1
 
@@ -223,7 +205,9 @@ class _Scanner(ast.NodeVisitor):
         self._define(node.name)
         self._registered(node)
         self._depth += 1
+        self._scope.append(node.name)
         self.generic_visit(node)
+        self._scope.pop()
         self._depth -= 1
 
     def visit_Name(self, node: ast.Name) -> None:
@@ -285,9 +269,10 @@ class _Scanner(ast.NodeVisitor):
         for module in modules:
             self.scan.modules_guarded.setdefault(module, line)
 
-    def _import(self, module: str, line: int) -> None:
+    def _import(self, module: str, line: int, kind: str | None = None) -> None:
         if module and not module.startswith("."):
-            self.scan.imports.append((module.split(".")[0], module, line, self._import_kind()))
+            self.scan.imports.append((module.split(".")[0], module, line,
+                                      kind or self._import_kind()))
 
     # --- calls: dynamic imports, programs, environment ------------------------------
     def visit_Call(self, node: ast.Call) -> None:
@@ -299,25 +284,74 @@ class _Scanner(ast.NodeVisitor):
         first = node.args[0] if node.args else None
         if name in ("importlib.import_module", "__import__") and literal(first):
             self._import(literal(first), node.lineno)
+        elif name in IMPORT_OR_SKIP and literal(first):
+            self._import(literal(first), node.lineno, GUARDED)
+        elif name == "shutil.which":
+            # A lookup is a probe: the code handles absence, and runs the program only
+            # after asking, so later runs of the same program in this file are handled.
+            self._probed.add(literal(first) or "")
         elif name in EXEC_PROGRAM or name in EXEC_SHELL:
             self._exec(name, node)
         elif name in ENV_READS and len(node.args) == 1 and not node.keywords and literal(first):
-            self._env_read(literal(first), node.lineno)
+            if self._testing or self._breaks_on_none(node):
+                self._env_read(literal(first), node.lineno)
         elif literal(first) and (name in ENV_SETS or (
                 isinstance(func, ast.Attribute) and func.attr == "setenv")):
             self.scan.env_sets.add(literal(first))
         elif name == "os.environ.update":
             self.scan.env_sets |= {k.arg for k in node.keywords if k.arg}
+        elif name in SYS_PATH_CHANGES or (isinstance(func, ast.Attribute)
+                                            and func.attr == "add_entry"):
+            # pkg_resources' working_set.add_entry() puts a folder on sys.path too.
+            self.scan.sys_path = True
+
+    def _breaks_on_none(self, node: ast.expr) -> bool:
+        """True when the value of ``node`` (a read that gives None when the variable is
+        unset) is used where None raises: an attribute, an index, arithmetic, or an
+        argument of a call that needs a string (``int(...)``, ``Path(...)``)."""
+        parent = self.parents.get(node)
+        if isinstance(parent, ast.Attribute | ast.Subscript):
+            return parent.value is node
+        if isinstance(parent, ast.BinOp):
+            return True
+        if isinstance(parent, ast.Call) and node in parent.args:
+            callee = self.qualname(parent.func) or getattr(parent.func, "id", "")
+            return callee in NONE_BREAKS
+        return False
+
+    def visit_Constant(self, node: ast.Constant) -> None:
+        # A module named in a string is loaded by name (settings, plugin lists): the
+        # distribution providing it is used although nothing imports it.
+        value = node.value
+        if not isinstance(value, str) or not MODULE_STRING.fullmatch(value):
+            return
+        if "." in value or isinstance(self.parents.get(node), ast.List | ast.Tuple | ast.Set):
+            self.scan.string_refs.add(value.split(".")[0])
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> None:
+        # `sys.path += [...]` changes the import path like sys.path.extend does.
+        self.generic_visit(node)
+        self._path_store(node.target)
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        self.generic_visit(node)
+        for target in node.targets:
+            self._path_store(target)
+
+    def _path_store(self, target: ast.expr) -> None:
+        """`sys.path = ...` and `sys.path[0:0] = ...` change where imports come from."""
+        if isinstance(target, ast.Subscript):
+            target = target.value
+        if self.qualname(target) == "sys.path":
+            self.scan.sys_path = True
 
     def _exec(self, name: str, node: ast.Call) -> None:
         program = program_of(name, node)
-        if program is None:
+        # A handled failure (try/except OSError) or a platform branch is not a need of
+        # this host; only a run that would raise here is recorded.
+        if program is None or self._catches(_OS_ERRORS) or self._conditional:
             return
-        if name == "shutil.which":
-            kind = WHICH
-        else:
-            kind = RUN_GUARDED if self._catches(_OS_ERRORS) else RUN
-        self.scan.execs.append((program, node.lineno, kind))
+        self.scan.execs.append((program, node.lineno, ".".join(self._scope)))
 
     def visit_Subscript(self, node: ast.Subscript) -> None:
         self.generic_visit(node)
@@ -330,17 +364,18 @@ class _Scanner(ast.NodeVisitor):
             self.scan.env_sets.add(key)
 
     def visit_Compare(self, node: ast.Compare) -> None:
-        # `"X" in os.environ` anywhere in the file: the code checks before it reads.
+        # `"X" in os.environ` (or in `env = os.environ`) anywhere in the file: the code
+        # checks before it reads.
         self.generic_visit(node)
         key = literal(node.left)
-        if key and any(isinstance(op, ast.In | ast.NotIn) for op in node.ops) and any(
-                self.qualname(c) == "os.environ" for c in node.comparators):
+        if key and any(isinstance(op, ast.In | ast.NotIn) for op in node.ops):
             self._env_checked.add(key)
 
     def _env_read(self, key: str, line: int) -> None:
         if self._testing:
             self._env_checked.add(key)  # `if os.environ.get("X"):` asks; it does not need
-        elif not self._catches(_KEY_ERRORS):
+        elif not self._catches(_KEY_ERRORS) and not self._conditional:
+            # A platform branch reads what that platform sets (macOS's __PYVENV_LAUNCHER__).
             self.scan.env_reads.append((key, line))
 
 
@@ -353,10 +388,12 @@ def scan_python(path: str, text: str, tool_packages: frozenset[str]) -> PyScan:
         warnings.simplefilter("ignore")
         tree = ast.parse(text, filename=path)
     module, is_package = module_of(path)
-    scanner = _Scanner(module, is_package, tool_packages, _aliases(tree))
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    scanner = _Scanner(module, is_package, tool_packages, aliases_of(tree), parents)
     scanner.visit(tree)
     scan = scanner.scan
     scan.env_reads = [(k, line) for k, line in scan.env_reads if k not in scanner._env_checked]
+    scan.execs = [e for e in scan.execs if e[0] not in scanner._probed]
     scan.modules_guarded = {m: line for m, line in scan.modules_guarded.items()
                             if m not in scan.modules_plain}
     return scan

@@ -1,4 +1,4 @@
-"""The five CapabilityDiscovery rules, judged from stored facts and the index.
+"""The CapabilityDiscovery rules, judged from stored facts and the index.
 
 Each function takes one file's facts, a read-only ``IndexView`` and the probed
 ``Environment`` and returns the Questions that file owns.  Subjects name the file
@@ -15,8 +15,14 @@ from typing import TYPE_CHECKING
 
 from kloros_tasks import names
 from kloros_tasks.detectors.base import FileFacts, IndexView
-from kloros_tasks.detectors.capability.facts import OPTIONAL_KINDS, PLAIN, RUN, TYPING
-from kloros_tasks.detectors.capability.paths import module_of, spelling
+from kloros_tasks.detectors.capability.facts import OPTIONAL_KINDS, PLAIN
+from kloros_tasks.detectors.capability.paths import is_test_path, module_of, spelling
+from kloros_tasks.detectors.capability.scope import (
+    adapts,
+    import_folders,
+    is_deployed_path,
+    is_provided,
+)
 from kloros_tasks.questions import Question
 
 if TYPE_CHECKING:
@@ -25,11 +31,7 @@ if TYPE_CHECKING:
 MAX_EVIDENCE = 10
 # Always importable, yet listed by neither pkgutil nor sys.stdlib_module_names.
 ALWAYS_IMPORTABLE = frozenset({"__main__", "__future__", "builtins"})
-# Modules that exist only in type stubs: importing them under TYPE_CHECKING is correct.
-STUB_ONLY = frozenset({"_typeshed"})
 STDLIB, TREE, ENV, MISSING = "stdlib", "tree", "env", "missing"
-
-
 def _question(rule: str, subject: str, path: str, **kw) -> Question:
     evidence = tuple(kw.pop("evidence", ()))
     if len(evidence) > MAX_EVIDENCE:
@@ -56,9 +58,17 @@ def evaluate_python(path: str, facts: FileFacts, view: IndexView,
     data = facts.data
     by_top = _grouped(data.get("imports", []))
     status = resolve_imports(path, {t for (t,) in by_top}, view, env)
+    if data.get("test") or not is_deployed_path(path):
+        # Tests, docs, examples and maintainers' scripts are not deployment: what they
+        # import, run or read is the developers' business, not the target host's.
+        return missing_capability(path, data.get("wants", []), view)
+    # A module that needs an optional name the target lacks (a declared extra, a name
+    # guarded elsewhere) is an optional integration: its other imports come with it.
+    integration = optional_integration(by_top, status, view)
     return [
-        *missing_module(path, by_top, status, bool(data.get("test")), _guarded_by(path, view)),
-        *undeclared_dependency(path, by_top, status, view, env),
+        *([] if integration else missing_module(path, by_top, status, view,
+                                                sys_path=bool(data.get("sys_path")))),
+        *([] if integration else undeclared_dependency(path, by_top, status, view, env)),
         *missing_capability(path, data.get("wants", []), view),
         *missing_executable(path, data.get("execs", []), env),
         *missing_env(path, data.get("env_reads", []), view, env),
@@ -69,17 +79,20 @@ def resolve_imports(path: str, tops: set[str], view: IndexView,
                     env: Environment) -> dict[str, str]:
     """Where each top-level name resolves: stdlib, the tree, the environment, or nowhere.
 
-    In the tree means a module or package at the root (or under ``src/``), or beside
-    the importing file (a script importing its sibling).
+    In the tree means a module or package at the root (or under ``src/``), or in the
+    importing file's folder or any folder above it: a script imports its siblings, and
+    a test runner puts its own folder on ``sys.path`` (Django's ``tests/`` imports
+    ``admin_views`` from ``tests/admin_views/``).
     """
-    folder = str(PurePosixPath(path).parent)
-    local = {t: (f"{folder}/{t}" if folder != "." else t) for t in tops}
-    present = _has(view, "node", set(tops) | set(local.values()))
+    folders = import_folders(path)
+    itself = str(PurePosixPath(path).with_suffix(""))  # `import sphinx` in .../sphinx.py
+    local = {t: {f"{folder}/{t}" for folder in folders} - {itself} for t in tops}
+    present = _has(view, "node", set(tops).union(*local.values()) if local else set())
     status = {}
     for top in tops:
         if is_stdlib(top, env):
             status[top] = STDLIB
-        elif top in present or local[top] in present:
+        elif top in present or local[top] & present:
             status[top] = TREE
         else:
             status[top] = ENV if env.importable(top) else MISSING
@@ -111,69 +124,101 @@ def _import_evidence(path: str, rows: list[list]) -> list[str]:
 
 
 def missing_module(path: str, by_top: dict[tuple, list[list]], status: dict[str, str],
-                   is_test: bool, guarded_by: list[str]) -> list[Question]:
-    """Absolute imports that resolve nowhere.  Optional ones (guarded, TYPE_CHECKING,
-    version/platform-conditional, or in a module the tree only imports under a guard)
-    are ``low``; lazy ones (in a function or behind a runtime test) are ``medium``."""
+                   view: IndexView, *, sys_path: bool) -> list[Question]:
+    """Module-level, unconditional imports that resolve nowhere: the module cannot even
+    be loaded.  ``high``.
+
+    Not asked (besides tests, docs, examples and scripts, see ``evaluate_python``): lazy
+    imports (in a function or behind a runtime test: the idiom
+    of optional features); optional imports (guarded, ``TYPE_CHECKING``, version or
+    platform conditional, ``pytest.importorskip``, an ``except ImportError`` fallback,
+    or in a module the tree only imports under a guard); a name the tree imports under
+    a guard anywhere (the project treats it as optional); imports of a file that
+    changes ``sys.path``; names a declaration of the tree provides, the project's
+    own included (the target environment lacks them: ``target_environment`` asks that
+    once); and any import of a module that needs such an optional name: it is an
+    optional integration (``celery/contrib/sphinx.py`` needs sphinx, and docutils)."""
+    # What the module needs (plain or lazy): a guarded-only import is optional anyway.
+    missing = {top: rows for (top,), rows in by_top.items() if status[top] == MISSING
+               and {kind for *_, kind in rows} - OPTIONAL_KINDS}
+    if sys_path or not any(PLAIN in {kind for *_, kind in rows} for rows in missing.values()):
+        return []
+    if _guarded_by(path, view):
+        return []
+    missing = {t: rows for t, rows in missing.items()
+               if PLAIN in {kind for *_, kind in rows} and not adapts(path, t)}
+    # One question per missing name, owned by the first module that needs it: a target
+    # without asgiref is one gap, not one per importer.
+    needers = view.who_many("needs", set(missing)) if missing else {}
     out = []
-    for (top,), rows in sorted(by_top.items()):
-        kinds = {kind for *_, kind in rows}
-        if status[top] != MISSING or (top in STUB_ONLY and kinds == {TYPING}):
+    for top, rows in sorted(missing.items()):
+        others = sorted(needers.get(top, frozenset()) - {path})
+        if others and others[0] < path:
             continue
-        evidence = _import_evidence(path, rows) + guarded_by
-        if kinds - OPTIONAL_KINDS and not guarded_by:
-            severity = "high" if PLAIN in kinds and not is_test else "medium"
-            out.append(_missing(path, top, evidence, severity))
-        else:
-            out.append(_optional(path, top, evidence))
+        evidence = _import_evidence(path, rows) + [f"{p} imports {top} too" for p in others]
+        out.append(_missing(path, top, evidence, len(others)))
     return out
 
 
-def _missing(path: str, top: str, evidence: list[str], severity: str) -> Question:
+def optional_integration(by_top: dict[tuple, list[list]], status: dict[str, str],
+                         view: IndexView) -> bool:
+    """True when the module needs (plainly or lazily) a name the target lacks that the
+    tree treats as optional: declared (in any group, or the project's own) or imported
+    under a guard somewhere (``celery/concurrency/eventlet.py`` needs eventlet, an
+    extra, and greenlet with it)."""
+    needed = {top for (top,), rows in by_top.items() if status[top] == MISSING
+              and {kind for *_, kind in rows} - OPTIONAL_KINDS}
+    return bool(needed and (_has(view, "declares_top", needed)
+                            or _has(view, "optional_tops", needed)))
+
+
+def needed_tops(path: str, imports: list[tuple[str, str, int, str]], sys_path: bool) -> set[str]:
+    """The names a deployed module cannot load without (see ``missing_module``): what
+    the ``needs`` relation holds, so the first needer of a name owns its question."""
+    if sys_path or is_test_path(path) or not is_deployed_path(path):
+        return set()
+    return {top for top, _, _, kind in imports if kind == PLAIN and not adapts(path, top)}
+
+
+def _missing(path: str, top: str, evidence: list[str], others: int) -> Question:
+    who = f"{path} and {others} other module{'s' if others > 1 else ''}" if others else path
     return _question(
         "missing_module", f"{path}:{top}", path, evidence=evidence,
         hypothesis=f"MISSING_MODULE: {top}",
-        question=(f"{path} imports {top}, which neither the tree nor the target "
-                  f"environment provides: should it be installed or the import removed?"),
-        severity=severity, confidence=0.9,
+        question=(f"{who} import{'' if others else 's'} {top}, which neither the tree nor the "
+                  f"target environment provides: should it be installed or the import removed?"),
+        severity="high", confidence=0.9,
         suggestion=f"Install the distribution that provides '{top}' into the target "
                    "environment (and declare it), or remove the import.",
         extra={"module": top})
 
 
-def _optional(path: str, top: str, evidence: list[str]) -> Question:
-    return _question(
-        "missing_module", f"{path}:{top}:optional", path, evidence=evidence,
-        hypothesis=f"OPTIONAL_CAPABILITY_UNAVAILABLE: {top}",
-        question=(f"{path} can use the optional module {top}, which the target "
-                  f"environment does not provide: should it be installed?"),
-        severity="low", confidence=0.7,
-        suggestion=f"Install '{top}' if the optional capability is wanted; "
-                   "otherwise nothing breaks.",
-        extra={"module": top})
-
-
 def undeclared_dependency(path: str, by_top: dict[tuple, list[list]], status: dict[str, str],
                           view: IndexView, env: Environment) -> list[Question]:
-    """Third-party imports that no declaration file of the tree provides."""
+    """Third-party imports, installed in the target, that no declaration file of the
+    tree provides; optional imports (guarded, conditional, ``TYPE_CHECKING``) are not
+    asked about."""
     third_party = {t: env.dists_of(t) for (t,) in by_top if status[t] == ENV and env.dists_of(t)}
     if not third_party or not view.who("depfile", "1"):
         return []  # a tree that declares nothing is not judged
-    declared = _has(view, "declares", set().union(*third_party.values()))
+    dists = set().union(*third_party.values())
+    # The project's own distribution, installed into the target, provides its own names.
+    declared = _has(view, "declares", dists) | _has(view, "own_dist", dists)
     out = []
     for top, dists in sorted(third_party.items()):
         if dists & declared:
             continue
         rows = by_top[(top,)]
+        if PLAIN not in {kind for *_, kind in rows} or adapts(path, top):
+            continue  # optional or lazy (the module loads without it), or its adapter
         dist = sorted(dists)[0]
-        optional = all(kind in OPTIONAL_KINDS for *_, kind in rows)
         out.append(_question(
             "undeclared_dependency", f"{path}:{top}", path,
             evidence=_import_evidence(path, rows),
             hypothesis=f"UNDECLARED_DEPENDENCY: {top} ({', '.join(sorted(dists))})",
             question=(f"{path} imports {top} from {dist}, which no pyproject.toml or "
                       f"requirements file declares: should {dist} be declared?"),
-            severity="low" if optional else "medium", confidence=0.8,
+            severity="medium", confidence=0.8,
             suggestion=f"Add '{dist}' to the project's dependencies (or an optional group).",
             extra={"module": top, "distributions": sorted(dists)}))
     return out
@@ -213,33 +258,38 @@ def missing_capability(path: str, wants: list[list], view: IndexView) -> list[Qu
 
 
 def missing_executable(path: str, execs: list[list], env: Environment) -> list[Question]:
-    """Programs run by literal name that are not on the target PATH."""
+    """Programs run by literal name, where a failure to start them raises, that are not
+    on the PATH judged (``env.path_label`` says whose).  Lookups (``shutil.which``),
+    runs inside ``try/except OSError`` and platform branches are not recorded at all."""
     out = []
     for (program,), rows in sorted(_grouped(execs).items()):
-        if program in env.executables:
+        # An adapter class or function named after the program (ranger's
+        # UeberzugImageDisplayer runs ueberzug) is chosen by configuration.
+        rows = [r for r in rows if not adapts(r[2].replace(".", "/"), program)]
+        if not rows or program in env.executables or adapts(path, program):
             continue
-        breaking = any(kind == RUN for _, _, kind in rows)
+        where = env.path_label or "the target PATH"
         out.append(_question(
-            "missing_executable", f"{path}:{program}" + ("" if breaking else ":optional"), path,
-            evidence=[f"{path}:{line} {'runs' if kind != 'which' else 'looks up'} {program}"
-                      for _, line, kind in rows],
+            "missing_executable", f"{path}:{program}", path,
+            evidence=[f"{path}:{line} runs {program}" for _, line, _ in rows],
             hypothesis=f"MISSING_EXECUTABLE: {program}",
-            question=(f"{path} runs {program}, which is not on the target PATH: should it be "
-                      f"installed or the call made optional?" if breaking else
-                      f"{path} can use {program}, which is not on the target PATH: should it "
-                      f"be installed?"),
-            severity="medium" if breaking else "low", confidence=0.85 if breaking else 0.6,
+            question=(f"{path} runs {program}, which is not on {where}: should it be "
+                      f"installed there or the call made optional?"),
+            severity="medium", confidence=0.85,
             suggestion=f"Install '{program}' on the hosts that run this code, or handle its "
                        "absence (shutil.which, FileNotFoundError).",
-            extra={"program": program}))
+            extra={"program": program, "judged_on": where}))
     return out
 
 
 def missing_env(path: str, reads: list[list], view: IndexView,
                 env: Environment) -> list[Question]:
-    """Variables read without a default that nothing sets or documents."""
+    """Variables read where their absence raises (``os.environ["X"]``, or a ``get``
+    whose None is used at once) that neither the service environment sets nor any
+    file of the tree sets or mentions (code, .env files, units, compose files, shell
+    scripts, documentation)."""
     by_name = _grouped(reads)
-    unknown = {k for (k,) in by_name if k not in env.env_vars}
+    unknown = {k for (k,) in by_name if k not in env.env_vars and not is_provided(k)}
     if not unknown:
         return []
     known = _has(view, "env_documented", unknown) | _has(view, "env_sets", unknown)
@@ -247,31 +297,71 @@ def missing_env(path: str, reads: list[list], view: IndexView,
         "missing_env", f"{path}:{name}", path,
         evidence=[f"{path}:{line} reads {name}" for _, line in by_name[(name,)]],
         hypothesis=f"MISSING_ENV: {name}",
-        question=(f"{path} reads {name} without a default, but the service environment does "
-                  f"not set it and no .env.example lists it: should it be set or documented?"),
+        question=(f"{path} needs the environment variable {name}, but the service "
+                  f"environment does not set it and nothing in the tree sets or documents "
+                  f"it: should it be set or documented?"),
         severity="low", confidence=0.6,
-        suggestion=f"Set {name} in the service environment, list it in .env.example, "
-                   "or give the read a default.",
+        suggestion=f"Set {name} in the service environment, list it in .env.example or "
+                   "the docs, or give the read a default.",
         extra={"variable": name}) for name in sorted(unknown - known)]
 
 
 def evaluate_declarations(path: str, facts: FileFacts, view: IndexView,
                           env: Environment) -> list[Question]:
-    """Declared runtime dependencies of one declaration file that nothing imports."""
-    declared = [d for d in facts.data.get("declared", []) if d[2]]
-    tops = {dist: env.tops_of(dist) for dist, _, _ in declared}
-    used = _has(view, "imports", set().union(*tops.values()) if tops else set())
+    """The declaration file's questions: runtime dependencies the target environment
+    lacks (one question), and installed runtime dependencies nothing uses."""
+    # Only what every install needs is judged: an extra often serves a dependency
+    # (celery's zeromq extra installs pyzmq for kombu's transport), not the tree.
+    required = [d[:3] for d in facts.data.get("declared", []) if d[3:4] == [True]]
+    return [*target_environment(path, required, env),
+            *unused_dependency(path, required, view, env)]
+
+
+def target_environment(path: str, declared: list[list], env: Environment) -> list[Question]:
+    """One question when the target lacks runtime dependencies the file declares: the
+    environment judged is not (or not fully) the one the tree runs in, and every import
+    of those distributions would otherwise be a missing module of its own."""
+    lacking = sorted(dist for dist, _, _ in declared if dist not in env.installed)
+    if not lacking or not env.stdlib:  # no stdlib: not a probed environment at all
+        return []
+    shown = ", ".join(lacking[:MAX_EVIDENCE]) + (" ..." if len(lacking) > MAX_EVIDENCE else "")
+    lines = {dist: line for dist, line, _ in declared}
+    return [_question(
+        "target_environment", f"{path}:environment", path,
+        evidence=[f"{path}:{lines[d]} declares {d}" for d in lacking],
+        hypothesis=f"TARGET_ENVIRONMENT_INCOMPLETE: {len(lacking)}/{len(declared)}",
+        question=(f"The target environment ({env.python or 'the worker interpreter'}) lacks "
+                  f"{len(lacking)} of the {len(declared)} runtime dependencies {path} declares "
+                  f"({shown}): is it the environment this tree runs in?"),
+        severity="medium" if 2 * len(lacking) > len(declared) else "low", confidence=0.8,
+        suggestion="Install the declared dependencies into the target environment, or point "
+                   "KLOROS_TARGET_PYTHON at the tree's own interpreter (a .venv/ in the "
+                   "root is used by default).",
+        extra={"missing": lacking})]
+
+
+def unused_dependency(path: str, declared: list[list], view: IndexView,
+                      env: Environment) -> list[Question]:
+    """Declared runtime dependencies, installed in the target, whose import names
+    nothing in the tree imports or names in a string (``INSTALLED_APPS``), and that
+    are not used without an import (plugins with entry points, data such as tzdata,
+    command-line tools)."""
+    judged = {dist: env.tops_of(dist) for dist, _, _ in declared
+              if dist in env.installed and dist not in env.unimported}
+    judged = {dist: tops for dist, tops in judged.items() if tops}
+    wanted = set().union(*judged.values()) if judged else set()
+    used = _has(view, "imports", wanted) | _has(view, "str_refs", wanted)
     out = []
     for dist, line, _ in sorted(declared):
-        if not tops[dist] or tops[dist] & used:
-            continue  # used, or installed without anything importable (a command-line tool)
+        if dist not in judged or judged[dist] & used:
+            continue
         out.append(_question(
             "undeclared_dependency", f"{path}:unused:{dist}", path,
             evidence=[f"{path}:{line} declares {dist}"],
             hypothesis=f"UNUSED_DEPENDENCY: {dist}",
             question=(f"{path} declares {dist}, but nothing in the tree imports "
-                      f"{', '.join(sorted(tops[dist]))}: is the dependency still needed?"),
-            severity="low", confidence=0.6 if dist in env.installed else 0.4,
+                      f"{', '.join(sorted(judged[dist]))}: is the dependency still needed?"),
+            severity="low", confidence=0.6,
             suggestion=f"Remove '{dist}' from {path}, or move it to a development group.",
             extra={"distribution": dist}))
     return out

@@ -20,8 +20,11 @@ class Environment:
     ``distributions`` maps an importable top-level name to the (PEP 503 normalised)
     distributions that provide it; ``installed`` holds every installed distribution;
     ``executables`` every executable basename on the target PATH; ``env_vars`` the
-    names (never the values) set in the service environment.  ``fingerprint``
-    changes when the interpreter, its site directories or PATH change.
+    names (never the values) set in the service environment.  ``unimported`` holds the
+    installed distributions used without being imported (plugins declared through entry
+    points, command-line tools, data such as tzdata).  ``path_label`` says whose PATH
+    ``executables`` came from ("the PATH of host web1").  ``fingerprint`` changes when
+    the interpreter, its site directories or PATH change.
     """
 
     modules: frozenset[str] = frozenset()
@@ -30,6 +33,8 @@ class Environment:
     installed: frozenset[str] = frozenset()
     executables: frozenset[str] = frozenset()
     env_vars: frozenset[str] = frozenset()
+    unimported: frozenset[str] = frozenset()
+    path_label: str = ""
     python: str = ""
     site_dirs: tuple[str, ...] = ()
     fingerprint: str = ""
@@ -40,7 +45,9 @@ class Environment:
         object.__setattr__(self, "distributions", dists)
         for name in ("modules", "stdlib", "executables", "env_vars"):
             object.__setattr__(self, name, frozenset(getattr(self, name)))
-        object.__setattr__(self, "installed", frozenset(deps.normalize(d) for d in self.installed))
+        for name in ("installed", "unimported"):
+            normal = frozenset(deps.normalize(d) for d in getattr(self, name))
+            object.__setattr__(self, name, normal)
         object.__setattr__(self, "site_dirs", tuple(self.site_dirs))
 
     def importable(self, top: str) -> bool:
@@ -76,6 +83,8 @@ class Environment:
             "installed": sorted(self.installed),
             "executables": sorted(self.executables),
             "env_vars": sorted(self.env_vars),
+            "unimported": sorted(self.unimported),
+            "path_label": self.path_label,
             "python": self.python,
             "site_dirs": list(self.site_dirs),
             "fingerprint": self.fingerprint,

@@ -20,6 +20,7 @@ from kloros_tasks.detectors.integration.methods import (
     ClassFacts,
     MethodWalker,
     is_container,
+    is_queue_type,
     mangle,
 )
 from kloros_tasks.detectors.integration.scope import (
@@ -29,6 +30,7 @@ from kloros_tasks.detectors.integration.scope import (
     target_names,
     top_statements,
 )
+from kloros_tasks.detectors.integration.topictext import class_constants
 
 SAFE_METACLASSES = frozenset({"abc.ABCMeta", "builtins.type"})
 _FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
@@ -48,13 +50,30 @@ def extract_classes(scope: ModuleScope,
 
 def _class(scope: ModuleScope, node: ast.ClassDef, prefix: str, enclosing: dict[str, str],
            out: list[ClassFacts], self_nodes: set[int]) -> None:
-    cf = ClassFacts(local=prefix + node.name, line=node.lineno)
+    cf = ClassFacts(local=prefix + node.name, line=node.lineno, consts=class_constants(node))
     out.append(cf)
     _bases(scope, node, enclosing, cf)
     nested = {n.name: f"{scope.module}.{cf.local}.{n.name}"
               for n in top_statements(node.body) if isinstance(n, ast.ClassDef)}
     for stmt in top_statements(node.body):
         _body_statement(scope, node, stmt, cf, nested, out, self_nodes)
+    cf.escapes |= _subclassed_at_run_time(node)
+
+
+def _subclassed_at_run_time(node: ast.ClassDef) -> bool:
+    """A method that builds a subclass of its own class with ``type(name, (cls,), ns)``
+    (Django's ``BaseManager.from_queryset``): the subclasses are not in the tree."""
+    own = {"cls", "self", node.name}
+    for item in node.body:
+        if not isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for call in ast.walk(item):
+            if (isinstance(call, ast.Call) and dotted_name(call.func) == "type"
+                    and len(call.args) == 3 and isinstance(call.args[1], ast.Tuple)
+                    and any((dotted_name(e) or "").partition(".")[0] in own
+                            for e in call.args[1].elts)):
+                return True
+    return False
 
 
 def _bases(scope: ModuleScope, node: ast.ClassDef, enclosing: dict[str, str],
@@ -99,6 +118,8 @@ def _body_statement(scope: ModuleScope, node: ast.ClassDef, stmt: ast.stmt, cf: 
                 define(name)
                 if is_container(stmt.value):
                     cf.creates.setdefault(mangle(node.name, name), stmt.lineno)
+                    if is_queue_type(stmt.value):
+                        cf.queues.add(mangle(node.name, name))
                 if name == "__slots__":
                     cf.defs.update(_slot_names(stmt.value))
         cf.stateful |= isinstance(stmt, ast.AnnAssign) and stmt.value is None  # a field

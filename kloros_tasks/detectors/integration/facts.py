@@ -12,12 +12,16 @@ from __future__ import annotations
 import ast
 from typing import Any
 
+from kloros_tasks.detectors import layout
 from kloros_tasks.detectors.base import FileFacts
 from kloros_tasks.detectors.integration.classes import extract_classes
 from kloros_tasks.detectors.integration.keys import (
     ATTR,
+    CATCH_ALL,
     DECLARED,
     DECLARED_PREFIX,
+    LIST_HEAD,
+    LIST_READ,
     NSDIR,
     PUBLISHED,
     PUBLISHED_DYN,
@@ -27,23 +31,33 @@ from kloros_tasks.detectors.integration.keys import (
     REL_SIG,
     STAR,
     SUB,
+    SUB_REF,
     SUBSCRIBED,
     SYM,
+    WRAPPER,
     WRITTEN,
     directories,
     dotted_prefixes,
     is_extension,
     module_names,
+    parent,
     sig_value,
     sub_ptrs,
     sym_ptrs,
     text_prefixes,
 )
-from kloros_tasks.detectors.integration.methods import FILL_METHODS, ClassFacts
+from kloros_tasks.detectors.integration.methods import FILL_METHODS, ClassFacts, mangle
 from kloros_tasks.detectors.integration.scope import ModuleScope, build_scope
-from kloros_tasks.detectors.integration.topics import Topics, declared_topics, extract_topics
+from kloros_tasks.detectors.integration.topics import Topics, extract_topics
+from kloros_tasks.detectors.integration.topictext import declared_topics, is_topic
+from kloros_tasks.detectors.integration.wrappers import (
+    is_sub_name,
+    redis_lists,
+    wrapper_calls,
+    wrapper_definitions,
+)
 
-FACTS_VERSION = 1
+FACTS_VERSION = 2
 EVIDENCE_LINES = 3  # line numbers kept per attribute/topic for evidence
 
 
@@ -106,23 +120,32 @@ def _facts(path: str, tree: ast.Module) -> FileFacts:
     nodes = list(ast.walk(tree))  # walked once, shared by every collector
     scope = build_scope(path, tree, nodes)
     classes, self_nodes = extract_classes(scope, nodes)
-    topics = extract_topics(nodes, scope.consts)
+    class_consts = {c.local: c.consts for c in classes if "." not in c.local and c.consts}
+    topics = extract_topics(scope, nodes, class_consts)
     out = Contributions()
     _module(scope, out)
     class_data = _classes(scope, classes, out)
     _imports(scope, out)
     _topics(topics, declared_topics(tree, topics.used_constants), out)
+    wrappers = wrapper_definitions(tree)
+    calls = wrapper_calls(nodes, scope.consts, set(wrappers))
+    _wrappers(wrappers, calls, out)
+    pushed = _redis_lists(nodes, scope, out)
     out.exist.update(NSDIR + d for d in directories(path))
     reads, writes = external_attributes(nodes, self_nodes)
     out.exist.update(ATTR + name for name in reads)
     out.exist.update(WRITTEN + name for name in writes)
     data = {
         "v": FACTS_VERSION,
+        "root": root_of(path),
         "mods": list(scope.names),
         "imports": [[list(i.parts), i.line] for i in scope.imports],
         "classes": class_data,
         "pubs": {t: lines[:EVIDENCE_LINES] for t, lines in sorted(topics.pubs.items())},
         "subs": {t: lines[:EVIDENCE_LINES] for t, lines in sorted(topics.subs.items())},
+        "prefs": {r: lines[:EVIDENCE_LINES] for r, lines in sorted(topics.pub_refs.items())},
+        "wcalls": {n: c[:20] for n, c in sorted(calls.items())},
+        "lpush": {k: lines[:EVIDENCE_LINES] for k, lines in sorted(pushed.items())},
     }
     return out.facts(data)
 
@@ -130,10 +153,18 @@ def _facts(path: str, tree: ast.Module) -> FileFacts:
 def _extension(path: str) -> FileFacts:
     out = Contributions()
     for module in module_names(path):
-        out.add(SYM + module, {"k": "mod", "dyn": True, "stars": []})
+        out.add(SYM + module, {"k": "mod", "dyn": True, "stars": [], "r": root_of(path)})
     out.exist.update(NSDIR + d for d in directories(path))
-    empty = {"imports": [], "classes": {}, "pubs": {}, "subs": {}}
-    return out.facts({"v": FACTS_VERSION, "mods": list(module_names(path)), **empty})
+    empty = {"imports": [], "classes": {}, "pubs": {}, "subs": {}, "prefs": {}, "wcalls": {},
+             "lpush": {}}
+    return out.facts({"v": FACTS_VERSION, "root": root_of(path), "mods": list(module_names(path)),
+                      **empty})
+
+
+def root_of(path: str) -> str:
+    """The import root a module is named from (``""`` for the tree's root, also when
+    the root is itself a package)."""
+    return layout.import_root(path) or ""
 
 
 def opaque_facts(path: str) -> FileFacts:
@@ -145,13 +176,19 @@ def opaque_facts(path: str) -> FileFacts:
 def _module(scope: ModuleScope, out: Contributions) -> None:
     stars = sorted(set(scope.stars))
     for module in scope.names:
-        out.add(SYM + module, {"k": "mod", "dyn": scope.dynamic, "stars": stars})
+        out.add(SYM + module, {"k": "mod", "dyn": scope.dynamic, "stars": stars,
+                               "r": root_of(scope.path)})
         for name in scope.bindings:
             kind, target = scope.binding(name)
             if kind == "class":
                 continue  # contributed with its class summary
             if kind in ("alias", "module"):
                 out.add(f"{SYM}{module}.{name}", {"k": "alias", "t": target}, sym_ptrs(target))
+            elif is_topic(scope.consts.get(name) or " "):
+                # A string constant: another module may give it as a topic.
+                value = scope.consts[name] or ""
+                out.add(f"{SYM}{module}.{name}", {"k": "other", "v": value},
+                        constant_ptrs(f"{module}.{name}", value))
             else:
                 out.add(f"{SYM}{module}.{name}", {"k": "other"})
     for star in stars:
@@ -176,7 +213,8 @@ def _classes(scope: ModuleScope, classes: list[ClassFacts],
         base_ptrs = [k for b in bases for k in sym_ptrs(b)]
         summary = _summary(cf, qns)
         for qn in qns:
-            out.add(SYM + qn, summary, base_ptrs)
+            const_ptrs = [k for n, v in cf.consts.items() for k in constant_ptrs(f"{qn}.{n}", v)]
+            out.add(SYM + qn, summary, base_ptrs + const_ptrs)
             out.reads.add(SYM + qn)
             out.reads.update(sub_ptrs(qn))
         own = [SYM + q for q in qns] + [k for q in qns for k in sub_ptrs(q)]
@@ -191,8 +229,15 @@ def _classes(scope: ModuleScope, classes: list[ClassFacts],
             "guarded": sorted(cf.guarded),
             "fills": {k: v[:EVIDENCE_LINES] for k, v in sorted(cf.fills.items())},
             "creates": dict(sorted(cf.creates.items())),
+            "queues": sorted(cf.queues),
         }
     return data
+
+
+def constant_ptrs(qualified: str, value: str) -> list[str]:
+    """What a publication through the constant ``qualified`` (value ``value``) is
+    judged by: subscriptions to its non-empty prefixes, and to the constant itself."""
+    return [SUBSCRIBED + p for p in text_prefixes(value)[1:]] + [SUB_REF + qualified]
 
 
 def _summary(cf: ClassFacts, qns: list[str]) -> dict[str, Any]:
@@ -202,7 +247,7 @@ def _summary(cf: ClassFacts, qns: list[str]) -> dict[str, Any]:
         "ga": cf.getattr_hook, "sd": cf.setdyn, "ra": cf.readall,
         "defs": sorted(cf.defs), "reads": sorted(cf.reads),
         "fills": sorted(cf.fills), "creates": sorted(cf.creates), "sup": sorted(cf.supers),
-        "st": cf.stateful, "esc": cf.escapes,
+        "st": cf.stateful, "esc": cf.escapes, "kv": dict(sorted(cf.consts.items())),
     }
 
 
@@ -215,11 +260,14 @@ def _imports(scope: ModuleScope, out: Contributions) -> None:
 
 def _topics(topics: Topics, declared: set[str], out: Contributions) -> None:
     for topic in topics.pubs:
-        out.reads.update(SUBSCRIBED + p for p in text_prefixes(topic))
-        out.reads.update(DECLARED + p for p in text_prefixes(topic))
+        _reads_as_publication(topic, out)
+    for ref in topics.pub_refs:
+        out.reads.update([*sym_ptrs(ref), *sym_ptrs(parent(ref)), SUB_REF + ref, CATCH_ALL])
+    out.exist.update(SUB_REF + ref for ref in topics.sub_refs)
+    if topics.catch_all or "" in topics.subs:
+        out.add(CATCH_ALL, {"all": True})
     for topic in topics.subs:
-        out.reads.update((PUBLISHED + topic, DECLARED_PREFIX + topic))
-        out.reads.update(PUBLISHED_DYN + p for p in text_prefixes(topic))
+        _reads_as_subscription(topic, out)
     out.exist.update(DECLARED + t for t in declared)
     out.exist.update(DECLARED_PREFIX + p for t in declared for p in text_prefixes(t))
     out.exist.update(SUBSCRIBED + t for t in [*topics.subs, *topics.sub_heads])
@@ -228,14 +276,57 @@ def _topics(topics: Topics, declared: set[str], out: Contributions) -> None:
     out.exist.update(PUBLISHED_DYN + h for h in topics.pub_heads)
 
 
+def _reads_as_publication(topic: str, out: Contributions) -> None:
+    out.reads.update(SUBSCRIBED + p for p in text_prefixes(topic))
+    out.reads.update(DECLARED + p for p in text_prefixes(topic))
+    out.reads.add(CATCH_ALL)
+
+
+def _reads_as_subscription(topic: str, out: Contributions) -> None:
+    out.reads.update((PUBLISHED + topic, DECLARED_PREFIX + topic))
+    out.reads.update(PUBLISHED_DYN + p for p in text_prefixes(topic))
+
+
+def _wrappers(wrappers: dict[str, list[dict[str, Any]]],
+              calls: dict[str, list[list[Any]]], out: Contributions) -> None:
+    """A wrapper's definition, and its possible call sites: each literal covers the
+    other side at once (as a publication, or as a subscription when the callee's name
+    says so) and is judged once the index shows the callee is a wrapper."""
+    for name, entries in wrappers.items():
+        out.add(WRAPPER + name, {"w": entries})
+    for name, found in calls.items():
+        out.reads.add(WRAPPER + name)
+        for _, _, topic, _, _ in found[:20]:
+            _reads_as_publication(topic, out)
+            _reads_as_subscription(topic, out)
+            if is_sub_name(name):
+                out.exist.add(SUBSCRIBED + topic)
+            else:
+                out.exist.update(PUBLISHED + p for p in text_prefixes(topic))
+
+
+def _redis_lists(nodes: list[ast.AST], scope: ModuleScope,
+                 out: Contributions) -> dict[str, list[int]]:
+    pushed, read, heads = redis_lists(nodes, scope.consts)
+    for key in pushed:
+        out.reads.update(LIST_HEAD + p for p in text_prefixes(key)[1:])
+        out.reads.update((LIST_READ + key, DECLARED + key))
+    out.exist.update(LIST_READ + k for k in read)
+    out.exist.update(LIST_HEAD + h for h in heads)
+    return pushed
+
+
 def external_attributes(nodes: list[ast.AST],
                         self_nodes: set[int]) -> tuple[set[str], set[str]]:
     """Attribute names read and written on objects other than ``self``: ``obj.X``
     and ``getattr(obj, "X")`` (except as the receiver of a fill, ``obj.X.append``),
-    ``obj.X = ...`` and ``setattr(obj, "X", ...)``."""
+    ``obj.X = ...`` and ``setattr(obj, "X", ...)``.  Inside a class, ``obj.__x`` is
+    mangled as the compiler does (``Socket.__h = ...`` in ``Server`` writes
+    ``_Server__h``, which ``self.__h`` in ``Server`` reads)."""
     fill_receivers: set[int] = set()
     reads: set[str] = set()
     writes: set[str] = set()
+    owner = _enclosing_classes(nodes)
     for node in nodes:
         if isinstance(node, ast.Call):
             func = node.func
@@ -247,8 +338,21 @@ def external_attributes(nodes: list[ast.AST],
                 (reads if func.id == "getattr" else writes).add(node.args[1].value)
     for node in nodes:
         if isinstance(node, ast.Attribute) and id(node) not in self_nodes:
+            name = mangle(owner[id(node)], node.attr) if id(node) in owner else node.attr
             if isinstance(node.ctx, ast.Store):
-                writes.add(node.attr)
+                writes.add(name)
             elif isinstance(node.ctx, ast.Load) and id(node) not in fill_receivers:
-                reads.add(node.attr)
+                reads.add(name)
     return reads, writes
+
+
+def _enclosing_classes(nodes: list[ast.AST]) -> dict[int, str]:
+    """Innermost enclosing class name of every private attribute node (``obj.__x``).
+    ``nodes`` come breadth first, outer classes before inner ones, which overwrite."""
+    out: dict[int, str] = {}
+    for node in nodes:
+        if isinstance(node, ast.ClassDef):
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.Attribute) and inner.attr.startswith("__"):
+                    out[id(inner)] = node.name
+    return out

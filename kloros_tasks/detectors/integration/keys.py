@@ -15,9 +15,17 @@ kind prefix and a name:
 ``n:<dotted dir>``      a directory of the tree (namespace packages; existence only).
 ``su:/pp:/pd:<text>``   subscription prefixes, prefixes of published topics, and
                         literal prefixes of dynamically built topics (existence only).
-``kc:/kp:<text>``       a topic-shaped string held in a module-level constant, and
-                        its prefixes: a channel name kept in a constants module may be
-                        published or subscribed elsewhere through that name.
+``kc:/kp:<text>``       a topic-shaped string held in a module-level or class-body
+                        constant, and its prefixes: a channel name kept in a constants
+                        module may be published or subscribed elsewhere through that name.
+``sr:<qualified name>`` a subscription given as a constant of another module
+                        (``sub.subscribe(Topics.X)``; existence only).
+``ca:``                 files holding a catch-all subscription (content: listed in the
+                        evidence of publications nobody else consumes).
+``wr:<name>``           a function, method or class named so passes a parameter through
+                        as the topic of a publish or subscribe call (content: which).
+``lr:/lh:<key>``        a Redis list key read (``brpop("jobs")``), and literal heads of
+                        keys built at run time (existence only).
 
 The index inverts four relations per file: ``def`` (keys it contributes), ``sig``
 (``key#digest`` of each contribution that carries content, so a changed
@@ -37,10 +45,12 @@ from kloros_tasks.detectors.base import SIGNATURE
 SYM, SUB, STAR, ATTR, WRITTEN, NSDIR = "s:", "x:", "t:", "a:", "w:", "n:"
 SUBSCRIBED, PUBLISHED, PUBLISHED_DYN = "su:", "pp:", "pd:"
 DECLARED, DECLARED_PREFIX = "kc:", "kp:"
+SUB_REF, LIST_READ, LIST_HEAD = "sr:", "lr:", "lh:"
+CATCH_ALL, WRAPPER = "ca:", "wr:"
 
 # Keys whose readers only ask "does anyone contribute this?"; they carry no content.
 EXISTENCE_KINDS = (ATTR, WRITTEN, NSDIR, SUBSCRIBED, PUBLISHED, PUBLISHED_DYN, DECLARED,
-                   DECLARED_PREFIX)
+                   DECLARED_PREFIX, SUB_REF, LIST_READ, LIST_HEAD)
 
 REL_DEF, REL_SIG, REL_PTR, REL_READ = "def", SIGNATURE, "ptr", "read"
 

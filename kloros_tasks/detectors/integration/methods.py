@@ -24,6 +24,10 @@ CONTAINER_CALLS = frozenset({
     "list", "dict", "deque", "Queue", "SimpleQueue", "LifoQueue", "PriorityQueue",
     "JoinableQueue", "defaultdict", "OrderedDict",
 })
+# Container types that are queues whatever their name; any other container is a queue
+# only when its name says so (see rules.QUEUE_NAME).
+QUEUE_CALLS = frozenset({"deque", "Queue", "SimpleQueue", "LifoQueue", "PriorityQueue",
+                         "JoinableQueue"})
 ATTRIBUTE_ERRORS = frozenset({"AttributeError", "Exception", "BaseException"})
 CONSTRUCTORS = frozenset({"__init__", "__new__", "__post_init__", "__setstate__"})
 
@@ -43,6 +47,8 @@ class ClassFacts:
     reads: set[str] = field(default_factory=set)
     fills: dict[str, list[int]] = field(default_factory=dict)
     creates: dict[str, int] = field(default_factory=dict)
+    queues: set[str] = field(default_factory=set)  # created as a queue type
+    consts: dict[str, str] = field(default_factory=dict)  # topic-shaped class constants
     uses: dict[str, list[int]] = field(default_factory=dict)
     guarded: set[str] = field(default_factory=set)
     supers: set[str] = field(default_factory=set)  # m of every super().m(...) call
@@ -55,6 +61,12 @@ def mangle(class_name: str, attr: str) -> str:
     if attr.startswith("__") and not attr.endswith("__") and class_name.lstrip("_"):
         return f"_{class_name.lstrip('_')}{attr}"
     return attr
+
+
+def is_queue_type(expr: ast.expr | None) -> bool:
+    """``deque()``, ``queue.Queue()``, ``asyncio.Queue()``, ``multiprocessing.Queue()``..."""
+    return isinstance(expr, ast.Call) and \
+        (dotted_name(expr.func) or "").rpartition(".")[2] in QUEUE_CALLS
 
 
 def is_container(expr: ast.expr | None) -> bool:
@@ -169,6 +181,8 @@ class MethodWalker(ast.NodeVisitor):
         name = self._attr(target)
         if name is not None and is_container(value):
             self.cf.creates.setdefault(name, line)
+            if is_queue_type(value):
+                self.cf.queues.add(name)
         if isinstance(target, ast.Name) and self._is_fresh_instance(value):
             self.fresh.add(target.id)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import builtins
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kloros_tasks.detectors.base import FileFacts, IndexView
@@ -26,6 +26,7 @@ from kloros_tasks.detectors.integration.keys import (
     parent,
 )
 
+TEST_PACKAGES = frozenset({"test", "tests"})
 MAX_HOPS = 32  # alias and star chains longer than this are treated as unknown
 # Names every module has without binding them.
 MODULE_DUNDERS = frozenset({
@@ -70,6 +71,11 @@ class Lineage:
     nodes: list[ClassNode]
     builtin_attrs: set[str]
     unknown: str | None
+    # Set when every ancestor that could not be followed is simply outside the tree
+    # (``threading.Thread``): the class's own code can still be judged for what it
+    # alone decides, such as draining a queue it created.
+    external: list[str] = field(default_factory=list)
+    opaque: str | None = None
 
     @property
     def stateful(self) -> bool:
@@ -223,20 +229,29 @@ class Resolver:
             parents[current.key] = []
             for reason in current.summary["op"]:
                 result.unknown = result.unknown or f"{current.qn}: {reason}"
+                result.opaque = result.opaque or result.unknown
             for base in current.summary["bases"]:
                 found = self.resolve(base) if base is not None else "computed base"
                 if isinstance(found, str):
                     result.unknown = result.unknown or f"{base}: {found}"
+                    if found == "outside the tree":
+                        result.external.append(base)
+                    else:
+                        result.opaque = result.opaque or f"{base}: {found}"
                     continue
                 parents[current.key].append(found)
                 if base == "builtins.type":
                     result.unknown = result.unknown or f"{current.qn}: a metaclass"
+                    result.opaque = result.opaque or result.unknown
                 if isinstance(found, set):
                     result.builtin_attrs |= found
                 elif found.key not in parents and found not in queue:
                     result.nodes.append(found)
                     queue.append(found)
-        result.unknown = result.unknown or _cooperative_mixin(result.nodes, parents)
+        if not result.external:  # an outside base answers super() calls we cannot see
+            mixin = _cooperative_mixin(result.nodes, parents)
+            result.unknown = result.unknown or mixin
+            result.opaque = result.opaque or mixin
         self._lineage[node.key] = result
         return result
 
@@ -265,16 +280,51 @@ class Resolver:
         found.pop(node.key, None)
         return [found[k] for k in sorted(found)]
 
+    def constant(self, ref: str, hops: int = 0) -> tuple[str, str] | None:
+        """(value, qualified name) of the string constant ``ref`` names: a module's
+        constant or a class's (Enum members included), through aliases; None when it
+        is not one (or not in the tree)."""
+        if hops > MAX_HOPS:
+            return None
+        found = self.contributions(SYM + ref)
+        if len(found) == 1:
+            content = found[0][1]
+            if content.get("k") == "alias":
+                return self.constant(content["t"], hops + 1)
+            return (content["v"], ref) if "v" in content else None
+        if found or "." not in ref:
+            return None
+        owner = self.resolve(parent(ref))
+        if not isinstance(owner, ClassNode):
+            return None
+        value = owner.summary.get("kv", {}).get(last(ref))
+        return (value, f"{owner.qn}.{last(ref)}") if value else None
+
     # --- imports -----------------------------------------------------------------------
-    def broken_import(self, parts: list[str]) -> tuple[str, str] | None:
-        """(module, missing name) when importing ``parts`` must fail, else None.
+    def broken_import(self, parts: list[str], root: str = "",
+                      own: str = "") -> tuple[str, str] | None:
+        """(module, missing name) when importing ``parts`` from a file named from the
+        import root ``root`` must fail, else None.
 
         Only judged from the first in-tree package down: a module that is
         in the tree (file or namespace directory) must contain the next part as a
         submodule or a name (bound, re-exported, star-imported, or possibly served
-        by a module ``__getattr__``).
+        by a module ``__getattr__``).  A top-level module counts as the one imported
+        only when it is named from the tree's root, a ``src/`` root, or the importer's
+        own root: ``tests/data/cases/collections.py`` or ``examples/pydantic/`` is not
+        what ``src/black/trans.py`` or ``t/integration/tasks.py`` imports.  A missing
+        name that is a test package (``idle_test``, ``tests``) is most likely left
+        out of the watch, not missing.  A package outside those roots importing its
+        own top-level name (celery's ``examples/pydantic/tasks.py`` imports
+        ``pydantic``) is run from inside its directory, where that name is the
+        distribution it demonstrates.
         """
-        if not (self.modules(parts[0]) or self.exists(NSDIR + parts[0])):
+        top = self.modules(parts[0])
+        if not (top or self.exists(NSDIR + parts[0])):
+            return None
+        if top and not any(m.get("r", "") in ("", "src", root) for m in top):
+            return None
+        if root not in ("", "src") and parts[0] == own.partition(".")[0]:
             return None
         current = parts[0]
         for name in parts[1:]:
@@ -288,6 +338,8 @@ class Resolver:
                 return None  # a namespace package may be completed elsewhere
             if self.provides(current, name, set()):
                 return None  # a name, not a module: nothing further to check
+            if name in TEST_PACKAGES or name.startswith("test_") or name.endswith("_test"):
+                return None
             return (current, name)
         return None
 

@@ -12,31 +12,29 @@ question keeps its id while the code around it moves.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from kloros_tasks import names
 from kloros_tasks.detectors.base import FileFacts
-from kloros_tasks.detectors.integration.keys import (
-    ATTR,
-    DECLARED,
-    DECLARED_PREFIX,
-    PUBLISHED,
-    PUBLISHED_DYN,
-    REL_READ,
-    SUBSCRIBED,
-    SYM,
-    WRITTEN,
-    text_prefixes,
+from kloros_tasks.detectors.integration.channels import (
+    ORPHANED_CHANNEL,
+    ORPHANED_QUEUE,
+    is_test_or_example,
+    orphaned_channels,
+    orphaned_lists,
 )
+from kloros_tasks.detectors.integration.keys import ATTR, REL_READ, SYM, WRITTEN
 from kloros_tasks.detectors.integration.resolve import ClassNode, Resolver
 from kloros_tasks.questions import Question
 
 DETECTOR = names.INTEGRATION
 BROKEN_IMPORT = "broken_import"
 MISSING_WIRING = "missing_wiring"
-ORPHANED_QUEUE = "orphaned_queue"
-ORPHANED_CHANNEL = "orphaned_channel"
 RULES = (BROKEN_IMPORT, MISSING_WIRING, ORPHANED_QUEUE, ORPHANED_CHANNEL)
+# A container that is not a queue type is a queue only when its name says so.
+QUEUE_NAME = re.compile(r"(?i)queue|(^|_)q$|inbox|outbox|mailbox|backlog|pending")
+TEST_CODE = "In test or example code (it may be incomplete on purpose): "
 
 
 def evaluate_file(path: str, facts: FileFacts, resolver: Resolver) -> list[Question]:
@@ -49,12 +47,27 @@ def evaluate_file(path: str, facts: FileFacts, resolver: Resolver) -> list[Quest
             node = ClassNode(path, summary)
             questions += missing_wiring(node, own, resolver)
             questions += orphaned_queues(node, own, resolver)
-    questions += orphaned_channels(path, facts, resolver)
+
+    def make(rule: str, subject: str, hypothesis: str, text: str, evidence: list[str],
+             severity: str, confidence: float, suggestion: str,
+             extra: dict[str, Any]) -> Question:
+        return _question(rule, subject, path, hypothesis, text, evidence, severity=severity,
+                         confidence=confidence, suggestion=suggestion, extra=extra)
+
+    questions += orphaned_channels(path, facts, resolver, make)
+    questions += orphaned_lists(path, facts, resolver, make)
     return sorted(questions, key=lambda q: q.id)
 
 
 def _question(rule: str, subject: str, owner: str, hypothesis: str, text: str,
               evidence: list[str], **kwargs: Any) -> Question:
+    """A question; in test or example code it says so and is asked at low severity,
+    since fixtures and examples are often incomplete or broken on purpose."""
+    if is_test_or_example(owner):
+        text = TEST_CODE + text
+        kwargs["severity"] = "low"
+        kwargs["confidence"] = round(kwargs.get("confidence", 0.5) / 2, 2)
+        kwargs["extra"] = {**kwargs.get("extra", {}), "test_code": True}
     return Question(detector=DETECTOR, rule=rule, subject=subject, owner=owner,
                     hypothesis=hypothesis, question=text, evidence=tuple(evidence), **kwargs)
 
@@ -63,7 +76,8 @@ def _question(rule: str, subject: str, owner: str, hypothesis: str, text: str,
 def broken_imports(path: str, facts: FileFacts, resolver: Resolver) -> list[Question]:
     failures: dict[tuple[str, str], list[int]] = {}
     for parts, line in facts.data.get("imports", []):
-        broken = resolver.broken_import(parts)
+        own = (facts.data.get("mods") or [""])[0]
+        broken = resolver.broken_import(parts, facts.data.get("root", ""), own)
         if broken is not None:
             failures.setdefault(broken, []).append(line)
     out = []
@@ -127,7 +141,9 @@ def _not_given_by_subclasses(node: ClassNode, missing: list[str],
 
 # --- orphaned_queue ------------------------------------------------------------------------
 def orphaned_queues(node: ClassNode, own: dict[str, Any], resolver: Resolver) -> list[Question]:
-    created = [a for a in own["creates"] if a in node.summary["fills"]]
+    queues = set(own.get("queues", []))
+    created = [a for a in own["creates"] if a in node.summary["fills"]
+               and (a in queues or QUEUE_NAME.search(a))]
     if not created:
         return []
     lineage = resolver.lineage(node)
@@ -156,7 +172,7 @@ def _family(node: ClassNode, resolver: Resolver) -> list[ClassNode] | None:
         return None
     for cls in [node, *resolver.descendants(node)]:
         lineage = resolver.lineage(cls)
-        if lineage.unknown:
+        if lineage.opaque:  # a base outside the tree is judged by the class's own code
             return None
         for member in lineage.nodes:
             members.setdefault(member.key, member)
@@ -179,36 +195,3 @@ def _queue_question(node: ClassNode, own: dict[str, Any], attr: str,
         suggestion=f"Consume self.{attr} (pop/get/iterate) or stop filling it.",
         extra={"class": node.qn, "attribute": attr},
     )
-
-
-# --- orphaned_channel ------------------------------------------------------------------------
-def orphaned_channels(path: str, facts: FileFacts, resolver: Resolver) -> list[Question]:
-    out = []
-    for topic, lines in sorted(facts.data.get("pubs", {}).items()):
-        if not any(resolver.exists(SUBSCRIBED + p) or resolver.exists(DECLARED + p)
-                   for p in text_prefixes(topic)):
-            out.append(_question(
-                ORPHANED_CHANNEL, f"{path}|publish|{topic}", path,
-                f"ORPHANED_CHANNEL: publish {topic!r}",
-                f"{path} publishes {topic!r} but nothing in the tree subscribes to it "
-                "(or to a prefix of it); is a consumer missing?",
-                [f"{path}:{line} publishes {topic!r}" for line in lines],
-                severity="medium", confidence=0.6,
-                suggestion=f"Subscribe to {topic!r} where it is handled, or stop publishing it.",
-                extra={"topic": topic, "direction": "publish"},
-            ))
-    for topic, lines in sorted(facts.data.get("subs", {}).items()):
-        published = (resolver.exists(PUBLISHED + topic) or resolver.exists(DECLARED_PREFIX + topic)
-                     or any(resolver.exists(PUBLISHED_DYN + p) for p in text_prefixes(topic)))
-        if not published:
-            out.append(_question(
-                ORPHANED_CHANNEL, f"{path}|subscribe|{topic}", path,
-                f"ORPHANED_CHANNEL: subscribe {topic!r}",
-                f"{path} subscribes to {topic!r} but nothing in the tree publishes a topic "
-                "starting with it; is a producer missing?",
-                [f"{path}:{line} subscribes to {topic!r}" for line in lines],
-                severity="medium", confidence=0.6,
-                suggestion=f"Publish {topic!r} where it is produced, or drop the subscription.",
-                extra={"topic": topic, "direction": "subscribe"},
-            ))
-    return out

@@ -40,6 +40,8 @@ NOT_LIBRARY_DIRS = frozenset({"examples", "example", "samples", "demo", "demos",
                               "docs", "doc", "benchmarks", "bench", "extra", "extras"})
 _EXAMPLE_DEFINITION = re.compile(r"^\s*(?:>>>\s*|\.\.\.\s*)?(?:async\s+)?(?:def|class)\s+"
                                  r"([A-Za-z_]\w*)")
+# The left side of a mapping (``old`` -> ``new``): the old name is named on purpose.
+_ARROW_AFTER = re.compile(r"^[\s)\]}*]*(?:->|=>|\u2192|\u21d2)")
 # A sentence that says the name is gone mentions it on purpose.
 _SAYS_GONE = re.compile(r"\b(?:no\s+longer|removed|renamed|was\s+moved|were\s+moved|"
                         r"used\s+to|formerly|previously)\b", re.I)
@@ -159,3 +161,21 @@ def importable_names(path: str) -> list[str]:
         return []
     return [m for m in names if all(
         p.isidentifier() and not keyword.iskeyword(p) for p in m.split("."))]
+
+
+def is_old_name(lines: list[str], number: int, column: int) -> bool:
+    """The code span at ``lines[number - 1][column:]`` is what a migration table maps
+    from: the left side of ``old -> new`` on its line, or a list item holding only the
+    span whose sub-items map ``.attr -> new`` (celery's "Aliases" pages)."""
+    line = lines[number - 1] if 0 < number <= len(lines) else ""
+    span = re.match(r"(`+)(.*?)\1", line[column:])
+    if span is None:
+        return False
+    if _ARROW_AFTER.match(line[column + span.end():]):
+        return True
+    if line[:column].strip() not in ("*", "-") or line[column + span.end():].strip():
+        return False
+    below = next((b for b in lines[number:] if b.strip()), "")
+    indent = len(line) - len(line.lstrip())
+    return len(below) - len(below.lstrip()) > indent and bool(
+        re.search(r"(?:->|=>|\u2192|\u21d2)", below))

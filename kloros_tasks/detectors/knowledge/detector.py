@@ -3,7 +3,9 @@
 Rules (see docs/detectors.md for the full statement of each):
 
 ``missing_docstrings``
-    a Python module with more public definitions lacking a docstring than the threshold;
+    in a tree that declares a docstring policy (ruff ``D``, pydocstyle,
+    flake8-docstrings, interrogate: see ``policy``), a Python module with more public
+    definitions the policy covers lacking a docstring than the threshold;
 ``unindexed_doc``
     a document that no other document links to, includes or lists in a toctree;
 ``stale_doc``
@@ -26,8 +28,9 @@ refs       what a document names: "path:<relpath>" candidates, and every prefix
            of each dotted name ("a", "a.b", "a.b.C")
 =========  ===================================================================
 
-so ``affected`` needs only exact look-ups: a changed ``links`` value re-evaluates
-that document when it gained its first or lost its last inbound link, a changed
+(plus, from ``docstrings``: ``undoc``, ``py_under`` and the ``docpolicy`` relations of
+configuration files), so ``affected`` needs only exact look-ups: a changed ``links``
+value re-evaluates that document when it gained its first or lost its last inbound link, a changed
 ``defines``/``opaque``/``open`` value the documents whose ``refs`` hold it when what
 the rules read of that name changed (a module joining a package leaves the package
 defined: its documents keep their answers).
@@ -40,20 +43,12 @@ import sys
 from fnmatch import fnmatchcase
 
 from kloros_tasks import names
-from kloros_tasks.detectors._pyast import (
-    Definitions,
-    assigned_module_attributes,
-    is_test_path,
-    parse,
-    undocumented,
-)
+from kloros_tasks.detectors._pyast import is_test_path
 from kloros_tasks.detectors.base import FileFacts, IndexView, Touched
 from kloros_tasks.detectors.knowledge import docrefs as _docrefs
-from kloros_tasks.detectors.knowledge.context import (
-    importable_names,
-    is_generated,
-    sphinx_suffixes,
-)
+from kloros_tasks.detectors.knowledge import docstrings as _docstrings
+from kloros_tasks.detectors.knowledge import policy as _policy
+from kloros_tasks.detectors.knowledge.context import importable_names
 from kloros_tasks.detectors.knowledge.docfacts import (
     GLOB_DIR,
     UNDER,
@@ -64,13 +59,23 @@ from kloros_tasks.detectors.knowledge.docfacts import (
     prefixes,
     top_of,
 )
+from kloros_tasks.detectors.knowledge.docstrings import (
+    POLICY,
+    POLICY_SIG,
+    PY_UNDER,
+    SPHINX_TXT,
+    UNDOCUMENTED,
+    not_in_docs,
+    policy_facts,
+    python_facts,
+)
 from kloros_tasks.questions import Question
 
 PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"  # what parses here
 DEFAULT_DOCSTRING_THRESHOLD = 3  # the original daemon's "more than 3"
 EVIDENCE_CAP = 20
 MANY_MISSING = 10  # above this many undocumented definitions: medium severity
-SUFFIXES = (".py", ".md", ".rst", ".txt")
+SUFFIXES = (".py", ".md", ".rst", ".txt")  # plus the configuration files policy.CONFIG_NAMES
 
 # .txt files that are data or packaging metadata, not documentation (lower-case globs).
 NOT_DOC_TXT = (
@@ -88,8 +93,6 @@ TOP_LEVEL_ROOTS = ("CHANGELOG", "CHANGES", "HISTORY", "CONTRIBUTING", "LICENSE",
 ANYWHERE_ROOTS = ("LICENSE", "LICENCE", "COPYING", "AUTHORS", "CONTRIBUTORS", "CREDITS",
                   "NOTICE")
 NAME_RELATIONS = ("defines", "opaque", "open", "declared")
-SPHINX_TXT = "sphinx_txt"  # a conf.py's directory, when its source_suffix has .txt
-UNDOCUMENTED = "undoc"  # dotted names of a module's definitions without a docstring
 
 
 def is_doc(path: str) -> bool:
@@ -133,7 +136,9 @@ class KnowledgeDetector:
     def extract(self, path: str, text: str) -> FileFacts:
         """Facts of one file; ``error`` set (and no relations) when Python does not parse."""
         if path.endswith(".py"):
-            return _python_facts(path, text)
+            return python_facts(path, text)
+        if _policy.is_config(path):
+            return policy_facts(path, text)
         if is_doc(path):
             return doc_facts(path, text, is_index_root(path))
         if path.endswith(SUFFIXES):  # a .txt that is not a doc: it exists, nothing more
@@ -169,6 +174,11 @@ class KnowledgeDetector:
         sources = {v for r, v in touched if r in (SPHINX_TXT, GLOB_DIR)}
         for docs in view.who_many(UNDER, sources).values() if sources else ():
             out |= docs
+        # a docstring policy appeared, changed or went: the modules it governs
+        governed = {v.rsplit("#", 1)[0] if r == POLICY_SIG else v
+                    for r, v in touched if r in (POLICY, POLICY_SIG)}
+        for modules in view.who_many(PY_UNDER, governed).values() if governed else ():
+            out |= modules
         out |= _readers_of_changed_keys(path, touched, view)
         out |= _readers_of_changed_tops(path, touched, view)
         out.discard(path)
@@ -181,7 +191,10 @@ class KnowledgeDetector:
             return []
         kind = facts.data.get("kind")
         if kind == "py":
-            return self._missing_docstrings(path, _not_in_docs(facts.data, view))
+            missing = not_in_docs(facts.data, view)
+            if missing:  # only what a declared docstring policy asks for
+                missing = _docstrings.wanted(path, facts.data, view, missing)
+            return self._missing_docstrings(path, missing)
         if kind == "doc":
             return self._unindexed(path, facts, view) + self._stale(path, facts, view)
         if kind == "unparsable" and not is_test_path(path):  # test data is broken on purpose
@@ -330,57 +343,3 @@ def _capped(items: list[str]) -> tuple[str, ...]:
     if len(items) <= EVIDENCE_CAP:
         return tuple(items)
     return (*items[:EVIDENCE_CAP], f"... and {len(items) - EVIDENCE_CAP} more")
-
-
-# --- Python ---------------------------------------------------------------------------------
-
-def _python_facts(path: str, text: str) -> FileFacts:
-    tree, error = parse(text)
-    if tree is None:
-        return FileFacts(error=error)
-    try:
-        found = Definitions()
-        module_of_facts = next(iter(importable_names(path)), None)
-        for module in importable_names(path):
-            found.defines.update(prefixes(module))
-            found.body(tree.body, module)
-        for name in assigned_module_attributes(tree):  # bound here, on another module
-            found.defines.add(name)
-            found.opaque.add(name)
-        # Nobody documents tests or generated code by hand, and a module importable only
-        # from its own directory (examples/, scripts/, docs/conf.py) is no library API.
-        skip = is_test_path(path) or is_generated(text) or not importable_names(path)
-        missing = [] if skip else undocumented(path, tree)
-    except RecursionError:  # the parser's limits make this unlikely, not impossible
-        return FileFacts(error="line 1: too deeply nested to analyse")
-    found.defines.add(f"path:{path}")
-    relations = {"defines": frozenset(found.defines), "opaque": frozenset(found.opaque),
-                 "open": frozenset(found.open), "top": top_of(path),
-                 UNDOCUMENTED: frozenset(_qualified(module_of_facts, missing))}
-    if posixpath.basename(path) == "conf.py" and ".txt" in sphinx_suffixes(tree):
-        relations[SPHINX_TXT] = frozenset({posixpath.dirname(path)})
-    return FileFacts(relations=relations,
-                     data={"kind": "py", "missing": missing, "module": module_of_facts})
-
-
-def _qualified(module: str | None, missing: list) -> list[str]:
-    """Dotted names the docs may document the undocumented definitions under: the
-    defining module's path, and each package above it (``django.template.Engine`` for
-    ``django/template/engine.py``'s ``Engine``: Sphinx pages use the public path)."""
-    if not module:
-        return []
-    parts = module.split(".")
-    bases = [".".join(parts[:k]) for k in range(len(parts), 0, -1)]
-    return [f"{b}.{q}" for _, q in missing if q != "<module>" for b in bases]
-
-
-def _not_in_docs(data, view: IndexView) -> list:
-    """The undocumented definitions the documentation does not declare either: an object
-    a Sphinx page documents (``.. method:: SessionBase.get``) needs no docstring."""
-    missing, module = data.get("missing", []), data.get("module")
-    names = _qualified(module, missing)
-    if not names:
-        return missing
-    documented = view.exists_many("declared", names)
-    return [m for m in missing if m[1] == "<module>"
-            or not documented.intersection(_qualified(module, [m]))]

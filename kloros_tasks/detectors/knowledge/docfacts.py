@@ -36,6 +36,7 @@ from kloros_tasks.detectors.knowledge.context import (
     declared_objects,
     example_definitions,
     is_historical,
+    is_old_name,
     names_no_code,
     says_gone,
 )
@@ -91,7 +92,8 @@ def doc_facts(path: str, text: str, root: bool) -> FileFacts:
     for code in [] if history else found.code:
         ref = _docrefs.code_reference(path, code.text)
         if ref is None or says_gone(lines, code.line) or (
-                code.kind == "literal" and names_no_code(lines, code.line, code.column)):
+                code.kind == "literal" and names_no_code(lines, code.line, code.column)) or (
+                is_old_name(lines, code.line, code.column)):
             continue
         if ref[0] == NAME and ref[1][0].rpartition(".")[2] in examples:
             continue  # the document's own example defines it
