@@ -36,9 +36,10 @@ TASK_EXPLORATION_SCAN = "kloros.exploration.scan"
 # matched against the file's basename.
 FILE_DETECTOR_SUFFIXES: dict[str, tuple[str, ...]] = {
     # Configuration files: where a docstring policy is declared (``[.]flake8``: a
-    # glob, since an entry starting with "." and no other "." would be a suffix).
+    # glob, since an entry starting with "." and no other "." would be a suffix);
+    # PKG-INFO: an sdist's name and version.
     KNOWLEDGE: (".py", ".md", ".rst", ".txt", "pyproject.toml", "ruff.toml", ".ruff.toml",
-                "setup.cfg", "tox.ini", "[.]flake8", "[.]pydocstyle*"),
+                "setup.cfg", "tox.ini", "[.]flake8", "[.]pydocstyle*", "PKG-INFO"),
     INTEGRATION: (".py",),
     # capability also reads what sets or documents environment variables (see
     # detectors/capability/envfiles.py); its wants_path narrows ".txt" to requirements
