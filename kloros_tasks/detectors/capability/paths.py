@@ -10,7 +10,6 @@ from pathlib import PurePosixPath
 
 from kloros_tasks.detectors import layout
 
-
 # Folders whose files are for developers, not the running program.
 NOT_DEPLOYED = frozenset({"tests", "test", "t", "testing", "docs", "doc", "examples", "example",
                           "benchmarks", "bench", "scripts"})

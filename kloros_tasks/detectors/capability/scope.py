@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 
 from kloros_tasks.detectors.capability.paths import NOT_DEPLOYED, spelling
+
 # Variables that whoever starts the program provides, though a service environment may
 # not: the login shell, bash completion, sudo, Windows, virtual environments.
 PROVIDED_VARS = frozenset({
