@@ -192,6 +192,16 @@ MUTATIONS += [
              (Edit("append", "requirements/default.txt", text="requests-oauthlib>=2\n"),),
              Expect("target_environment", owner="requirements/default.txt",
                     text="requests-oauthlib")),
+    # A variable a README documents is documented; the one beside it that no document
+    # names is still asked about.
+    Mutation("celery-readme-documents-one-variable-of-two", "celery", C,
+             (Edit("append", "README.rst",
+                   text="\nSet ``CELERY_BENCH_DOCUMENTED_URL`` to the broker's URL.\n"),
+              Edit("append", "celery/utils/text.py",
+                   text="\nimport os\nURL = os.environ['CELERY_BENCH_DOCUMENTED_URL']\n"
+                        "TOKEN = os.environ['CELERY_BENCH_SECRET_TOKEN']\n")),
+             Expect("missing_env", owner="celery/utils/text.py",
+                    text="CELERY_BENCH_SECRET_TOKEN")),
     Mutation("black-new-required-dependency", "black", C,
              (Edit("replace", "pyproject.toml", old='  "click>=8.0.0",\n',
                    new='  "click>=8.0.0",\n  "requests-oauthlib>=2",\n'),),
