@@ -129,6 +129,14 @@ MUTATIONS: list[Mutation] = [
              (Edit("rename", "celery/app/task.py", new="celery/app/tasks.py"),),
              Expect("stale_doc", owner="docs/reference/celery.app.task.rst",
                     text="celery.app.task")),
+    # A page announcing a release still to come (celery 6.0 in a 5.5.3 sdist) is not
+    # dated by it: its references are judged.
+    Mutation("celery-page-with-a-current-deprecation-note-names-a-renamed-module", "celery", K,
+             (Edit("append", "docs/reference/celery.app.task.rst",
+                   text="\n.. note:: ``Task.subtask`` will be removed in Celery 6.0.\n"),
+              Edit("rename", "celery/app/task.py", new="celery/app/tasks.py")),
+             Expect("stale_doc", owner="docs/reference/celery.app.task.rst",
+                    text="celery.app.task")),
     Mutation("black-basics-page-renamed", "black", K,
              (Edit("rename", "docs/usage_and_configuration/the_basics.md",
                    new="docs/usage_and_configuration/basics.md"),),

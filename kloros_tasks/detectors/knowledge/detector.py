@@ -250,11 +250,11 @@ class KnowledgeDetector:
             return []
         if path.endswith(".txt") and not view.exists_many(SPHINX_TXT, ancestors(path)):
             return []  # no conf.py above makes .txt a source: data, templates, notes
+        if view.who("links", path) - {path} or globbed(path, view):
+            return []
         if view.who("defines", f"path:{package_init(path)}") and not view.exists_many(
                 DOCS_PROJECT, ancestors(path)):
             return []  # notes beside the code, read with it: no docs project builds them
-        if view.who("links", path) - {path} or globbed(path, view):
-            return []
         return [self._question(
             "unindexed_doc", path,
             hypothesis=f"UNINDEXED_DOC: {path}",
