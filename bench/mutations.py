@@ -129,6 +129,14 @@ MUTATIONS: list[Mutation] = [
              (Edit("rename", "celery/app/task.py", new="celery/app/tasks.py"),),
              Expect("stale_doc", owner="docs/reference/celery.app.task.rst",
                     text="celery.app.task")),
+    # A page announcing a release still to come (celery 6.0 in a 5.5.3 sdist) is not
+    # dated by it: its references are judged.
+    Mutation("celery-page-with-a-current-deprecation-note-names-a-renamed-module", "celery", K,
+             (Edit("append", "docs/reference/celery.app.task.rst",
+                   text="\n.. note:: ``Task.subtask`` will be removed in Celery 6.0.\n"),
+              Edit("rename", "celery/app/task.py", new="celery/app/tasks.py")),
+             Expect("stale_doc", owner="docs/reference/celery.app.task.rst",
+                    text="celery.app.task")),
     Mutation("black-basics-page-renamed", "black", K,
              (Edit("rename", "docs/usage_and_configuration/the_basics.md",
                    new="docs/usage_and_configuration/basics.md"),),
@@ -192,6 +200,16 @@ MUTATIONS += [
              (Edit("append", "requirements/default.txt", text="requests-oauthlib>=2\n"),),
              Expect("target_environment", owner="requirements/default.txt",
                     text="requests-oauthlib")),
+    # A variable a README documents is documented; the one beside it that no document
+    # names is still asked about.
+    Mutation("celery-readme-documents-one-variable-of-two", "celery", C,
+             (Edit("append", "README.rst",
+                   text="\nSet ``CELERY_BENCH_DOCUMENTED_URL`` to the broker's URL.\n"),
+              Edit("append", "celery/utils/text.py",
+                   text="\nimport os\nURL = os.environ['CELERY_BENCH_DOCUMENTED_URL']\n"
+                        "TOKEN = os.environ['CELERY_BENCH_SECRET_TOKEN']\n")),
+             Expect("missing_env", owner="celery/utils/text.py",
+                    text="CELERY_BENCH_SECRET_TOKEN")),
     Mutation("black-new-required-dependency", "black", C,
              (Edit("replace", "pyproject.toml", old='  "click>=8.0.0",\n',
                    new='  "click>=8.0.0",\n  "requests-oauthlib>=2",\n'),),

@@ -36,18 +36,18 @@ TASK_EXPLORATION_SCAN = "kloros.exploration.scan"
 # matched against the file's basename.
 FILE_DETECTOR_SUFFIXES: dict[str, tuple[str, ...]] = {
     # Configuration files: where a docstring policy is declared (``[.]flake8``: a
-    # glob, since an entry starting with "." and no other "." would be a suffix).
+    # glob, since an entry starting with "." and no other "." would be a suffix);
+    # PKG-INFO: an sdist's name and version.
     KNOWLEDGE: (".py", ".md", ".rst", ".txt", "pyproject.toml", "ruff.toml", ".ruff.toml",
-                "setup.cfg", "tox.ini", "[.]flake8", "[.]pydocstyle*"),
+                "setup.cfg", "tox.ini", "[.]flake8", "[.]pydocstyle*", "PKG-INFO"),
     INTEGRATION: (".py",),
     # capability also reads what sets or documents environment variables (see
-    # detectors/capability/envfiles.py); its wants_path narrows ".txt" to requirements
-    # and Sphinx sources under docs/.  Markdown and reST stay knowledge's alone: a
-    # capability task per document would double the work of every docs storm.
-    CAPABILITY: (".py", "pyproject.toml", "setup.cfg", ".txt", ".sh", ".bash", ".service",
-                 "*.env", ".env.*", "env.example", "*.env.example", "docker-compose*.yml",
-                 "docker-compose*.yaml", "compose*.yml", "compose*.yaml", "Dockerfile*",
-                 "*.dockerfile"),
+    # detectors/capability/envfiles.py): a variable a README or docs page documents is
+    # documented.  Its wants_path narrows ".txt" to requirements and docs.
+    CAPABILITY: (".py", "pyproject.toml", "setup.cfg", ".txt", ".md", ".rst", ".sh", ".bash",
+                 ".service", "*.env", ".env.*", "env.example", "*.env.example",
+                 "docker-compose*.yml", "docker-compose*.yaml", "compose*.yml", "compose*.yaml",
+                 "Dockerfile*", "*.dockerfile"),
 }
 
 # --- pub/sub channels (equal to the envelope's ``signal``) -----------------------

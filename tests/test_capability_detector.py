@@ -174,6 +174,31 @@ def test_an_optional_integration_is_not_asked_about_undeclared_imports_either():
     assert found(files, "undeclared_dependency") == {"pkg/pool.py:yaml": "medium"}
 
 
+def test_an_examples_folder_named_like_the_extra_does_not_provide_it_to_the_library(tmp_path):
+    # celery's examples/eventlet/ made a top-level "eventlet" (through namespace names)
+    # for celery/concurrency/eventlet.py, which then looked like no optional integration.
+    from kloros_tasks import settings  # noqa: PLC0415
+    from kloros_tasks.cli.scan import scan_root  # noqa: PLC0415
+
+    files = {"pyproject.toml": ("[project]\nname='x'\ndependencies=['redis']\n"
+                                "[project.optional-dependencies]\nev=['eventlet']\n"),
+             "pkg/__init__.py": "",
+             "pkg/pool.py": "import yaml\nimport redis\n\n\ndef f():\n    import eventlet\n",
+             "examples/eventlet/tasks.py": "import redis\n"}
+
+    def undeclared() -> set[str]:
+        for rel, text in files.items():
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / rel).write_text(text)
+        found = scan_root(tmp_path, CapabilityDetector(ENV), settings.from_env({}),
+                          warn=lambda m: None)
+        return {q.subject.split(":", 1)[1] for q in found if q.rule == "undeclared_dependency"}
+
+    assert undeclared() == set()
+    files["eventlet/__init__.py"] = ""  # a top-level package of the tree does provide it
+    assert undeclared() == {"pkg/pool.py:yaml"}
+
+
 def test_a_module_needing_an_optional_dependency_is_an_optional_integration():
     # celery/contrib/sphinx.py: sphinx is declared for the docs, docutils comes with it.
     files = {"docs/requirements.txt": "sphinx\n",
@@ -582,6 +607,8 @@ def test_a_get_whose_none_is_handled_is_not_a_requirement(source):
     ("scripts/run.sh", "#!/bin/sh\nexport API_KEY\nexec python app.py\n"),
     ("docs/ref/settings.txt", "API_KEY\n  The key.\n"),
     ("README.txt", "Set API_KEY to your key before starting.\n"),
+    ("README.md", "Set `API_KEY` to your key before starting.\n"),
+    ("docs/configuration.rst", ".. envvar:: API_KEY\n\n   The key.\n"),
 ])
 def test_a_variable_the_tree_sets_or_documents_is_not_missing(path, text):
     files = {"cfg.py": "import os\nos.environ['API_KEY']\n", path: text}
@@ -641,13 +668,19 @@ def test_warnings_while_parsing_never_make_valid_code_an_error():
     assert facts.error is None and facts.relations["imports"] == {"os"}
 
 
+def test_a_readme_documenting_one_variable_leaves_another_missing():
+    files = {"cfg.py": "import os\nos.environ['API_KEY']\nos.environ['API_SECRET']\n",
+             "README.md": "Set `API_KEY` to your key before starting.\n"}
+    assert set(found(files, "missing_env")) == {"cfg.py:API_SECRET"}
+
+
 def test_the_detector_sees_code_declarations_and_what_sets_or_documents_variables():
     assert [p for p in ("a.py", "pyproject.toml", "requirements.txt", "requirements/dev.txt",
                         ".env.example", "prod.env.example", "docs/notes.txt", "setup.cfg",
                         "README.md", "other.toml", "data/words.txt", "a.service",
                         "image.png") if wants_path(p)] == [
         "a.py", "pyproject.toml", "requirements.txt", "requirements/dev.txt", ".env.example",
-        "prod.env.example", "docs/notes.txt", "setup.cfg", "a.service"]
+        "prod.env.example", "docs/notes.txt", "setup.cfg", "README.md", "a.service"]
     assert CapabilityDetector(ENV).extract("data/words.txt", "REDIS\n").relations == {}
 
 
@@ -657,10 +690,10 @@ def test_routing_sends_the_detector_every_file_it_wants():
     for path in (".env", ".env.local", "prod.env", "x/prod.env.example", "setup.cfg",
                  "deploy/app.service", "docker-compose.yml", "compose.yaml", "Dockerfile",
                  "run.sh", "docs/a.txt", "README.txt", "requirements-dev.txt",
-                 "requirements/extras/zeromq.txt"):
+                 "requirements/extras/zeromq.txt", "README.md", "docs/x.rst"):
         assert wants_path(path) and "capability" in route(path), path
-    # Markdown and reST documents are knowledge's alone.
-    assert route("README.md") == route("docs/x.rst") == {"knowledge"}
+    # Documents go to both: knowledge judges them, capability reads what they document.
+    assert route("README.md") == route("docs/x.rst") == {"knowledge", "capability"}
 
 
 def test_setup_cfg_declares_like_pyproject():

@@ -3,9 +3,9 @@ change storms, a flushed Redis restored from a snapshot, and hostile inputs.
 
 Each test runs its own persistent redis-server on a unix socket under a short /tmp
 directory, a real ``kloros-tasks watch`` and real prefork workers.  Documents (.md)
-go to the knowledge queue alone, and each unlinked one owns exactly one question
-(``unindexed_doc``), so "every file analysed" and "nothing published twice" are both
-read straight from Redis.
+go to the knowledge queue (and to capability's, which these tests leave unconsumed),
+and each unlinked one owns exactly one question (``unindexed_doc``), so "every file
+analysed" and "nothing published twice" are both read straight from Redis.
 """
 
 from __future__ import annotations
@@ -459,6 +459,8 @@ def test_the_snapshot_round_trips_any_bytes_and_rebuilds_the_inverted_index(r, t
     name = odd.decode("utf-8", "surrogateescape")  # how Python holds such a name
     facts = FileFacts(relations={"links": frozenset({"a.md"})}, data={"_sha256": "ab" * 32})
     RedisIndex(r, KNOWLEDGE, ROOT).update(name, facts)
+    # A document goes to capability too (what it documents): analysed by both.
+    RedisIndex(r, names.CAPABILITY, ROOT).update(name, FileFacts(data={"_sha256": "ab" * 32}))
     r.hset(names.seen(ROOT), odd, ("ab" * 32) + " 1 2")
     r.hset(names.seen(ROOT), "queued.md", ("cd" * 32) + " 1 2")  # never analysed
     r.sadd(names.owned(KNOWLEDGE, ROOT, "x.md"), "knowledge.rule.0011")

@@ -5,9 +5,8 @@ these files is one the tree knows about, so reading it is not a missing_env
 question: ``.env`` files (``.env``, ``.env.local``, ``prod.env``, ``.env.example``),
 systemd units (``Environment=``), compose files (``environment:``, ``${X}``),
 Dockerfiles (``ENV``, ``ARG``), shell scripts (``export X=``, ``$X``) and the
-plain-text documentation (``.txt`` under a docs folder, such as Sphinx sources, or a
-``README``/``INSTALL`` text).  Markdown and reST are routed to KnowledgeDiscovery alone
-(``names.FILE_DETECTOR_SUFFIXES``), so they are not read here.
+documentation: Markdown and reST anywhere (``README.md``, ``docs/config.rst``), and
+plain text under a docs folder (Sphinx sources) or as a ``README``/``INSTALL`` text.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ ENV_FILE_GLOBS = ("*.env", ".env.*", "env.example", "*.env.example")
 CONFIG_GLOBS = ("*.service", "docker-compose*.yml", "docker-compose*.yaml", "compose*.yml",
                 "compose*.yaml", "Dockerfile*", "*.dockerfile", "*.sh", "*.bash")
 _DOC_DIRS = frozenset({"docs", "doc", "documentation"})
+DOC_SUFFIXES = (".md", ".rst")
 # How a variable name looks wherever it is mentioned: upper case, digits, underscores.
 _NAME = re.compile(r"(?<![A-Za-z0-9_])[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*(?![A-Za-z0-9_])")
 _ASSIGNED = re.compile(r"^\s*#?\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
@@ -32,6 +32,8 @@ def is_env_source(path: str) -> bool:
     p = PurePosixPath(path)
     name = p.name
     if any(fnmatchcase(name, g) for g in ENV_FILE_GLOBS + CONFIG_GLOBS):
+        return True
+    if name.endswith(DOC_SUFFIXES):
         return True
     return name.endswith(".txt") and (name.upper().startswith(("README", "INSTALL"))
                                       or any(part in _DOC_DIRS for part in p.parts[:-1]))

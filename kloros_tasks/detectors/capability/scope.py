@@ -6,11 +6,8 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from kloros_tasks.detectors.capability.paths import spelling
+from kloros_tasks.detectors.capability.paths import NOT_DEPLOYED, spelling
 
-# Folders whose files are for developers, not the running program.
-NOT_DEPLOYED = frozenset({"tests", "test", "t", "testing", "docs", "doc", "examples", "example",
-                          "benchmarks", "bench", "scripts"})
 # Variables that whoever starts the program provides, though a service environment may
 # not: the login shell, bash completion, sudo, Windows, virtual environments.
 PROVIDED_VARS = frozenset({

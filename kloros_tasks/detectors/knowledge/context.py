@@ -104,6 +104,20 @@ def sphinx_suffixes(tree) -> frozenset[str]:
     return frozenset(found)
 
 
+SPHINX_SETTINGS = frozenset({"extensions", "master_doc", "root_doc", "source_suffix",
+                             "html_theme", "templates_path", "exclude_patterns"})
+
+
+def is_sphinx_conf(tree) -> bool:
+    """A ``conf.py`` that configures Sphinx: it assigns one of Sphinx's own settings."""
+    for stmt in tree.body:
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else (
+            [stmt.target] if isinstance(stmt, ast.AnnAssign) else [])
+        if any(isinstance(t, ast.Name) and t.id in SPHINX_SETTINGS for t in targets):
+            return True
+    return False
+
+
 def names_no_code(lines: list[str], number: int, column: int) -> bool:
     """The code span at ``lines[number - 1][column:]`` names a logger (``the
     ``django.request`` logger``) or is a section title on its own, not a reference."""

@@ -48,18 +48,22 @@ from kloros_tasks.detectors.base import FileFacts, IndexView, Touched
 from kloros_tasks.detectors.knowledge import docrefs as _docrefs
 from kloros_tasks.detectors.knowledge import docstrings as _docstrings
 from kloros_tasks.detectors.knowledge import policy as _policy
+from kloros_tasks.detectors.knowledge import release as _release
 from kloros_tasks.detectors.knowledge.context import importable_names
 from kloros_tasks.detectors.knowledge.docfacts import (
     GLOB_DIR,
+    LINK,
     UNDER,
     ancestors,
     dangling_references,
     doc_facts,
     globbed,
+    package_init,
     prefixes,
     top_of,
 )
 from kloros_tasks.detectors.knowledge.docstrings import (
+    DOCS_PROJECT,
     POLICY,
     POLICY_SIG,
     PY_UNDER,
@@ -137,6 +141,8 @@ class KnowledgeDetector:
         """Facts of one file; ``error`` set (and no relations) when Python does not parse."""
         if path.endswith(".py"):
             return python_facts(path, text)
+        if path == _release.PKG_INFO:  # at the root: the tree is an sdist
+            return _release.pkg_info_facts(path, text)
         if _policy.is_config(path):
             return policy_facts(path, text)
         if is_doc(path):
@@ -171,7 +177,7 @@ class KnowledgeDetector:
             for modules in view.who_many(UNDOCUMENTED, declared).values() if declared else ():
                 out |= modules
         # conf.py's source_suffix, a toctree glob: the documents under that directory
-        sources = {v for r, v in touched if r in (SPHINX_TXT, GLOB_DIR)}
+        sources = {v for r, v in touched if r in (SPHINX_TXT, GLOB_DIR, DOCS_PROJECT)}
         for docs in view.who_many(UNDER, sources).values() if sources else ():
             out |= docs
         # a docstring policy appeared, changed or went: the modules it governs
@@ -179,6 +185,11 @@ class KnowledgeDetector:
                     for r, v in touched if r in (POLICY, POLICY_SIG)}
         for modules in view.who_many(PY_UNDER, governed).values() if governed else ():
             out |= modules
+        # the tree's release or version changed: the documents announcing one of it
+        releases = {_release.RELEASE_REF + v.split("==", 1)[0] for r, v in touched
+                    if r in (_release.RELEASE, _release.RELEASE_AT)}
+        for docs in view.who_many("refs", releases).values() if releases else ():
+            out |= docs
         out |= _readers_of_changed_keys(path, touched, view)
         out |= _readers_of_changed_tops(path, touched, view)
         out.discard(path)
@@ -241,6 +252,9 @@ class KnowledgeDetector:
             return []  # no conf.py above makes .txt a source: data, templates, notes
         if view.who("links", path) - {path} or globbed(path, view):
             return []
+        if view.who("defines", f"path:{package_init(path)}") and not view.exists_many(
+                DOCS_PROJECT, ancestors(path)):
+            return []  # notes beside the code, read with it: no docs project builds them
         return [self._question(
             "unindexed_doc", path,
             hypothesis=f"UNINDEXED_DOC: {path}",
@@ -254,6 +268,9 @@ class KnowledgeDetector:
 
     def _stale(self, path: str, facts: FileFacts, view: IndexView) -> list[Question]:
         entries = facts.data.get("refs", [])
+        announced = facts.data.get("announced")
+        if entries and announced and _release.outdated_by(announced, view):
+            entries = [e for e in entries if e[2] == LINK]  # a record of its time
         dangling = dangling_references(entries, view) if entries else []
         if not dangling:
             return []

@@ -32,6 +32,7 @@ from collections.abc import Iterable
 
 from kloros_tasks.detectors.base import FileFacts, IndexView
 from kloros_tasks.detectors.knowledge import docrefs as _docrefs
+from kloros_tasks.detectors.knowledge import release as _release
 from kloros_tasks.detectors.knowledge.context import (
     declared_objects,
     example_definitions,
@@ -106,15 +107,24 @@ def doc_facts(path: str, text: str, root: bool) -> FileFacts:
     # a CustomUser, a Storage subclass's methods) that no module binds by that name.
     declared = [] if path.endswith(".md") or history else declared_objects(lines)
     ordered = [entry for _, entry in sorted(entries.values(), key=lambda c: (c[1][0], c[0]))]
+    announced = [] if history else _release.announcements(lines)
+    refs = ref_keys(ordered) | {f"{_release.RELEASE_REF}{name}" for _, name, _ in announced}
+    refs.add(f"path:{package_init(path)}")  # a document beside the code (unindexed_doc)
     return FileFacts(
         relations={"defines": frozenset({f"path:{path}"}),
                    "declared": frozenset(p for _, name in declared for p in prefixes(name)),
-                   "links": frozenset(links), "refs": frozenset(ref_keys(ordered)),
+                   "links": frozenset(links), "refs": frozenset(refs),
                    "top": top_of(path), GLOB_DIR: frozenset(map(_fixed_dir, globs)),
                    UNDER: frozenset(ancestors(path))},
         data={"kind": "doc", "root": root, "orphan": found.orphan, "refs": ordered,
-              **({"globs": globs} if globs else {})},
+              **({"globs": globs} if globs else {}),
+              **({"announced": announced} if announced else {})},
     )
+
+
+def package_init(path: str) -> str:
+    """The ``__init__.py`` that would make ``path``'s directory a Python package."""
+    return posixpath.join(posixpath.dirname(path), "__init__.py")
 
 
 def ancestors(path: str) -> list[str]:
@@ -158,6 +168,8 @@ def ref_keys(entries: Iterable[list]) -> set[str]:
             keys.update(prefixes(candidates[0]))
             continue
         keys.update(f"path:{c}" for c in candidates)
+        if kind == LINK and _release.top_level_target(candidates):
+            keys.add(_release.SDIST_KEY)  # an sdist may leave such a file out
         top = path_top(text) if kind == PATH else None
         if top is not None:
             keys.add(f"top:{top}")
@@ -178,7 +190,8 @@ def dangling_references(entries: list, view: IndexView) -> list:
     attributes are all known (not only a variable, function or import, and not open).
     """
     dotted_keys = sorted({p for e in entries if e[2] in NAME_KINDS for p in prefixes(e[3][0])})
-    path_keys = sorted({f"path:{c}" for e in entries if e[2] not in NAME_KINDS for c in e[3]})
+    path_keys = sorted({f"path:{c}" for e in entries if e[2] not in NAME_KINDS for c in e[3]}
+                       | {_release.SDIST_KEY})
     tops = {path_top(e[1]) for e in entries if e[2] == PATH} - {None}
     present_tops = view.exists_many("top", tops) if tops else set()
     defined = view.who_many("defines", dotted_keys + path_keys)
@@ -192,6 +205,9 @@ def dangling_references(entries: list, view: IndexView) -> list:
             top = path_top(text) if kind == PATH else None
             if top is not None and top not in present_tops:
                 continue  # the reader's project (``mysite/settings.py``), not this tree
+            if kind == LINK and defined[_release.SDIST_KEY] and _release.top_level_target(
+                    candidates):
+                continue  # packaging picks the top-level files an sdist holds
             if not any(defined[f"path:{c}"] for c in candidates):
                 out.append(entry)
             continue

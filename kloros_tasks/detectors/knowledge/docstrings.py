@@ -28,12 +28,14 @@ from kloros_tasks.detectors.base import FileFacts, IndexView
 from kloros_tasks.detectors.knowledge.context import (
     importable_names,
     is_generated,
+    is_sphinx_conf,
     sphinx_suffixes,
 )
 from kloros_tasks.detectors.knowledge.docfacts import ancestors, prefixes, top_of
 from kloros_tasks.detectors.knowledge.policy import Policy, enforced, read_policies
 
 SPHINX_TXT = "sphinx_txt"  # a conf.py's directory, when its source_suffix has .txt
+DOCS_PROJECT = "docs_project"  # a Sphinx conf.py's directory: documents under it are built
 UNDOCUMENTED = "undoc"  # dotted names of a module's definitions without a docstring
 POLICY = "docpolicy"  # a configuration file's directory, when it declares a policy
 POLICY_SIG = "docpolicy_sig"  # "<directory>#<digest>": changes whenever the policy does
@@ -73,6 +75,8 @@ def python_facts(path: str, text: str) -> FileFacts:
                  "declared": frozenset(p for n in registered_names(tree) for p in prefixes(n))}
     if posixpath.basename(path) == "conf.py" and ".txt" in sphinx_suffixes(tree):
         relations[SPHINX_TXT] = frozenset({posixpath.dirname(path)})
+    if posixpath.basename(path) == "conf.py" and is_sphinx_conf(tree):
+        relations[DOCS_PROJECT] = frozenset({posixpath.dirname(path)})
     return FileFacts(relations=relations,
                      data={"kind": "py", "missing": missing, "codes": codes, "total": total,
                            "module": module_of_facts})
