@@ -259,9 +259,11 @@ def finish(ctx: Context, detector: FileDetector, index: RedisIndex,
 
 
 def judge(ctx: Context, detector: FileDetector, index, root: str, owners: set[str],
-           package: str) -> None:
-    """Defer ``owners`` while a burst goes on, else publish their questions now."""
-    if not _defer(ctx, detector.name, root, owners):
+          package: str, *, join: bool = False) -> None:
+    """Defer ``owners`` while a burst goes on, else publish their questions now.  With
+    ``join`` they are also deferred while evaluations of the root wait to be settled
+    (the task that settles them evaluates each file once)."""
+    if not _defer(ctx, detector.name, root, owners, join):
         _publish(ctx, detector, index, root, owners, package)
 
 
@@ -310,10 +312,15 @@ def in_burst(client, detector: str, root: str) -> bool:
     return bool(waiting or sending)
 
 
-def _defer(ctx: Context, detector: str, root: str, owners: set[str]) -> bool:
-    """Add ``owners`` to the deferred set while a burst goes on; False means evaluate
-    them now.  The first deferral of a burst schedules its settle task."""
-    if not owners or not in_burst(ctx.client, detector, root):
+def _defer(ctx: Context, detector: str, root: str, owners: set[str],
+           join: bool = False) -> bool:
+    """Add ``owners`` to the deferred set while a burst goes on (with ``join``, also
+    while the set is not empty); False means evaluate them now.  The first deferral of
+    a burst schedules its settle task."""
+    if not owners:
+        return False
+    if not in_burst(ctx.client, detector, root) and not (
+            join and ctx.client.exists(names.deferred(detector, root))):
         return False
     pipe = ctx.client.pipeline()
     pipe.set(names.deferred_since(detector, root), time.time(), nx=True)

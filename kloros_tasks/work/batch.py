@@ -46,8 +46,7 @@ log = logging.getLogger(__name__)
 class BatchIndex:
     """A RedisIndex whose ``__init__.py`` facts (the package layout: naming a module
     asks for those of every directory above it) are read once per batch.  A file the
-    batch updates is read again; ``forget`` drops what another worker may have changed
-    while the root's lock was not held."""
+    batch updates is read again."""
 
     def __init__(self, index: RedisIndex) -> None:
         self.index = index
@@ -61,8 +60,10 @@ class BatchIndex:
         wanted = {init for path in paths for init in _inits_above(path)} - set(self._inits)
         self._inits.update(self.index.facts_many(sorted(wanted)))
 
-    def forget(self) -> None:
-        self._inits.clear()
+    def assume(self, present: dict[str, bool]) -> None:
+        """Read each ``__init__.py`` given as indexed (True) or not, for naming only."""
+        for path, there in present.items():
+            self._inits[path] = _ASSUMED if there else None
 
     def facts(self, path: str) -> FileFacts | None:
         if not is_package_file(path):
@@ -74,6 +75,9 @@ class BatchIndex:
     def update(self, path: str, new: FileFacts | None):
         self._inits.pop(path, None)
         return self.index.update(path, new)
+
+
+_ASSUMED = FileFacts()  # an ``__init__.py`` taken as indexed before it is
 
 
 def _inits_above(path: str) -> list[str]:
@@ -171,6 +175,9 @@ class _Batch:
             self.ctx.max_file_bytes)
         index = BatchIndex(self.index)
         index.prefetch(c.path for c in changes)
+        # Modules are named by the layout the batch will have once applied (packages
+        # it adds or removes included), so that few are extracted again under the lock.
+        index.assume({c.path: c.event != "deleted" for c in changes if is_package_file(c.path)})
         prepared = []
         for change in changes:
             raw, reason = content(self.ctx, self.root_info, change,
@@ -198,7 +205,9 @@ class _Batch:
                 records.append((change, reason or applied.skipped, applied.error))
             if reevaluate_all:  # the world the detector judges against changed
                 owners.update(self.index.paths())
-            judge(ctx, detector, index, self.root, owners, self.package)
+            # The last batch of a burst joins what the burst deferred: its files may be
+            # among them, and are then evaluated once, by the settle that follows.
+            judge(ctx, detector, index, self.root, owners, self.package, join=True)
             self.index.settled_many(change.path for change, *_ in prepared)
         pipe = ctx.client.pipeline(transaction=False)
         for change, reason, error in records:
