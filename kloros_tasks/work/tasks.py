@@ -221,9 +221,13 @@ def _analyze(task: KlorosTask, detector_name: str, args: tuple, kwargs: dict) ->
     outcome = handle(context, detector, payload, reevaluate_all=environment_changed)
     log.debug("%s %s: %s", task.name, task.request.id, outcome)
     if not task.client.llen(detector_name):
-        # The burst is over: evaluate what its changes deferred (see analysis.py).
+        # The burst is over: evaluate what its changes deferred (see analysis.py); a
+        # batch leaves it to a settle task, whose time limit is all its own.
         for root in deferred_roots(task.client, detector_name):
-            _settle(task, context, detector, root)
+            if handle is handle_batch:
+                task.schedule_settle(detector_name, root)
+            else:
+                _settle(task, context, detector, root)
     return outcome
 
 
