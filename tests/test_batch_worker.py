@@ -15,6 +15,7 @@ from test_worker import DOC_POLICY, DOCUMENTED, UNDOCUMENTED, module_pipeline
 
 from kloros_tasks import names
 from kloros_tasks.settings import Settings
+from kloros_tasks.state.index import facts_json
 from kloros_tasks.watch.send import CelerySender
 from kloros_tasks.watch.sync import STORM_FILES, Root, Syncer
 from kloros_tasks.watch.tree import read_file
@@ -158,3 +159,23 @@ def test_a_poison_file_is_split_out_of_its_batch_and_parked_alone(pipe):
         (f"m{i}.py",) for i in range(5)}
     assert "sent its 7 changes again one by one" in pipe.worker.output()
     pipe.r.hdel(names.facts(KNOWLEDGE, root), "broken.py")
+
+
+def test_a_batch_delivered_after_a_newer_change_of_its_file_does_not_undo_it(pipe):
+    root = pipe.new_root()
+    old, new = UNDOCUMENTED.encode() + b"# old\n", DOCUMENTED.encode()
+    old_sha = hashlib.sha256(old).hexdigest()
+    blobs.store(pipe.r, old_sha, old, refs=1, ttl=600)
+    newer = Change(root, "m.py", "modified", hashlib.sha256(new).hexdigest(), ts=2.0)
+    blobs.store(pipe.r, newer.sha256, new, refs=1, ttl=600)
+    pipe.send_raw(newer.to_json())
+    wait_for(lambda: settled(pipe, root) and pipe.r.hexists(names.facts(KNOWLEDGE, root),
+                                                            "m.py"), 30, message="m.py")
+    # The batch of an older change, sent before it and delivered only now.
+    late = batch_json(root, [Change(root, "m.py", "modified", old_sha, ts=1.0),
+                             Change(root, "n.py", "modified", old_sha, ts=1.0)])
+    pipe.app.send_task(names.TASK_ANALYZE_BATCH[KNOWLEDGE], args=[late], queue=KNOWLEDGE)
+    wait_for(lambda: "1 analysed, 1 superseded" in pipe.worker.output(), 30,
+             message="the late batch done")
+    stored = json.loads(facts_json(pipe.r.hget(names.facts(KNOWLEDGE, root), "m.py")))
+    assert stored["data"]["_sha256"] == newer.sha256

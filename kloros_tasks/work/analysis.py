@@ -172,7 +172,8 @@ def apply_one(ctx: Context, detector: FileDetector, index, change: Change, text,
     """``engine.apply_change`` of one change; the caller holds the root's lock."""
     applied = engine.apply_change(
         detector, index, change.path, text, change.sha256, facts=facts,
-        root_package=package, reread=lambda rel: _read_local(ctx, root_info, rel))
+        root_package=package, reread=lambda rel: _read_local(ctx, root_info, rel),
+        stamp=change.ts)
     if applied.stale:
         log.info("%s: %d modules under %s:%s:%s keep their old names until they change "
                  "(not readable on this host)", detector.name, len(applied.stale),
@@ -214,8 +215,13 @@ def _analyse(ctx: Context, detector: FileDetector, change: Change, root_info: di
              reevaluate_all: bool) -> str:
     index = RedisIndex(ctx.client, detector.name, change.root, keep_journal=True)
     key = f"{detector.name}:{change.root}:{change.path}"
-    if (change.sha256 and not reevaluate_all
-            and engine.stored_digest(index, change.path) == change.sha256):
+    stored = index.facts(change.path)
+    if engine.sent_later(stored, change.ts):
+        log.info("%s: %s was sent before the change already analysed; ignored",
+                 detector.name, key)
+        return "superseded"
+    if (change.sha256 and not reevaluate_all and stored is not None
+            and stored.data.get(engine.DIGEST) == change.sha256):
         # Delivered again, or a rename back: already in the index.  Done only if the
         # questions it affects were published or deferred too; a delivery that died
         # (or a transient error) in between left its journal entry to finish from.

@@ -153,14 +153,19 @@ class _Batch:
 
     def _not_duplicates(self, changes: list[Change], reevaluate_all: bool) -> list[Change]:
         """The changes not yet in the index; the others (delivered again) are finished
-        from their journal entry, as the single-file path does."""
-        if reevaluate_all:
-            return changes
-        stored = self.index.facts_many(c.path for c in changes if c.sha256)
+        from their journal entry, and those older than what the index holds ignored,
+        as the single-file path does."""
+        stored = self.index.facts_many(c.path for c in changes)
         fresh = []
         for change in changes:
             facts = stored.get(change.path)
-            if change.sha256 and facts is not None \
+            if engine.sent_later(facts, change.ts):
+                log.info("%s: %s was sent before the change already analysed; ignored",
+                         self.detector.name, self.key(change))
+                self.outcomes["superseded"] += 1
+            elif reevaluate_all:
+                fresh.append(change)
+            elif change.sha256 and facts is not None \
                     and facts.data.get(engine.DIGEST) == change.sha256:
                 self.outcomes[finish(self.ctx, self.detector, self.index, change)
                               or "duplicate"] += 1
