@@ -94,6 +94,7 @@ def configure(app: Celery, settings: Settings) -> None:
         worker_direct=True,
         task_routes={
             **{task: {"queue": det} for det, task in names.TASK_ANALYZE.items()},
+            **{task: {"queue": det} for det, task in names.TASK_ANALYZE_BATCH.items()},
             **{task: {"queue": det} for det, task in names.TASK_SETTLE.items()},
             names.TASK_EXPLORATION_SCAN: {"queue": names.EXPLORATION},
         },

@@ -23,6 +23,13 @@ TASK_ANALYZE = {
     CAPABILITY: "kloros.capability.analyze",
     KNOWLEDGE: "kloros.knowledge.analyze",
 }
+# One task for a bounded batch of changes of one root (a reconciliation, a storm), on
+# the same queue as the single-file task of its detector.
+TASK_ANALYZE_BATCH = {
+    INTEGRATION: "kloros.integration.analyze_batch",
+    CAPABILITY: "kloros.capability.analyze_batch",
+    KNOWLEDGE: "kloros.knowledge.analyze_batch",
+}
 TASK_SETTLE = {
     INTEGRATION: "kloros.integration.settle",
     CAPABILITY: "kloros.capability.settle",

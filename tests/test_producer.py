@@ -31,13 +31,13 @@ from kloros_tasks.watch.producer import (
     EXIT_INOTIFY,
     EXIT_THREAD_DIED,
     HEARTBEAT_EVERY,
-    CelerySender,
     Watcher,
     run_watch,
 )
+from kloros_tasks.watch.send import CelerySender
 from kloros_tasks.watch.sync import BATCH, count_dirs
 from kloros_tasks.watch.tree import read_file
-from kloros_tasks.work.payload import parse
+from kloros_tasks.work.payload import Change, parse, parse_batch
 
 # How long a wait may take before the test fails: generous, because waiting only lasts
 # that long when something is wrong, and a loaded machine is slow, not wrong.
@@ -70,12 +70,21 @@ class RecordingSender:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict]] = []
+        self.batches: list[tuple[str, dict]] = []
         self._lock = threading.Lock()
 
     def send(self, detector: str, payload: dict) -> None:
         parse(json.loads(json.dumps(payload)))  # JSON-clean and valid, or the test fails
         with self._lock:
             self.sent.append((detector, payload))
+
+    def send_batch(self, detector: str, payload: dict) -> None:
+        """A batch is recorded whole, and as the single-file payloads it stands for."""
+        root, entries = parse_batch(json.loads(json.dumps(payload)))
+        assert all(isinstance(e, Change) for e in entries), entries
+        with self._lock:
+            self.batches.append((detector, payload))
+            self.sent += [(detector, e.to_json()) for e in entries]
 
     def tasks(self, path: str) -> list[tuple[str, dict]]:
         with self._lock:

@@ -68,7 +68,10 @@ def queued_paths(r) -> list[str]:
     paths = []
     for raw in r.lrange(KNOWLEDGE, 0, -1):
         args, _kwargs, _embed = json.loads(base64.b64decode(json.loads(raw)["body"]))
-        paths.append(args[0]["path"])
+        if "changes" in args[0]:  # a batch task
+            paths += [c["path"] for c in args[0]["changes"]]
+        else:
+            paths.append(args[0]["path"])
     return paths
 
 
@@ -312,6 +315,9 @@ class RecordingSender:
 
     def send(self, detector: str, payload: dict) -> None:
         self.sent.append((detector, payload))
+
+    def send_batch(self, detector: str, payload: dict) -> None:
+        self.sent += [(detector, {"root": payload["root"], **c}) for c in payload["changes"]]
 
 
 def indexed(r, count: int) -> None:

@@ -255,6 +255,15 @@ class RedisIndex:
         raw = self.r.hget(self._facts_key, _bytes(path))
         return None if raw is None else FileFacts.from_json(json.loads(facts_json(raw)))
 
+    def facts_many(self, paths: Iterable[str]) -> dict[str, FileFacts | None]:
+        """``facts`` of each path, in one HMGET."""
+        wanted = list(dict.fromkeys(paths))
+        if not wanted:
+            return {}
+        raws = self.r.hmget(self._facts_key, [_bytes(p) for p in wanted])
+        return {p: None if raw is None else FileFacts.from_json(json.loads(facts_json(raw)))
+                for p, raw in zip(wanted, raws, strict=True)}
+
     def who(self, relation: str, value: str) -> frozenset[str]:
         return self.who_many(relation, [value])[value]
 
@@ -335,6 +344,12 @@ class RedisIndex:
     def settled(self, path: str) -> None:
         """The questions of ``path``'s last change are published or deferred."""
         self.r.hdel(self._pending_key, _bytes(path))
+
+    def settled_many(self, paths: Iterable[str]) -> None:
+        """``settled`` for each path, in one HDEL."""
+        keys = [_bytes(p) for p in dict.fromkeys(paths)]
+        if keys:
+            self.r.hdel(self._pending_key, *keys)
 
     def _apply(self, key: bytes, old_raw: bytes | None, meta: list[int],
                file_id: int | None, value: bytes, added: set, removed: set, *,

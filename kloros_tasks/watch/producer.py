@@ -50,12 +50,11 @@ from kloros_tasks.settings import Settings, check_state_dir
 from kloros_tasks.state import snapshot
 from kloros_tasks.watch import filters, sync
 from kloros_tasks.watch.observer import OVERFLOW, InboxHandler, overflow_observer
+from kloros_tasks.watch.send import CelerySender, Sender
 from kloros_tasks.watch.signals import stop_on_signals
 from kloros_tasks.watch.sync import (
     BATCH,
-    CelerySender,
     Reader,
-    Sender,
     Syncer,
     WatchError,
     resolve_roots,

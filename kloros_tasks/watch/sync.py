@@ -10,6 +10,9 @@ and a blob is stored before the first task that needs it is sent.  Besides the t
 themselves, a batch of one root costs a few round trips, however many files it holds:
 one HMGET (a reconciliation reads each seen hash once, with HGETALL), one MULTI/EXEC
 of blobs per ``BLOB_FLUSH_BYTES`` of content, one pipelined seen-hash write.  A
+reconciliation and a storm (STORM_FILES or more files in one batch) send one batch
+task per detector per ``payload.BATCH_FILES`` files or ``payload.BATCH_BYTES`` of
+blobs; a smaller batch sends one task per detector per file, as a live edit does.  A
 failure in the middle of a batch may send a change twice (tasks are idempotent) and
 may leave blob references that no task releases (their TTL ends them).
 """
@@ -27,18 +30,17 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
 import redis
 
 from kloros_tasks import names
-from kloros_tasks.connections import broker_url
 from kloros_tasks.settings import Settings
 from kloros_tasks.watch import filters
 from kloros_tasks.watch.filters import SeenEntry
+from kloros_tasks.watch.send import Sender
 from kloros_tasks.watch.tree import walk_tree
 from kloros_tasks.work import blobs
-from kloros_tasks.work.payload import Change
+from kloros_tasks.work.payload import BATCH_BYTES, BATCH_FILES, Change, batch_json
 
 log = logging.getLogger(__name__)
 
@@ -58,44 +60,6 @@ STORM_FILES = 20  # changed files in one batch that make a storm
 STORM_LINGER = 5  # seconds a storm's marker outlasts its last batch: more may follow
 
 Reader = Callable[[str, int], bytes]
-
-
-class Sender(Protocol):
-    def send(self, detector: str, payload: dict[str, Any]) -> None:
-        """Enqueue one analyze task for ``detector``; raise on a broker failure."""
-
-
-class CelerySender:
-    """Sends tasks by name through the Celery app of ``kloros_tasks.celery_app``, loaded
-    on first use; when the producer was given another Redis than the environment names,
-    an app configured from the producer's settings, so both talk to the same Redis."""
-
-    def __init__(self, settings: Settings | None = None, app: Any = None) -> None:
-        self._settings, self._app = settings, app
-
-    def _load(self) -> Any:
-        from kloros_tasks import celery_app  # noqa: PLC0415 - configure Celery only when sending
-
-        wanted = self._settings and broker_url(self._settings.redis_url)
-        if wanted and celery_app.app.conf.broker_url != wanted:
-            return celery_app.create_app(self._settings)
-        return celery_app.app
-
-    def send(self, detector: str, payload: dict[str, Any]) -> None:
-        if self._app is None:
-            self._app = self._load()
-        self._app.send_task(names.TASK_ANALYZE[detector], args=[payload], queue=detector)
-
-    def declare(self) -> None:
-        """(Re)create every task queue's binding in Redis.  kombu routes a message through
-        ``_kombu.binding.<queue>`` and drops it silently when that key is gone (a flushed
-        Redis); it declares a queue once per connection, so it would not notice."""
-        if self._app is None:
-            self._app = self._load()
-        with self._app.connection_for_write() as connection:
-            channel = connection.default_channel
-            for queue in self._app.amqp.queues.values():
-                queue.bind(channel).declare()
 
 
 def inotify_watch_limit() -> int | None:
@@ -154,6 +118,22 @@ class _Task:
     event: str
     sha: str | None = None
     skip: str | None = None
+    size: int = 0  # bytes of its blob
+
+
+def bounded(tasks: list[_Task]) -> Iterable[list[_Task]]:
+    """``tasks`` in order, cut into batches of at most BATCH_FILES files and BATCH_BYTES
+    of blobs (a single file over it makes a batch of its own)."""
+    batch: list[_Task] = []
+    size = 0
+    for task in tasks:
+        if batch and (len(batch) == BATCH_FILES or size + task.size > BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(task)
+        size += task.size
+    if batch:
+        yield batch
 
 
 @dataclass
@@ -227,7 +207,8 @@ class Syncer:
                                                                "ts": time.time()}),
                                 ex=STORM_LINGER)
             olds = self.client.hmget(names.seen(name), rels)
-            self._sync(self.by_name[name], zip(rels, olds, strict=True))
+            self._sync(self.by_name[name], zip(rels, olds, strict=True),
+                       bulk=len(rels) >= STORM_FILES)
 
     def seen_under(self, root: Root, dirs: set[str]) -> list[str]:
         """The seen paths inside any of the directories ``dirs`` (relpaths)."""
@@ -263,7 +244,7 @@ class Syncer:
                     if stopping.is_set():
                         return False
                     batch = rels[start:start + BATCH]
-                    self._sync(root, ((rel, seen.get(rel)) for rel in batch))
+                    self._sync(root, ((rel, seen.get(rel)) for rel in batch), bulk=True)
                     done += len(batch)
             self._end_bursts()
         finally:
@@ -277,24 +258,38 @@ class Syncer:
         return True
 
     # --- one batch of one root --------------------------------------------------------
-    def _sync(self, root: Root, olds: Iterable[tuple[str, bytes | None]]) -> None:
-        """Handle each (relpath, raw seen entry) and commit the batch's writes."""
+    def _sync(self, root: Root, olds: Iterable[tuple[str, bytes | None]],
+              bulk: bool = False) -> None:
+        """Handle each (relpath, raw seen entry) and commit the batch's writes; with
+        ``bulk`` (a reconciliation, a storm), send batch tasks."""
         plan = _Plan()
         for rel, raw in olds:
             self._handle(root, rel, SeenEntry.parse(raw), plan)
             if plan.blob_bytes >= BLOB_FLUSH_BYTES:
-                self._flush(root, plan)
-        self._flush(root, plan)
+                self._flush(root, plan, bulk)
+        self._flush(root, plan, bulk)
         self._commit(root.name, plan.writes)
 
-    def _flush(self, root: Root, plan: _Plan) -> None:
-        """Store the planned blobs in one round trip, then send the tasks needing them."""
+    def _flush(self, root: Root, plan: _Plan, bulk: bool = False) -> None:
+        """Store the planned blobs in one round trip, then send the tasks needing them:
+        one per detector per file, or with ``bulk`` one per detector per bounded batch
+        (a batch holds one reference to each blob it names, as a task does)."""
         blobs.store_many(self.client, plan.blobs, ttl=self.settings.blob_ttl)
         plan.blobs, plan.blob_bytes = [], 0
         tasks, plan.tasks = plan.tasks, []
+        if not bulk:
+            for task in tasks:
+                self._refresh_bursts()
+                self._send(root, task)
+            return
+        by_detector: dict[str, list[_Task]] = {}
         for task in tasks:
-            self._refresh_bursts()
-            self._send(root, task)
+            for detector in task.detectors:
+                by_detector.setdefault(detector, []).append(task)
+        for detector in sorted(by_detector):
+            for batch in bounded(by_detector[detector]):
+                self._refresh_bursts()
+                self._send_batch(root, detector, batch)
 
     def _examine(self, root: Root, rel: str) -> tuple[str, os.stat_result | None, bytes]:
         """What is at ``rel`` now: GONE (absent, or nothing to analyse: a symlink, a FIFO,
@@ -348,7 +343,7 @@ class Syncer:
                 plan.tasks.append(_Task(rel, detectors, event, skip=skip))
             else:
                 plan.store(sha, data, len(detectors))
-                plan.tasks.append(_Task(rel, detectors, event, sha=sha))
+                plan.tasks.append(_Task(rel, detectors, event, sha=sha, size=len(data)))
         if action != filters.SAME:
             plan.writes.append((rel, entry.format()))
 
@@ -358,6 +353,15 @@ class Syncer:
             change = Change(root=root.name, path=task.rel, event=task.event,
                             sha256=task.sha, skip=task.skip, ts=ts)
             self.sender.send(detector, change.to_json())
+
+    def _send_batch(self, root: Root, detector: str, batch: list[_Task]) -> None:
+        ts = time.time()
+        changes = [Change(root=root.name, path=task.rel, event=task.event, sha256=task.sha,
+                          skip=task.skip, ts=ts) for task in batch]
+        if len(changes) == 1:  # a batch of one is a single-file task
+            self.sender.send(detector, changes[0].to_json())
+        else:
+            self.sender.send_batch(detector, batch_json(root.name, changes))
 
     def _commit(self, root_key: str, writes: list[tuple[str, str | None]]) -> None:
         if not writes:

@@ -124,13 +124,15 @@ def _local_copy(root_info: dict, change: Change, host: str,
     return raw if hashlib.sha256(raw).hexdigest() == change.sha256 else None
 
 
-def _content(ctx: Context, root_info: dict, change: Change) -> tuple[bytes | None, str | None]:
-    """(bytes, None) to analyse, or (None, reason) when the change has no analysable content."""
+def content(ctx: Context, root_info: dict, change: Change,
+            fetched: bytes | int | None) -> tuple[bytes | None, str | None]:
+    """(bytes, None) to analyse, or (None, reason) when the change has no analysable
+    content; ``fetched`` is what ``blobs.fetch`` gave for the change's digest."""
     if change.event == "deleted":
         return None, None
     if change.skip:
         return None, change.skip
-    raw = blobs.fetch(ctx.client, change.sha256, ctx.max_file_bytes)
+    raw = fetched
     if isinstance(raw, int):  # measured in Redis, never loaded
         return None, f"too large ({raw} bytes > {ctx.max_file_bytes})"
     if raw is not None and hashlib.sha256(raw).hexdigest() != change.sha256:
@@ -143,6 +145,40 @@ def _content(ctx: Context, root_info: dict, change: Change) -> tuple[bytes | Non
             return None, "superseded"
         raw = local
     return raw, None
+
+
+def _fetch(ctx: Context, change: Change) -> bytes | int | None:
+    if change.event == "deleted" or change.skip or not change.sha256:
+        return None
+    return blobs.fetch(ctx.client, change.sha256, ctx.max_file_bytes)
+
+
+def prepare(detector: FileDetector, index, path: str, raw: bytes | None,
+            reason: str | None, package: str):
+    """(text, facts, reason): the decoded text and its facts, extracted from the
+    layout ``index`` has now (None, None and why for content that is not text)."""
+    text = None
+    if raw is not None:
+        try:
+            text = engine.decode_source(path, raw)
+        except engine.NotText as exc:
+            reason = str(exc)
+    facts = engine.extract(detector, index, path, text, package) if text is not None else None
+    return text, facts, reason
+
+
+def apply_one(ctx: Context, detector: FileDetector, index, change: Change, text, facts,
+              package: str, root_info: dict) -> engine.Applied:
+    """``engine.apply_change`` of one change; the caller holds the root's lock."""
+    applied = engine.apply_change(
+        detector, index, change.path, text, change.sha256, facts=facts,
+        root_package=package, reread=lambda rel: _read_local(ctx, root_info, rel),
+        stamp=change.ts)
+    if applied.stale:
+        log.info("%s: %d modules under %s:%s:%s keep their old names until they change "
+                 "(not readable on this host)", detector.name, len(applied.stale),
+                 detector.name, change.root, change.path)
+    return applied
 
 
 def decode_payload(obj) -> Change:
@@ -179,76 +215,65 @@ def _analyse(ctx: Context, detector: FileDetector, change: Change, root_info: di
              reevaluate_all: bool) -> str:
     index = RedisIndex(ctx.client, detector.name, change.root, keep_journal=True)
     key = f"{detector.name}:{change.root}:{change.path}"
-    if (change.sha256 and not reevaluate_all
-            and engine.stored_digest(index, change.path) == change.sha256):
+    stored = index.facts(change.path)
+    if engine.sent_later(stored, change.ts):
+        log.info("%s: %s was sent before the change already analysed; ignored",
+                 detector.name, key)
+        return "superseded"
+    if (change.sha256 and not reevaluate_all and stored is not None
+            and stored.data.get(engine.DIGEST) == change.sha256):
         # Delivered again, or a rename back: already in the index.  Done only if the
         # questions it affects were published or deferred too; a delivery that died
         # (or a transient error) in between left its journal entry to finish from.
-        return _finish(ctx, detector, index, change) or "duplicate"
-    raw, reason = _content(ctx, root_info, change)
+        return finish(ctx, detector, index, change) or "duplicate"
+    raw, reason = content(ctx, root_info, change, _fetch(ctx, change))
     if reason == "superseded":
         log.info("%s: %s changed again before analysis; the newer task covers it",
                  detector.name, key)
         return "superseded"
-    text = None
-    if raw is not None:
-        try:
-            text = engine.decode_source(change.path, raw)
-        except engine.NotText as exc:
-            reason = str(exc)
     package = root_package(root_info, change.root, ctx.publisher.host)
     # Parse outside the lock: a slow or killed parse must not hold up the whole root.
-    facts = (engine.extract(detector, index, change.path, text, package)
-             if text is not None else None)
-    with _root_lock(ctx, detector.name, change.root):
-        applied = engine.apply_change(
-            detector, index, change.path, text, change.sha256, facts=facts,
-            root_package=package, reread=lambda rel: _read_local(ctx, root_info, rel))
-        if applied.stale:
-            log.info("%s: %d modules under %s keep their old names until they change "
-                     "(not readable on this host)", detector.name, len(applied.stale), key)
+    text, facts, reason = prepare(detector, index, change.path, raw, reason, package)
+    with root_lock(ctx, detector.name, change.root):
+        applied = apply_one(ctx, detector, index, change, text, facts, package, root_info)
         owners = set(applied.owners)
         if reevaluate_all:  # the world the detector judges against changed
             owners.update(index.paths())
-        _judge(ctx, detector, index, change.root, owners, package)
+        judge(ctx, detector, index, change.root, owners, package)
         index.settled(change.path)
-    reason = reason or applied.skipped
-    if reason:
-        log.warning("%s: not analysing %s: %s", detector.name, key, reason)
-        ctx.client.hset(names.SKIPPED, key, reason)
-    else:
-        ctx.client.hdel(names.SKIPPED, key)
-    return _record_error(ctx, key, applied.error) or ("skipped" if reason else "analysed")
+    return record(ctx.client, key, reason or applied.skipped, applied.error)
 
 
-def _finish(ctx: Context, detector: FileDetector, index: RedisIndex,
+def finish(ctx: Context, detector: FileDetector, index: RedisIndex,
             change: Change) -> str | None:
     """Publish or defer what the journaled last change of the file affects; None when
     nothing was left unfinished."""
     if index.pending(change.path) is None:
         return None
-    with _root_lock(ctx, detector.name, change.root):
+    with root_lock(ctx, detector.name, change.root):
         touched = index.pending(change.path)
         if touched is None:  # another delivery finished it meanwhile
             return None
         owners = {change.path} | detector.affected(change.path, touched, index)
         package = root_package(registered_root(ctx.client, change.root), change.root,
                                ctx.publisher.host)
-        _judge(ctx, detector, index, change.root, owners, package)
+        judge(ctx, detector, index, change.root, owners, package)
         index.settled(change.path)
     log.info("%s: finished %s:%s, whose questions an earlier delivery left unpublished",
              detector.name, change.root, change.path)
     return "analysed"
 
 
-def _judge(ctx: Context, detector: FileDetector, index, root: str, owners: set[str],
-           package: str) -> None:
-    """Defer ``owners`` while a burst goes on, else publish their questions now."""
-    if not _defer(ctx, detector.name, root, owners):
+def judge(ctx: Context, detector: FileDetector, index, root: str, owners: set[str],
+          package: str, *, join: bool = False) -> None:
+    """Defer ``owners`` while a burst goes on, else publish their questions now.  With
+    ``join`` they are also deferred while evaluations of the root wait to be settled
+    (the task that settles them evaluates each file once)."""
+    if not _defer(ctx, detector.name, root, owners, join):
         _publish(ctx, detector, index, root, owners, package)
 
 
-def _root_lock(ctx: Context, detector: str, root: str):
+def root_lock(ctx: Context, detector: str, root: str):
     return ctx.client.lock(names.lock(detector, root), timeout=ctx.lock_timeout,
                            sleep=LOCK_POLL, blocking_timeout=ctx.lock_wait)
 
@@ -293,10 +318,15 @@ def in_burst(client, detector: str, root: str) -> bool:
     return bool(waiting or sending)
 
 
-def _defer(ctx: Context, detector: str, root: str, owners: set[str]) -> bool:
-    """Add ``owners`` to the deferred set while a burst goes on; False means evaluate
-    them now.  The first deferral of a burst schedules its settle task."""
-    if not owners or not in_burst(ctx.client, detector, root):
+def _defer(ctx: Context, detector: str, root: str, owners: set[str],
+           join: bool = False) -> bool:
+    """Add ``owners`` to the deferred set while a burst goes on (with ``join``, also
+    while the set is not empty); False means evaluate them now.  The first deferral of
+    a burst schedules its settle task."""
+    if not owners:
+        return False
+    if not in_burst(ctx.client, detector, root) and not (
+            join and ctx.client.exists(names.deferred(detector, root))):
         return False
     pipe = ctx.client.pipeline()
     pipe.set(names.deferred_since(detector, root), time.time(), nx=True)
@@ -328,7 +358,7 @@ def settle(ctx: Context, detector: FileDetector, root: str,
     deadline = time.monotonic() + budget
     package = root_package(registered_root(ctx.client, root), root, ctx.publisher.host)
     while True:
-        with _root_lock(ctx, detector.name, root):
+        with root_lock(ctx, detector.name, root):
             batch = [_text(m) for m in ctx.client.srandmember(key, SETTLE_BATCH)]
             if not batch:
                 ctx.client.delete(since)
@@ -353,10 +383,17 @@ def deferred_roots(client, detector: str) -> list[str]:
     return [root for i, root in enumerate(roots) if found[2 * i] and not found[2 * i + 1]]
 
 
-def _record_error(ctx: Context, key: str, error: str | None) -> str | None:
+def record(target, key: str, reason: str | None, error: str | None) -> str:
+    """Record why ``key`` ("<detector>:<root>:<path>") was not analysed and whether it
+    parses, through ``target`` (a client or a pipeline); returns the outcome word."""
+    if reason:
+        log.warning("not analysing %s: %s", key, reason)
+        target.hset(names.SKIPPED, key, reason)
+    else:
+        target.hdel(names.SKIPPED, key)
     if error is None:
-        ctx.client.hdel(names.SYNTAX_ERRORS, key)
-        return None
+        target.hdel(names.SYNTAX_ERRORS, key)
+        return "skipped" if reason else "analysed"
     log.info("%s does not parse (%s); keeping its previous facts", key, error)
-    ctx.client.hset(names.SYNTAX_ERRORS, key, error)
+    target.hset(names.SYNTAX_ERRORS, key, error)
     return "syntax-error"

@@ -22,6 +22,23 @@ end
 return left
 """
 
+# The same for each (blob, refs) key pair, in one call: one reference per pair given.
+_RELEASE_MANY = """
+for i = 1, #KEYS, 2 do
+  if redis.call('DECR', KEYS[i + 1]) <= 0 then
+    redis.call('DEL', KEYS[i], KEYS[i + 1])
+  end
+end
+return #KEYS / 2
+"""
+
+_TAKE_MANY = """
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('INCR', KEYS[i]) end
+end
+return #KEYS
+"""
+
 
 def store(client, sha256: str, content: bytes, refs: int, ttl: int) -> None:
     """Keep ``content`` for ``refs`` more tasks (adds to any references already held)."""
@@ -62,6 +79,41 @@ def fetch(client, sha256: str, max_bytes: int | None = None) -> bytes | int | No
     if not exists:
         return None
     return size if size > max_bytes else head
+
+
+def fetch_many(client, digests: Iterable[str],
+               max_bytes: int) -> dict[str, bytes | int | None]:
+    """``fetch`` of every digest in one round trip: digest -> bytes, size or None."""
+    wanted = list(dict.fromkeys(digests))
+    if not wanted:
+        return {}
+    pipe = client.pipeline(transaction=True)
+    for sha256 in wanted:
+        pipe.exists(names.blob(sha256))
+        pipe.strlen(names.blob(sha256))
+        pipe.getrange(names.blob(sha256), 0, max_bytes)
+    found = pipe.execute()
+    out: dict[str, bytes | int | None] = {}
+    for i, sha256 in enumerate(wanted):
+        exists, size, head = found[3 * i:3 * i + 3]
+        out[sha256] = None if not exists else (size if size > max_bytes else head)
+    return out
+
+
+def take_many(client, digests: Iterable[str]) -> None:
+    """One more reference to each digest given (given twice, two), in one script call;
+    a blob already gone stays gone (no counter is created for it)."""
+    keys = [names.blob_refs(sha256) for sha256 in digests]
+    if keys:
+        client.eval(_TAKE_MANY, len(keys), *keys)
+
+
+def release_many(client, digests: Iterable[str]) -> None:
+    """``release`` one reference per digest given (a digest given twice, twice), in one
+    script call."""
+    keys = [k for sha256 in digests for k in (names.blob(sha256), names.blob_refs(sha256))]
+    if keys:
+        client.eval(_RELEASE_MANY, len(keys), *keys)
 
 
 def release(client, sha256: str) -> int:

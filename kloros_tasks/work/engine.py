@@ -27,6 +27,7 @@ from kloros_tasks.questions import Question, in_root
 
 DIGEST = "_sha256"  # the content digest a change was analysed from
 NAMES = "_names"  # the module names a Python file's facts were extracted under
+STAMP = "_ts"  # when the watcher sent the change the facts were analysed from
 MODULE_SUFFIXES = (".py", *EXTENSION_SUFFIXES)
 # Relation values one file may put in the index (each one an entry of an inverted
 # index, so an operation of every update and lookup of the file).  A file past it (a
@@ -129,7 +130,8 @@ def too_many_facts(facts: FileFacts, limit: int | None = None) -> str | None:
 
 def apply_change(detector: FileDetector, index, path: str, text: str | None,
                  digest: str | None = None, facts: FileFacts | None = None, *,
-                 root_package: str = "", reread: Reread | None = None) -> Applied:
+                 root_package: str = "", reread: Reread | None = None,
+                 stamp: float | None = None) -> Applied:
     """Store ``path``'s new facts (None text = the file is gone or unanalysable).
 
     A parse error keeps the previous facts: while someone types, the rest of the tree
@@ -139,9 +141,10 @@ def apply_change(detector: FileDetector, index, path: str, text: str | None,
     module exists and binds names nobody can see, so its importers are not broken.
 
     ``facts`` may be extracted beforehand (outside a lock) with ``extract``; they are
-    extracted again if the layout they were named by changed since.  When ``path`` is
-    an ``__init__.py`` that appears or goes, the files below its directory change
-    names: each is read again with ``reread`` and re-extracted.
+    extracted again if the layout they were named by changed since.  ``stamp`` (when
+    the change was sent) is stored with the facts, so a late older change can be told.
+    When ``path`` is an ``__init__.py`` that appears or goes, the files below its
+    directory change names: each is read again with ``reread`` and re-extracted.
     """
     flips = is_package_file(path) and (index.facts(path) is None) != (text is None)
     if text is None:
@@ -166,6 +169,8 @@ def apply_change(detector: FileDetector, index, path: str, text: str | None,
                        skipped=skipped)
     if digest is not None:
         facts = replace(facts, data={**facts.data, DIGEST: digest})
+    if stamp:
+        facts = replace(facts, data={**facts.data, STAMP: stamp})
     touched = index.update(path, facts)
     applied = Applied(frozenset({path} | detector.affected(path, touched, index)), error)
     return _renamed(detector, index, path, applied, root_package, reread) if flips else applied
@@ -221,6 +226,13 @@ def evaluate(detector: FileDetector, index, owners, root: str,
     with using(tree_layout(index, root_package)):
         return {owner: [in_root(q, root) for q in detector.evaluate(owner, index)]
                 for owner in sorted(owners)}
+
+
+def sent_later(facts: FileFacts | None, ts: float) -> bool:
+    """Whether ``facts`` come from a change sent after ``ts``: a change sent at ``ts``
+    and delivered only now (a redelivery, a retried batch) must not undo it."""
+    stamp = facts.data.get(STAMP) if facts is not None else None
+    return isinstance(stamp, int | float) and ts < stamp
 
 
 def stored_digest(index, path: str) -> str | None:

@@ -4,6 +4,11 @@ A payload names a change, not content: the watched root's name, the path relativ
 it, the event, and the sha256 of the content, which travels separately as the blob
 ``kloros:blob:<sha256>``.  Deletions and files the producer refused to upload
 (``skip`` says why) carry no digest.  JSON only.
+
+A batch payload names up to BATCH_FILES changes of one root whose blobs hold at most
+BATCH_BYTES together: ``{"v": 1, "root": ..., "changes": [{path, event, sha256, skip,
+ts}, ...]}``.  Each entry is checked as a single change is; a malformed entry is
+refused alone, a malformed batch as a whole.
 """
 
 from __future__ import annotations
@@ -18,6 +23,11 @@ EVENTS = ("created", "modified", "deleted")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _ROOT = re.compile(r"^[A-Za-z0-9_.@+-]{1,128}$")
 MAX_PATH = 4096
+# The bounds of one batch task: what the watcher packs into one, and what a worker
+# holds in memory and under its root's lock at once.
+BATCH_FILES = 100
+BATCH_BYTES = 4 * 1024 * 1024
+ENTRY_FIELDS = ("path", "event", "sha256", "skip", "ts")
 
 
 class PayloadError(ValueError):
@@ -73,3 +83,41 @@ def parse(obj: Any) -> Change:
     if not isinstance(ts, int | float):
         raise PayloadError("ts must be a number")
     return Change(root=root, path=path, event=event, sha256=sha, skip=skip, ts=float(ts))
+
+
+def parse_batch(obj: Any) -> tuple[str, list[Change | PayloadError]]:
+    """Validate a decoded batch payload: (root, one Change or PayloadError per entry, in
+    order).  Raise PayloadError when the batch itself is malformed."""
+    if not isinstance(obj, dict):
+        raise PayloadError(f"batch payload is {type(obj).__name__}, not an object")
+    if obj.get("v", VERSION) != VERSION:
+        raise PayloadError(f"batch payload version {obj.get('v')!r} is not {VERSION}")
+    root, changes = obj.get("root"), obj.get("changes")
+    if not isinstance(root, str) or not _ROOT.match(root):
+        raise PayloadError(f"root {root!r} is not a watched root name")
+    if not isinstance(changes, list) or not changes:
+        raise PayloadError("changes is not a non-empty list")
+    if len(changes) > BATCH_FILES:
+        raise PayloadError(f"{len(changes)} changes in one batch (at most {BATCH_FILES})")
+    extra = set(obj) - {"v", "root", "changes"}
+    if extra:
+        raise PayloadError(f"unknown batch fields {sorted(extra)}")
+    return root, [_entry(root, entry) for entry in changes]
+
+
+def _entry(root: str, entry: Any) -> Change | PayloadError:
+    if not isinstance(entry, dict):
+        return PayloadError(f"entry is {type(entry).__name__}, not an object")
+    extra = set(entry) - set(ENTRY_FIELDS)
+    if extra:
+        return PayloadError(f"unknown entry fields {sorted(extra)}")
+    try:
+        return parse({**entry, "root": root})
+    except PayloadError as exc:
+        return exc
+
+
+def batch_json(root: str, changes: list[Change]) -> dict[str, Any]:
+    """The batch payload of ``changes`` (all of ``root``)."""
+    return {"v": VERSION, "root": root,
+            "changes": [{f: getattr(c, f) for f in ENTRY_FIELDS} for c in changes]}

@@ -38,6 +38,7 @@ from kloros_tasks.work.analysis import (
     in_burst,
     settle,
 )
+from kloros_tasks.work.batch import handle_batch, split
 from kloros_tasks.work.registry import worker_detector
 
 log = logging.getLogger(__name__)
@@ -125,8 +126,8 @@ class KlorosTask(Task):
             result = super().__call__(*args, **kwargs)
         except SoftTimeLimitExceeded:
             # Deterministic: the same input would time out again, so park it now.
-            self._dead_letter(task_id, args, f"exceeded the {self.settings.task_time_limit} s"
-                              " time limit")
+            self._give_up(task_id, args, f"exceeded the {self.settings.task_time_limit} s"
+                          " time limit")
             return "dead-lettered"
         except CONTROL:
             raise
@@ -136,8 +137,8 @@ class KlorosTask(Task):
             # A bug or a MemoryError: running it again would fail the same way, and
             # with late acks and no requeue Celery would drop the message silently.
             exc.__traceback__ = None  # let what the failed task held be freed first
-            self._dead_letter(task_id, args, "raised an unexpected exception",
-                              exception=_exception_line(exc))
+            self._give_up(task_id, args, "raised an unexpected exception",
+                          exception=_exception_line(exc))
             return "dead-lettered"
         if task_id:
             self.client.delete(names.attempts(task_id))
@@ -151,9 +152,13 @@ class KlorosTask(Task):
         deliveries = pipe.execute()[0]
         if deliveries <= self.settings.max_deliveries:
             return False
-        self._dead_letter(task_id, args, f"delivered {deliveries} times; its worker died each time")
+        self._give_up(task_id, args, f"delivered {deliveries} times; its worker died each time")
         self.client.delete(key)
         return True
+
+    def _give_up(self, task_id, args, reason: str, exception: str | None = None) -> None:
+        """What becomes of a message that cannot succeed: parked as a dead letter."""
+        self._dead_letter(task_id, args, reason, exception)
 
     def _dead_letter(self, task_id, args, reason: str, exception: str | None = None) -> None:
         deliveries = self.client.get(names.attempts(task_id)) if task_id else None
@@ -168,6 +173,26 @@ class KlorosTask(Task):
         if task_id:
             pipe.delete(names.attempts(task_id))
         pipe.execute()
+
+
+class BatchTask(KlorosTask):
+    """Base of the batch tasks: a batch that cannot succeed is split, not parked, so
+    one poison file does not take the rest of its batch with it."""
+
+    abstract = True
+
+    def _give_up(self, task_id, args, reason: str, exception: str | None = None) -> None:
+        detector = self.name.split(".")[1]
+        sent = split(self.client, args[0] if len(args) == 1 else None,
+                     lambda payload: self.app.send_task(names.TASK_ANALYZE[detector],
+                                                        args=[payload], queue=detector))
+        if sent is None:
+            super()._give_up(task_id, args, reason, exception)
+            return
+        log.warning("%s %s %s%s; sent its %d changes again one by one", self.name, task_id,
+                    reason, f": {exception}" if exception else "", sent)
+        if task_id:
+            self.client.delete(names.attempts(task_id))
 
 
 def _file_of(args) -> str | None:
@@ -192,12 +217,17 @@ def _analyze(task: KlorosTask, detector_name: str, args: tuple, kwargs: dict) ->
     detector, environment_changed = worker_detector(detector_name, task.settings, task.client,
                                                     root if isinstance(root, str) else None)
     context = task.context()
-    outcome = handle_change(context, detector, payload, reevaluate_all=environment_changed)
+    handle = handle_batch if isinstance(task, BatchTask) else handle_change
+    outcome = handle(context, detector, payload, reevaluate_all=environment_changed)
     log.debug("%s %s: %s", task.name, task.request.id, outcome)
     if not task.client.llen(detector_name):
-        # The burst is over: evaluate what its changes deferred (see analysis.py).
+        # The burst is over: evaluate what its changes deferred (see analysis.py); a
+        # batch leaves it to a settle task, whose time limit is all its own.
         for root in deferred_roots(task.client, detector_name):
-            _settle(task, context, detector, root)
+            if handle is handle_batch:
+                task.schedule_settle(detector_name, root)
+            else:
+                _settle(task, context, detector, root)
     return outcome
 
 
@@ -241,6 +271,21 @@ def analyze_integration(self, *args, **kwargs):
 
 @app.task(name=names.TASK_ANALYZE[names.CAPABILITY], base=KlorosTask, bind=True)
 def analyze_capability(self, *args, **kwargs):
+    return _analyze(self, names.CAPABILITY, args, kwargs)
+
+
+@app.task(name=names.TASK_ANALYZE_BATCH[names.KNOWLEDGE], base=BatchTask, bind=True)
+def analyze_batch_knowledge(self, *args, **kwargs):
+    return _analyze(self, names.KNOWLEDGE, args, kwargs)
+
+
+@app.task(name=names.TASK_ANALYZE_BATCH[names.INTEGRATION], base=BatchTask, bind=True)
+def analyze_batch_integration(self, *args, **kwargs):
+    return _analyze(self, names.INTEGRATION, args, kwargs)
+
+
+@app.task(name=names.TASK_ANALYZE_BATCH[names.CAPABILITY], base=BatchTask, bind=True)
+def analyze_batch_capability(self, *args, **kwargs):
     return _analyze(self, names.CAPABILITY, args, kwargs)
 
 
@@ -289,7 +334,7 @@ def park_failed_task(sender=None, task_id=None, exception=None, args=None, **_kw
             exception, (*CONTROL, TimeLimitExceeded, WorkerLostError)):
         return
     try:
-        sender._dead_letter(task_id, tuple(args or ()), "failed",
+        sender._give_up(task_id, tuple(args or ()), "failed",
                             exception=_exception_line(exception) if exception else None)
     except Exception as exc:  # noqa: BLE001 - logged; the message is lost to Celery anyway
         log.error("could not park failed task %s %s: %s", sender.name, task_id, exc)

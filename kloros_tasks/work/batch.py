@@ -1,0 +1,237 @@
+"""What a batch task does, minus Celery: a bounded batch of changes of one root, with
+the Redis round trips of one change paid once per batch.
+
+The watcher sends a reconciliation or a storm as batches (payload.py bounds them);
+each file's outcome is exactly the single-file path's (analysis.py), whose steps this
+reuses: per batch one root registration read, one HMGET of the stored digests, one
+pipeline of blobs, decoding and extraction outside the lock, one hold of the root's
+lock for applying every change, one deferral decision, one HDEL of the journal, one
+pipeline of skip and syntax-error records and one script call releasing the blobs.
+
+Bad input: a malformed batch is refused as a whole, a malformed entry alone.  A batch
+that raises or keeps killing its worker is not parked whole: ``split`` sends each of
+its changes again as a single-file task, so only a poison file ends as a dead letter.
+Blob references are released only when the batch is done, so a retry, a redelivery
+or a split still finds the bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+
+from kloros_tasks.detectors.base import FileDetector, FileFacts
+from kloros_tasks.detectors.layout import PACKAGE_FILE, is_package_file
+from kloros_tasks.state.index import RedisIndex
+from kloros_tasks.work import blobs, engine
+from kloros_tasks.work.analysis import (
+    Context,
+    apply_one,
+    content,
+    finish,
+    judge,
+    prepare,
+    record,
+    registered_root,
+    root_lock,
+    root_package,
+)
+from kloros_tasks.work.payload import Change, PayloadError, parse_batch
+
+log = logging.getLogger(__name__)
+
+
+class BatchIndex:
+    """A RedisIndex whose ``__init__.py`` facts (the package layout: naming a module
+    asks for those of every directory above it) are read once per batch.  A file the
+    batch updates is read again."""
+
+    def __init__(self, index: RedisIndex) -> None:
+        self.index = index
+        self._inits: dict[str, FileFacts | None] = {}
+
+    def __getattr__(self, name: str):
+        return getattr(self.index, name)
+
+    def prefetch(self, paths: Iterable[str]) -> None:
+        """Read the ``__init__.py`` above each path, in one round trip."""
+        wanted = {init for path in paths for init in _inits_above(path)} - set(self._inits)
+        self._inits.update(self.index.facts_many(sorted(wanted)))
+
+    def assume(self, present: dict[str, bool]) -> None:
+        """Read each ``__init__.py`` given as indexed (True) or not, for naming only."""
+        for path, there in present.items():
+            self._inits[path] = _ASSUMED if there else None
+
+    def facts(self, path: str) -> FileFacts | None:
+        if not is_package_file(path):
+            return self.index.facts(path)
+        if path not in self._inits:
+            self._inits[path] = self.index.facts(path)
+        return self._inits[path]
+
+    def update(self, path: str, new: FileFacts | None):
+        self._inits.pop(path, None)
+        return self.index.update(path, new)
+
+
+_ASSUMED = FileFacts()  # an ``__init__.py`` taken as indexed before it is
+
+
+def _inits_above(path: str) -> list[str]:
+    parts = path.split("/")[:-1]
+    return [PACKAGE_FILE] + [f"{'/'.join(parts[:i])}/{PACKAGE_FILE}"
+                             for i in range(1, len(parts) + 1)]
+
+
+def decode_batch(obj) -> tuple[str, list[Change | PayloadError]]:
+    if isinstance(obj, str | bytes):
+        try:
+            obj = json.loads(obj)
+        except ValueError as exc:
+            raise PayloadError(f"batch payload is not JSON: {exc}") from exc
+    return parse_batch(obj)
+
+
+def _summary(outcomes: Counter) -> str:
+    return ", ".join(f"{n} {word}" for word, n in sorted(outcomes.items())) or "empty"
+
+
+def handle_batch(ctx: Context, detector: FileDetector, obj, *,
+                 reevaluate_all: bool = False) -> str:
+    """Analyse a batch of changes; returns the count of each outcome ("3 analysed,
+    1 refused"), or "refused" for a malformed batch.  Redis errors propagate (the
+    task layer retries them) and leave the blobs held for the retry."""
+    try:
+        root, entries = decode_batch(obj)
+    except PayloadError as exc:
+        log.warning("%s: refused malformed batch payload: %s", detector.name, exc)
+        return "refused"
+    outcomes: Counter = Counter()
+    changes: list[Change] = []
+    for n, entry in enumerate(entries):
+        if isinstance(entry, PayloadError):
+            log.warning("%s: refused entry %d of a batch of %s: %s", detector.name, n,
+                        root, entry)
+            outcomes["refused"] += 1
+        else:
+            changes.append(entry)
+    root_info = registered_root(ctx.client, root)
+    if root_info is None:
+        log.warning("%s: refused a batch of %d changes of %s: no watcher registered the"
+                    " root", detector.name, len(changes), root)
+        outcomes["refused"] += len(changes)
+    elif changes:
+        _Batch(ctx, detector, root, root_info, outcomes).run(changes, reevaluate_all)
+    blobs.release_many(ctx.client, [c.sha256 for c in changes if c.sha256])
+    return _summary(outcomes)
+
+
+class _Batch:
+    def __init__(self, ctx: Context, detector: FileDetector, root: str, root_info: dict,
+                 outcomes: Counter) -> None:
+        self.ctx, self.detector, self.root, self.root_info = ctx, detector, root, root_info
+        self.outcomes = outcomes
+        self.index = RedisIndex(ctx.client, detector.name, root, keep_journal=True)
+        self.package = root_package(root_info, root, ctx.publisher.host)
+
+    def key(self, change: Change) -> str:
+        return f"{self.detector.name}:{self.root}:{change.path}"
+
+    def run(self, changes: list[Change], reevaluate_all: bool) -> None:
+        latest: dict[str, Change] = {}
+        for change in changes:  # a later change of a path supersedes an earlier one
+            if change.path in latest:
+                self.outcomes["superseded"] += 1
+            latest[change.path] = change
+        fresh = self._not_duplicates(list(latest.values()), reevaluate_all)
+        prepared = self._prepare(fresh)
+        if prepared:
+            self._apply(prepared, reevaluate_all)
+
+    def _not_duplicates(self, changes: list[Change], reevaluate_all: bool) -> list[Change]:
+        """The changes not yet in the index; the others (delivered again) are finished
+        from their journal entry, and those older than what the index holds ignored,
+        as the single-file path does."""
+        stored = self.index.facts_many(c.path for c in changes)
+        fresh = []
+        for change in changes:
+            facts = stored.get(change.path)
+            if engine.sent_later(facts, change.ts):
+                log.info("%s: %s was sent before the change already analysed; ignored",
+                         self.detector.name, self.key(change))
+                self.outcomes["superseded"] += 1
+            elif reevaluate_all:
+                fresh.append(change)
+            elif change.sha256 and facts is not None \
+                    and facts.data.get(engine.DIGEST) == change.sha256:
+                self.outcomes[finish(self.ctx, self.detector, self.index, change)
+                              or "duplicate"] += 1
+            else:
+                fresh.append(change)
+        return fresh
+
+    def _prepare(self, changes: list[Change]) -> list[tuple]:
+        """Fetch, decode and extract, outside the lock."""
+        fetched = blobs.fetch_many(self.ctx.client, [
+            c.sha256 for c in changes if c.sha256 and c.event != "deleted" and not c.skip],
+            self.ctx.max_file_bytes)
+        index = BatchIndex(self.index)
+        index.prefetch(c.path for c in changes)
+        # Modules are named by the layout the batch will have once applied (packages
+        # it adds or removes included), so that few are extracted again under the lock.
+        index.assume({c.path: c.event != "deleted" for c in changes if is_package_file(c.path)})
+        prepared = []
+        for change in changes:
+            raw, reason = content(self.ctx, self.root_info, change,
+                                  fetched.get(change.sha256) if change.sha256 else None)
+            if reason == "superseded":
+                log.info("%s: %s changed again before analysis; the newer task covers it",
+                         self.detector.name, self.key(change))
+                self.outcomes["superseded"] += 1
+                continue
+            prepared.append((change, *prepare(self.detector, index, change.path, raw,
+                                              reason, self.package)))
+        return prepared
+
+    def _apply(self, prepared: list[tuple], reevaluate_all: bool) -> None:
+        ctx, detector = self.ctx, self.detector
+        index = BatchIndex(self.index)
+        records = []
+        with root_lock(ctx, detector.name, self.root):
+            index.prefetch(change.path for change, *_ in prepared)
+            owners: set[str] = set()
+            for change, text, facts, reason in prepared:
+                applied = apply_one(ctx, detector, index, change, text, facts,
+                                    self.package, self.root_info)
+                owners |= applied.owners
+                records.append((change, reason or applied.skipped, applied.error))
+            if reevaluate_all:  # the world the detector judges against changed
+                owners.update(self.index.paths())
+            # The last batch of a burst joins what the burst deferred: its files may be
+            # among them, and are then evaluated once, by the settle that follows.
+            judge(ctx, detector, index, self.root, owners, self.package, join=True)
+            self.index.settled_many(change.path for change, *_ in prepared)
+        pipe = ctx.client.pipeline(transaction=False)
+        for change, reason, error in records:
+            self.outcomes[record(pipe, self.key(change), reason, error)] += 1
+        pipe.execute()
+
+
+def split(client, obj, send: Callable[[dict], None]) -> int | None:
+    """Send each change of the batch ``obj`` again as a single-file task (``send``
+    takes its payload), each holding a reference of its own to its blob before the
+    batch's are released; returns how many were sent, None when ``obj`` is no batch."""
+    try:
+        _root, entries = decode_batch(obj)
+    except PayloadError:
+        return None
+    changes = [e for e in entries if isinstance(e, Change)]
+    digests = [c.sha256 for c in changes if c.sha256]
+    blobs.take_many(client, digests)
+    for change in changes:
+        send(change.to_json())
+    blobs.release_many(client, digests)
+    return len(changes)

@@ -1,0 +1,216 @@
+"""Batch payloads and how the watcher cuts a reconciliation or a storm into batches:
+pure checks, and the Syncer on real files and a private Redis."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from kloros_tasks import names
+from kloros_tasks.settings import Settings
+from kloros_tasks.watch.sync import STORM_FILES, Root, Syncer, _Task, bounded
+from kloros_tasks.watch.tree import read_file
+from kloros_tasks.work import blobs
+from kloros_tasks.work.batch import BatchIndex, split
+from kloros_tasks.work.payload import (
+    BATCH_BYTES,
+    BATCH_FILES,
+    Change,
+    PayloadError,
+    batch_json,
+    parse_batch,
+)
+
+SHA = "a" * 64
+
+
+def entry(path: str = "a.md", **over) -> dict:
+    return {"path": path, "event": "modified", "sha256": SHA, "skip": None, "ts": 1.0, **over}
+
+
+# --- the payload -------------------------------------------------------------------------
+
+def test_a_batch_payload_round_trips_through_json():
+    changes = [Change("proj", "a.md", "modified", SHA, ts=2.0),
+               Change("proj", "b.py", "deleted"),
+               Change("proj", "big.txt", "created", skip="too large (9 bytes > 1)")]
+    root, parsed = parse_batch(json.loads(json.dumps(batch_json("proj", changes))))
+    assert root == "proj" and parsed == changes
+
+
+@pytest.mark.parametrize("payload,why", [
+    ([], "not an object"),
+    ({"v": 2, "root": "proj", "changes": [entry()]}, "version"),
+    ({"root": "../x", "changes": [entry()]}, "watched root name"),
+    ({"root": "proj", "changes": []}, "non-empty list"),
+    ({"root": "proj", "changes": "a.md"}, "non-empty list"),
+    ({"root": "proj", "changes": [entry()] * (BATCH_FILES + 1)}, "at most"),
+    ({"root": "proj", "changes": [entry()], "extra": 1}, "unknown batch fields"),
+])
+def test_a_malformed_batch_is_refused_as_a_whole(payload, why):
+    with pytest.raises(PayloadError, match=why):
+        parse_batch(payload)
+
+
+def test_a_malformed_entry_is_refused_alone_and_the_others_kept_in_order():
+    _root, parsed = parse_batch({"root": "proj", "changes": [
+        entry("a.md"), entry("../etc/passwd"), "not an object", entry("b.md", sha256="00"),
+        entry("c.md", root="other"), entry("d.md", event="deleted", sha256=None)]})
+    kinds = [type(p).__name__ for p in parsed]
+    assert kinds == ["Change", "PayloadError", "PayloadError", "PayloadError",
+                     "PayloadError", "Change"]
+    assert [p.path for p in parsed if isinstance(p, Change)] == ["a.md", "d.md"]
+    assert "outside its watched root" in str(parsed[1])
+    assert "unknown entry fields ['root']" in str(parsed[4])
+
+
+# --- the bounds ----------------------------------------------------------------------------
+
+def tasks(sizes: list[int]) -> list[_Task]:
+    return [_Task(f"f{i}.md", ("knowledge",), "modified", SHA, size=s)
+            for i, s in enumerate(sizes)]
+
+
+def test_batches_hold_at_most_batch_files_files_in_order():
+    cut = list(bounded(tasks([10] * (2 * BATCH_FILES + 5))))
+    assert [len(b) for b in cut] == [BATCH_FILES, BATCH_FILES, 5]
+    assert [t.rel for b in cut for t in b] == [f"f{i}.md" for i in range(2 * BATCH_FILES + 5)]
+
+
+def test_batches_hold_at_most_batch_bytes_of_blobs_and_a_larger_file_goes_alone():
+    quarter = BATCH_BYTES // 4
+    cut = list(bounded(tasks([quarter] * 5 + [BATCH_BYTES + 1, 1])))
+    assert [len(b) for b in cut] == [4, 1, 1, 1]
+    assert all(sum(t.size for t in b) <= BATCH_BYTES for b in cut if len(b) > 1)
+
+
+# --- the watcher ---------------------------------------------------------------------------
+
+class Recorder:
+    def __init__(self) -> None:
+        self.singles: list[tuple[str, dict]] = []
+        self.batches: list[tuple[str, dict]] = []
+
+    def send(self, detector: str, payload: dict) -> None:
+        self.singles.append((detector, payload))
+
+    def send_batch(self, detector: str, payload: dict) -> None:
+        root, entries = parse_batch(json.loads(json.dumps(payload)))
+        assert all(isinstance(e, Change) for e in entries)
+        self.batches.append((detector, payload))
+
+
+def syncer(r, redis_url: str, tree: Path) -> tuple[Syncer, Recorder]:
+    sender = Recorder()
+    root = Root(tree.name, str(tree))
+    return Syncer(Settings(redis_url=redis_url), r, sender, read_file, [root]), sender
+
+
+def test_a_reconciliation_sends_one_batch_per_detector_per_hundred_files(r, redis_url,
+                                                                         tmp_path):
+    tree = tmp_path / "proj"
+    tree.mkdir()
+    for i in range(250):
+        (tree / f"n{i:03d}.md").write_text(f"# note {i}\n")
+    for i in range(30):
+        (tree / f"m{i:02d}.py").write_text(f"x = {i}\n")
+    sync, sent = syncer(r, redis_url, tree)
+    assert sync.reconcile(threading.Event())
+    per_detector: dict[str, list[int]] = {}
+    for detector, payload in sent.batches:
+        per_detector.setdefault(detector, []).append(len(payload["changes"]))
+    # knowledge: 280 files; capability and integration: the 30 modules.
+    assert sorted(per_detector["knowledge"]) == [80, 100, 100]
+    assert per_detector["integration"] == [30] and per_detector["capability"] == [30]
+    assert sent.singles == []
+    # A batch holds one reference to each blob it names, as a single task does.
+    note = blobs.fetch(r, parse_batch(sent.batches[0][1])[1][0].sha256)
+    assert note is not None
+    module_sha = next(e["sha256"] for d, p in sent.batches if d == "integration"
+                      for e in p["changes"])
+    assert int(r.get(names.blob_refs(module_sha))) == 3
+    assert not r.exists(names.burst(tree.name))  # the burst is over
+
+
+def test_a_storm_is_sent_in_batches_and_a_few_changes_one_task_per_file(r, redis_url,
+                                                                        tmp_path):
+    tree = tmp_path / "proj"
+    tree.mkdir()
+    sync, sent = syncer(r, redis_url, tree)
+    few = [f"a{i}.md" for i in range(STORM_FILES - 1)]
+    for rel in few:
+        (tree / rel).write_text("# a\n")
+    sync.process(((tree.name, rel), "file") for rel in few)
+    assert len(sent.singles) == len(few) and sent.batches == []
+    storm = [f"b{i}.md" for i in range(STORM_FILES)]
+    for rel in storm:
+        (tree / rel).write_text("# b\n")
+    sync.process(((tree.name, rel), "file") for rel in storm)
+    assert [(d, len(p["changes"])) for d, p in sent.batches] == [("knowledge", STORM_FILES)]
+    assert len(sent.singles) == len(few)
+
+
+# --- the worker's side, without a worker -------------------------------------------------
+
+def test_a_split_batch_hands_each_blob_a_reference_of_its_own_before_dropping_its_own(r):
+    blobs.store(r, SHA, b"# a\n", refs=1, ttl=600)
+    payload = {"root": "proj", "changes": [entry("a.md"), entry("../bad"),
+                                           entry("gone.md", event="deleted", sha256=None)]}
+    resent: list[dict] = []
+    assert split(r, payload, resent.append) == 2
+    assert [p["path"] for p in resent] == ["a.md", "gone.md"]
+    assert int(r.get(names.blob_refs(SHA))) == 1 and r.get(names.blob(SHA)) == b"# a\n"
+    assert split(r, {"root": "proj", "changes": []}, resent.append) is None
+
+
+def test_release_many_drops_one_reference_per_digest_given(r):
+    other = "b" * 64
+    blobs.store_many(r, [(SHA, b"a", 2), (other, b"b", 1)], ttl=600)
+    blobs.release_many(r, [SHA, other])
+    assert int(r.get(names.blob_refs(SHA))) == 1 and not r.exists(names.blob(other))
+    blobs.release_many(r, [SHA])
+    assert not r.exists(names.blob(SHA), names.blob_refs(SHA))
+    blobs.take_many(r, [SHA])  # gone stays gone: no counter without a TTL is left
+    assert not r.exists(names.blob_refs(SHA))
+
+
+def test_fetch_many_gives_bytes_sizes_or_none_in_one_call(r):
+    blobs.store_many(r, [(SHA, b"small", 1), ("b" * 64, b"x" * 50, 1)], ttl=600)
+    assert blobs.fetch_many(r, [SHA, "b" * 64, "c" * 64], 10) == {
+        SHA: b"small", "b" * 64: 50, "c" * 64: None}
+
+
+class CountingIndex:
+    def __init__(self) -> None:
+        self.reads: list[str] = []
+        self.stored: dict = {"pkg/__init__.py": "init"}
+
+    def facts(self, path):
+        self.reads.append(path)
+        return self.stored.get(path)
+
+    def facts_many(self, paths):
+        paths = list(paths)
+        self.reads += paths
+        return {p: self.stored.get(p) for p in paths}
+
+    def update(self, path, new):
+        self.stored[path] = new
+        return frozenset()
+
+
+def test_a_batch_reads_each_package_marker_once_until_it_updates_it():
+    index = CountingIndex()
+    cached = BatchIndex(index)
+    cached.prefetch(["pkg/a.py", "pkg/sub/b.py"])
+    assert sorted(index.reads) == ["__init__.py", "pkg/__init__.py", "pkg/sub/__init__.py"]
+    index.reads.clear()
+    assert cached.facts("pkg/__init__.py") == "init" and cached.facts("__init__.py") is None
+    assert index.reads == []
+    cached.update("pkg/sub/__init__.py", "new")
+    assert cached.facts("pkg/sub/__init__.py") == "new" and index.reads == ["pkg/sub/__init__.py"]
+    cached.facts("pkg/a.py")  # any other file is read as it is
+    assert index.reads[-1] == "pkg/a.py"
