@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 
 import pytest
 from procs import wait_for
@@ -154,3 +155,37 @@ def test_a_worker_publishes_no_transient_question_for_a_burst(tmp_path):
         assert "settled deferred evaluations of" in pipe.worker.output()
     finally:
         pipe.close()
+
+
+@pytest.mark.integration
+def test_two_roots_settling_at_once_do_not_wait_on_each_other(tmp_path):
+    # Each settle task finds the other root's in the queue.  Waiting behind whatever is
+    # queued, they requeued behind each other until SETTLE_MAX_WAIT (600 s); with the
+    # roots' bursts over, one pass behind the queue is all either waits.
+    from test_worker import Pipeline  # noqa: PLC0415 - the module-scoped helpers
+
+    pipe = Pipeline(tmp_path, names.KNOWLEDGE)
+    try:
+        roots = [pipe.new_root(), pipe.new_root()]
+        for root in roots:
+            pipe.r.sadd(names.deferred(names.KNOWLEDGE, root), "README.md")
+            pipe.r.set(names.deferred_since(names.KNOWLEDGE, root), time.time())
+        for root in roots:
+            pipe.app.send_task(names.TASK_SETTLE[names.KNOWLEDGE], args=[root],
+                               queue=names.KNOWLEDGE)
+        wait_for(lambda: not any(pipe.r.exists(names.deferred(names.KNOWLEDGE, root))
+                                 for root in roots), 60,
+                 message="both roots' deferred sets settled")
+        assert pipe.worker.output().count("burst in progress") <= 2
+    finally:
+        pipe.close()
+
+
+def test_a_settle_task_refuses_a_second_argument_it_does_not_know():
+    from kloros_tasks.work import tasks  # noqa: PLC0415
+
+    class Stub:
+        name = "kloros.knowledge.settle"
+
+    assert tasks._settle_task(Stub(), names.KNOWLEDGE, ("proj", "later"), {}) == "refused"
+    assert tasks._settle_task(Stub(), names.KNOWLEDGE, ("proj", "x", "y"), {}) == "refused"

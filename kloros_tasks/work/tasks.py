@@ -35,7 +35,6 @@ from kloros_tasks.work.analysis import (
     deferred_for,
     deferred_roots,
     handle_change,
-    in_burst,
     settle,
 )
 from kloros_tasks.work.batch import handle_batch, split
@@ -46,6 +45,8 @@ TRANSIENT = TRANSIENT_ERRORS  # BUSY and LOADING replies included (connections.p
 CONTROL = (Reject, Retry, Ignore)  # Celery's own flow: never parked
 
 
+# The second argument of a settle task queued after the root's burst ended.
+SETTLE_BEHIND = "behind"
 REDIS_WAIT_FIRST, REDIS_WAIT_MAX = 0.25, 8.0
 REDIS_WAIT_MARGIN = 10  # seconds kept free before the soft time limit
 # A task gives up waiting for its root's lock this long before the soft time limit
@@ -92,9 +93,12 @@ class KlorosTask(Task):
                        lock_wait=max(1.0, self.settings.task_time_limit - SOFT_LIMIT_MARGIN
                                      - LOCK_WAIT_MARGIN))
 
-    def schedule_settle(self, detector: str, root: str, countdown: float | None = None) -> None:
-        """Queue a settle task behind the tasks waiting on ``detector``'s queue."""
-        self.app.send_task(names.TASK_SETTLE[detector], args=[root], queue=detector,
+    def schedule_settle(self, detector: str, root: str, countdown: float | None = None, *,
+                        behind: bool = False) -> None:
+        """Queue a settle task behind the tasks waiting on ``detector``'s queue;
+        ``behind``: the root's burst was over when it was queued (see _settle_task)."""
+        self.app.send_task(names.TASK_SETTLE[detector],
+                           args=[root, SETTLE_BEHIND] if behind else [root], queue=detector,
                            countdown=countdown)
 
     def __call__(self, *args, **kwargs):
@@ -242,18 +246,27 @@ def _settle(task: KlorosTask, context, detector, root: str) -> int:
 
 
 def _settle_task(task: KlorosTask, detector_name: str, args: tuple, kwargs: dict) -> str:
-    if kwargs or len(args) != 1 or not isinstance(args[0], str):
+    if kwargs or not 1 <= len(args) <= 2 or not isinstance(args[0], str) \
+            or args[1:] not in ((), (SETTLE_BEHIND,)):
         log.warning("%s: refused malformed settle payload %r %r", task.name, args, kwargs)
         return "refused"
-    root = args[0]
+    root, behind = args[0], len(args) == 2
     if not task.client.exists(names.deferred(detector_name, root)):
         return "0 deferred"  # settled already, by a change that found the burst over
     waited = deferred_for(task.client, detector_name, root) or 0.0
-    if in_burst(task.client, detector_name, root) and waited < SETTLE_MAX_WAIT:
-        # Judged only on the settled index: look again behind what is queued, or in a
-        # moment while the watcher is still sending.
-        queued = task.client.llen(detector_name)
-        task.schedule_settle(detector_name, root, None if queued else SETTLE_RECHECK)
+    pipe = task.client.pipeline(transaction=False)
+    pipe.exists(names.burst(root))
+    pipe.llen(detector_name)
+    sending, queued = pipe.execute()
+    # Judged only on the settled index.  While the watcher still sends the root's
+    # burst, look again behind what is queued, or in a moment.  Once it has stopped,
+    # one pass behind the queue is enough: the queue is first in, first out, so every
+    # change of the burst was taken before this task comes round again.  What is queued
+    # then (later edits, another root's settle task) is no reason to wait: two roots
+    # settling at once would otherwise requeue behind each other until SETTLE_MAX_WAIT.
+    if waited < SETTLE_MAX_WAIT and (sending or (queued and not behind)):
+        task.schedule_settle(detector_name, root, None if queued else SETTLE_RECHECK,
+                             behind=not sending)
         return "burst in progress"
     detector, _ = worker_detector(detector_name, task.settings, task.client, root)
     return f"{_settle(task, task.context(), detector, root)} deferred"
