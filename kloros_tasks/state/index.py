@@ -81,6 +81,14 @@ class MemoryIndex:
     def facts(self, path: str) -> FileFacts | None:
         return self._facts.get(path)
 
+    def facts_many(self, paths: Iterable[str]) -> dict[str, FileFacts | None]:
+        """``facts`` of every path (None for one not indexed)."""
+        return {p: self._facts.get(p) for p in paths}
+
+    def present_many(self, paths: Iterable[str]) -> set[str]:
+        """The paths that are indexed (their facts are not read)."""
+        return {p for p in paths if p in self._facts}
+
     def who(self, relation: str, value: str) -> frozenset[str]:
         _check_indexed(self.detector, relation)
         return frozenset(self._inv.get((relation, value), ()))
@@ -255,6 +263,29 @@ class RedisIndex:
         raw = self.r.hget(self._facts_key, _bytes(path))
         return None if raw is None else FileFacts.from_json(json.loads(facts_json(raw)))
 
+    def facts_many(self, paths: Iterable[str]) -> dict[str, FileFacts | None]:
+        """``facts`` of every path (None for one not indexed), in one round trip per
+        LOOKUP_CHUNK paths."""
+        paths, out = list(dict.fromkeys(paths)), {}
+        for start in range(0, len(paths), LOOKUP_CHUNK):
+            part = paths[start:start + LOOKUP_CHUNK]
+            for path, raw in zip(part, self.r.hmget(self._facts_key, [_bytes(p) for p in part]),
+                                 strict=True):
+                out[path] = None if raw is None else FileFacts.from_json(
+                    json.loads(facts_json(raw)))
+        return out
+
+    def present_many(self, paths: Iterable[str]) -> set[str]:
+        """The paths that are indexed, in one round trip; no facts are fetched (an
+        ``__init__.py`` asked about for its existence can be large)."""
+        paths = list(dict.fromkeys(paths))
+        if not paths:
+            return set()
+        pipe = self.r.pipeline(transaction=False)
+        for path in paths:
+            pipe.hexists(self._facts_key, _bytes(path))
+        return {p for p, held in zip(paths, pipe.execute(), strict=True) if held}
+
     def who(self, relation: str, value: str) -> frozenset[str]:
         return self.who_many(relation, [value])[value]
 
@@ -299,8 +330,9 @@ class RedisIndex:
             pipe = self.r.pipeline(transaction=True)
             pipe.hget(self._facts_key, key)
             pipe.hget(self._pending_key, key)
-            pipe.hmget(self._meta, "level", "split", "entries")
+            pipe.hmget(self._meta, "level", "split", "entries", "ids")
             old_raw, journal_raw, meta = pipe.execute()
+            *meta, ids = _ints(meta)
             file_id, old = None, None
             if old_raw is not None:
                 file_id, old_json = _split_stored(old_raw)
@@ -316,12 +348,15 @@ class RedisIndex:
             held = _pairs(new)
             adds, removes = added | (prior & held), removed | (prior - held)
             touched = frozenset(added | removed | prior)
-            if file_id is None and new is not None:  # a new file (or one stored without id)
-                file_id = self.r.hincrby(self._meta, "ids", 1)
+            # A new file (or one stored without id) claims the next id; the script
+            # takes it only if no other writer did meanwhile, else this is tried again.
+            claim = file_id is None and new is not None
+            if claim:
+                file_id = ids + 1
             value = b"" if new is None else _stored(file_id, _dumps(new))
             journal = _journal(file_id, touched)
-            if self._apply(key, old_raw, _ints(meta), file_id, value, adds, removes,
-                           careful=bool(prior), journal=journal):
+            if self._apply(key, old_raw, meta, file_id, value, adds, removes,
+                           careful=bool(prior), journal=journal, claim=claim):
                 return touched
         raise redis.WatchError(f"{self._facts_key}: {path!r} kept changing during an update")
 
@@ -338,7 +373,7 @@ class RedisIndex:
 
     def _apply(self, key: bytes, old_raw: bytes | None, meta: list[int],
                file_id: int | None, value: bytes, added: set, removed: set, *,
-               careful: bool, journal: bytes) -> bool:
+               careful: bool, journal: bytes, claim: bool = False) -> bool:
         level, split, entries = meta
         ops = [(b"-", f) for f in _fields(self.detector, removed)]
         ops += [(b"+", f) for f in _fields(self.detector, added)]
@@ -352,7 +387,8 @@ class RedisIndex:
             args: list = [BUCKET_FILL, INLINE_MAX, key, digest, level, split, value,
                           b"" if file_id is None else file_id, len(ops_slice),
                           b"1" if careful else b"", journal if n == 0 else b"",
-                          (b"1" if self.keep_journal else b"2") if last else b""]
+                          (b"1" if self.keep_journal else b"2") if last else b"",
+                          b"1" if claim and n == 0 else b""]
             for sign, f in ops_slice:
                 keys += [self._bucket(address(f, level, split)),
                          names.index_spill(self.detector, self.root, f.hex())]
