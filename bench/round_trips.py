@@ -4,6 +4,7 @@
 
     .venv/bin/python bench/round_trips.py [--tree django|generated] [--files N]
                                           [--detectors D[,D...]] [--edits]
+                                          [--questions FILE]
 
 Trees: ``django`` (the ``django/`` directory of the Django 5.2 sdist, from the bench
 cache, else downloaded once) or ``generated`` (bench/_trees.py, ``--files`` files).
@@ -19,8 +20,10 @@ Counted on the client side: requests (each single command, pipeline or script ca
 sent on a connection is one round trip), labelled by what they carry (a script call
 by the script's name); on the server side: commands, those run inside scripts
 included (``INFO commandstats`` after ``CONFIG RESETSTAT``).  Both per file routed
-to the detector.  Seconds are wall time of the in-process work, Redis included, and
-vary with the machine's load (printed beside them).
+to the detector.  ``--questions FILE`` writes every envelope published, in order,
+without its per-publication fields (JSON lines), so that two versions of the code can
+be shown to publish the same questions.  Seconds are wall time of the in-process
+work, Redis included, and vary with the machine's load (printed beside them).
 """
 
 from __future__ import annotations
@@ -149,7 +152,10 @@ def run(client, counting: Counting, root: Path, detector_name: str, edits: bool)
     stats = command_stats(client)
     stats.pop("CONFIG", None)
     stats.pop("INFO", None)
-    return {"files": len(files), "outcomes": outcomes, "requests": Counter(counting.requests),
+    envelopes = [json.loads(fields[names.STREAM_FIELD.encode()])
+                 for _id, fields in client.xrange(names.STREAM)]
+    return {"files": len(files), "outcomes": outcomes, "envelopes": envelopes,
+            "requests": Counter(counting.requests),
             "changes": phase, "commands": stats, "seconds": seconds, "change_s": changes,
             "questions": client.xlen(names.STREAM)}
 
@@ -184,7 +190,9 @@ def main() -> None:
     parser.add_argument("--detectors", default=",".join(DETECTORS))
     parser.add_argument("--edits", action="store_true",
                         help="no burst: evaluate every change at once")
+    parser.add_argument("--questions", type=Path, help="write the envelopes published here")
     args = parser.parse_args()
+    published = []
     print(f"# Redis round trips per file, in process ({args.tree}, "
           f"{'one edit at a time' if args.edits else 'cold scan: burst, then settle'})")
     print(f"machine: {machine()}")
@@ -199,10 +207,23 @@ def main() -> None:
         client = redis_client(server.url, socket_timeout=None)
         try:
             for detector in args.detectors.split(","):
-                report(detector, run(client, counting, root, detector, args.edits))
+                result = run(client, counting, root, detector, args.edits)
+                report(detector, result)
+                published += [_comparable(e) for e in result["envelopes"]]
         finally:
             client.close()
             server.stop()
+    if args.questions:
+        args.questions.write_text("".join(json.dumps(e, sort_keys=True) + "\n"
+                                          for e in published))
+
+
+def _comparable(envelope: dict) -> dict:
+    """An envelope without what differs between two publications of the same question."""
+    facts = {k: v for k, v in envelope["facts"].items() if k != "timestamp"}
+    facts["metadata"] = {k: v for k, v in facts.get("metadata", {}).items()
+                         if k not in ("host", "root")}
+    return {"signal": envelope["signal"], "facts": facts}
 
 
 if __name__ == "__main__":
