@@ -106,7 +106,8 @@ class Counting:
             found.append(name)
         if len(found) == 1:
             return found[0]
-        return "pipeline " + " ".join(n for n in found if n not in ("MULTI", "EXEC"))
+        # Each command once: a pipeline of 3 or 30 HEXISTS is one kind of request.
+        return "pipeline " + " ".join(dict.fromkeys(n for n in found if n not in ("MULTI", "EXEC")))
 
 
 def command_stats(client) -> Counter[str]:

@@ -12,8 +12,6 @@ change, not the size of the tree.
 
 from __future__ import annotations
 
-from collections import deque
-
 from kloros_tasks.detectors.base import IndexView, Touched, held_by_others
 from kloros_tasks.detectors.integration.keys import (
     REL_DEF,
@@ -61,20 +59,44 @@ def affected(path: str, touched: Touched, view: IndexView) -> set[str]:
 
 
 def _close(start: set[str], resolver: Resolver) -> set[str]:
+    """Every key reachable from ``start``, one breadth of the graph at a time: the
+    lookups of a whole breadth are made together, a few round trips per breadth
+    instead of a few per key."""
     done: set[str] = set()
-    queue = deque(start)
-    while queue and len(done) < MAX_CHANGED_KEYS:
-        key = queue.popleft()
-        if key not in done:
-            done.add(key)
-            queue.extend(k for k in _dependents(key, resolver) if k not in done)
+    frontier = set(start)
+    while frontier and len(done) < MAX_CHANGED_KEYS:
+        done |= frontier
+        pointers = _prefetch(sorted(frontier), resolver)
+        frontier = {k for key in sorted(frontier)
+                    for k in _dependents(key, resolver, pointers[key]) if k not in done}
     return done
 
 
-def _dependents(key: str, resolver: Resolver) -> list[str]:
-    """Keys whose evaluation-visible contributions depend on ``key``."""
+def _prefetch(keys: list[str], resolver: Resolver) -> dict[str, frozenset[str]]:
+    """Look up, together, what ``_dependents`` reads for ``keys``; returns the files
+    pointing at each key."""
+    pointers = resolver.view.who_many(REL_PTR, keys)
+    wanted: list[str] = []
+    for key in keys:
+        name = key.partition(":")[2]
+        if key.startswith(SYM):
+            wanted += [STAR + parent(name)] if "." in name else []
+            wanted.append(STAR + name)
+        elif key.startswith(SUB) and "." in name:
+            wanted.append(SYM + parent(name))
+        elif key.startswith(STAR):
+            wanted.append(SYM + name)
+    resolver.prefetch(wanted)
+    resolver.prefetch_facts([p for paths in pointers.values() for p in sorted(paths)]
+                            + [p for key in wanted for p in resolver.who(key)])
+    return pointers
+
+
+def _dependents(key: str, resolver: Resolver, pointers: frozenset[str]) -> list[str]:
+    """Keys whose evaluation-visible contributions depend on ``key`` (``pointers``:
+    the files whose contributions point at it)."""
     out: list[str] = []
-    for path in sorted(resolver.view.who(REL_PTR, key)):
+    for path in sorted(pointers):
         facts = resolver.facts(path)
         if facts is not None:
             out += facts.data.get("pm", {}).get(key, [])
