@@ -53,6 +53,9 @@ def assert_same(memory: MemoryIndex, redis_index: RedisIndex, values: list[str])
         assert counts == {v: len(memory.who(relation, v)) for v in wanted}
         for value in wanted[::37]:
             assert redis_index.who(relation, value) == memory.who(relation, value)
+    pairs = [(relation, v) for relation in LOOKED_UP for v in wanted[::5]]
+    assert redis_index.who_pairs(pairs) == memory.who_pairs(pairs) == {
+        (relation, v): memory.who(relation, v) for relation, v in pairs}
     assert redis_index.paths() == memory.paths()
     for path in memory.paths():  # through JSON, as ever: empty relations are left out
         assert redis_index.facts(path).to_json() == memory.facts(path).to_json()
@@ -145,6 +148,8 @@ def test_a_relation_that_is_not_indexed_is_touched_but_cannot_be_looked_up(r):
             view.who("sig", "s:a#1")
         with pytest.raises(LookupError):
             view.exists_many("sig", ["s:a#1"])
+        with pytest.raises(LookupError):
+            view.who_pairs([("def", "s:a"), ("sig", "s:a#1")])
 
 
 def test_the_index_a_restore_writes_answers_as_the_one_updates_wrote(r):

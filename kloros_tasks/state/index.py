@@ -2,8 +2,9 @@
 
 Both stores implement the detectors' read-only ``IndexView`` and one write,
 ``update(path, facts)``, which returns the (relation, value) pairs that changed.
-``MemoryIndex`` serves ``kloros-tasks scan`` and pure tests; ``RedisIndex`` serves
-the workers, applying each change in one Lua script.
+``MemoryIndex`` (memory_index.py, importable from here) serves ``kloros-tasks scan``
+and pure tests; ``RedisIndex`` serves the workers, applying each change in one Lua
+script.
 
 In Redis (a tenth of the memory one SET per value took): ``names.facts`` maps a
 relpath to ``b"<id>:"`` + zlib of its facts JSON, the id being the file's for as long
@@ -28,8 +29,15 @@ from collections.abc import Iterable, Iterator, Mapping
 import redis
 
 from kloros_tasks import names
-from kloros_tasks.detectors.base import NOT_INDEXED, FileFacts, Touched
+from kloros_tasks.detectors.base import FileFacts, Touched
 from kloros_tasks.state.index_scripts import LOOKUP_SCRIPT, UPDATE_SCRIPT
+from kloros_tasks.state.memory_index import (  # noqa: F401  (MemoryIndex: re-exported)
+    MemoryIndex,
+    _check_indexed,
+    _pairs,
+    diff,
+    indexed,
+)
 
 # Average entries per bucket before one splits.  Buckets not yet split in a round hold
 # twice that, still far below hash-max-listpack-entries (512 by default).
@@ -48,81 +56,6 @@ ZLIB_LEVEL = 6
 _ENCODING, _ERRORS = "utf-8", "surrogateescape"  # any byte string as a path survives
 
 Write = tuple[str, str, object]  # ("hset", key, {field: value}) or ("set", key, value)
-
-
-def _pairs(facts: FileFacts | None) -> set[tuple[str, str]]:
-    return {(r, v) for r, vs in (facts.relations if facts else {}).items() for v in vs}
-
-
-def diff(old: FileFacts | None, new: FileFacts | None) -> tuple[set, set]:
-    """(added, removed) (relation, value) pairs going from ``old`` to ``new``."""
-    before, after = _pairs(old), _pairs(new)
-    return after - before, before - after
-
-
-def indexed(detector: str | None, relation: str) -> bool:
-    return relation not in NOT_INDEXED.get(detector or "", ())
-
-
-def _check_indexed(detector: str | None, relation: str) -> None:
-    if not indexed(detector, relation):
-        raise LookupError(f"{detector} does not index {relation!r} by value")
-
-
-class MemoryIndex:
-    """In-process index for one detector on one root.  Given the detector's name it
-    refuses, as RedisIndex does, lookups of relations that are not indexed."""
-
-    def __init__(self, detector: str | None = None) -> None:
-        self.detector = detector
-        self._facts: dict[str, FileFacts] = {}
-        self._inv: dict[tuple[str, str], set[str]] = defaultdict(set)
-
-    def facts(self, path: str) -> FileFacts | None:
-        return self._facts.get(path)
-
-    def facts_many(self, paths: Iterable[str]) -> dict[str, FileFacts | None]:
-        """``facts`` of every path (None for one not indexed)."""
-        return {p: self._facts.get(p) for p in paths}
-
-    def present_many(self, paths: Iterable[str]) -> set[str]:
-        """The paths that are indexed (their facts are not read)."""
-        return {p for p in paths if p in self._facts}
-
-    def who(self, relation: str, value: str) -> frozenset[str]:
-        _check_indexed(self.detector, relation)
-        return frozenset(self._inv.get((relation, value), ()))
-
-    def who_many(self, relation: str, values: Iterable[str]) -> dict[str, frozenset[str]]:
-        _check_indexed(self.detector, relation)
-        return {v: self.who(relation, v) for v in values}
-
-    def exists_many(self, relation: str, values: Iterable[str]) -> set[str]:
-        """The values some file holds under ``relation`` (existence only, no members)."""
-        _check_indexed(self.detector, relation)
-        return {v for v in values if self._inv.get((relation, v))}
-
-    def count_many(self, relation: str, values: Iterable[str]) -> dict[str, int]:
-        _check_indexed(self.detector, relation)
-        return {v: len(self._inv.get((relation, v), ())) for v in values}
-
-    def paths(self) -> list[str]:
-        return sorted(self._facts)
-
-    def update(self, path: str, new: FileFacts | None) -> Touched:
-        old = self._facts.get(path)
-        added, removed = diff(old, new)
-        for pair in removed:
-            self._inv[pair].discard(path)
-            if not self._inv[pair]:
-                del self._inv[pair]
-        for pair in added:
-            self._inv[pair].add(path)
-        if new is None:
-            self._facts.pop(path, None)
-        else:
-            self._facts[path] = new
-        return frozenset(added | removed)
 
 
 # --- the stored forms (shared by RedisIndex and snapshot restore) ------------------------
@@ -293,6 +226,15 @@ class RedisIndex:
         return {v: frozenset(_text(p) for p in paths)
                 for v, paths in self._read("who", relation, values).items()}
 
+    def who_pairs(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], frozenset[str]]:
+        """``who`` for several (relation, value) pairs, of any relations, in one round
+        trip (per LOOKUP_CHUNK pairs)."""
+        pairs = list(dict.fromkeys(pairs))
+        for relation in {r for r, _ in pairs}:
+            _check_indexed(self.detector, relation)
+        return {pair: frozenset(_text(p) for p in paths)
+                for pair, paths in self._lookups("who", {pair: field(*pair) for pair in pairs})}
+
     def exists_many(self, relation: str, values: Iterable[str]) -> set[str]:
         """The values some file holds under ``relation``, without fetching holders
         (a directory or a common attribute name can have thousands)."""
@@ -307,14 +249,17 @@ class RedisIndex:
 
     def _read(self, mode: str, relation: str, values: Iterable[str]) -> dict[str, object]:
         _check_indexed(self.detector, relation)
-        fields = {v: field(relation, v) for v in values}
-        values, found = list(fields), []
+        return dict(self._lookups(mode, {v: field(relation, v) for v in values}))
+
+    def _lookups(self, mode: str, fields: Mapping) -> list[tuple[object, object]]:
+        """(key, answer) for each key of ``fields`` (key -> bucket field)."""
+        keys, found = list(fields), []
         # In slices, so that no call does unbounded work; the index does not change
         # between them while the caller holds the root's lock, as workers do.
-        for start in range(0, len(values), LOOKUP_CHUNK):
-            part = [fields[v] for v in values[start:start + LOOKUP_CHUNK]]
+        for start in range(0, len(keys), LOOKUP_CHUNK):
+            part = [fields[k] for k in keys[start:start + LOOKUP_CHUNK]]
             found += self._lookup(keys=[self._meta], args=[mode, *self._prefixes, *part])
-        return dict(zip(values, found, strict=True))
+        return list(zip(keys, found, strict=True))
 
     # --- the one write ---------------------------------------------------------------
     def update(self, path: str, new: FileFacts | None) -> Touched:
