@@ -12,7 +12,7 @@ change, not the size of the tree.
 
 from __future__ import annotations
 
-from kloros_tasks.detectors.base import IndexView, Touched, held_by_others
+from kloros_tasks.detectors.base import IndexView, Touched, held_by_others, who_each
 from kloros_tasks.detectors.integration.keys import (
     REL_DEF,
     REL_PTR,
@@ -75,7 +75,6 @@ def _close(start: set[str], resolver: Resolver) -> set[str]:
 def _prefetch(keys: list[str], resolver: Resolver) -> dict[str, frozenset[str]]:
     """Look up, together, what ``_dependents`` reads for ``keys``; returns the files
     pointing at each key."""
-    pointers = resolver.view.who_many(REL_PTR, keys)
     wanted: list[str] = []
     for key in keys:
         name = key.partition(":")[2]
@@ -86,7 +85,10 @@ def _prefetch(keys: list[str], resolver: Resolver) -> dict[str, frozenset[str]]:
             wanted.append(SYM + parent(name))
         elif key.startswith(STAR):
             wanted.append(SYM + name)
-    resolver.prefetch(wanted)
+    unknown = resolver.unknown(wanted)
+    found = who_each(resolver.view, {REL_PTR: keys, REL_DEF: unknown})  # one round trip
+    pointers = {key: found[(REL_PTR, key)] for key in keys}
+    resolver.learn({key: found[(REL_DEF, key)] for key in unknown})
     resolver.prefetch_facts([p for paths in pointers.values() for p in sorted(paths)]
                             + [p for key in wanted for p in resolver.who(key)])
     return pointers
