@@ -221,7 +221,8 @@ def main() -> None:
 
 def _comparable(envelope: dict) -> dict:
     """An envelope without what differs between two publications of the same question."""
-    facts = {k: v for k, v in envelope["facts"].items() if k != "timestamp"}
+    facts = {k: v for k, v in envelope["facts"].items()
+             if k not in ("timestamp", "opened_incident_id")}
     facts["metadata"] = {k: v for k, v in facts.get("metadata", {}).items()
                          if k not in ("host", "root")}
     return {"signal": envelope["signal"], "facts": facts}
