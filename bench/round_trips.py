@@ -20,10 +20,11 @@ Counted on the client side: requests (each single command, pipeline or script ca
 sent on a connection is one round trip), labelled by what they carry (a script call
 by the script's name); on the server side: commands, those run inside scripts
 included (``INFO commandstats`` after ``CONFIG RESETSTAT``).  Both per file routed
-to the detector.  ``--questions FILE`` writes every envelope published, in order,
-without its per-publication fields (JSON lines), so that two versions of the code can
-be shown to publish the same questions.  Seconds are wall time of the in-process
-work, Redis included, and vary with the machine's load (printed beside them).
+to the detector.  CPU seconds of this process and of redis-server are printed beside
+the wall time; on a loaded machine they compare better than wall time does.
+``--questions FILE`` writes every envelope published, in order, without its
+per-publication fields (JSON lines), so that two versions of the code can be shown to
+publish the same questions.
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ def run(client, counting: Counting, root: Path, detector_name: str, edits: bool)
     ctx = analysis.Context(client, Publisher(client, host=host), settings.max_file_bytes)
     client.config_resetstat()
     counting.requests.clear()
+    redis_cpu, cpu = _redis_cpu(client), time.process_time()
     counting.on = True
     started = time.perf_counter()
     outcomes = Counter(analysis.handle_change(ctx, detector, p) for p in payloads)
@@ -150,6 +152,7 @@ def run(client, counting: Counting, root: Path, detector_name: str, edits: bool)
         analysis.settle(ctx, detector, name, budget=float("inf"))
     seconds = time.perf_counter() - started
     counting.on = False
+    cpu, redis_cpu = time.process_time() - cpu, _redis_cpu(client) - redis_cpu
     stats = command_stats(client)
     stats.pop("CONFIG", None)
     stats.pop("INFO", None)
@@ -158,6 +161,7 @@ def run(client, counting: Counting, root: Path, detector_name: str, edits: bool)
     return {"files": len(files), "outcomes": outcomes, "envelopes": envelopes,
             "requests": Counter(counting.requests),
             "changes": phase, "commands": stats, "seconds": seconds, "change_s": changes,
+            "cpu": cpu, "redis_cpu": redis_cpu,
             "questions": client.xlen(names.STREAM)}
 
 
@@ -167,7 +171,8 @@ def report(detector: str, r: dict) -> None:
     scripts = sum(v for k, v in r["requests"].items() if k.startswith("EVALSHA"))
     print(f"\n## {detector}: {r['files']} files, {dict(r['outcomes'])}, "
           f"{r['questions']} envelopes, {r['seconds']:.1f} s "
-          f"(changes {r['change_s']:.1f} s), load {load()}\n")
+          f"(changes {r['change_s']:.1f} s); CPU s: this process {r['cpu']:.1f}, "
+          f"redis-server {r['redis_cpu']:.1f}; load {load()}\n")
     print(table(["per file", "requests", "commands", "script calls"],
                 [["all", f"{requests / n:.1f}", f"{commands / n:.1f}", f"{scripts / n:.1f}"],
                  ["changes only", f"{sum(r['changes'].values()) / n:.1f}", "", ""]]))
@@ -178,6 +183,12 @@ def report(detector: str, r: dict) -> None:
     print()
     print(table(["command (server)", "per file"],
                 [[k, f"{v / n:.2f}"] for k, v in r["commands"].most_common(15)]))
+
+
+def _redis_cpu(client) -> float:
+    """CPU seconds redis-server has used so far (user + system, all its threads)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def load() -> str:
