@@ -174,9 +174,13 @@ class CapabilityDetector:
         """
         env = self.environment
         nodes = _flipped_nodes(path, {v for r, v in touched if r == "node"}, view)
-        asks: dict[str, set[str]] = defaultdict(set)  # relation -> values to look up
+        # relation -> values to look up: for the module locations (their holders are
+        # filtered by folder, see _node_readers), and for the other touched values
+        # (every holder is affected).  Asked together, read apart.
+        node_asks: dict[str, set[str]] = defaultdict(set)
         for node in nodes:
-            _ask_node_readers(node, asks, env)
+            _ask_node_readers(node, node_asks, env)
+        asks: dict[str, set[str]] = defaultdict(set)
         for relation, value in touched:
             if relation in ("imports", "str_refs"):
                 asks["declares"] |= env.dists_of(value) | {deps.normalize(value)}
@@ -194,7 +198,8 @@ class CapabilityDetector:
                     asks["wants_mod"].add(module)
                 else:
                     asks["wants"].add(value)
-        found = who_each(view, asks)  # every lookup above, in one round trip
+        found = who_each(view, {r: asks.get(r, set()) | node_asks.get(r, set())
+                                for r in asks.keys() | node_asks.keys()})  # one round trip
         out = _guard_status_affected(path, touched, view)
         for node in nodes:
             out |= _node_readers(node, found, env)
