@@ -56,6 +56,15 @@ def test_an_import_found_nowhere_is_a_high_missing_module():
     assert got == {"app/main.py:nosuchmod": "high"}
 
 
+def test_a_new_module_concerns_only_the_importers_its_folder_resolves_for():
+    detector, index = build({"other/x.py": "import mylib\n", "pkg/y.py": "import mylib\n",
+                             "pkg/__init__.py": ""})
+    facts = detector.extract("pkg/mylib.py", "")
+    touched = index.update("pkg/mylib.py", facts)
+    # An import of "mylib" resolves to pkg/mylib.py only from pkg/ or below it.
+    assert detector.affected("pkg/mylib.py", touched, index) == {"pkg/y.py"}
+
+
 def test_installed_stdlib_and_in_tree_imports_are_not_missing():
     files = {
         "app/main.py": "import os, redis, yaml\nimport app.helper\nfrom pkg import thing\n",

@@ -53,10 +53,17 @@ def assert_same(memory: MemoryIndex, redis_index: RedisIndex, values: list[str])
         assert counts == {v: len(memory.who(relation, v)) for v in wanted}
         for value in wanted[::37]:
             assert redis_index.who(relation, value) == memory.who(relation, value)
+    pairs = [(relation, v) for relation in LOOKED_UP for v in wanted[::5]]
+    assert redis_index.who_pairs(pairs) == memory.who_pairs(pairs) == {
+        (relation, v): memory.who(relation, v) for relation, v in pairs}
     assert redis_index.paths() == memory.paths()
     for path in memory.paths():  # through JSON, as ever: empty relations are left out
         assert redis_index.facts(path).to_json() == memory.facts(path).to_json()
     assert redis_index.facts("never indexed.py") is None
+    asked = [*memory.paths()[::3], "never indexed.py"]
+    assert {p: f and f.to_json() for p, f in redis_index.facts_many(asked).items()} == {
+        p: f and f.to_json() for p, f in memory.facts_many(asked).items()}
+    assert redis_index.present_many(asked) == memory.present_many(asked) == set(asked[:-1])
 
 
 def entries(memory: MemoryIndex) -> int:
@@ -141,6 +148,8 @@ def test_a_relation_that_is_not_indexed_is_touched_but_cannot_be_looked_up(r):
             view.who("sig", "s:a#1")
         with pytest.raises(LookupError):
             view.exists_many("sig", ["s:a#1"])
+        with pytest.raises(LookupError):
+            view.who_pairs([("def", "s:a"), ("sig", "s:a#1")])
 
 
 def test_the_index_a_restore_writes_answers_as_the_one_updates_wrote(r):
@@ -227,6 +236,22 @@ def test_an_update_whose_file_changed_after_it_was_read_is_diffed_again(r):
     memory = MemoryIndex(DETECTOR)
     replay([memory], [("f.py", last)])
     assert_same(memory, RedisIndex(r, DETECTOR, ROOT), ["s:a", "s:b", "s:c", "s:d", "x"])
+
+
+def test_a_new_file_whose_id_another_writer_took_meanwhile_takes_the_next(r):
+    facts = FileFacts(relations={"def": frozenset({COMMON, "s:a"})})
+    other = RedisIndex(r, DETECTOR, ROOT)
+    late = RedisIndex(Interleaved(r, lambda: other.update("first.py", facts)), DETECTOR, ROOT)
+
+    late.update("second.py", facts)
+
+    stored = {p: index._split_stored(raw)[0]
+              for p, raw in r.hgetall(names.facts(DETECTOR, ROOT)).items()}
+    assert stored == {b"first.py": 1, b"second.py": 2}
+    assert meta(r)["ids"] == 2
+    memory = MemoryIndex(DETECTOR)
+    replay([memory], [("first.py", facts), ("second.py", facts)])
+    assert_same(memory, RedisIndex(r, DETECTOR, ROOT), [COMMON, "s:a"])
 
 
 def test_an_update_racing_a_split_is_addressed_again(r):

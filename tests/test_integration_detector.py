@@ -402,6 +402,40 @@ def test_an_index_with_existence_probes_gives_the_same_questions(seed):
     assert [(q.id, q.evidence) for q in questions_of(index_of(files, ProbingIndex()))] == expected
 
 
+class PlainView:
+    """Only the lookups every IndexView has: no who_pairs or facts_many to batch with."""
+
+    def __init__(self, index) -> None:
+        self._index = index
+
+    def facts(self, path):
+        return self._index.facts(path)
+
+    def who(self, relation, value):
+        return self._index.who(relation, value)
+
+    def who_many(self, relation, values):
+        return self._index.who_many(relation, values)
+
+    def exists_many(self, relation, values):
+        return self._index.exists_many(relation, values)
+
+    def count_many(self, relation, values):
+        return self._index.count_many(relation, values)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_view_without_batched_lookups_reaches_the_same_files(seed):
+    rng = random.Random(seed)
+    index = index_of({path: random_module(rng, path) for path in PATHS})
+    for path in PATHS:  # as if each file had just arrived with all its facts
+        touched = frozenset((r, v) for r, vs in index.facts(path).relations.items() for v in vs)
+        assert (DETECTOR.affected(path, touched, PlainView(index))
+                == DETECTOR.affected(path, touched, index))
+    assert [q.id for q in questions_of(index)] == [
+        q.id for p in sorted(PATHS) for q in DETECTOR.evaluate(p, PlainView(index))]
+
+
 def test_facts_are_relations_the_index_can_invert():
     facts = DETECTOR.extract("pkg/a.py", "from .b import X\nclass A(X): pass\n")
     assert isinstance(facts, FileFacts) and facts.error is None

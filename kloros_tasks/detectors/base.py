@@ -85,6 +85,21 @@ class FileDetector(Protocol):
         """Every question ``path`` owns now (empty when it is not indexed)."""
 
 
+def who_each(view: IndexView, asks: Mapping[str, Iterable[str]]
+             ) -> dict[tuple[str, str], frozenset[str]]:
+    """``who`` of every (relation, value) that ``asks`` (relation -> values) names: in
+    one round trip through the view's optional ``who_pairs(pairs)``, else one
+    ``who_many`` per relation."""
+    asks = {r: list(dict.fromkeys(vs)) for r, vs in asks.items()}
+    asks = {r: vs for r, vs in asks.items() if vs}
+    if not asks:
+        return {}
+    pairs = getattr(view, "who_pairs", None)
+    if pairs is not None:
+        return pairs([(r, v) for r, vs in asks.items() for v in vs])
+    return {(r, v): who for r, vs in asks.items() for v, who in view.who_many(r, vs).items()}
+
+
 def held_by_others(view: IndexView, relation: str, values: Iterable[str],
                    path: str) -> set[str]:
     """The values some file other than ``path`` holds under ``relation``.

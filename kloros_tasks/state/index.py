@@ -2,8 +2,9 @@
 
 Both stores implement the detectors' read-only ``IndexView`` and one write,
 ``update(path, facts)``, which returns the (relation, value) pairs that changed.
-``MemoryIndex`` serves ``kloros-tasks scan`` and pure tests; ``RedisIndex`` serves
-the workers, applying each change in one Lua script.
+``MemoryIndex`` (memory_index.py, importable from here) serves ``kloros-tasks scan``
+and pure tests; ``RedisIndex`` serves the workers, applying each change in one Lua
+script.
 
 In Redis (a tenth of the memory one SET per value took): ``names.facts`` maps a
 relpath to ``b"<id>:"`` + zlib of its facts JSON, the id being the file's for as long
@@ -28,8 +29,15 @@ from collections.abc import Iterable, Iterator, Mapping
 import redis
 
 from kloros_tasks import names
-from kloros_tasks.detectors.base import NOT_INDEXED, FileFacts, Touched
+from kloros_tasks.detectors.base import FileFacts, Touched
 from kloros_tasks.state.index_scripts import LOOKUP_SCRIPT, UPDATE_SCRIPT
+from kloros_tasks.state.memory_index import (  # noqa: F401  (MemoryIndex: re-exported)
+    MemoryIndex,
+    _check_indexed,
+    _pairs,
+    diff,
+    indexed,
+)
 
 # Average entries per bucket before one splits.  Buckets not yet split in a round hold
 # twice that, still far below hash-max-listpack-entries (512 by default).
@@ -48,73 +56,6 @@ ZLIB_LEVEL = 6
 _ENCODING, _ERRORS = "utf-8", "surrogateescape"  # any byte string as a path survives
 
 Write = tuple[str, str, object]  # ("hset", key, {field: value}) or ("set", key, value)
-
-
-def _pairs(facts: FileFacts | None) -> set[tuple[str, str]]:
-    return {(r, v) for r, vs in (facts.relations if facts else {}).items() for v in vs}
-
-
-def diff(old: FileFacts | None, new: FileFacts | None) -> tuple[set, set]:
-    """(added, removed) (relation, value) pairs going from ``old`` to ``new``."""
-    before, after = _pairs(old), _pairs(new)
-    return after - before, before - after
-
-
-def indexed(detector: str | None, relation: str) -> bool:
-    return relation not in NOT_INDEXED.get(detector or "", ())
-
-
-def _check_indexed(detector: str | None, relation: str) -> None:
-    if not indexed(detector, relation):
-        raise LookupError(f"{detector} does not index {relation!r} by value")
-
-
-class MemoryIndex:
-    """In-process index for one detector on one root.  Given the detector's name it
-    refuses, as RedisIndex does, lookups of relations that are not indexed."""
-
-    def __init__(self, detector: str | None = None) -> None:
-        self.detector = detector
-        self._facts: dict[str, FileFacts] = {}
-        self._inv: dict[tuple[str, str], set[str]] = defaultdict(set)
-
-    def facts(self, path: str) -> FileFacts | None:
-        return self._facts.get(path)
-
-    def who(self, relation: str, value: str) -> frozenset[str]:
-        _check_indexed(self.detector, relation)
-        return frozenset(self._inv.get((relation, value), ()))
-
-    def who_many(self, relation: str, values: Iterable[str]) -> dict[str, frozenset[str]]:
-        _check_indexed(self.detector, relation)
-        return {v: self.who(relation, v) for v in values}
-
-    def exists_many(self, relation: str, values: Iterable[str]) -> set[str]:
-        """The values some file holds under ``relation`` (existence only, no members)."""
-        _check_indexed(self.detector, relation)
-        return {v for v in values if self._inv.get((relation, v))}
-
-    def count_many(self, relation: str, values: Iterable[str]) -> dict[str, int]:
-        _check_indexed(self.detector, relation)
-        return {v: len(self._inv.get((relation, v), ())) for v in values}
-
-    def paths(self) -> list[str]:
-        return sorted(self._facts)
-
-    def update(self, path: str, new: FileFacts | None) -> Touched:
-        old = self._facts.get(path)
-        added, removed = diff(old, new)
-        for pair in removed:
-            self._inv[pair].discard(path)
-            if not self._inv[pair]:
-                del self._inv[pair]
-        for pair in added:
-            self._inv[pair].add(path)
-        if new is None:
-            self._facts.pop(path, None)
-        else:
-            self._facts[path] = new
-        return frozenset(added | removed)
 
 
 # --- the stored forms (shared by RedisIndex and snapshot restore) ------------------------
@@ -256,13 +197,27 @@ class RedisIndex:
         return None if raw is None else FileFacts.from_json(json.loads(facts_json(raw)))
 
     def facts_many(self, paths: Iterable[str]) -> dict[str, FileFacts | None]:
-        """``facts`` of each path, in one HMGET."""
-        wanted = list(dict.fromkeys(paths))
-        if not wanted:
-            return {}
-        raws = self.r.hmget(self._facts_key, [_bytes(p) for p in wanted])
-        return {p: None if raw is None else FileFacts.from_json(json.loads(facts_json(raw)))
-                for p, raw in zip(wanted, raws, strict=True)}
+        """``facts`` of every path (None for one not indexed), in one round trip per
+        LOOKUP_CHUNK paths."""
+        paths, out = list(dict.fromkeys(paths)), {}
+        for start in range(0, len(paths), LOOKUP_CHUNK):
+            part = paths[start:start + LOOKUP_CHUNK]
+            for path, raw in zip(part, self.r.hmget(self._facts_key, [_bytes(p) for p in part]),
+                                 strict=True):
+                out[path] = None if raw is None else FileFacts.from_json(
+                    json.loads(facts_json(raw)))
+        return out
+
+    def present_many(self, paths: Iterable[str]) -> set[str]:
+        """The paths that are indexed, in one round trip; no facts are fetched (an
+        ``__init__.py`` asked about for its existence can be large)."""
+        paths = list(dict.fromkeys(paths))
+        if not paths:
+            return set()
+        pipe = self.r.pipeline(transaction=False)
+        for path in paths:
+            pipe.hexists(self._facts_key, _bytes(path))
+        return {p for p, held in zip(paths, pipe.execute(), strict=True) if held}
 
     def who(self, relation: str, value: str) -> frozenset[str]:
         return self.who_many(relation, [value])[value]
@@ -270,6 +225,15 @@ class RedisIndex:
     def who_many(self, relation: str, values: Iterable[str]) -> dict[str, frozenset[str]]:
         return {v: frozenset(_text(p) for p in paths)
                 for v, paths in self._read("who", relation, values).items()}
+
+    def who_pairs(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], frozenset[str]]:
+        """``who`` for several (relation, value) pairs, of any relations, in one round
+        trip (per LOOKUP_CHUNK pairs)."""
+        pairs = list(dict.fromkeys(pairs))
+        for relation in {r for r, _ in pairs}:
+            _check_indexed(self.detector, relation)
+        return {pair: frozenset(_text(p) for p in paths)
+                for pair, paths in self._lookups("who", {pair: field(*pair) for pair in pairs})}
 
     def exists_many(self, relation: str, values: Iterable[str]) -> set[str]:
         """The values some file holds under ``relation``, without fetching holders
@@ -285,14 +249,17 @@ class RedisIndex:
 
     def _read(self, mode: str, relation: str, values: Iterable[str]) -> dict[str, object]:
         _check_indexed(self.detector, relation)
-        fields = {v: field(relation, v) for v in values}
-        values, found = list(fields), []
+        return dict(self._lookups(mode, {v: field(relation, v) for v in values}))
+
+    def _lookups(self, mode: str, fields: Mapping) -> list[tuple[object, object]]:
+        """(key, answer) for each key of ``fields`` (key -> bucket field)."""
+        keys, found = list(fields), []
         # In slices, so that no call does unbounded work; the index does not change
         # between them while the caller holds the root's lock, as workers do.
-        for start in range(0, len(values), LOOKUP_CHUNK):
-            part = [fields[v] for v in values[start:start + LOOKUP_CHUNK]]
+        for start in range(0, len(keys), LOOKUP_CHUNK):
+            part = [fields[k] for k in keys[start:start + LOOKUP_CHUNK]]
             found += self._lookup(keys=[self._meta], args=[mode, *self._prefixes, *part])
-        return dict(zip(values, found, strict=True))
+        return list(zip(keys, found, strict=True))
 
     # --- the one write ---------------------------------------------------------------
     def update(self, path: str, new: FileFacts | None) -> Touched:
@@ -308,8 +275,9 @@ class RedisIndex:
             pipe = self.r.pipeline(transaction=True)
             pipe.hget(self._facts_key, key)
             pipe.hget(self._pending_key, key)
-            pipe.hmget(self._meta, "level", "split", "entries")
+            pipe.hmget(self._meta, "level", "split", "entries", "ids")
             old_raw, journal_raw, meta = pipe.execute()
+            *meta, ids = _ints(meta)
             file_id, old = None, None
             if old_raw is not None:
                 file_id, old_json = _split_stored(old_raw)
@@ -325,12 +293,15 @@ class RedisIndex:
             held = _pairs(new)
             adds, removes = added | (prior & held), removed | (prior - held)
             touched = frozenset(added | removed | prior)
-            if file_id is None and new is not None:  # a new file (or one stored without id)
-                file_id = self.r.hincrby(self._meta, "ids", 1)
+            # A new file (or one stored without id) claims the next id; the script
+            # takes it only if no other writer did meanwhile, else this is tried again.
+            claim = file_id is None and new is not None
+            if claim:
+                file_id = ids + 1
             value = b"" if new is None else _stored(file_id, _dumps(new))
             journal = _journal(file_id, touched)
-            if self._apply(key, old_raw, _ints(meta), file_id, value, adds, removes,
-                           careful=bool(prior), journal=journal):
+            if self._apply(key, old_raw, meta, file_id, value, adds, removes,
+                           careful=bool(prior), journal=journal, claim=claim):
                 return touched
         raise redis.WatchError(f"{self._facts_key}: {path!r} kept changing during an update")
 
@@ -353,7 +324,7 @@ class RedisIndex:
 
     def _apply(self, key: bytes, old_raw: bytes | None, meta: list[int],
                file_id: int | None, value: bytes, added: set, removed: set, *,
-               careful: bool, journal: bytes) -> bool:
+               careful: bool, journal: bytes, claim: bool = False) -> bool:
         level, split, entries = meta
         ops = [(b"-", f) for f in _fields(self.detector, removed)]
         ops += [(b"+", f) for f in _fields(self.detector, added)]
@@ -367,7 +338,8 @@ class RedisIndex:
             args: list = [BUCKET_FILL, INLINE_MAX, key, digest, level, split, value,
                           b"" if file_id is None else file_id, len(ops_slice),
                           b"1" if careful else b"", journal if n == 0 else b"",
-                          (b"1" if self.keep_journal else b"2") if last else b""]
+                          (b"1" if self.keep_journal else b"2") if last else b"",
+                          b"1" if claim and n == 0 else b""]
             for sign, f in ops_slice:
                 keys += [self._bucket(address(f, level, split)),
                          names.index_spill(self.detector, self.root, f.hex())]

@@ -18,7 +18,8 @@ atomically inside Redis, which is what keeps a change and a lookup consistent.
 #       value to store ("" deletes), file id, op count, careful ("1"/""), journal entry
 #       ("" leaves it), commit ("": not the last slice; "1": the last, keep the
 #       journal entry until the caller settles the change; "2": the last, drop it),
-#       then sign and field per op.
+#       claim ("1": the file id is new, the next of meta's "ids", taken here unless
+#       another writer took it first; ""), then sign and field per op.
 UPDATE_SCRIPT = """
 local fill, inline, path = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local current = redis.call('HGET', KEYS[1], path)
@@ -26,6 +27,10 @@ if (current and redis.sha1hex(current) or '') ~= ARGV[4] then return 0 end
 local state = redis.call('HMGET', KEYS[2], 'level', 'split')
 if (state[1] or '0') ~= ARGV[5] or (state[2] or '0') ~= ARGV[6] then return 0 end
 local id, nops, careful, delta = ARGV[8], tonumber(ARGV[9]), ARGV[10] == '1', 0
+if ARGV[13] == '1' then
+  if tonumber(redis.call('HGET', KEYS[2], 'ids') or '0') ~= tonumber(id) - 1 then return 0 end
+  redis.call('HSET', KEYS[2], 'ids', id)
+end
 local SLICE = 256  -- unpack() has a stack limit: never unpack an unbounded table
 local function sliced(cmd, key, flat)
   for s = 1, #flat, SLICE do
@@ -76,7 +81,7 @@ local function split_bucket(from, to, level)
 end
 if ARGV[11] ~= '' then redis.call('HSET', KEYS[4], path, ARGV[11]) end
 for n = 1, nops do
-  change(ARGV[11 + 2 * n], KEYS[3 + 2 * n], KEYS[4 + 2 * n], ARGV[12 + 2 * n])
+  change(ARGV[12 + 2 * n], KEYS[3 + 2 * n], KEYS[4 + 2 * n], ARGV[13 + 2 * n])
 end
 local entries = redis.call('HINCRBY', KEYS[2], 'entries', delta)
 if ARGV[12] == '' then return 1 end

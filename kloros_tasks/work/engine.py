@@ -10,7 +10,8 @@ from __future__ import annotations
 import codecs
 import io
 import tokenize
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from kloros_tasks.detectors.layout import (
     Layout,
     is_package_file,
     module_names,
+    package_directories,
     using,
 )
 from kloros_tasks.questions import Question, in_root
@@ -36,6 +38,7 @@ MODULE_SUFFIXES = (".py", *EXTENSION_SUFFIXES)
 # can be worth to a question.  Per-file data is stored compressed and not inverted;
 # the file size cap bounds it.
 MAX_FACTS = 25_000
+READ_AGAIN = 256  # facts of files other than the owners kept through one evaluation batch
 
 
 class NotText(ValueError):
@@ -81,10 +84,20 @@ Reread = Callable[[str], str | None]
 
 
 def tree_layout(index, root_package: str = "", *, present: str | None = None,
-                absent: str | None = None) -> Layout:
+                absent: str | None = None, paths: Iterable[str] = ()) -> Layout:
     """The package layout of the indexed tree: a directory is a package when its
     ``__init__.py`` is indexed (``present``/``absent`` override one file, the one a
-    change is about to add or remove)."""
+    change is about to add or remove).
+
+    The directories that name ``paths`` are looked up together, in one round trip;
+    any other directory when it is first asked about."""
+    known: dict[str, bool] = {}
+
+    def look_up(directories: Iterable[str]) -> None:
+        inits = {d: f"{d}/{PACKAGE_FILE}" if d else PACKAGE_FILE
+                 for d in directories if d not in known}
+        held = index.present_many(inits.values()) if inits else set()
+        known.update((d, init in held) for d, init in inits.items())
 
     def is_package(directory: str) -> bool:
         init = f"{directory}/{PACKAGE_FILE}" if directory else PACKAGE_FILE
@@ -92,8 +105,11 @@ def tree_layout(index, root_package: str = "", *, present: str | None = None,
             return True
         if init == absent:
             return False
-        return index.facts(init) is not None
+        if directory not in known:
+            look_up([directory])
+        return known[directory]
 
+    look_up(dict.fromkeys(d for p in paths for d in package_directories(p)))
     return Layout(is_package, root_package)
 
 
@@ -110,7 +126,7 @@ def package_prefix(root_path: str) -> str:
 def extract(detector: FileDetector, index, path: str, text: str,
             root_package: str = "") -> FileFacts:
     """``detector.extract`` with module names from the tree's current layout."""
-    layout = tree_layout(index, root_package, present=path)
+    layout = tree_layout(index, root_package, present=path, paths=[path])
     with using(layout):
         facts = detector.extract(path, text)
     if path.endswith(MODULE_SUFFIXES) and (facts.relations or facts.data):
@@ -146,7 +162,7 @@ def apply_change(detector: FileDetector, index, path: str, text: str | None,
     When ``path`` is an ``__init__.py`` that appears or goes, the files below its
     directory change names: each is read again with ``reread`` and re-extracted.
     """
-    flips = is_package_file(path) and (index.facts(path) is None) != (text is None)
+    flips = is_package_file(path) and (not index.present_many([path])) != (text is None)
     if text is None:
         touched = index.update(path, None)
         applied = Applied(frozenset({path} | detector.affected(path, touched, index)))
@@ -156,11 +172,10 @@ def apply_change(detector: FileDetector, index, path: str, text: str | None,
         facts = extract(detector, index, path, text, root_package)
     error = facts.error
     if error:
-        opaque = None if index.facts(path) is not None else _opaque(
-            detector, index, path, error, root_package)
+        indexed = bool(index.present_many([path]))
+        opaque = None if indexed else _opaque(detector, index, path, error, root_package)
         if opaque is None:
-            return Applied(frozenset({path}) if index.facts(path) is None else frozenset(),
-                           error)
+            return Applied(frozenset() if indexed else frozenset({path}), error)
         facts = opaque  # never parsed here (newer syntax, say): it exists, names unknown
     skipped = too_many_facts(facts)
     if skipped is not None:  # retract what it had, as for a file grown past the size cap
@@ -183,7 +198,7 @@ def _opaque(detector: FileDetector, index, path: str, error: str,
     make = getattr(detector, "opaque", None)
     if make is None:
         return None
-    with using(tree_layout(index, root_package, present=path)):
+    with using(tree_layout(index, root_package, present=path, paths=[path])):
         return make(path, error)
 
 
@@ -194,7 +209,8 @@ def _same_names(facts: FileFacts, index, path: str, root_package: str) -> bool:
     named = facts.data.get(NAMES)
     if named is None:
         return False  # not extracted by ``extract`` (or did not parse): name it now
-    return tuple(named) == module_names(path, tree_layout(index, root_package, present=path))
+    return tuple(named) == module_names(
+        path, tree_layout(index, root_package, present=path, paths=[path]))
 
 
 def _renamed(detector: FileDetector, index, init: str, applied: Applied,
@@ -222,10 +238,42 @@ def _renamed(detector: FileDetector, index, init: str, applied: Applied,
 
 def evaluate(detector: FileDetector, index, owners, root: str,
              root_package: str = "") -> dict[str, list[Question]]:
-    """Every question each owner of ``root`` has now (an empty list resolves what it had)."""
-    with using(tree_layout(index, root_package)):
-        return {owner: [in_root(q, root) for q in detector.evaluate(owner, index)]
-                for owner in sorted(owners)}
+    """Every question each owner of ``root`` has now (an empty list resolves what it had).
+
+    The owners' facts and the layout that names them are read up front, a round trip
+    each; facts the evaluations read again are read once (the index does not change
+    while they run: the caller holds the root's lock, or is the only writer)."""
+    owners = sorted(owners)
+    view = Reading(index, owners)
+    with using(tree_layout(index, root_package, paths=owners)):
+        return {owner: [in_root(q, root) for q in detector.evaluate(owner, view)]
+                for owner in owners}
+
+
+class Reading:
+    """``index`` as the evaluations of one batch of owners see it: the owners' facts
+    fetched together, and the last READ_AGAIN other files' facts kept for the next
+    evaluation that reads them (a policy file or a common base module is read by
+    nearly every owner).  Every other lookup goes to ``index``."""
+
+    def __init__(self, index, owners: Iterable[str]) -> None:
+        self._index = index
+        self._owners = index.facts_many(owners)
+        self._others: OrderedDict[str, FileFacts | None] = OrderedDict()
+
+    def facts(self, path: str) -> FileFacts | None:
+        if path in self._owners:
+            return self._owners[path]
+        if path in self._others:
+            self._others.move_to_end(path)
+            return self._others[path]
+        found = self._others[path] = self._index.facts(path)
+        if len(self._others) > READ_AGAIN:
+            self._others.popitem(last=False)
+        return found
+
+    def __getattr__(self, name: str):
+        return getattr(self._index, name)
 
 
 def sent_later(facts: FileFacts | None, ts: float) -> bool:

@@ -22,10 +22,17 @@ Pure: nothing here reads files, ``os.environ`` or PATH; the Environment is passe
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
 from kloros_tasks import names
-from kloros_tasks.detectors.base import FileFacts, IndexView, Touched, held_by_others
+from kloros_tasks.detectors.base import (
+    FileFacts,
+    IndexView,
+    Touched,
+    held_by_others,
+    who_each,
+)
 from kloros_tasks.detectors.capability import deps, envfiles
 from kloros_tasks.detectors.capability.facts import CONDITIONAL, GUARDED, scan_python
 from kloros_tasks.detectors.capability.paths import is_test_path, module_of, nodes_of, spelling
@@ -166,27 +173,43 @@ class CapabilityDetector:
         whether the tree imports it only under a guard changed.
         """
         env = self.environment
-        out = _nodes_affected(path, {v for r, v in touched if r == "node"}, view, env)
-        out |= _guard_status_affected(path, touched, view)
+        nodes = _flipped_nodes(path, {v for r, v in touched if r == "node"}, view)
+        # relation -> values to look up: for the module locations (their holders are
+        # filtered by folder, see _node_readers), and for the other touched values
+        # (every holder is affected).  Asked together, read apart.
+        node_asks: dict[str, set[str]] = defaultdict(set)
+        for node in nodes:
+            _ask_node_readers(node, node_asks, env)
+        asks: dict[str, set[str]] = defaultdict(set)
         for relation, value in touched:
             if relation in ("imports", "str_refs"):
-                dists = env.dists_of(value) | {deps.normalize(value)}
-                out |= _union(view.who_many("declares", dists))
+                asks["declares"] |= env.dists_of(value) | {deps.normalize(value)}
             elif relation in ("declares", "own_dist"):
-                out |= _union(view.who_many("imports", env.tops_of(value)))
+                asks["imports"] |= set(env.tops_of(value))
             elif relation in ("declares_top", "optional_tops"):
-                out |= view.who("imports", value)
-            elif relation == "needs" and (needers := sorted(view.who("needs", value) - {path})):
-                out.add(needers[0])  # the owner of the name's missing_module question
-            elif relation == "depfile" and not view.who("depfile", "1") - {path}:
-                out |= view.who("py", "1")  # the first or last declaration file
+                asks["imports"].add(value)
+            elif relation in ("needs", "registered", "env_documented", "env_sets"):
+                asks[_ASKED[relation]].add(value)
+            elif relation == "depfile":
+                asks["depfile"].add("1")
             elif relation == "tool_defines":
                 module, _, name = value.partition(":")
-                out |= view.who("wants_mod", module) if name == "*" else view.who("wants", value)
-            elif relation == "registered":
-                out |= view.who("wants_norm", value)
-            elif relation in ("env_documented", "env_sets"):
-                out |= view.who("env_uses", value)
+                if name == "*":
+                    asks["wants_mod"].add(module)
+                else:
+                    asks["wants"].add(value)
+        found = who_each(view, {r: asks.get(r, set()) | node_asks.get(r, set())
+                                for r in asks.keys() | node_asks.keys()})  # one round trip
+        out = _guard_status_affected(path, touched, view)
+        for node in nodes:
+            out |= _node_readers(node, found, env)
+        for relation in ("declares", "imports", "wants_mod", "wants", "wants_norm", "env_uses"):
+            out |= set().union(*(found[(relation, v)] for v in asks.get(relation, ())))
+        for value in asks.get("needs", ()):
+            if needers := sorted(found[("needs", value)] - {path}):
+                out.add(needers[0])  # the owner of the name's missing_module question
+        if "depfile" in asks and not found[("depfile", "1")] - {path}:
+            out |= view.who("py", "1")  # the first or last declaration file
         out.discard(path)
         return out
 
@@ -220,13 +243,13 @@ def _declaration_facts(found: deps.Declarations) -> FileFacts:
     return FileFacts(relations=relations, data=data)
 
 
-def _union(found: Mapping[str, frozenset[str]]) -> set[str]:
-    return set().union(*found.values()) if found else set()
+# The relation whose holders a touched value of these relations concerns.
+_ASKED = {"needs": "needs", "registered": "wants_norm", "env_documented": "env_uses",
+          "env_sets": "env_uses"}
 
 
-def _nodes_affected(path: str, nodes: set[str], view: IndexView,
-                    env: Environment) -> set[str]:
-    """Files whose questions can change because ``path`` added or removed ``nodes``.
+def _flipped_nodes(path: str, nodes: set[str], view: IndexView) -> list[str]:
+    """The module locations ``path`` added or removed that no other file holds.
 
     The rules read ``node`` only as "does some file make this location exist", so a
     location another file still holds changed nothing (a module joining an existing
@@ -234,16 +257,24 @@ def _nodes_affected(path: str, nodes: set[str], view: IndexView,
     update; without ``path`` its holders are the same before and after.
     """
     if not nodes:
-        return set()
-    flipped = set(nodes) - held_by_others(view, "node", nodes, path)
-    out: set[str] = set()
-    for node in sorted(flipped):
-        out |= _node_readers(node, view, env)
-    return out
+        return []
+    return sorted(set(nodes) - held_by_others(view, "node", nodes, path))
 
 
-def _node_readers(node: str, view: IndexView, env: Environment) -> set[str]:
-    """Every file whose rules ask whether ``node`` exists (see capability_rules).
+def _ask_node_readers(node: str, asks: dict[str, set[str]], env: Environment) -> None:
+    """The lookups ``_node_readers`` needs for ``node``, added to ``asks``."""
+    parent, _, leaf = node.rpartition("/")
+    if not is_stdlib(leaf, env):
+        asks["imports"].add(leaf)
+    asks["wants_mod"].add(node.replace("/", "."))
+    if parent:
+        asks["wants"].add(f"{parent.replace('/', '.')}:{leaf}")
+
+
+def _node_readers(node: str, found: Mapping[tuple[str, str], frozenset[str]],
+                  env: Environment) -> set[str]:
+    """Every file whose rules ask whether ``node`` exists (see capability_rules), from
+    the holders ``found`` (``_ask_node_readers`` says which were looked up).
 
     ``resolve_imports`` asks for ``top`` and for ``<folder>/top`` of every folder
     holding the importer;
@@ -253,16 +284,16 @@ def _node_readers(node: str, view: IndexView, env: Environment) -> set[str]:
     """
     parent, _, leaf = node.rpartition("/")
     # A standard-library name resolves there first: an in-tree os.py changes nothing.
-    importers = frozenset() if is_stdlib(leaf, env) else view.who("imports", leaf)
+    importers = frozenset() if is_stdlib(leaf, env) else found[("imports", leaf)]
     if parent:
         # A nested location resolves only imports of files in its folder or below it
         # (see resolve_imports).
         importers = frozenset(p for p in importers if p.startswith(parent + "/"))
     # "wants_mod" holds every prefix of a wanted module, so this reaches whoever wants
     # module "a.b" or a module below it (and, for node "a", every "a..." module).
-    out = set(importers) | view.who("wants_mod", node.replace("/", "."))
+    out = set(importers) | found[("wants_mod", node.replace("/", "."))]
     if parent:
-        out |= view.who("wants", f"{parent.replace('/', '.')}:{leaf}")
+        out |= found[("wants", f"{parent.replace('/', '.')}:{leaf}")]
     return out
 
 

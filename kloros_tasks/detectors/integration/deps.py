@@ -12,9 +12,7 @@ change, not the size of the tree.
 
 from __future__ import annotations
 
-from collections import deque
-
-from kloros_tasks.detectors.base import IndexView, Touched, held_by_others
+from kloros_tasks.detectors.base import IndexView, Touched, held_by_others, who_each
 from kloros_tasks.detectors.integration.keys import (
     REL_DEF,
     REL_PTR,
@@ -49,32 +47,57 @@ def changed_keys(path: str, touched: Touched, view: IndexView) -> set[str]:
 
 
 def affected(path: str, touched: Touched, view: IndexView) -> set[str]:
-    """Files other than ``path`` whose questions may differ after ``touched``."""
-    resolver = Resolver(view)
-    keys = _close(changed_keys(path, touched, view), resolver)
-    readers = view.who_many(REL_READ, sorted(keys)) if keys else {}
-    out: set[str] = set()
-    for paths in readers.values():
-        out |= paths
+    """Files other than ``path`` whose questions may differ after ``touched``: the
+    files that read any key reachable from the changed ones."""
+    out = _readers_of_closure(changed_keys(path, touched, view), Resolver(view))
     out.discard(path)
     return out
 
 
-def _close(start: set[str], resolver: Resolver) -> set[str]:
+def _readers_of_closure(start: set[str], resolver: Resolver) -> set[str]:
+    """The readers of every key reachable from ``start``, found one breadth of the
+    graph at a time: a breadth's lookups (its readers among them) are made together, a
+    few round trips per breadth instead of a few per key."""
     done: set[str] = set()
-    queue = deque(start)
-    while queue and len(done) < MAX_CHANGED_KEYS:
-        key = queue.popleft()
-        if key not in done:
-            done.add(key)
-            queue.extend(k for k in _dependents(key, resolver) if k not in done)
-    return done
+    readers: set[str] = set()
+    frontier = set(start)
+    while frontier and len(done) < MAX_CHANGED_KEYS:
+        done |= frontier
+        pointers, read_by = _prefetch(sorted(frontier), resolver)
+        readers |= read_by
+        frontier = {k for key in sorted(frontier)
+                    for k in _dependents(key, resolver, pointers[key]) if k not in done}
+    return readers
 
 
-def _dependents(key: str, resolver: Resolver) -> list[str]:
-    """Keys whose evaluation-visible contributions depend on ``key``."""
+def _prefetch(keys: list[str], resolver: Resolver) -> tuple[dict[str, frozenset[str]], set[str]]:
+    """Look up, together, what ``_dependents`` reads for ``keys``; returns the files
+    pointing at each key, and the files reading any of them."""
+    wanted: list[str] = []
+    for key in keys:
+        name = key.partition(":")[2]
+        if key.startswith(SYM):
+            wanted += [STAR + parent(name)] if "." in name else []
+            wanted.append(STAR + name)
+        elif key.startswith(SUB) and "." in name:
+            wanted.append(SYM + parent(name))
+        elif key.startswith(STAR):
+            wanted.append(SYM + name)
+    unknown = resolver.unknown(wanted)
+    found = who_each(resolver.view,  # one round trip
+                     {REL_PTR: keys, REL_READ: keys, REL_DEF: unknown})
+    pointers = {key: found[(REL_PTR, key)] for key in keys}
+    resolver.learn({key: found[(REL_DEF, key)] for key in unknown})
+    resolver.prefetch_facts([p for paths in pointers.values() for p in sorted(paths)]
+                            + [p for key in wanted for p in resolver.who(key)])
+    return pointers, set().union(*(found[(REL_READ, key)] for key in keys))
+
+
+def _dependents(key: str, resolver: Resolver, pointers: frozenset[str]) -> list[str]:
+    """Keys whose evaluation-visible contributions depend on ``key`` (``pointers``:
+    the files whose contributions point at it)."""
     out: list[str] = []
-    for path in sorted(resolver.view.who(REL_PTR, key)):
+    for path in sorted(pointers):
         facts = resolver.facts(path)
         if facts is not None:
             out += facts.data.get("pm", {}).get(key, [])

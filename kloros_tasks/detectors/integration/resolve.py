@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import builtins
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,6 +141,23 @@ class Resolver:
         if flags and self._probe is not None:
             held = self._probe(REL_DEF, flags)
             self._exists.update((k, k in held) for k in flags)
+
+    def unknown(self, keys: Iterable[str]) -> list[str]:
+        """The keys (not existence-only) whose holders were not looked up yet."""
+        return [k for k in dict.fromkeys(keys) if not is_existence_key(k) and k not in self._who]
+
+    def learn(self, holders: Mapping[str, Iterable[str]]) -> None:
+        """Holders of keys looked up elsewhere (together with other lookups)."""
+        for key, paths in holders.items():
+            self._who[key] = sorted(paths)
+
+    def prefetch_facts(self, paths: Iterable[str]) -> None:
+        """Read several files' facts in one round trip, through the view's optional
+        ``facts_many(paths) -> {path: facts or None}``."""
+        missing = [p for p in dict.fromkeys(paths) if p not in self._facts]
+        many = getattr(self.view, "facts_many", None)
+        if missing and many is not None:
+            self._facts.update(many(missing))
 
     def who(self, key: str) -> list[str]:
         if key not in self._who:

@@ -44,7 +44,7 @@ from fnmatch import fnmatchcase
 
 from kloros_tasks import names
 from kloros_tasks.detectors._pyast import is_test_path
-from kloros_tasks.detectors.base import FileFacts, IndexView, Touched
+from kloros_tasks.detectors.base import FileFacts, IndexView, Touched, who_each
 from kloros_tasks.detectors.knowledge import docrefs as _docrefs
 from kloros_tasks.detectors.knowledge import docstrings as _docstrings
 from kloros_tasks.detectors.knowledge import policy as _policy
@@ -171,27 +171,31 @@ class KnowledgeDetector:
         """Documents whose questions can change: link targets that gained their first
         or lost their last inbound link, and documents naming a key whose standing
         (defined, open, defined other than opaquely) changed."""
-        out = _newly_linked_or_unlinked(path, touched, view)
-        if is_doc(path):  # a declared object documents a definition without a docstring
-            declared = {v for r, v in touched if r == "declared"}
-            for modules in view.who_many(UNDOCUMENTED, declared).values() if declared else ():
-                out |= modules
+        targets = _link_targets(path, touched)
+        # a declared object documents a definition without a docstring
+        declared = {v for r, v in touched if r == "declared"} if is_doc(path) else set()
         # conf.py's source_suffix, a toctree glob: the documents under that directory
         sources = {v for r, v in touched if r in (SPHINX_TXT, GLOB_DIR, DOCS_PROJECT)}
-        for docs in view.who_many(UNDER, sources).values() if sources else ():
-            out |= docs
         # a docstring policy appeared, changed or went: the modules it governs
         governed = {v.rsplit("#", 1)[0] if r == POLICY_SIG else v
                     for r, v in touched if r in (POLICY, POLICY_SIG)}
-        for modules in view.who_many(PY_UNDER, governed).values() if governed else ():
-            out |= modules
         # the tree's release or version changed: the documents announcing one of it
         releases = {_release.RELEASE_REF + v.split("==", 1)[0] for r, v in touched
                     if r in (_release.RELEASE, _release.RELEASE_AT)}
-        for docs in view.who_many("refs", releases).values() if releases else ():
-            out |= docs
-        out |= _readers_of_changed_keys(path, touched, view)
-        out |= _readers_of_changed_tops(path, touched, view)
+        keys = {v for r, v in touched if r in NAME_RELATIONS}
+        tops = {v for r, v in touched if r == "top"}
+        found = who_each(view, {  # the first lookups of every rule, in one round trip
+            "links": targets, UNDOCUMENTED: declared, UNDER: sources, PY_UNDER: governed,
+            "refs": keys | releases | {f"top:{t}" for t in tops}})
+        out = {t for t in targets if not found[("links", t)] - {t, path}}
+        for relation, values in ((UNDOCUMENTED, declared), (UNDER, sources),
+                                 (PY_UNDER, governed)):
+            out |= set().union(*(found[(relation, v)] for v in values))
+        out |= set().union(*(found[("refs", v)] for v in releases))
+        out |= _readers_of_changed_keys(path, touched, view,
+                                        {k: found[("refs", k)] for k in keys})
+        out |= _readers_of_changed_tops(path, tops, view,
+                                        {t: found[("refs", f"top:{t}")] for t in tops})
         out.discard(path)
         return out
 
@@ -295,46 +299,41 @@ class KnowledgeDetector:
                         paths=(path,), **fields)
 
 
-def _newly_linked_or_unlinked(path: str, touched: Touched, view: IndexView) -> set[str]:
-    """Link targets ``_unindexed`` judges whose "some other document links here" flipped.
-
-    Only documents that are not index roots are judged (both follow from the path),
-    and only ``path``'s own link changed, so a target another document still links
-    to keeps its answer.
-    """
-    targets = {v for r, v in touched if r == "links" and v != path
-               and is_doc(v) and not is_index_root(v)}
-    if not targets:
-        return set()
-    return {t for t, linkers in view.who_many("links", targets).items()
-            if not linkers - {t, path}}
+def _link_targets(path: str, touched: Touched) -> set[str]:
+    """Link targets ``_unindexed`` judges whose "some other document links here" may
+    have flipped: only documents that are not index roots are judged (both follow from
+    the path), and only the changed file's own link changed, so a target another
+    document still links to keeps its answer (``affected`` checks that)."""
+    return {v for r, v in touched if r == "links" and v != path
+            and is_doc(v) and not is_index_root(v)}
 
 
-def _readers_of_changed_keys(path: str, touched: Touched, view: IndexView) -> set[str]:
-    """Documents naming a key whose standing, all ``_dangling`` reads of it, changed.
+def _readers_of_changed_keys(path: str, touched: Touched, view: IndexView,
+                             refs: dict[str, frozenset[str]]) -> set[str]:
+    """Documents naming a key whose standing, all ``_dangling`` reads of it, changed
+    (``refs``: the documents naming each key ``path`` touched).
 
     A module joining a package adds the package's name to ``defines`` again, which
     leaves the package defined as before: its documents keep their answers.
     """
-    keys = {v for r, v in touched if r in NAME_RELATIONS}
-    readers = {k: who for k, who in view.who_many("refs", keys).items() if who} if keys else {}
+    readers = {k: who for k, who in refs.items() if who}
     if not readers:
         return set()
-    holders = {rel: view.who_many(rel, readers) for rel in NAME_RELATIONS}
+    found = who_each(view, {rel: readers for rel in NAME_RELATIONS})
     out: set[str] = set()
     for key, documents in readers.items():
-        now = {rel: holders[rel][key] for rel in NAME_RELATIONS}
+        now = {rel: found[(rel, key)] for rel in NAME_RELATIONS}
         then = {rel: who ^ {path} if (rel, key) in touched else who for rel, who in now.items()}
         if _standing(now) != _standing(then):
             out |= documents
     return out
 
 
-def _readers_of_changed_tops(path: str, touched: Touched, view: IndexView) -> set[str]:
+def _readers_of_changed_tops(path: str, tops: set[str], view: IndexView,
+                             readers: dict[str, frozenset[str]]) -> set[str]:
     """Documents naming a path under a top-level entry that appeared or went (code paths
-    are judged only under an existing one)."""
-    tops = {v for r, v in touched if r == "top"}
-    readers = view.who_many("refs", {f"top:{t}" for t in tops}) if tops else {}
+    are judged only under an existing one); ``readers``: the documents naming each of
+    the ``tops`` ``path`` touched."""
     if not any(readers.values()):
         return set()
     facts = view.facts(path)
@@ -344,7 +343,7 @@ def _readers_of_changed_tops(path: str, touched: Touched, view: IndexView) -> se
     for top in tops:
         before = counts[top] - 1 if top in mine else counts[top] + 1
         if (counts[top] > 0) != (before > 0):
-            out |= readers[f"top:{top}"]
+            out |= readers[top]
     return out
 
 
