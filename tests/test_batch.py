@@ -122,9 +122,11 @@ def test_a_reconciliation_sends_one_batch_per_detector_per_hundred_files(r, redi
     per_detector: dict[str, list[int]] = {}
     for detector, payload in sent.batches:
         per_detector.setdefault(detector, []).append(len(payload["changes"]))
-    # knowledge: 280 files; capability and integration: the 30 modules.
+    # knowledge and capability (which reads documents for variables): 280 files;
+    # integration: the 30 modules.
     assert sorted(per_detector["knowledge"]) == [80, 100, 100]
-    assert per_detector["integration"] == [30] and per_detector["capability"] == [30]
+    assert sorted(per_detector["capability"]) == [80, 100, 100]
+    assert per_detector["integration"] == [30]
     assert sent.singles == []
     # A batch holds one reference to each blob it names, as a single task does.
     note = blobs.fetch(r, parse_batch(sent.batches[0][1])[1][0].sha256)
@@ -144,13 +146,15 @@ def test_a_storm_is_sent_in_batches_and_a_few_changes_one_task_per_file(r, redis
     for rel in few:
         (tree / rel).write_text("# a\n")
     sync.process(((tree.name, rel), "file") for rel in few)
-    assert len(sent.singles) == len(few) and sent.batches == []
+    # Documents go to knowledge and to capability: two tasks per file.
+    assert len(sent.singles) == 2 * len(few) and sent.batches == []
     storm = [f"b{i}.md" for i in range(STORM_FILES)]
     for rel in storm:
         (tree / rel).write_text("# b\n")
     sync.process(((tree.name, rel), "file") for rel in storm)
-    assert [(d, len(p["changes"])) for d, p in sent.batches] == [("knowledge", STORM_FILES)]
-    assert len(sent.singles) == len(few)
+    assert [(d, len(p["changes"])) for d, p in sent.batches] == [
+        ("capability", STORM_FILES), ("knowledge", STORM_FILES)]
+    assert len(sent.singles) == 2 * len(few)
 
 
 # --- the worker's side, without a worker -------------------------------------------------
