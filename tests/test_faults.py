@@ -84,9 +84,11 @@ class World:
         self.queues: set[str] = set()  # those some worker of this test consumes
 
     # --- processes ------------------------------------------------------------------
-    def _start(self, argv: list[str], log: str, **extra: str) -> Proc:
+    def _start(self, argv: list[str], log: str, kill_at_teardown: bool = False,
+               **extra: str) -> Proc:
         env = service_env(self.url, self.state, **{**self.env, **extra})
-        return self.procs.add(Proc(argv, env, self.base / log))
+        return self.procs.add(Proc(argv, env, self.base / log,
+                                   kill_at_teardown=kill_at_teardown))
 
     def worker(self, queues: str = KNOWLEDGE, concurrency: int = 1, **extra: str) -> Proc:
         """A prefork worker, registered for teardown before it is waited for."""
@@ -96,7 +98,7 @@ class World:
                 "-Q", queues, "-n", f"w{self._workers}@%h", "--pool", "prefork",
                 "--concurrency", str(concurrency), "--loglevel", "INFO",
                 "--without-gossip", "--without-mingle", "--without-heartbeat"]
-        proc = self._start(argv, f"worker{self._workers}.log", **extra)
+        proc = self._start(argv, f"worker{self._workers}.log", kill_at_teardown=True, **extra)
         proc.wait_output(" ready.")
         return proc
 
@@ -160,20 +162,6 @@ class World:
         self.r.close()
         self.server.stop()
         shutil.rmtree(self.base, ignore_errors=True)
-
-
-@pytest.fixture
-def make_world(procs):
-    """World factory (for tests with their own limits); everything stops at teardown."""
-    made: list[World] = []
-
-    def make(**env: str) -> World:
-        made.append(World(procs, **env))
-        return made[-1]
-
-    yield make
-    for w in made:
-        w.close()
 
 
 @pytest.fixture

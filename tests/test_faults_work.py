@@ -3,7 +3,8 @@ workers, a real watcher): a document of 90,000 links, pool children killed again
 again during a burst, a task that raises, a task past the hard memory limit, and a
 cold scan sent slower than the workers drain it.
 
-The world (tree, persistent Redis, processes) is test_faults.py's.
+The world (tree, persistent Redis, processes) is test_faults.py's, made by the
+make_world fixture of conftest.py.
 """
 
 from __future__ import annotations
@@ -39,20 +40,6 @@ from kloros_tasks.watch.producer import Watcher
 from kloros_tasks.watch.tree import read_file
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
-
-
-@pytest.fixture
-def make_world(procs):
-    """World factory; everything stops at teardown."""
-    made: list[World] = []
-
-    def make(**env: str) -> World:
-        made.append(World(procs, **env))
-        return made[-1]
-
-    yield make
-    for w in made:
-        w.close()
 
 
 def scan_ids(world: World) -> set[str]:
