@@ -46,3 +46,21 @@ def procs():
     group = ProcGroup()
     yield group
     group.stop_all()
+
+
+@pytest.fixture
+def make_world(procs):
+    """Factory of the fault tests' worlds (test_faults.World: a watched tree, a persistent
+    private Redis, the processes of one test), each with its own settings; everything
+    stops at teardown."""
+    from test_faults import World
+
+    made = []
+
+    def make(**env: str):
+        made.append(World(procs, **env))
+        return made[-1]
+
+    yield make
+    for world in made:
+        world.close()

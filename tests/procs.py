@@ -1,4 +1,12 @@
-"""Start and stop the real processes that integration tests talk to."""
+"""Start and stop the real processes that integration tests talk to.
+
+At teardown every process of a test is signalled at once and then waited for, so a
+test with several processes pays for the slowest stop, not for the sum.  A process
+started with ``kill_at_teardown`` (Celery workers: a warm shutdown spends seconds in
+Celery's own polling) is SIGKILLed with its process group there instead: nothing is
+checked after teardown.  A test that stops a process on purpose calls ``stop()``,
+which is still the SIGTERM an operator sends.
+"""
 
 from __future__ import annotations
 
@@ -37,8 +45,10 @@ def service_env(redis_url: str, state_dir: Path, **extra: str) -> dict[str, str]
 class Proc:
     """A child process in its own process group, its output in a log file."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path, *,
+                 kill_at_teardown: bool = False) -> None:
         self.log = log
+        self.kill_at_teardown = kill_at_teardown
         with open(log, "ab") as out:
             self.popen = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                           stderr=subprocess.STDOUT, start_new_session=True)
@@ -54,18 +64,29 @@ class Proc:
 
         wait_for(seen, timeout, 0.1, f"{text!r} in {self.log}")
 
-    def stop(self, timeout: float = 10.0) -> int:
-        if self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait()
+    def signal_group(self, signum: int) -> None:
         try:
-            os.killpg(self.popen.pid, signal.SIGKILL)  # pool children left behind, if any
+            os.killpg(self.popen.pid, signum)
         except ProcessLookupError:
             pass
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.popen.poll() is None:
+            self.signal_group(signal.SIGTERM)
+        return self._reap(time.monotonic() + timeout)
+
+    def kill(self) -> int:
+        """SIGKILL the process and everything in its group (pool children)."""
+        self.signal_group(signal.SIGKILL)
+        return self._reap(time.monotonic())
+
+    def _reap(self, deadline: float) -> int:
+        try:
+            self.popen.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.signal_group(signal.SIGKILL)
+            self.popen.wait()
+        self.signal_group(signal.SIGKILL)  # pool children left behind, if any
         return self.popen.returncode
 
 
@@ -79,18 +100,26 @@ class ProcGroup:
         self.procs.append(proc)
         return proc
 
-    def stop_all(self) -> None:
+    def stop_all(self, timeout: float = 10.0) -> None:
+        """Signal every running process at once, then wait for each (one shared deadline)."""
         for proc in reversed(self.procs):
-            proc.stop()
+            if proc.popen.poll() is None:
+                proc.signal_group(signal.SIGKILL if proc.kill_at_teardown else signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in reversed(self.procs):
+            proc._reap(deadline)
 
 
 def start_worker(redis_url: str, state_dir: Path, queues: str, log: Path, *,
-                 node: str | None = None, **extra) -> Proc:
+                 node: str | None = None, ready: bool = True, **extra) -> Proc:
+    """A prefork worker on ``queues``, once it logs " ready." (``ready=False``: at once,
+    for the caller to wait on after starting something else)."""
     node = node or f"{queues.replace(',', '-')}-test@%h"
     argv = [sys.executable, "-m", "celery", "-A", "kloros_tasks.celery_app", "worker",
             "-Q", queues, "-n", node, "--pool", "prefork",
             "--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
             "--without-heartbeat"]
-    proc = Proc(argv, service_env(redis_url, state_dir, **extra), log)
-    proc.wait_output(" ready.")
+    proc = Proc(argv, service_env(redis_url, state_dir, **extra), log, kill_at_teardown=True)
+    if ready:
+        proc.wait_output(" ready.")
     return proc

@@ -148,10 +148,11 @@ def test_a_beat_scan_fans_out_so_every_host_reports_its_own_hardware(r, redis_ur
                                                                       procs):
     # Two exploration workers that report as two hosts (KLOROS_HOSTNAME), as two machines
     # sharing one Redis would.
-    for host in ("alpha", "beta"):
-        worker = start_worker(redis_url, tmp_path, "exploration", tmp_path / f"{host}.log",
-                              node=f"exploration@{host}", KLOROS_HOSTNAME=host)
-        procs.add(worker)
+    for host in ("alpha", "beta"):  # started together, then waited for
+        procs.add(start_worker(redis_url, tmp_path, "exploration", tmp_path / f"{host}.log",
+                               node=f"exploration@{host}", ready=False, KLOROS_HOSTNAME=host))
+    for worker in procs.procs:
+        worker.wait_output(" ready.")
     nodes = wait_for(lambda: len(r.hgetall(names.EXPLORATION_NODES)) == 2, 20,
                      message="both workers registered")
     assert nodes

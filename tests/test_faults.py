@@ -84,9 +84,11 @@ class World:
         self.queues: set[str] = set()  # those some worker of this test consumes
 
     # --- processes ------------------------------------------------------------------
-    def _start(self, argv: list[str], log: str, **extra: str) -> Proc:
+    def _start(self, argv: list[str], log: str, kill_at_teardown: bool = False,
+               **extra: str) -> Proc:
         env = service_env(self.url, self.state, **{**self.env, **extra})
-        return self.procs.add(Proc(argv, env, self.base / log))
+        return self.procs.add(Proc(argv, env, self.base / log,
+                                   kill_at_teardown=kill_at_teardown))
 
     def worker(self, queues: str = KNOWLEDGE, concurrency: int = 1, **extra: str) -> Proc:
         """A prefork worker, registered for teardown before it is waited for."""
@@ -96,18 +98,30 @@ class World:
                 "-Q", queues, "-n", f"w{self._workers}@%h", "--pool", "prefork",
                 "--concurrency", str(concurrency), "--loglevel", "INFO",
                 "--without-gossip", "--without-mingle", "--without-heartbeat"]
-        proc = self._start(argv, f"worker{self._workers}.log", **extra)
+        proc = self._start(argv, f"worker{self._workers}.log", kill_at_teardown=True, **extra)
         proc.wait_output(" ready.")
         return proc
 
-    def watcher(self, **extra: str) -> Proc:
+    def watcher(self, ready: bool = True, **extra: str) -> Proc:
         """``kloros-tasks watch`` on the tree, once it has registered and reconciled."""
         self.r.delete(names.WATCHER_HEARTBEAT)
         proc = self._start([sys.executable, "-m", "kloros_tasks.cli", "watch", str(self.tree)],
                            "watcher.log", **extra)
+        if ready:
+            self.watcher_ready(proc)
+        return proc
+
+    def watcher_ready(self, proc: Proc) -> None:
         wait_for(lambda: self._alive(proc) and self.r.exists(names.WATCHER_HEARTBEAT), 30,
                  message="the watcher's heartbeat")
-        return proc
+
+    def start(self, queues: str = KNOWLEDGE, concurrency: int = 1) -> tuple[Proc, Proc]:
+        """A worker and the watcher, started together: (worker, watcher) once both are up.
+        The watcher may queue changes before the worker is ready; they wait in Redis."""
+        watcher = self.watcher(ready=False)
+        worker = self.worker(queues, concurrency)
+        self.watcher_ready(watcher)
+        return worker, watcher
 
     @staticmethod
     def _alive(proc: Proc) -> bool:
@@ -146,8 +160,10 @@ class World:
                 for p in self.tree.rglob(f"*{suffix}") if p.is_file() and not p.is_symlink()}
 
     def all_analysed(self, suffix: str = ".md") -> bool:
-        """Every file on disk is indexed from its current content, and no queue is busy."""
-        return self.analysed() == self.on_disk(suffix) and self.idle()
+        """Every file on disk is indexed from its current content, and no queue is busy.
+        Idleness is asked first: it costs three Redis calls, while comparing thousands
+        of files costs the test process a core that the workers need."""
+        return self.idle() and self.analysed() == self.on_disk(suffix)
 
     def idle(self) -> bool:
         """Nothing waits in a consumed queue, nothing is in flight (kombu's "unacked") and
@@ -160,20 +176,6 @@ class World:
         self.r.close()
         self.server.stop()
         shutil.rmtree(self.base, ignore_errors=True)
-
-
-@pytest.fixture
-def make_world(procs):
-    """World factory (for tests with their own limits); everything stops at teardown."""
-    made: list[World] = []
-
-    def make(**env: str) -> World:
-        made.append(World(procs, **env))
-        return made[-1]
-
-    yield make
-    for w in made:
-        w.close()
 
 
 @pytest.fixture
@@ -225,8 +227,7 @@ def hold_task_in_flight(world: World, path: str | None = "slow.md") -> tuple[obj
 
 
 def test_a_pool_child_killed_mid_task_is_replaced_and_the_task_delivered_again(world):
-    worker = world.worker()
-    world.watcher()
+    worker, _ = world.start()
     lock, task_id = hold_task_in_flight(world)
     (child,) = children_of(worker.popen.pid)
     os.kill(child, signal.SIGKILL)
@@ -248,8 +249,7 @@ def received_at(log: str, task_id: str) -> float:
 
 
 def test_a_worker_killed_mid_task_leaves_the_task_to_the_next_worker(world):
-    worker = world.worker()
-    world.watcher()
+    worker, _ = world.start()
     lock, task_id = hold_task_in_flight(world)
     (child,) = children_of(worker.popen.pid)
     os.kill(worker.popen.pid, signal.SIGKILL)
@@ -304,8 +304,7 @@ def good_files_go_on(world: World, worker: Proc, poison: str) -> None:
 
 def test_a_document_that_always_outlasts_the_soft_time_limit_is_parked(make_world):
     world = make_world(**POISON_LIMITS)
-    worker = world.worker()
-    world.watcher()
+    worker, _ = world.start()
     # 300,000 links (4 MB): seconds of Python-level scanning, far past the 1 s soft limit.
     links = "".join(f"[s](m/{i}.md)\n" for i in range(300_000))
     put(world.tree / "poison.md", links)
@@ -317,8 +316,7 @@ def test_a_document_that_always_outlasts_the_soft_time_limit_is_parked(make_worl
 
 
 def test_a_file_whose_task_kills_its_worker_every_time_is_parked_after_n_deliveries(world):
-    worker = world.worker()
-    world.watcher()
+    worker, _ = world.start()
     lock, task_id = hold_task_in_flight(world)
     deliveries = int(LIMITS["KLOROS_MAX_DELIVERIES"])
     for attempt in range(1, deliveries + 1):
@@ -337,8 +335,7 @@ def test_a_file_whose_task_kills_its_worker_every_time_is_parked_after_n_deliver
 
 def test_a_python_file_whose_parse_outlasts_the_hard_time_limit_is_parked(make_world):
     world = make_world(**POISON_LIMITS)
-    worker = world.worker()
-    world.watcher()
+    worker, _ = world.start()
     # About 6 MB of definitions: ast.parse alone, in C where no signal interrupts it,
     # needs several seconds, so every attempt is killed at the 2 s hard limit.
     defs = "".join(f"def f{i}():\n    return {i}\n\n" for i in range(190_000))
@@ -355,10 +352,10 @@ def test_a_python_file_whose_parse_outlasts_the_hard_time_limit_is_parked(make_w
 # --- 3. Redis restarted in the middle of a burst ------------------------------------
 
 def test_every_change_of_a_burst_is_analysed_across_a_redis_restart(world):
-    worker = world.worker()
-    world.watcher()
+    worker, _ = world.start()
     write_docs(world.tree, 1000)
-    wait_for(lambda: len(world.analysed()) >= 100, 60, message="the burst under way")
+    wait_for(lambda: world.r.hlen(names.facts(KNOWLEDGE, ROOT)) >= 100, 60,
+             message="the burst under way")
     # Make sure a task is in flight when Redis goes: the next one waits for this lock.
     lock, _task_id = hold_task_in_flight(world, path=None)
     world.server.stop()
@@ -399,8 +396,7 @@ def checkout(tree: Path, count: int, version: int) -> None:
 @pytest.mark.timeout(STORM_TIMEOUT)
 def test_a_checkout_storm_keeps_the_queue_bounded_and_publishes_each_question_once(world):
     write_docs(world.tree, STORM_FILES)
-    worker = world.worker(concurrency=2)
-    world.watcher()
+    worker, _ = world.start(concurrency=2)
     settle(world, [worker], STORM_TIMEOUT / 3)
     assert world.analysed() == world.on_disk()
     opened_before = world.opened()
@@ -424,7 +420,7 @@ def test_a_checkout_storm_keeps_the_queue_bounded_and_publishes_each_question_on
 def test_a_flushed_redis_restored_from_the_snapshot_republishes_no_open_question(world):
     write_docs(world.tree, 20)
     (world.tree / "README.md").write_text("# Index\n\n[first](docs/n00000.md)\n")
-    worker, watcher = world.worker(), world.watcher()
+    worker, watcher = world.start()
     settle(world, [worker], 60)
     open_before = {k.decode() for k in world.r.hkeys(names.LEDGER)}
     assert len(open_before) == 19  # every note but the linked one
@@ -441,8 +437,7 @@ def test_a_flushed_redis_restored_from_the_snapshot_republishes_no_open_question
     world.r.flushall()
     assert snapshot.restore_snapshot(world.r, path) is True
     assert {k.decode() for k in world.r.hkeys(names.LEDGER)} == open_before
-    worker = world.worker()
-    world.watcher()
+    worker, _ = world.start()
     (world.tree / "docs" / "new.md").write_text(doc(99))
     settle(world, [worker], 60)
 
@@ -584,8 +579,7 @@ def test_hostile_inputs_crash_nothing_and_a_good_file_written_last_is_analysed(m
     outside = world.base / "outside"
     outside.mkdir()
     sock = socket_in(world.tree / "sock.py")
-    worker = world.worker(",".join(sorted(names.FILE_DETECTOR_SUFFIXES)))  # every file detector
-    watcher = world.watcher()
+    worker, watcher = world.start(",".join(sorted(names.FILE_DETECTOR_SUFFIXES)))  # every detector
     nasty_tree(world.tree, outside)
     transient_files(world.tree / "hostile")
     settle(world, [worker], 60)
@@ -612,7 +606,7 @@ def test_hostile_inputs_crash_nothing_and_a_good_file_written_last_is_analysed(m
 
 
 def test_a_file_name_that_is_not_utf8_is_skipped_and_the_watcher_lives_on(world):
-    worker, watcher = world.worker(), world.watcher()
+    worker, watcher = world.start()
     (world.tree / os.fsdecode(b"caf\xe9.md")).write_text(doc(1))
     (world.tree / "after.md").write_text(doc(2))
     wait_for(lambda: world._alive(watcher) and "after.md" in world.question_paths(), 30,

@@ -3,7 +3,8 @@ workers, a real watcher): a document of 90,000 links, pool children killed again
 again during a burst, a task that raises, a task past the hard memory limit, and a
 cold scan sent slower than the workers drain it.
 
-The world (tree, persistent Redis, processes) is test_faults.py's.
+The world (tree, persistent Redis, processes) is test_faults.py's, made by the
+make_world fixture of conftest.py.
 """
 
 from __future__ import annotations
@@ -41,20 +42,6 @@ from kloros_tasks.watch.tree import read_file
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
 
 
-@pytest.fixture
-def make_world(procs):
-    """World factory; everything stops at teardown."""
-    made: list[World] = []
-
-    def make(**env: str) -> World:
-        made.append(World(procs, **env))
-        return made[-1]
-
-    yield make
-    for w in made:
-        w.close()
-
-
 def scan_ids(world: World) -> set[str]:
     """The question ids ``kloros-tasks scan`` asks about the same tree."""
     out = subprocess.run(
@@ -83,8 +70,7 @@ def test_a_document_of_ninety_thousand_links_is_skipped_and_redis_never_blocks(m
     # Any command (a script above all) running this long would make Redis answer BUSY.
     world.r.config_set("slowlog-log-slower-than", 2_000_000)
     world.r.slowlog_reset()
-    worker = world.worker()
-    world.watcher()
+    worker, _ = world.start()
     put(world.tree / "links.md", "".join(f"[](d/{i}.md)\n" for i in range(90_000)))
     key = f"{KNOWLEDGE}:{ROOT}:links.md"
     reason = wait_for(lambda: world.r.hget(names.SKIPPED, key), 60, message="the skip line")
@@ -112,8 +98,7 @@ def linked_notes(tree: Path, count: int) -> None:
 def test_children_killed_again_and_again_in_a_burst_lose_no_question(make_world):
     # Many deliveries allowed: a task may be hit more than once, never parked for it.
     world = make_world(KLOROS_MAX_DELIVERIES="20")
-    worker = world.worker(concurrency=2)
-    world.watcher()
+    worker, _ = world.start(concurrency=2)
     linked_notes(world.tree, BURST_FILES)
     rng, kills = random.Random(13), 0
     wait_for(lambda: world.r.llen(KNOWLEDGE) or world.analysed(), 30,
@@ -144,8 +129,7 @@ def test_children_killed_again_and_again_in_a_burst_lose_no_question(make_world)
 
 def test_a_task_that_raises_is_parked_with_its_file_and_status_says_so(make_world):
     world = make_world()
-    worker = world.worker()
-    world.watcher()
+    worker, _ = world.start()
     # Stored facts that do not decompress: reading them raises inside the task.
     world.r.hset(names.facts(KNOWLEDGE, ROOT), "broken.md", b"7:not zlib at all")
     (world.tree / "broken.md").write_text("# Broken\n")

@@ -56,11 +56,40 @@ def _apt_download(directory: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600, check=False)
 
 
+def _uninstalled_dependencies() -> list[str] | None:
+    """What chromium-headless-shell depends on (apt's lists) that no installed package is
+    or provides; None when apt cannot say.  Asked before anything is fetched: unpacking
+    the browser takes longer than the rest of this module."""
+    shown = subprocess.run(["apt-cache", "show", "--no-all-versions", BROWSER_PACKAGES[0]],
+                           capture_output=True, text=True, timeout=120, check=False)
+    depends = [line.split(":", 1)[1] for line in shown.stdout.splitlines()
+               if line.startswith("Depends:")]
+    listed = subprocess.run(["dpkg-query", "-W", "-f", "${db:Status-Abbrev}|${Package}|"
+                             "${Provides}\n"], capture_output=True, text=True, timeout=120,
+                            check=False)
+    if shown.returncode != 0 or len(depends) != 1 or listed.returncode != 0:
+        return None
+    present = set(BROWSER_PACKAGES)
+    for line in listed.stdout.splitlines():
+        status, package, provides = line.split("|", 2)
+        if status[1:2] == "i":  # installed (dpkg's second status letter)
+            present.add(package.split(":")[0])
+            present.update(p.split()[0].split(":")[0] for p in provides.split(",") if p.strip())
+    missing = []
+    for clause in depends[0].split(","):
+        options = [o.split()[0].split(":")[0] for o in clause.split("|") if o.strip()]
+        if not present.intersection(options):
+            missing.append(clause.strip())
+    return missing
+
+
 @pytest.fixture(scope="module")
 def headless_shell():
     """Path of chromium-headless-shell unpacked from Debian's packages into a temp dir."""
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         pytest.skip("no apt-get/dpkg-deb to fetch Debian's chromium-headless-shell")
+    if uninstalled := _uninstalled_dependencies():
+        pytest.skip(f"chromium-headless-shell needs packages this host lacks: {uninstalled}")
     directory = Path(tempfile.mkdtemp(prefix="kl-chromium-"))
     try:
         done = _apt_download(directory)

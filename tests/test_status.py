@@ -36,12 +36,13 @@ def test_status_on_a_healthy_pipeline_and_with_each_part_stopped(redis_url, r, t
     env = service_env(redis_url, tmp_path / "state",
                       KLOROS_CHEM_XSUB=f"tcp://127.0.0.1:{free_port()}",
                       KLOROS_CHEM_XPUB=f"tcp://127.0.0.1:{free_port()}")
+    # Started together; each is waited for below.
+    watcher = procs.add(Proc(CLI + ["watch", str(tree)], env, tmp_path / "watch.log"))
+    procs.add(Proc(CLI + ["chem-proxy"], env, tmp_path / "proxy.log"))
+    bridge = procs.add(Proc(CLI + ["bridge"], env, tmp_path / "bridge.log"))
     worker = procs.add(start_worker(redis_url, tmp_path, ",".join(names.QUEUES),
                                     tmp_path / "worker.log", **{
                                         k: v for k, v in env.items() if k.startswith("KLOROS_")}))
-    watcher = procs.add(Proc(CLI + ["watch", str(tree)], env, tmp_path / "watch.log"))
-    proxy = procs.add(Proc(CLI + ["chem-proxy"], env, tmp_path / "proxy.log"))
-    bridge = procs.add(Proc(CLI + ["bridge"], env, tmp_path / "bridge.log"))
     wait_for(lambda: r.exists(names.WATCHER_HEARTBEAT) and r.exists(names.BRIDGE_HEARTBEAT), 30,
              message="watcher and bridge heartbeats")
 
@@ -60,15 +61,15 @@ def test_status_on_a_healthy_pipeline_and_with_each_part_stopped(redis_url, r, t
     code, report = status(env)
     assert code == 1 and any("watcher" in p for p in report["problems"])
 
-    worker.stop()
+    # The knowledge worker starts while the first one stops.
     knowledge_only = procs.add(start_worker(redis_url, tmp_path, "knowledge",
-                                            tmp_path / "worker2.log"))
+                                            tmp_path / "worker2.log", ready=False))
+    worker.stop()
+    knowledge_only.wait_output(" ready.")
     code, report = status(env)
     assert code == 1
     assert "no worker consumes the integration queue" in report["problems"]
     assert "no worker consumes the knowledge queue" not in report["problems"]
-    knowledge_only.stop()
-    proxy.stop()
 
 
 def test_status_says_unreachable_with_exit_2_when_redis_is_down(tmp_path):

@@ -373,7 +373,8 @@ class RenderedLayout:
         for command in svc.get("ExecStartPre", []):
             subprocess.run(exec_argv(command, env), env=env, check=True)
         argv = exec_argv(svc["ExecStart"][0], env)
-        self.procs.add(Proc(argv, env, self.logs / f"{name}.log"))
+        # Workers, beat, watcher, bridge, Flower: nothing is checked after the test.
+        self.procs.add(Proc(argv, env, self.logs / f"{name}.log", kill_at_teardown=True))
 
     def nodes(self) -> set[str]:
         app = create_app(from_env({"KLOROS_REDIS_URL": self.redis_url}))

@@ -75,8 +75,10 @@ def queued_paths(r) -> list[str]:
     return paths
 
 
-def start(procs, argv: list[str], redis_url: str, state: Path, log: Path) -> Proc:
-    return procs.add(Proc(argv, service_env(redis_url, state), log))
+def start(procs, argv: list[str], redis_url: str, state: Path, log: Path,
+          kill_at_teardown: bool = False) -> Proc:
+    return procs.add(Proc(argv, service_env(redis_url, state), log,
+                          kill_at_teardown=kill_at_teardown))
 
 
 def start_watcher(procs, r, redis_url: str, argv: list[str], state: Path, log: Path) -> Proc:
@@ -96,7 +98,8 @@ def start_worker(procs, redis_url: str, state: Path, log: Path) -> Proc:
             "--concurrency", "1",
             "--loglevel", "INFO", "--without-gossip", "--without-mingle",
             "--without-heartbeat"]
-    proc = start(procs, argv, redis_url, state, log)  # registered before it is waited for
+    # Registered before it is waited for.
+    proc = start(procs, argv, redis_url, state, log, kill_at_teardown=True)
     proc.wait_output(" ready.")
     return proc
 

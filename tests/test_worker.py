@@ -87,7 +87,7 @@ class Pipeline:
             log.count("succeeded in") + log.count("raised unexpected"))
 
     def close(self) -> None:
-        self.worker.stop()
+        self.worker.kill()  # nothing is checked after this but the log
         self.r.close()
         self.server.stop()
 
