@@ -14,6 +14,9 @@ import os
 import resource
 import signal
 import sys
+import threading
+import time
+from collections.abc import Callable
 
 from celery import Celery
 from celery.signals import (
@@ -27,6 +30,7 @@ from kombu import Queue
 
 from kloros_tasks import names
 from kloros_tasks.connections import broker_url
+from kloros_tasks.heap import give_back_memory
 from kloros_tasks.settings import Settings, SettingsError, from_env
 
 SOFT_LIMIT_MARGIN = 5  # seconds between the soft and the hard time limit
@@ -38,6 +42,7 @@ BEAT_SCHEDULER = "kloros_tasks.work.beatstore:JSONScheduler"
 HARD_MEMORY_FACTOR = 4
 MEMORY_CHECK_EVERY = 0.02  # seconds of CPU time between checks while a task runs
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+IDLE_TRIM_AFTER = 30.0  # seconds without a task before a pool child hands freed heap back
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +180,38 @@ class _MemoryGuard:
 memory_guard = _MemoryGuard()
 
 
+class _IdleTrim:
+    """In each pool child: once IDLE_TRIM_AFTER seconds have passed without a task after
+    some ran, hand the freed heap back to the system, once (``heap.give_back_memory``).
+    Without it a burst's garbage stays resident for as long as the worker then waits.
+    The thread wakes every IDLE_TRIM_AFTER seconds, which costs nothing measurable."""
+
+    def __init__(self, after: float = IDLE_TRIM_AFTER,
+                 trim: Callable[[], None] = give_back_memory) -> None:
+        self.after, self.trim = after, trim
+        self.busy = self.dirty = False
+        self.last = 0.0
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="idle-trim", daemon=True).start()
+
+    def task_started(self) -> None:
+        self.busy = True
+
+    def task_ended(self) -> None:
+        self.busy, self.dirty, self.last = False, True, time.monotonic()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.after)
+            if self.dirty and not self.busy and time.monotonic() - self.last >= self.after:
+                self.dirty = False
+                self.trim()
+
+
+idle_trim = _IdleTrim()
+
+
 @worker_init.connect
 @worker_before_create_process.connect
 def freeze_heap(**_kwargs) -> None:
@@ -190,20 +227,24 @@ def freeze_heap(**_kwargs) -> None:
 
 @worker_process_init.connect
 def limit_child_memory(**_kwargs) -> None:
-    """In each prefork child as it starts: the hard memory limit (see _MemoryGuard)."""
+    """In each prefork child as it starts: the hard memory limit (see _MemoryGuard), and
+    the heap handed back when idle (_IdleTrim)."""
     settings = getattr(app, "kloros_settings", None)
     if settings is not None:
         memory_guard.start(settings.worker_max_memory_mb)
+    idle_trim.start()
 
 
 @task_prerun.connect
 def _arm_memory_guard(**_kwargs) -> None:
+    idle_trim.task_started()
     memory_guard.arm(True)
 
 
 @task_postrun.connect
 def _disarm_memory_guard(**_kwargs) -> None:
     memory_guard.arm(False)
+    idle_trim.task_ended()
 
 
 def create_app(settings: Settings | None = None) -> Celery:

@@ -31,8 +31,6 @@ emptied under it, and writes it every SNAPSHOT_EVERY seconds and at shutdown.
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import json
 import logging
 import os
@@ -45,6 +43,7 @@ from typing import Any
 import redis
 
 from kloros_tasks import names
+from kloros_tasks.heap import give_back_memory
 from kloros_tasks.routing import route
 from kloros_tasks.state import index
 from kloros_tasks.state.snapshot_file import (  # noqa: F401 - part of this module's API
@@ -136,18 +135,6 @@ def keep_snapshot(client, path: str | os.PathLike) -> Summary | None:
     finally:
         give_back_memory()
     return None
-
-
-def give_back_memory() -> None:
-    """Collect garbage and hand the allocator's free pages back to the system (glibc's
-    ``malloc_trim``): freed memory between live blocks otherwise stays resident for the
-    life of a long-running process (after restoring 10,000 files, most of the peak;
-    docs/performance.md).  Does only the collection where there is no malloc_trim."""
-    gc.collect()
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def _text(value: bytes | str) -> str:
