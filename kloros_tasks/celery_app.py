@@ -14,11 +14,9 @@ import os
 import resource
 import signal
 import sys
-import threading
-import time
-from collections.abc import Callable
+from pathlib import Path
 
-from celery import Celery
+from celery import Celery, bootsteps
 from celery.signals import (
     task_postrun,
     task_prerun,
@@ -26,11 +24,11 @@ from celery.signals import (
     worker_init,
     worker_process_init,
 )
+from celery.worker import state as worker_state
 from kombu import Queue
 
 from kloros_tasks import names
 from kloros_tasks.connections import broker_url
-from kloros_tasks.heap import give_back_memory
 from kloros_tasks.settings import Settings, SettingsError, from_env
 
 SOFT_LIMIT_MARGIN = 5  # seconds between the soft and the hard time limit
@@ -42,7 +40,8 @@ BEAT_SCHEDULER = "kloros_tasks.work.beatstore:JSONScheduler"
 HARD_MEMORY_FACTOR = 4
 MEMORY_CHECK_EVERY = 0.02  # seconds of CPU time between checks while a task runs
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
-IDLE_TRIM_AFTER = 30.0  # seconds without a task before a pool child hands freed heap back
+RECYCLE_CHECK_EVERY = 30.0  # seconds between checks for pool processes to replace
+RECYCLE_ABOVE_MIB = 24  # private MiB above which an idle pool process is replaced
 
 log = logging.getLogger(__name__)
 
@@ -180,36 +179,57 @@ class _MemoryGuard:
 memory_guard = _MemoryGuard()
 
 
-class _IdleTrim:
-    """In each pool child: once IDLE_TRIM_AFTER seconds have passed without a task after
-    some ran, hand the freed heap back to the system, once (``heap.give_back_memory``).
-    Without it a burst's garbage stays resident for as long as the worker then waits.
-    The thread wakes every IDLE_TRIM_AFTER seconds, which costs nothing measurable."""
-
-    def __init__(self, after: float = IDLE_TRIM_AFTER,
-                 trim: Callable[[], None] = give_back_memory) -> None:
-        self.after, self.trim = after, trim
-        self.busy = self.dirty = False
-        self.last = 0.0
-
-    def start(self) -> None:
-        threading.Thread(target=self._run, name="idle-trim", daemon=True).start()
-
-    def task_started(self) -> None:
-        self.busy = True
-
-    def task_ended(self) -> None:
-        self.busy, self.dirty, self.last = False, True, time.monotonic()
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(self.after)
-            if self.dirty and not self.busy and time.monotonic() - self.last >= self.after:
-                self.dirty = False
-                self.trim()
+def private_mib(pid: int) -> float | None:
+    """Memory only process ``pid`` holds (Private_Clean + Private_Dirty), in MiB."""
+    try:
+        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    except OSError:
+        return None
+    return sum(int(line.split()[1]) for line in lines if line.startswith("Private_")) / 1024
 
 
-idle_trim = _IdleTrim()
+class RecycleIdlePool(bootsteps.StartStopStep):
+    """Replace pool processes that hold a burst's memory once the worker is idle.
+
+    After a cold scan a pool process keeps most of its peak: partly filled allocator
+    arenas, and the parent's heap pages it copied on write.  Neither a collection nor
+    ``malloc_trim`` gives them back; a fresh fork of the parent holds a fraction of it
+    (docs/performance.md).  Every RECYCLE_CHECK_EVERY seconds, in the worker's event
+    loop: when tasks ran since the last replacement, none started during the whole last
+    interval, none is received or running, and a pool process holds more than
+    RECYCLE_ABOVE_MIB of its own, the pool is shrunk by those processes (each exits
+    between tasks, as the autoscaler shrinks it) and grown back by as many fresh ones."""
+
+    label = "RecycleIdlePool"
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, w, **kwargs) -> None:
+        super().__init__(w, **kwargs)
+        self.last_count = self.recycled_count = 0
+
+    def register_with_event_loop(self, w, hub) -> None:
+        hub.call_repeatedly(RECYCLE_CHECK_EVERY, self.check, w)
+
+    def check(self, w) -> None:
+        count = worker_state.all_total_count[0]  # tasks started by this worker
+        quiet = count == self.last_count and not (
+            worker_state.active_requests or worker_state.reserved_requests)
+        self.last_count = count
+        if not quiet or count == self.recycled_count:
+            return
+        pids = w.pool.info.get("processes", [])
+        heavy = [pid for pid in pids if (private_mib(pid) or 0) > RECYCLE_ABOVE_MIB]
+        self.recycled_count = count
+        if not heavy:
+            return
+        try:
+            w.pool.shrink(len(heavy))
+        except ValueError:  # a process busy after all: the next quiet interval
+            self.recycled_count = 0
+            return
+        w.pool.grow(len(heavy))
+        log.info("replaced %d idle pool process(es) holding over %d MiB of their own",
+                 len(heavy), RECYCLE_ABOVE_MIB)
 
 
 @worker_init.connect
@@ -227,28 +247,25 @@ def freeze_heap(**_kwargs) -> None:
 
 @worker_process_init.connect
 def limit_child_memory(**_kwargs) -> None:
-    """In each prefork child as it starts: the hard memory limit (see _MemoryGuard), and
-    the heap handed back when idle (_IdleTrim)."""
+    """In each prefork child as it starts: the hard memory limit (see _MemoryGuard)."""
     settings = getattr(app, "kloros_settings", None)
     if settings is not None:
         memory_guard.start(settings.worker_max_memory_mb)
-    idle_trim.start()
 
 
 @task_prerun.connect
 def _arm_memory_guard(**_kwargs) -> None:
-    idle_trim.task_started()
     memory_guard.arm(True)
 
 
 @task_postrun.connect
 def _disarm_memory_guard(**_kwargs) -> None:
     memory_guard.arm(False)
-    idle_trim.task_ended()
 
 
 def create_app(settings: Settings | None = None) -> Celery:
     app = Celery("kloros_tasks", include=["kloros_tasks.work.tasks"])
+    app.steps["worker"].add(RecycleIdlePool)
     configure(app, settings or from_env())
     return app
 

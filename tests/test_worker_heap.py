@@ -1,5 +1,5 @@
 """What a worker does for its memory besides the limits: the parent freezes its heap
-before it forks, and a pool child hands freed heap back once it has been idle a while.
+before it forks, and an idle pool process that holds a burst's memory is replaced.
 
 How much these save is measured by bench/cold_scan.py --rest, not asserted here.
 """
@@ -7,8 +7,12 @@ How much these save is measured by bench/cold_scan.py --rest, not asserted here.
 from __future__ import annotations
 
 import gc
-import threading
+import os
+import subprocess
+import sys
 
+import pytest
+from celery.worker import state as worker_state
 from procs import wait_for
 
 from kloros_tasks import celery_app
@@ -30,27 +34,66 @@ def test_freed_memory_is_handed_back_without_error():
     give_back_memory()  # glibc here; elsewhere the collection alone
 
 
-class Trims:
-    def __init__(self) -> None:
-        self.count = 0
-        self.done = threading.Event()
+class Pool:
+    """The two calls the step makes on Celery's prefork pool, recorded."""
 
-    def __call__(self) -> None:
-        self.count += 1
-        self.done.set()
+    def __init__(self, pids: list[int]) -> None:
+        self.info = {"processes": pids}
+        self.calls: list[tuple[str, int]] = []
+
+    def shrink(self, n: int) -> None:
+        self.calls.append(("shrink", n))
+
+    def grow(self, n: int) -> None:
+        self.calls.append(("grow", n))
 
 
-def test_a_pool_child_trims_once_after_its_tasks_and_never_while_one_runs():
-    trims = Trims()
-    idle = celery_app._IdleTrim(after=0.05, trim=trims)
-    idle.start()
-    idle.task_started()
-    assert not trims.done.wait(0.3)  # a task running: never
-    idle.task_ended()
-    wait_for(trims.done.is_set, 30, message="the trim after the task")
-    assert not idle.dirty
-    count = trims.count
-    idle.task_started()
-    idle.task_ended()
-    wait_for(lambda: trims.count > count, 30, message="the trim after the next task")
-    assert trims.count == count + 1
+class Worker:
+    def __init__(self, pids: list[int]) -> None:
+        self.pool = Pool(pids)
+
+
+@pytest.fixture
+def counts():
+    saved = worker_state.all_total_count[0]
+    yield worker_state.all_total_count
+    worker_state.all_total_count[0] = saved
+    worker_state.reserved_requests.clear()
+
+
+def test_an_idle_pool_process_holding_a_burst_is_replaced_once(counts):
+    heavy = [1] * 8_000_000  # this test process holds well over the threshold of its own
+    assert celery_app.private_mib(os.getpid()) > celery_app.RECYCLE_ABOVE_MIB
+    w = Worker([os.getpid()])
+    step = celery_app.RecycleIdlePool(w)
+    step.check(w)
+    assert w.pool.calls == []  # no task ran yet
+    counts[0] += 5
+    step.check(w)
+    assert w.pool.calls == []  # tasks started during the last interval
+    waiting = Worker([])  # any object a weak set can hold stands for a request
+    worker_state.reserved_requests.add(waiting)
+    step.check(w)
+    assert w.pool.calls == []  # one waiting
+    worker_state.reserved_requests.clear()
+    step.check(w)
+    assert w.pool.calls == [("shrink", 1), ("grow", 1)]
+    step.check(w)
+    assert len(w.pool.calls) == 2  # nothing ran since
+    del heavy
+
+
+def test_an_idle_pool_process_holding_little_is_kept(counts):
+    small = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    try:
+        wait_for(lambda: (celery_app.private_mib(small.pid) or 0) > 0, 30,
+                 message="the small process started")
+        w = Worker([small.pid])
+        step = celery_app.RecycleIdlePool(w)
+        counts[0] += 1
+        step.check(w)
+        step.check(w)
+        assert w.pool.calls == []
+    finally:
+        small.communicate(b"")
