@@ -95,9 +95,19 @@ def load() -> str:
     return Path("/proc/loadavg").read_text().split()[0]
 
 
+def uss_kib(pid: int) -> int | None:
+    """Memory only this process holds (Private_Clean + Private_Dirty): unlike PSS, it
+    does not move with how many other processes share the same library pages."""
+    try:
+        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    except OSError:
+        return None
+    return sum(int(line.split()[1]) for line in lines if line.startswith("Private_"))
+
+
 def at_rest(up: Up, seconds: float) -> dict:
-    """PSS of every process of ``up`` (Redis included) and percent of one core they used
-    over ``seconds`` of quiet."""
+    """PSS and USS of every process of ``up`` (Redis included) and percent of one core
+    they used over ``seconds`` of quiet."""
     procs = up.processes(include_proxy=False)
     before = {p.pid: cpu_ticks(p.pid, with_reaped=False) for p in procs}
     started = time.perf_counter()
@@ -105,14 +115,17 @@ def at_rest(up: Up, seconds: float) -> dict:
     elapsed = time.perf_counter() - started
     procs = up.processes(include_proxy=False)
     pss: dict[str, float] = {}
+    uss: dict[str, float] = {}
     cpu: dict[str, float] = {}
     for proc in procs:
         pss[proc.role] = pss.get(proc.role, 0.0) + (pss_kib(proc.pid) or 0) / 1024
+        uss[proc.role] = uss.get(proc.role, 0.0) + (uss_kib(proc.pid) or 0) / 1024
         if before.get(proc.pid) is not None:  # one born inside the window is left out
             used = (cpu_ticks(proc.pid, with_reaped=False) or 0) - before[proc.pid]
             cpu[proc.role] = cpu.get(proc.role, 0.0) + used / CLK_TCK / elapsed * 100
-    return {"processes": len(procs), "pss": sum(pss.values()), "cpu": sum(cpu.values()),
-            "rest_s": seconds, "pss_by_role": pss, "cpu_by_role": cpu}
+    return {"processes": len(procs), "pss": sum(pss.values()), "uss": sum(uss.values()),
+            "cpu": sum(cpu.values()), "rest_s": seconds, "pss_by_role": pss,
+            "uss_by_role": uss, "cpu_by_role": cpu}
 
 
 def scan_pipeline(work: Path, root: Path, files: int, single_worker: bool,
@@ -259,14 +272,15 @@ def main() -> None:
     rested = [(label, p["rest"]) for label, p in zip(labels, pipes, strict=True) if "rest" in p]
     if rested:
         print()
-        print(table(["tree", "processes at rest", "PSS MiB (Redis included)",
+        print(table(["tree", "processes at rest", "PSS MiB (Redis included)", "USS MiB",
                      "CPU % of one core", "window s"],
-                    [[label, r["processes"], f"{r['pss']:.1f}", f"{r['cpu']:.2f}",
-                      f"{r['rest_s']:.0f}"] for label, r in rested]))
+                    [[label, r["processes"], f"{r['pss']:.1f}", f"{r['uss']:.1f}",
+                      f"{r['cpu']:.2f}", f"{r['rest_s']:.0f}"] for label, r in rested]))
         roles = sorted({role for _label, r in rested for role in r["pss_by_role"]})
         print()
-        print(table(["at rest: PSS MiB / CPU %", *(label for label, _r in rested)],
+        print(table(["at rest: PSS MiB / USS MiB / CPU %", *(label for label, _r in rested)],
                     [[role, *(f"{r['pss_by_role'].get(role, 0.0):.1f} / "
+                              f"{r['uss_by_role'].get(role, 0.0):.1f} / "
                               f"{r['cpu_by_role'].get(role, 0.0):.2f}" for _l, r in rested)]
                      for role in roles]))
     print("\nidle s: from starting `up` to idle, worker start-up included; "

@@ -8,14 +8,23 @@ health checks so that a worker notices a restarted Redis.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import resource
 import signal
 import sys
+from pathlib import Path
 
-from celery import Celery
-from celery.signals import task_postrun, task_prerun, worker_process_init
+from celery import Celery, bootsteps
+from celery.signals import (
+    task_postrun,
+    task_prerun,
+    worker_before_create_process,
+    worker_init,
+    worker_process_init,
+)
+from celery.worker import state as worker_state
 from kombu import Queue
 
 from kloros_tasks import names
@@ -31,6 +40,8 @@ BEAT_SCHEDULER = "kloros_tasks.work.beatstore:JSONScheduler"
 HARD_MEMORY_FACTOR = 4
 MEMORY_CHECK_EVERY = 0.02  # seconds of CPU time between checks while a task runs
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+RECYCLE_CHECK_EVERY = 30.0  # seconds between checks for pool processes to replace
+RECYCLE_ABOVE_MIB = 24  # private MiB above which an idle pool process is replaced
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +180,72 @@ class _MemoryGuard:
 memory_guard = _MemoryGuard()
 
 
+def private_mib(pid: int) -> float | None:
+    """Memory only process ``pid`` holds (Private_Clean + Private_Dirty), in MiB."""
+    try:
+        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    except OSError:
+        return None
+    return sum(int(line.split()[1]) for line in lines if line.startswith("Private_")) / 1024
+
+
+class RecycleIdlePool(bootsteps.StartStopStep):
+    """Replace pool processes that hold a burst's memory once the worker is idle.
+
+    After a cold scan a pool process keeps most of its peak: partly filled allocator
+    arenas, and the parent's heap pages it copied on write.  Neither a collection nor
+    ``malloc_trim`` gives them back; a fresh fork of the parent holds a fraction of it
+    (docs/performance.md).  Every RECYCLE_CHECK_EVERY seconds, in the worker's event
+    loop: when tasks ran since the last replacement, none started during the whole last
+    interval, none is received or running, and a pool process holds more than
+    RECYCLE_ABOVE_MIB of its own, the pool is shrunk by those processes (each exits
+    between tasks, as the autoscaler shrinks it) and grown back by as many fresh ones."""
+
+    label = "RecycleIdlePool"
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, w, **kwargs) -> None:
+        super().__init__(w, **kwargs)
+        self.last_count = self.recycled_count = 0
+
+    def register_with_event_loop(self, w, hub) -> None:
+        hub.call_repeatedly(RECYCLE_CHECK_EVERY, self.check, w)
+
+    def check(self, w) -> None:
+        count = worker_state.all_total_count[0]  # tasks started by this worker
+        quiet = count == self.last_count and not (
+            worker_state.active_requests or worker_state.reserved_requests)
+        self.last_count = count
+        if not quiet or count == self.recycled_count:
+            return
+        pids = w.pool.info.get("processes", [])
+        heavy = [pid for pid in pids if (private_mib(pid) or 0) > RECYCLE_ABOVE_MIB]
+        self.recycled_count = count
+        if not heavy:
+            return
+        try:
+            w.pool.shrink(len(heavy))
+        except ValueError:  # a process busy after all: the next quiet interval
+            self.recycled_count = 0
+            return
+        w.pool.grow(len(heavy))
+        log.info("replaced %d idle pool process(es) holding over %d MiB of their own",
+                 len(heavy), RECYCLE_ABOVE_MIB)
+
+
+@worker_init.connect
+@worker_before_create_process.connect
+def freeze_heap(**_kwargs) -> None:
+    """In the worker parent, before it forks its pool processes and embedded beat: move
+    every object alive now to the collector's permanent generation (``gc.freeze``).
+    A forked child shares the parent's heap pages until either writes to them, and a
+    full collection in either process writes to every object it scans, so without this
+    the first one copies most of the shared heap into both processes (Python's
+    documentation of ``gc.freeze``; docs/performance.md)."""
+    gc.collect()
+    gc.freeze()
+
+
 @worker_process_init.connect
 def limit_child_memory(**_kwargs) -> None:
     """In each prefork child as it starts: the hard memory limit (see _MemoryGuard)."""
@@ -189,6 +266,7 @@ def _disarm_memory_guard(**_kwargs) -> None:
 
 def create_app(settings: Settings | None = None) -> Celery:
     app = Celery("kloros_tasks", include=["kloros_tasks.work.tasks"])
+    app.steps["worker"].add(RecycleIdlePool)
     configure(app, settings or from_env())
     return app
 

@@ -14,7 +14,9 @@ and the seen hashes spare the watcher from sending unchanged files again.
 
 The file is written atomically (a temporary file in the same directory, fsynced, then
 ``os.replace``), so a reader finds the previous snapshot or the new one, never half of
-one.  Redis bytes are decoded as UTF-8 with ``surrogateescape`` and written with
+one, and streamed: keys found by SCAN and hashes read by HSCAN in bounded chunks, each
+written out before the next is read, so the writer does not hold the whole state.
+Redis bytes are decoded as UTF-8 with ``surrogateescape`` and written with
 ``ensure_ascii``, so any byte string (a non-UTF-8 file name, say) survives exactly.
 
 A snapshot that cannot be read is renamed ``<name>.corrupted`` and logged, and
@@ -33,24 +35,30 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
-from itertools import chain
+from collections.abc import Callable, Iterable, Iterator
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
 import redis
 
 from kloros_tasks import names
+from kloros_tasks.heap import give_back_memory
 from kloros_tasks.routing import route
 from kloros_tasks.state import index
 from kloros_tasks.state.snapshot_file import (  # noqa: F401 - part of this module's API
     FORMAT,
     VERSION,
+    AtomicFile,
+    JsonStream,
     SnapshotError,
     Summary,
+    begin_document,
+    end_document,
     keep_previous,
     load_snapshot,
     previous_path,
+    read_summary,
     summarise,
     write_atomically,
 )
@@ -76,7 +84,10 @@ def default_path(state_dir: str | os.PathLike) -> Path:
 # --- writing ----------------------------------------------------------------------------
 
 def write_snapshot(client, path: str | os.PathLike) -> Summary:
-    """Dump the ledger, owned sets, seen hashes and facts to ``path`` as JSON, atomically.
+    """Write the seen hashes, facts, owned sets and ledger to ``path`` as JSON,
+    atomically, streamed: keys found by SCAN and hashes read by HSCAN, SCAN_COUNT at a
+    time, each chunk written out before the next is read, so the writer's memory does
+    not grow with the tree.
 
     The seen hashes are read before the facts, so that a change sent but not analysed
     yet shows as a seen entry that the facts do not confirm, and is sent again after a
@@ -84,17 +95,27 @@ def write_snapshot(client, path: str | os.PathLike) -> Summary:
     snapshot then stays in place.  A snapshot this one would replace while holding far
     more is kept as ``<name>.previous`` (``snapshot_file.keep_previous``).
     """
-    seen = _read_hashes(client, _scan(client, names.seen("*"), "hash"))
-    facts_keys = [k for d in names.DETECTORS for k in _scan(client, names.facts(d, "*"), "hash")]
-    facts = _read_hashes(client, facts_keys, decode=index.facts_json)  # stored compressed
-    owned = _read_sets(client, _scan(client, names.owned("*", "*", "*"), "set"))
-    ledger = _read_hashes(client, [names.LEDGER]).get(names.LEDGER, {})
-    document = {"format": FORMAT, "version": VERSION, "written_at": time.time(),
-                "ledger": ledger, "owned": owned, "seen": seen, "facts": facts}
-    summary = summarise(document)
-    keep_previous(Path(path), summary)
-    write_atomically(Path(path), json.dumps(document, ensure_ascii=True,
-                                            separators=(",", ":")))
+    with AtomicFile(path) as out:
+        doc = JsonStream(out)
+        begin_document(doc, time.time())
+        doc.begin("seen")
+        for key in _keys(client, names.seen("*"), "hash"):
+            _write_hash(doc, client, key)
+        doc.end()
+        doc.begin("facts")
+        files = sum(_write_hash(doc, client, key, decode=index.facts_json)  # stored compressed
+                    for d in names.DETECTORS for key in _keys(client, names.facts(d, "*"), "hash"))
+        doc.end()
+        doc.begin("owned")
+        for keys in _chunks(_keys(client, names.owned("*", "*", "*"), "set"), READ_BATCH):
+            _write_sets(doc, client, keys)
+        doc.end()
+        doc.begin("ledger")
+        questions = _write_hash(doc, client, names.LEDGER.encode(), member=False)
+        doc.end()
+        summary = Summary(questions=questions, files=files)
+        end_document(doc, summary)
+        out.commit(summary)
     log.info("wrote state snapshot %s: %d open questions, %d indexed files",
              path, summary.questions, summary.files)
     return summary
@@ -111,6 +132,8 @@ def keep_snapshot(client, path: str | os.PathLike) -> Summary | None:
     except (redis.RedisError, OSError) as exc:
         log.warning("state snapshot %s not written (%s); the previous one is kept",
                     path, exc)
+    finally:
+        give_back_memory()
     return None
 
 
@@ -122,39 +145,53 @@ def _raw(value: str | bytes) -> bytes:
     return value if isinstance(value, bytes) else value.encode(_ENCODING, _ERRORS)
 
 
-def _scan(client, pattern: str, kind: str) -> list[str]:
-    found = client.scan_iter(match=pattern, count=SCAN_COUNT, _type=kind)
-    return sorted({_text(key) for key in found})
+def _keys(client, pattern: str, kind: str) -> Iterator[bytes]:
+    """Each key of ``kind`` matching ``pattern`` once (SCAN may return a key twice)."""
+    found: set[bytes] = set()
+    for key in client.scan_iter(match=pattern, count=SCAN_COUNT, _type=kind):
+        if key not in found:
+            found.add(key)
+            yield key
 
 
-def _batches(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    items = iter(items)
+    while chunk := list(islice(items, size)):
+        yield chunk
 
 
-def _read_hashes(client, keys: list[str],
-                 decode: Callable[[bytes], str] = _text) -> Hashes:
-    out: Hashes = {}
-    for batch in _batches(keys, READ_BATCH):
-        pipe = client.pipeline(transaction=True)
-        for key in batch:
-            pipe.hgetall(key)
-        for key, value in zip(batch, pipe.execute(), strict=True):
-            if value:  # an empty reply: deleted between the SCAN and the read
-                out[key] = {_text(f): decode(v) for f, v in value.items()}
-    return out
+def _write_hash(doc: JsonStream, client, key: bytes, decode: Callable[[bytes], str] = _text,
+                *, member: bool = True) -> int:
+    """The hash at ``key``, HSCAN chunk by chunk, as the member ``key`` of the open object
+    (``member=False``: its fields written into the open object itself); how many fields
+    were written.  A hash gone since the SCAN is left out, and a field HSCAN returns
+    twice (the hash grew while scanned) is written once."""
+    cursor, written, fields = 0, 0, set()
+    while True:
+        cursor, chunk = client.hscan(key, cursor, count=SCAN_COUNT)
+        for field, value in chunk.items():
+            if field in fields:
+                continue
+            if member and not fields:
+                doc.begin(_text(key))
+            fields.add(field)
+            doc.item(_text(field), decode(value))
+            written += 1
+        if not cursor:
+            break
+    if member and fields:
+        doc.end()
+    return written
 
 
-def _read_sets(client, keys: list[str]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for batch in _batches(keys, READ_BATCH):
-        pipe = client.pipeline(transaction=True)
-        for key in batch:
-            pipe.smembers(key)
-        for key, members in zip(batch, pipe.execute(), strict=True):
-            if members:
-                out[key] = sorted(_text(m) for m in members)
-    return out
+def _write_sets(doc: JsonStream, client, keys: list[bytes]) -> None:
+    """The sets at ``keys``, read in one MULTI/EXEC, each as a member of the open object."""
+    pipe = client.pipeline(transaction=True)
+    for key in keys:
+        pipe.smembers(key)
+    for key, members in zip(keys, pipe.execute(), strict=True):
+        if members:  # an empty reply: deleted between the SCAN and the read
+            doc.item(_text(key), sorted(_text(m) for m in members))
 
 
 # --- restoring --------------------------------------------------------------------------
@@ -186,9 +223,16 @@ def restore_snapshot(client, path: str | os.PathLike) -> bool:
     taken) are left out, so the watcher's reconciliation sends those files again.
     Questions opened since the flush stay as they are: the snapshot's ledger entries are
     merged under them (HSETNX) and the owned sets merged (SADD), so every open question
-    keeps an owner that resolves it.
+    keeps an owner that resolves it.  The document is read whole; the memory it took is
+    handed back to the system afterwards (``give_back_memory``).
     """
-    path = Path(path)
+    try:
+        return _restore(client, Path(path))
+    finally:
+        give_back_memory()  # the whole document was loaded: do not keep its peak
+
+
+def _restore(client, path: Path) -> bool:
     if not path.exists():
         log.info("no state snapshot at %s; the index is rebuilt by rescanning", path)
         return False
