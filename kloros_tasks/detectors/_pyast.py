@@ -3,17 +3,19 @@
 ``ast.parse`` raises more than SyntaxError on hostile input: NUL bytes give
 ValueError (3.11) or SyntaxError (3.12+), deeply nested source gives RecursionError
 or MemoryError.  A file that cannot be parsed is data ("line N: message"), never a
-crash, so every detector parses through ``parse`` here.
+crash, so detectors parse through ``parse`` here (or through
+``_treecache.parse_tree`` when they turn the exception into data themselves), and
+one text is parsed once per process however many detectors read it.
 """
 
 from __future__ import annotations
 
 import ast
 import posixpath
-import warnings
 from collections.abc import Iterator
 
 from kloros_tasks.detectors import layout
+from kloros_tasks.detectors._treecache import parse_tree
 
 TEST_DIRS = frozenset({"tests", "test"})
 PLAIN_BASES = frozenset({"object", "Protocol", "typing.Protocol", "Generic", "typing.Generic"})
@@ -21,12 +23,10 @@ _NESTED_BLOCKS = ("body", "orelse", "finalbody")
 
 
 def parse(text: str) -> tuple[ast.Module | None, str | None]:
-    """(tree, None), or (None, "line N: message") when ``text`` is not parseable Python."""
+    """(tree, None), or (None, "line N: message") when ``text`` is not parseable Python.
+    The tree may be shared with other detectors: never change it."""
     try:
-        with warnings.catch_warnings():
-            # Invalid escape sequences warn at parse time (3.12+): not our business.
-            warnings.simplefilter("ignore")
-            return ast.parse(text), None
+        return parse_tree(text), None
     except SyntaxError as exc:
         return None, f"line {exc.lineno or _nul_line(text)}: {exc.msg}"
     except ValueError as exc:  # NUL bytes on 3.11

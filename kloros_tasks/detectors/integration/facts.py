@@ -13,6 +13,7 @@ import ast
 from typing import Any
 
 from kloros_tasks.detectors import layout
+from kloros_tasks.detectors._treecache import parse_tree
 from kloros_tasks.detectors.base import FileFacts
 from kloros_tasks.detectors.integration.classes import extract_classes
 from kloros_tasks.detectors.integration.keys import (
@@ -107,7 +108,7 @@ def extract_facts(path: str, text: str) -> FileFacts:
     if is_extension(path):
         return _extension(path)
     try:
-        tree = ast.parse(text, filename=path)
+        tree = parse_tree(text, filename=path)  # shared with other detectors: read only
         return _facts(path, tree)
     except SyntaxError as exc:
         return FileFacts(error=f"line {exc.lineno or 0}: {exc.msg}")
