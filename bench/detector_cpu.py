@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _corpora import CORPORA, fetch, set_cache_dir, stdlib_name  # noqa: E402
 from precision import corpus_settings  # noqa: E402
 
-from kloros_tasks import names  # noqa: E402
+from kloros_tasks import names, settings  # noqa: E402
 from kloros_tasks.cli.scan import scan_root  # noqa: E402
 
 try:
@@ -119,7 +119,7 @@ def pyflakes_cpu(root: Path, cfg) -> tuple[float, int]:
 def scan_timed(root: Path, detector: str, cfg, profile: int) -> tuple[Clock, list, str]:
     clock = Clock()
     ast.parse = clock.timed("ast.parse", _real_parse)
-    profiler = cProfile.Profile() if profile else None
+    profiler = cProfile.Profile(time.process_time) if profile else None
     started = time.process_time()
     try:
         if profiler:
@@ -236,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpus", action="append", choices=list(CORPORA))
     p.add_argument("--detector", action="append", choices=DETECTORS)
     p.add_argument("--cache", type=Path, help="where corpora are kept")
+    p.add_argument("--path", type=Path, action="append",
+                   help="a directory to measure instead of the corpora (e.g. Django's django/)")
     p.add_argument("--profile", type=int, default=0, metavar="N")
     p.add_argument("--single-worker", action="store_true")
     p.add_argument("--memory", action="store_true")
@@ -253,13 +255,14 @@ def main(argv: list[str] | None = None) -> int:
     facts_out = args.facts.open("w") if args.facts else None
     print(f"load {Path('/proc/loadavg').read_text().split()[0]}, "
           f"parse cache {cache.limits() if cache else None}")
-    for corpus in chosen:
-        root = fetch(corpus)
-        cfg = corpus_settings(corpus, False)
+    trees = [(c.name, fetch(c), corpus_settings(c, False)) for c in chosen]
+    if args.path:
+        trees = [(str(p), p.resolve(), settings.from_env()) for p in args.path]
+    for name, root, cfg in trees:
         if args.single_worker:
-            print(corpus.name, json.dumps(single_worker(root, cfg, args.memory)))
+            print(name, json.dumps(single_worker(root, cfg, args.memory)))
             continue
-        print(f"| {corpus.name} | detector | files | scan CPU s | extract s | parse s (calls)"
+        print(f"| {name} | detector | files | scan CPU s | extract s | parse s (calls)"
               f" | affected s | evaluate s | questions |")
         total = 0.0
         for detector in args.detector or DETECTORS:
@@ -274,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             if profile:
                 print(profile)
             if facts_out:
-                dump_facts(facts_out, corpus.name, detector, root, cfg, found)
+                dump_facts(facts_out, name, detector, root, cfg, found)
         flakes, files = pyflakes_cpu(root, cfg)
         print(f"| | pyflakes | {files} | {flakes:.2f} | | | | | |")
         print(f"| | three detectors / pyflakes | | {total / flakes:.2f}x | | | | | |")

@@ -15,7 +15,7 @@ import posixpath
 from collections.abc import Iterator
 
 from kloros_tasks.detectors import layout
-from kloros_tasks.detectors._treecache import parse_tree
+from kloros_tasks.detectors._treecache import all_nodes, parse_tree, walk
 
 TEST_DIRS = frozenset({"tests", "test"})
 PLAIN_BASES = frozenset({"object", "Protocol", "typing.Protocol", "Generic", "typing.Generic"})
@@ -213,7 +213,7 @@ def assigned_module_attributes(tree: ast.Module) -> set[str]:
             aliases.update({a.asname or a.name: f"{stmt.module}.{a.name}"
                             for a in stmt.names if a.name != "*"})
     out: set[str] = set()
-    for node in ast.walk(tree) if aliases else ():
+    for node in all_nodes(tree) if aliases else ():
         if (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
                 and isinstance(node.value, ast.Name) and node.value.id in aliases):
             out.add(f"{aliases[node.value.id]}.{node.attr}")
@@ -231,7 +231,7 @@ def _self_attributes(func: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
     if not params or any(dotted(d) == "staticmethod" for d in func.decorator_list):
         return set()
     receiver = params[0].arg
-    return {node.attr for node in ast.walk(func)
+    return {node.attr for node in walk(func)
             if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
             and isinstance(node.value, ast.Name) and node.value.id == receiver}
 
