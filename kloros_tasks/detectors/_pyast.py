@@ -3,17 +3,19 @@
 ``ast.parse`` raises more than SyntaxError on hostile input: NUL bytes give
 ValueError (3.11) or SyntaxError (3.12+), deeply nested source gives RecursionError
 or MemoryError.  A file that cannot be parsed is data ("line N: message"), never a
-crash, so every detector parses through ``parse`` here.
+crash, so detectors parse through ``parse`` here (or through
+``_treecache.parse_tree`` when they turn the exception into data themselves), and
+one text is parsed once per process however many detectors read it.
 """
 
 from __future__ import annotations
 
 import ast
 import posixpath
-import warnings
 from collections.abc import Iterator
 
 from kloros_tasks.detectors import layout
+from kloros_tasks.detectors._treecache import all_nodes, parse_tree, walk
 
 TEST_DIRS = frozenset({"tests", "test"})
 PLAIN_BASES = frozenset({"object", "Protocol", "typing.Protocol", "Generic", "typing.Generic"})
@@ -21,12 +23,10 @@ _NESTED_BLOCKS = ("body", "orelse", "finalbody")
 
 
 def parse(text: str) -> tuple[ast.Module | None, str | None]:
-    """(tree, None), or (None, "line N: message") when ``text`` is not parseable Python."""
+    """(tree, None), or (None, "line N: message") when ``text`` is not parseable Python.
+    The tree may be shared with other detectors: never change it."""
     try:
-        with warnings.catch_warnings():
-            # Invalid escape sequences warn at parse time (3.12+): not our business.
-            warnings.simplefilter("ignore")
-            return ast.parse(text), None
+        return parse_tree(text), None
     except SyntaxError as exc:
         return None, f"line {exc.lineno or _nul_line(text)}: {exc.msg}"
     except ValueError as exc:  # NUL bytes on 3.11
@@ -213,7 +213,7 @@ def assigned_module_attributes(tree: ast.Module) -> set[str]:
             aliases.update({a.asname or a.name: f"{stmt.module}.{a.name}"
                             for a in stmt.names if a.name != "*"})
     out: set[str] = set()
-    for node in ast.walk(tree) if aliases else ():
+    for node in all_nodes(tree) if aliases else ():
         if (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
                 and isinstance(node.value, ast.Name) and node.value.id in aliases):
             out.add(f"{aliases[node.value.id]}.{node.attr}")
@@ -231,7 +231,7 @@ def _self_attributes(func: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
     if not params or any(dotted(d) == "staticmethod" for d in func.decorator_list):
         return set()
     receiver = params[0].arg
-    return {node.attr for node in ast.walk(func)
+    return {node.attr for node in walk(func)
             if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
             and isinstance(node.value, ast.Name) and node.value.id == receiver}
 

@@ -8,6 +8,8 @@ import re
 import shlex
 from collections.abc import Iterable
 
+from kloros_tasks.detectors._treecache import all_nodes
+
 # The first argument is the program itself (a list, or a string naming it).
 EXEC_PROGRAM = frozenset({
     "subprocess.run", "subprocess.call", "subprocess.check_call", "subprocess.check_output",
@@ -89,7 +91,7 @@ def program_of(name: str, call: ast.Call) -> str | None:
 def aliases_of(tree: ast.AST) -> dict[str, str]:
     """Local name -> qualified name for every import in the file (any scope)."""
     out: dict[str, str] = {}
-    for node in ast.walk(tree):
+    for node in all_nodes(tree):
         if isinstance(node, ast.Import):
             for a in node.names:
                 if a.asname:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import ast
 import re
-import warnings
 from dataclasses import dataclass, field
 
+from kloros_tasks.detectors._treecache import all_nodes, children, parse_tree, walk
 from kloros_tasks.detectors.capability.calls import (
     ENV_READS,
     ENV_SETS,
@@ -164,7 +164,7 @@ class _Scanner(ast.NodeVisitor):
             self._visit_all(node.orelse)
             return
         platform = any(p in test for p in PLATFORM_TESTS) or any(
-            isinstance(n, ast.Name) and n.id in self.platform_flags for n in ast.walk(node.test))
+            isinstance(n, ast.Name) and n.id in self.platform_flags for n in walk(node.test))
         self._conditional += platform
         self._lazy += not platform
         self._visit_all(node.body)
@@ -382,13 +382,11 @@ class _Scanner(ast.NodeVisitor):
 def scan_python(path: str, text: str, tool_packages: frozenset[str]) -> PyScan:
     """Scan one Python file.  Raises SyntaxError, ValueError, RecursionError or
     MemoryError when the text cannot be parsed; the caller turns those into data."""
-    with warnings.catch_warnings():
-        # An invalid escape sequence is a warning, not an error: under `-W error` it
-        # would otherwise make valid code look unparseable.
-        warnings.simplefilter("ignore")
-        tree = ast.parse(text, filename=path)
+    # Shared with the other detectors (read only); warnings while parsing are ignored
+    # there, so `-W error` does not make valid code look unparseable.
+    tree = parse_tree(text, filename=path)
     module, is_package = module_of(path)
-    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    parents = {child: node for node in all_nodes(tree) for child in children(node)}
     scanner = _Scanner(module, is_package, tool_packages, aliases_of(tree), parents)
     scanner.visit(tree)
     scan = scanner.scan

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 
+from kloros_tasks.detectors._treecache import walk
 from kloros_tasks.detectors.integration.methods import (
     CONSTRUCTORS,
     ClassFacts,
@@ -67,7 +68,7 @@ def _subclassed_at_run_time(node: ast.ClassDef) -> bool:
     for item in node.body:
         if not isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
-        for call in ast.walk(item):
+        for call in walk(item):
             if (isinstance(call, ast.Call) and dotted_name(call.func) == "type"
                     and len(call.args) == 3 and isinstance(call.args[1], ast.Tuple)
                     and any((dotted_name(e) or "").partition(".")[0] in own
@@ -145,7 +146,7 @@ def _slot_names(value: ast.expr | None) -> set[str]:
 
 def _calls_namespace(stmt: ast.stmt) -> bool:
     return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
-               and n.func.id in ("locals", "vars", "exec") for n in ast.walk(stmt)
+               and n.func.id in ("locals", "vars", "exec") for n in walk(stmt)
                if not isinstance(n, (*_FUNCS, ast.Lambda)))
 
 
@@ -165,7 +166,7 @@ def _chosen_classes(node: ast.AST) -> list[str]:
     """Class names picked at run time where a base may come from:
     ``Base = A if cond else B``, ``cond and A or B``, ``type(name, (A,), ns)``."""
     if isinstance(node, ast.Assign) and isinstance(node.value, (ast.BoolOp, ast.IfExp)):
-        return [n.id for n in ast.walk(node.value) if isinstance(n, ast.Name)]
+        return [n.id for n in walk(node.value) if isinstance(n, ast.Name)]
     if (isinstance(node, ast.Call) and dotted_name(node.func) == "type" and len(node.args) == 3
             and isinstance(node.args[1], ast.Tuple)):
         return [n.id for n in node.args[1].elts if isinstance(n, ast.Name)]
@@ -188,7 +189,7 @@ def _module_stores(nodes: list[ast.AST], classes: dict[str, ClassFacts]) -> None
     for node in nodes:
         if isinstance(node, ast.Assign) and any(
                 isinstance(t, ast.Attribute) and t.attr == "__bases__" for t in node.targets):
-            for name in ast.walk(node.value):
+            for name in walk(node.value):
                 if isinstance(name, ast.Name) and name.id in classes:
                     classes[name.id].opaque.add("mixed into bases at run time")
         for name in _chosen_classes(node):

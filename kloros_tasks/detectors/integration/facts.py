@@ -10,9 +10,11 @@ file's own evidence.
 from __future__ import annotations
 
 import ast
+from collections.abc import Sequence
 from typing import Any
 
 from kloros_tasks.detectors import layout
+from kloros_tasks.detectors._treecache import all_nodes, children, parse_tree
 from kloros_tasks.detectors.base import FileFacts
 from kloros_tasks.detectors.integration.classes import extract_classes
 from kloros_tasks.detectors.integration.keys import (
@@ -107,7 +109,7 @@ def extract_facts(path: str, text: str) -> FileFacts:
     if is_extension(path):
         return _extension(path)
     try:
-        tree = ast.parse(text, filename=path)
+        tree = parse_tree(text, filename=path)  # shared with other detectors: read only
         return _facts(path, tree)
     except SyntaxError as exc:
         return FileFacts(error=f"line {exc.lineno or 0}: {exc.msg}")
@@ -117,7 +119,7 @@ def extract_facts(path: str, text: str) -> FileFacts:
 
 
 def _facts(path: str, tree: ast.Module) -> FileFacts:
-    nodes = list(ast.walk(tree))  # walked once, shared by every collector
+    nodes = all_nodes(tree)  # walked once, shared by every collector (and detector)
     scope = build_scope(path, tree, nodes)
     classes, self_nodes = extract_classes(scope, nodes)
     class_consts = {c.local: c.consts for c in classes if "." not in c.local and c.consts}
@@ -346,13 +348,20 @@ def external_attributes(nodes: list[ast.AST],
     return reads, writes
 
 
-def _enclosing_classes(nodes: list[ast.AST]) -> dict[int, str]:
+def _enclosing_classes(nodes: Sequence[ast.AST]) -> dict[int, str]:
     """Innermost enclosing class name of every private attribute node (``obj.__x``).
-    ``nodes`` come breadth first, outer classes before inner ones, which overwrite."""
+    ``nodes`` come breadth first from the module (``nodes[0]``); one walk down from
+    it carries the innermost class, and only when the file has such a node at all."""
+    if not any(isinstance(n, ast.Attribute) and n.attr.startswith("__") for n in nodes):
+        return {}
     out: dict[int, str] = {}
-    for node in nodes:
+    stack: list[tuple[ast.AST, str | None]] = [(nodes[0], None)] if nodes else []
+    while stack:
+        node, owner = stack.pop()
         if isinstance(node, ast.ClassDef):
-            for inner in ast.walk(node):
-                if isinstance(inner, ast.Attribute) and inner.attr.startswith("__"):
-                    out[id(inner)] = node.name
+            owner = node.name
+        elif owner is not None and isinstance(node, ast.Attribute) \
+                and node.attr.startswith("__"):
+            out[id(node)] = owner
+        stack.extend((child, owner) for child in children(node))
     return out

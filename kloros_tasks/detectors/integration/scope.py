@@ -13,6 +13,7 @@ import builtins
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from kloros_tasks.detectors._treecache import children, walk
 from kloros_tasks.detectors.integration.keys import module_names, resolve_relative
 
 IMPORT_ERRORS = frozenset({"ImportError", "ModuleNotFoundError", "Exception", "BaseException"})
@@ -210,7 +211,7 @@ def _bind_statement(scope: ModuleScope, stmt: ast.stmt) -> None:
                     scope.bind(name, "other")
     elif isinstance(stmt, ast.Match):
         for case in stmt.cases:
-            for node in ast.walk(case.pattern):
+            for node in walk(case.pattern):
                 for name in (getattr(node, "name", None), getattr(node, "rest", None)):
                     if isinstance(name, str):
                         scope.bind(name, "other")
@@ -266,13 +267,13 @@ def _bind_walrus(scope: ModuleScope, stmt: ast.stmt) -> None:
         node = stack.pop()
         if isinstance(node, ast.NamedExpr) and isinstance(node.target, ast.Name):
             scope.bind(node.target.id, "other")
-        stack.extend(n for n in ast.iter_child_nodes(node)
+        stack.extend(n for n in children(node)
                      if not isinstance(n, _SCOPES) and not isinstance(n, ast.stmt))
 
 
 def _mark_module_level_dynamic(scope: ModuleScope, value: ast.expr) -> None:
     """exec(), locals() or vars() at module level write names we cannot see."""
-    for node in ast.walk(value):
+    for node in walk(value):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             if node.func.id == "exec" or (node.func.id in ("locals", "vars") and not node.args):
                 scope.dynamic = True
@@ -299,7 +300,7 @@ def _collect_imports(scope: ModuleScope, node: ast.AST, guarded: bool) -> None:
             scope.imports.append(Import(tuple(alias.name.split(".")), node.lineno))
     elif isinstance(node, ast.ImportFrom) and not guarded:
         _collect_import_from(scope, node)
-    for child in ast.iter_child_nodes(node):
+    for child in children(node):
         if isinstance(child, (ast.stmt, ast.excepthandler, ast.match_case)):
             _collect_imports(scope, child, guarded)
 

@@ -21,6 +21,7 @@ import ast
 import re
 from typing import Any
 
+from kloros_tasks.detectors._treecache import walk
 from kloros_tasks.detectors.integration.scope import dotted_name
 from kloros_tasks.detectors.integration.topics import (
     EMITTER_METHODS,
@@ -98,7 +99,7 @@ def wrapper_definitions(tree: ast.Module) -> dict[str, list[dict[str, Any]]]:
         for name, fn, method in functions:
             params = _params(fn, method)
             required = len(params) - len(fn.args.defaults)
-            for node in ast.walk(fn):
+            for node in walk(fn):
                 found = _through(node, params) if isinstance(node, ast.Call) else None
                 if found is not None:
                     entry = {"d": found[0], "i": params.index(found[1]), "p": found[1],

@@ -18,6 +18,7 @@ import re
 
 from kloros_tasks.detectors._pyast import (
     Definitions,
+    all_nodes,
     assigned_module_attributes,
     flatten_block,
     is_test_path,
@@ -89,7 +90,7 @@ def registered_names(tree: ast.Module) -> set[str]:
     """Dotted names a decorator registers an object under (``@app.task(name='celery.map')``):
     documents name the object so, and no module binds that name."""
     out: set[str] = set()
-    for node in ast.walk(tree):
+    for node in all_nodes(tree):
         if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             continue
         for decorator in node.decorator_list:
