@@ -53,7 +53,9 @@ def test_a_batch_killed_half_way_publishes_every_question_exactly_once(make_worl
     wait_for(world.all_analysed, 60, message="every note analysed and judged")
     received = re.findall(rf"Task {re.escape(names.TASK_ANALYZE_BATCH[KNOWLEDGE])}"
                           r"\[([0-9a-f-]+)\] received", worker.output())
-    assert max(Counter(received).values()) == 2  # the killed batch, delivered again
+    # The killed batch, delivered again (on a loaded machine a batch may also outlast
+    # the test's 12 s visibility timeout and come back once more: idempotent too).
+    assert max(Counter(received).values()) >= 2
     assert world.r.llen(names.DEADLETTER) == 0
     assert open_ids(world) == scan_ids(world)
     assert set(world.opened().values()) == {1}
