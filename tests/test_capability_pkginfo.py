@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from test_capability_detector import ENV, build, questions
 
 from kloros_tasks.detectors.capability import deps
 from kloros_tasks.detectors.capability.detector import CapabilityDetector, wants_path
 from kloros_tasks.routing import route
 from kloros_tasks.state.index import MemoryIndex
-
-from test_capability_detector import ENV, build, questions
 
 # interrogate 1.7.0's, shortened: setup.py (not read) declares, PKG-INFO says the same.
 PKG_INFO = """\
