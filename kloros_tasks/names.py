@@ -50,11 +50,12 @@ FILE_DETECTOR_SUFFIXES: dict[str, tuple[str, ...]] = {
     INTEGRATION: (".py",),
     # capability also reads what sets or documents environment variables (see
     # detectors/capability/envfiles.py): a variable a README or docs page documents is
-    # documented.  Its wants_path narrows ".txt" to requirements and docs.
+    # documented.  Its wants_path narrows ".txt" to requirements and docs, and PKG-INFO
+    # (an sdist's Requires-Dist) to the root's.
     CAPABILITY: (".py", "pyproject.toml", "setup.cfg", ".txt", ".md", ".rst", ".sh", ".bash",
                  ".service", "*.env", ".env.*", "env.example", "*.env.example",
                  "docker-compose*.yml", "docker-compose*.yaml", "compose*.yml", "compose*.yaml",
-                 "Dockerfile*", "*.dockerfile"),
+                 "Dockerfile*", "*.dockerfile", "PKG-INFO"),
 }
 
 # --- pub/sub channels (equal to the envelope's ``signal``) -----------------------

@@ -7,7 +7,9 @@ Pure: text in, values out.  Three kinds of file are understood:
 * ``requirements*.txt`` (and any ``.txt`` under a ``requirements/`` directory);
   lock files (every line pinned, pip-compile's ``# via``) and files for developers
   (``docs/requirements.txt``, ``requirements-test.txt``) declare, but not as runtime needs;
-* ``setup.cfg``: ``[metadata] name`` and ``[options] install_requires``.
+* ``setup.cfg``: ``[metadata] name`` and ``[options] install_requires``;
+* an sdist's root ``PKG-INFO`` (core metadata): ``Name`` and ``Requires-Dist``, what
+  the build backend made of ``setup.py``, ``setup.cfg`` or ``pyproject.toml``.
 
 Distribution names are normalised per PEP 503, so ``PyYAML``, ``pyyaml`` and
 ``Py_Yaml`` are one name.
@@ -33,6 +35,7 @@ _DEV_WORDS = re.compile(r"(^|[-_.])(dev|devel|develop|test|tests|testing|lint|do
 PYPROJECT = "pyproject"
 REQUIREMENTS = "requirements"
 SETUP_CFG = "setup_cfg"
+PKG_INFO = "pkg_info"
 # Folders whose requirement files serve developers, never the running program.
 _DEV_DIRS = frozenset({"docs", "doc", "tests", "test", "testing", "ci", ".github", "dev",
                        "benchmarks", "bench"})
@@ -129,6 +132,8 @@ def file_kind(path: str) -> str | None:
         return REQUIREMENTS
     if name == "setup.cfg":
         return SETUP_CFG
+    if path == "PKG-INFO":  # the root's only: a *.egg-info/PKG-INFO is a build product
+        return PKG_INFO
     return None
 
 
@@ -310,3 +315,42 @@ def parse_setup_cfg(text: str) -> Declarations:
     authoritative = parser.has_option("options", "install_requires")
     return Declarations(tuple(out.values()), normalize(project) if project else None,
                         authoritative)
+
+
+def is_root_file(path: str) -> bool:
+    """True for a declaration file that speaks for the whole tree: at the root, or in
+    a ``requirements/`` folder there."""
+    return PurePosixPath(path).parts[:-1] in ((), ("requirements",))
+
+
+def parse_pkg_info(text: str) -> Declarations:
+    """Declarations of an sdist's root ``PKG-INFO``: ``Name`` and every ``Requires-Dist``;
+    one with a marker (``; extra == "png"``, ``; python_version < "3.8"``) is optional,
+    as in ``setup.cfg``.  Authoritative only when it lists a ``Requires-Dist``: metadata
+    older than 1.2 lists none even for a project that has dependencies.  Lenient like
+    the standard library's header parser: a malformed header is skipped, never raised."""
+    from email.parser import HeaderParser  # noqa: PLC0415 -- only PKG-INFO needs it
+
+    headers = HeaderParser().parsestr(text)
+    lines = {}  # normalised name -> first line of a Requires-Dist naming it
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            break  # the description follows the first blank line
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() == "requires-dist":
+            lines.setdefault(requirement_name(value.split(";", 1)[0]), i)
+    out: dict[str, Declared] = {}
+    # A value holding undecodable bytes comes back as an email Header: no requirement.
+    for raw in headers.get_all("Requires-Dist") or []:
+        if not isinstance(raw, str):
+            continue
+        raw = " ".join(raw.split())
+        dist = requirement_name(raw.split(";", 1)[0])
+        if dist is None:
+            continue
+        main = ";" not in raw or (dist in out and out[dist].main)
+        out[dist] = Declared(dist, lines.get(dist, 1), main, main)
+    name = headers.get("Name")
+    project = " ".join(name.split()) if isinstance(name, str) else ""
+    own = requirement_name(project) if project else None
+    return Declarations(tuple(out.values()), own, bool(out))

@@ -98,11 +98,13 @@ class CapabilityDetector:
             if kind == PYTHON:
                 return self._extract_python(path, text)
             if kind == deps.PYPROJECT:
-                return _declaration_facts(deps.parse_pyproject(text))
+                return _declaration_facts(path, deps.parse_pyproject(text))
             if kind == deps.REQUIREMENTS:
-                return _declaration_facts(deps.parse_requirements(path, text))
+                return _declaration_facts(path, deps.parse_requirements(path, text))
             if kind == deps.SETUP_CFG:
-                return _declaration_facts(deps.parse_setup_cfg(text))
+                return _declaration_facts(path, deps.parse_setup_cfg(text))
+            if kind == deps.PKG_INFO:
+                return _declaration_facts(path, deps.parse_pkg_info(text))
             if kind == envfiles.ENV_SOURCE:
                 return FileFacts(relations={"env_documented": frozenset(envfiles.mentioned(text))})
         # tomllib.TOMLDecodeError is a ValueError; RecursionError comes from deep nesting.
@@ -170,7 +172,8 @@ class CapabilityDetector:
         changed declaration re-evaluates the importers of what that distribution
         provides (and nothing else); a changed import re-evaluates the declaration
         files that declare its distributions, and the imported module's file when
-        whether the tree imports it only under a guard changed.
+        whether the tree imports it only under a guard changed; the first or last root
+        declaration file with a required dependency re-evaluates PKG-INFO.
         """
         env = self.environment
         nodes = _flipped_nodes(path, {v for r, v in touched if r == "node"}, view)
@@ -190,8 +193,10 @@ class CapabilityDetector:
                 asks["imports"].add(value)
             elif relation in ("needs", "registered", "env_documented", "env_sets"):
                 asks[_ASKED[relation]].add(value)
-            elif relation == "depfile":
-                asks["depfile"].add("1")
+            elif relation in ("depfile", "root_required"):
+                asks[relation].add("1")
+                if relation == "root_required":
+                    asks["pkg_info"].add("1")
             elif relation == "tool_defines":
                 module, _, name = value.partition(":")
                 if name == "*":
@@ -210,6 +215,8 @@ class CapabilityDetector:
                 out.add(needers[0])  # the owner of the name's missing_module question
         if "depfile" in asks and not found[("depfile", "1")] - {path}:
             out |= view.who("py", "1")  # the first or last declaration file
+        if "root_required" in asks and not found[("root_required", "1")] - {path}:
+            out |= found[("pkg_info", "1")]  # PKG-INFO's questions change owner
         out.discard(path)
         return out
 
@@ -221,12 +228,18 @@ class CapabilityDetector:
         kind = file_kind(path)
         if kind == PYTHON:
             return evaluate_python(path, facts, view, self.environment)
-        if kind in (deps.PYPROJECT, deps.REQUIREMENTS, deps.SETUP_CFG):
+        if kind == deps.PKG_INFO and view.who("root_required", "1"):
+            # The file PKG-INFO was built from declares the same: it asks, not both.
+            return []
+        if kind in (deps.PYPROJECT, deps.REQUIREMENTS, deps.SETUP_CFG, deps.PKG_INFO):
             return evaluate_declarations(path, facts, view, self.environment)
         return []
 
 
-def _declaration_facts(found: deps.Declarations) -> FileFacts:
+def _declaration_facts(path: str, found: deps.Declarations) -> FileFacts:
+    """The relations of a declaration file.  ``pkg_info`` marks an sdist's root PKG-INFO,
+    ``root_required`` any other root declaration file with a required dependency: while
+    one exists, PKG-INFO (built from it) still declares but asks nothing."""
     declared = [d for d in found.declared if d.dist != found.project]
     # The import names each declared distribution (and the project itself) conventionally
     # provides: an import of one of them that the target lacks is the environment's
@@ -239,6 +252,10 @@ def _declaration_facts(found: deps.Declarations) -> FileFacts:
     relations["declares_top"] = frozenset(tops)
     if found.authoritative:
         relations["depfile"] = frozenset({"1"})
+    if deps.file_kind(path) == deps.PKG_INFO:
+        relations["pkg_info"] = frozenset({"1"})
+    elif deps.is_root_file(path) and any(d.required for d in declared):
+        relations["root_required"] = frozenset({"1"})
     data = {"declared": [[d.dist, d.line, d.main, d.required] for d in declared]}
     return FileFacts(relations=relations, data=data)
 
