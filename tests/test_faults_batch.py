@@ -15,7 +15,7 @@ from collections import Counter
 import pytest
 from procs import wait_for
 from test_faults import KNOWLEDGE, ROOT, children_of, settle
-from test_faults_work import linked_notes, make_world, open_ids, scan_ids  # noqa: F401
+from test_faults_work import linked_notes, open_ids, scan_ids
 
 from kloros_tasks import names
 from kloros_tasks.work.payload import BATCH_FILES
@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.fault, pytest.mark.integration]
 NOTES = 250  # three batches of the knowledge detector
 
 
-def test_a_batch_killed_half_way_publishes_every_question_exactly_once(make_world):  # noqa: F811
+def test_a_batch_killed_half_way_publishes_every_question_exactly_once(make_world):
     world = make_world(KLOROS_MAX_DELIVERIES="5")
     worker = world.worker()
     linked_notes(world.tree, NOTES)
