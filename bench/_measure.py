@@ -178,9 +178,9 @@ class EditTimer:
             ok = (env.get("signal") == names.CHANNEL[names.KNOWLEDGE]
                   and meta.get("rule") == "missing_docstrings"
                   and meta.get("paths") == [TOGGLE_PATH])
-            if ok and self.qid is None:
+            if ok:  # a re-opening comes as "<stable id>.rN": the resolution names it
                 self.qid = facts.get("question_id")
-            return ok and facts.get("question_id") == self.qid
+            return ok
         return env.get("signal") == names.CHANNEL_RESOLVED and facts.get("question_id") == \
             self.qid
 
