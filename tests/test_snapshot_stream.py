@@ -20,7 +20,7 @@ from kloros_tasks import names
 from kloros_tasks.state import snapshot
 from kloros_tasks.state.index import RedisIndex
 
-KNOWLEDGE, INTEGRATION = names.KNOWLEDGE, names.INTEGRATION
+KNOWLEDGE, INTEGRATION, CAPABILITY = names.KNOWLEDGE, names.INTEGRATION, names.CAPABILITY
 ROOT = "tree"
 FILES = 20_000
 
@@ -34,12 +34,21 @@ def seen(i: int) -> str:
     return f"{i:064x} {i} {i * 10}"
 
 
-def fill(r, files: int) -> None:
+def capability_facts(i: int) -> str:
+    return json.dumps({"relations": {}, "data": {snapshot.DIGEST_FIELD: f"{i:064x}"}})
+
+
+def fill(r, files: int, capability: bool = False) -> None:
     """``files`` analysed documents, their seen entries, and an open question per
-    hundredth file, as the watcher and the workers leave them."""
+    hundredth file, as the watcher and the workers leave them; with ``capability``,
+    that detector's facts of each document too (a restore keeps a seen entry only when
+    every detector the file is routed to holds its facts)."""
     for start in range(0, files, 5000):
         batch = range(start, min(files, start + 5000))
         r.hset(names.facts(KNOWLEDGE, ROOT), mapping={f"docs/n{i}.md": facts(i) for i in batch})
+        if capability:
+            r.hset(names.facts(CAPABILITY, ROOT),
+                   mapping={f"docs/n{i}.md": capability_facts(i) for i in batch})
         r.hset(names.seen(ROOT), mapping={f"docs/n{i}.md": seen(i) for i in batch})
     for i in range(0, files, 100):
         qid = f"knowledge.unindexed_doc.{i:04x}"
@@ -61,14 +70,16 @@ def written_twice(path) -> list[str]:
 
 
 def test_a_large_index_round_trips_with_every_field_written_once(r, tmp_path):
-    fill(r, FILES)
+    fill(r, FILES, capability=True)
     path = tmp_path / snapshot.SNAPSHOT_FILE
     summary = snapshot.write_snapshot(r, path)
 
-    assert (summary.questions, summary.files) == (FILES // 100, FILES)
+    assert (summary.questions, summary.files) == (FILES // 100, 2 * FILES)
     document = snapshot.load_snapshot(path)
-    assert document["facts"] == {names.facts(KNOWLEDGE, ROOT): {
-        f"docs/n{i}.md": facts(i) for i in range(FILES)}}
+    assert document["facts"] == {
+        names.facts(KNOWLEDGE, ROOT): {f"docs/n{i}.md": facts(i) for i in range(FILES)},
+        names.facts(CAPABILITY, ROOT): {f"docs/n{i}.md": capability_facts(i)
+                                        for i in range(FILES)}}
     assert document["seen"] == {names.seen(ROOT): {f"docs/n{i}.md": seen(i)
                                                    for i in range(FILES)}}
     assert len(document["owned"]) == len(document["ledger"]) == FILES // 100
