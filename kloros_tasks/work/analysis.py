@@ -33,7 +33,7 @@ from kloros_tasks.detectors.base import FileDetector
 from kloros_tasks.state.index import RedisIndex
 from kloros_tasks.state.publish import Publisher
 from kloros_tasks.work import blobs, engine
-from kloros_tasks.work.payload import Change, PayloadError, parse
+from kloros_tasks.work.payload import Change, PayloadError, decoded, parse
 
 log = logging.getLogger(__name__)
 LOCK_TIMEOUT = 30
@@ -182,12 +182,7 @@ def apply_one(ctx: Context, detector: FileDetector, index, change: Change, text,
 
 
 def decode_payload(obj) -> Change:
-    if isinstance(obj, str | bytes):
-        try:
-            obj = json.loads(obj)
-        except ValueError as exc:
-            raise PayloadError(f"payload is not JSON: {exc}") from exc
-    return parse(obj)
+    return parse(decoded(obj))
 
 
 def handle_change(ctx: Context, detector: FileDetector, obj, *,

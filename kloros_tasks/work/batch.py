@@ -17,7 +17,6 @@ or a split still finds the bytes.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -38,7 +37,7 @@ from kloros_tasks.work.analysis import (
     root_lock,
     root_package,
 )
-from kloros_tasks.work.payload import Change, PayloadError, parse_batch
+from kloros_tasks.work.payload import Change, PayloadError, decoded, parse_batch
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +86,7 @@ def _inits_above(path: str) -> list[str]:
 
 
 def decode_batch(obj) -> tuple[str, list[Change | PayloadError]]:
-    if isinstance(obj, str | bytes):
-        try:
-            obj = json.loads(obj)
-        except ValueError as exc:
-            raise PayloadError(f"batch payload is not JSON: {exc}") from exc
-    return parse_batch(obj)
+    return parse_batch(decoded(obj, "batch payload"))
 
 
 def _summary(outcomes: Counter) -> str:

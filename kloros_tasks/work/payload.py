@@ -13,6 +13,7 @@ refused alone, a malformed batch as a whole.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
@@ -56,6 +57,17 @@ def check_relpath(path: str) -> str:
     if p.is_absolute() or any(part in ("..", ".", "") for part in path.split("/")):
         raise PayloadError(f"path {path!r} is outside its watched root")
     return str(p)
+
+
+def decoded(obj: Any, what: str = "payload") -> Any:
+    """``obj`` itself, or the JSON it holds when it is a str or bytes; PayloadError
+    naming ``what`` when that is not JSON."""
+    if not isinstance(obj, str | bytes):
+        return obj
+    try:
+        return json.loads(obj)
+    except ValueError as exc:
+        raise PayloadError(f"{what} is not JSON: {exc}") from exc
 
 
 def parse(obj: Any) -> Change:
