@@ -118,12 +118,13 @@ def facts(detector: str, root: str) -> str:
 # The inverted index of one detector on one root lives under one prefix, so that
 # ``redis-cli --scan --pattern 'kloros:ix:<detector>:<root>:*'`` lists all of it.
 def index_meta(detector: str, root: str) -> str:
-    """HASH: the index's ``level`` and ``split`` (bucket addressing), ``entries`` and
-    the last file id handed out (``ids``)."""
+    """HASH: the index's ``level`` and ``split`` (bucket addressing), ``entries``, the
+    last file id handed out (``ids``), and ``ordered`` ("1" once the index keeps its
+    ordered relations' holders in ``index_order`` sets: every index created since)."""
     return f"kloros:ix:{detector}:{root}:meta"
 
 
-# Given "" for the bucket or digest, these three give the prefix to which index.py's
+# Given "" for the bucket or digest, these give the prefix to which index.py's
 # lookup script appends the bucket number or digest it computes.
 def index_bucket(detector: str, root: str, bucket: int | str) -> str:
     """HASH 8-byte value digest -> packed holder file ids (or "*": see index_spill)."""
@@ -133,6 +134,12 @@ def index_bucket(detector: str, root: str, bucket: int | str) -> str:
 def index_spill(detector: str, root: str, digest_hex: str) -> str:
     """STRING: the packed holder ids of one value with too many holders to stay inline."""
     return f"kloros:ix:{detector}:{root}:h:{digest_hex}"
+
+
+def index_order(detector: str, root: str, digest_hex: str) -> str:
+    """ZSET (every score 0, so in byte order): the holder paths of one value of a
+    relation the index keeps in path order (``detectors.base.ORDERED``)."""
+    return f"kloros:ix:{detector}:{root}:o:{digest_hex}"
 
 
 def index_paths(detector: str, root: str, bucket: int | str) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from kloros_tasks import names
 from kloros_tasks.questions import Question
@@ -23,6 +23,25 @@ from kloros_tasks.questions import Question
 # them as touched, but no rule looks one up by value, so it is stored, not inverted.
 SIGNATURE = "sig"
 NOT_INDEXED: Mapping[str, frozenset[str]] = {names.INTEGRATION: frozenset({SIGNATURE})}
+# Relations a rule asks for the first holders of (``first_many``): the index keeps their
+# holders in path order too, so the first of thousands costs no more than the first of
+# two.  CapabilityDiscovery's ``needs``: the first importer of a missing name owns its
+# question.
+ORDERED: Mapping[str, frozenset[str]] = {names.CAPABILITY: frozenset({"needs"})}
+
+
+class Holders(NamedTuple):
+    """The first holders of a value in path order (at most the number asked for), and
+    how many files hold it in all."""
+
+    first: tuple[str, ...]
+    count: int
+
+
+def path_order(path: str) -> bytes:
+    """The sort key of path order: the path's UTF-8 bytes (undecodable bytes kept as
+    they are), which is code point order for every path that is valid UTF-8."""
+    return path.encode("utf-8", "surrogateescape")
 
 
 @dataclass(frozen=True)
@@ -68,6 +87,10 @@ class IndexView(Protocol):
     def count_many(self, relation: str, values: Iterable[str]) -> dict[str, int]:
         """How many files hold each value, without listing them (a directory or a
         common attribute name can have thousands of holders)."""
+
+    def first_many(self, relation: str, values: Iterable[str], n: int) -> dict[str, Holders]:
+        """The first ``n`` holders of each value in ``path_order``, and how many there
+        are, without listing the rest; only for the detector's ``ORDERED`` relations."""
 
 
 Touched = frozenset[tuple[str, str]]  # (relation, value) pairs added or removed

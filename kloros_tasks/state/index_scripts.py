@@ -147,3 +147,52 @@ for i = 6, #ARGV do
 end
 return out
 """
+
+
+# --- path order (detectors.base.ORDERED), kept apart from the update script above -----
+
+# The holders of an ordered relation's values in path order, changed together with the
+# index: run in the same MULTI/EXEC right after the update script's last slice, and
+# only if that slice stored what the caller meant it to (the facts of the path now
+# have the SHA-1 given), so an update that was refused changes nothing here either.
+# Each operation sets one holder's membership as the update leaves it, so applying it
+# twice, or again after an interrupted change, is harmless.  An index stored before
+# these sets existed has no "ordered" mark and is left alone (its lookups fall back
+# to the holder lists): the first update of an empty index marks it.
+# KEYS: facts, meta.  ARGV: path, SHA-1 of the facts stored ("" none), order key
+#       prefix, then sign and field per operation.
+ORDER_SCRIPT = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if (current and redis.sha1hex(current) or '') ~= ARGV[2] then return 0 end
+if redis.call('HGET', KEYS[2], 'ordered') ~= '1' then
+  if tonumber(redis.call('HGET', KEYS[2], 'ids') or '0') > 1
+     or redis.call('HLEN', KEYS[1]) > 1 then return 0 end
+  redis.call('HSET', KEYS[2], 'ordered', '1')
+end
+local function hex(c) return string.format('%02x', string.byte(c)) end
+for i = 4, #ARGV, 2 do
+  local key = ARGV[3] .. string.gsub(ARGV[i + 1], '.', hex)
+  if ARGV[i] == '+' then redis.call('ZADD', key, 0, ARGV[1])
+  else redis.call('ZREM', key, ARGV[1]) end
+end
+return 1
+"""
+
+
+# The first n holders of each field in path order and how many there are: a ZRANGE
+# and a ZCARD, whatever the number of holders.  0 when the index is not marked
+# "ordered" (stored before the sets existed): the caller reads the holder lists.
+# KEYS: meta.  ARGV: n, order key prefix, fields.
+FIRST_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'ordered') ~= '1' then return 0 end
+local n, out = tonumber(ARGV[1]), {}
+local function hex(c) return string.format('%02x', string.byte(c)) end
+for i = 3, #ARGV do
+  local key = ARGV[2] .. string.gsub(ARGV[i], '.', hex)
+  local found = {}
+  if n > 0 then found = redis.call('ZRANGE', key, 0, n - 1) end
+  table.insert(found, 1, redis.call('ZCARD', key))
+  out[#out + 1] = found
+end
+return out
+"""

@@ -266,7 +266,7 @@ def _set_aside(path: Path, exc: Exception) -> None:
 
 
 def _restore_commands(document: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
-    """("hset", key, mapping), ("sadd", key, members) and ("set", key, value) that
+    """("hset", key, mapping), ("sadd" or "zadd", key, members), ("set", key, value) that
     recreate the state: facts and their inverted indexes first, the ledger last."""
     for key, files in document["facts"].items():
         yield from _index_commands(key, files)
@@ -304,6 +304,8 @@ def _write_commands(client, commands: Iterator[tuple[str, str, Any]]) -> None:
                 pipe.hsetnx(_raw(key), _raw(f), _raw(v))
         elif verb == "set":
             pipe.set(_raw(key), _raw(value))
+        elif verb == "zadd":  # an index's holders in path order: every score 0
+            pipe.zadd(_raw(key), {_raw(m): 0 for m in value})
         else:
             pipe.sadd(_raw(key), *(_raw(m) for m in value))
     pipe.execute()
