@@ -184,6 +184,7 @@ class CapabilityDetector:
         for node in nodes:
             _ask_node_readers(node, node_asks, env)
         asks: dict[str, set[str]] = defaultdict(set)
+        needed: set[str] = set()  # names whose missing_module question may change owner
         for relation, value in touched:
             if relation in ("imports", "str_refs"):
                 asks["declares"] |= env.dists_of(value) | {deps.normalize(value)}
@@ -191,7 +192,10 @@ class CapabilityDetector:
                 asks["imports"] |= set(env.tops_of(value))
             elif relation in ("declares_top", "optional_tops"):
                 asks["imports"].add(value)
-            elif relation in ("needs", "registered", "env_documented", "env_sets"):
+            elif relation == "needs":
+                if not is_stdlib(value, env):  # the standard library is never missing
+                    needed.add(value)
+            elif relation in ("registered", "env_documented", "env_sets"):
                 asks[_ASKED[relation]].add(value)
             elif relation in ("depfile", "root_required"):
                 asks[relation].add("1")
@@ -210,9 +214,10 @@ class CapabilityDetector:
             out |= _node_readers(node, found, env)
         for relation in ("declares", "imports", "wants_mod", "wants", "wants_norm", "env_uses"):
             out |= set().union(*(found[(relation, v)] for v in asks.get(relation, ())))
-        for value in asks.get("needs", ()):
-            if needers := sorted(found[("needs", value)] - {path}):
-                out.add(needers[0])  # the owner of the name's missing_module question
+        # The owner of each name's missing_module question: its first needer other than
+        # ``path`` (the first two are all it takes, however many need the name).
+        for first, _count in view.first_many("needs", needed, 2).values() if needed else ():
+            out.update([p for p in first if p != path][:1])
         if "depfile" in asks and not found[("depfile", "1")] - {path}:
             out |= view.who("py", "1")  # the first or last declaration file
         if "root_required" in asks and not found[("root_required", "1")] - {path}:
@@ -228,7 +233,7 @@ class CapabilityDetector:
         kind = file_kind(path)
         if kind == PYTHON:
             return evaluate_python(path, facts, view, self.environment)
-        if kind == deps.PKG_INFO and view.who("root_required", "1"):
+        if kind == deps.PKG_INFO and view.exists_many("root_required", ["1"]):
             # The file PKG-INFO was built from declares the same: it asks, not both.
             return []
         if kind in (deps.PYPROJECT, deps.REQUIREMENTS, deps.SETUP_CFG, deps.PKG_INFO):
@@ -261,8 +266,7 @@ def _declaration_facts(path: str, found: deps.Declarations) -> FileFacts:
 
 
 # The relation whose holders a touched value of these relations concerns.
-_ASKED = {"needs": "needs", "registered": "wants_norm", "env_documented": "env_uses",
-          "env_sets": "env_uses"}
+_ASKED = {"registered": "wants_norm", "env_documented": "env_uses", "env_sets": "env_uses"}
 
 
 def _flipped_nodes(path: str, nodes: set[str], view: IndexView) -> list[str]:
@@ -328,8 +332,14 @@ def _guard_status_affected(path: str, touched: Touched, view: IndexView) -> set[
     files = {m: {p for p in located[m.replace(".", "/")] if module_of(p)[0] == m}
              for m in modules}
     files = {m: found for m, found in files.items() if found}  # "os" is rarely in the tree
-    plain = view.who_many("mod_plain", files) if files else {}
-    alone = [m for m in files if not plain[m] - {path}]  # else plainly imported throughout
+    # Only modules no file but ``path`` imports plainly can change: counted first, so a
+    # module imported throughout costs a number, not the list of its importers.
+    counts = view.count_many("mod_plain", files) if files else {}
+    single = [m for m, n in counts.items() if n == 1]
+    held = view.who_many("mod_plain", single) if single else {}
+    plain = {m: held.get(m, frozenset()) for m, n in counts.items()
+             if n == 0 or held.get(m) == {path}}
+    alone = [m for m in files if m in plain]
     guarded = view.who_many("mod_guarded", alone) if alone else {}
     out: set[str] = set()
     for module in alone:

@@ -14,7 +14,7 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
 from kloros_tasks import names
-from kloros_tasks.detectors.base import FileFacts, IndexView
+from kloros_tasks.detectors.base import FileFacts, Holders, IndexView, path_order
 from kloros_tasks.detectors.capability.facts import OPTIONAL_KINDS, PLAIN
 from kloros_tasks.detectors.capability.paths import is_test_path, module_of, spelling
 from kloros_tasks.detectors.capability.scope import (
@@ -32,10 +32,14 @@ MAX_EVIDENCE = 10
 # Always importable, yet listed by neither pkgutil nor sys.stdlib_module_names.
 ALWAYS_IMPORTABLE = frozenset({"__main__", "__future__", "builtins"})
 STDLIB, TREE, ENV, MISSING = "stdlib", "tree", "env", "missing"
-def _question(rule: str, subject: str, path: str, **kw) -> Question:
+
+
+def _question(rule: str, subject: str, path: str, *, unlisted: int = 0, **kw) -> Question:
+    """``unlisted``: evidence entries that would follow those given (counted, not read)."""
     evidence = tuple(kw.pop("evidence", ()))
-    if len(evidence) > MAX_EVIDENCE:
-        evidence = (*evidence[:MAX_EVIDENCE], f"... and {len(evidence) - MAX_EVIDENCE} more")
+    if len(evidence) + unlisted > MAX_EVIDENCE:
+        more = len(evidence) + unlisted - MAX_EVIDENCE
+        evidence = (*evidence[:MAX_EVIDENCE], f"... and {more} more")
     return Question(detector=names.CAPABILITY, rule=rule, subject=subject, owner=path,
                     paths=(path,), evidence=evidence, **kw)
 
@@ -48,8 +52,9 @@ def _grouped(rows: Iterable[list], key_len: int = 1) -> dict[tuple, list[list]]:
 
 
 def _has(view: IndexView, relation: str, values: Iterable[str]) -> set[str]:
-    """The values that some indexed file holds under ``relation`` (one round trip)."""
-    return {v for v, who in view.who_many(relation, set(values)).items() if who}
+    """The values that some indexed file holds under ``relation`` (one round trip; no
+    holder is listed: a package folder's node has as many as it has files)."""
+    return view.exists_many(relation, set(values))
 
 
 def evaluate_python(path: str, facts: FileFacts, view: IndexView,
@@ -108,7 +113,7 @@ def _guarded_by(path: str, view: IndexView) -> list[str]:
     """Evidence that every in-tree import of ``path``'s module is guarded (try/except
     ImportError, TYPE_CHECKING...), one ``path:line`` entry per importer; else empty."""
     module = module_of(path)[0]
-    if not module or view.who("mod_plain", module):
+    if not module or view.exists_many("mod_plain", [module]):
         return []
     out = []
     for importer in sorted(view.who("mod_guarded", module)):
@@ -147,16 +152,23 @@ def missing_module(path: str, by_top: dict[tuple, list[list]], status: dict[str,
         return []
     missing = {t: rows for t, rows in missing.items()
                if PLAIN in {kind for *_, kind in rows} and not adapts(path, t)}
-    # One question per missing name, owned by the first module that needs it: a target
-    # without asgiref is one gap, not one per importer.
-    needers = view.who_many("needs", set(missing)) if missing else {}
+    # One question per missing name, owned by the first module that needs it (in path
+    # order): a target without asgiref is one gap, not one per importer.  Only the
+    # first needers are read, as many as the evidence lists, however many there are.
+    needers = view.first_many("needs", set(missing), MAX_EVIDENCE + 1) if missing else {}
     out = []
     for top, rows in sorted(missing.items()):
-        others = sorted(needers.get(top, frozenset()) - {path})
-        if others and others[0] < path:
+        held = needers.get(top, Holders((), 0))
+        others = [p for p in held.first if p != path]
+        if others and path_order(others[0]) < path_order(path):
             continue
-        evidence = _import_evidence(path, rows) + [f"{p} imports {top} too" for p in others]
-        out.append(_missing(path, top, evidence, len(others)))
+        # Not skipped: no needer comes before this one, so if it needs the name, it is
+        # the first listed.
+        count = held.count - (1 if held.first[:1] == (path,) else 0)
+        evidence = _import_evidence(path, rows) + [f"{p} imports {top} too"
+                                                   for p in others[:MAX_EVIDENCE]]
+        out.append(_missing(path, top, evidence, count,
+                            unlisted=count - len(others[:MAX_EVIDENCE])))
     return out
 
 
@@ -180,10 +192,11 @@ def needed_tops(path: str, imports: list[tuple[str, str, int, str]], sys_path: b
     return {top for top, _, _, kind in imports if kind == PLAIN and not adapts(path, top)}
 
 
-def _missing(path: str, top: str, evidence: list[str], others: int) -> Question:
+def _missing(path: str, top: str, evidence: list[str], others: int, *,
+             unlisted: int) -> Question:
     who = f"{path} and {others} other module{'s' if others > 1 else ''}" if others else path
     return _question(
-        "missing_module", f"{path}:{top}", path, evidence=evidence,
+        "missing_module", f"{path}:{top}", path, evidence=evidence, unlisted=unlisted,
         hypothesis=f"MISSING_MODULE: {top}",
         question=(f"{who} import{'' if others else 's'} {top}, which neither the tree nor the "
                   f"target environment provides: should it be installed or the import removed?"),
@@ -199,7 +212,7 @@ def undeclared_dependency(path: str, by_top: dict[tuple, list[list]], status: di
     tree provides; optional imports (guarded, conditional, ``TYPE_CHECKING``) are not
     asked about."""
     third_party = {t: env.dists_of(t) for (t,) in by_top if status[t] == ENV and env.dists_of(t)}
-    if not third_party or not view.who("depfile", "1"):
+    if not third_party or not view.exists_many("depfile", ["1"]):
         return []  # a tree that declares nothing is not judged
     dists = set().union(*third_party.values())
     # The project's own distribution, installed into the target, provides its own names.
