@@ -70,6 +70,7 @@ class Counting:
         self.scripts = {hashlib.sha1(text.encode()).hexdigest(): name for name, text in (
             ("index update", index_scripts.UPDATE_SCRIPT),
             ("index lookup", index_scripts.LOOKUP_SCRIPT),
+            ("index first holders", index_scripts.FIRST_SCRIPT),
             ("ledger sync", publish._SYNC),
             ("lock acquire", redis.lock.Lock.LUA_ACQUIRE_SCRIPT if hasattr(
                 redis.lock.Lock, "LUA_ACQUIRE_SCRIPT") else ""),

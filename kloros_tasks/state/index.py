@@ -16,12 +16,7 @@ split one at a time as entries grow (linear hashing: ``names.index_meta`` holds
 ``level`` and ``split``), so each stays a compact listpack.  Two values share a
 field only if 64 bits of their digests collide: for a million values, about three
 chances in 10^8, taken to be never.
-
-The relations a detector asks ``first_many`` of (``detectors.base.ORDERED``) have their
-holders' paths in one sorted set per value besides (``names.index_order``), kept by
-the ORDER_SCRIPT in the same transaction as the update's last slice; an index stored
-before those sets existed is not marked ``ordered`` and answers ``first_many`` from
-its holder lists, at their cost, until it is rebuilt (docs/operations.md).
+The holders of some relations are kept in path order too (index_order.py).
 """
 
 from __future__ import annotations
@@ -35,13 +30,9 @@ from collections.abc import Iterable, Iterator, Mapping
 import redis
 
 from kloros_tasks import names
-from kloros_tasks.detectors.base import ORDERED, FileFacts, Holders, Touched, path_order
-from kloros_tasks.state.index_scripts import (
-    FIRST_SCRIPT,
-    LOOKUP_SCRIPT,
-    ORDER_SCRIPT,
-    UPDATE_SCRIPT,
-)
+from kloros_tasks.detectors.base import FileFacts, Holders, Touched
+from kloros_tasks.state.index_order import PathOrder, first_of
+from kloros_tasks.state.index_scripts import LOOKUP_SCRIPT, UPDATE_SCRIPT
 from kloros_tasks.state.memory_index import (  # noqa: F401  (MemoryIndex: re-exported)
     MemoryIndex,
     _check_indexed,
@@ -68,7 +59,6 @@ LOOKUP_CHUNK = 1000  # values per lookup script call, for the same reason
 ZLIB_LEVEL = 6
 _ENCODING, _ERRORS = "utf-8", "surrogateescape"  # any byte string as a path survives
 
-UPDATE_SHA = hashlib.sha1(UPDATE_SCRIPT.encode()).hexdigest()
 Write = tuple[str, str, object]  # ("hset", key, {field: value}) or ("set", key, value)
 
 
@@ -210,11 +200,9 @@ class RedisIndex:
         self._prefixes = [names.index_bucket(detector, root, ""),
                           names.index_spill(detector, root, ""),
                           names.index_paths(detector, root, ""), PATHS_PER_BUCKET]
-        self._order_prefix = names.index_order(detector, root, "")
         self._update = client.register_script(UPDATE_SCRIPT)
         self._lookup = client.register_script(LOOKUP_SCRIPT)
-        self._first = client.register_script(FIRST_SCRIPT)
-        self._keeps_order = bool(ORDERED.get(detector))
+        self._order = PathOrder(client, detector, root, self._facts_key, self._meta)
 
     def _bucket(self, bucket: int) -> str:
         return names.index_bucket(self.detector, self.root, bucket)
@@ -273,20 +261,12 @@ class RedisIndex:
 
     def first_many(self, relation: str, values: Iterable[str], n: int) -> dict[str, Holders]:
         """The first ``n`` holders of each value in path order, and how many there are:
-        a range of the value's sorted set, whatever its size (one round trip per
-        LOOKUP_CHUNK values)."""
+        a range of the value's sorted set, whatever its size (index_order.py)."""
         _check_indexed(self.detector, relation)
         _check_ordered(self.detector, relation)
-        values, out = list(dict.fromkeys(values)), {}
-        for start in range(0, len(values), LOOKUP_CHUNK):
-            part = values[start:start + LOOKUP_CHUNK]
-            found = self._first(keys=[self._meta], args=[
-                max(n, 0), self._order_prefix, *(field(relation, v) for v in part)])
-            if not isinstance(found, list):  # not marked "ordered": see the module doc
-                return _first_of(self.who_many(relation, values), n)
-            for value, (count, *first) in zip(part, found, strict=True):
-                out[value] = Holders(tuple(_text(p) for p in first), int(count))
-        return out
+        fields = {v: field(relation, v) for v in values}
+        found = self._order.first(fields, n)
+        return first_of(self.who_many(relation, fields), n) if found is None else found
 
     def paths(self) -> list[str]:
         return sorted(_text(k) for k in self.r.hkeys(self._facts_key))
@@ -372,9 +352,9 @@ class RedisIndex:
         level, split, entries = meta
         ops = [(b"-", f) for f in _fields(self.detector, removed)]
         ops += [(b"+", f) for f in _fields(self.detector, added)]
-        in_order = self._order_ops(added, removed)
-        # The first file of an index marks it "ordered" (ORDER_SCRIPT), whatever it holds.
-        with_order = bool(in_order) or (claim and file_id == 1 and self._keeps_order)
+        in_order = self._order.ops(_ordered_fields(self.detector, removed),
+                                   _ordered_fields(self.detector, added))
+        with_order = self._order.wanted(in_order, first_file=claim and file_id == 1)
         head = [self._facts_key, self._meta, names.index_paths(
             self.detector, self.root, (file_id or 0) // PATHS_PER_BUCKET), self._pending_key]
         digest = hashlib.sha1(old_raw).hexdigest() if old_raw is not None else b""
@@ -394,40 +374,12 @@ class RedisIndex:
             if last:
                 keys += self._splits(level, split, entries + len(added))
             if last and with_order:
-                if not self._update_in_order(keys, args, key, value, in_order):
+                if not self._order.apply(keys, args, key, value, in_order):
                     return False
             elif not self._update(keys=keys, args=args):
                 return False
             careful = True  # the journal is written: what follows may be a repair
         return True
-
-    def _order_ops(self, added: set, removed: set) -> list[bytes]:
-        """Sign and field, flat, of each ordered-relation pair that changed."""
-        ops: list[bytes] = []
-        for sign, pairs in ((b"-", removed), (b"+", added)):
-            for f in _ordered_fields(self.detector, pairs):
-                ops += [sign, f]
-        return ops
-
-    def _update_in_order(self, keys: list, args: list, path: bytes, value: bytes,
-                         in_order: list[bytes]) -> bool:
-        """The update's last slice and ORDER_SCRIPT in one MULTI/EXEC (one round trip).
-        ORDER_SCRIPT is sent whole (EVAL): a script missing from Redis's cache must
-        not leave the index updated and its sets not."""
-        pipe = self.r.pipeline(transaction=True)
-        pipe.evalsha(UPDATE_SHA, len(keys), *keys, *args)
-        stored = hashlib.sha1(value).hexdigest() if value else ""
-        pipe.eval(ORDER_SCRIPT, 2, self._facts_key, self._meta, path, stored,
-                  self._order_prefix, *in_order)
-        try:
-            applied, _ = pipe.execute()
-        except redis.exceptions.NoScriptError:
-            # The update did not run, so ORDER_SCRIPT found the facts not stored and
-            # changed nothing (or they were already, and it set what a retry sets
-            # again).  Load the update script and let the caller try again.
-            self.r.script_load(UPDATE_SCRIPT)
-            return False
-        return bool(applied)
 
     def _splits(self, level: int, split: int, entries: int) -> list[str]:
         """(from, to) bucket keys of every split ``entries`` could call for, up to
@@ -440,8 +392,3 @@ class RedisIndex:
                 level, split = level + 1, 0
         return keys
 
-
-def _first_of(holders: Mapping[str, frozenset[str]], n: int) -> dict[str, Holders]:
-    """``first_many``'s answers computed from complete holder sets."""
-    return {v: Holders(tuple(sorted(paths, key=path_order)[:max(n, 0)]), len(paths))
-            for v, paths in holders.items()}
