@@ -114,8 +114,8 @@ def family(key: str) -> str:
         return "one SET per value (kloros:idx:*)"
     part = key.split(":")[4] if key.startswith("kloros:ix:") else ""
     return {"b": "buckets (kloros:ix:*:b:*)", "h": "spilled holder lists (kloros:ix:*:h:*)",
-            "p": "id -> path (kloros:ix:*:p:*)", "meta": "addressing (kloros:ix:*:meta)"
-            }.get(part, "other")
+            "p": "id -> path (kloros:ix:*:p:*)", "meta": "addressing (kloros:ix:*:meta)",
+            "o": "holders in path order (kloros:ix:*:o:*)"}.get(part, "other")
 
 
 def families(client) -> tuple[dict[str, list[int]], int]:

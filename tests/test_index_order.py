@@ -5,6 +5,7 @@ and an index stored before the sets existed."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import threading
@@ -16,6 +17,7 @@ from kloros_tasks.connections import redis_client
 from kloros_tasks.detectors.base import FileFacts, Holders, path_order
 from kloros_tasks.state import index, snapshot
 from kloros_tasks.state.index import MemoryIndex, RedisIndex
+from kloros_tasks.state.index_scripts import ORDER_SCRIPT
 
 DETECTOR, ROOT = names.CAPABILITY, "repo"
 NAMES = [f"top{i}" for i in range(40)]
@@ -187,3 +189,25 @@ def test_concurrent_writers_leave_the_order_sets_matching_the_facts(r, redis_url
     redis_index, memory = RedisIndex(r, DETECTOR, ROOT), MemoryIndex(DETECTOR)
     replay([memory], [(p, redis_index.facts(p)) for p in redis_index.paths()])
     assert_same_order(memory, redis_index, [*NAMES, COMMON])
+
+
+def test_the_order_script_applies_several_paths_at_once_each_only_if_stored_as_meant(r):
+    facts, meta = names.facts(DETECTOR, ROOT), names.index_meta(DETECTOR, ROOT)
+    prefix = names.index_order(DETECTOR, ROOT, "")
+    r.eval(ORDER_SCRIPT, 2, facts, meta, "mark")  # an empty index is marked
+    r.hset(facts, mapping={"a.py": b"A", "b.py": b"B"})
+    r.eval(ORDER_SCRIPT, 2, facts, meta, "mark")  # a filled one is left as it is
+    assert r.hget(meta, "ordered") == b"1"
+    x, y = index.field("needs", "x"), index.field("needs", "y")
+    sha = {p: hashlib.sha1(v).hexdigest() for p, v in (("a", b"A"), ("b", b"B"))}
+    done = r.eval(ORDER_SCRIPT, 2, facts, meta, "apply", prefix,
+                  "b.py", sha["b"], 2, "+", x, "+", y,
+                  "a.py", "not what is stored", 1, "+", x,  # refused: left alone
+                  "gone.py", "", 1, "-", y,
+                  "a.py", sha["a"], 1, "+", y)
+    assert done == 3
+    assert r.zrange(prefix + x.hex(), 0, -1) == [b"b.py"]
+    assert r.zrange(prefix + y.hex(), 0, -1) == [b"a.py", b"b.py"]
+    r.hdel(meta, "ordered")
+    assert r.eval(ORDER_SCRIPT, 2, facts, meta, "apply", prefix, "a.py", sha["a"], 1, "-", y) == 0
+    assert r.zrange(prefix + y.hex(), 0, -1) == [b"a.py", b"b.py"]

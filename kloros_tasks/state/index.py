@@ -354,7 +354,8 @@ class RedisIndex:
         ops += [(b"+", f) for f in _fields(self.detector, added)]
         in_order = self._order.ops(_ordered_fields(self.detector, removed),
                                    _ordered_fields(self.detector, added))
-        with_order = self._order.wanted(in_order, first_file=claim and file_id == 1)
+        empty = claim and file_id == 1  # no file had an id: the index holds none
+        with_order = self._order.wanted(in_order, empty)
         head = [self._facts_key, self._meta, names.index_paths(
             self.detector, self.root, (file_id or 0) // PATHS_PER_BUCKET), self._pending_key]
         digest = hashlib.sha1(old_raw).hexdigest() if old_raw is not None else b""
@@ -374,7 +375,8 @@ class RedisIndex:
             if last:
                 keys += self._splits(level, split, entries + len(added))
             if last and with_order:
-                if not self._order.apply(keys, args, key, value, in_order):
+                if not self._order.apply(keys, args, [(key, value, in_order)] if in_order
+                                         else [], empty=empty):
                     return False
             elif not self._update(keys=keys, args=args):
                 return False

@@ -40,30 +40,39 @@ class PathOrder:
         ``path`` from and adds it to."""
         return [x for f in removed for x in (b"-", f)] + [x for f in added for x in (b"+", f)]
 
-    def wanted(self, ops: list[bytes], first_file: bool) -> bool:
+    def wanted(self, ops: list[bytes], empty: bool) -> bool:
         """Whether the update's last slice goes with ORDER_SCRIPT: it changes ordered
-        fields, or it stores the first file of a new index (which marks it ``ordered``)."""
-        return bool(ops) or (first_file and self.keeps)
+        fields, or the index held no file when the update read it (``empty``: a new
+        index is marked ``ordered``)."""
+        return bool(ops) or (empty and self.keeps)
 
-    def apply(self, keys: list, args: list, path: bytes, value: bytes, ops: list[bytes]) -> bool:
-        """The update script's last slice (``keys``, ``args``) and ORDER_SCRIPT in one
-        MULTI/EXEC, one round trip; what the update script answered.  ORDER_SCRIPT is
-        sent whole (EVAL): if Redis had lost it, the index would be updated and its sets
-        not."""
+    def apply(self, keys: list, args: list, changes: list[tuple[bytes, bytes, list[bytes]]],
+              *, empty: bool) -> bool:
+        """The update script's call (``keys``, ``args``: the last slice of one file's
+        update) with ORDER_SCRIPT in one MULTI/EXEC, one round trip: "mark" before it
+        when the index was ``empty``, "apply" after it for each (path, value stored,
+        ``ops``) of ``changes``; what the update script answered.  ORDER_SCRIPT is sent
+        whole (EVAL): if Redis had lost it, the index would be updated and its sets not."""
         pipe = self.r.pipeline(transaction=True)
+        if empty and self.keeps:
+            pipe.eval(ORDER_SCRIPT, 2, self._facts_key, self._meta, "mark")
         pipe.evalsha(UPDATE_SHA, len(keys), *keys, *args)
-        stored = hashlib.sha1(value).hexdigest() if value else ""
-        pipe.eval(ORDER_SCRIPT, 2, self._facts_key, self._meta, path, stored, self._prefix,
-                  *ops)
+        per_path: list = []
+        for path, value, ops in changes:
+            stored = hashlib.sha1(value).hexdigest() if value else ""
+            per_path += [path, stored, len(ops) // 2, *ops]
+        if per_path:
+            pipe.eval(ORDER_SCRIPT, 2, self._facts_key, self._meta, "apply", self._prefix,
+                      *per_path)
         try:
-            applied, _ = pipe.execute()
+            replies = pipe.execute()
         except redis.exceptions.NoScriptError:
             # The update did not run, so ORDER_SCRIPT found the facts not stored and
             # changed nothing (or they were already, and it set what a retry sets
             # again).  Load the update script and let the caller try again.
             self.r.script_load(UPDATE_SCRIPT)
             return False
-        return bool(applied)
+        return bool(replies[1 if empty and self.keeps else 0])
 
     def first(self, fields: Mapping[str, bytes], n: int) -> dict[str, Holders] | None:
         """The first ``n`` holders of each value (value -> its field) and their count;

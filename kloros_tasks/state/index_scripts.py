@@ -152,30 +152,40 @@ return out
 # --- path order (detectors.base.ORDERED), kept apart from the update script above -----
 
 # The holders of an ordered relation's values in path order, changed together with the
-# index: run in the same MULTI/EXEC right after the update script's last slice, and
-# only if that slice stored what the caller meant it to (the facts of the path now
-# have the SHA-1 given), so an update that was refused changes nothing here either.
-# Each operation sets one holder's membership as the update leaves it, so applying it
-# twice, or again after an interrupted change, is harmless.  An index stored before
-# these sets existed has no "ordered" mark and is left alone (its lookups fall back
-# to the holder lists): the first update of an empty index marks it.
-# KEYS: facts, meta.  ARGV: path, SHA-1 of the facts stored ("" none), order key
-#       prefix, then sign and field per operation.
+# index, in the same MULTI/EXEC as the update script's last slice.  Mode "mark", sent
+# before the update when the caller found the index empty: an index with no file yet
+# is marked "ordered" (it has no holders, so its sets are complete); an index stored
+# before these sets existed is never marked, and its lookups fall back to the holder
+# lists.  Mode "apply", sent after the update: for each path whose facts now have the
+# SHA-1 given (the update stored what the caller meant it to; else that path is left
+# alone), each operation sets one holder's membership as the update leaves it, so
+# applying it twice, or again after an interrupted change, is harmless.  Nothing on an
+# index not marked.
+# KEYS: facts, meta.  ARGV: "mark"; or "apply", order key prefix, then per path: the
+#       path, SHA-1 of its facts stored ("" none), operation count, sign and field per
+#       operation.
 ORDER_SCRIPT = """
-local current = redis.call('HGET', KEYS[1], ARGV[1])
-if (current and redis.sha1hex(current) or '') ~= ARGV[2] then return 0 end
-if redis.call('HGET', KEYS[2], 'ordered') ~= '1' then
-  if tonumber(redis.call('HGET', KEYS[2], 'ids') or '0') > 1
-     or redis.call('HLEN', KEYS[1]) > 1 then return 0 end
-  redis.call('HSET', KEYS[2], 'ordered', '1')
+if ARGV[1] == 'mark' then
+  if redis.call('HLEN', KEYS[1]) == 0 then redis.call('HSET', KEYS[2], 'ordered', '1') end
+  return 1
 end
+if redis.call('HGET', KEYS[2], 'ordered') ~= '1' then return 0 end
 local function hex(c) return string.format('%02x', string.byte(c)) end
-for i = 4, #ARGV, 2 do
-  local key = ARGV[3] .. string.gsub(ARGV[i + 1], '.', hex)
-  if ARGV[i] == '+' then redis.call('ZADD', key, 0, ARGV[1])
-  else redis.call('ZREM', key, ARGV[1]) end
+local i, done = 3, 0
+while i <= #ARGV do
+  local path, nops = ARGV[i], tonumber(ARGV[i + 2])
+  local current = redis.call('HGET', KEYS[1], path)
+  if (current and redis.sha1hex(current) or '') == ARGV[i + 1] then
+    for j = i + 3, i + 1 + 2 * nops, 2 do
+      local key = ARGV[2] .. string.gsub(ARGV[j + 1], '.', hex)
+      if ARGV[j] == '+' then redis.call('ZADD', key, 0, path)
+      else redis.call('ZREM', key, path) end
+    end
+    done = done + 1
+  end
+  i = i + 3 + 2 * nops
 end
-return 1
+return done
 """
 
 
