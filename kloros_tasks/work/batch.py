@@ -64,6 +64,16 @@ class BatchIndex:
         for path, there in present.items():
             self._inits[path] = _ASSUMED if there else None
 
+    def present_many(self, paths: Iterable[str]) -> set[str]:
+        """The indexed paths; an ``__init__.py`` read (or assumed) before is answered
+        from that, so naming a module asks Redis nothing the batch already knows, and
+        modules are named by the same layout as ``facts`` gives."""
+        paths = list(dict.fromkeys(paths))
+        known = {p for p in paths if is_package_file(p) and p in self._inits}
+        asked = [p for p in paths if p not in known]
+        held = self.index.present_many(asked) if asked else set()
+        return held | {p for p in known if self._inits[p] is not None}
+
     def facts(self, path: str) -> FileFacts | None:
         if not is_package_file(path):
             return self.index.facts(path)
