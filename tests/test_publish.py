@@ -137,10 +137,10 @@ def test_syncing_many_owners_at_once_publishes_what_syncing_each_does(r):
     assert results["docs/c.md"].opened == results["docs/c.md"].resolved == ()
     assert results["docs/e.md"].opened == results["docs/e.md"].resolved == ()
     signals = [(e["signal"], e["facts"]["question_id"]) for e in stream_envelopes(r)]
-    assert sorted(signals[:3]) == sorted([(names.CHANNEL[names.KNOWLEDGE], q(s).id) for s in "ab"]
-                                         + [(names.CHANNEL[names.KNOWLEDGE], q("c", "docs/c.md").id)])
-    assert signals[3:] == [(names.CHANNEL[names.KNOWLEDGE], q("d").id),
-                           (names.CHANNEL_RESOLVED, q("a").id)]
+    asked = names.CHANNEL[names.KNOWLEDGE]
+    assert sorted(signals[:3]) == sorted([(asked, q("a").id), (asked, q("b").id),
+                                          (asked, q("c", "docs/c.md").id)])
+    assert signals[3:] == [(asked, q("d").id), (names.CHANNEL_RESOLVED, q("a").id)]
     assert publisher.open_ids(names.KNOWLEDGE, "repo", "docs/a.md") == {q("b").id, q("d").id}
 
 
