@@ -238,3 +238,23 @@ def test_a_batch_names_modules_by_the_package_markers_it_read_or_assumed():
     assert index.reads == ["pkg/a.py", "other/__init__.py"]  # the rest is asked
     cached.update("pkg/__init__.py", None)
     assert cached.present_many(["pkg/__init__.py"]) == set()
+
+
+def test_under_the_lock_a_batch_reads_each_file_once_until_it_updates_it():
+    index = CountingIndex()
+    index.stored["pkg/a.py"] = "a"
+    cached = BatchIndex(index, remember=True)
+    assert cached.facts_many(["pkg/a.py", "pkg/b.py"]) == {"pkg/a.py": "a", "pkg/b.py": None}
+    assert cached.facts("pkg/a.py") == "a" and cached.facts_many(["pkg/b.py"]) == {"pkg/b.py": None}
+    assert index.reads == ["pkg/a.py", "pkg/b.py"]
+    cached.update("pkg/a.py", "a2")
+    assert cached.facts("pkg/a.py") == "a2" and index.reads[-1] == "pkg/a.py"
+
+
+def test_outside_the_lock_a_batch_keeps_only_the_package_markers():
+    index = CountingIndex()
+    index.stored["pkg/a.py"] = "a"
+    cached = BatchIndex(index)
+    cached.facts("pkg/a.py")
+    cached.facts("pkg/a.py")
+    assert index.reads == ["pkg/a.py", "pkg/a.py"]
