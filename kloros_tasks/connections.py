@@ -55,9 +55,9 @@ class _PythonParser(_RESP3Parser):
 
 
 class _HiredisBusyParser(_HiredisParser):
-    # The same replies parsed in C: an index lookup answers with thousands of paths,
-    # and reading them element by element in Python was a fifth of a worker's CPU on a
-    # cold scan (docs/performance.md, "Worker-side cost per file of a batch").
+    # The same replies parsed in C: an index lookup can answer with thousands of paths,
+    # which redis-py's own parser reads element by element in Python (docs/performance.md,
+    # "Worker-side cost per file of a batch").
     EXCEPTION_CLASSES = {**_HiredisParser.EXCEPTION_CLASSES, "BUSY": RedisBusyError}
 
 
