@@ -301,9 +301,8 @@ def _read_local(ctx: Context, root_info: dict, rel: str) -> str | None:
 
 def _publish(ctx: Context, detector: FileDetector, index, root: str, owners,
              package: str) -> None:
-    for owner, questions in engine.evaluate(detector, index, owners, root,
-                                            package).items():
-        ctx.publisher.sync(detector.name, root, owner, questions)
+    ctx.publisher.sync_many(detector.name, root,
+                            engine.evaluate(detector, index, owners, root, package))
 
 
 def in_burst(client, detector: str, root: str) -> bool:
