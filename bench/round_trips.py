@@ -1,10 +1,11 @@
 """Redis round trips per analysed file, in process: the workers' own code path
-(``analysis.handle_change`` per file, then ``analysis.settle``) against a private
+(``analysis.handle_change`` per file or ``batch.handle_batch`` per batch, then
+``analysis.settle``) against a private
 ``redis-server``, one detector at a time, broken down by command.
 
     .venv/bin/python bench/round_trips.py [--tree django|generated] [--files N]
-                                          [--detectors D[,D...]] [--edits]
-                                          [--questions FILE]
+                                          [--detectors D[,D...]] [--edits] [--batch]
+                                          [--questions FILE] [--profile FILE]
 
 Trees: ``django`` (the ``django/`` directory of the Django 5.2 sdist, from the bench
 cache, else downloaded once) or ``generated`` (bench/_trees.py, ``--files`` files).
@@ -13,8 +14,11 @@ root registered (the blob stores and the registration are not counted).  By defa
 the burst marker of the root is set, as while the watcher reconciles a tree, so each
 change defers its evaluations and one ``settle`` at the end evaluates them: the cold
 scan's path.  With ``--edits`` there is no burst and every change is evaluated at
-once, as an edit at a time is.  The Celery layer (broker, task-level LLEN and
-deferred-root checks) is not part of it.
+once, as an edit at a time is.  With ``--batch`` the files go as batch tasks of
+``BATCH_FILES`` (``batch.handle_batch``), as a reconciliation sends a cold scan in the
+default layout.  ``--profile FILE`` writes a cProfile of the changes and the settle
+(pstats; its CPU seconds are inflated by the profiler).  The Celery layer (broker,
+task-level LLEN and deferred-root checks) is not part of it.
 
 Counted on the client side: requests (each single command, pipeline or script call
 sent on a connection is one round trip), labelled by what they carry (a script call
@@ -30,6 +34,7 @@ publish the same questions.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import hashlib
 import json
 import socket
@@ -52,8 +57,8 @@ from kloros_tasks.state import index_scripts, publish
 from kloros_tasks.state.publish import Publisher
 from kloros_tasks.watch import filters
 from kloros_tasks.watch.tree import read_file, walk_tree
-from kloros_tasks.work import analysis, blobs
-from kloros_tasks.work.payload import Change
+from kloros_tasks.work import analysis, batch, blobs
+from kloros_tasks.work.payload import BATCH_FILES, Change, batch_json
 from kloros_tasks.work.registry import scan_detector
 
 DETECTORS = (names.INTEGRATION, names.CAPABILITY, names.KNOWLEDGE)
@@ -122,7 +127,8 @@ def routed(root: Path, detector: str) -> list[str]:
                   if detector in filters.should_enqueue(rel))
 
 
-def run(client, counting: Counting, root: Path, detector_name: str, edits: bool) -> dict:
+def run(client, counting: Counting, root: Path, detector_name: str, edits: bool,
+        batched: bool = False, profile=None) -> dict:
     """Send every routed file of ``root`` to ``detector_name``; the counts."""
     settings = from_env({})
     detector = scan_detector(detector_name, settings, root)
@@ -131,12 +137,17 @@ def run(client, counting: Counting, root: Path, detector_name: str, edits: bool)
     client.flushall()
     client.hset(names.ROOTS, name, json.dumps({"path": str(root), "host": host}))
     files = routed(root, detector_name)
-    payloads = []
+    payloads, changes_ = [], []
     for rel in files:
         raw = read_file(str(root / rel), settings.max_file_bytes + 1)
         sha = hashlib.sha256(raw).hexdigest()
         blobs.store(client, sha, raw, refs=1, ttl=BLOB_TTL)
-        payloads.append(Change(name, rel, "modified", sha, ts=1.0).to_json())
+        changes_.append(Change(name, rel, "modified", sha, ts=1.0))
+        payloads.append(changes_[-1].to_json())
+    if batched:  # as a reconciliation sends them: BATCH_FILES changes a task
+        payloads = [batch_json(name, changes_[i:i + BATCH_FILES])
+                    for i in range(0, len(changes_), BATCH_FILES)]
+    handle = batch.handle_batch if batched else analysis.handle_change
     if not edits:
         client.set(names.burst(name), 1)
     ctx = analysis.Context(client, Publisher(client, host=host), settings.max_file_bytes)
@@ -145,12 +156,16 @@ def run(client, counting: Counting, root: Path, detector_name: str, edits: bool)
     redis_cpu, cpu = _redis_cpu(client), time.process_time()
     counting.on = True
     started = time.perf_counter()
-    outcomes = Counter(analysis.handle_change(ctx, detector, p) for p in payloads)
+    if profile is not None:
+        profile.enable()
+    outcomes = Counter(handle(ctx, detector, p) for p in payloads)
     changes = time.perf_counter() - started
     phase = Counter(counting.requests)
     if not edits:
         client.delete(names.burst(name))
         analysis.settle(ctx, detector, name, budget=float("inf"))
+    if profile is not None:
+        profile.disable()
     seconds = time.perf_counter() - started
     counting.on = False
     cpu, redis_cpu = time.process_time() - cpu, _redis_cpu(client) - redis_cpu
@@ -203,11 +218,18 @@ def main() -> None:
     parser.add_argument("--detectors", default=",".join(DETECTORS))
     parser.add_argument("--edits", action="store_true",
                         help="no burst: evaluate every change at once")
+    parser.add_argument("--batch", action="store_true",
+                        help=f"send the files as batch tasks of {BATCH_FILES}, as a"
+                             " reconciliation does (the default layout's cold scan)")
     parser.add_argument("--questions", type=Path, help="write the envelopes published here")
+    parser.add_argument("--profile", type=Path,
+                        help="write a cProfile of the analysis and settle here (pstats)")
     args = parser.parse_args()
     published = []
+    profile = cProfile.Profile() if args.profile else None
     print(f"# Redis round trips per file, in process ({args.tree}, "
-          f"{'one edit at a time' if args.edits else 'cold scan: burst, then settle'})")
+          f"{'one edit at a time' if args.edits else 'cold scan: burst, then settle'}"
+          f"{', batch tasks' if args.batch else ''})")
     print(f"machine: {machine()}")
     counting = Counting()
     with make_workdir() as work:
@@ -220,12 +242,15 @@ def main() -> None:
         client = redis_client(server.url, socket_timeout=None)
         try:
             for detector in args.detectors.split(","):
-                result = run(client, counting, root, detector, args.edits)
+                result = run(client, counting, root, detector, args.edits, args.batch,
+                             profile)
                 report(detector, result)
                 published += [_comparable(e) for e in result["envelopes"]]
         finally:
             client.close()
             server.stop()
+    if profile is not None:
+        profile.dump_stats(args.profile)
     if args.questions:
         args.questions.write_text("".join(json.dumps(e, sort_keys=True) + "\n"
                                           for e in published))

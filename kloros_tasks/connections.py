@@ -11,9 +11,10 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
-from redis._parsers import _RESP3Parser
+from redis._parsers import _HiredisParser, _RESP3Parser
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
+from redis.utils import HIREDIS_AVAILABLE
 
 HEALTH_CHECK_INTERVAL = 10
 SOCKET_TIMEOUT = 10
@@ -44,12 +45,23 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, redis.ResponseError) and str(exc).startswith(_TRANSIENT_REPLIES)
 
 
-class _Parser(_RESP3Parser):
-    # The parser redis-py uses by default (its connections speak RESP3 unless told
-    # otherwise; the protocol is left as it was so that no reply changes shape).
-    # Replies starting with BUSY become RedisBusyError instead of a plain ResponseError,
-    # so every ``except TRANSIENT_ERRORS`` (and redis-py's own retry) covers them.
+class _PythonParser(_RESP3Parser):
+    # The parser redis-py uses by default without hiredis (its connections speak RESP3
+    # unless told otherwise; the protocol is left as it was so that no reply changes
+    # shape).  Replies starting with BUSY become RedisBusyError instead of a plain
+    # ResponseError, so every ``except TRANSIENT_ERRORS`` (and redis-py's own retry)
+    # covers them.
     EXCEPTION_CLASSES = {**_RESP3Parser.EXCEPTION_CLASSES, "BUSY": RedisBusyError}
+
+
+class _HiredisBusyParser(_HiredisParser):
+    # The same replies parsed in C: an index lookup can answer with thousands of paths,
+    # which redis-py's own parser reads element by element in Python (docs/performance.md,
+    # "Worker-side cost per file of a batch").
+    EXCEPTION_CLASSES = {**_HiredisParser.EXCEPTION_CLASSES, "BUSY": RedisBusyError}
+
+
+_Parser = _HiredisBusyParser if HIREDIS_AVAILABLE else _PythonParser
 
 
 def client_url(url: str) -> str:

@@ -201,6 +201,11 @@ class CountingIndex:
         self.reads += paths
         return {p: self.stored.get(p) for p in paths}
 
+    def present_many(self, paths):
+        paths = list(paths)
+        self.reads += paths
+        return {p for p in paths if self.stored.get(p) is not None}
+
     def update(self, path, new):
         self.stored[path] = new
         return frozenset()
@@ -218,3 +223,38 @@ def test_a_batch_reads_each_package_marker_once_until_it_updates_it():
     assert cached.facts("pkg/sub/__init__.py") == "new" and index.reads == ["pkg/sub/__init__.py"]
     cached.facts("pkg/a.py")  # any other file is read as it is
     assert index.reads[-1] == "pkg/a.py"
+
+
+def test_a_batch_names_modules_by_the_package_markers_it_read_or_assumed():
+    index = CountingIndex()
+    cached = BatchIndex(index)
+    cached.prefetch(["pkg/sub/b.py"])
+    cached.assume({"pkg/sub/__init__.py": True})  # the batch adds it
+    index.reads.clear()
+    assert cached.present_many(["__init__.py", "pkg/__init__.py", "pkg/sub/__init__.py"]) \
+        == {"pkg/__init__.py", "pkg/sub/__init__.py"}
+    assert index.reads == []  # every answer came from what the batch had read
+    assert cached.present_many(["pkg/a.py", "other/__init__.py"]) == set()
+    assert index.reads == ["pkg/a.py", "other/__init__.py"]  # the rest is asked
+    cached.update("pkg/__init__.py", None)
+    assert cached.present_many(["pkg/__init__.py"]) == set()
+
+
+def test_under_the_lock_a_batch_reads_each_file_once_until_it_updates_it():
+    index = CountingIndex()
+    index.stored["pkg/a.py"] = "a"
+    cached = BatchIndex(index, remember=True)
+    assert cached.facts_many(["pkg/a.py", "pkg/b.py"]) == {"pkg/a.py": "a", "pkg/b.py": None}
+    assert cached.facts("pkg/a.py") == "a" and cached.facts_many(["pkg/b.py"]) == {"pkg/b.py": None}
+    assert index.reads == ["pkg/a.py", "pkg/b.py"]
+    cached.update("pkg/a.py", "a2")
+    assert cached.facts("pkg/a.py") == "a2" and index.reads[-1] == "pkg/a.py"
+
+
+def test_outside_the_lock_a_batch_keeps_only_the_package_markers():
+    index = CountingIndex()
+    index.stored["pkg/a.py"] = "a"
+    cached = BatchIndex(index)
+    cached.facts("pkg/a.py")
+    cached.facts("pkg/a.py")
+    assert index.reads == ["pkg/a.py", "pkg/a.py"]

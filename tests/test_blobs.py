@@ -58,3 +58,16 @@ def test_the_last_release_deletes_a_blob_stored_in_a_batch(r):
     assert blobs.release(r, digest) == 0
     assert blobs.fetch(r, digest) is None
     assert not r.exists(names.blob_refs(digest))
+
+
+def test_fetch_with_a_cap_is_one_command_and_measures_a_blob_over_it(r):
+    blobs.store(r, sha(b"12345"), b"12345", refs=1, ttl=600)
+    r.script_flush()  # a Redis that has not seen the script yet
+    assert blobs.fetch(r, sha(b"12345"), 5) == b"12345"
+    r.config_resetstat()
+    assert blobs.fetch(r, sha(b"12345"), 4) == 5
+    assert blobs.fetch(r, sha(b"12345"), 5) == b"12345"
+    assert blobs.fetch(r, sha(b"gone"), 5) is None
+    stats = r.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 3
+    assert "cmdstat_multi" not in stats and "cmdstat_getrange" not in stats

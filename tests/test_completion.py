@@ -37,11 +37,11 @@ class FlakyPublisher(Publisher):
 
     failures = 1
 
-    def sync(self, *args, **kwargs):
+    def sync_many(self, *args, **kwargs):
         if self.failures:
             self.failures -= 1
             raise redis.ConnectionError("connection lost while publishing")
-        return super().sync(*args, **kwargs)
+        return super().sync_many(*args, **kwargs)
 
 
 def context(r, publisher: Publisher | None = None, max_bytes: int = 1 << 20) -> Context:

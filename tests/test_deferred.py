@@ -181,6 +181,18 @@ def test_two_roots_settling_at_once_do_not_wait_on_each_other(tmp_path):
         pipe.close()
 
 
+def test_deferred_roots_given_the_registered_roots_answers_as_it_reads_them(rr):
+    rr.hset(names.ROOTS, "other", json.dumps({"path": "/elsewhere", "host": "elsewhere"}))
+    rr.hset(names.ROOTS, "sending", json.dumps({"path": "/sending", "host": "elsewhere"}))
+    for root in (ROOT, "sending"):
+        rr.sadd(names.deferred(DETECTOR.name, root), "a.py")
+    rr.set(names.burst("sending"), 1)
+    registered = rr.hkeys(names.ROOTS)
+    assert analysis.deferred_roots(rr, DETECTOR.name) == [ROOT]
+    assert analysis.deferred_roots(rr, DETECTOR.name, registered) == [ROOT]
+    assert analysis.deferred_roots(rr, DETECTOR.name, []) == []
+
+
 def test_a_settle_task_refuses_a_second_argument_it_does_not_know():
     from kloros_tasks.work import tasks  # noqa: PLC0415
 

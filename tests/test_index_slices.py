@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from kloros_tasks import names
+from kloros_tasks import connections, names
 from kloros_tasks.connections import TRANSIENT_ERRORS, RedisBusyError, is_transient, redis_client
 from kloros_tasks.detectors.base import FileFacts
 from kloros_tasks.state import index
@@ -102,7 +102,14 @@ def test_a_kept_journal_entry_lasts_until_the_change_is_settled(r):
     assert redis_index.update("a.md", many(2, "e")) == {("links", "e/1.md")}
 
 
-def test_a_busy_redis_is_a_transient_error(r, redis_url):
+@pytest.mark.parametrize("parser", [
+    connections._PythonParser,
+    pytest.param(connections._HiredisBusyParser, marks=pytest.mark.skipif(
+        not connections.HIREDIS_AVAILABLE, reason="hiredis is not installed")),
+])
+def test_a_busy_redis_is_a_transient_error(r, redis_url, monkeypatch, parser):
+    # Whichever parser reads the replies (hiredis when installed, else redis-py's own).
+    monkeypatch.setattr(connections, "_Parser", parser)
     # A script that runs past busy-reply-threshold makes Redis answer BUSY to others.
     r.config_set("lua-time-limit", 100)  # busy-reply-threshold since Redis 7
     other = redis_client(redis_url, retries=0)

@@ -122,3 +122,33 @@ def test_a_question_still_open_is_not_counted_as_reopened_by_later_syncs(r):
     ids = [e["facts"]["question_id"] for e in stream_envelopes(r)
            if e["signal"] != names.CHANNEL_RESOLVED]
     assert ids == [q("a").id, q("b").id, q("c").id, f"{q('b').id}.r2"]
+
+
+def test_syncing_many_owners_at_once_publishes_what_syncing_each_does(r):
+    publisher = Publisher(r, host="h1")
+    publisher.sync_many(names.KNOWLEDGE, "repo", {"docs/a.md": [q("a"), q("b")],
+                                                  "docs/c.md": [q("c", "docs/c.md")]})
+    results = publisher.sync_many(names.KNOWLEDGE, "repo", {
+        "docs/a.md": [q("b"), q("d")],  # resolves a, opens d
+        "docs/c.md": [q("c", "docs/c.md")],  # nothing to publish
+        "docs/e.md": []})  # owned nothing, owns nothing
+    assert results["docs/a.md"].opened == (q("d").id,)
+    assert results["docs/a.md"].resolved == (q("a").id,)
+    assert results["docs/c.md"].opened == results["docs/c.md"].resolved == ()
+    assert results["docs/e.md"].opened == results["docs/e.md"].resolved == ()
+    signals = [(e["signal"], e["facts"]["question_id"]) for e in stream_envelopes(r)]
+    asked = names.CHANNEL[names.KNOWLEDGE]
+    assert sorted(signals[:3]) == sorted([(asked, q("a").id), (asked, q("b").id),
+                                          (asked, q("c", "docs/c.md").id)])
+    assert signals[3:] == [(asked, q("d").id), (names.CHANNEL_RESOLVED, q("a").id)]
+    assert publisher.open_ids(names.KNOWLEDGE, "repo", "docs/a.md") == {q("b").id, q("d").id}
+
+
+def test_a_question_resolved_by_another_worker_meanwhile_is_only_forgotten(r):
+    publisher = Publisher(r)
+    publisher.sync(names.KNOWLEDGE, "repo", "docs/a.md", [q("a")])
+    r.hdel(names.LEDGER, q("a").id)  # resolved elsewhere: no envelope left to resolve from
+    result = publisher.sync_many(names.KNOWLEDGE, "repo", {"docs/a.md": []})["docs/a.md"]
+    assert result.resolved == ()
+    assert publisher.open_ids(names.KNOWLEDGE, "repo", "docs/a.md") == set()
+    assert [e["signal"] for e in stream_envelopes(r)] == [names.CHANNEL[names.KNOWLEDGE]]

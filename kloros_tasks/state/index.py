@@ -367,11 +367,8 @@ class RedisIndex:
                           b"" if file_id is None else file_id, len(ops_slice),
                           b"1" if careful else b"", journal if n == 0 else b"",
                           (b"1" if self.keep_journal else b"2") if last else b"",
-                          b"1" if claim and n == 0 else b""]
-            for sign, f in ops_slice:
-                keys += [self._bucket(address(f, level, split)),
-                         names.index_spill(self.detector, self.root, f.hex())]
-                args += [sign, f]
+                          b"1" if claim and n == 0 else b"", self._prefixes[0],
+                          self._prefixes[1], b"".join(sign + f for sign, f in ops_slice)]
             if last:
                 keys += self._splits(level, split, entries + len(added))
             if last and with_order:

@@ -12,14 +12,17 @@ atomically inside Redis, which is what keeps a change and a lookup consistent.
 # in the journal (names.index_pending) before touching anything, so that a change cut
 # short is finished by the next update of the file: every operation is idempotent
 # when "careful" (the fast append to a spilled list is not, so it is off then).
-# KEYS: facts, meta, id map, journal, a (bucket, spill) pair per op, a (from, to)
-#       pair per split.
+# Each op's bucket and spill keys are built here from their prefixes (as the lookup
+# script does), with the level and split the slice checked: the ops travel as one
+# string of 9 bytes each, a sign ("+"/"-") and a field, so that a file of hundreds of
+# values costs the client one argument to encode instead of four per value.
+# KEYS: facts, meta, id map, journal, a (from, to) pair per split.
 # ARGV: fill, inline max, path, SHA-1 of the facts read ("" none), level, split,
 #       value to store ("" deletes), file id, op count, careful ("1"/""), journal entry
 #       ("" leaves it), commit ("": not the last slice; "1": the last, keep the
 #       journal entry until the caller settles the change; "2": the last, drop it),
 #       claim ("1": the file id is new, the next of meta's "ids", taken here unless
-#       another writer took it first; ""), then sign and field per op.
+#       another writer took it first; ""), bucket key prefix, spill key prefix, ops.
 UPDATE_SCRIPT = """
 local fill, inline, path = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local current = redis.call('HGET', KEYS[1], path)
@@ -79,9 +82,21 @@ local function split_bucket(from, to, level)
   end
   sliced('HSET', to, moved); sliced('HDEL', from, gone)
 end
+local function hex(c) return string.format('%02x', string.byte(c)) end
+local at_level, at_split, ops = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[16]
+local function bucket_of(field)  -- index.address, as the lookup script computes it
+  local a, b, c, d = string.byte(field, 1, 4)
+  local h = ((a * 256 + b) * 256 + c) * 256 + d
+  local bucket = h % 2 ^ at_level
+  if bucket < at_split then bucket = h % 2 ^ (at_level + 1) end
+  return ARGV[14] .. bucket
+end
 if ARGV[11] ~= '' then redis.call('HSET', KEYS[4], path, ARGV[11]) end
 for n = 1, nops do
-  change(ARGV[12 + 2 * n], KEYS[3 + 2 * n], KEYS[4 + 2 * n], ARGV[13 + 2 * n])
+  local at = 9 * (n - 1) + 1
+  local field = string.sub(ops, at + 1, at + 8)
+  change(string.sub(ops, at, at), bucket_of(field), ARGV[15] .. string.gsub(field, '.', hex),
+         field)
 end
 local entries = redis.call('HINCRBY', KEYS[2], 'entries', delta)
 if ARGV[12] == '' then return 1 end
@@ -93,7 +108,7 @@ else
   redis.call('HSET', KEYS[1], path, ARGV[7])
   redis.call('HSET', KEYS[3], id, path)
 end
-local level, split, k = tonumber(ARGV[5]), tonumber(ARGV[6]), 5 + 2 * nops
+local level, split, k = at_level, at_split, 5
 while entries > fill * (2 ^ level + split) and KEYS[k + 1] do
   split_bucket(KEYS[k], KEYS[k + 1], level)
   k, split = k + 2, split + 1

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from kloros_tasks import names
@@ -107,30 +107,62 @@ class Publisher:
         are simply not open yet and are offered again by the next sync).  Ids in
         ``keep`` are not resolved even if absent (their rule could not be decided).
         """
-        now = self.clock()
-        current = {q.id: q for q in questions}
-        already = self.open_ids(detector, root, owner)
-        fresh = sorted((q for qid, q in current.items() if qid not in already),
-                       key=lambda q: (-SEVERITIES.index(q.severity), q.id))
-        if max_open is not None:
-            fresh = fresh[:max(0, max_open)]
+        return self.sync_many(detector, root, {owner: questions}, max_open=max_open,
+                              keep=keep)[owner]
+
+    def sync_many(self, detector: str, root: str,
+                  questions: Mapping[str, Iterable[Question]], *,
+                  max_open: int | None = None,
+                  keep: Iterable[str] = ()) -> dict[str, SyncResult]:
+        """``sync`` of each owner of ``questions`` (owner -> every question it has now),
+        in three round trips whatever their number: the owners' open ids read together,
+        the envelopes of the questions they resolve read together, and one ledger
+        script per owner with anything to publish, sent together.  Each owner's
+        script is atomic on its own, as with ``sync``."""
+        now, keep = self.clock(), set(keep)
+        owners = list(questions)
+        pipe = self.r.pipeline(transaction=False)
+        for owner in owners:
+            pipe.smembers(names.owned(detector, root, owner))
+        opened_ids = [{_text(m) for m in found} for found in pipe.execute()] if owners else []
+        plans = []
+        for owner, already in zip(owners, opened_ids, strict=True):
+            current = {q.id: q for q in questions[owner]}
+            fresh = sorted((q for qid, q in current.items() if qid not in already),
+                           key=lambda q: (-SEVERITIES.index(q.severity), q.id))
+            if max_open is not None:
+                fresh = fresh[:max(0, max_open)]
+            plans.append((owner, fresh, sorted(already - current.keys() - keep)))
+        gone_ids = [qid for _owner, _fresh, gone in plans for qid in gone]
+        stored = dict(zip(gone_ids, self.r.hmget(names.LEDGER, gone_ids), strict=True)) \
+            if gone_ids else {}
+        results = {owner: SyncResult((), ()) for owner in owners}
+        calls = [(owner, self._sync_args(root, fresh, gone, stored, now))
+                 for owner, fresh, gone in plans if fresh or gone]
+        if not calls:
+            return results
+        pipe = self.r.pipeline(transaction=False)
+        for owner, args in calls:
+            self._script(keys=[names.LEDGER, names.owned(detector, root, owner),
+                               names.STREAM, names.RESOLUTIONS], args=args, client=pipe)
+        for (owner, _args), (opened, resolved) in zip(calls, pipe.execute(), strict=True):
+            results[owner] = SyncResult(tuple(map(_text, opened)), tuple(map(_text, resolved)))
+        return results
+
+    def _sync_args(self, root: str, fresh: list[Question], gone: list[str],
+                   stored: Mapping[str, bytes | None], now: float) -> list:
+        """The ledger script's arguments: the questions to open, then those to resolve."""
         args: list = [self.stream_maxlen, len(fresh)]
         for q in fresh:
             envelope = open_envelope(q, root=root, host=self.host, now=now)
             args += [q.id, q.signal, dumps(envelope), dumps(reopening_template(envelope))]
-        gone = sorted(already - current.keys() - set(keep))
-        stored = self.r.hmget(names.LEDGER, gone) if gone else []
-        for qid, raw in zip(gone, stored, strict=True):
+        for qid in gone:
+            raw = stored.get(qid)
             if raw is None:  # resolved meanwhile by someone else: just forget it
                 args += [qid, ""]
                 continue
             args += [qid, dumps(resolved_envelope(json.loads(raw), now=now))]
-        if args[1] == 0 and not gone:
-            return SyncResult((), ())
-        keys = [names.LEDGER, names.owned(detector, root, owner), names.STREAM,
-                names.RESOLUTIONS]
-        opened, resolved = self._script(keys=keys, args=args)
-        return SyncResult(tuple(map(_text, opened)), tuple(map(_text, resolved)))
+        return args
 
     def open_questions(self) -> list[dict]:
         """Every open question's envelope, oldest first."""

@@ -236,7 +236,10 @@ def _analyse(ctx: Context, detector: FileDetector, change: Change, root_info: di
             owners.update(index.paths())
         judge(ctx, detector, index, change.root, owners, package)
         index.settled(change.path)
-    return record(ctx.client, key, reason or applied.skipped, applied.error)
+    pipe = ctx.client.pipeline(transaction=False)  # both records in one round trip
+    outcome = record(pipe, key, reason or applied.skipped, applied.error)
+    pipe.execute()
+    return outcome
 
 
 def finish(ctx: Context, detector: FileDetector, index: RedisIndex,
@@ -298,9 +301,8 @@ def _read_local(ctx: Context, root_info: dict, rel: str) -> str | None:
 
 def _publish(ctx: Context, detector: FileDetector, index, root: str, owners,
              package: str) -> None:
-    for owner, questions in engine.evaluate(detector, index, owners, root,
-                                            package).items():
-        ctx.publisher.sync(detector.name, root, owner, questions)
+    ctx.publisher.sync_many(detector.name, root,
+                            engine.evaluate(detector, index, owners, root, package))
 
 
 def in_burst(client, detector: str, root: str) -> bool:
@@ -366,10 +368,10 @@ def settle(ctx: Context, detector: FileDetector, root: str,
             time.sleep(SETTLE_YIELD)
 
 
-def deferred_roots(client, detector: str) -> list[str]:
-    """The registered roots with evaluations of ``detector`` still deferred and no
-    burst being sent (those are settled when their burst ends)."""
-    roots = [_text(root) for root in client.hkeys(names.ROOTS)]
+def deferred_roots(client, detector: str, registered: list | None = None) -> list[str]:
+    """The registered roots (``registered``, when the caller read them) with evaluations
+    of ``detector`` deferred and no burst being sent (settled when their burst ends)."""
+    roots = [_text(r) for r in (client.hkeys(names.ROOTS) if registered is None else registered)]
     pipe = client.pipeline(transaction=False)
     for root in roots:
         pipe.exists(names.deferred(detector, root))

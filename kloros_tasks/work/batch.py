@@ -18,7 +18,7 @@ or a split still finds the bytes.
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 
 from kloros_tasks.detectors.base import FileDetector, FileFacts
@@ -45,11 +45,19 @@ log = logging.getLogger(__name__)
 class BatchIndex:
     """A RedisIndex whose ``__init__.py`` facts (the package layout: naming a module
     asks for those of every directory above it) are read once per batch.  A file the
-    batch updates is read again."""
+    batch updates is read again.
 
-    def __init__(self, index: RedisIndex) -> None:
+    With ``remember`` (only while the root's lock is held, so that the index changes
+    only through this object) the facts of other files are kept too, decoded, up to
+    REMEMBERED of them: the evaluations and ``affected`` of a batch's hundred files
+    read the same few hundred files' facts again and again (Django: 8,954 reads of
+    1,823 files)."""
+
+    def __init__(self, index: RedisIndex, *, remember: bool = False) -> None:
         self.index = index
         self._inits: dict[str, FileFacts | None] = {}
+        self._remember = remember
+        self._facts: OrderedDict[str, FileFacts | None] = OrderedDict()
 
     def __getattr__(self, name: str):
         return getattr(self.index, name)
@@ -64,18 +72,54 @@ class BatchIndex:
         for path, there in present.items():
             self._inits[path] = _ASSUMED if there else None
 
+    def present_many(self, paths: Iterable[str]) -> set[str]:
+        """The indexed paths; an ``__init__.py`` read (or assumed) before is answered
+        from that, so naming a module asks Redis nothing the batch already knows, and
+        modules are named by the same layout as ``facts`` gives."""
+        paths = list(dict.fromkeys(paths))
+        known = {p for p in paths if is_package_file(p) and p in self._inits}
+        asked = [p for p in paths if p not in known]
+        held = self.index.present_many(asked) if asked else set()
+        return held | {p for p in known if self._inits[p] is not None}
+
     def facts(self, path: str) -> FileFacts | None:
-        if not is_package_file(path):
-            return self.index.facts(path)
-        if path not in self._inits:
-            self._inits[path] = self.index.facts(path)
-        return self._inits[path]
+        return self.facts_many([path])[path]
+
+    def facts_many(self, paths: Iterable[str]) -> dict[str, FileFacts | None]:
+        paths = list(dict.fromkeys(paths))
+        out = {p: self._known(p) for p in paths}
+        missing = [p for p, f in out.items() if f is _UNKNOWN]
+        if missing:
+            read = self.index.facts_many(missing)
+            out.update(read)
+            for path, facts in read.items():
+                self._keep(path, facts)
+        return out
+
+    def _known(self, path: str):
+        if is_package_file(path):
+            return self._inits.get(path, _UNKNOWN)
+        if path in self._facts:
+            self._facts.move_to_end(path)
+            return self._facts[path]
+        return _UNKNOWN
+
+    def _keep(self, path: str, facts: FileFacts | None) -> None:
+        if is_package_file(path):
+            self._inits[path] = facts
+        elif self._remember:
+            self._facts[path] = facts
+            if len(self._facts) > REMEMBERED:
+                self._facts.popitem(last=False)
 
     def update(self, path: str, new: FileFacts | None):
         self._inits.pop(path, None)
+        self._facts.pop(path, None)
         return self.index.update(path, new)
 
 
+REMEMBERED = 256  # other files' facts a batch keeps decoded (Django: 12 MiB at most)
+_UNKNOWN = object()
 _ASSUMED = FileFacts()  # an ``__init__.py`` taken as indexed before it is
 
 
@@ -192,7 +236,7 @@ class _Batch:
 
     def _apply(self, prepared: list[tuple], reevaluate_all: bool) -> None:
         ctx, detector = self.ctx, self.detector
-        index = BatchIndex(self.index)
+        index = BatchIndex(self.index, remember=True)
         records = []
         with root_lock(ctx, detector.name, self.root):
             index.prefetch(change.path for change, *_ in prepared)

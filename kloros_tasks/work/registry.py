@@ -73,6 +73,12 @@ def scan_detector(name: str, settings: Settings, root: str | Path | None = None)
     return build(name, settings, environment)
 
 
+# (environment cache key, interpreter, PATH label) -> (the cache's bytes, the sorted JSON
+# that keys _cached, the Environment): a capability task whose cache is unchanged skips
+# parsing and writing out again the environment (some 30 KB of JSON) for every file.
+_seen_environments: dict[tuple[str, str, str], tuple[bytes, str, object]] = {}
+
+
 @lru_cache(maxsize=8)
 def _cached(name: str, settings: Settings, environment_json: str | None):
     import json  # noqa: PLC0415
@@ -112,13 +118,27 @@ def worker_detector(name: str, settings: Settings, client,
         return _cached(name, settings, None), False
     import json  # noqa: PLC0415
 
-    from kloros_tasks.detectors.capability.environment import cached_environment  # noqa: PLC0415
+    from kloros_tasks.detectors.capability.environment import (  # noqa: PLC0415
+        cached_environment,
+        is_fresh,
+    )
 
     python = target_python(settings, None if settings.target_python else _local_root(client, root))
     # The key names the interpreter (and the PATH judged, when one is set).
     which = f"{python}\0{settings.target_path}" if settings.target_path else python
     digest = hashlib.sha256(which.encode()).hexdigest()[:16]
-    environment, changed = cached_environment(
-        client, names.environment(settings.host, digest), python=python,
-        path=settings.target_path, path_label=path_label(settings))
-    return _cached(name, settings, json.dumps(environment.to_json(), sort_keys=True)), changed
+    key, label = names.environment(settings.host, digest), path_label(settings)
+    seen = _seen_environments.get((key, python, label))
+    if seen is not None:
+        raw, environment_json, environment = seen
+        # The cache still holds the very bytes this process read last: only whether
+        # the target changed since is left to ask (what cached_environment asks too).
+        if client.get(key) == raw and is_fresh(environment, settings.target_path):
+            return _cached(name, settings, environment_json), False
+    environment, changed = cached_environment(client, key, python=python,
+                                              path=settings.target_path, path_label=label)
+    environment_json = json.dumps(environment.to_json(), sort_keys=True)
+    # What cached_environment reads and writes: the same bytes when no one re-probed.
+    raw = json.dumps(environment.to_json(), separators=(",", ":")).encode()
+    _seen_environments[(key, python, label)] = (raw, environment_json, environment)
+    return _cached(name, settings, environment_json), changed

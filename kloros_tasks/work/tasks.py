@@ -224,10 +224,14 @@ def _analyze(task: KlorosTask, detector_name: str, args: tuple, kwargs: dict) ->
     handle = handle_batch if isinstance(task, BatchTask) else handle_change
     outcome = handle(context, detector, payload, reevaluate_all=environment_changed)
     log.debug("%s %s: %s", task.name, task.request.id, outcome)
-    if not task.client.llen(detector_name):
+    pipe = task.client.pipeline(transaction=False)
+    pipe.llen(detector_name)
+    pipe.hkeys(names.ROOTS)
+    waiting, registered = pipe.execute()
+    if not waiting:
         # The burst is over: evaluate what its changes deferred (see analysis.py); a
         # batch leaves it to a settle task, whose time limit is all its own.
-        for root in deferred_roots(task.client, detector_name):
+        for root in deferred_roots(task.client, detector_name, registered):
             if handle is handle_batch:
                 task.schedule_settle(detector_name, root)
             else:
