@@ -15,7 +15,13 @@ from pathlib import Path
 
 from kloros_tasks import __version__, names
 from kloros_tasks.questions import SEVERITIES
-from kloros_tasks.settings import Settings, SettingsError, check_redis_url, from_env
+from kloros_tasks.settings import (
+    Settings,
+    SettingsError,
+    check_concurrency,
+    check_redis_url,
+    from_env,
+)
 
 EPILOG_WIDTH = 88
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a process ended by SIGPIPE
@@ -49,7 +55,9 @@ def cmd_up(args, settings: Settings) -> int:
                                            redis_url_given=True)
     roots = _roots(args.paths or ["."], settings)
     try:
-        return run_up(settings, roots, fmt=args.format, concurrency=args.concurrency,
+        concurrency = (check_concurrency("--concurrency", args.concurrency)
+                       if args.concurrency else None)
+        return run_up(settings, roots, fmt=args.format, concurrency=concurrency,
                       single_worker=not args.per_detector, flower=args.flower)
     except AlreadyRunning as exc:
         print(f"kloros-tasks: {exc}", file=sys.stderr)
@@ -235,8 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redis", metavar="URL", help="use this Redis instead of an embedded one")
     p.add_argument("--format", choices=("text", "jsonl"), default="text",
                    help=FORMAT_HELP + " (default: text)")
-    p.add_argument("--concurrency", type=int, default=1, metavar="N",
-                   help="pool processes per worker (default: 1)")
+    p.add_argument("--concurrency", metavar="N|MAX,MIN",
+                   help="pool processes per worker: N, or MAX,MIN to let Celery's autoscaler "
+                        "grow the pool while tasks wait (default: KLOROS_WORKER_CONCURRENCY, "
+                        "else 1)")
     layout = p.add_mutually_exclusive_group()
     layout.add_argument("--per-detector", action="store_true",
                         help="one worker per queue and a separate beat (isolation; the "

@@ -101,10 +101,19 @@ class Child:
             pass
 
 
-def worker_argv(queues: list[str], settings: Settings, concurrency: int, node: str) -> list[str]:
+def pool_argv(concurrency: tuple[int, int]) -> list[str]:
+    """``--concurrency N`` for a fixed pool, ``--autoscale MAX,MIN`` otherwise."""
+    most, fewest = concurrency
+    if most == fewest:
+        return ["--concurrency", str(most)]
+    return ["--autoscale", f"{most},{fewest}"]
+
+
+def worker_argv(queues: list[str], settings: Settings, concurrency: tuple[int, int],
+                node: str) -> list[str]:
     return CELERY + [
         "worker", "-Q", ",".join(queues), "-n", f"{node}@%h", "--pool", "prefork",
-        "--concurrency", str(concurrency),
+        *pool_argv(concurrency),
         "--max-memory-per-child", str(settings.worker_max_memory_kib),
         "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--heartbeat-interval", "10",
     ]
@@ -120,14 +129,16 @@ def flower_child(settings: Settings, auth: str, nodes: list[str]) -> Child:
     ], extra_env={"FLOWER_BASIC_AUTH": auth})
 
 
-def plan(settings: Settings, roots: list[Path], *, concurrency: int = 1,
+def plan(settings: Settings, roots: list[Path], *, concurrency: tuple[int, int] | None = None,
          single_worker: bool = True, flower_auth: str | None = None) -> list[Child]:
     """The children of one ``up``: workers, beat, watcher (and the bridge when configured).
-    By default one worker on every queue; ``single_worker=False``: one per queue.
+    By default one worker on every queue; ``single_worker=False``: one per queue.  Each
+    worker's pool is ``concurrency`` (most, fewest processes), by default the setting's.
 
     The single worker runs beat embedded (``-B``), as kloros-curiosity-all.service
     does: a separate beat process would cost about 45 MiB to send one message every
     5 minutes."""
+    concurrency = concurrency or settings.worker_concurrency
     children: list[Child] = []
     schedule = str(settings.state_dir / "celerybeat-schedule.json")
     if single_worker:

@@ -143,7 +143,8 @@ def check_reachable(url: str) -> None:
 
 
 def run_up(settings: Settings, roots: list[Path], *, fmt: str = "text",
-           concurrency: int = 1, single_worker: bool = True, flower: bool = False) -> int:
+           concurrency: tuple[int, int] | None = None, single_worker: bool = True,
+           flower: bool = False) -> int:
     """Run the pipeline until SIGINT/SIGTERM; returns the exit status: 0 stopped, 1 a
     child could not be kept running, 2 configuration (SettingsError raised before
     anything started, or the embedded server refused its directory).
