@@ -237,8 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "up", "the whole pipeline in the foreground",
              "Run Redis (embedded unless --redis/KLOROS_REDIS_URL), one worker consuming\n"
              "every detector queue with beat embedded (--per-detector: one worker per queue\n"
-             "and a separate beat), the watcher (and the bridge when KLOROS_CHEM_XSUB is\n"
-             "set) and print questions as they are published. Ctrl-C stops everything.")
+             "with beat in the exploration worker), the watcher (and the bridge when\n"
+             "KLOROS_CHEM_XSUB is set) and print questions as they are published.\n"
+             "Ctrl-C stops everything.")
     p.add_argument("paths", nargs="*", metavar="PATH", help="roots to watch (default: .)")
     p.add_argument("--redis", metavar="URL", help="use this Redis instead of an embedded one")
     p.add_argument("--format", choices=("text", "jsonl"), default="text",
@@ -249,8 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "else 1)")
     layout = p.add_mutually_exclusive_group()
     layout.add_argument("--per-detector", action="store_true",
-                        help="one worker per queue and a separate beat (isolation; the "
-                             "layout of the systemd units)")
+                        help="one worker per queue, beat in the exploration worker "
+                             "(isolation; the layout of the per-queue systemd units)")
     layout.add_argument("--single-worker", action="store_true",
                         help="one worker on all queues with beat embedded (the default)")
     p.add_argument("--flower", action="store_true",

@@ -135,22 +135,23 @@ def plan(settings: Settings, roots: list[Path], *, concurrency: tuple[int, int] 
     By default one worker on every queue; ``single_worker=False``: one per queue.  Each
     worker's pool is ``concurrency`` (most, fewest processes), by default the setting's.
 
-    The single worker runs beat embedded (``-B``), as kloros-curiosity-all.service
-    does: a separate beat process would cost about 45 MiB to send one message every
-    5 minutes."""
+    Beat runs embedded (``-B``) in the single worker, as kloros-curiosity-all.service
+    does, and in the per-detector layout in the exploration worker, the one that
+    consumes what it sends: a separate beat process would cost about 45 MiB, and a
+    seventh process importing Celery at every start, to send one message every 5
+    minutes."""
     concurrency = concurrency or settings.worker_concurrency
     children: list[Child] = []
     schedule = str(settings.state_dir / "celerybeat-schedule.json")
+    beat = ["-B", "--schedule", schedule]
     if single_worker:
         children.append(Child("worker", worker_argv(list(names.QUEUES), settings,
-                                                     concurrency, "all")
-                              + ["-B", "--schedule", schedule]))
+                                                     concurrency, "all") + beat))
     else:
         for queue in names.QUEUES:
             children.append(Child(f"worker-{queue}",
-                                  worker_argv([queue], settings, concurrency, queue)))
-        children.append(Child("beat", CELERY + ["beat", "--loglevel", "INFO",
-                                                "--schedule", schedule]))
+                                  worker_argv([queue], settings, concurrency, queue)
+                                  + (beat if queue == names.EXPLORATION else [])))
     # The watcher keeps the snapshot, as under systemd: it restores it as soon as it
     # finds Redis emptied under it, and is the one process that writes it.
     children.append(Child("watcher", [sys.executable, "-m", "kloros_tasks.cli", "watch",
