@@ -162,6 +162,7 @@ ENVIRONMENT = (
     ("KLOROS_CHEM_XSUB", "ChemBus endpoint the bridge publishes to (KLR_UMN_XSUB, KLR_CHEM_XSUB)"),
     ("KLOROS_CHEM_XPUB", "where chem-proxy binds its subscriber side"),
     ("KLOROS_WORKER_MAX_MEMORY_MB", "per-child memory ceiling of the workers (150)"),
+    ("KLOROS_WORKER_CONCURRENCY", "pool processes per worker: N, or MAX,MIN autoscaled (1)"),
     ("KLOROS_EXPLORATION_INTERVAL", "seconds between exploration scans (300)"),
     ("KLOROS_EXCLUDE", ":-separated extra glob patterns to ignore"),
     ("KLOROS_DEBOUNCE_MS", "quiet window before a changed file is enqueued (50)"),
