@@ -72,7 +72,11 @@ class EmbeddedRedis:
             "--logfile", str(self.directory / "redis.log"),
         ]
         if self.persist:
-            args += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", "300 1"]
+            # The AOF is the record (it is what the server loads at start); an RDB
+            # snapshot besides it would only fork the server every 5 minutes of changes,
+            # and a fork during a burst copies the pages the burst writes: 14 MiB PSS at
+            # the peak of a 5,000-file burst (docs/performance.md).
+            args += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", ""]
         else:
             args += ["--appendonly", "no", "--save", ""]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True,
