@@ -73,9 +73,9 @@ class EmbeddedRedis:
         ]
         if self.persist:
             # The AOF is the record (it is what the server loads at start); an RDB
-            # snapshot besides it would only fork the server every 5 minutes of changes,
-            # and a fork during a burst copies the pages the burst writes: 14 MiB PSS at
-            # the peak of a 5,000-file burst (docs/performance.md).
+            # snapshot besides it is never read and would fork the server every 5
+            # minutes of changes, each fork copying the pages a burst writes.  The AOF
+            # rewrite still forks when the file doubles (docs/performance.md, burst peak).
             args += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", ""]
         else:
             args += ["--appendonly", "no", "--save", ""]
