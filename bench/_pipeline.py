@@ -141,8 +141,10 @@ class Up:
     """``kloros-tasks up`` on ``roots`` with a private state dir in ``workdir``."""
 
     def __init__(self, workdir: Path, roots: list[Path], *, single_worker: bool = False,
-                 chembus: bool = False, extra_env: dict[str, str] | None = None) -> None:
+                 chembus: bool = False, extra_env: dict[str, str] | None = None,
+                 concurrency: str | None = None) -> None:
         self.workdir, self.roots = workdir, roots
+        self.concurrency = concurrency  # up --concurrency (N or MAX,MIN); up's default if None
         self.state = workdir / "state"
         self.single_worker, self.chembus = single_worker, chembus
         self.extra_env = dict(extra_env or {})
@@ -206,6 +208,8 @@ class Up:
         self._mark_logs()
         argv = ["up", "--format", "jsonl", *map(str, self.roots)]
         argv.append("--single-worker" if self.single_worker else "--per-detector")
+        if self.concurrency:
+            argv += ["--concurrency", self.concurrency]
         self.started_at, self.started_wall = time.perf_counter(), time.time()
         self.proc = self._spawn(argv, env, "up.out")
         self.wait_for(self._redis_answers, timeout, "the embedded redis-server")

@@ -129,10 +129,10 @@ def at_rest(up: Up, seconds: float) -> dict:
 
 
 def scan_pipeline(work: Path, root: Path, files: int, single_worker: bool,
-                  rest: float = 0.0) -> dict:
+                  rest: float = 0.0, concurrency: str | None = None) -> dict:
     """Time ``kloros-tasks up`` on ``root`` from start to idle; with ``rest``, then
     measure it at rest (REST_AFTER s after idle, over ``rest`` seconds)."""
-    up = Up(work / "run", [root], single_worker=single_worker)
+    up = Up(work / "run", [root], single_worker=single_worker, concurrency=concurrency)
     try:
         up.start()
         up.wait_for(up.workers_ready, 300, "the workers")
@@ -223,6 +223,8 @@ def main() -> None:
     parser.add_argument("--no-tools", action="store_true", help="skip the comparison tools")
     parser.add_argument("--rest", type=float, default=0.0, metavar="S",
                         help="after idle, PSS and CPU of the pipeline over S quiet seconds")
+    parser.add_argument("--concurrency", metavar="N|MAX,MIN",
+                        help="up --concurrency (default: up's own)")
     args = parser.parse_args()
     files = args.files or (QUICK_FILES if args.quick else FULL_FILES)
     wanted = (args.trees or ("generated" if args.quick else "django,stdlib,generated")).split(",")
@@ -230,7 +232,8 @@ def main() -> None:
     if unknown:
         parser.error(f"--trees: unknown {', '.join(sorted(unknown))}")
     print(f"# cold scan: {', '.join(wanted)} (generated: {files} files)"
-          + (", up --single-worker" if args.single_worker else ""))
+          + (", up --single-worker" if args.single_worker else "")
+          + (f", --concurrency {args.concurrency}" if args.concurrency else ""))
     print(f"machine: {machine()}\n")
     mains, comps, labels, pipes = [], [], [], []
     with make_workdir() as work:
@@ -247,7 +250,7 @@ def main() -> None:
         for label, root in trees:
             analysed = routed_files(root)[0]
             pipe = scan_pipeline(work / re.sub(r"\W+", "_", label), root, analysed,
-                                 args.single_worker, args.rest)
+                                 args.single_worker, args.rest, args.concurrency)
             tools = {} if args.no_tools else scan_tools(root)
             m, c = row(label, root, pipe, tools)
             # Each tree as soon as it is done: a long run cut short keeps what it measured.

@@ -25,12 +25,14 @@ from _trees import generate_tree
 FULL_EDITS, QUICK_EDITS = 200, 30
 
 
-def measure(files: int, edits: int, single_worker: bool) -> tuple[list[list[object]], dict]:
+def measure(files: int, edits: int, single_worker: bool,
+            concurrency: str | None = None) -> tuple[list[list[object]], dict]:
     """Start the pipeline on a fresh tree, time ``edits`` edits; table rows and counts."""
     with make_workdir() as work:
         root = work / "tree"
         generate_tree(root, files)
-        up = Up(work, [root], single_worker=single_worker, chembus=True)
+        up = Up(work, [root], single_worker=single_worker, chembus=True,
+                concurrency=concurrency)
         listener = None
         try:
             up.start()
@@ -58,12 +60,15 @@ def main() -> None:
     parser.add_argument("--edits", type=int, help=f"edits to time (default {FULL_EDITS})")
     parser.add_argument("--files", type=int, default=100, help="size of the generated tree")
     parser.add_argument("--single-worker", action="store_true", help="one worker, all queues")
+    parser.add_argument("--concurrency", metavar="N|MAX,MIN",
+                        help="up --concurrency (default: up's own)")
     args = parser.parse_args()
     edits = args.edits or (QUICK_EDITS if args.quick else FULL_EDITS)
     print(f"# latency: {edits} edits, {args.files}-file tree, "
-          f"{'single-worker' if args.single_worker else 'one worker per queue'} layout")
+          f"{'single-worker' if args.single_worker else 'one worker per queue'} layout"
+          + (f", --concurrency {args.concurrency}" if args.concurrency else ""))
     print(f"machine: {machine()}\n")
-    rows, counts = measure(args.files, edits, args.single_worker)
+    rows, counts = measure(args.files, edits, args.single_worker, args.concurrency)
     print(table(["path", "edits", "p50 ms", "p95 ms", "p99 ms", "max ms", "mean ms"], rows))
     print(f"\nlost (no envelope within 15 s): Redis {counts['lost'][REDIS]}, "
           f"ZeroMQ {counts['lost'][ZMQ]}; other envelopes seen on Redis: {counts['extra']}")

@@ -126,11 +126,13 @@ def key_families(client) -> tuple[list[tuple[str, int, int]], list[tuple[str, in
     return ranked(sizes), ranked(relations)
 
 
-def run_layout(single_worker: bool, burst: int, redis_files: int) -> dict:
+def run_layout(single_worker: bool, burst: int, redis_files: int,
+               concurrency: str | None = None) -> dict:
     with make_workdir() as work:
         root = work / "tree"
         generate_tree(root, BASE)
-        up = Up(work, [root], single_worker=single_worker, chembus=True)
+        up = Up(work, [root], single_worker=single_worker, chembus=True,
+                concurrency=concurrency)
         listener = None
         try:
             up.start()
@@ -201,16 +203,19 @@ def main() -> None:
     parser.add_argument("--redis-files", type=int)
     parser.add_argument("--layout", choices=("per-detector", "single-worker", "both"),
                         default="both")
+    parser.add_argument("--concurrency", metavar="N|MAX,MIN",
+                        help="up --concurrency (default: up's own)")
     args = parser.parse_args()
     burst = args.burst or (QUICK_BURST if args.quick else FULL_BURST)
     redis_files = args.redis_files or (QUICK_REDIS if args.quick else FULL_REDIS)
-    print(f"# memory: {BASE}-file tree, then a {burst}-file burst")
+    print(f"# memory: {BASE}-file tree, then a {burst}-file burst"
+          + (f", --concurrency {args.concurrency}" if args.concurrency else ""))
     print(f"machine: {machine()}\n")
     results = {}
     if args.layout in ("per-detector", "both"):
-        results["per-detector"] = run_layout(False, burst, redis_files)
+        results["per-detector"] = run_layout(False, burst, redis_files, args.concurrency)
     if args.layout in ("single-worker", "both"):
-        results["single-worker"] = run_layout(True, burst, 0)
+        results["single-worker"] = run_layout(True, burst, 0, args.concurrency)
     print_results(results, burst)
     print("\ntargets: each worker unit < 150 MB at peak; the whole single-worker layout "
           "< 200 MB; Redis < 50 MB for 10,000 files; original daemons: 50-80 MB each")

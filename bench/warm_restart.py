@@ -31,11 +31,12 @@ def _first(up: Up, condition, what: str) -> float:
     return time.perf_counter() - up.started_at
 
 
-def measure(files: int, single_worker: bool) -> list[list[object]]:
+def measure(files: int, single_worker: bool,
+            concurrency: str | None = None) -> list[list[object]]:
     with make_workdir() as work:
         root = work / "tree"
         generate_tree(root, files)
-        up = Up(work, [root], single_worker=single_worker)
+        up = Up(work, [root], single_worker=single_worker, concurrency=concurrency)
         try:
             up.start()
             cold = up.wait_idle(expect_seen=files) - up.started_at
@@ -67,12 +68,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_FILES}-file tree")
     parser.add_argument("--files", type=int, help=f"default {FULL_FILES}")
     parser.add_argument("--single-worker", action="store_true", help="one worker, all queues")
+    parser.add_argument("--concurrency", metavar="N|MAX,MIN",
+                        help="up --concurrency (default: up's own)")
     args = parser.parse_args()
     files = args.files or (QUICK_FILES if args.quick else FULL_FILES)
     layout = "single-worker" if args.single_worker else "one worker per queue"
-    print(f"# warm restart: {files}-file tree, {layout}")
+    print(f"# warm restart: {files}-file tree, {layout}"
+          + (f", --concurrency {args.concurrency}" if args.concurrency else ""))
     print(f"machine: {machine()}\n")
-    print(table(["measure", "value", "target"], measure(files, args.single_worker)))
+    print(table(["measure", "value", "target"], measure(files, args.single_worker, args.concurrency)))
     print("\nidle: the watcher reconciled, every queue and unacked empty, no new question "
           "for 2 s (not counted); times from the second `up` start")
 

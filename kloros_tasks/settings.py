@@ -19,6 +19,10 @@ DEFAULT_STATE_DIR = "~/.kloros"
 DEFAULT_CHEM_XSUB = "tcp://127.0.0.1:5556"
 DEFAULT_CHEM_XPUB = "tcp://127.0.0.1:5557"
 DEFAULT_WORKER_MAX_MEMORY_MB = 150
+# Pool processes per worker: (most, fewest); equal means a fixed pool (``--concurrency``),
+# otherwise Celery's autoscaler grows it while tasks wait and shrinks it when idle.
+DEFAULT_WORKER_CONCURRENCY = (1, 1)
+MAX_WORKER_CONCURRENCY = 64
 DEFAULT_EXPLORATION_INTERVAL = 300
 DEFAULT_DEBOUNCE_MS = 50
 DEFAULT_MAX_FILE_BYTES = 1_000_000
@@ -72,6 +76,7 @@ class Settings:
     chem_xsub_given: bool = False
     chem_xpub: str = DEFAULT_CHEM_XPUB
     worker_max_memory_mb: int = DEFAULT_WORKER_MAX_MEMORY_MB
+    worker_concurrency: tuple[int, int] = DEFAULT_WORKER_CONCURRENCY
     exploration_interval: int = DEFAULT_EXPLORATION_INTERVAL
     exclude: tuple[str, ...] = ()
     debounce_ms: int = DEFAULT_DEBOUNCE_MS
@@ -208,6 +213,21 @@ def _rate(env: Mapping[str, str], name: str, default: tuple[int, int]) -> tuple[
     return count, window
 
 
+def check_concurrency(name: str, raw: str) -> tuple[int, int]:
+    """``N`` (a fixed pool of N processes) or ``MAX,MIN`` (autoscaled between them) as
+    (most, fewest) pool processes; SettingsError naming ``name`` otherwise."""
+    most, comma, fewest = raw.strip().partition(",")
+    try:
+        high = int(most)
+        low = int(fewest) if comma else high
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not N or MAX,MIN") from None
+    if not 1 <= low <= high <= MAX_WORKER_CONCURRENCY:
+        raise SettingsError(f"{name}={raw!r}: pool processes need 1 <= MIN <= MAX <= "
+                            f"{MAX_WORKER_CONCURRENCY}")
+    return high, low
+
+
 def _target_python(env: Mapping[str, str]) -> str | None:
     raw = env.get("KLOROS_TARGET_PYTHON", "").strip()
     if not raw:
@@ -311,6 +331,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         worker_max_memory_mb=_int(
             env, "KLOROS_WORKER_MAX_MEMORY_MB", DEFAULT_WORKER_MAX_MEMORY_MB, 32
         ),
+        worker_concurrency=(
+            check_concurrency("KLOROS_WORKER_CONCURRENCY", env["KLOROS_WORKER_CONCURRENCY"])
+            if env.get("KLOROS_WORKER_CONCURRENCY", "").strip()
+            else DEFAULT_WORKER_CONCURRENCY),
         exploration_interval=_int(
             env, "KLOROS_EXPLORATION_INTERVAL", DEFAULT_EXPLORATION_INTERVAL, 5, MAX_INTERVAL
         ),

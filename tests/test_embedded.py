@@ -36,7 +36,11 @@ def test_a_persisted_embedded_server_keeps_its_data_across_restarts():
     with EmbeddedRedis(directory) as server:
         client = redis_client(server.url)
         assert client.hget("kloros:ledger", "q") == b"{}"
+        # The AOF alone carries it: no RDB snapshot forks the server during a burst.
+        assert client.config_get("save") == {"save": ""}
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
         client.close()
+    assert not (directory / "dump.rdb").exists()
 
 
 def modes(directory: Path) -> dict[str, int]:

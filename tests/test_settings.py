@@ -37,6 +37,9 @@ def test_every_documented_redis_url_form_is_accepted(url):
     ({"KLOROS_WORKER_MAX_MEMORY_MB": "lots"}, "KLOROS_WORKER_MAX_MEMORY_MB"),
     ({"KLOROS_WORKER_MAX_MEMORY_MB": "4"}, "KLOROS_WORKER_MAX_MEMORY_MB"),
     ({"KLOROS_EXPLORATION_INTERVAL": "-1"}, "KLOROS_EXPLORATION_INTERVAL"),
+    ({"KLOROS_WORKER_CONCURRENCY": "two"}, "KLOROS_WORKER_CONCURRENCY"),
+    ({"KLOROS_WORKER_CONCURRENCY": "0"}, "KLOROS_WORKER_CONCURRENCY"),
+    ({"KLOROS_WORKER_CONCURRENCY": "1,2"}, "KLOROS_WORKER_CONCURRENCY"),
     ({"KLOROS_CHEM_XSUB": "localhost:5556"}, "KLOROS_CHEM_XSUB"),
     ({"KLR_UMN_XSUB": "tcp://nohostport"}, "KLR_UMN_XSUB"),
     ({"KLOROS_WATCH_ROOTS": "/no/such/dir"}, "KLOROS_WATCH_ROOTS"),
@@ -47,6 +50,12 @@ def test_a_bad_value_names_its_variable_in_one_line(env, named):
     with pytest.raises(SettingsError) as info:
         from_env(env)
     assert named in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("raw", "pool"), [("", (1, 1)), ("2", (2, 2)), ("2,1", (2, 1)),
+                                           (" 3 , 1 ", (3, 1))])
+def test_worker_concurrency_is_a_fixed_pool_or_an_autoscaled_range(raw, pool):
+    assert from_env({"KLOROS_WORKER_CONCURRENCY": raw}).worker_concurrency == pool
 
 
 def test_chembus_fallback_variables_are_honoured_in_order():

@@ -8,7 +8,16 @@ import sys
 
 import pytest
 
-from kloros_tasks.cli.supervisor import Child, GaveUp, RestartPolicy, Supervisor, describe_exit
+from kloros_tasks import names
+from kloros_tasks.cli.supervisor import (
+    Child,
+    GaveUp,
+    RestartPolicy,
+    Supervisor,
+    describe_exit,
+    plan,
+)
+from kloros_tasks.settings import Settings
 
 POLICY = RestartPolicy(first_delay=1.0, max_delay=4.0, stable_after=60.0, burst=3,
                        interval=300.0)
@@ -125,3 +134,30 @@ def test_an_exit_a_restart_cannot_mend_gives_up_at_once(run):
 def test_a_killed_child_is_described_by_its_signal():
     assert describe_exit(-9) == "was killed by SIGKILL"
     assert describe_exit(1) == "exited with status 1"
+
+
+def option(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
+@pytest.mark.parametrize("single_worker", [True, False])
+def test_workers_get_the_configured_pool_fixed_or_autoscaled(tmp_path, single_worker):
+    fixed = Settings(state_dir=tmp_path, worker_concurrency=(2, 2))
+    workers = [c for c in plan(fixed, [tmp_path], single_worker=single_worker)
+               if c.name.startswith("worker")]
+    assert workers and all(option(w.argv, "--concurrency") == "2" for w in workers)
+    assert not any("--autoscale" in w.argv for w in workers)
+    # An explicit pool (up --concurrency) wins over the setting.
+    workers = [c for c in plan(fixed, [tmp_path], single_worker=single_worker,
+                               concurrency=(2, 1)) if c.name.startswith("worker")]
+    assert all(option(w.argv, "--autoscale") == "2,1" for w in workers)
+    assert not any("--concurrency" in w.argv for w in workers)
+
+
+def test_the_per_detector_layout_runs_beat_inside_the_exploration_worker(tmp_path):
+    children = plan(Settings(state_dir=tmp_path), [tmp_path], single_worker=False)
+    assert sorted(c.name for c in children if c.name.startswith("worker")) == sorted(
+        f"worker-{q}" for q in names.QUEUES)
+    with_beat = [c.name for c in children if "-B" in c.argv]
+    assert with_beat == [f"worker-{names.EXPLORATION}"]
+    assert not [c for c in children if "beat" in c.argv]

@@ -194,6 +194,17 @@ def test_memory_ceiling_stop_timeout_and_flower_port_follow_the_settings(tmp_pat
     assert "--port=5601" in service(rendered[units.FLOWER_UNIT])["ExecStart"][0]
 
 
+@pytest.mark.parametrize(("value", "pool"), [("2", "--concurrency 2"),
+                                             ("2,1", "--autoscale 2,1")])
+def test_the_workers_pool_follows_the_settings(tmp_path, value, pool):
+    for single_unit in (False, True):
+        rendered = render(tmp_path, single_unit, env={"KLOROS_WORKER_CONCURRENCY": value})
+        workers = [service(text)["ExecStart"][0] for name, text in rendered.items()
+                   if name != units.TARGET and " worker " in service(text).get(
+                       "ExecStart", [""])[0]]
+        assert workers and all(pool in w for w in workers)
+
+
 def test_a_state_dir_under_var_lib_is_a_systemd_state_directory(tmp_path):
     rendered = render(tmp_path, state_dir=Path("/var/lib/kloros"))
     assert service(rendered[units.BEAT_UNIT])["StateDirectory"] == ["kloros"]

@@ -204,8 +204,11 @@ def test_up_restarts_a_child_that_died_and_status_shows_the_restart(world):
     # The per-detector layout: one worker per queue, each restarted on its own.
     up = start_up(base, tree, state, "up.log", "--per-detector")
     up.wait_output("knowledge.missing_docstrings", 90)
-    assert len([c for c in child_commands(up.popen.pid) if " worker " in c]) == len(names.QUEUES)
-    assert [c for c in child_commands(up.popen.pid) if " beat " in c]
+    commands = child_commands(up.popen.pid)
+    assert len([c for c in commands if " worker " in c]) == len(names.QUEUES)
+    # Beat runs inside the exploration worker, not as a process of its own.
+    assert [c for c in commands if " -Q exploration " in c and " -B " in c]
+    assert not [c for c in commands if " beat " in c]
     url = f"redis+socket://{state}/redis/redis.sock"
     client = redis_client(url)
 

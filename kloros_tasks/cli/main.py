@@ -15,7 +15,13 @@ from pathlib import Path
 
 from kloros_tasks import __version__, names
 from kloros_tasks.questions import SEVERITIES
-from kloros_tasks.settings import Settings, SettingsError, check_redis_url, from_env
+from kloros_tasks.settings import (
+    Settings,
+    SettingsError,
+    check_concurrency,
+    check_redis_url,
+    from_env,
+)
 
 EPILOG_WIDTH = 88
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a process ended by SIGPIPE
@@ -49,7 +55,9 @@ def cmd_up(args, settings: Settings) -> int:
                                            redis_url_given=True)
     roots = _roots(args.paths or ["."], settings)
     try:
-        return run_up(settings, roots, fmt=args.format, concurrency=args.concurrency,
+        concurrency = (check_concurrency("--concurrency", args.concurrency)
+                       if args.concurrency else None)
+        return run_up(settings, roots, fmt=args.format, concurrency=concurrency,
                       single_worker=not args.per_detector, flower=args.flower)
     except AlreadyRunning as exc:
         print(f"kloros-tasks: {exc}", file=sys.stderr)
@@ -154,6 +162,7 @@ ENVIRONMENT = (
     ("KLOROS_CHEM_XSUB", "ChemBus endpoint the bridge publishes to (KLR_UMN_XSUB, KLR_CHEM_XSUB)"),
     ("KLOROS_CHEM_XPUB", "where chem-proxy binds its subscriber side"),
     ("KLOROS_WORKER_MAX_MEMORY_MB", "per-child memory ceiling of the workers (150)"),
+    ("KLOROS_WORKER_CONCURRENCY", "pool processes per worker: N, or MAX,MIN autoscaled (1)"),
     ("KLOROS_EXPLORATION_INTERVAL", "seconds between exploration scans (300)"),
     ("KLOROS_EXCLUDE", ":-separated extra glob patterns to ignore"),
     ("KLOROS_DEBOUNCE_MS", "quiet window before a changed file is enqueued (50)"),
@@ -229,18 +238,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "up", "the whole pipeline in the foreground",
              "Run Redis (embedded unless --redis/KLOROS_REDIS_URL), one worker consuming\n"
              "every detector queue with beat embedded (--per-detector: one worker per queue\n"
-             "and a separate beat), the watcher (and the bridge when KLOROS_CHEM_XSUB is\n"
-             "set) and print questions as they are published. Ctrl-C stops everything.")
+             "with beat in the exploration worker), the watcher (and the bridge when\n"
+             "KLOROS_CHEM_XSUB is set) and print questions as they are published.\n"
+             "Ctrl-C stops everything.")
     p.add_argument("paths", nargs="*", metavar="PATH", help="roots to watch (default: .)")
     p.add_argument("--redis", metavar="URL", help="use this Redis instead of an embedded one")
     p.add_argument("--format", choices=("text", "jsonl"), default="text",
                    help=FORMAT_HELP + " (default: text)")
-    p.add_argument("--concurrency", type=int, default=1, metavar="N",
-                   help="pool processes per worker (default: 1)")
+    p.add_argument("--concurrency", metavar="N|MAX,MIN",
+                   help="pool processes per worker: N, or MAX,MIN to let Celery's autoscaler "
+                        "grow the pool while tasks wait (default: KLOROS_WORKER_CONCURRENCY, "
+                        "else 1)")
     layout = p.add_mutually_exclusive_group()
     layout.add_argument("--per-detector", action="store_true",
-                        help="one worker per queue and a separate beat (isolation; the "
-                             "layout of the systemd units)")
+                        help="one worker per queue, beat in the exploration worker "
+                             "(isolation; the layout of the per-queue systemd units)")
     layout.add_argument("--single-worker", action="store_true",
                         help="one worker on all queues with beat embedded (the default)")
     p.add_argument("--flower", action="store_true",

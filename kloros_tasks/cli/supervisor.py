@@ -101,10 +101,19 @@ class Child:
             pass
 
 
-def worker_argv(queues: list[str], settings: Settings, concurrency: int, node: str) -> list[str]:
+def pool_argv(concurrency: tuple[int, int]) -> list[str]:
+    """``--concurrency N`` for a fixed pool, ``--autoscale MAX,MIN`` otherwise."""
+    most, fewest = concurrency
+    if most == fewest:
+        return ["--concurrency", str(most)]
+    return ["--autoscale", f"{most},{fewest}"]
+
+
+def worker_argv(queues: list[str], settings: Settings, concurrency: tuple[int, int],
+                node: str) -> list[str]:
     return CELERY + [
         "worker", "-Q", ",".join(queues), "-n", f"{node}@%h", "--pool", "prefork",
-        "--concurrency", str(concurrency),
+        *pool_argv(concurrency),
         "--max-memory-per-child", str(settings.worker_max_memory_kib),
         "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--heartbeat-interval", "10",
     ]
@@ -120,26 +129,29 @@ def flower_child(settings: Settings, auth: str, nodes: list[str]) -> Child:
     ], extra_env={"FLOWER_BASIC_AUTH": auth})
 
 
-def plan(settings: Settings, roots: list[Path], *, concurrency: int = 1,
+def plan(settings: Settings, roots: list[Path], *, concurrency: tuple[int, int] | None = None,
          single_worker: bool = True, flower_auth: str | None = None) -> list[Child]:
     """The children of one ``up``: workers, beat, watcher (and the bridge when configured).
-    By default one worker on every queue; ``single_worker=False``: one per queue.
+    By default one worker on every queue; ``single_worker=False``: one per queue.  Each
+    worker's pool is ``concurrency`` (most, fewest processes), by default the setting's.
 
-    The single worker runs beat embedded (``-B``), as kloros-curiosity-all.service
-    does: a separate beat process would cost about 45 MiB to send one message every
-    5 minutes."""
+    Beat runs embedded (``-B``) in the single worker, as kloros-curiosity-all.service
+    does, and in the per-detector layout in the exploration worker, the one that
+    consumes what it sends: a separate beat process would cost about 45 MiB, and a
+    seventh process importing Celery at every start, to send one message every 5
+    minutes."""
+    concurrency = concurrency or settings.worker_concurrency
     children: list[Child] = []
     schedule = str(settings.state_dir / "celerybeat-schedule.json")
+    beat = ["-B", "--schedule", schedule]
     if single_worker:
         children.append(Child("worker", worker_argv(list(names.QUEUES), settings,
-                                                     concurrency, "all")
-                              + ["-B", "--schedule", schedule]))
+                                                     concurrency, "all") + beat))
     else:
         for queue in names.QUEUES:
             children.append(Child(f"worker-{queue}",
-                                  worker_argv([queue], settings, concurrency, queue)))
-        children.append(Child("beat", CELERY + ["beat", "--loglevel", "INFO",
-                                                "--schedule", schedule]))
+                                  worker_argv([queue], settings, concurrency, queue)
+                                  + (beat if queue == names.EXPLORATION else [])))
     # The watcher keeps the snapshot, as under systemd: it restores it as soon as it
     # finds Redis emptied under it, and is the one process that writes it.
     children.append(Child("watcher", [sys.executable, "-m", "kloros_tasks.cli", "watch",

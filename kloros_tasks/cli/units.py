@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TextIO
 
 from kloros_tasks import names
+from kloros_tasks.cli.supervisor import pool_argv
 from kloros_tasks.settings import Settings
 
 DEFAULT_PREFIX = Path("/etc/systemd/system")
@@ -87,6 +88,7 @@ class UnitOptions:
     state_dir: Path = DEFAULT_STATE_DIR
     single_unit: bool = False
     max_memory_kib: int = 150 * 1024
+    pool: str = "--concurrency 1"  # the workers' pool options (supervisor.pool_argv)
     stop_timeout: int = 60 + STOP_MARGIN
     flower_port: int = DEFAULT_FLOWER_PORT
 
@@ -103,6 +105,7 @@ def options_for(settings: Settings, *, venv: Path | None = None, user: str = DEF
         state_dir=Path(state_dir),
         single_unit=single_unit,
         max_memory_kib=settings.worker_max_memory_kib,
+        pool=" ".join(pool_argv(settings.worker_concurrency)),
         stop_timeout=settings.task_time_limit + STOP_MARGIN,
         flower_port=settings.flower_port,
     )
@@ -161,6 +164,7 @@ def placeholder_values(options: UnitOptions) -> dict[str, str]:
         "STATE_DIR": str(options.state_dir),
         "STATE_DIRECTORY": state_directory(options.state_dir),
         "MAX_MEMORY_KIB": str(options.max_memory_kib),
+        "POOL": options.pool,
         "STOP_TIMEOUT": str(options.stop_timeout),
         "FLOWER_PORT": str(options.flower_port),
         "TARGET_UNITS": " ".join(members),

@@ -143,16 +143,17 @@ def check_reachable(url: str) -> None:
 
 
 def run_up(settings: Settings, roots: list[Path], *, fmt: str = "text",
-           concurrency: int = 1, single_worker: bool = True, flower: bool = False) -> int:
+           concurrency: tuple[int, int] | None = None, single_worker: bool = True,
+           flower: bool = False) -> int:
     """Run the pipeline until SIGINT/SIGTERM; returns the exit status: 0 stopped, 1 a
     child could not be kept running, 2 configuration (SettingsError raised before
     anything started, or the embedded server refused its directory).
 
     By default one worker consumes every detector queue with beat embedded: the queues
     stay one per detector, and the whole of ``up`` fits in the memory of the original
-    daemons (docs/performance.md).  ``single_worker=False`` runs one worker per queue and
-    a separate beat, as the systemd units do, so that one detector cannot stall or
-    take down another."""
+    daemons (docs/performance.md).  ``single_worker=False`` runs one worker per queue, as
+    the per-queue systemd units do, so that one detector cannot stall or take down
+    another; beat then runs in the exploration worker."""
     check_state_dir(settings.state_dir)
     if settings.redis_url_given:
         check_reachable(settings.redis_url)

@@ -7,6 +7,7 @@ environment for CapabilityDiscovery) is probed here, at the edge, and passed in.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import sys
 from functools import lru_cache
@@ -32,6 +33,26 @@ def build(name: str, settings: Settings, environment=None):
 
         return CapabilityDetector(environment, settings.tool_packages)
     raise KeyError(f"no file detector called {name!r}")
+
+
+# What the tasks of each queue import on first use: a worker parent imports them before
+# it forks its pool (``preload``), so that a pool process, the first or a replacement,
+# starts with them, shared with the parent, instead of importing them at its first task.
+TASK_MODULES = {
+    names.KNOWLEDGE: ("kloros_tasks.detectors.knowledge.detector",),
+    names.INTEGRATION: ("kloros_tasks.detectors.integration.detector",),
+    names.CAPABILITY: ("kloros_tasks.detectors.capability.detector",
+                       "kloros_tasks.detectors.capability.environment"),
+    names.EXPLORATION: ("kloros_tasks.work.exploration_scan",),
+}
+
+
+def preload(queues) -> None:
+    """Import the modules the tasks of ``queues`` use (other queues' are left out: a
+    knowledge worker never loads the integration rules)."""
+    for queue in queues:
+        for module in TASK_MODULES.get(queue, ()):
+            importlib.import_module(module)
 
 
 # Virtual environments a tree keeps in its root, in the order they are preferred.

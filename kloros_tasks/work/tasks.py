@@ -11,15 +11,17 @@ detector, the exception and the deliveries, instead of letting it vanish.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
+import sys
 import time
 
 from billiard.exceptions import WorkerLostError
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
-from celery.signals import task_failure, worker_ready
+from celery.signals import task_failure, worker_before_create_process, worker_ready
 from celery.utils.nodenames import worker_direct
 from redis.exceptions import LockError
 
@@ -38,7 +40,7 @@ from kloros_tasks.work.analysis import (
     settle,
 )
 from kloros_tasks.work.batch import handle_batch, split
-from kloros_tasks.work.registry import worker_detector
+from kloros_tasks.work.registry import preload, worker_detector
 
 log = logging.getLogger(__name__)
 TRANSIENT = TRANSIENT_ERRORS  # BUSY and LOADING replies included (connections.py)
@@ -355,6 +357,18 @@ def park_failed_task(sender=None, task_id=None, exception=None, args=None, **_kw
                             exception=_exception_line(exception) if exception else None)
     except Exception as exc:  # noqa: BLE001 - logged; the message is lost to Celery anyway
         log.error("could not park failed task %s %s: %s", sender.name, task_id, exc)
+
+
+@worker_before_create_process.connect
+def preload_task_modules(**_kwargs) -> None:
+    """In the worker parent, before it forks a pool process: import what the tasks of
+    its queues use, and freeze it with the rest of the parent's heap (celery_app's
+    freeze_heap ran just before), so that every pool process, a replacement included,
+    shares those pages instead of importing them at its first task."""
+    before = len(sys.modules)
+    preload(app.amqp.queues.consume_from)
+    if len(sys.modules) != before:
+        gc.freeze()
 
 
 @worker_ready.connect
