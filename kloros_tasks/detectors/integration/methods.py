@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
-from kloros_tasks.detectors._treecache import children
+from kloros_tasks.detectors._visitor import Visitor
 from kloros_tasks.detectors.integration.scope import dotted_name
 
 FILL_METHODS = frozenset({
@@ -85,13 +85,8 @@ def is_container(expr: ast.expr | None) -> bool:
     return False
 
 
-class MethodWalker:
-    """Walks one method body, tracking the instance name and AttributeError guards.
-
-    The walk is ``ast.NodeVisitor``'s (depth first, ``visit_<Class>`` where one is
-    defined, else the children in field order) with the handler found by the node's
-    class in one dict lookup, and without descending into nodes that have no handler
-    and nothing below them with one (names, constants, contexts, operators)."""
+class MethodWalker(Visitor):
+    """Walks one method body, tracking the instance name and AttributeError guards."""
 
     def __init__(self, class_name: str, self_name: str, instance: bool, cf: ClassFacts,
                  self_nodes: set[int]) -> None:
@@ -104,17 +99,7 @@ class MethodWalker:
         self.fresh: set[str] = set()  # locals holding a new instance of the class
         self.fill_receivers: set[int] = set()
 
-    def visit(self, node: ast.AST) -> None:
-        handler = _HANDLERS.get(node.__class__)
-        if handler is not None:
-            handler(self, node)
-        elif node.__class__ not in _INERT:
-            self.generic_visit(node)
-
-    def generic_visit(self, node: ast.AST) -> None:
-        visit = self.visit
-        for child in children(node):
-            visit(child)
+    INERT = frozenset({ast.Name, ast.Constant})  # no handler below either
 
     # --- helpers -------------------------------------------------------------------
     def _attr(self, node: ast.AST) -> str | None:
@@ -284,15 +269,6 @@ class MethodWalker:
                 self.cf.reads.add(name)
             if self.instance and not self.guard:
                 self.cf.uses.setdefault(name, []).append(node.lineno)
-
-
-_HANDLERS = {getattr(ast, name[len("visit_"):]): fn for name, fn in vars(MethodWalker).items()
-             if name.startswith("visit_") and hasattr(ast, name[len("visit_"):])}
-# Nodes with no handler and no node below them that has one: a name's only child is
-# its context; constants, contexts and operators have none.
-_INERT = frozenset({ast.Name, ast.Constant, *(
-    cls for base in (ast.expr_context, ast.operator, ast.unaryop, ast.cmpop, ast.boolop)
-    for cls in base.__subclasses__())}) - set(_HANDLERS)
 
 
 def _catches(handler: ast.excepthandler, names: frozenset[str]) -> bool:
