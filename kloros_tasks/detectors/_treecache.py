@@ -28,10 +28,12 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 
-# The three tasks of one file usually come within a few tasks of each other; the bound
-# covers the files between them (docs/performance.md, "Analysis CPU per detector").
-MAX_ENTRIES = 8
-MAX_SOURCE_CHARS = 512 * 1024
+# A cold scan or a storm comes as batch tasks of up to 100 files per detector, which
+# one worker takes from its three queues in turn: a file's second and third parse come
+# about 100 files after its first.  The bound covers one batch with some margin; in
+# characters it holds about 30 MiB of trees (docs/performance.md, section 0b).
+MAX_ENTRIES = 128
+MAX_SOURCE_CHARS = 1024 * 1024
 
 
 _AST = ast.AST

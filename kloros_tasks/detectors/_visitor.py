@@ -55,3 +55,30 @@ class Visitor:
         visit = self.visit
         for child in children(node):
             visit(child)
+
+
+class PathVisitor(Visitor):
+    """A ``Visitor`` that knows the nodes being visited, outermost first.  When every
+    handler visits only children of the node it handles, they are a path down the
+    tree, and ``parent(node)`` of the node being visited is the one before it."""
+
+    def __init__(self) -> None:
+        self._path: list[ast.AST] = []
+
+    def visit(self, node: ast.AST) -> Any:
+        path = self._path
+        path.append(node)
+        handler = self._handlers.get(node.__class__)  # Visitor.visit, inlined
+        if handler is not None:
+            result = handler(self, node)
+        else:
+            result = None
+            if node.__class__ not in self._skip:
+                self.generic_visit(node)
+        path.pop()
+        return result
+
+    def parent(self, node: ast.AST) -> ast.AST | None:
+        """The parent of ``node``, the node being visited (None for the root)."""
+        path = self._path
+        return path[-2] if len(path) > 1 and path[-1] is node else None

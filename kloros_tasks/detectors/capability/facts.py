@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 from kloros_tasks.detectors._treecache import nodes_by_type, parse_tree, walk
-from kloros_tasks.detectors._visitor import Visitor
+from kloros_tasks.detectors._visitor import PathVisitor
 from kloros_tasks.detectors.capability.calls import (
     ENV_READS,
     ENV_SETS,
@@ -69,18 +69,16 @@ class PyScan:
     string_refs: set[str] = field(default_factory=set)
 
 
-class _Scanner(Visitor):
+class _Scanner(PathVisitor):
     """One pass over a module; ``_caught`` frames and flags say how each use is guarded.
-    Every handler visits only children of the node it handles, so the nodes being
-    visited, outermost first, are a path down the tree: a node's parent is the one
-    before it."""
+    Handlers visit only children of their node, as ``PathVisitor.parent`` needs."""
 
     def __init__(self, module: str, is_package: bool, tool_packages: frozenset[str],
                  aliases: dict[str, str], flags: frozenset[str]) -> None:
+        super().__init__()
         self.module, self.is_package = module, is_package
         self.tool_packages, self.aliases = tool_packages, aliases
         self.platform_flags = flags
-        self._path: list[ast.AST] = []  # the nodes being visited, outermost first
         self.scan = PyScan()
         self._frames: list[frozenset[str]] = []  # exceptions caught around the current node
         self._typing = 0  # depth of `if TYPE_CHECKING:` blocks
@@ -92,21 +90,6 @@ class _Scanner(Visitor):
         self._scope: list[str] = []  # enclosing class and function names
         self._testing = 0  # inside a condition, where a read is a check, not a need
         self._fallback = 0  # inside an `except ImportError:` handler: the plan B import
-
-    def visit(self, node: ast.AST) -> None:
-        path = self._path
-        path.append(node)
-        handler = self._handlers.get(node.__class__)  # Visitor.visit, inlined
-        if handler is not None:
-            handler(self, node)
-        elif node.__class__ not in self._skip:
-            self.generic_visit(node)
-        path.pop()
-
-    def _parent(self, node: ast.AST) -> ast.AST | None:
-        """The parent of ``node``, the node being visited."""
-        path = self._path
-        return path[-2] if len(path) > 1 and path[-1] is node else None
 
     # --- predicates -----------------------------------------------------------------
     def _catches(self, names: frozenset[str]) -> bool:
@@ -329,7 +312,7 @@ class _Scanner(Visitor):
         """True when the value of ``node`` (a read that gives None when the variable is
         unset) is used where None raises: an attribute, an index, arithmetic, or an
         argument of a call that needs a string (``int(...)``, ``Path(...)``)."""
-        parent = self._parent(node)
+        parent = self.parent(node)
         if isinstance(parent, ast.Attribute | ast.Subscript):
             return parent.value is node
         if isinstance(parent, ast.BinOp):
@@ -345,7 +328,7 @@ class _Scanner(Visitor):
         value = node.value
         if not isinstance(value, str) or not MODULE_STRING.fullmatch(value):
             return
-        if "." in value or isinstance(self._parent(node), ast.List | ast.Tuple | ast.Set):
+        if "." in value or isinstance(self.parent(node), ast.List | ast.Tuple | ast.Set):
             self.scan.string_refs.add(value.split(".")[0])
 
     def visit_AugAssign(self, node: ast.AugAssign) -> None:
@@ -406,9 +389,8 @@ def scan_python(path: str, text: str, tool_packages: frozenset[str]) -> PyScan:
     # there, so `-W error` does not make valid code look unparseable.
     tree = parse_tree(text, filename=path)
     module, is_package = module_of(path)
-    groups = nodes_by_type(tree)
-    scanner = _Scanner(module, is_package, tool_packages, aliases_of(tree),
-                       platform_flags(groups.get(ast.Assign, ())))
+    flags = platform_flags(nodes_by_type(tree).get(ast.Assign, ()))
+    scanner = _Scanner(module, is_package, tool_packages, aliases_of(tree), flags)
     scanner.visit(tree)
     scan = scanner.scan
     scan.env_reads = [(k, line) for k, line in scan.env_reads if k not in scanner._env_checked]
