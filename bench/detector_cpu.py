@@ -1,7 +1,7 @@
 """CPU of each file detector's analysis, in process, beside pyflakes on the same tree.
 
     python bench/detector_cpu.py [--corpus C]... [--detector D]... [--profile N]
-                                 [--single-worker [--memory] [--no-cache]
+                                 [--single-worker [--batch N] [--memory] [--no-cache]
                                   [--cache-limits TREES,CHARS]] [--facts FILE]
 
 For each corpus (see _corpora.py; default: django and the stdlib copy) and file
@@ -18,7 +18,10 @@ parse cache (``kloros_tasks.detectors._treecache``) saved: hits, misses, texts t
 to keep.  With ``--memory`` each distinct tree is measured once with tracemalloc and the
 peak of what the cache held at once is printed (trees' bytes, source characters), with
 the process's peak RSS.  ``--no-cache`` turns the cache off (the before figure);
-``--cache-limits TREES,CHARS`` sets other bounds.
+``--cache-limits TREES,CHARS`` sets other bounds.  ``--batch N`` replays a cold scan
+as the watcher sends it, batch tasks of N files per detector (the watcher's 100): the
+worker takes one batch from each queue in turn and extracts every file of a batch
+before applying them, as a batch task does.
 
 ``--profile N`` prints the N functions with the most own time (cProfile) per detector.
 ``--facts FILE`` writes every file's facts and every question per detector as JSON
@@ -58,6 +61,7 @@ from kloros_tasks.state.index import MemoryIndex  # noqa: E402
 from kloros_tasks.watch import filters  # noqa: E402
 from kloros_tasks.watch.tree import read_file, walk_tree  # noqa: E402
 from kloros_tasks.work import engine  # noqa: E402
+from kloros_tasks.work.batch import BatchIndex  # noqa: E402
 from kloros_tasks.work.registry import scan_detector  # noqa: E402
 
 DETECTORS = tuple(names.FILE_DETECTOR_SUFFIXES)
@@ -156,13 +160,36 @@ def worker_order(root: Path, cfg) -> list[tuple[str, str]]:
     return order
 
 
-def single_worker(root: Path, cfg, memory: bool) -> dict:
+def batch_order(root: Path, cfg, size: int) -> list[tuple[str, list[str]]]:
+    """(detector, paths) batches in the order one worker on the three queues takes
+    them: each queue holds its detector's files in the walk's order, ``size`` a batch."""
+    queues: dict[str, list[str]] = {d: [] for d in DETECTORS}
+    for detector, rel in worker_order(root, cfg):
+        queues[detector].append(rel)
+    batches = {d: [paths[i:i + size] for i in range(0, len(paths), size)]
+               for d, paths in queues.items()}
+    order = []
+    for k in range(max(len(b) for b in batches.values())):
+        order += [(d, batches[d][k]) for d in DETECTORS if k < len(batches[d])]
+    return order
+
+
+def _read(root: Path, rel: str, cfg) -> str | None:
+    try:
+        return engine.decode_source(rel, read_file(str(root / rel), cfg.max_file_bytes + 1))
+    except (OSError, engine.NotText):
+        return None
+
+
+def single_worker(root: Path, cfg, memory: bool, batch: int = 0) -> dict:
     """Index every file with every detector in one process, in the worker's order."""
     detectors = {d: scan_detector(d, cfg, root) for d in DETECTORS}
     indexes = {d: MemoryIndex() for d in DETECTORS}
     package = engine.package_prefix(str(root))
     # The engine renames a package's modules when its __init__.py arrives later: the
     # scan avoids that by sending packages first; a worker sees the walk's order.
+    if batch:
+        return _batches(root, cfg, memory, batch, detectors, indexes, package)
     order = worker_order(root, cfg)
     cache = PARSE_CACHE
     before = dict(cache.stats) if cache else {}
@@ -184,6 +211,42 @@ def single_worker(root: Path, cfg, memory: bool) -> dict:
     seconds = time.process_time() - started
     stats = {k: v - before.get(k, 0) for k, v in cache.stats.items()} if cache else {}
     return {"tasks": len(order), "cpu": round(seconds, 2), **stats,
+            "held_peak_mib": round(peak[0] / 2**20, 1),
+            "held_peak_source_kib": round(peak[1] / 1024),
+            "maxrss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def _batches(root: Path, cfg, memory: bool, size: int, detectors, indexes,
+             package: str) -> dict:
+    """``single_worker`` with batch tasks: extract every file of a batch, then apply."""
+    order = batch_order(root, cfg, size)
+    cache = PARSE_CACHE
+    before = dict(cache.stats) if cache else {}
+    if cache:
+        cache.clear()
+    sizes: dict[bytes, tuple[int, int]] = {}
+    peak = [0, 0]
+    started = time.process_time()
+    for detector, paths in order:
+        det, index = detectors[detector], indexes[detector]
+        # As the batch task does: modules named by the layout the batch will have.
+        ahead = BatchIndex(index)
+        ahead.prefetch(paths)
+        ahead.assume({rel: True for rel in paths if is_package_file(rel)})
+        prepared = []
+        for rel in paths:
+            text = _read(root, rel, cfg)
+            if text is None:
+                continue
+            prepared.append((rel, text, engine.extract(det, ahead, rel, text, package)))
+            if memory and cache and rel.endswith(".py"):
+                _measure_held(cache, text, sizes, peak)
+        for rel, text, facts in prepared:
+            engine.apply_change(det, index, rel, text, facts=facts, root_package=package)
+    seconds = time.process_time() - started
+    stats = {k: v - before.get(k, 0) for k, v in cache.stats.items()} if cache else {}
+    return {"batches": len(order), "files": sum(len(p) for _, p in order),
+            "cpu": round(seconds, 2), **stats,
             "held_peak_mib": round(peak[0] / 2**20, 1),
             "held_peak_source_kib": round(peak[1] / 1024),
             "maxrss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
@@ -241,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", type=int, default=0, metavar="N")
     p.add_argument("--single-worker", action="store_true")
     p.add_argument("--memory", action="store_true")
+    p.add_argument("--batch", type=int, default=0, metavar="N")
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--cache-limits", metavar="TREES,CHARS")
     p.add_argument("--facts", type=Path)
@@ -260,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         trees = [(str(p), p.resolve(), settings.from_env()) for p in args.path]
     for name, root, cfg in trees:
         if args.single_worker:
-            print(name, json.dumps(single_worker(root, cfg, args.memory)))
+            print(name, json.dumps(single_worker(root, cfg, args.memory, args.batch)))
             continue
         print(f"| {name} | detector | files | scan CPU s | extract s | parse s (calls)"
               f" | affected s | evaluate s | questions |")

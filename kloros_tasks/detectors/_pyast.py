@@ -11,11 +11,12 @@ one text is parsed once per process however many detectors read it.
 from __future__ import annotations
 
 import ast
+import bisect
 import posixpath
 from collections.abc import Iterator
 
 from kloros_tasks.detectors import layout
-from kloros_tasks.detectors._treecache import all_nodes, parse_tree, walk
+from kloros_tasks.detectors._treecache import nodes_by_type, parse_tree, walk
 
 TEST_DIRS = frozenset({"tests", "test"})
 PLAIN_BASES = frozenset({"object", "Protocol", "typing.Protocol", "Generic", "typing.Generic"})
@@ -155,10 +156,13 @@ class Definitions:
     ``__getattr__``, a star import, a class with a base class).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tree: ast.Module | None = None) -> None:
         self.defines: set[str] = set()
         self.opaque: set[str] = set()
         self.open: set[str] = set()
+        # With the module's tree: the lines of its ``name.attr = ...`` stores by name,
+        # so that a method with none on its lines is not walked for them.
+        self._stores = attribute_store_lines(tree) if tree is not None else None
 
     def body(self, statements: list[ast.stmt], prefix: str, in_class: bool = False) -> None:
         """Collect the names ``statements`` bind under the dotted ``prefix``."""
@@ -182,7 +186,7 @@ class Definitions:
         if node.name in ("__getattr__", "__getattribute__"):
             self.open.add(prefix)
         if in_class:
-            for attribute in _self_attributes(node):
+            for attribute in _self_attributes(node, self._stores):
                 self._value(f"{prefix}.{attribute}")
 
     visit_AsyncFunctionDef = visit_FunctionDef
@@ -213,8 +217,8 @@ def assigned_module_attributes(tree: ast.Module) -> set[str]:
             aliases.update({a.asname or a.name: f"{stmt.module}.{a.name}"
                             for a in stmt.names if a.name != "*"})
     out: set[str] = set()
-    for node in all_nodes(tree) if aliases else ():
-        if (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
+    for node in nodes_by_type(tree).get(ast.Attribute, ()) if aliases else ():
+        if (isinstance(node.ctx, ast.Store)
                 and isinstance(node.value, ast.Name) and node.value.id in aliases):
             out.add(f"{aliases[node.value.id]}.{node.attr}")
     return out
@@ -225,12 +229,33 @@ def _inherits(node: ast.ClassDef) -> bool:
     return bool(node.keywords) or any(b not in PLAIN_BASES for b in bases)
 
 
-def _self_attributes(func: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
-    """``self.x = ...`` targets in a method (``self`` being its first parameter)."""
+def attribute_store_lines(tree: ast.Module) -> dict[str, list[int]]:
+    """name -> sorted line numbers of every ``name.attr = ...`` (any store) in ``tree``."""
+    out: dict[str, list[int]] = {}
+    for node in nodes_by_type(tree).get(ast.Attribute, ()):
+        if isinstance(node.ctx, ast.Store) and isinstance(node.value, ast.Name):
+            out.setdefault(node.value.id, []).append(node.lineno)
+    for lines in out.values():
+        lines.sort()
+    return out
+
+
+def _self_attributes(func: ast.FunctionDef | ast.AsyncFunctionDef,
+                     stores: dict[str, list[int]] | None = None) -> set[str]:
+    """``self.x = ...`` targets in a method (``self`` being its first parameter).
+    ``stores`` (``attribute_store_lines`` of the module) skips the walk of a method
+    whose lines, decorators included, hold no store through that name: every node of
+    a function lies on its lines."""
     params = func.args.posonlyargs + func.args.args
     if not params or any(dotted(d) == "staticmethod" for d in func.decorator_list):
         return set()
     receiver = params[0].arg
+    if stores is not None:
+        lines = stores.get(receiver, ())
+        first = min([func.lineno, *(d.lineno for d in func.decorator_list)])
+        at = bisect.bisect_left(lines, first)
+        if at == len(lines) or lines[at] > (func.end_lineno or func.lineno):
+            return set()
     return {node.attr for node in walk(func)
             if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
             and isinstance(node.value, ast.Name) and node.value.id == receiver}

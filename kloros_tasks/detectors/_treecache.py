@@ -6,6 +6,8 @@ parse is a fifth to two fifths of a detector's work on a Python file.  ``parse_t
 keeps the most recently parsed trees, keyed by a digest of the text, so the second
 and third parse of the same text cost a digest and a lookup.  ``all_nodes(tree)``
 does the same for the walk over a whole tree: every node, once per kept tree.
+``nodes_by_type(tree)`` groups those nodes by their class, each group in the walk's
+order, so a collector that wants the calls of a file reads the calls, not every node.
 ``walk`` and ``children`` are ``ast.walk`` and ``ast.iter_child_nodes`` without a
 generator per node (the same nodes, in the same order, 1.4 to 2 times faster).
 
@@ -24,12 +26,14 @@ import hashlib
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
-# The three tasks of one file usually come within a few tasks of each other; the bound
-# covers the files between them (docs/performance.md, "Analysis CPU per detector").
-MAX_ENTRIES = 8
-MAX_SOURCE_CHARS = 512 * 1024
+# A cold scan or a storm comes as batch tasks of up to 100 files per detector, which
+# one worker takes from its three queues in turn: a file's second and third parse come
+# about 100 files after its first.  The bound covers one batch with some margin; in
+# characters it holds about 30 MiB of trees (docs/performance.md, section 0b).
+MAX_ENTRIES = 128
+MAX_SOURCE_CHARS = 1024 * 1024
 
 
 _AST = ast.AST
@@ -63,6 +67,20 @@ def children(node: ast.AST) -> list[ast.AST]:
     return out
 
 
+def group_by_type(nodes: Iterable[ast.AST]) -> dict[type, list[ast.AST]]:
+    """``nodes`` grouped by their exact class (``ast.Call``, ``ast.Attribute``...),
+    each group in the order of ``nodes``.  A parsed tree holds only concrete classes,
+    so ``groups.get(ast.Call, ())`` is every node that ``isinstance(n, ast.Call)``."""
+    groups: dict[type, list[ast.AST]] = {}
+    for node in nodes:
+        group = groups.get(node.__class__)
+        if group is None:
+            groups[node.__class__] = [node]
+        else:
+            group.append(node)
+    return groups
+
+
 def _digest(text: str) -> bytes:
     # surrogatepass: a text decoded with surrogateescape still has one digest.
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
@@ -84,6 +102,7 @@ class TreeCache:
                  max_chars: int = MAX_SOURCE_CHARS) -> None:
         self._trees: OrderedDict[bytes, tuple[ast.Module, int]] = OrderedDict()
         self._walks: dict[int, tuple[ast.AST, ...]] = {}  # id of a kept tree -> its nodes
+        self._groups: dict[int, dict[type, list[ast.AST]]] = {}  # id -> nodes by class
         self._kept: set[int] = set()  # ids of the kept trees (alive while kept)
         self._lock = threading.Lock()
         self._chars = 0
@@ -127,12 +146,26 @@ class TreeCache:
                 self._walks[id(tree)] = found
         return found
 
+    def groups(self, tree: ast.AST) -> dict[type, list[ast.AST]]:
+        """``group_by_type(self.nodes(tree))``, computed once while ``tree`` is kept
+        here (shared: read only)."""
+        with self._lock:
+            found = self._groups.get(id(tree))
+        if found is not None:
+            return found
+        found = group_by_type(self.nodes(tree))
+        with self._lock:
+            if id(tree) in self._kept:
+                self._groups[id(tree)] = found
+        return found
+
     def _shrink(self) -> None:
         while self._trees and (len(self._trees) > self.max_entries
                                or self._chars > self.max_chars):
             _key, (tree, size) = self._trees.popitem(last=False)
             self._kept.discard(id(tree))
             self._walks.pop(id(tree), None)
+            self._groups.pop(id(tree), None)
             self._chars -= size
 
     def resize(self, max_entries: int, max_chars: int) -> None:
@@ -146,6 +179,7 @@ class TreeCache:
             self._trees.clear()
             self._kept.clear()
             self._walks.clear()
+            self._groups.clear()
             self._chars = 0
 
     def held(self) -> Iterator[bytes]:
@@ -169,3 +203,9 @@ def all_nodes(tree: ast.AST) -> tuple[ast.AST, ...]:
     """The process's shared ``TreeCache.nodes``: every node of ``tree``, as ``ast.walk``
     orders them."""
     return PARSE_CACHE.nodes(tree)
+
+
+def nodes_by_type(tree: ast.AST) -> dict[type, list[ast.AST]]:
+    """The process's shared ``TreeCache.groups``: every node of ``tree`` by its class,
+    each group in ``ast.walk``'s order."""
+    return PARSE_CACHE.groups(tree)

@@ -8,7 +8,7 @@ import re
 import shlex
 from collections.abc import Iterable
 
-from kloros_tasks.detectors._treecache import all_nodes
+from kloros_tasks.detectors._treecache import all_nodes, nodes_by_type
 
 # The first argument is the program itself (a list, or a string naming it).
 EXEC_PROGRAM = frozenset({
@@ -89,9 +89,23 @@ def program_of(name: str, call: ast.Call) -> str | None:
 
 
 def aliases_of(tree: ast.AST) -> dict[str, str]:
-    """Local name -> qualified name for every import in the file (any scope)."""
+    """Local name -> qualified name for every import in the file (any scope), the last
+    one in ``ast.walk``'s order where a name is imported more than once."""
+    groups = nodes_by_type(tree)
+    plain: dict[str, str] = {}
+    _bind_imports(groups.get(ast.Import, ()), plain)
+    named: dict[str, str] = {}
+    _bind_imports(groups.get(ast.ImportFrom, ()), named)
+    if plain.keys().isdisjoint(named):
+        return {**plain, **named}
+    # A name bound by both kinds of import: whichever comes later in the walk wins.
     out: dict[str, str] = {}
-    for node in all_nodes(tree):
+    _bind_imports(all_nodes(tree), out)
+    return out
+
+
+def _bind_imports(nodes: Iterable[ast.AST], out: dict[str, str]) -> None:
+    for node in nodes:
         if isinstance(node, ast.Import):
             for a in node.names:
                 if a.asname:
@@ -103,7 +117,6 @@ def aliases_of(tree: ast.AST) -> dict[str, str]:
             for a in node.names:
                 if a.name != "*":
                     out[a.asname or a.name] = f"{node.module}.{a.name}"
-    return out
 
 
 def exception_names(exprs: Iterable[ast.expr]) -> set[str]:
@@ -127,12 +140,12 @@ def caught(handlers: Iterable[ast.ExceptHandler]) -> frozenset[str]:
     return frozenset(names)
 
 
-def platform_flags(parents: dict[ast.AST, ast.AST]) -> frozenset[str]:
+def platform_flags(assigns: Iterable[ast.Assign]) -> frozenset[str]:
     """Names assigned a platform test (``darwin = sys.platform == "darwin"``), so that
-    ``if darwin:`` is a platform branch too."""
+    ``if darwin:`` is a platform branch too (``assigns``: the file's assignments)."""
     flags = set()
-    for node in parents:
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Compare | ast.BoolOp) \
+    for node in assigns:
+        if isinstance(node.value, ast.Compare | ast.BoolOp) \
                 and any(p in ast.unparse(node.value) for p in PLATFORM_TESTS):
             flags |= {t.id for t in node.targets if isinstance(t, ast.Name)}
     return frozenset(flags)

@@ -13,7 +13,8 @@ import ast
 import re
 from dataclasses import dataclass, field
 
-from kloros_tasks.detectors._treecache import all_nodes, children, parse_tree, walk
+from kloros_tasks.detectors._treecache import nodes_by_type, parse_tree, walk
+from kloros_tasks.detectors._visitor import PathVisitor
 from kloros_tasks.detectors.capability.calls import (
     ENV_READS,
     ENV_SETS,
@@ -68,14 +69,16 @@ class PyScan:
     string_refs: set[str] = field(default_factory=set)
 
 
-class _Scanner(ast.NodeVisitor):
-    """One pass over a module; ``_caught`` frames and flags say how each use is guarded."""
+class _Scanner(PathVisitor):
+    """One pass over a module; ``_caught`` frames and flags say how each use is guarded.
+    Handlers visit only children of their node, as ``PathVisitor.parent`` needs."""
 
     def __init__(self, module: str, is_package: bool, tool_packages: frozenset[str],
-                 aliases: dict[str, str], parents: dict[ast.AST, ast.AST]) -> None:
+                 aliases: dict[str, str], flags: frozenset[str]) -> None:
+        super().__init__()
         self.module, self.is_package = module, is_package
-        self.tool_packages, self.aliases, self.parents = tool_packages, aliases, parents
-        self.platform_flags = platform_flags(parents)
+        self.tool_packages, self.aliases = tool_packages, aliases
+        self.platform_flags = flags
         self.scan = PyScan()
         self._frames: list[frozenset[str]] = []  # exceptions caught around the current node
         self._typing = 0  # depth of `if TYPE_CHECKING:` blocks
@@ -163,7 +166,7 @@ class _Scanner(ast.NodeVisitor):
             self._typing -= 1
             self._visit_all(node.orelse)
             return
-        platform = any(p in test for p in PLATFORM_TESTS) or any(
+        platform = any(p in test for p in PLATFORM_TESTS) or bool(self.platform_flags) and any(
             isinstance(n, ast.Name) and n.id in self.platform_flags for n in walk(node.test))
         self._conditional += platform
         self._lazy += not platform
@@ -309,7 +312,7 @@ class _Scanner(ast.NodeVisitor):
         """True when the value of ``node`` (a read that gives None when the variable is
         unset) is used where None raises: an attribute, an index, arithmetic, or an
         argument of a call that needs a string (``int(...)``, ``Path(...)``)."""
-        parent = self.parents.get(node)
+        parent = self.parent(node)
         if isinstance(parent, ast.Attribute | ast.Subscript):
             return parent.value is node
         if isinstance(parent, ast.BinOp):
@@ -325,7 +328,7 @@ class _Scanner(ast.NodeVisitor):
         value = node.value
         if not isinstance(value, str) or not MODULE_STRING.fullmatch(value):
             return
-        if "." in value or isinstance(self.parents.get(node), ast.List | ast.Tuple | ast.Set):
+        if "." in value or isinstance(self.parent(node), ast.List | ast.Tuple | ast.Set):
             self.scan.string_refs.add(value.split(".")[0])
 
     def visit_AugAssign(self, node: ast.AugAssign) -> None:
@@ -386,8 +389,8 @@ def scan_python(path: str, text: str, tool_packages: frozenset[str]) -> PyScan:
     # there, so `-W error` does not make valid code look unparseable.
     tree = parse_tree(text, filename=path)
     module, is_package = module_of(path)
-    parents = {child: node for node in all_nodes(tree) for child in children(node)}
-    scanner = _Scanner(module, is_package, tool_packages, aliases_of(tree), parents)
+    flags = platform_flags(nodes_by_type(tree).get(ast.Assign, ()))
+    scanner = _Scanner(module, is_package, tool_packages, aliases_of(tree), flags)
     scanner.visit(tree)
     scan = scanner.scan
     scan.env_reads = [(k, line) for k, line in scan.env_reads if k not in scanner._env_checked]

@@ -37,28 +37,42 @@ SAFE_METACLASSES = frozenset({"abc.ABCMeta", "builtins.type"})
 _FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
 
 
-def extract_classes(scope: ModuleScope,
-                    nodes: list[ast.AST]) -> tuple[list[ClassFacts], set[int]]:
+def extract_classes(scope: ModuleScope, groups: dict[type, list[ast.AST]]
+                    ) -> tuple[list[ClassFacts], set[int]]:
     """Facts of every module-level class and class nested in one, plus the ids of
-    the ``self.X`` attribute nodes (so other walks can tell them from ``obj.X``)."""
+    the ``self.X`` attribute nodes (so other walks can tell them from ``obj.X``).
+    ``groups``: the file's nodes by class (``_treecache.nodes_by_type``)."""
     out: list[ClassFacts] = []
     self_nodes: set[int] = set()
+    made: list[tuple[ClassFacts, ast.ClassDef]] = []
     for node in scope.classes:
-        _class(scope, node, "", {}, out, self_nodes)
-    _module_stores(nodes, {c.local: c for c in out if "." not in c.local})
+        _class(scope, node, "", {}, out, self_nodes, made)
+    # Only a file with a three-argument ``type(...)`` call can build a subclass so:
+    # the methods are walked for it only then.
+    if any(_builds_type(call) for call in groups.get(ast.Call, ())):
+        for cf, node in made:
+            cf.escapes |= _subclassed_at_run_time(node)
+    _module_stores(groups, {c.local: c for c in out if "." not in c.local})
     return out, self_nodes
 
 
 def _class(scope: ModuleScope, node: ast.ClassDef, prefix: str, enclosing: dict[str, str],
-           out: list[ClassFacts], self_nodes: set[int]) -> None:
+           out: list[ClassFacts], self_nodes: set[int],
+           made: list[tuple[ClassFacts, ast.ClassDef]]) -> None:
     cf = ClassFacts(local=prefix + node.name, line=node.lineno, consts=class_constants(node))
     out.append(cf)
+    made.append((cf, node))
     _bases(scope, node, enclosing, cf)
     nested = {n.name: f"{scope.module}.{cf.local}.{n.name}"
               for n in top_statements(node.body) if isinstance(n, ast.ClassDef)}
     for stmt in top_statements(node.body):
-        _body_statement(scope, node, stmt, cf, nested, out, self_nodes)
-    cf.escapes |= _subclassed_at_run_time(node)
+        _body_statement(scope, node, stmt, cf, nested, out, self_nodes, made)
+
+
+def _builds_type(call: ast.Call) -> bool:
+    """``type(name, (A, ...), namespace)``."""
+    return (len(call.args) == 3 and isinstance(call.args[1], ast.Tuple)
+            and dotted_name(call.func) == "type")
 
 
 def _subclassed_at_run_time(node: ast.ClassDef) -> bool:
@@ -69,8 +83,7 @@ def _subclassed_at_run_time(node: ast.ClassDef) -> bool:
         if not isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
         for call in walk(item):
-            if (isinstance(call, ast.Call) and dotted_name(call.func) == "type"
-                    and len(call.args) == 3 and isinstance(call.args[1], ast.Tuple)
+            if (isinstance(call, ast.Call) and _builds_type(call)
                     and any((dotted_name(e) or "").partition(".")[0] in own
                             for e in call.args[1].elts)):
                 return True
@@ -100,7 +113,8 @@ def _bases(scope: ModuleScope, node: ast.ClassDef, enclosing: dict[str, str],
 
 
 def _body_statement(scope: ModuleScope, node: ast.ClassDef, stmt: ast.stmt, cf: ClassFacts,
-                    nested: dict[str, str], out: list[ClassFacts], self_nodes: set[int]) -> None:
+                    nested: dict[str, str], out: list[ClassFacts], self_nodes: set[int],
+                    made: list[tuple[ClassFacts, ast.ClassDef]]) -> None:
     def define(name: str) -> None:
         cf.defs.add(mangle(node.name, name))
 
@@ -111,7 +125,7 @@ def _body_statement(scope: ModuleScope, node: ast.ClassDef, stmt: ast.stmt, cf: 
         _method(node.name, stmt, cf, self_nodes)
     elif isinstance(stmt, ast.ClassDef):
         define(stmt.name)
-        _class(scope, stmt, cf.local + ".", nested, out, self_nodes)
+        _class(scope, stmt, cf.local + ".", nested, out, self_nodes, made)
     elif isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
         targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
         for target in targets:
@@ -173,35 +187,43 @@ def _chosen_classes(node: ast.AST) -> list[str]:
     return []
 
 
-def _module_stores(nodes: list[ast.AST], classes: dict[str, ClassFacts]) -> None:
+def _mark_chosen(node: ast.AST, classes: dict[str, ClassFacts]) -> None:
+    for name in _chosen_classes(node):
+        if name in classes:
+            classes[name].escapes = True
+
+
+def _module_stores(groups: dict[type, list[ast.AST]], classes: dict[str, ClassFacts]) -> None:
     """``Cls.X = ...``, ``setattr(Cls, "X", ...)`` (or any call shaped like it)
     and ``obj = Cls(); obj.X = ...`` anywhere in the module define X on that class;
-    ``Other.__bases__ += (Cls,)`` makes Cls a run-time mixin."""
+    ``Other.__bases__ += (Cls,)`` makes Cls a run-time mixin.  Every effect here is
+    a set member or a flag, so reading the groups one after another is the same as
+    reading the nodes in the walk's order."""
     if not classes:
         return
     instances: dict[str, str] = {}
-    for node in nodes:
-        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
+    assigns = groups.get(ast.Assign, ())
+    for node in assigns:
+        if (isinstance(node.value, ast.Call)
                 and isinstance(node.value.func, ast.Name) and node.value.func.id in classes):
             for target in node.targets:
                 if isinstance(target, ast.Name):
                     instances[target.id] = node.value.func.id
-    for node in nodes:
-        if isinstance(node, ast.Assign) and any(
-                isinstance(t, ast.Attribute) and t.attr == "__bases__" for t in node.targets):
+    for node in assigns:
+        if any(isinstance(t, ast.Attribute) and t.attr == "__bases__" for t in node.targets):
             for name in walk(node.value):
                 if isinstance(name, ast.Name) and name.id in classes:
                     classes[name.id].opaque.add("mixed into bases at run time")
-        for name in _chosen_classes(node):
-            if name in classes:
-                classes[name].escapes = True
-        if (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
-                and isinstance(node.value, ast.Name)):
+        _mark_chosen(node, classes)
+    for node in groups.get(ast.Attribute, ()):
+        if isinstance(node.ctx, ast.Store) and isinstance(node.value, ast.Name):
             owner = node.value.id if node.value.id in classes else instances.get(node.value.id)
             if owner is not None:
                 classes[owner].defs.add(node.attr)
-        elif (isinstance(node, ast.Call) and len(node.args) >= 2
-              and isinstance(node.args[0], ast.Name) and node.args[0].id in classes):
+    for node in groups.get(ast.Call, ()):
+        _mark_chosen(node, classes)
+        if (len(node.args) >= 2
+                and isinstance(node.args[0], ast.Name) and node.args[0].id in classes):
             # setattr(Cls, "x", v), and helpers shaped like it (defproperty(Cls, "x")).
             literal = node.args[1]
             if isinstance(literal, ast.Constant) and isinstance(literal.value, str):

@@ -10,11 +10,10 @@ file's own evidence.
 from __future__ import annotations
 
 import ast
-from collections.abc import Sequence
 from typing import Any
 
 from kloros_tasks.detectors import layout
-from kloros_tasks.detectors._treecache import all_nodes, children, parse_tree
+from kloros_tasks.detectors._treecache import nodes_by_type, parse_tree, walk
 from kloros_tasks.detectors.base import FileFacts
 from kloros_tasks.detectors.integration.classes import extract_classes
 from kloros_tasks.detectors.integration.keys import (
@@ -119,22 +118,24 @@ def extract_facts(path: str, text: str) -> FileFacts:
 
 
 def _facts(path: str, tree: ast.Module) -> FileFacts:
-    nodes = all_nodes(tree)  # walked once, shared by every collector (and detector)
-    scope = build_scope(path, tree, nodes)
-    classes, self_nodes = extract_classes(scope, nodes)
+    # Walked once and grouped by node class, shared by every collector (and detector):
+    # each collector reads the groups it needs (the calls, the assignments...).
+    groups = nodes_by_type(tree)
+    scope = build_scope(path, tree, groups)
+    classes, self_nodes = extract_classes(scope, groups)
     class_consts = {c.local: c.consts for c in classes if "." not in c.local and c.consts}
-    topics = extract_topics(scope, nodes, class_consts)
+    topics = extract_topics(scope, groups, class_consts)
     out = Contributions()
     _module(scope, out)
     class_data = _classes(scope, classes, out)
     _imports(scope, out)
     _topics(topics, declared_topics(tree, topics.used_constants), out)
-    wrappers = wrapper_definitions(tree)
-    calls = wrapper_calls(nodes, scope.consts, set(wrappers))
+    wrappers = wrapper_definitions(tree, groups)
+    calls = wrapper_calls(groups, scope.consts, set(wrappers))
     _wrappers(wrappers, calls, out)
-    pushed = _redis_lists(nodes, scope, out)
+    pushed = _redis_lists(groups, scope, out)
     out.exist.update(NSDIR + d for d in directories(path))
-    reads, writes = external_attributes(nodes, self_nodes)
+    reads, writes = external_attributes(groups, self_nodes)
     out.exist.update(ATTR + name for name in reads)
     out.exist.update(WRITTEN + name for name in writes)
     data = {
@@ -307,9 +308,9 @@ def _wrappers(wrappers: dict[str, list[dict[str, Any]]],
                 out.exist.update(PUBLISHED + p for p in text_prefixes(topic))
 
 
-def _redis_lists(nodes: list[ast.AST], scope: ModuleScope,
+def _redis_lists(groups: dict[type, list[ast.AST]], scope: ModuleScope,
                  out: Contributions) -> dict[str, list[int]]:
-    pushed, read, heads = redis_lists(nodes, scope.consts)
+    pushed, read, heads = redis_lists(groups, scope.consts)
     for key in pushed:
         out.reads.update(LIST_HEAD + p for p in text_prefixes(key)[1:])
         out.reads.update((LIST_READ + key, DECLARED + key))
@@ -318,7 +319,7 @@ def _redis_lists(nodes: list[ast.AST], scope: ModuleScope,
     return pushed
 
 
-def external_attributes(nodes: list[ast.AST],
+def external_attributes(groups: dict[type, list[ast.AST]],
                         self_nodes: set[int]) -> tuple[set[str], set[str]]:
     """Attribute names read and written on objects other than ``self``: ``obj.X``
     and ``getattr(obj, "X")`` (except as the receiver of a fill, ``obj.X.append``),
@@ -328,18 +329,18 @@ def external_attributes(nodes: list[ast.AST],
     fill_receivers: set[int] = set()
     reads: set[str] = set()
     writes: set[str] = set()
-    owner = _enclosing_classes(nodes)
-    for node in nodes:
-        if isinstance(node, ast.Call):
-            func = node.func
-            if isinstance(func, ast.Attribute) and func.attr in FILL_METHODS:
-                fill_receivers.add(id(func.value))
-            if (isinstance(func, ast.Name) and func.id in ("getattr", "setattr")
-                    and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant)
-                    and isinstance(node.args[1].value, str)):
-                (reads if func.id == "getattr" else writes).add(node.args[1].value)
-    for node in nodes:
-        if isinstance(node, ast.Attribute) and id(node) not in self_nodes:
+    attributes = groups.get(ast.Attribute, ())
+    owner = _enclosing_classes(groups, attributes)
+    for node in groups.get(ast.Call, ()):
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr in FILL_METHODS:
+            fill_receivers.add(id(func.value))
+        if (isinstance(func, ast.Name) and func.id in ("getattr", "setattr")
+                and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant)
+                and isinstance(node.args[1].value, str)):
+            (reads if func.id == "getattr" else writes).add(node.args[1].value)
+    for node in attributes:
+        if id(node) not in self_nodes:
             name = mangle(owner[id(node)], node.attr) if id(node) in owner else node.attr
             if isinstance(node.ctx, ast.Store):
                 writes.add(name)
@@ -348,20 +349,22 @@ def external_attributes(nodes: list[ast.AST],
     return reads, writes
 
 
-def _enclosing_classes(nodes: Sequence[ast.AST]) -> dict[int, str]:
-    """Innermost enclosing class name of every private attribute node (``obj.__x``).
-    ``nodes`` come breadth first from the module (``nodes[0]``); one walk down from
-    it carries the innermost class, and only when the file has such a node at all."""
-    if not any(isinstance(n, ast.Attribute) and n.attr.startswith("__") for n in nodes):
+def _enclosing_classes(groups: dict[type, list[ast.AST]],
+                       attributes: list[ast.AST]) -> dict[int, str]:
+    """Innermost enclosing class name of every private attribute node (``obj.__x``,
+    the only names ``mangle`` changes).  The classes come breadth first, so an outer
+    class is walked before the classes inside it, which then overwrite their own
+    nodes; nothing is walked when the file has no such attribute."""
+    private = {id(n) for n in attributes if _is_private(n.attr)}
+    if not private:
         return {}
     out: dict[int, str] = {}
-    stack: list[tuple[ast.AST, str | None]] = [(nodes[0], None)] if nodes else []
-    while stack:
-        node, owner = stack.pop()
-        if isinstance(node, ast.ClassDef):
-            owner = node.name
-        elif owner is not None and isinstance(node, ast.Attribute) \
-                and node.attr.startswith("__"):
-            out[id(node)] = owner
-        stack.extend((child, owner) for child in children(node))
+    for cls in groups.get(ast.ClassDef, ()):
+        for node in walk(cls):
+            if id(node) in private:
+                out[id(node)] = cls.name
     return out
+
+
+def _is_private(attr: str) -> bool:
+    return attr.startswith("__") and not attr.endswith("__")

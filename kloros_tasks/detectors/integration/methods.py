@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
+from kloros_tasks.detectors._visitor import Visitor
 from kloros_tasks.detectors.integration.scope import dotted_name
 
 FILL_METHODS = frozenset({
@@ -84,7 +85,7 @@ def is_container(expr: ast.expr | None) -> bool:
     return False
 
 
-class MethodWalker(ast.NodeVisitor):
+class MethodWalker(Visitor):
     """Walks one method body, tracking the instance name and AttributeError guards."""
 
     def __init__(self, class_name: str, self_name: str, instance: bool, cf: ClassFacts,
@@ -97,6 +98,8 @@ class MethodWalker(ast.NodeVisitor):
         self.guard = 0
         self.fresh: set[str] = set()  # locals holding a new instance of the class
         self.fill_receivers: set[int] = set()
+
+    INERT = frozenset({ast.Name, ast.Constant})  # no handler below either
 
     # --- helpers -------------------------------------------------------------------
     def _attr(self, node: ast.AST) -> str | None:

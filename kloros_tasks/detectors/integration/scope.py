@@ -22,6 +22,7 @@ _TRY = (ast.Try, ast.TryStar)
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
 BUILTIN_NAMES = frozenset(dir(builtins))
 IMPORT_HOOKS = frozenset({"sys.meta_path", "sys.path_hooks"})
+_HOOK_ATTRS = frozenset(h.rpartition(".")[2] for h in IMPORT_HOOKS)
 # Class decorators known to return the class they were given, unchanged in kind.
 SAFE_DECORATORS = frozenset({
     "dataclasses.dataclass", "functools.total_ordering", "typing.final",
@@ -149,20 +150,23 @@ def catches_import_error(handler: ast.excepthandler) -> bool:
     return any((dotted_name(t) or "").rpartition(".")[2] in IMPORT_ERRORS for t in types)
 
 
-def build_scope(path: str, tree: ast.Module, nodes: list[ast.AST]) -> ModuleScope:
-    """Collect the module-level facts of one parsed file (``nodes``: all its nodes)."""
+def build_scope(path: str, tree: ast.Module,
+                groups: dict[type, list[ast.AST]]) -> ModuleScope:
+    """Collect the module-level facts of one parsed file (``groups``: all its nodes
+    by class, see ``_treecache.nodes_by_type``)."""
     scope = ModuleScope(path=path, names=module_names(path))
     for stmt in top_statements(tree.body):
         _bind_statement(scope, stmt)
         _bind_walrus(scope, stmt)
-    for node in nodes:
-        if isinstance(node, ast.Global):
-            for name in node.names:
-                scope.bind(name, "other")
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+    for node in groups.get(ast.Global, ()):
+        for name in node.names:
+            scope.bind(name, "other")
+    for node in groups.get(ast.Call, ()):
+        if isinstance(node.func, ast.Name):
             # globals() hands the module namespace to code we cannot follow.
             scope.dynamic |= node.func.id == "globals"
-        elif isinstance(node, ast.Attribute) and dotted_name(node) in IMPORT_HOOKS:
+    for node in groups.get(ast.Attribute, ()):
+        if node.attr in _HOOK_ATTRS and dotted_name(node) in IMPORT_HOOKS:
             scope.dynamic = True  # an import hook serves submodules we cannot see
     _collect_imports(scope, tree, guarded=False)
     _bind_decorated_members(scope)

@@ -77,15 +77,16 @@ class Topics:
 class _Collector:
     """Records the topics of one file's calls."""
 
-    def __init__(self, scope: ModuleScope, nodes: list[ast.AST],
+    def __init__(self, scope: ModuleScope, groups: dict[type, list[ast.AST]],
                  class_consts: dict[str, dict[str, str]]) -> None:
         self.scope = scope
         self.consts = scope.consts
-        self.attrs = self_constants(nodes)
+        self.attrs = self_constants(groups)
         self.class_consts = class_consts
-        self.lists = _list_names(nodes)
-        self.locals = _single_names(nodes)
-        self.sockets = _socket_kinds(nodes)
+        assigns = groups.get(ast.Assign, ())
+        self.lists = _list_names(assigns)
+        self.locals = _single_names(groups)
+        self.sockets = _socket_kinds(assigns)
         self.topics = Topics()
 
     def call(self, node: ast.Call) -> None:
@@ -238,40 +239,39 @@ def _member(expr: ast.expr) -> tuple[str, str] | None:
     return head, name
 
 
-def _list_names(nodes: list[ast.AST]) -> dict[str, ast.List | ast.Tuple]:
+def _list_names(assigns: list[ast.Assign]) -> dict[str, ast.List | ast.Tuple]:
     """Local names bound once in the file to a list or tuple display
     (``msg = [topic, body]`` then ``sock.send_multipart(msg)``)."""
     seen: dict[str, ast.List | ast.Tuple | None] = {}
-    for node in nodes:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 \
-                and isinstance(node.targets[0], ast.Name):
+    for node in assigns:
+        if len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             name, value = node.targets[0].id, node.value
             ok = isinstance(value, (ast.List, ast.Tuple)) and name not in seen
             seen[name] = value if ok else None
     return {k: v for k, v in seen.items() if v is not None}
 
 
-def _single_names(nodes: list[ast.AST]) -> dict[str, ast.expr]:
+def _single_names(groups: dict[type, list[ast.AST]]) -> dict[str, ast.expr]:
     """Names bound exactly once in the whole file, by a plain assignment, and never a
     parameter (``topic = "requests/math/" + func`` then ``client.publish(topic)``)."""
     stores: dict[str, int] = {}
     values: dict[str, ast.expr] = {}
-    for node in nodes:
-        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+    for node in groups.get(ast.Name, ()):
+        if not isinstance(node.ctx, ast.Load):
             stores[node.id] = stores.get(node.id, 0) + 1
-        elif isinstance(node, ast.arg):
-            stores[node.arg] = stores.get(node.arg, 0) + 2
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 \
-                and isinstance(node.targets[0], ast.Name):
+    for node in groups.get(ast.arg, ()):
+        stores[node.arg] = stores.get(node.arg, 0) + 2
+    for node in groups.get(ast.Assign, ()):
+        if len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             values[node.targets[0].id] = node.value
     return {k: v for k, v in values.items() if stores.get(k) == 1}
 
 
-def _socket_kinds(nodes: list[ast.AST]) -> dict[str, str]:
+def _socket_kinds(assigns: list[ast.Assign]) -> dict[str, str]:
     """``x = ctx.socket(zmq.PUSH)``: the ZeroMQ socket type of names in this file."""
     out: dict[str, str] = {}
-    for node in nodes:
-        if not (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)):
+    for node in assigns:
+        if not isinstance(node.value, ast.Call):
             continue
         call = node.value
         if (dotted_name(call.func) or "").rpartition(".")[2] not in ("socket", "Socket"):
@@ -285,13 +285,13 @@ def _socket_kinds(nodes: list[ast.AST]) -> dict[str, str]:
     return out
 
 
-def extract_topics(scope: ModuleScope, nodes: list[ast.AST],
+def extract_topics(scope: ModuleScope, groups: dict[type, list[ast.AST]],
                    class_consts: dict[str, dict[str, str]]) -> Topics:
-    """Topics of every publish/subscribe call among a file's nodes."""
-    collector = _Collector(scope, nodes, class_consts)
-    for node in nodes:
-        if isinstance(node, ast.Call):
-            collector.call(node)
+    """Topics of every publish/subscribe call among a file's nodes (``groups``: by
+    class, ``_treecache.nodes_by_type``)."""
+    collector = _Collector(scope, groups, class_consts)
+    for node in groups.get(ast.Call, ()):
+        collector.call(node)
     return collector.topics
 
 

@@ -83,16 +83,17 @@ def topic_text(expr: ast.expr, consts: dict[str, str | None],
     return None, ""
 
 
-def self_constants(nodes: list[ast.AST]) -> dict[str, str]:
+def self_constants(groups: dict[type, list[ast.AST]]) -> dict[str, str]:
     """``self.X`` assigned one string (or bytes) literal, and nothing else, in the file
-    (``self.topic = b"watcher."`` then ``setsockopt(zmq.SUBSCRIBE, self.topic)``)."""
+    (``self.topic = b"watcher."`` then ``setsockopt(zmq.SUBSCRIBE, self.topic)``).
+    ``groups``: the file's nodes by class (``_treecache.nodes_by_type``)."""
     values: dict[str, set[str | None]] = {}
-    for node in nodes:
-        targets: list[ast.expr] = []
-        value: ast.expr | None = None
+    assignments = [*groups.get(ast.Assign, ()), *groups.get(ast.AnnAssign, ()),
+                   *groups.get(ast.AugAssign, ())]
+    for node in assignments:
         if isinstance(node, ast.Assign):
             targets, value = node.targets, node.value
-        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+        else:
             targets, value = [node.target], node.value
         for target in targets:
             if (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name)

@@ -38,6 +38,7 @@ BUS_NAME = re.compile(r"(?i)publish|emit|send|notify|broadcast|fire|signal|annou
 SUB_NAME = re.compile(r"(?i)subscri|listen|consum|sub$")
 DIRECT = PUBLISH_METHODS | SUBSCRIBE_METHODS | ZMQ_SENDS | EMITTER_METHODS
 REDIS_PUSH = frozenset({"lpush", "rpush", "lpushx", "rpushx"})
+_THROUGH_METHODS = frozenset({"send_multipart", "setsockopt", "setsockopt_string"})
 REDIS_READ = frozenset({"lpop", "rpop", "blpop", "brpop", "lrange", "lindex", "llen", "lmove",
                         "blmove", "rpoplpush", "brpoplpush", "lmpop", "blmpop", "lrem",
                         "ltrim", "lpos"})
@@ -82,11 +83,25 @@ def _through(call: ast.Call, params: list[str]) -> tuple[str, str] | None:
     return None
 
 
-def wrapper_definitions(tree: ast.Module) -> dict[str, list[dict[str, Any]]]:
+def _may_pass_through(call: ast.Call) -> bool:
+    """Whether ``_through`` could find a parameter in ``call`` for some parameters."""
+    func = call.func
+    method = func.attr if isinstance(func, ast.Attribute) else None
+    if method is not None and (method in PUBLISH_METHODS or method in SUBSCRIBE_METHODS
+                               or method in _THROUGH_METHODS):
+        return True
+    return (dotted_name(func) or "").rpartition(".")[2] in SUBSCRIBER_CLASSES
+
+
+def wrapper_definitions(tree: ast.Module, groups: dict[type, list[ast.AST]] | None = None
+                        ) -> dict[str, list[dict[str, Any]]]:
     """name -> [{"d": "pub"|"sub", "i": position, "p": parameter, "n": parameters
     without a default}] for the module's functions and the methods of its classes
-    (``__init__`` under the class name)."""
+    (``__init__`` under the class name).  With ``groups`` (the file's nodes by class),
+    a file without any call of a publishing or subscribing shape is not walked."""
     out: dict[str, list[dict[str, Any]]] = {}
+    if groups is not None and not any(map(_may_pass_through, groups.get(ast.Call, ()))):
+        return out
     for stmt in tree.body:
         functions: list[tuple[str, Any, bool]] = []
         if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -109,16 +124,14 @@ def wrapper_definitions(tree: ast.Module) -> dict[str, list[dict[str, Any]]]:
     return {k: sorted(v, key=lambda e: (e["d"], e["i"])) for k, v in out.items()}
 
 
-def wrapper_calls(nodes: list[ast.AST], consts: dict[str, str | None],
+def wrapper_calls(groups: dict[type, list[ast.AST]], consts: dict[str, str | None],
                   own: set[str]) -> dict[str, list[list[Any]]]:
     """name -> [[position or -1, keyword or "", literal topic, line, arguments given]]
     of the calls that
     may go through a wrapper: a literal topic-shaped argument, a callee named like a
     bus operation or a wrapper of this file, and not one of the direct forms."""
     out: dict[str, list[list[Any]]] = {}
-    for node in nodes:
-        if not isinstance(node, ast.Call):
-            continue
+    for node in groups.get(ast.Call, ()):
         func = node.func
         name = func.attr if isinstance(func, ast.Attribute) else \
             func.id if isinstance(func, ast.Name) else ""
@@ -145,14 +158,14 @@ def is_sub_name(name: str) -> bool:
     return bool(SUB_NAME.search(name)) or not BUS_NAME.search(name)
 
 
-def redis_lists(nodes: list[ast.AST], consts: dict[str, str | None]
+def redis_lists(groups: dict[type, list[ast.AST]], consts: dict[str, str | None]
                 ) -> tuple[dict[str, list[int]], set[str], set[str]]:
     """(literal keys pushed -> lines, literal keys read, literal heads of keys read)."""
     pushed: dict[str, list[int]] = {}
     read: set[str] = set()
     heads: set[str] = set()
-    for node in nodes:
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+    for node in groups.get(ast.Call, ()):
+        if not isinstance(node.func, ast.Attribute):
             continue
         method = node.func.attr
         if method in REDIS_PUSH and len(node.args) >= 2:

@@ -18,10 +18,10 @@ import re
 
 from kloros_tasks.detectors._pyast import (
     Definitions,
-    all_nodes,
     assigned_module_attributes,
     flatten_block,
     is_test_path,
+    nodes_by_type,
     parse,
     undocumented,
 )
@@ -52,7 +52,7 @@ def python_facts(path: str, text: str) -> FileFacts:
     if tree is None:
         return FileFacts(error=error)
     try:
-        found = Definitions()
+        found = Definitions(tree)
         module_of_facts = next(iter(importable_names(path)), None)
         for module in importable_names(path):
             found.defines.update(prefixes(module))
@@ -90,9 +90,9 @@ def registered_names(tree: ast.Module) -> set[str]:
     """Dotted names a decorator registers an object under (``@app.task(name='celery.map')``):
     documents name the object so, and no module binds that name."""
     out: set[str] = set()
-    for node in all_nodes(tree):
-        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            continue
+    groups = nodes_by_type(tree)
+    for node in (*groups.get(ast.FunctionDef, ()), *groups.get(ast.AsyncFunctionDef, ()),
+                 *groups.get(ast.ClassDef, ())):
         for decorator in node.decorator_list:
             for keyword in decorator.keywords if isinstance(decorator, ast.Call) else ():
                 value = keyword.value
