@@ -28,12 +28,14 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 
-# A cold scan or a storm comes as batch tasks of up to 100 files per detector, which
-# one worker takes from its three queues in turn: a file's second and third parse come
-# about 100 files after its first.  The bound covers one batch with some margin; in
-# characters it holds about 30 MiB of trees (docs/performance.md, section 0b).
-MAX_ENTRIES = 128
-MAX_SOURCE_CHARS = 1024 * 1024
+# Small on purpose.  A bound that covers one batch task (128 trees, 1 Mi characters,
+# about 30 MiB of trees) served most parses in an in-process replay, but in a live
+# cold scan the watcher sends up to five batches per detector at a time, so a file's
+# second parse comes several hundred files after its first: the larger bound saved no
+# measurable time on Django and raised the burst peak by 8 to 16 MiB
+# (docs/performance.md, section 0b).  What it keeps: a live edit's three tasks.
+MAX_ENTRIES = 8
+MAX_SOURCE_CHARS = 512 * 1024
 
 
 _AST = ast.AST
