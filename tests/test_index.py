@@ -268,18 +268,22 @@ def test_an_update_racing_a_split_is_addressed_again(r):
     assert_same(memory, RedisIndex(r, DETECTOR, ROOT), [*POOL, COMMON])
 
 
-def test_concurrent_writers_sharing_buckets_and_a_file_leave_a_consistent_index(r, redis_url):
+def update_concurrently(redis_url: str, detector: str, root: str,
+                        make_facts) -> None:
+    """Two writers, each on its own connection, updating 150 times at once: every third
+    update on the same file, the rest on 20 files of their own; ``make_facts(rng)``
+    gives the facts (15 % of updates delete instead)."""
     errors: list[BaseException] = []
     start = threading.Barrier(2)
 
     def write(worker: int) -> None:
         client = redis_client(redis_url)
         try:
-            view, rng = RedisIndex(client, DETECTOR, ROOT), random.Random(worker)
+            view, rng = RedisIndex(client, detector, root), random.Random(worker)
             start.wait()
             for n in range(150):
                 path = "shared.py" if n % 3 == 0 else f"w{worker}/{rng.randrange(20)}.py"
-                view.update(path, None if rng.random() < 0.15 else random_facts(rng, POOL[:120]))
+                view.update(path, None if rng.random() < 0.15 else make_facts(rng))
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
         finally:
@@ -291,6 +295,10 @@ def test_concurrent_writers_sharing_buckets_and_a_file_leave_a_consistent_index(
     for thread in threads:
         thread.join()
     assert not errors
+
+
+def test_concurrent_writers_sharing_buckets_and_a_file_leave_a_consistent_index(r, redis_url):
+    update_concurrently(redis_url, DETECTOR, ROOT, lambda rng: random_facts(rng, POOL[:120]))
     # Whichever writer won each file, the index inverts exactly the facts stored.
     redis_index, memory = RedisIndex(r, DETECTOR, ROOT), MemoryIndex(DETECTOR)
     replay([memory], [(p, redis_index.facts(p)) for p in redis_index.paths()])

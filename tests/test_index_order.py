@@ -8,12 +8,11 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import threading
 
 import pytest
+from test_index import update_concurrently
 
 from kloros_tasks import names
-from kloros_tasks.connections import redis_client
 from kloros_tasks.detectors.base import FileFacts, Holders, path_order
 from kloros_tasks.state import index, snapshot
 from kloros_tasks.state.index import MemoryIndex, RedisIndex
@@ -164,28 +163,7 @@ def test_an_update_whose_script_redis_forgot_leaves_index_and_order_agreeing(r):
 
 
 def test_concurrent_writers_leave_the_order_sets_matching_the_facts(r, redis_url):
-    errors: list[BaseException] = []
-    start = threading.Barrier(2)
-
-    def write(worker: int) -> None:
-        client = redis_client(redis_url)
-        try:
-            view, rng = RedisIndex(client, DETECTOR, ROOT), random.Random(worker)
-            start.wait()
-            for n in range(150):
-                path = "shared.py" if n % 3 == 0 else f"w{worker}/{rng.randrange(20)}.py"
-                view.update(path, None if rng.random() < 0.15 else random_facts(rng))
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
-        finally:
-            client.close()
-
-    threads = [threading.Thread(target=write, args=(w,)) for w in (1, 2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
+    update_concurrently(redis_url, DETECTOR, ROOT, random_facts)
     redis_index, memory = RedisIndex(r, DETECTOR, ROOT), MemoryIndex(DETECTOR)
     replay([memory], [(p, redis_index.facts(p)) for p in redis_index.paths()])
     assert_same_order(memory, redis_index, [*NAMES, COMMON])
