@@ -108,7 +108,9 @@ def measure(files: int, single_worker: bool, concurrency: str | None,
             for _ in range(restarts):
                 stop_s = up.stop()
                 if aof is None:  # what the restart loads, after the stop
-                    aof = sum(p.stat().st_size for p in (up.state / "redis").rglob("*.aof"))
+                    # (a rewritten base is an RDB file: appendonly.aof.N.base.rdb)
+                    aof = sum(p.stat().st_size for p in (up.state / "redis").rglob("*.aof*")
+                              if p.suffix in (".aof", ".rdb"))
                 starts.append({**one_start(up, files), "stop": stop_s})
             received = len(up.worker_log_lines("] received"))
             republished = up.client.xlen(names.STREAM) - stream_before
