@@ -7,7 +7,8 @@ missed between publication and printing.  Progress goes to stderr on a terminal 
 this module (redis-py, the state modules) is imported.  A child that dies is
 restarted with backoff (supervisor.Supervisor); its restarts are published under
 ``kloros:up`` for ``kloros-tasks status``.  The snapshot is restored here before the
-children start; the watcher then keeps it (and restores it again if Redis is emptied).
+children connect (they wait at the supervisor's gate until then); the watcher then
+keeps it (and restores it again if Redis is emptied).
 With the embedded server, its AOF is rewritten while nothing else runs: after a quiet
 while at rest, and at the stop (``rewrite_aof_if_grown``).
 """
