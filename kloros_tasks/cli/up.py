@@ -158,7 +158,8 @@ def run_pipeline(settings: Settings, roots: list[Path], url: str, supervisor: Su
         if open_count:
             print(f"{open_count} questions already open (kloros-tasks questions --open)",
                   file=sys.stderr)
-        supervisor.open_gate()
+        if not stop.is_set():  # a stop during the start: the gated children never run
+            supervisor.open_gate()
         print(f"started {', '.join(c.name for c in children)}; logs in {supervisor.log_dir}",
               file=sys.stderr)
         progress = Progress(watcher_pid=_watcher_pid(children))
