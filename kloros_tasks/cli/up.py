@@ -160,8 +160,8 @@ def run_pipeline(settings: Settings, roots: list[Path], url: str, supervisor: Su
                   file=sys.stderr)
         if not stop.is_set():  # a stop during the start: the gated children never run
             supervisor.open_gate()
-        print(f"started {', '.join(c.name for c in children)}; logs in {supervisor.log_dir}",
-              file=sys.stderr)
+            print(f"started {', '.join(c.name for c in children)}; logs in "
+                  f"{supervisor.log_dir}", file=sys.stderr)
         progress = Progress(watcher_pid=_watcher_pid(children))
         status = _loop(client, supervisor, stop, last_id, fmt, progress, compact=embedded)
     finally:
