@@ -25,7 +25,7 @@ from kloros_tasks.cli.supervisor import (
     prestarted,
     stop_all,
 )
-from kloros_tasks.cli.threadchild import ThreadChild
+from kloros_tasks.cli.threadchild import ThreadChild, bridge_thread
 from kloros_tasks.settings import Settings, SettingsError
 
 POLICY = RestartPolicy(first_delay=1.0, max_delay=4.0, stable_after=60.0, burst=3,
@@ -238,13 +238,14 @@ def test_a_thread_child_that_ignores_its_stop_is_abandoned_as_killed(tmp_path):
 @pytest.mark.parametrize("single_worker", [True, False])
 def test_the_bridge_is_a_thread_of_up_only_where_asked(tmp_path, single_worker):
     settings = Settings(state_dir=tmp_path, chem_xsub_given=True)
+    in_process = bridge_thread if single_worker else None
     bridge = next(c for c in plan(settings, [tmp_path], single_worker=single_worker,
-                                  bridge_in_process=single_worker) if c.name == "bridge")
+                                  bridge_in_process=in_process) if c.name == "bridge")
     assert isinstance(bridge, ThreadChild) == single_worker
     if not single_worker:
         assert bridge.argv[-1] == "bridge"
     assert not [c for c in plan(Settings(state_dir=tmp_path), [tmp_path],
-                                bridge_in_process=True) if c.name == "bridge"]
+                                bridge_in_process=bridge_thread) if c.name == "bridge"]
 
 
 def test_gated_children_start_at_once_but_run_only_when_the_gate_opens(tmp_path):

@@ -161,12 +161,13 @@ def flower_child(settings: Settings, auth: str, nodes: list[str]) -> Child:
 
 def plan(settings: Settings, roots: list[Path], *, concurrency: tuple[int, int] | None = None,
          single_worker: bool = True, flower_auth: str | None = None,
-         bridge_in_process: bool = False) -> list[Child]:
+         bridge_in_process: Callable[[Settings], Child] | None = None) -> list[Child]:
     """The children of one ``up``: workers, beat, watcher (and the bridge when configured).
     By default one worker on every queue; ``single_worker=False``: one per queue.  Each
     worker's pool is ``concurrency`` (most, fewest processes), by default the setting's.
-    ``bridge_in_process``: the bridge runs as a thread of ``up`` (``bridge_thread``), on
-    ``settings.redis_url``, instead of as a ``kloros-tasks bridge`` process.
+    ``bridge_in_process``: makes the bridge's child from ``settings`` (cli/threadchild.py
+    ``bridge_thread``: a thread of ``up`` on ``settings.redis_url``) instead of a
+    ``kloros-tasks bridge`` process.
 
     Beat runs embedded (``-B``) in the single worker, as kloros-curiosity-all.service
     does, and in the per-detector layout in the exploration worker, the one that
@@ -190,10 +191,8 @@ def plan(settings: Settings, roots: list[Path], *, concurrency: tuple[int, int] 
     children.append(prestarted(Child("watcher", [sys.executable, "-m", "kloros_tasks.cli",
                                                  "watch", *map(str, roots)],
                                      final_statuses=frozenset({CONFIG_ERROR}))))
-    if settings.chem_xsub_given and bridge_in_process:
-        from kloros_tasks.cli.threadchild import bridge_thread  # noqa: PLC0415 - it imports this
-
-        children.append(bridge_thread(settings))
+    if settings.chem_xsub_given and bridge_in_process is not None:
+        children.append(bridge_in_process(settings))
     elif settings.chem_xsub_given:
         children.append(prestarted(Child("bridge", [sys.executable, "-m", "kloros_tasks.cli",
                                                     "bridge"],
