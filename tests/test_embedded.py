@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from kloros_tasks.cli.embedded import EmbeddedRedis, EmbeddedRedisError, find_redis_server
+from kloros_tasks.cli.embedded import (
+    EmbeddedRedis,
+    EmbeddedRedisError,
+    find_redis_server,
+    rewrite_aof_if_grown,
+)
 from kloros_tasks.connections import redis_client
 
 
@@ -89,3 +94,31 @@ def test_a_socket_directory_another_user_owns_is_refused():
     os.chown(directory, 65534, 65534)  # nobody
     with pytest.raises(EmbeddedRedisError, match="belongs to uid 65534"):
         EmbeddedRedis(directory, persist=False).start()
+
+
+def aof_files_size(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*.aof"))
+
+
+def test_the_server_leaves_rewrites_to_up_and_up_rewrites_only_a_grown_file():
+    directory = Path(tempfile.mkdtemp(prefix="kl-emb-"))
+    server = EmbeddedRedis(directory).spawn()  # returns before the server answers
+    with server.wait_ready():
+        client = redis_client(server.url)
+        # No rewrite of its own below 256 MB: a burst's writes do not fork it.
+        assert client.config_get("auto-aof-rewrite-min-size") == {
+            "auto-aof-rewrite-min-size": str(256 * 2**20)}
+        client.set("kloros:test", "x" * 4096)
+        assert not rewrite_aof_if_grown(client, min_growth=2**20)  # grown by < 1 MiB
+        for i in range(400):
+            client.set("kloros:test", f"{i}" * 4096)  # ~1.6 MB appended, one key kept
+        grown = aof_files_size(directory)
+        assert rewrite_aof_if_grown(client, min_growth=2**20, wait=30)
+        assert client.info("persistence")["aof_rewrite_in_progress"] == 0
+        assert aof_files_size(directory) < grown / 10
+        assert not rewrite_aof_if_grown(client, min_growth=2**20)  # nothing new since
+        client.close()
+    with EmbeddedRedis(directory) as server:  # the compact file holds the data
+        client = redis_client(server.url)
+        assert client.get("kloros:test") == b"399" * 4096
+        client.close()

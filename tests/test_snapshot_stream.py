@@ -181,3 +181,22 @@ def test_a_malformed_summary_makes_the_snapshot_unreadable(tmp_path, summary):
                     f'"facts":{{}},"owned":{{}},"ledger":{{}},"summary":{summary}}}')
     with pytest.raises(snapshot.SnapshotError, match="summary"):
         snapshot.load_snapshot(path)
+
+
+def scan_calls(r) -> int:
+    return int(r.info("commandstats").get("cmdstat_scan", {}).get("calls", 0))
+
+
+def test_state_of_a_known_root_is_found_without_walking_the_keyspace(r):
+    assert not snapshot.holds_state(r, [ROOT])
+    pipe = r.pipeline(transaction=False)
+    for i in range(5_000):  # what fills a real keyspace: index buckets, owned sets
+        pipe.set(f"kloros:ix:{KNOWLEDGE}:{ROOT}:b:{i}", "x")
+    pipe.execute()
+    r.hset(names.facts(KNOWLEDGE, ROOT), "a.py", "1:")
+    before = scan_calls(r)
+    assert snapshot.holds_state(r, [ROOT])
+    assert scan_calls(r) == before  # one EXISTS answered it
+    # A root it was not told about is still found, by scanning.
+    assert snapshot.holds_state(r, ["elsewhere"])
+    assert scan_calls(r) > before

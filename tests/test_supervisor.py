@@ -4,20 +4,29 @@ Real child processes; the supervisor's clock is the test's, so no test waits for
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
 import sys
+import threading
+import time
 
 import pytest
 
 from kloros_tasks import names
 from kloros_tasks.cli.supervisor import (
     Child,
+    Gate,
     GaveUp,
     RestartPolicy,
     Supervisor,
     describe_exit,
     plan,
+    prestarted,
+    stop_all,
 )
-from kloros_tasks.settings import Settings
+from kloros_tasks.cli.threadchild import ThreadChild, bridge_thread
+from kloros_tasks.settings import Settings, SettingsError
 
 POLICY = RestartPolicy(first_delay=1.0, max_delay=4.0, stable_after=60.0, burst=3,
                        interval=300.0)
@@ -161,3 +170,111 @@ def test_the_per_detector_layout_runs_beat_inside_the_exploration_worker(tmp_pat
     with_beat = [c.name for c in children if "-B" in c.argv]
     assert with_beat == [f"worker-{names.EXPLORATION}"]
     assert not [c for c in children if "beat" in c.argv]
+
+
+def thread_child(run_for, name: str = "bridge") -> ThreadChild:
+    return ThreadChild(name, [], final_statuses=frozenset({2}), run=run_for,
+                       loggers=("kloros_tasks.tests.thread_child",))
+
+
+def test_a_thread_child_that_ends_is_restarted_like_a_process(run):
+    runs = []
+
+    def ends(stop):
+        runs.append(1)
+        logging.getLogger("kloros_tasks.tests.thread_child").warning("run %d", len(runs))
+        return 0
+
+    child = thread_child(ends)
+    supervisor, clock, said = run(child)
+    child.proc.wait(30)
+    supervisor.check()
+    assert child.restart_at == clock.now + 1.0 and child.last_exit == 0
+    clock.now += 1.0
+    supervisor.check()
+    child.proc.wait(30)
+    assert len(runs) == 2 and child.restarts == 1
+    assert supervisor.state()["bridge"]["pid"] == os.getpid()
+    # Its loggers write to its own log file.
+    assert "run 2" in child.log_path.read_text()
+
+
+def test_a_thread_child_stopping_on_a_settings_error_gives_up_at_once(run):
+    def misconfigured(stop):
+        raise SettingsError("KLOROS_CHEM_XSUB: not an endpoint")
+
+    child = thread_child(misconfigured)
+    supervisor, _clock, _said = run(child)
+    child.proc.wait(30)
+    with pytest.raises(GaveUp, match="a restart cannot help"):
+        supervisor.check()
+    assert child.last_exit == 2
+
+
+def test_stop_all_ends_a_thread_child_through_its_stop_event(tmp_path):
+    seen = threading.Event()
+
+    def waits(stop):
+        seen.set()
+        stop.wait()
+        return 0
+
+    child = thread_child(waits)
+    Supervisor([child], {}, tmp_path).start_all()
+    assert seen.wait(30)
+    stop_all([child], grace=30)
+    assert not child.alive() and child.proc.poll() == 0
+
+
+def test_a_thread_child_that_ignores_its_stop_is_abandoned_as_killed(tmp_path):
+    never = threading.Event()
+    child = thread_child(lambda stop: never.wait(60) and 0)
+    Supervisor([child], {}, tmp_path).start_all()
+    stop_all([child], grace=0.1)
+    assert child.proc.poll() == -signal.SIGKILL
+    never.set()
+
+
+@pytest.mark.parametrize("single_worker", [True, False])
+def test_the_bridge_is_a_thread_of_up_only_where_asked(tmp_path, single_worker):
+    settings = Settings(state_dir=tmp_path, chem_xsub_given=True)
+    in_process = bridge_thread if single_worker else None
+    bridge = next(c for c in plan(settings, [tmp_path], single_worker=single_worker,
+                                  bridge_in_process=in_process) if c.name == "bridge")
+    assert isinstance(bridge, ThreadChild) == single_worker
+    if not single_worker:
+        assert bridge.argv[-1] == "bridge"
+    assert not [c for c in plan(Settings(state_dir=tmp_path), [tmp_path],
+                                bridge_in_process=bridge_thread) if c.name == "bridge"]
+
+
+def test_gated_children_start_at_once_but_run_only_when_the_gate_opens(tmp_path):
+    (tmp_path / "marker.py").write_text(
+        "import sys, pathlib\n"
+        "pathlib.Path(sys.argv[1]).write_text(' '.join(sys.argv[2:]))\n")
+    ran = tmp_path / "ran"
+    gated = prestarted(Child("watcher", [sys.executable, "-m", "marker", str(ran), "a", "b"]))
+    assert gated.argv[:4] == [sys.executable, "-m", "kloros_tasks.cli.prestart", "marker"]
+    later = exits_with(0, name="flower")
+    reached = threading.Event()
+    thread = thread_child(lambda stop: reached.set() or 0)
+    thread.gated = True
+    supervisor = Supervisor([gated, later, thread], {"PYTHONPATH": str(tmp_path)}, tmp_path)
+    supervisor.start_all(Gate())
+    try:
+        assert gated.alive() and later.proc is None
+        time.sleep(1)  # time enough to import and run, were it not held
+        assert gated.alive() and not ran.exists() and not reached.is_set()
+        supervisor.open_gate()
+        assert gated.proc.wait(30) == 0 and ran.read_text() == "a b"
+        assert later.proc.wait(30) == 0
+        assert thread.proc.wait(30) == 0 and reached.is_set()
+    finally:
+        stop_all(supervisor.children, grace=5)
+
+
+def test_a_restarted_gated_child_runs_at_once(tmp_path):
+    child = prestarted(Child("watcher", [sys.executable, "-m", "json.tool", "--help"]))
+    supervisor = Supervisor([child], {}, tmp_path)
+    supervisor.start_all()  # no gate: its input is /dev/null
+    assert child.proc.wait(30) == 0

@@ -85,7 +85,7 @@ def test_by_default_one_worker_serves_every_queue_with_beat_embedded(world):
         assert len(workers) == 1 and " -B " in workers[0]
         assert ",".join(names.QUEUES) in workers[0]
         assert not [c for c in commands if " beat " in c]
-        # Its allocator keeps little freed heap resident (cli/up.py CHILD_MALLOC).
+        # Its allocator keeps little freed heap resident (cli/upstart.py CHILD_MALLOC).
         environ = Path(f"/proc/{child_pid(up, ' worker ')}/environ").read_bytes().split(b"\0")
         assert b"MALLOC_ARENA_MAX=2" in environ
         client.close()

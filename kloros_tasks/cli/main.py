@@ -48,7 +48,7 @@ def cmd_scan(args, settings: Settings) -> int:
 
 def cmd_up(args, settings: Settings) -> int:
     from kloros_tasks.cli.supervisor import AlreadyRunning  # noqa: PLC0415
-    from kloros_tasks.cli.up import run_up  # noqa: PLC0415
+    from kloros_tasks.cli.upstart import run_up  # noqa: PLC0415
 
     if args.redis:
         settings = settings.with_overrides(redis_url=check_redis_url("--redis", args.redis),

@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -34,6 +35,9 @@ from kloros_tasks.settings import Settings
 log = logging.getLogger(__name__)
 STOP_GRACE = 7.0  # SIGTERM to SIGKILL; the whole stop stays under 10 s
 CELERY = [sys.executable, "-m", "celery", "-A", "kloros_tasks.celery_app"]
+# ``python -m MODULE ...`` run through cli/prestart.py: imports first, then waits for
+# its standard input to end (``Gate``) before it runs.
+PRESTART = [sys.executable, "-m", "kloros_tasks.cli.prestart"]
 # A ``kloros-tasks`` command's configuration error (cli/main.py): a restart cannot mend it.
 CONFIG_ERROR = 2
 
@@ -62,6 +66,21 @@ def lock_state_dir(state_dir: Path):
     return handle
 
 
+class Gate:
+    """What gated children wait for: a process reads the end of its standard input (a
+    pipe whose writing end only ``up`` holds; cli/prestart.py), a thread an event."""
+
+    def __init__(self) -> None:
+        self.read_fd, self._write_fd = os.pipe()  # neither inherited by any child
+        self.event = threading.Event()
+
+    def open(self) -> None:
+        if not self.event.is_set():
+            os.close(self._write_fd)
+            os.close(self.read_fd)
+            self.event.set()
+
+
 @dataclass
 class Child:
     name: str
@@ -76,14 +95,16 @@ class Child:
     started_at: float = 0.0
     delay: float = 0.0
     restart_times: deque[float] = field(default_factory=deque)
+    gated: bool = False  # may start before the Gate opens (waits for it on its own)
 
-    def start(self, env: dict[str, str], log_dir: Path) -> None:
+    def start(self, env: dict[str, str], log_dir: Path, gate: Gate | None = None) -> None:
         self.log_path = log_dir / f"{self.name}.log"
         # Logs name the watched files: private to the user, as the state dir is.
         fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             self.proc = subprocess.Popen(
-                self.argv, env={**env, **self.extra_env}, stdin=subprocess.DEVNULL,
+                self.argv, env={**env, **self.extra_env},
+                stdin=gate.read_fd if gate is not None else subprocess.DEVNULL,
                 stdout=fd, stderr=subprocess.STDOUT, start_new_session=True,
             )
         finally:
@@ -99,6 +120,15 @@ class Child:
             os.killpg(self.proc.pid, sig)
         except ProcessLookupError:
             pass
+
+
+def prestarted(child: Child) -> Child:
+    """``child`` (``python -m MODULE ...``) run through cli/prestart.py: it may be
+    started before Redis answers, and imports while it waits for the Gate."""
+    assert child.argv[1] == "-m", child.argv
+    child.argv = PRESTART + child.argv[2:]
+    child.gated = True
+    return child
 
 
 def pool_argv(concurrency: tuple[int, int]) -> list[str]:
@@ -130,10 +160,14 @@ def flower_child(settings: Settings, auth: str, nodes: list[str]) -> Child:
 
 
 def plan(settings: Settings, roots: list[Path], *, concurrency: tuple[int, int] | None = None,
-         single_worker: bool = True, flower_auth: str | None = None) -> list[Child]:
+         single_worker: bool = True, flower_auth: str | None = None,
+         bridge_in_process: Callable[[Settings], Child] | None = None) -> list[Child]:
     """The children of one ``up``: workers, beat, watcher (and the bridge when configured).
     By default one worker on every queue; ``single_worker=False``: one per queue.  Each
     worker's pool is ``concurrency`` (most, fewest processes), by default the setting's.
+    ``bridge_in_process``: makes the bridge's child from ``settings`` (cli/threadchild.py
+    ``bridge_thread``: a thread of ``up`` on ``settings.redis_url``) instead of a
+    ``kloros-tasks bridge`` process.
 
     Beat runs embedded (``-B``) in the single worker, as kloros-curiosity-all.service
     does, and in the per-detector layout in the exploration worker, the one that
@@ -145,21 +179,24 @@ def plan(settings: Settings, roots: list[Path], *, concurrency: tuple[int, int] 
     schedule = str(settings.state_dir / "celerybeat-schedule.json")
     beat = ["-B", "--schedule", schedule]
     if single_worker:
-        children.append(Child("worker", worker_argv(list(names.QUEUES), settings,
-                                                     concurrency, "all") + beat))
+        children.append(prestarted(Child("worker", worker_argv(
+            list(names.QUEUES), settings, concurrency, "all") + beat)))
     else:
         for queue in names.QUEUES:
-            children.append(Child(f"worker-{queue}",
-                                  worker_argv([queue], settings, concurrency, queue)
-                                  + (beat if queue == names.EXPLORATION else [])))
+            children.append(prestarted(Child(
+                f"worker-{queue}", worker_argv([queue], settings, concurrency, queue)
+                + (beat if queue == names.EXPLORATION else []))))
     # The watcher keeps the snapshot, as under systemd: it restores it as soon as it
     # finds Redis emptied under it, and is the one process that writes it.
-    children.append(Child("watcher", [sys.executable, "-m", "kloros_tasks.cli", "watch",
-                                      *map(str, roots)],
-                          final_statuses=frozenset({CONFIG_ERROR})))
-    if settings.chem_xsub_given:
-        children.append(Child("bridge", [sys.executable, "-m", "kloros_tasks.cli", "bridge"],
-                              final_statuses=frozenset({CONFIG_ERROR})))
+    children.append(prestarted(Child("watcher", [sys.executable, "-m", "kloros_tasks.cli",
+                                                 "watch", *map(str, roots)],
+                                     final_statuses=frozenset({CONFIG_ERROR}))))
+    if settings.chem_xsub_given and bridge_in_process is not None:
+        children.append(bridge_in_process(settings))
+    elif settings.chem_xsub_given:
+        children.append(prestarted(Child("bridge", [sys.executable, "-m", "kloros_tasks.cli",
+                                                    "bridge"],
+                                         final_statuses=frozenset({CONFIG_ERROR}))))
     if flower_auth:
         nodes = ["all"] if single_worker else list(names.QUEUES)
         children.append(flower_child(settings, flower_auth, nodes))
@@ -223,13 +260,33 @@ class Supervisor:
         self.say = say or (lambda line: print(f"kloros-tasks: {line}", file=sys.stderr,
                                               flush=True))
         self.changed = True  # the state others read (``status``) needs publishing
+        self.gate: Gate | None = None
 
-    def start_all(self) -> None:
+    def start_all(self, gate: Gate | None = None) -> None:
+        """Start every child; with a ``gate``, only the gated ones now (they wait for
+        it), the others in ``open_gate``."""
+        self.gate = gate
         for child in self.children:
-            self._start(child)
+            if gate is None or child.gated:
+                self._start(child, gate)
 
-    def _start(self, child: Child) -> None:
-        child.start(self.env, self.log_dir)
+    def open_gate(self) -> None:
+        """Let the gated children run and start the others."""
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            gate.open()
+            for child in self.children:
+                if not child.gated:
+                    self._start(child)
+
+    def close_gate(self) -> None:
+        """Release the gate's pipe without starting anything (the children were stopped)."""
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            gate.open()
+
+    def _start(self, child: Child, gate: Gate | None = None) -> None:
+        child.start(self.env, self.log_dir, gate)
         child.started_at, child.restart_at = self.clock(), None
         self.changed = True
 

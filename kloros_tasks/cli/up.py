@@ -3,21 +3,21 @@
 Questions are read from the durable stream (from where it stood at start), so none is
 missed between publication and printing.  Progress goes to stderr on a terminal only.
 
-Before anything starts, the state dir must be writable and a given Redis must answer;
-otherwise one line names the variable and the status is 2.  A child that dies is
+``kloros-tasks up`` begins in cli/upstart.py, which starts the embedded server before
+this module (redis-py, the state modules) is imported.  A child that dies is
 restarted with backoff (supervisor.Supervisor); its restarts are published under
 ``kloros:up`` for ``kloros-tasks status``.  The snapshot is restored here before the
-children start; the watcher then keeps it (and restores it again if Redis is emptied).
+children connect (they wait at the supervisor's gate until then); the watcher then
+keeps it (and restores it again if Redis is emptied).
+With the embedded server, its AOF is rewritten while nothing else runs: after a quiet
+while at rest, and at the stop (``rewrite_aof_if_grown``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import secrets
-import signal
 import socket
 import sys
 import threading
@@ -27,33 +27,22 @@ from pathlib import Path
 import redis
 
 from kloros_tasks import names
-from kloros_tasks.cli.embedded import EmbeddedRedis, EmbeddedRedisError
+from kloros_tasks.cli.embedded import REWRITE_WAIT, rewrite_aof_if_grown
 from kloros_tasks.cli.render import render_text
-from kloros_tasks.cli.supervisor import GaveUp, Supervisor, lock_state_dir, plan, stop_all
+from kloros_tasks.cli.supervisor import GaveUp, Supervisor, stop_all
 from kloros_tasks.connections import forget_redis_url, record_redis_url, redact, redis_client
-from kloros_tasks.settings import Settings, SettingsError, check_state_dir
+from kloros_tasks.settings import Settings, SettingsError
 from kloros_tasks.state import snapshot
+from kloros_tasks.watch import filters
 
-MAX_SOCKET_PATH = 100
 PUBLISH_EVERY = 5.0  # seconds between refreshes of kloros:up
 STATE_TTL = 30
 # Compact envelopes spell the signal exactly so (questions.dumps): a cheap test.
 RESOLVED_MARK = f'"signal":"{names.CHANNEL_RESOLVED}"'
-# glibc's allocator for the children, unless the environment says otherwise: two arenas
-# instead of eight per core for the threads of the workers and the watcher, and freed
-# heap handed back past 128 KiB instead of a threshold that only grows.  After a cold
-# scan of Django this keeps about 20 MiB less resident (docs/performance.md).
-CHILD_MALLOC = {"MALLOC_ARENA_MAX": "2", "MALLOC_TRIM_THRESHOLD_": "131072"}
-
-
-def embedded_dir(state_dir: Path) -> Path:
-    """Where the embedded server lives; a short /tmp path when the state dir is too deep
-    for a unix socket name."""
-    directory = state_dir / "redis"
-    if len(str(directory / "redis.sock")) <= MAX_SOCKET_PATH:
-        return directory
-    digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:12]
-    return Path("/tmp") / f"kloros-redis-{digest}"
+# The embedded server's AOF is rewritten by ``up`` once the analysis has been idle this
+# long and the file has grown past the first figure; at the stop, past the second.
+REWRITE_AFTER_IDLE = 30.0
+IDLE_REWRITE_GROWTH, STOP_REWRITE_GROWTH = 16 * 2**20, 2 * 2**20
 
 
 def _stream_tail(client) -> str:
@@ -76,6 +65,7 @@ class Progress:
         self.watcher_pid = watcher_pid
         self.peak = 0
         self.busy = True  # the initial scan is ahead
+        self.idle_since: float | None = None  # monotonic time the analysis went idle
         self.opened = self.resolved = 0  # publications printed during this run
 
     def _watcher_ready(self, client) -> bool:
@@ -93,7 +83,7 @@ class Progress:
         queued = sum(client.llen(q) for q in names.QUEUES)
         self.peak = max(self.peak, queued)
         if queued or opened or resolved:
-            self.busy = True
+            self.busy, self.idle_since = True, None
             if queued and self.tty:
                 self.stream.write(f"\ranalysing: {self.peak - queued} of {self.peak} changes, "
                                   f"{self.opened} opened, {self.resolved} resolved ")
@@ -101,7 +91,7 @@ class Progress:
             self.stream.write(("\r" if self.tty else "")
                               + f"analysis idle: {self.counts(client)}"
                               + (" " * 10 if self.tty else "") + "\n")
-            self.busy, self.peak = False, 0
+            self.busy, self.peak, self.idle_since = False, 0, time.monotonic()
         self.stream.flush()
 
     def counts(self, client) -> str:
@@ -142,51 +132,16 @@ def check_reachable(url: str) -> None:
         client.close()
 
 
-def run_up(settings: Settings, roots: list[Path], *, fmt: str = "text",
-           concurrency: tuple[int, int] | None = None, single_worker: bool = True,
-           flower: bool = False) -> int:
-    """Run the pipeline until SIGINT/SIGTERM; returns the exit status: 0 stopped, 1 a
-    child could not be kept running, 2 configuration (SettingsError raised before
-    anything started, or the embedded server refused its directory).
+def run_pipeline(settings: Settings, roots: list[Path], url: str, supervisor: Supervisor,
+                 stop: threading.Event, *, embedded: bool = False, fmt: str = "text") -> int:
+    """Run the pipeline on the Redis at ``url`` (it answers) until ``stop`` is set; returns
+    the exit status: 0 stopped, 1 a child could not be kept running.
 
-    By default one worker consumes every detector queue with beat embedded: the queues
-    stay one per detector, and the whole of ``up`` fits in the memory of the original
-    daemons (docs/performance.md).  ``single_worker=False`` runs one worker per queue, as
-    the per-queue systemd units do, so that one detector cannot stall or take down
-    another; beat then runs in the exploration worker."""
-    check_state_dir(settings.state_dir)
-    if settings.redis_url_given:
-        check_reachable(settings.redis_url)
-    lock = lock_state_dir(settings.state_dir)
-    server = None
-    url = settings.redis_url
-    if not settings.redis_url_given:
-        try:
-            server = EmbeddedRedis(embedded_dir(settings.state_dir)).start()
-        except EmbeddedRedisError as exc:
-            lock.close()
-            print(f"kloros-tasks: embedded redis-server: {exc}", file=sys.stderr)
-            return 2
-        url = server.url
-        print(f"embedded redis-server on {server.socket}", file=sys.stderr)
-    env = {**CHILD_MALLOC, **os.environ, "KLOROS_REDIS_URL": url,
-           "KLOROS_STATE_DIR": str(settings.state_dir), "PYTHONUNBUFFERED": "1"}
-    log_dir = settings.state_dir / "logs"
-    log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    flower_auth = None
-    if flower:
-        # Never an open dashboard: the given credentials, or fresh ones printed once.
-        flower_auth = settings.flower_auth or f"kloros:{secrets.token_urlsafe(12)}"
-        print(f"flower on http://127.0.0.1:{settings.flower_port}/ (basic auth "
-              f"{flower_auth if not settings.flower_auth else 'from KLOROS_FLOWER_AUTH'})",
-              file=sys.stderr)
-    children = plan(settings, roots, concurrency=concurrency, single_worker=single_worker,
-                    flower_auth=flower_auth)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    ``supervisor``'s gated children were started already (cli/upstart.py) and wait for
+    its gate, which opens once the snapshot is restored.  ``embedded``: ``url`` is the
+    server this ``up`` started, whose AOF it may rewrite."""
+    children = supervisor.children
     client = redis_client(url, socket_timeout=5)
-    supervisor = Supervisor(children, env, log_dir)
     # Where this pipeline's Redis is, for `questions`, `status`, `env` and celery's own
     # commands started without KLOROS_REDIS_URL.
     record_redis_url(settings.state_dir, url)
@@ -194,7 +149,8 @@ def run_up(settings: Settings, roots: list[Path], *, fmt: str = "text",
     progress: Progress | None = None
     snapshot_path = snapshot.default_path(settings.state_dir)
     try:
-        if snapshot.restore_snapshot(client, snapshot_path):
+        if snapshot.restore_snapshot(client, snapshot_path,
+                                     [filters.root_name(str(root)) for root in roots]):
             print(f"restored open questions and the file index from {snapshot_path}",
                   file=sys.stderr)
         last_id = _stream_tail(client)
@@ -202,22 +158,22 @@ def run_up(settings: Settings, roots: list[Path], *, fmt: str = "text",
         if open_count:
             print(f"{open_count} questions already open (kloros-tasks questions --open)",
                   file=sys.stderr)
-        supervisor.start_all()
-        print(f"started {', '.join(c.name for c in children)}; logs in {log_dir}",
-              file=sys.stderr)
+        if not stop.is_set():  # a stop during the start: the gated children never run
+            supervisor.open_gate()
+            print(f"started {', '.join(c.name for c in children)}; logs in "
+                  f"{supervisor.log_dir}", file=sys.stderr)
         progress = Progress(watcher_pid=_watcher_pid(children))
-        status = _loop(client, supervisor, stop, last_id, fmt, progress)
+        status = _loop(client, supervisor, stop, last_id, fmt, progress, compact=embedded)
     finally:
         stop_all(children)
         if progress is not None:
             _end_summary(client, progress)
         with contextlib.suppress(redis.RedisError):
             client.delete(names.UP_STATE)
+            if embedded:  # nothing else runs now: a restart then loads a compact file
+                rewrite_aof_if_grown(client, STOP_REWRITE_GROWTH, wait=REWRITE_WAIT)
         client.close()
         forget_redis_url(settings.state_dir, url)
-        if server is not None:
-            server.stop()
-        lock.close()
     return status
 
 
@@ -242,8 +198,19 @@ def publish_state(client, supervisor: Supervisor) -> None:
     client.set(names.UP_STATE, json.dumps(body), ex=STATE_TTL)
 
 
+def _compact_when_quiet(client, progress: Progress) -> None:
+    """Rewrite the embedded server's AOF once per quiet spell: the analysis idle for
+    REWRITE_AFTER_IDLE seconds, so that the fork does not copy the pages of a burst."""
+    if (progress.idle_since is not None
+            and time.monotonic() - progress.idle_since >= REWRITE_AFTER_IDLE):
+        progress.idle_since = None  # until the next spell
+        if rewrite_aof_if_grown(client, IDLE_REWRITE_GROWTH):
+            print("kloros-tasks: compacting the embedded redis-server's append-only file",
+                  file=sys.stderr)
+
+
 def _loop(client, supervisor: Supervisor, stop: threading.Event, last_id: str, fmt: str,
-          progress: Progress) -> int:
+          progress: Progress, compact: bool = False) -> int:
     next_publish = 0.0
     while not stop.is_set():
         try:
@@ -258,6 +225,8 @@ def _loop(client, supervisor: Supervisor, stop: threading.Event, last_id: str, f
                 progress.watcher_pid = _watcher_pid(supervisor.children)  # a restart's
             last_id, opened, resolved = _print_new(client, last_id, fmt, sys.stdout)
             progress.update(client, opened, resolved)
+            if compact:
+                _compact_when_quiet(client, progress)
         except redis.RedisError as exc:
             # Unreachable, restarted, or BUSY with a long script: wait it out; the
             # children have their own retries.

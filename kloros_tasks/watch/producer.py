@@ -321,7 +321,7 @@ class Watcher:
     def _restore(self) -> None:
         """A Redis without file state gets the snapshot back before anything is sent,
         so open questions are not published again and only files changed since are."""
-        if snapshot.restore_snapshot(self.client, self.snapshot_path):
+        if snapshot.restore_snapshot(self.client, self.snapshot_path, self.by_name):
             self.reconcile_needed = True  # the restored seen hashes predate the disk
         self.restore_due = False
 
