@@ -174,6 +174,7 @@ class _Batch:
         self.outcomes = outcomes
         self.index = RedisIndex(ctx.client, detector.name, root, keep_journal=True)
         self.package = root_package(root_info, root, ctx.publisher.host)
+        self.shared_taken = 0  # files whose facts another detector extracted (shared.py)
 
     def key(self, change: Change) -> str:
         return f"{self.detector.name}:{self.root}:{change.path}"
@@ -186,6 +187,9 @@ class _Batch:
             latest[change.path] = change
         fresh = self._not_duplicates(list(latest.values()), reevaluate_all)
         prepared = self._prepare(fresh)
+        if self.shared_taken:
+            log.info("%s: %d files of a batch of %s took the facts another detector"
+                     " extracted", self.detector.name, self.shared_taken, self.root)
         if prepared:
             self._apply(prepared, reevaluate_all)
 
@@ -230,9 +234,27 @@ class _Batch:
                          self.detector.name, self.key(change))
                 self.outcomes["superseded"] += 1
                 continue
-            prepared.append((change, *prepare(self.detector, index, change.path, raw,
-                                              reason, self.package)))
+            prepared.append((change, *self._extract(index, change, raw, reason)))
         return prepared
+
+    def _extract(self, index: BatchIndex, change: Change, raw: bytes | None,
+                 reason: str | None) -> tuple:
+        """``prepare``'s (text, facts, reason), the facts taken from what another
+        detector of this process extracted for this one when it has (shared.py), and
+        else extracted here, and then for the others too."""
+        shared, detector = self.ctx.shared, self.detector
+        if shared is None or raw is None:
+            return prepare(detector, index, change.path, raw, reason, self.package)
+        facts = shared.take(detector.name, self.root, change.path, change.sha256, self.package)
+        if facts is not None:  # the same bytes (digest), so they decoded there
+            self.shared_taken += 1
+            return engine.decode_source(change.path, raw), facts, reason
+        text, facts, reason = prepare(detector, index, change.path, raw, reason, self.package)
+        if text is not None:
+            shared.offer(detector.name, self.root, change.path, change.sha256, text,
+                         self.package, lambda other: engine.extract(
+                             other, index, change.path, text, self.package))
+        return text, facts, reason
 
     def _apply(self, prepared: list[tuple], reevaluate_all: bool) -> None:
         ctx, detector = self.ctx, self.detector
