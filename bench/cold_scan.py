@@ -25,13 +25,15 @@ of redis-server: one per request or pipeline a client sends, more for a request 
 included), the benchmark's own polling left out.  The load average is printed beside
 each tree: on a shared machine only ratios measured in one run compare.
 ``--questions FILE`` writes the questions open at idle (the ledger: signal, id, rule,
-paths, evidence; one JSON line each, sorted), so that two versions of the code can be
-shown to ask the same questions of the same tree.
+paths, evidence; one JSON line each, sorted) and a digest of every file's facts per
+detector, so that two versions of the code can be shown to index the same facts and
+ask the same questions of the same tree.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -145,6 +147,22 @@ def open_questions(up: Up) -> list[str]:
     return sorted(out)
 
 
+def stored_facts(up: Up) -> list[str]:
+    """Every file's facts per detector (sha1 of their JSON, when they were sent left
+    out), sorted: what two versions of the code indexed."""
+    from kloros_tasks.state.index import facts_json  # noqa: PLC0415
+    from kloros_tasks.work.engine import STAMP  # noqa: PLC0415
+
+    out = []
+    for key in up.client.scan_iter(match=names.facts("*", "*")):
+        for path, raw in up.client.hgetall(key).items():
+            facts = json.loads(facts_json(raw))
+            facts.get("data", {}).pop(STAMP, None)
+            digest = hashlib.sha1(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+            out.append(json.dumps({"key": key.decode(), "path": path.decode(), "sha1": digest}))
+    return sorted(out)
+
+
 def scan_pipeline(work: Path, root: Path, files: int, single_worker: bool,
                   rest: float = 0.0, concurrency: str | None = None) -> dict:
     """Time ``kloros-tasks up`` on ``root`` from start to idle; with ``rest``, then
@@ -165,6 +183,9 @@ def scan_pipeline(work: Path, root: Path, files: int, single_worker: bool,
             "tasks": len(up.worker_log_lines(" succeeded in ")),
             "last_question": last_ms / 1000 - up.started_wall if last_ms else 0.0,
             "open": open_questions(up),
+            "facts": stored_facts(up),
+            # What sharing extraction between the detectors did (work/shared.py).
+            "shared": (up.worker_log_lines("took the facts another detector") or [""])[-1],
         }
         if rest:
             time.sleep(REST_AFTER)
@@ -244,7 +265,7 @@ def main() -> None:
     parser.add_argument("--concurrency", metavar="N|MAX,MIN",
                         help="up --concurrency (default: up's own)")
     parser.add_argument("--questions", type=Path, metavar="FILE",
-                        help="write the questions open at idle, per tree (JSON lines)")
+                        help="write the open questions and the facts' digests at idle (JSON lines)")
     args = parser.parse_args()
     files = args.files or (QUICK_FILES if args.quick else FULL_FILES)
     wanted = (args.trees or ("generated" if args.quick else "django,stdlib,generated")).split(",")
@@ -275,11 +296,14 @@ def main() -> None:
             m, c = row(label, root, pipe, tools)
             # Each tree as soon as it is done: a long run cut short keeps what it measured.
             print(f"done: {' | '.join(map(str, m))} || {' | '.join(map(str, c))}"
-                  + (f" || at rest: {pipe['rest']}" if "rest" in pipe else ""), flush=True)
+                  + (f" || at rest: {pipe['rest']}" if "rest" in pipe else "")
+                  + (f" || last shared: {pipe['shared']}" if pipe["shared"] else ""), flush=True)
             if args.questions:
                 with args.questions.open("a") as out:
                     out.writelines(json.dumps({"tree": label, "question": json.loads(q)})
                                    + "\n" for q in pipe["open"])
+                    out.writelines(json.dumps({"tree": label, "facts": json.loads(f)})
+                                   + "\n" for f in pipe["facts"])
             labels.append(label)
             pipes.append(pipe)
             mains.append(m)
