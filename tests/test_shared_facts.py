@@ -81,6 +81,7 @@ def test_the_store_keeps_at_most_its_entries_and_characters_the_oldest_leaving_f
     for n in range(3):  # two entries each: integration's and knowledge's
         offer(shared, names.CAPABILITY, f"m{n}.py", f"x = {n}\n")
     assert shared.held() == 4 and shared.stats["dropped"] == 2
+    assert shared.summary().startswith("4 held, 0 Ki characters; 6 offered, 0 taken")
     assert shared.take(names.INTEGRATION, "root", "m0.py", "d", "") is None
     assert shared.take(names.INTEGRATION, "root", "m2.py", "d", "") is not None
     small = store(max_entries=100, max_chars=30)

@@ -189,7 +189,8 @@ class _Batch:
         prepared = self._prepare(fresh)
         if self.shared_taken:
             log.info("%s: %d files of a batch of %s took the facts another detector"
-                     " extracted", self.detector.name, self.shared_taken, self.root)
+                     " extracted (%s)", self.detector.name, self.shared_taken, self.root,
+                     self.ctx.shared.summary())
         if prepared:
             self._apply(prepared, reevaluate_all)
 

@@ -121,6 +121,11 @@ class SharedFacts:
     def held(self) -> int:
         return len(self._held)
 
+    def summary(self) -> str:
+        """What the store holds and has done, for the log."""
+        counts = ", ".join(f"{n} {word}" for word, n in self.stats.items())
+        return f"{len(self._held)} held, {self._chars // 1024} Ki characters; {counts}"
+
     def clear(self) -> None:
         self._held.clear()
         self._handled.clear()
