@@ -76,19 +76,33 @@ def test_only_python_files_with_a_digest_are_shared():
     assert shared.take(names.KNOWLEDGE, "root", "docs/a.md", "d", "") is None
 
 
-def test_the_store_keeps_at_most_its_entries_and_characters_the_oldest_leaving_first():
+def test_a_full_store_takes_no_more_and_keeps_what_is_about_to_be_taken():
     shared = store(max_entries=4, max_chars=10_000)
     for n in range(3):  # two entries each: integration's and knowledge's
         offer(shared, names.CAPABILITY, f"m{n}.py", f"x = {n}\n")
-    assert shared.held() == 4 and shared.stats["dropped"] == 2
-    assert shared.summary().startswith("4 held, 0 Ki characters; 6 offered, 0 taken")
-    assert shared.take(names.INTEGRATION, "root", "m0.py", "d", "") is None
-    assert shared.take(names.INTEGRATION, "root", "m2.py", "d", "") is not None
+    assert shared.held() == 4 and shared.stats["no room"] == 1
+    assert shared.summary().startswith("4 held, 0 Ki characters; 4 offered, 0 taken")
+    assert shared.take(names.INTEGRATION, "root", "m0.py", "d", "") is not None
+    assert shared.take(names.INTEGRATION, "root", "m2.py", "d", "") is None
+    # m2.py found no room: the others extract it themselves, and offer nothing again.
+    offer(shared, names.INTEGRATION, "m2.py", "x = 2\n")
+    assert shared.held() == 3 and shared.stats["offered"] == 4
     small = store(max_entries=100, max_chars=30)
-    offer(small, names.CAPABILITY, "a.py", "a = 1\n" * 3)  # 18 characters, twice
-    assert small.held() == 1
-    offer(small, names.CAPABILITY, "big.py", "b = 1\n" * 10)  # larger than the bound
-    assert small.stats["offered"] == 2
+    offer(small, names.CAPABILITY, "a.py", "a = 1\n" * 2)  # 12 characters, twice
+    offer(small, names.CAPABILITY, "big.py", "b = 1\n" * 2)  # 24 more: over 30
+    assert small.held() == 2 and small.stats["no room"] == 1
+
+
+def test_facts_no_batch_took_make_room_once_they_are_stale(monkeypatch):
+    monkeypatch.setattr(shared, "STALE_AFTER", 2)
+    kept = store(max_entries=4, max_chars=10_000)
+    offer(kept, names.CAPABILITY, "old.py", "x = 0\n")  # never taken
+    offer(kept, names.CAPABILITY, "m1.py", "x = 1\n")
+    assert kept.take(names.INTEGRATION, "root", "m1.py", "d", "") is not None
+    offer(kept, names.CAPABILITY, "m2.py", "x = 2\n")  # two offers after old.py's
+    assert kept.stats["dropped"] == 2 and kept.stats["no room"] == 0
+    assert kept.take(names.KNOWLEDGE, "root", "old.py", "d", "") is None
+    assert kept.take(names.INTEGRATION, "root", "m2.py", "d", "") is not None
 
 
 def test_content_shared_once_is_not_extracted_again_for_the_others():

@@ -21,8 +21,11 @@ Only a process whose worker has one pool process and consumes two or more file
 detectors' queues does this (``configure``); elsewhere the other detectors' batches
 go to other processes, and facts extracted for them would be wasted.  The store is
 bounded by entries and by the characters of source behind them (facts take about 7
-to 9 times their source in memory, against 30 for a tree); what falls out is
-extracted again by its own detector, as before.
+to 9 times their source in memory, against 30 for a tree).  A full store takes no
+more: the facts it holds are the next its detectors' batches take (first in, first
+out), so a file that finds no room is extracted by each detector itself, as before,
+instead of evicting facts about to be taken.  Facts that no batch took within
+STALE_AFTER later offers (their file changed again, say) make room.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 MAX_ENTRIES = 768
 MAX_SOURCE_CHARS = 1536 * 1024  # Django: about 240 files, 10 to 13 MiB of facts
 HANDLED = 16384  # (root, path, digest) whose extraction was shared, remembered
+STALE_AFTER = 4 * MAX_ENTRIES  # offers after which facts no batch took are dropped
 
 Key = tuple[str, str, str]  # (detector, root, path)
 
@@ -53,11 +57,12 @@ class SharedFacts:
         self.detectors = tuple(sorted(set(detectors)))
         self._build = build
         self._built: dict[str, FileDetector] = {}
-        self._held: OrderedDict[Key, tuple[str, str, FileFacts, int]] = OrderedDict()
+        self._held: OrderedDict[Key, tuple[str, str, FileFacts, int, int]] = OrderedDict()
+        self._serial = 0  # offers kept so far: an entry's age
         self._handled: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._chars = 0
         self.max_entries, self.max_chars = max_entries, max_chars
-        self.stats = {"offered": 0, "taken": 0, "missed": 0, "dropped": 0}
+        self.stats = {"offered": 0, "taken": 0, "missed": 0, "no room": 0, "dropped": 0}
 
     def take(self, detector: str, root: str, path: str, digest: str | None,
              package: str) -> FileFacts | None:
@@ -69,7 +74,7 @@ class SharedFacts:
         if found is None:
             self.stats["missed"] += 1
             return None
-        held_digest, held_package, facts, size = found
+        held_digest, held_package, facts, size, _serial = found
         self._chars -= size
         if (held_digest, held_package) != (digest, package):
             self.stats["missed"] += 1
@@ -82,41 +87,52 @@ class SharedFacts:
         """After ``done`` extracted ``path`` itself: ``extract`` (a detector -> its
         facts, under the caller's layout) for each other detector of this process the
         file goes to, unless this content's extraction was shared already."""
-        if not digest or not path.endswith(".py") or len(text) > self.max_chars:
+        if not digest or not path.endswith(".py"):
             return
         seen = (root, path, digest)
         if seen in self._handled:
-            return  # shared before: the others took theirs, or lost it to the bound
+            return  # the first detector to extract it decided: shared, or no room
         self._handled[seen] = None
         if len(self._handled) > HANDLED:
             self._handled.popitem(last=False)
-        for name in self.detectors:
-            if name == done or name not in route(path):
-                continue
+        others = [n for n in self.detectors if n != done and n in route(path)]
+        if not others or not self._room(len(others), len(others) * len(text)):
+            self.stats["no room"] += bool(others)
+            return
+        for name in others:
             try:
                 facts = extract(self._detector(name))
             except Exception as exc:  # noqa: BLE001 - that detector's own batch will tell
                 log.debug("not sharing %s's facts of %s:%s: %r", name, root, path, exc)
                 continue
-            self._keep((name, root, path), (digest, package, facts, len(text)))
+            self._keep((name, root, path), (digest, package, facts, len(text), self._serial))
             self.stats["offered"] += 1
+        self._serial += 1
 
     def _detector(self, name: str) -> FileDetector:
         if name not in self._built:
             self._built[name] = self._build(name)
         return self._built[name]
 
-    def _keep(self, key: Key, entry: tuple[str, str, FileFacts, int]) -> None:
+    def _room(self, entries: int, chars: int) -> bool:
+        """Whether ``entries`` more entries of ``chars`` characters fit, once the facts
+        no batch took for STALE_AFTER offers are dropped."""
+        while self._held:
+            key, oldest = next(iter(self._held.items()))
+            if self._serial - oldest[4] < STALE_AFTER:
+                break
+            del self._held[key]
+            self._chars -= oldest[3]
+            self.stats["dropped"] += 1
+        return len(self._held) + entries <= self.max_entries and \
+            self._chars + chars <= self.max_chars
+
+    def _keep(self, key: Key, entry: tuple[str, str, FileFacts, int, int]) -> None:
         old = self._held.pop(key, None)
         if old is not None:
             self._chars -= old[3]
         self._held[key] = entry
         self._chars += entry[3]
-        while self._held and (len(self._held) > self.max_entries
-                              or self._chars > self.max_chars):
-            _key, dropped = self._held.popitem(last=False)
-            self._chars -= dropped[3]
-            self.stats["dropped"] += 1
 
     def held(self) -> int:
         return len(self._held)
