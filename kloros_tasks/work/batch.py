@@ -21,6 +21,7 @@ import logging
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 
+from kloros_tasks.detectors._treecache import forget_tree
 from kloros_tasks.detectors.base import FileDetector, FileFacts
 from kloros_tasks.detectors.layout import PACKAGE_FILE, is_package_file
 from kloros_tasks.state.index import RedisIndex
@@ -255,6 +256,9 @@ class _Batch:
             shared.offer(detector.name, self.root, change.path, change.sha256, text,
                          self.package, lambda other: engine.extract(
                              other, index, change.path, text, self.package))
+            # Every detector of this process that reads the file has its facts now, or
+            # will parse it a batch or more later, when the few trees kept are others.
+            forget_tree(text)
         return text, facts, reason
 
     def _apply(self, prepared: list[tuple], reevaluate_all: bool) -> None:
