@@ -40,8 +40,11 @@ from kloros_tasks.routing import route
 
 log = logging.getLogger(__name__)
 
-MAX_ENTRIES = 768
-MAX_SOURCE_CHARS = 1536 * 1024  # Django: about 240 files, 10 to 13 MiB of facts
+# About two batches of a hundred files for two other detectors.  With 768 entries and
+# 1.5 Mi characters the pool process of a 5,000-file burst of small files peaked 6 to
+# 8 MiB higher than without the store (docs/performance.md, section 0a).
+MAX_ENTRIES = 256
+MAX_SOURCE_CHARS = 1024 * 1024
 HANDLED = 16384  # (root, path, digest) whose extraction was shared, remembered
 STALE_AFTER = 4 * MAX_ENTRIES  # offers after which facts no batch took are dropped
 
