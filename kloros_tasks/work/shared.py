@@ -18,7 +18,7 @@ the taking detector's layout under the lock and extracts again when they differ,
 it does for any batch's facts extracted outside the lock.
 
 Only a process whose worker has one pool process and consumes two or more file
-detectors' queues does this (``configure``); elsewhere the other detectors' batches
+detectors' queues does this (``configure_worker``); elsewhere the other detectors' batches
 go to other processes, and facts extracted for them would be wasted.  The store is
 bounded by entries and by the characters of source behind them (facts take about 7
 to 9 times their source in memory, against 30 for a tree).  A full store takes no
