@@ -29,7 +29,7 @@ from kloros_tasks import names
 from kloros_tasks.celery_app import SOFT_LIMIT_MARGIN, app, settings_of
 from kloros_tasks.connections import TRANSIENT_ERRORS, is_transient, redis_client
 from kloros_tasks.state.publish import Publisher
-from kloros_tasks.work import collector, shared
+from kloros_tasks.work import shared
 from kloros_tasks.work.analysis import (
     SETTLE_BUDGET,
     SETTLE_MAX_WAIT,
@@ -375,8 +375,7 @@ def preload_task_modules(**_kwargs) -> None:
 
 @worker_init.connect
 def prepare_pool(sender=None, **_kwargs) -> None:
-    """In the worker parent, before its pool forks (which inherits both)."""
-    collector.tune()
+    """In the worker parent, before its pool forks (which inherits the setting)."""
     settings = settings_of(app)
     shared.configure_worker(sender, app.amqp.queues.consume_from,
                             lambda name: build(name, settings, None))
