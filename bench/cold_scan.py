@@ -4,6 +4,7 @@ trees, in the same run.
 
     .venv/bin/python bench/cold_scan.py [--quick] [--files N] [--trees T[,T...]]
                                         [--sdists DIR] [--single-worker] [--no-tools]
+                                        [--questions FILE]
 
 Trees: ``django`` (the ``django/`` directory of the Django 5.2 sdist, from ``--sdists``
 or the bench cache, else downloaded once), ``stdlib``, ``generated``.  Default: all
@@ -23,11 +24,16 @@ of redis-server: one per request or pipeline a client sends, more for a request 
 16 KiB) and Redis commands (``INFO commandstats``, commands run inside scripts
 included), the benchmark's own polling left out.  The load average is printed beside
 each tree: on a shared machine only ratios measured in one run compare.
+``--questions FILE`` writes the questions open at idle (the ledger: signal, id, rule,
+paths, evidence; one JSON line each, sorted) and a digest of every file's facts per
+detector, so that two versions of the code can be shown to index the same facts and
+ask the same questions of the same tree.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -128,6 +134,35 @@ def at_rest(up: Up, seconds: float) -> dict:
             "uss_by_role": uss, "cpu_by_role": cpu}
 
 
+def open_questions(up: Up) -> list[str]:
+    """The ledger's open questions, without their per-publication fields, sorted."""
+    out = []
+    for raw in up.client.hvals(names.LEDGER):
+        envelope = json.loads(raw)
+        facts = envelope["facts"]
+        meta = facts.get("metadata", {})
+        out.append(json.dumps({"signal": envelope["signal"], "id": facts.get("question_id"),
+                               "rule": meta.get("rule"), "paths": meta.get("paths"),
+                               "evidence": facts.get("evidence")}, sort_keys=True))
+    return sorted(out)
+
+
+def stored_facts(up: Up) -> list[str]:
+    """Every file's facts per detector (sha1 of their JSON, when they were sent left
+    out), sorted: what two versions of the code indexed."""
+    from kloros_tasks.state.index import facts_json  # noqa: PLC0415
+    from kloros_tasks.work.engine import STAMP  # noqa: PLC0415
+
+    out = []
+    for key in up.client.scan_iter(match=names.facts("*", "*")):
+        for path, raw in up.client.hgetall(key).items():
+            facts = json.loads(facts_json(raw))
+            facts.get("data", {}).pop(STAMP, None)
+            digest = hashlib.sha1(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+            out.append(json.dumps({"key": key.decode(), "path": path.decode(), "sha1": digest}))
+    return sorted(out)
+
+
 def scan_pipeline(work: Path, root: Path, files: int, single_worker: bool,
                   rest: float = 0.0, concurrency: str | None = None) -> dict:
     """Time ``kloros-tasks up`` on ``root`` from start to idle; with ``rest``, then
@@ -147,6 +182,10 @@ def scan_pipeline(work: Path, root: Path, files: int, single_worker: bool,
             "resolved": _resolutions(up),
             "tasks": len(up.worker_log_lines(" succeeded in ")),
             "last_question": last_ms / 1000 - up.started_wall if last_ms else 0.0,
+            "open": open_questions(up),
+            "facts": stored_facts(up),
+            # What sharing extraction between the detectors did (work/shared.py).
+            "shared": (up.worker_log_lines("took the facts another detector") or [""])[-1],
         }
         if rest:
             time.sleep(REST_AFTER)
@@ -225,6 +264,8 @@ def main() -> None:
                         help="after idle, PSS and CPU of the pipeline over S quiet seconds")
     parser.add_argument("--concurrency", metavar="N|MAX,MIN",
                         help="up --concurrency (default: up's own)")
+    parser.add_argument("--questions", type=Path, metavar="FILE",
+                        help="write the open questions and the facts' digests at idle (JSON lines)")
     args = parser.parse_args()
     files = args.files or (QUICK_FILES if args.quick else FULL_FILES)
     wanted = (args.trees or ("generated" if args.quick else "django,stdlib,generated")).split(",")
@@ -255,7 +296,14 @@ def main() -> None:
             m, c = row(label, root, pipe, tools)
             # Each tree as soon as it is done: a long run cut short keeps what it measured.
             print(f"done: {' | '.join(map(str, m))} || {' | '.join(map(str, c))}"
-                  + (f" || at rest: {pipe['rest']}" if "rest" in pipe else ""), flush=True)
+                  + (f" || at rest: {pipe['rest']}" if "rest" in pipe else "")
+                  + (f" || last shared: {pipe['shared']}" if pipe["shared"] else ""), flush=True)
+            if args.questions:
+                with args.questions.open("a") as out:
+                    out.writelines(json.dumps({"tree": label, "question": json.loads(q)})
+                                   + "\n" for q in pipe["open"])
+                    out.writelines(json.dumps({"tree": label, "facts": json.loads(f)})
+                                   + "\n" for f in pipe["facts"])
             labels.append(label)
             pipes.append(pipe)
             mains.append(m)

@@ -114,3 +114,14 @@ def test_each_detector_parses_through_the_cache():
         detector.extract("m.py", text)
     assert PARSE_CACHE.stats["hits"] - hits == len(DETECTORS)
     assert PARSE_CACHE.parse(text) is tree
+
+
+def test_a_forgotten_text_is_parsed_again_and_the_others_stay():
+    cache = TreeCache()
+    first, other = cache.parse("x = 1\n"), cache.parse("y = 1\n")
+    cache.nodes(first)
+    cache.forget("x = 1\n")
+    cache.forget("never parsed\n")
+    assert cache.parse("x = 1\n") is not first
+    assert cache.parse("y = 1\n") is other
+    assert len(list(cache.held())) == 2

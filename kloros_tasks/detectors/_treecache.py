@@ -170,6 +170,20 @@ class TreeCache:
             self._groups.pop(id(tree), None)
             self._chars -= size
 
+    def forget(self, text: str) -> None:
+        """Drop the tree of ``text`` if it is kept (no caller will ask for it again)."""
+        if len(text) > self.max_chars:
+            return
+        key = _digest(text)
+        with self._lock:
+            found = self._trees.pop(key, None)
+            if found is not None:
+                tree, size = found
+                self._kept.discard(id(tree))
+                self._walks.pop(id(tree), None)
+                self._groups.pop(id(tree), None)
+                self._chars -= size
+
     def resize(self, max_entries: int, max_chars: int) -> None:
         """New bounds (0 entries turns the cache off); what no longer fits is dropped."""
         with self._lock:
@@ -211,3 +225,8 @@ def nodes_by_type(tree: ast.AST) -> dict[type, list[ast.AST]]:
     """The process's shared ``TreeCache.groups``: every node of ``tree`` by its class,
     each group in ``ast.walk``'s order."""
     return PARSE_CACHE.groups(tree)
+
+
+def forget_tree(text: str) -> None:
+    """The process's shared ``TreeCache.forget``."""
+    PARSE_CACHE.forget(text)

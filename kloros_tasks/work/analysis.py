@@ -34,6 +34,7 @@ from kloros_tasks.state.index import RedisIndex
 from kloros_tasks.state.publish import Publisher
 from kloros_tasks.work import blobs, engine
 from kloros_tasks.work.payload import Change, PayloadError, decoded, parse
+from kloros_tasks.work.shared import SharedFacts
 
 log = logging.getLogger(__name__)
 LOCK_TIMEOUT = 30
@@ -64,6 +65,9 @@ class Context:
     # at the hard time limit): no holder can need it longer than the task time limit.
     lock_timeout: float = LOCK_TIMEOUT
     lock_wait: float = LOCK_WAIT  # then redis.exceptions.LockError: the task tries again
+    # Facts a batch extracts for this process's other file detectors, and takes from
+    # them (shared.py); None where the process serves one detector's queue.
+    shared: SharedFacts | None = None
 
 
 def _text(v) -> str:

@@ -21,6 +21,7 @@ import logging
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 
+from kloros_tasks.detectors._treecache import forget_tree
 from kloros_tasks.detectors.base import FileDetector, FileFacts
 from kloros_tasks.detectors.layout import PACKAGE_FILE, is_package_file
 from kloros_tasks.state.index import RedisIndex
@@ -174,6 +175,7 @@ class _Batch:
         self.outcomes = outcomes
         self.index = RedisIndex(ctx.client, detector.name, root, keep_journal=True)
         self.package = root_package(root_info, root, ctx.publisher.host)
+        self.shared_taken = 0  # files whose facts another detector extracted (shared.py)
 
     def key(self, change: Change) -> str:
         return f"{self.detector.name}:{self.root}:{change.path}"
@@ -186,6 +188,10 @@ class _Batch:
             latest[change.path] = change
         fresh = self._not_duplicates(list(latest.values()), reevaluate_all)
         prepared = self._prepare(fresh)
+        if self.shared_taken:
+            log.info("%s: %d files of a batch of %s took the facts another detector"
+                     " extracted (%s)", self.detector.name, self.shared_taken, self.root,
+                     self.ctx.shared.summary())
         if prepared:
             self._apply(prepared, reevaluate_all)
 
@@ -230,9 +236,30 @@ class _Batch:
                          self.detector.name, self.key(change))
                 self.outcomes["superseded"] += 1
                 continue
-            prepared.append((change, *prepare(self.detector, index, change.path, raw,
-                                              reason, self.package)))
+            prepared.append((change, *self._extract(index, change, raw, reason)))
         return prepared
+
+    def _extract(self, index: BatchIndex, change: Change, raw: bytes | None,
+                 reason: str | None) -> tuple:
+        """``prepare``'s (text, facts, reason), the facts taken from what another
+        detector of this process extracted for this one when it has (shared.py), and
+        else extracted here, and then for the others too."""
+        shared, detector = self.ctx.shared, self.detector
+        if shared is None or raw is None:
+            return prepare(detector, index, change.path, raw, reason, self.package)
+        facts = shared.take(detector.name, self.root, change.path, change.sha256, self.package)
+        if facts is not None:  # the same bytes (digest), so they decoded there
+            self.shared_taken += 1
+            return engine.decode_source(change.path, raw), facts, reason
+        text, facts, reason = prepare(detector, index, change.path, raw, reason, self.package)
+        if text is not None:
+            shared.offer(detector.name, self.root, change.path, change.sha256, text,
+                         self.package, lambda other: engine.extract(
+                             other, index, change.path, text, self.package))
+            # Every detector of this process that reads the file has its facts now, or
+            # will parse it a batch or more later, when the few trees kept are others.
+            forget_tree(text)
+        return text, facts, reason
 
     def _apply(self, prepared: list[tuple], reevaluate_all: bool) -> None:
         ctx, detector = self.ctx, self.detector

@@ -21,7 +21,7 @@ import time
 from billiard.exceptions import WorkerLostError
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
-from celery.signals import task_failure, worker_before_create_process, worker_ready
+from celery.signals import task_failure, worker_before_create_process, worker_init, worker_ready
 from celery.utils.nodenames import worker_direct
 from redis.exceptions import LockError
 
@@ -29,6 +29,7 @@ from kloros_tasks import names
 from kloros_tasks.celery_app import SOFT_LIMIT_MARGIN, app, settings_of
 from kloros_tasks.connections import TRANSIENT_ERRORS, is_transient, redis_client
 from kloros_tasks.state.publish import Publisher
+from kloros_tasks.work import shared
 from kloros_tasks.work.analysis import (
     SETTLE_BUDGET,
     SETTLE_MAX_WAIT,
@@ -40,7 +41,7 @@ from kloros_tasks.work.analysis import (
     settle,
 )
 from kloros_tasks.work.batch import handle_batch, split
-from kloros_tasks.work.registry import preload, worker_detector
+from kloros_tasks.work.registry import build, preload, worker_detector
 
 log = logging.getLogger(__name__)
 TRANSIENT = TRANSIENT_ERRORS  # BUSY and LOADING replies included (connections.py)
@@ -93,7 +94,8 @@ class KlorosTask(Task):
                        schedule_settle=self.schedule_settle,
                        lock_timeout=self.settings.task_time_limit,
                        lock_wait=max(1.0, self.settings.task_time_limit - SOFT_LIMIT_MARGIN
-                                     - LOCK_WAIT_MARGIN))
+                                     - LOCK_WAIT_MARGIN),
+                       shared=shared.current())
 
     def schedule_settle(self, detector: str, root: str, countdown: float | None = None, *,
                         behind: bool = False) -> None:
@@ -369,6 +371,14 @@ def preload_task_modules(**_kwargs) -> None:
     preload(app.amqp.queues.consume_from)
     if len(sys.modules) != before:
         gc.freeze()
+
+
+@worker_init.connect
+def prepare_pool(sender=None, **_kwargs) -> None:
+    """In the worker parent, before its pool forks (which inherits the setting)."""
+    settings = settings_of(app)
+    shared.configure_worker(sender, app.amqp.queues.consume_from,
+                            lambda name: build(name, settings, None))
 
 
 @worker_ready.connect

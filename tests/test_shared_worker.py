@@ -1,0 +1,118 @@
+"""One real prefork worker with one pool process on the three file detectors' queues,
+as the default layout runs it: a reconciliation's batches share each Python file's
+extraction between the detectors, and every detector indexes and asks exactly what
+single-file tasks (which do not share) index and ask for the same tree."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+from procs import start_worker, wait_for
+from test_worker import DOC_POLICY, DOCUMENTED, UNDOCUMENTED
+
+from kloros_tasks import names
+from kloros_tasks.cli.embedded import EmbeddedRedis
+from kloros_tasks.connections import redis_client
+from kloros_tasks.settings import Settings
+from kloros_tasks.state.index import facts_json
+from kloros_tasks.watch.send import CelerySender
+from kloros_tasks.watch.sync import STORM_FILES, Root, Syncer
+from kloros_tasks.watch.tree import read_file
+from kloros_tasks.work import engine
+
+pytestmark = pytest.mark.integration
+DETECTORS = (names.CAPABILITY, names.INTEGRATION, names.KNOWLEDGE)
+
+
+def write_tree(tree: Path) -> None:
+    """Modules that import each other (some names that do not exist), half of them
+    undocumented, an optional dependency that is not installed, and notes."""
+    tree.mkdir()
+    (tree / "pyproject.toml").write_text(DOC_POLICY)
+    (tree / "pkg").mkdir()
+    (tree / "pkg" / "__init__.py").write_text('"""The package."""\n')
+    for i in range(40):
+        body = UNDOCUMENTED if i % 2 else DOCUMENTED
+        imports = f"from pkg.m{(i + 1) % 40:02d} import f1\n"
+        if i % 5 == 0:
+            imports += f"from pkg.m{i:02d}x import gone\n"
+        if i % 7 == 0:
+            imports += "import not_installed_anywhere_kl\n"
+        (tree / "pkg" / f"m{i:02d}.py").write_text(body + imports)
+    (tree / "docs").mkdir()
+    for i in range(10):
+        (tree / "docs" / f"n{i}.md").write_text(f"# Note {i}\n\nSee `pkg.m{i:02d}.f1`.\n")
+
+
+@pytest.fixture
+def pipe(tmp_path):
+    directory = Path(tempfile.mkdtemp(prefix="kl-shared-"))
+    server = EmbeddedRedis(directory / "redis", persist=False).start()
+    worker = start_worker(server.url, directory, ",".join(DETECTORS), directory / "worker.log")
+    client = redis_client(server.url)
+    yield server, client, worker
+    worker.kill()
+    client.close()
+    server.stop()
+    assert "Traceback" not in worker.output(), worker.output()[-4000:]
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def settled(client, worker, *roots: str) -> bool:
+    log = worker.output()
+    return not any(client.llen(d) for d in DETECTORS) and \
+        log.count("received") == log.count("succeeded in") and \
+        not any(client.exists(names.deferred(d, r)) for d in DETECTORS for r in roots)
+
+
+def stored(client, detector: str, root: str) -> dict[str, dict]:
+    out = {}
+    for path, raw in client.hgetall(names.facts(detector, root)).items():
+        facts = json.loads(facts_json(raw))
+        facts.get("data", {}).pop(engine.STAMP, None)
+        out[path.decode()] = facts
+    return out
+
+
+def questions(client, detector: str, root: str) -> set[tuple[str, tuple[str, ...]]]:
+    out = set()
+    for raw in client.hvals(names.LEDGER):
+        facts = json.loads(raw)["facts"]
+        meta = facts["metadata"]
+        if meta["root"] == root and json.loads(raw)["signal"] == names.CHANNEL[detector]:
+            out.add((meta["rule"], tuple(meta["paths"])))
+    return out
+
+
+def test_batches_share_extraction_and_ask_what_single_file_tasks_ask(pipe, tmp_path):
+    server, client, worker = pipe
+    write_tree(tmp_path / "bulk")
+    write_tree(tmp_path / "single")
+    settings = Settings(redis_url=server.url)
+    roots = [Root(name, str(tmp_path / name)) for name in ("bulk", "single")]
+    for root in roots:
+        client.hset(names.ROOTS, root.name, json.dumps({"path": root.path, "host": "elsewhere"}))
+    sync = Syncer(settings, client, CelerySender(settings), read_file, roots)
+    sync.roots = roots[:1]
+    assert sync.reconcile(threading.Event())
+    wait_for(lambda: settled(client, worker, "bulk"), 120, message="the reconciled tree settled")
+    single = roots[1]
+    rels = sorted(str(p.relative_to(single.path)) for p in Path(single.path).rglob("*")
+                  if p.is_file())
+    for start in range(0, len(rels), STORM_FILES - 1):
+        sync.process(((single.name, rel), "file") for rel in rels[start:start + STORM_FILES - 1])
+    wait_for(lambda: settled(client, worker, "bulk", "single"), 120, message="both settled")
+    # The batches did share: each later detector took the first one's facts.
+    taken = [line for line in worker.output().splitlines()
+             if "took the facts another detector extracted" in line]
+    assert len(taken) >= 2, worker.output()[-3000:]
+    for detector in DETECTORS:
+        assert stored(client, detector, "bulk") == stored(client, detector, "single"), detector
+        assert questions(client, detector, "bulk") == questions(client, detector, "single")
+    assert questions(client, names.INTEGRATION, "bulk")
+    assert questions(client, names.KNOWLEDGE, "bulk")
