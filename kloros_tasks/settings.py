@@ -25,6 +25,10 @@ DEFAULT_WORKER_CONCURRENCY = (1, 1)
 MAX_WORKER_CONCURRENCY = 64
 DEFAULT_EXPLORATION_INTERVAL = 300
 DEFAULT_DEBOUNCE_MS = 50
+# The watcher's heartbeat: also when it notices a Redis emptied under it.  Well under
+# the heartbeat key's 30 s TTL (watch/producer.py), so a live watcher never looks gone.
+DEFAULT_WATCHER_HEARTBEAT_MS = 5000
+MAX_WATCHER_HEARTBEAT_MS = 10_000
 DEFAULT_MAX_FILE_BYTES = 1_000_000
 DEFAULT_DOCSTRING_THRESHOLD = 3
 DEFAULT_STREAM_MAXLEN = 100_000
@@ -80,6 +84,7 @@ class Settings:
     exploration_interval: int = DEFAULT_EXPLORATION_INTERVAL
     exclude: tuple[str, ...] = ()
     debounce_ms: int = DEFAULT_DEBOUNCE_MS
+    watcher_heartbeat_ms: int = DEFAULT_WATCHER_HEARTBEAT_MS
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     docstring_threshold: int = DEFAULT_DOCSTRING_THRESHOLD
     stream_maxlen: int = DEFAULT_STREAM_MAXLEN
@@ -340,6 +345,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         ),
         exclude=exclude,
         debounce_ms=_int(env, "KLOROS_DEBOUNCE_MS", DEFAULT_DEBOUNCE_MS, 0, 60_000),
+        watcher_heartbeat_ms=_int(env, "KLOROS_WATCHER_HEARTBEAT_MS", DEFAULT_WATCHER_HEARTBEAT_MS,
+                                  100, MAX_WATCHER_HEARTBEAT_MS),
         max_file_bytes=_int(env, "KLOROS_MAX_FILE_BYTES", DEFAULT_MAX_FILE_BYTES, 1),
         docstring_threshold=_int(env, "KLOROS_DOCSTRING_THRESHOLD", DEFAULT_DOCSTRING_THRESHOLD),
         stream_maxlen=_int(env, "KLOROS_STREAM_MAXLEN", DEFAULT_STREAM_MAXLEN, 100),

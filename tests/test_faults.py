@@ -32,6 +32,7 @@ from kloros_tasks.connections import redis_client
 from kloros_tasks.detectors.base import FileFacts
 from kloros_tasks.state import snapshot
 from kloros_tasks.state.index import RedisIndex, facts_json
+from kloros_tasks.work.payload import BATCH_FILES
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
 
@@ -378,13 +379,16 @@ def test_every_change_of_a_burst_is_analysed_across_a_redis_restart(world):
 
 # --- 4. a checkout-style storm ------------------------------------------------------
 
-# 2,000 documents, each analysed twice (the initial scan, then the storm): under half a
-# minute on two idle cores.  Five events per rewritten file, far more than one task each
-# may become; whether the kernel's queue overflows on the way (then the watcher
-# reconciles) depends on the machine, and the test holds either way.  Its own timeout
-# leaves room for a loaded machine, and every wait in it is bounded.
-STORM_FILES = 2000
-STORM_TIMEOUT = 900
+# 400 documents, each analysed twice (the initial scan, then the storm).  Twenty times
+# the watcher's storm threshold (watch/sync.py STORM_FILES) and four batches of
+# payload.BATCH_FILES per detector, so both the initial scan and the storm go through
+# the storm and batch paths; more files only repeat the same batches.  Five events per
+# rewritten file, far more than one task each may become; whether the kernel's queue
+# overflows on the way (then the watcher reconciles) depends on the machine, and the
+# test holds either way.  Its own timeout leaves room for a loaded machine, and every
+# wait in it is bounded.
+STORM_FILES = 400
+STORM_TIMEOUT = 600
 
 
 def checkout(tree: Path, count: int, version: int) -> None:
@@ -416,6 +420,10 @@ def test_a_checkout_storm_keeps_the_queue_bounded_and_publishes_each_question_on
     assert world.opened() == opened_before
     assert set(opened_before.values()) == {1} and len(opened_before) == STORM_FILES
     assert "Traceback" not in worker.output()
+    # The files went in batches (the initial scan's alone makes four), not file by file.
+    batch_task = f"Task {names.TASK_ANALYZE_BATCH[KNOWLEDGE]}["
+    assert sum(" received" in line for line in worker.output().splitlines()
+               if batch_task in line) >= STORM_FILES // BATCH_FILES
 
 
 # --- 5. the state snapshot ----------------------------------------------------------

@@ -85,7 +85,7 @@ def test_a_document_of_ninety_thousand_links_is_skipped_and_redis_never_blocks(m
 
 # --- 2. pool children killed again and again during a burst --------------------------------
 
-BURST_FILES = 1000
+BURST_FILES = 500
 KILLS = 4
 
 

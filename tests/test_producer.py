@@ -30,7 +30,6 @@ from kloros_tasks.watch.producer import (
     EXIT_CONFIG,
     EXIT_INOTIFY,
     EXIT_THREAD_DIED,
-    HEARTBEAT_EVERY,
     Watcher,
     run_watch,
 )
@@ -269,12 +268,26 @@ def test_reconciling_ten_thousand_files_reads_the_seen_hash_once(root, watch, r)
     assert sorted(events) == ["created"] * 10 * per_file + ["deleted"] * 10 * per_file + [
         "modified"] * 10 * per_file
     stats = r.info("commandstats")
-    heartbeats = 1 + (time.monotonic() - started) / HEARTBEAT_EVERY
+    heartbeats = 1 + (time.monotonic() - started) / w.watcher.heartbeat_every
     assert stats["cmdstat_hgetall"]["calls"] == 1
     assert "cmdstat_hget" not in stats
     # The one HMGET per heartbeat checks the watcher's registration (a flushed Redis).
     assert stats.get("cmdstat_hmget", {"calls": 0})["calls"] <= heartbeats
 
+
+
+@pytest.mark.parametrize(("heartbeat_ms", "beats"), [(250, [0.0, 0.25, 0.5]), (5000, [0.0])])
+def test_the_watcher_beats_at_the_interval_its_settings_give(root, redis_url, heartbeat_ms,
+                                                             beats):
+    settings = Settings(redis_url=redis_url, watcher_heartbeat_ms=heartbeat_ms)
+    watcher = Watcher(settings, [root], sender=RecordingSender())
+    seen = []
+    for now in (0.0, 0.2, 0.25, 0.4, 0.5):  # the pump's clock, driven by hand
+        watcher._tick(now)
+        seen.append(watcher._last_beat)
+    assert sorted(set(seen)) == beats
+    assert json.loads(watcher.client.get(names.WATCHER_HEARTBEAT))["roots"] == ["proj"]
+    watcher.client.close()
 
 def test_reconciling_many_new_files_stores_their_blobs_in_one_transaction_per_batch(
     root, watch, r

@@ -120,6 +120,14 @@ def test_a_value_that_would_only_fail_later_is_refused_at_start(env, named):
     assert named in str(info.value) and "\n" not in str(info.value)
 
 
+
+def test_the_watcher_heartbeat_defaults_to_five_seconds_and_stays_well_under_its_ttl():
+    assert from_env({}).watcher_heartbeat_ms == 5000
+    assert from_env({"KLOROS_WATCHER_HEARTBEAT_MS": "250"}).watcher_heartbeat_ms == 250
+    for raw in ("99", "10001", "soon"):
+        with pytest.raises(SettingsError, match="KLOROS_WATCHER_HEARTBEAT_MS"):
+            from_env({"KLOROS_WATCHER_HEARTBEAT_MS": raw})
+
 def up_once(tmp_path, *options: str, **env: str) -> subprocess.CompletedProcess:
     tree = tmp_path / "tree"
     tree.mkdir(exist_ok=True)

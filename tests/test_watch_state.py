@@ -76,16 +76,17 @@ def queued_paths(r) -> list[str]:
 
 
 def start(procs, argv: list[str], redis_url: str, state: Path, log: Path,
-          kill_at_teardown: bool = False) -> Proc:
-    return procs.add(Proc(argv, service_env(redis_url, state), log,
+          kill_at_teardown: bool = False, **extra: str) -> Proc:
+    return procs.add(Proc(argv, service_env(redis_url, state, **extra), log,
                           kill_at_teardown=kill_at_teardown))
 
 
-def start_watcher(procs, r, redis_url: str, argv: list[str], state: Path, log: Path) -> Proc:
+def start_watcher(procs, r, redis_url: str, argv: list[str], state: Path, log: Path,
+                  **extra: str) -> Proc:
     """A watcher process, once its first reconciliation is done (its first heartbeat
     follows it)."""
     r.delete(names.WATCHER_HEARTBEAT)
-    proc = start(procs, argv, redis_url, state, log)
+    proc = start(procs, argv, redis_url, state, log, **extra)
     wait_for(lambda: proc.popen.poll() is None and r.exists(names.WATCHER_HEARTBEAT), 30,
              message="the watcher's heartbeat")
     return proc
@@ -154,7 +155,9 @@ def test_a_redis_flushed_under_a_running_watcher_is_restored_and_reconciled_with
              and not r.hlen("unacked") and r.hlen(names.LEDGER) == NOTES - 1, 60,
              message="every file analysed")
     assert watcher.stop() == 0  # writes the snapshot
-    watcher = start_watcher(procs, r, redis_url, child.argv, state, tmp_path / "watcher2.log")
+    # A short heartbeat (KLOROS_WATCHER_HEARTBEAT_MS): the flush is noticed sooner.
+    watcher = start_watcher(procs, r, redis_url, child.argv, state, tmp_path / "watcher2.log",
+                            KLOROS_WATCHER_HEARTBEAT_MS="500")
     before = state_of(r, tmp_path / "before.json")
 
     r.flushall()  # kombu's queue bindings go too

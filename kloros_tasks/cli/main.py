@@ -166,6 +166,7 @@ ENVIRONMENT = (
     ("KLOROS_EXPLORATION_INTERVAL", "seconds between exploration scans (300)"),
     ("KLOROS_EXCLUDE", ":-separated extra glob patterns to ignore"),
     ("KLOROS_DEBOUNCE_MS", "quiet window before a changed file is enqueued (50)"),
+    ("KLOROS_WATCHER_HEARTBEAT_MS", "watcher heartbeat and registration check, 100-10000 (5000)"),
     ("KLOROS_MAX_FILE_BYTES", "larger files are not analysed (1000000)"),
     ("KLOROS_DOCSTRING_THRESHOLD", "missing docstrings tolerated per module (3)"),
     ("KLOROS_TASK_TIME_LIMIT", "hard time limit of a task in seconds (60)"),

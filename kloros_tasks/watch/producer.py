@@ -64,7 +64,6 @@ from kloros_tasks.watch.tree import read_file, walk_tree
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_INOTIFY, EXIT_CONFIG, EXIT_THREAD_DIED = 0, 1, 2, 3
-HEARTBEAT_EVERY = 5.0
 HEARTBEAT_TTL = 30
 RECONCILE_EVERY = 600.0
 MAX_DRAIN = 10_000  # inbox items taken before the pump ticks again
@@ -114,6 +113,7 @@ class Watcher:
         self.pump_thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._last_beat = self._last_reconcile = float("-inf")
+        self.heartbeat_every = settings.watcher_heartbeat_ms / 1000
         self._gone_dirs: dict[str, set[str]] = {}  # root name -> vanished directories
         # Restored before the first reconciliation and whenever Redis turns out to have
         # lost its data; written only when no such restore is pending.
@@ -274,7 +274,7 @@ class Watcher:
             self.reconcile_needed = True  # catches events inotify dropped
         if self.redis_up or now >= self.retry_at:
             self._attempt(now)
-        if self.redis_up and now - self._last_beat >= HEARTBEAT_EVERY:
+        if self.redis_up and now - self._last_beat >= self.heartbeat_every:
             self._beat(now)
 
     def _attempt(self, now: float) -> None:
