@@ -96,6 +96,8 @@ def test_a_submodule_is_importable_from_its_package_but_a_missing_one_is_not():
 
 @pytest.mark.parametrize("provider", [
     "def __getattr__(name):\n    raise AttributeError(name)\n",  # PEP 562
+    # PEP 562 by assignment, as pydantic.config serves its moved names
+    "from ._migration import getattr_migration\n__getattr__ = getattr_migration(__name__)\n",
     "from _speedups import *\n",  # a star import from outside the tree
     "globals()['anything'] = 1\n",
     "import sys\nsys.meta_path.append(object())\n",  # an import hook

@@ -245,6 +245,8 @@ def _bind_assignment(scope: ModuleScope, stmt: ast.Assign | ast.AnnAssign | ast.
             scope.dynamic = True  # the module replaces itself or a sibling
         for name in target_names(target):
             scope.dynamic |= name == "__path__"  # extend_path: submodules from elsewhere
+            # PEP 562 by assignment (pydantic: ``__getattr__ = getattr_migration(__name__)``)
+            scope.dynamic |= name == "__getattr__"
             dotted = dotted_name(value) if value is not None else None
             single = len(targets) == 1 and isinstance(target, ast.Name)
             if single and dotted and not isinstance(value, ast.Subscript):
