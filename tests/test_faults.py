@@ -415,8 +415,10 @@ def test_a_checkout_storm_keeps_the_queue_bounded_and_publishes_each_question_on
         return world.all_analysed()
 
     wait_for(done, STORM_TIMEOUT / 2, 0.1, "every rewritten file analysed")
-    # At most one task per file however many events the storm raised.
-    assert 0 < peak[0] <= STORM_FILES
+    # At most one task per file however many events the storm raised.  (Whether a poll
+    # every 0.1 s sees the queue non-empty at all depends on how fast the worker drains
+    # it, so only the bound is asserted; that the storm was analysed is ``done``'s.)
+    assert peak[0] <= STORM_FILES
     assert world.opened() == opened_before
     assert set(opened_before.values()) == {1} and len(opened_before) == STORM_FILES
     assert "Traceback" not in worker.output()
