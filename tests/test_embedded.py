@@ -122,3 +122,15 @@ def test_the_server_leaves_rewrites_to_up_and_up_rewrites_only_a_grown_file():
         client = redis_client(server.url)
         assert client.get("kloros:test") == b"399" * 4096
         client.close()
+
+
+def test_entering_a_spawned_server_waits_for_it_instead_of_starting_another():
+    directory = Path(tempfile.mkdtemp(prefix="kl-emb-"))
+    server = EmbeddedRedis(directory, persist=False).spawn()
+    first = server.proc
+    with server:
+        client = redis_client(server.url)
+        assert server.proc is first
+        assert client.info("server")["process_id"] == first.pid
+        client.close()
+    assert first.poll() is not None  # stopped with the block: nothing left running

@@ -139,6 +139,10 @@ class EmbeddedRedis:
             self.proc.wait()
 
     def __enter__(self) -> EmbeddedRedis:
+        # A server already spawned (``with server.spawn():``) is waited for, not started
+        # again: a second process would take over the socket and leave the first running.
+        if self.proc is not None and self.proc.poll() is None:
+            return self.wait_ready()
         return self.start()
 
     def __exit__(self, *exc) -> None:
