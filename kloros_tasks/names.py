@@ -164,6 +164,12 @@ def lock(detector: str, root: str) -> str:
     return f"kloros:lock:{detector}:{root}"
 
 
+def lock_waiting(detector: str, root: str) -> str:
+    """STRING (with a TTL of a few lock polls): set by a worker that found the root's
+    lock held and waits for it, so that a settle pauses between two holds only then."""
+    return f"kloros:lock-waiting:{detector}:{root}"
+
+
 def deferred(detector: str, root: str) -> str:
     """SET of relpaths whose evaluation waits until the detector's queue is drained."""
     return f"kloros:deferred:{detector}:{root}"

@@ -201,3 +201,31 @@ def test_a_settle_task_refuses_a_second_argument_it_does_not_know():
 
     assert tasks._settle_task(Stub(), names.KNOWLEDGE, ("proj", "later"), {}) == "refused"
     assert tasks._settle_task(Stub(), names.KNOWLEDGE, ("proj", "x", "y"), {}) == "refused"
+
+
+def test_a_worker_waiting_for_the_roots_lock_says_so(rr):
+    ctx = context(rr)
+    held = analysis.root_lock(ctx, names.KNOWLEDGE, ROOT)
+    assert held.acquire(blocking=False)
+    assert not analysis.someone_waits(rr, names.KNOWLEDGE, ROOT)  # the holder did not wait
+    assert not analysis.root_lock(ctx, names.KNOWLEDGE, ROOT).acquire(blocking=False)
+    assert analysis.someone_waits(rr, names.KNOWLEDGE, ROOT)
+    assert 0 < rr.pttl(names.lock_waiting(names.KNOWLEDGE, ROOT)) <= analysis.LOCK_WAITING_MS
+    held.release()
+
+
+@pytest.mark.parametrize("waiting", [False, True])
+def test_settling_pauses_between_batches_only_for_a_waiting_worker(rr, monkeypatch, waiting):
+    monkeypatch.setattr(analysis, "SETTLE_BATCH", 2)
+    pauses: list[float] = []
+    monkeypatch.setattr(analysis.time, "sleep", pauses.append)
+    rr.rpush(names.KNOWLEDGE, "a task still waiting")
+    for path, text in BURST.items():
+        send(rr, path, text)
+    rr.delete(names.KNOWLEDGE)
+    if waiting:
+        rr.set(names.lock_waiting(names.KNOWLEDGE, ROOT), b"1", px=60_000)
+    assert settle(context(rr), DETECTOR, ROOT) == 0
+    # Five files, two per batch: two full batches, each followed by a pause if awaited.
+    assert pauses == ([analysis.SETTLE_YIELD] * 2 if waiting else [])
+    assert sorted(opened_ids(rr)) == sorted(questions_of_whole_tree())
