@@ -175,6 +175,11 @@ def deferred(detector: str, root: str) -> str:
     return f"kloros:deferred:{detector}:{root}"
 
 
+# A member of the deferred set that no relpath can be: every file of the root is to be
+# evaluated (listed from the index when the settle begins).
+WHOLE_ROOT = "/"
+
+
 def deferred_since(detector: str, root: str) -> str:
     """STRING: when the oldest deferred evaluation of (detector, root) was deferred."""
     return f"kloros:deferred-since:{detector}:{root}"

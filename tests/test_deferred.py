@@ -18,9 +18,10 @@ from kloros_tasks import names
 from kloros_tasks.detectors.knowledge.detector import KnowledgeDetector
 from kloros_tasks.state.index import MemoryIndex
 from kloros_tasks.state.publish import Publisher
-from kloros_tasks.work import analysis, blobs, engine
+from kloros_tasks.work import analysis, blobs, deferral, engine
 from kloros_tasks.work.analysis import Context, handle_change, settle
-from kloros_tasks.work.payload import Change
+from kloros_tasks.work.batch import handle_batch
+from kloros_tasks.work.payload import Change, batch_json
 
 ROOT = "proj"
 DETECTOR = KnowledgeDetector()
@@ -188,9 +189,9 @@ def test_deferred_roots_given_the_registered_roots_answers_as_it_reads_them(rr):
         rr.sadd(names.deferred(DETECTOR.name, root), "a.py")
     rr.set(names.burst("sending"), 1)
     registered = rr.hkeys(names.ROOTS)
-    assert analysis.deferred_roots(rr, DETECTOR.name) == [ROOT]
-    assert analysis.deferred_roots(rr, DETECTOR.name, registered) == [ROOT]
-    assert analysis.deferred_roots(rr, DETECTOR.name, []) == []
+    assert deferral.deferred_roots(rr, DETECTOR.name) == [ROOT]
+    assert deferral.deferred_roots(rr, DETECTOR.name, registered) == [ROOT]
+    assert deferral.deferred_roots(rr, DETECTOR.name, []) == []
 
 
 def test_a_settle_task_refuses_a_second_argument_it_does_not_know():
@@ -205,12 +206,12 @@ def test_a_settle_task_refuses_a_second_argument_it_does_not_know():
 
 def test_a_worker_waiting_for_the_roots_lock_says_so(rr):
     ctx = context(rr)
-    held = analysis.root_lock(ctx, names.KNOWLEDGE, ROOT)
+    held = deferral.root_lock(ctx, names.KNOWLEDGE, ROOT)
     assert held.acquire(blocking=False)
-    assert not analysis.someone_waits(rr, names.KNOWLEDGE, ROOT)  # the holder did not wait
-    assert not analysis.root_lock(ctx, names.KNOWLEDGE, ROOT).acquire(blocking=False)
-    assert analysis.someone_waits(rr, names.KNOWLEDGE, ROOT)
-    assert 0 < rr.pttl(names.lock_waiting(names.KNOWLEDGE, ROOT)) <= analysis.LOCK_WAITING_MS
+    assert not deferral.someone_waits(rr, names.KNOWLEDGE, ROOT)  # the holder did not wait
+    assert not deferral.root_lock(ctx, names.KNOWLEDGE, ROOT).acquire(blocking=False)
+    assert deferral.someone_waits(rr, names.KNOWLEDGE, ROOT)
+    assert 0 < rr.pttl(names.lock_waiting(names.KNOWLEDGE, ROOT)) <= deferral.LOCK_WAITING_MS
     held.release()
 
 
@@ -229,3 +230,55 @@ def test_settling_pauses_between_batches_only_for_a_waiting_worker(rr, monkeypat
     # Five files, two per batch: two full batches, each followed by a pause if awaited.
     assert pauses == ([analysis.SETTLE_YIELD] * 2 if waiting else [])
     assert sorted(opened_ids(rr)) == sorted(questions_of_whole_tree())
+
+
+class CountingDetector(KnowledgeDetector):
+    """The knowledge detector, counting its lookups of the files a change affects."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lookups = 0
+
+    def affected(self, path, touched, view):
+        self.lookups += 1
+        return super().affected(path, touched, view)
+
+
+def send_batch(r, detector, items: dict[str, str | None]) -> str:
+    changes = []
+    for path, text in items.items():
+        if text is None:
+            changes.append(Change(ROOT, path, "deleted", ts=2.0))
+            continue
+        sha = hashlib.sha256(text.encode()).hexdigest()
+        blobs.store(r, sha, text.encode(), refs=1, ttl=600)
+        changes.append(Change(ROOT, path, "modified", sha, ts=2.0))
+    return handle_batch(context(r), detector, batch_json(ROOT, changes))
+
+
+def test_a_burst_on_an_empty_index_defers_every_file_and_looks_no_reader_up(rr):
+    detector = CountingDetector()
+    paths = list(BURST)
+    rr.rpush(names.KNOWLEDGE, "a task still waiting")
+    send_batch(rr, detector, {p: BURST[p] for p in paths[:2]})
+    deferred = names.deferred(names.KNOWLEDGE, ROOT)
+    assert rr.sismember(deferred, names.WHOLE_ROOT)
+    send_batch(rr, detector, {p: BURST[p] for p in paths[2:]} | {"notes.md": "# Gone\n"})
+    send_batch(rr, detector, {"notes.md": None})
+    assert detector.lookups == 0 and envelopes(rr) == []
+    rr.delete(names.KNOWLEDGE)
+    assert settle(context(rr), detector, ROOT) == 0
+    assert sorted(opened_ids(rr)) == sorted(questions_of_whole_tree())
+    assert resolved_ids(rr) == [] and not rr.exists(deferred)
+
+
+def test_a_burst_on_an_index_holding_more_files_than_the_batch_looks_readers_up(rr):
+    detector = CountingDetector()
+    send_batch(rr, detector, BURST)  # no burst: judged at once
+    rr.rpush(names.KNOWLEDGE, "a task still waiting")
+    edited = {"pkg/publish.py": '"""Publishing."""\n'}  # the guide's function is gone
+    send_batch(rr, detector, edited)
+    assert detector.lookups == len(BURST) + 1
+    assert rr.smembers(names.deferred(names.KNOWLEDGE, ROOT)) >= {b"pkg/publish.py",
+                                                                  b"docs/guide.md"}
+    assert not rr.sismember(names.deferred(names.KNOWLEDGE, ROOT), names.WHOLE_ROOT)

@@ -271,6 +271,10 @@ class RedisIndex:
     def paths(self) -> list[str]:
         return sorted(_text(k) for k in self.r.hkeys(self._facts_key))
 
+    def size(self) -> int:
+        """How many files the index holds."""
+        return int(self.r.hlen(self._facts_key))
+
     def _read(self, mode: str, relation: str, values: Iterable[str]) -> dict[str, object]:
         _check_indexed(self.detector, relation)
         return dict(self._lookups(mode, {v: field(relation, v) for v in values}))

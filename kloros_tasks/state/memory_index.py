@@ -112,6 +112,9 @@ class MemoryIndex:
     def paths(self) -> list[str]:
         return sorted(self._facts)
 
+    def size(self) -> int:
+        return len(self._facts)
+
     def update(self, path: str, new: FileFacts | None) -> Touched:
         old = self._facts.get(path)
         added, removed = diff(old, new)

@@ -28,13 +28,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from redis.lock import Lock
 
 from kloros_tasks import names
 from kloros_tasks.detectors.base import FileDetector
 from kloros_tasks.state.index import RedisIndex
 from kloros_tasks.state.publish import Publisher
 from kloros_tasks.work import blobs, engine
+from kloros_tasks.work.deferral import defer, next_deferred, root_lock, someone_waits
 from kloros_tasks.work.payload import Change, PayloadError, decoded, parse
 from kloros_tasks.work.shared import SharedFacts
 
@@ -47,13 +47,11 @@ SETTLE_BUDGET = 20.0  # seconds one task spends settling before handing the rest
 # that never stops sending must not silence the root for ever.
 SETTLE_MAX_WAIT = 600.0
 SETTLE_RECHECK = 1.0  # seconds a settle task waits before looking at the burst again
-# Fairness: a waiter polls the root's lock every LOCK_POLL s and says that it waits
-# (names.lock_waiting, for LOCK_WAITING_MS); settling pauses SETTLE_YIELD s between two
-# batches when someone waits, so a change waiting for the lock gets it in between
-# instead of timing out behind a settle of thousands of files.  Nobody waiting (one
-# pool process, a cold scan), it does not pause: 1.4 s of sleep on Django's 895 files.
-LOCK_POLL = 0.05
-LOCK_WAITING_MS = 500
+# Fairness: a waiter says that it waits for the root's lock (deferral.someone_waits);
+# settling pauses SETTLE_YIELD s between two batches only then, so a change waiting
+# for the lock gets it in between instead of timing out behind a settle of thousands
+# of files.  Nobody waiting (one pool process, a cold scan), it does not pause: that
+# was 1.4 s of sleep on Django's 895 files.
 SETTLE_YIELD = 0.12
 
 
@@ -73,10 +71,6 @@ class Context:
     # Facts a batch extracts for this process's other file detectors, and takes from
     # them (shared.py); None where the process serves one detector's queue.
     shared: SharedFacts | None = None
-
-
-def _text(v) -> str:
-    return v.decode() if isinstance(v, bytes) else v
 
 
 def registered_root(client, root: str) -> dict | None:
@@ -177,12 +171,12 @@ def prepare(detector: FileDetector, index, path: str, raw: bytes | None,
 
 
 def apply_one(ctx: Context, detector: FileDetector, index, change: Change, text, facts,
-              package: str, root_info: dict) -> engine.Applied:
+              package: str, root_info: dict, *, readers: bool = True) -> engine.Applied:
     """``engine.apply_change`` of one change; the caller holds the root's lock."""
     applied = engine.apply_change(
         detector, index, change.path, text, change.sha256, facts=facts,
         root_package=package, reread=lambda rel: _read_local(ctx, root_info, rel),
-        stamp=change.ts)
+        stamp=change.ts, readers=readers)
     if applied.stale:
         log.info("%s: %d modules under %s:%s:%s keep their old names until they change "
                  "(not readable on this host)", detector.name, len(applied.stale),
@@ -276,33 +270,8 @@ def judge(ctx: Context, detector: FileDetector, index, root: str, owners: set[st
     """Defer ``owners`` while a burst goes on, else publish their questions now.  With
     ``join`` they are also deferred while evaluations of the root wait to be settled
     (the task that settles them evaluates each file once)."""
-    if not _defer(ctx, detector.name, root, owners, join):
+    if not defer(ctx, detector.name, root, owners, join):
         _publish(ctx, detector, index, root, owners, package)
-
-
-class RootLock(Lock):
-    """The lock serialising one detector's index updates on one root; a caller that
-    finds it held says so (``names.lock_waiting``) at each poll while it waits."""
-
-    def __init__(self, client, detector: str, root: str, **kwargs) -> None:
-        super().__init__(client, names.lock(detector, root), **kwargs)
-        self.waiting = names.lock_waiting(detector, root)
-
-    def do_acquire(self, token) -> bool:
-        if super().do_acquire(token):
-            return True
-        self.redis.set(self.waiting, b"1", px=LOCK_WAITING_MS)
-        return False
-
-
-def root_lock(ctx: Context, detector: str, root: str) -> RootLock:
-    return RootLock(ctx.client, detector, root, timeout=ctx.lock_timeout,
-                    sleep=LOCK_POLL, blocking_timeout=ctx.lock_wait)
-
-
-def someone_waits(client, detector: str, root: str) -> bool:
-    """Whether a worker waits for the root's lock (announced within LOCK_WAITING_MS)."""
-    return bool(client.exists(names.lock_waiting(detector, root)))
 
 
 def root_package(root_info: dict | None, root: str, host: str) -> str:
@@ -334,44 +303,6 @@ def _publish(ctx: Context, detector: FileDetector, index, root: str, owners,
                             engine.evaluate(detector, index, owners, root, package))
 
 
-def in_burst(client, detector: str, root: str) -> bool:
-    """More changes are coming: tasks wait in the detector's queue, or the watcher is
-    still sending a reconciliation or storm of ``root`` (its burst marker)."""
-    pipe = client.pipeline(transaction=False)
-    pipe.llen(detector)
-    pipe.exists(names.burst(root))
-    waiting, sending = pipe.execute()
-    return bool(waiting or sending)
-
-
-def _defer(ctx: Context, detector: str, root: str, owners: set[str],
-           join: bool = False) -> bool:
-    """Add ``owners`` to the deferred set while a burst goes on (with ``join``, also
-    while the set is not empty); False means evaluate them now.  The first deferral of
-    a burst schedules its settle task."""
-    if not owners:
-        return False
-    if not in_burst(ctx.client, detector, root) and not (
-            join and ctx.client.exists(names.deferred(detector, root))):
-        return False
-    pipe = ctx.client.pipeline()
-    pipe.set(names.deferred_since(detector, root), time.time(), nx=True)
-    pipe.sadd(names.deferred(detector, root), *owners)
-    first, _ = pipe.execute()
-    if first and ctx.schedule_settle is not None:
-        ctx.schedule_settle(detector, root)
-    return True
-
-
-def deferred_for(client, detector: str, root: str) -> float | None:
-    """Seconds since the oldest deferred evaluation of (detector, root), or None."""
-    since = client.get(names.deferred_since(detector, root))
-    try:
-        return max(0.0, time.time() - float(since)) if since is not None else None
-    except ValueError:
-        return 0.0
-
-
 def settle(ctx: Context, detector: FileDetector, root: str,
            budget: float = SETTLE_BUDGET) -> int:
     """Evaluate and publish the deferred files of (detector, root), SETTLE_BATCH at a
@@ -385,7 +316,7 @@ def settle(ctx: Context, detector: FileDetector, root: str,
     package = root_package(registered_root(ctx.client, root), root, ctx.publisher.host)
     while True:
         with root_lock(ctx, detector.name, root):
-            batch = [_text(m) for m in ctx.client.srandmember(key, SETTLE_BATCH)]
+            batch = next_deferred(ctx.client, key, index, SETTLE_BATCH)
             if not batch:
                 ctx.client.delete(since)
                 return 0
@@ -396,18 +327,6 @@ def settle(ctx: Context, detector: FileDetector, root: str,
         # More may follow: let a waiting change in first.
         if len(batch) == SETTLE_BATCH and someone_waits(ctx.client, detector.name, root):
             time.sleep(SETTLE_YIELD)
-
-
-def deferred_roots(client, detector: str, registered: list | None = None) -> list[str]:
-    """The registered roots (``registered``, when the caller read them) with evaluations
-    of ``detector`` deferred and no burst being sent (settled when their burst ends)."""
-    roots = [_text(r) for r in (client.hkeys(names.ROOTS) if registered is None else registered)]
-    pipe = client.pipeline(transaction=False)
-    for root in roots:
-        pipe.exists(names.deferred(detector, root))
-        pipe.exists(names.burst(root))
-    found = pipe.execute()
-    return [root for i, root in enumerate(roots) if found[2 * i] and not found[2 * i + 1]]
 
 
 def record(target, key: str, reason: str | None, error: str | None) -> str:

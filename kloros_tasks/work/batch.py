@@ -35,9 +35,9 @@ from kloros_tasks.work.analysis import (
     prepare,
     record,
     registered_root,
-    root_lock,
     root_package,
 )
+from kloros_tasks.work.deferral import defer_whole_root, root_lock
 from kloros_tasks.work.payload import Change, PayloadError, decoded, parse_batch
 
 log = logging.getLogger(__name__)
@@ -267,10 +267,12 @@ class _Batch:
         records = []
         with root_lock(ctx, detector.name, self.root):
             index.prefetch(change.path for change, *_ in prepared)
+            readers = not defer_whole_root(ctx, detector.name, self.root, self.index,
+                                           len(prepared))
             owners: set[str] = set()
             for change, text, facts, reason in prepared:
                 applied = apply_one(ctx, detector, index, change, text, facts,
-                                    self.package, self.root_info)
+                                    self.package, self.root_info, readers=readers)
                 owners |= applied.owners
                 records.append((change, reason or applied.skipped, applied.error))
             if reevaluate_all:  # the world the detector judges against changed

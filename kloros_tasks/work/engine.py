@@ -147,7 +147,7 @@ def too_many_facts(facts: FileFacts, limit: int | None = None) -> str | None:
 def apply_change(detector: FileDetector, index, path: str, text: str | None,
                  digest: str | None = None, facts: FileFacts | None = None, *,
                  root_package: str = "", reread: Reread | None = None,
-                 stamp: float | None = None) -> Applied:
+                 stamp: float | None = None, readers: bool = True) -> Applied:
     """Store ``path``'s new facts (None text = the file is gone or unanalysable).
 
     A parse error keeps the previous facts: while someone types, the rest of the tree
@@ -161,11 +161,17 @@ def apply_change(detector: FileDetector, index, path: str, text: str | None,
     the change was sent) is stored with the facts, so a late older change can be told.
     When ``path`` is an ``__init__.py`` that appears or goes, the files below its
     directory change names: each is read again with ``reread`` and re-extracted.
+    Without ``readers`` the owners are the changed files only, not the other files
+    that read what changed: for a caller that will evaluate every file of the root.
     """
+    def owners(touched) -> frozenset[str]:
+        return frozenset({path} | (detector.affected(path, touched, index) if readers
+                                   else set()))
+
     flips = is_package_file(path) and (not index.present_many([path])) != (text is None)
     if text is None:
         touched = index.update(path, None)
-        applied = Applied(frozenset({path} | detector.affected(path, touched, index)))
+        applied = Applied(owners(touched))
         return _renamed(detector, index, path, applied, root_package, reread) if flips \
             else applied
     if facts is None or not _same_names(facts, index, path, root_package):
@@ -180,14 +186,13 @@ def apply_change(detector: FileDetector, index, path: str, text: str | None,
     skipped = too_many_facts(facts)
     if skipped is not None:  # retract what it had, as for a file grown past the size cap
         touched = index.update(path, None)
-        return Applied(frozenset({path} | detector.affected(path, touched, index)),
-                       skipped=skipped)
+        return Applied(owners(touched), skipped=skipped)
     if digest is not None:
         facts = replace(facts, data={**facts.data, DIGEST: digest})
     if stamp:
         facts = replace(facts, data={**facts.data, STAMP: stamp})
     touched = index.update(path, facts)
-    applied = Applied(frozenset({path} | detector.affected(path, touched, index)), error)
+    applied = Applied(owners(touched), error)
     return _renamed(detector, index, path, applied, root_package, reread) if flips else applied
 
 

@@ -35,12 +35,11 @@ from kloros_tasks.work.analysis import (
     SETTLE_MAX_WAIT,
     SETTLE_RECHECK,
     Context,
-    deferred_for,
-    deferred_roots,
     handle_change,
     settle,
 )
 from kloros_tasks.work.batch import handle_batch, split
+from kloros_tasks.work.deferral import deferred_for, deferred_roots
 from kloros_tasks.work.registry import build, preload, worker_detector
 
 log = logging.getLogger(__name__)
