@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+from procs import wait_for
 
 from kloros_tasks.cli.embedded import (
     EmbeddedRedis,
@@ -134,3 +138,42 @@ def test_entering_a_spawned_server_waits_for_it_instead_of_starting_another():
         assert client.info("server")["process_id"] == first.pid
         client.close()
     assert first.poll() is not None  # stopped with the block: nothing left running
+
+
+def ended(pid: int) -> bool:
+    """The process is gone, or a zombie nobody reaped yet."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+STARTER = """
+import sys, time
+from pathlib import Path
+from kloros_tasks.cli.embedded import EmbeddedRedis
+server = EmbeddedRedis(Path(sys.argv[1]), persist=False, with_parent=True).start()
+print(server.proc.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_server_started_with_its_parent_ends_when_the_parent_is_killed():
+    directory = Path(tempfile.mkdtemp(prefix="kl-emb-"))
+    starter = subprocess.Popen([sys.executable, "-c", STARTER, str(directory)],
+                               stdout=subprocess.PIPE, text=True)
+    server_pid = None
+    try:
+        server_pid = int(starter.stdout.readline())
+        assert not ended(server_pid)
+        starter.kill()  # SIGKILL: nothing of the starter's own code runs
+        starter.wait()
+        wait_for(lambda: ended(server_pid), timeout=15,
+                 message="the server to end with the process that started it")
+    finally:
+        starter.kill()
+        starter.stdout.close()
+        if server_pid is not None and not ended(server_pid):
+            os.kill(server_pid, signal.SIGKILL)

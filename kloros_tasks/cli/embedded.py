@@ -21,6 +21,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from kloros_tasks.cli import lifeline
+
 MAX_SOCKET_PATH = 100
 START_TIMEOUT = 10.0
 PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
@@ -65,10 +67,14 @@ def find_redis_server() -> str:
 class EmbeddedRedis:
     """``redis-server`` on ``<directory>/redis.sock``, persisted with AOF in that directory."""
 
-    def __init__(self, directory: Path, *, persist: bool = True) -> None:
+    def __init__(self, directory: Path, *, persist: bool = True,
+                 with_parent: bool = False) -> None:
         self.directory = Path(directory)
         self.socket = self.directory / "redis.sock"
         self.persist = persist
+        # The server ends when the thread starting it does (lifeline.py): for ``up``,
+        # which starts it from its main thread and owns the directory.
+        self.with_parent = with_parent
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -103,7 +109,8 @@ class EmbeddedRedis:
         else:
             args += ["--appendonly", "no", "--save", ""]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True,
-                                     umask=0o077)
+                                     umask=0o077,
+                                     preexec_fn=lifeline.preexec() if self.with_parent else None)
         return self
 
     def wait_ready(self) -> EmbeddedRedis:

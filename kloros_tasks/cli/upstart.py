@@ -63,7 +63,7 @@ def run_up(settings: Settings, roots: list[Path], *, fmt: str = "text",
     try:
         url = settings.redis_url
         if not settings.redis_url_given:
-            server = EmbeddedRedis(embedded_dir(settings.state_dir)).spawn()
+            server = EmbeddedRedis(embedded_dir(settings.state_dir), with_parent=True).spawn()
             url = server.url
         supervisor = start_gated(settings, roots, url, concurrency=concurrency,
                                  single_worker=single_worker, flower=flower)

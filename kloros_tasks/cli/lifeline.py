@@ -1,0 +1,57 @@
+"""A child of ``up`` ends when ``up`` does, however ``up`` ends.
+
+``up`` stops its children itself when it is asked to (SIGTERM, SIGINT); killed
+outright (SIGKILL, the OOM killer, a crash of the interpreter), it cannot, and its
+children used to run on: workers retrying a Redis that was gone, a redis-server still
+holding the state directory's append-only file when the next ``up`` started its own.
+On Linux the kernel sends a child a chosen signal when its parent ends
+(``PR_SET_PDEATHSIG``); the signal chosen is SIGTERM, which every child handles as a
+stop (Celery's warm shutdown, the watcher's and the bridge's stop, redis-server's
+shutdown, which syncs its append-only file).  The setting survives ``exec`` and is
+tied to the thread that started the child: ``up`` starts its children from its
+main thread.  Elsewhere than Linux nothing is set.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1
+
+
+def _prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+    prctl = libc.prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                      ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl
+
+
+_PRCTL = _prctl()  # resolved before any fork: the child only calls it
+
+
+def end_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
+    """Have ``sig`` sent to this process when its parent (pid ``parent``) ends; if it
+    has ended already (this process was adopted meanwhile), exit at once."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def preexec(sig: int = signal.SIGTERM):
+    """A ``preexec_fn`` for ``subprocess.Popen`` doing ``end_with_parent`` in the child,
+    for a program that cannot do it itself (redis-server): call it in the thread that
+    will start the child."""
+    parent = os.getpid()
+    return lambda: end_with_parent(parent, sig)
