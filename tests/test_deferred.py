@@ -282,3 +282,19 @@ def test_a_burst_on_an_index_holding_more_files_than_the_batch_looks_readers_up(
     assert rr.smembers(names.deferred(names.KNOWLEDGE, ROOT)) >= {b"pkg/publish.py",
                                                                   b"docs/guide.md"}
     assert not rr.sismember(names.deferred(names.KNOWLEDGE, ROOT), names.WHOLE_ROOT)
+
+
+def test_a_burst_that_deferred_half_the_index_defers_every_file_from_then_on(rr):
+    detector = CountingDetector()
+    send_batch(rr, detector, BURST)  # no burst: judged at once
+    rr.rpush(names.KNOWLEDGE, "a task still waiting")
+    deferred = names.deferred(names.KNOWLEDGE, ROOT)
+    send_batch(rr, detector, {"pkg/helpers.py": BURST["pkg/helpers.py"] + "# a\n"})
+    assert rr.scard(deferred) == 1 and not rr.sismember(deferred, names.WHOLE_ROOT)
+    # 5 files indexed, 1 deferred: with 3 new files, 8 files of which 4 deferred.
+    lookups = detector.lookups
+    send_batch(rr, detector, {"a.md": "# A\n", "b.md": "# B\n", "c.md": "# C\n"})
+    assert rr.sismember(deferred, names.WHOLE_ROOT) and detector.lookups == lookups
+    rr.delete(names.KNOWLEDGE)
+    assert settle(context(rr), detector, ROOT) == 0
+    assert not rr.exists(deferred)

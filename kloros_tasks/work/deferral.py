@@ -77,19 +77,23 @@ def in_burst(client, detector: str, root: str) -> bool:
 def defer_whole_root(ctx: Context, detector: str, root: str, index, changes: int) -> bool:
     """Whether every file of the root is deferred (``names.WHOLE_ROOT``), so that a batch
     of ``changes`` applied now need not look up which other files read what it changes:
-    the settle evaluates them all.  A burst on an index that holds no more files than
-    the batch changes (a cold scan, a new root) starts so: nearly every file the index
-    will hold then arrives in the burst, each deferring itself, and the lookups of its
-    readers (a fifth of a cold scan's CPU) would find files deferred anyway.  The
-    caller holds the root's lock, under which alone the mark is set and taken away."""
+    the settle evaluates them all.  Evaluating every file is never wrong (a superset of
+    the files affected), only dearer when few are: so a burst turns to it once the files
+    it deferred and the batch's changes make up half of the files the index may hold
+    after the batch (a cold scan or a new root from its first batch, a storm of new
+    files after a few).  Most files of such a burst defer themselves anyway, and the
+    lookups of their readers were a fifth of a cold scan's CPU.  The caller holds the
+    root's lock, under which alone the mark is set and taken away."""
+    key = names.deferred(detector, root)
     pipe = ctx.client.pipeline(transaction=False)
-    pipe.sismember(names.deferred(detector, root), names.WHOLE_ROOT)
+    pipe.sismember(key, names.WHOLE_ROOT)
+    pipe.scard(key)
     pipe.llen(detector)
     pipe.exists(names.burst(root))
-    marked, waiting, sending = pipe.execute()
+    marked, deferred, waiting, sending = pipe.execute()
     if marked:
         return True
-    if not (waiting or sending) or index.size() > changes:
+    if not (waiting or sending) or index.size() > 2 * deferred + changes:
         return False
     _add_deferred(ctx, detector, root, {names.WHOLE_ROOT})
     log.info("%s: every file of %s will be evaluated when its burst settles", detector, root)
