@@ -137,6 +137,25 @@ def test_a_reconciliation_sends_one_batch_per_detector_per_hundred_files(r, redi
     assert not r.exists(names.burst(tree.name))  # the burst is over
 
 
+def test_each_detectors_batch_k_holds_its_share_of_the_same_files(r, redis_url, tmp_path):
+    # A one-process worker extracts a file's facts for its other detectors with its
+    # first batch; they are taken when those detectors' batch of the same files comes.
+    tree = tmp_path / "proj"
+    tree.mkdir()
+    for i in range(120):
+        (tree / f"f{i:03d}.md").write_text(f"# note {i}\n")
+        (tree / f"f{i:03d}.py").write_text(f"x = {i}\n")
+    sync, sent = syncer(r, redis_url, tree)
+    assert sync.reconcile(threading.Event())
+    files: dict[str, list[set[str]]] = {}
+    for detector, payload in sent.batches:
+        files.setdefault(detector, []).append({e["path"] for e in payload["changes"]})
+    assert [len(b) for b in files["knowledge"]] == [100, 100, 40]
+    assert [len(b) for b in files["integration"]] == [50, 50, 20]
+    for mine, theirs in zip(files["integration"], files["knowledge"], strict=True):
+        assert mine == {p for p in theirs if p.endswith(".py")}
+
+
 def test_a_storm_is_sent_in_batches_and_a_few_changes_one_task_per_file(r, redis_url,
                                                                         tmp_path):
     tree = tmp_path / "proj"

@@ -273,7 +273,7 @@ class Syncer:
     def _flush(self, root: Root, plan: _Plan, bulk: bool = False) -> None:
         """Store the planned blobs in one round trip, then send the tasks needing them:
         one per detector per file, or with ``bulk`` one per detector per bounded batch
-        (a batch holds one reference to each blob it names, as a task does)."""
+        of files (a batch holds one reference to each blob it names, as a task does)."""
         blobs.store_many(self.client, plan.blobs, ttl=self.settings.blob_ttl)
         plan.blobs, plan.blob_bytes = [], 0
         tasks, plan.tasks = plan.tasks, []
@@ -282,14 +282,14 @@ class Syncer:
                 self._refresh_bursts()
                 self._send(root, task)
             return
-        by_detector: dict[str, list[_Task]] = {}
-        for task in tasks:
-            for detector in task.detectors:
-                by_detector.setdefault(detector, []).append(task)
-        for detector in sorted(by_detector):
-            for batch in bounded(by_detector[detector]):
+        # Cut once, for every detector: each detector's batch k holds its share of the
+        # same files, so a worker serving several detectors (the default layout) takes
+        # the facts it extracted for the others' batch k before they are crowded out
+        # (work/shared.py); cut per detector, the batches drifted apart.
+        for chunk in bounded(tasks):
+            for detector in sorted({d for task in chunk for d in task.detectors}):
                 self._refresh_bursts()
-                self._send_batch(root, detector, batch)
+                self._send_batch(root, detector, [t for t in chunk if detector in t.detectors])
 
     def _examine(self, root: Root, rel: str) -> tuple[str, os.stat_result | None, bytes]:
         """What is at ``rel`` now: GONE (absent, or nothing to analyse: a symlink, a FIFO,
