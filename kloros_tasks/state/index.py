@@ -273,6 +273,10 @@ class RedisIndex:
         read = ahead.read(key) if ahead is not None else None
         old_raw, journal_raw, meta = read or self._read_for_update(key)
         *meta, ids = meta
+        # Entries read ahead are checked too: the buckets an update splits follow from
+        # them, and another writer may have changed them since (one reading just before
+        # the update leaves that to the next update, as it always did).
+        checks = (_sha1(old_raw), _sha1(journal_raw), b"%d" % meta[2] if read else b"")
         file_id, old = None, None
         if old_raw is not None:
             file_id, old_json = _split_stored(old_raw)
@@ -295,8 +299,8 @@ class RedisIndex:
             file_id = ids + 1
         value = b"" if new is None else _stored(file_id, _dumps(new))
         journal = _journal(file_id, touched)
-        left = self._apply(key, (_sha1(old_raw), _sha1(journal_raw)), meta, file_id, value,
-                           adds, removes, careful=bool(prior), journal=journal, claim=claim)
+        left = self._apply(key, checks, meta, file_id, value, adds, removes,
+                           careful=bool(prior), journal=journal, claim=claim)
         if ahead is not None:
             if left is None:
                 ahead.forget(key)
@@ -321,12 +325,13 @@ class RedisIndex:
         if keys:
             self.r.hdel(self._pending_key, *keys)
 
-    def _apply(self, key: bytes, read: tuple[str, str], meta: list[int],
+    def _apply(self, key: bytes, checks: tuple[str, str, bytes], meta: list[int],
                file_id: int | None, value: bytes, added: set, removed: set, *,
                careful: bool, journal: bytes, claim: bool = False) -> list[int] | None:
         """The script calls of one change; the meta it leaves (level, split, entries,
-        ids), or None when a call found that what ``read`` digests (the facts and the
-        journal entry the change was computed from) or ``meta`` no longer holds."""
+        ids), or None when a call found that what the change was computed from no longer
+        holds: ``checks`` (SHA-1 of the facts and of the journal entry, entries or "")
+        or ``meta``'s level and split."""
         level, split, entries = meta
         ops = [(b"-", f) for f in _fields(self.detector, removed)]
         ops += [(b"+", f) for f in _fields(self.detector, added)]
@@ -340,13 +345,13 @@ class RedisIndex:
         for n, ops_slice in enumerate(slices):
             last = n == len(slices) - 1
             keys = list(head)
-            args: list = [BUCKET_FILL, INLINE_MAX, key, read[0], level, split, value,
+            args: list = [BUCKET_FILL, INLINE_MAX, key, checks[0], level, split, value,
                           b"" if file_id is None else file_id, len(ops_slice),
                           b"1" if careful else b"", journal if n == 0 else b"",
                           (b"1" if self.keep_journal else b"2") if last else b"",
                           b"1" if claim and n == 0 else b"", self._prefixes[0],
                           self._prefixes[1], b"".join(sign + f for sign, f in ops_slice),
-                          read[1] if n == 0 else b""]
+                          *(checks[1:] if n == 0 else (b"", b""))]
             if last:
                 keys += self._splits(level, split, entries + len(added))
             if last and with_order:

@@ -17,9 +17,11 @@ atomically inside Redis, which is what keeps a change and a lookup consistent.
 # string of 9 bytes each, a sign ("+"/"-") and a field, so that a file of hundreds of
 # values costs the client one argument to encode instead of four per value.
 # The first slice also checks the journal entry the change was computed from (a
-# change cut short, or settled, since it was read changes it).  The last slice answers
-# the meta it leaves (level, split, entries, ids): what the caller's next update of
-# the index would read first, so that a batch of updates reads it once.
+# change cut short, or settled, since it was read changes it), and the entries count
+# when it is given (read ahead of the update, it may be older than another writer's
+# change).  The last slice answers the meta it leaves (level, split, entries, ids):
+# what the caller's next update of the index would read first, so that a batch of
+# updates reads it once.
 # KEYS: facts, meta, id map, journal, a (from, to) pair per split.
 # ARGV: fill, inline max, path, SHA-1 of the facts read ("" none), level, split,
 #       value to store ("" deletes), file id, op count, careful ("1"/""), journal entry
@@ -27,16 +29,18 @@ atomically inside Redis, which is what keeps a change and a lookup consistent.
 #       journal entry until the caller settles the change; "2": the last, drop it),
 #       claim ("1": the file id is new, the next of meta's "ids", taken here unless
 #       another writer took it first; ""), bucket key prefix, spill key prefix, ops,
-#       SHA-1 of the journal entry read ("" none; checked when a journal entry is given).
+#       SHA-1 of the journal entry read ("" none), entries read ("": not checked); both
+#       checked only with a journal entry to write (the first slice).
 UPDATE_SCRIPT = """
 local fill, inline, path = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local current = redis.call('HGET', KEYS[1], path)
 if (current and redis.sha1hex(current) or '') ~= ARGV[4] then return 0 end
-local state = redis.call('HMGET', KEYS[2], 'level', 'split', 'ids')
+local state = redis.call('HMGET', KEYS[2], 'level', 'split', 'ids', 'entries')
 if (state[1] or '0') ~= ARGV[5] or (state[2] or '0') ~= ARGV[6] then return 0 end
 if ARGV[11] ~= '' then
   local entry = redis.call('HGET', KEYS[4], path)
   if (entry and redis.sha1hex(entry) or '') ~= ARGV[17] then return 0 end
+  if ARGV[18] ~= '' and (state[4] or '0') ~= ARGV[18] then return 0 end
 end
 local id, nops, careful, delta = ARGV[8], tonumber(ARGV[9]), ARGV[10] == '1', 0
 local ids = tonumber(state[3] or '0')
