@@ -67,17 +67,21 @@ class BatchIndex:
 
     def prefetch(self, paths: Iterable[str]) -> None:
         """Read the ``__init__.py`` above each path, in one round trip."""
-        wanted = {init for path in paths for init in _inits_above(path)} - set(self._inits)
-        self._inits.update(self.index.facts_many(sorted(wanted)))
+        self._inits.update(self.index.facts_many(self._unread_inits(paths)))
 
     def read_ahead(self, paths: Iterable[str]) -> None:
         """``prefetch``, and what updating each path reads first, in one round trip.
         Only while the root's lock is held: the updates then take what was read, and
         what each update leaves, instead of reading Redis."""
         paths = list(paths)
-        wanted = {init for path in paths for init in _inits_above(path)} - set(self._inits)
-        self._ahead = self.index.read_ahead([*paths, *sorted(wanted)])
+        wanted = self._unread_inits(paths)
+        self._ahead = self.index.read_ahead([*paths, *wanted])
         self._inits.update((init, self._ahead.facts(init)) for init in wanted)
+
+    def _unread_inits(self, paths: Iterable[str]) -> list[str]:
+        """The ``__init__.py`` above each path not read yet."""
+        return sorted({init for path in paths for init in _inits_above(path)}
+                      - set(self._inits))
 
     def assume(self, present: dict[str, bool]) -> None:
         """Read each ``__init__.py`` given as indexed (True) or not, for naming only."""
