@@ -4,18 +4,10 @@ Both stores implement the detectors' read-only ``IndexView`` and one write,
 ``update(path, facts)``, which returns the (relation, value) pairs that changed.
 ``MemoryIndex`` (memory_index.py, importable from here) serves ``kloros-tasks scan``
 and pure tests; ``RedisIndex`` serves the workers, applying each change in one Lua
-script.
-
-In Redis (a tenth of the memory one SET per value took): ``names.facts`` maps a
-relpath to ``b"<id>:"`` + zlib of its facts JSON, the id being the file's for as long
-as it is indexed (ids are never reused); ``names.index_paths`` maps ids back.  A
-(relation, value) pair is the first 8 bytes of the SHA-1 of ``"<relation> <value>"``:
-a field of one ``names.index_bucket`` hash, whose value is the holders' ids joined by
-",", or "*" when they outgrew INLINE_MAX and live in ``names.index_spill``.  Buckets
-split one at a time as entries grow (linear hashing: ``names.index_meta`` holds
-``level`` and ``split``), so each stays a compact listpack.  Two values share a
-field only if 64 bits of their digests collide: for a million values, about three
-chances in 10^8, taken to be never.
+script, in the layout index_forms.py describes.  An update reads the file's facts, its
+journal entry and the bucket addressing first (one round trip), unless a batch read
+them ahead for all of its files (``read_ahead``): each script call then answers the
+addressing it leaves, so that the batch's next update needs no read.
 The holders of some relations are kept in path order too (index_order.py).
 """
 
@@ -23,14 +15,29 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zlib
-from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 
 import redis
 
 from kloros_tasks import names
 from kloros_tasks.detectors.base import FileFacts, Holders, Touched
+from kloros_tasks.state.index_forms import (  # noqa: F401  (re-exported: snapshot, tests)
+    BUCKET_FILL,
+    INLINE_MAX,
+    PATHS_PER_BUCKET,
+    _bytes,
+    _dumps,
+    _fields,
+    _journal,
+    _ordered_fields,
+    _read_journal,
+    _split_stored,
+    _stored,
+    _text,
+    facts_json,
+    field,
+    index_writes,
+)
 from kloros_tasks.state.index_order import PathOrder, first_of
 from kloros_tasks.state.index_scripts import LOOKUP_SCRIPT, UPDATE_SCRIPT
 from kloros_tasks.state.memory_index import (  # noqa: F401  (MemoryIndex: re-exported)
@@ -43,139 +50,64 @@ from kloros_tasks.state.memory_index import (  # noqa: F401  (MemoryIndex: re-ex
     ordered,
 )
 
-# Average entries per bucket before one splits.  Buckets not yet split in a round hold
-# twice that, still far below hash-max-listpack-entries (512 by default).
-BUCKET_FILL = 64
-INLINE_MAX = 64  # longest holder list kept in a bucket (hash-max-listpack-value)
-PATHS_PER_BUCKET = 128
-FIELD_BYTES = 8
-SPILLED = b"*"
 ATTEMPTS = 50  # optimistic retries when another writer changed what an update read
 # Index operations per script call: a file of thousands of values is applied in
 # slices, each a few milliseconds, so no call holds Redis (BUSY for every client).
 CHUNK_OPS = 500
 MAX_SPLITS = 64  # bucket splits per update; each moves about BUCKET_FILL entries
 LOOKUP_CHUNK = 1000  # values per lookup script call, for the same reason
-ZLIB_LEVEL = 6
-_ENCODING, _ERRORS = "utf-8", "surrogateescape"  # any byte string as a path survives
-
-Write = tuple[str, str, object]  # ("hset", key, {field: value}) or ("set", key, value)
 
 
-# --- the stored forms (shared by RedisIndex and snapshot restore) ------------------------
-
-def _bytes(text: str) -> bytes:
-    return text.encode(_ENCODING, _ERRORS)
-
-
-def _text(raw: bytes | str) -> str:
-    return raw.decode(_ENCODING, _ERRORS) if isinstance(raw, bytes) else raw
-
-
-def field(relation: str, value: str) -> bytes:
-    """The bucket field of one (relation, value) pair.  Relations are names without
-    spaces, so the digested text names the pair unambiguously."""
-    return hashlib.sha1(_bytes(f"{relation} {value}")).digest()[:FIELD_BYTES]
-
-
-def address(field_: bytes, level: int, split: int) -> int:
-    """The bucket of a field under linear hashing: ``2**level + split`` buckets."""
-    h = int.from_bytes(field_[:4], "big")
-    bucket = h % (1 << level)
-    return h % (1 << (level + 1)) if bucket < split else bucket
-
-
-def facts_json(raw: bytes) -> str:
-    """The facts JSON of a stored ``names.facts`` value."""
-    return _split_stored(raw)[1].decode(_ENCODING, _ERRORS)
-
-
-def _split_stored(raw: bytes) -> tuple[int | None, bytes]:
-    """(file id, facts JSON bytes); plain JSON (no id) is read as such."""
-    if raw.startswith(b"{"):
-        return None, raw
-    file_id, _, packed = raw.partition(b":")
-    return int(file_id), zlib.decompress(packed)
-
-
-def _stored(file_id: int, facts_json_bytes: bytes) -> bytes:
-    return b"%d:" % file_id + zlib.compress(facts_json_bytes, ZLIB_LEVEL)
-
-
-def _dumps(facts: FileFacts) -> bytes:
-    return json.dumps(facts.to_json(), separators=(",", ":")).encode()
-
-
-def _fields(detector: str, pairs: Iterable[tuple[str, str]]) -> list[bytes]:
-    return list(dict.fromkeys(field(r, v) for r, v in pairs if indexed(detector, r)))
-
-
-def _ordered_fields(detector: str, pairs: Iterable[tuple[str, str]]) -> list[bytes]:
-    return list(dict.fromkeys(field(r, v) for r, v in pairs if ordered(detector, r)))
-
-
-def index_writes(detector: str, root: str, files: Mapping[str, str]) -> Iterator[Write]:
-    """Every write that stores ``files`` (relpath -> facts JSON) in an empty Redis,
-    laid out as RedisIndex.update lays it out: facts, ids, buckets and spills."""
-    holders: dict[bytes, list[int]] = defaultdict(list)
-    in_order: dict[bytes, list[bytes]] = defaultdict(list)
-    stored, paths = {}, defaultdict(dict)
-    for file_id, path in enumerate(sorted(files), 1):
-        text = _bytes(files[path])
-        pairs = _pairs(FileFacts.from_json(json.loads(text)))
-        for f in _fields(detector, pairs):
-            holders[f].append(file_id)
-        for f in _ordered_fields(detector, pairs):
-            in_order[f].append(_bytes(path))
-        stored[_bytes(path)] = _stored(file_id, text)
-        paths[file_id // PATHS_PER_BUCKET][b"%d" % file_id] = _bytes(path)
-    # As many buckets as updates would have split into: the fewest that hold the
-    # entries at BUCKET_FILL each, addressed as 2**level + split.
-    buckets = max(1, -(-len(holders) // BUCKET_FILL))
-    level = buckets.bit_length() - 1
-    split = buckets - (1 << level)
-    yield "hset", names.facts(detector, root), stored
-    yield "hset", names.index_meta(detector, root), {
-        "level": b"%d" % level, "split": b"%d" % split, "entries": b"%d" % len(holders),
-        "ids": b"%d" % len(files), "ordered": b"1"}
-    for bucket, ids in paths.items():
-        yield "hset", names.index_paths(detector, root, bucket), ids
-    for f, members in in_order.items():
-        yield "zadd", names.index_order(detector, root, f.hex()), members
-    yield from _bucket_writes(detector, root, holders, level, split)
-
-
-def _bucket_writes(detector: str, root: str, holders: Mapping[bytes, list[int]],
-                   level: int, split: int) -> Iterator[Write]:
-    buckets: dict[int, dict[bytes, bytes]] = defaultdict(dict)
-    for f, ids in holders.items():
-        packed = b",".join(b"%d" % i for i in ids)
-        if len(packed) > INLINE_MAX:
-            yield "set", names.index_spill(detector, root, f.hex()), packed
-            packed = SPILLED
-        buckets[address(f, level, split)][f] = packed
-    for bucket, entries in buckets.items():
-        yield "hset", names.index_bucket(detector, root, bucket), entries
-
-
-# --- Redis ---------------------------------------------------------------------------------
-
-def _journal(file_id: int | None, touched: Iterable[tuple[str, str]]) -> bytes:
-    body = json.dumps(sorted(touched), separators=(",", ":")).encode(_ENCODING, _ERRORS)
-    return b"%d:" % (file_id or 0) + zlib.compress(body, ZLIB_LEVEL)
-
-
-def _read_journal(raw: bytes | None) -> tuple[int | None, set[tuple[str, str]]]:
-    """(file id or None, pairs) of a journal entry; (None, empty) for none."""
-    if raw is None:
-        return None, set()
-    file_id, _, packed = raw.partition(b":")
-    pairs = json.loads(zlib.decompress(packed).decode(_ENCODING, _ERRORS))
-    return (int(file_id) or None), {(r, v) for r, v in pairs}
+_META = ("level", "split", "entries", "ids")  # what an update reads of the meta hash
 
 
 def _ints(values: list) -> list[int]:
     return [0 if v is None else int(v) for v in values]
+
+
+def _sha1(raw: bytes | None) -> str:
+    """What the update script compares a value read with ("" for none)."""
+    return "" if raw is None else hashlib.sha1(raw).hexdigest()
+
+
+def _facts_of(raw: bytes | None) -> FileFacts | None:
+    return None if raw is None else FileFacts.from_json(json.loads(facts_json(raw)))
+
+
+class ReadAhead:
+    """What a run of updates of one index reads first, read once for many files
+    (``RedisIndex.read_ahead``): each file's stored facts and journal entry, and the
+    meta hash's level, split, entries and ids.  Each update that succeeds leaves here
+    what it stored and the meta its last script call answered, so the next needs no
+    read.  Meant for a caller holding the root's lock, under which nothing else writes
+    the index, but only a hint: every script call checks the facts, the journal entry
+    and the addressing it was computed from, and an update that finds them changed
+    forgets what this holds of them and reads them again."""
+
+    def __init__(self, stored: dict[bytes, bytes | None], journal: dict[bytes, bytes | None],
+                 meta: list[int]) -> None:
+        self._stored, self._journal = stored, journal
+        self._meta: list[int] | None = meta
+
+    def facts(self, path: str) -> FileFacts | None:
+        """The facts read of ``path`` (None if not indexed); KeyError if it was not read."""
+        return _facts_of(self._stored[_bytes(path)])
+
+    def read(self, key: bytes) -> tuple[bytes | None, bytes | None, list[int]] | None:
+        """(stored facts, journal entry, meta) of ``key``, or None when not held."""
+        if self._meta is None or key not in self._stored:
+            return None
+        return self._stored[key], self._journal[key], list(self._meta)
+
+    def wrote(self, key: bytes, stored: bytes | None, journal: bytes | None,
+              meta: list[int]) -> None:
+        self._stored[key], self._journal[key], self._meta = stored, journal, meta
+
+    def forget(self, key: bytes) -> None:
+        """Read ``key`` and the meta again: what was held of them proved stale."""
+        self._stored.pop(key, None)
+        self._journal.pop(key, None)
+        self._meta = None
 
 
 class RedisIndex:
@@ -208,8 +140,7 @@ class RedisIndex:
         return names.index_bucket(self.detector, self.root, bucket)
 
     def facts(self, path: str) -> FileFacts | None:
-        raw = self.r.hget(self._facts_key, _bytes(path))
-        return None if raw is None else FileFacts.from_json(json.loads(facts_json(raw)))
+        return _facts_of(self.r.hget(self._facts_key, _bytes(path)))
 
     def facts_many(self, paths: Iterable[str]) -> dict[str, FileFacts | None]:
         """``facts`` of every path (None for one not indexed), in one round trip per
@@ -219,8 +150,7 @@ class RedisIndex:
             part = paths[start:start + LOOKUP_CHUNK]
             for path, raw in zip(part, self.r.hmget(self._facts_key, [_bytes(p) for p in part]),
                                  strict=True):
-                out[path] = None if raw is None else FileFacts.from_json(
-                    json.loads(facts_json(raw)))
+                out[path] = _facts_of(raw)
         return out
 
     def present_many(self, paths: Iterable[str]) -> set[str]:
@@ -290,48 +220,93 @@ class RedisIndex:
         return list(zip(keys, found, strict=True))
 
     # --- the one write ---------------------------------------------------------------
-    def update(self, path: str, new: FileFacts | None) -> Touched:
+    def update(self, path: str, new: FileFacts | None, *,
+               ahead: ReadAhead | None = None) -> Touched:
         """Store ``path``'s facts (None removes the file); returns the (relation, value)
         pairs that changed, including those of an earlier change of the file that was
         cut short or whose questions were never settled (see ``pending``).
 
         Applied in slices of CHUNK_OPS operations; the change is journaled first, so an
         error half-way leaves nothing that the next update of the file does not repair.
+        With ``ahead`` (``read_ahead``), what it holds of the file is taken instead of
+        reading Redis, and what the update leaves is kept there for the next one.
         """
         key = _bytes(path)
         for _ in range(ATTEMPTS):
-            pipe = self.r.pipeline(transaction=True)
-            pipe.hget(self._facts_key, key)
-            pipe.hget(self._pending_key, key)
-            pipe.hmget(self._meta, "level", "split", "entries", "ids")
-            old_raw, journal_raw, meta = pipe.execute()
-            *meta, ids = _ints(meta)
-            file_id, old = None, None
-            if old_raw is not None:
-                file_id, old_json = _split_stored(old_raw)
-                old = FileFacts.from_json(json.loads(old_json))
-            prior_id, prior = _read_journal(journal_raw)
-            if old_raw is None and new is None and not prior:
-                return frozenset()
-            if file_id is None:
-                file_id = prior_id  # the id a change cut short already used
-            added, removed = diff(old, new)
-            # What an interrupted change may have half-applied is decided again from
-            # the new facts, one idempotent operation per pair.
-            held = _pairs(new)
-            adds, removes = added | (prior & held), removed | (prior - held)
-            touched = frozenset(added | removed | prior)
-            # A new file (or one stored without id) claims the next id; the script
-            # takes it only if no other writer did meanwhile, else this is tried again.
-            claim = file_id is None and new is not None
-            if claim:
-                file_id = ids + 1
-            value = b"" if new is None else _stored(file_id, _dumps(new))
-            journal = _journal(file_id, touched)
-            if self._apply(key, old_raw, meta, file_id, value, adds, removes,
-                           careful=bool(prior), journal=journal, claim=claim):
+            try:
+                touched = self._try_update(key, new, ahead)
+            except BaseException:  # cut short: what ``ahead`` holds may be stale now
+                if ahead is not None:
+                    ahead.forget(key)
+                raise
+            if touched is not None:
                 return touched
         raise redis.WatchError(f"{self._facts_key}: {path!r} kept changing during an update")
+
+    def read_ahead(self, paths: Iterable[str]) -> ReadAhead:
+        """What updates of ``paths`` read first, for all of them in one round trip: the
+        stored facts and journal entry of each, and the bucket addressing."""
+        keys = [_bytes(p) for p in dict.fromkeys(paths)]
+        pipe = self.r.pipeline(transaction=True)
+        for start in range(0, len(keys), LOOKUP_CHUNK):
+            pipe.hmget(self._facts_key, keys[start:start + LOOKUP_CHUNK])
+            pipe.hmget(self._pending_key, keys[start:start + LOOKUP_CHUNK])
+        pipe.hmget(self._meta, *_META)
+        *replies, meta = pipe.execute()
+        stored = [raw for reply in replies[0::2] for raw in reply]
+        journal = [raw for reply in replies[1::2] for raw in reply]
+        return ReadAhead(dict(zip(keys, stored, strict=True)),
+                         dict(zip(keys, journal, strict=True)), _ints(meta))
+
+    def _read_for_update(self, key: bytes) -> tuple[bytes | None, bytes | None, list[int]]:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hget(self._facts_key, key)
+        pipe.hget(self._pending_key, key)
+        pipe.hmget(self._meta, *_META)
+        old_raw, journal_raw, meta = pipe.execute()
+        return old_raw, journal_raw, _ints(meta)
+
+    def _try_update(self, key: bytes, new: FileFacts | None,
+                    ahead: ReadAhead | None) -> Touched | None:
+        """One attempt of ``update``: None when the script found that what the attempt
+        was computed from had changed (another writer, or a stale ``ahead``)."""
+        read = ahead.read(key) if ahead is not None else None
+        old_raw, journal_raw, meta = read or self._read_for_update(key)
+        *meta, ids = meta
+        # Entries read ahead are checked too: the buckets an update splits follow from
+        # them, and another writer may have changed them since (one reading just before
+        # the update leaves that to the next update, as it always did).
+        checks = (_sha1(old_raw), _sha1(journal_raw), b"%d" % meta[2] if read else b"")
+        file_id, old = None, None
+        if old_raw is not None:
+            file_id, old_json = _split_stored(old_raw)
+            old = FileFacts.from_json(json.loads(old_json))
+        prior_id, prior = _read_journal(journal_raw)
+        if old_raw is None and new is None and not prior:
+            return frozenset()
+        if file_id is None:
+            file_id = prior_id  # the id a change cut short already used
+        added, removed = diff(old, new)
+        # What an interrupted change may have half-applied is decided again from
+        # the new facts, one idempotent operation per pair.
+        held = _pairs(new)
+        adds, removes = added | (prior & held), removed | (prior - held)
+        touched = frozenset(added | removed | prior)
+        # A new file (or one stored without id) claims the next id; the script
+        # takes it only if no other writer did meanwhile, else this is tried again.
+        claim = file_id is None and new is not None
+        if claim:
+            file_id = ids + 1
+        value = b"" if new is None else _stored(file_id, _dumps(new))
+        journal = _journal(file_id, touched)
+        left = self._apply(key, checks, meta, file_id, value, adds, removes,
+                           careful=bool(prior), journal=journal, claim=claim)
+        if ahead is not None:
+            if left is None:
+                ahead.forget(key)
+            else:
+                ahead.wrote(key, value or None, journal if self.keep_journal else None, left)
+        return None if left is None else touched
 
     def pending(self, path: str) -> Touched | None:
         """The pairs of the last change of ``path`` whose questions were not yet settled
@@ -350,9 +325,13 @@ class RedisIndex:
         if keys:
             self.r.hdel(self._pending_key, *keys)
 
-    def _apply(self, key: bytes, old_raw: bytes | None, meta: list[int],
+    def _apply(self, key: bytes, checks: tuple[str, str, bytes], meta: list[int],
                file_id: int | None, value: bytes, added: set, removed: set, *,
-               careful: bool, journal: bytes, claim: bool = False) -> bool:
+               careful: bool, journal: bytes, claim: bool = False) -> list[int] | None:
+        """The script calls of one change; the meta it leaves (level, split, entries,
+        ids), or None when a call found that what the change was computed from no longer
+        holds: ``checks`` (SHA-1 of the facts and of the journal entry, entries or "")
+        or ``meta``'s level and split."""
         level, split, entries = meta
         ops = [(b"-", f) for f in _fields(self.detector, removed)]
         ops += [(b"+", f) for f in _fields(self.detector, added)]
@@ -362,27 +341,28 @@ class RedisIndex:
         with_order = self._order.wanted(in_order, empty)
         head = [self._facts_key, self._meta, names.index_paths(
             self.detector, self.root, (file_id or 0) // PATHS_PER_BUCKET), self._pending_key]
-        digest = hashlib.sha1(old_raw).hexdigest() if old_raw is not None else b""
         slices = [ops[i:i + CHUNK_OPS] for i in range(0, len(ops), CHUNK_OPS)] or [[]]
         for n, ops_slice in enumerate(slices):
             last = n == len(slices) - 1
             keys = list(head)
-            args: list = [BUCKET_FILL, INLINE_MAX, key, digest, level, split, value,
+            args: list = [BUCKET_FILL, INLINE_MAX, key, checks[0], level, split, value,
                           b"" if file_id is None else file_id, len(ops_slice),
                           b"1" if careful else b"", journal if n == 0 else b"",
                           (b"1" if self.keep_journal else b"2") if last else b"",
                           b"1" if claim and n == 0 else b"", self._prefixes[0],
-                          self._prefixes[1], b"".join(sign + f for sign, f in ops_slice)]
+                          self._prefixes[1], b"".join(sign + f for sign, f in ops_slice),
+                          *(checks[1:] if n == 0 else (b"", b""))]
             if last:
                 keys += self._splits(level, split, entries + len(added))
             if last and with_order:
-                if not self._order.apply(keys, args, [(key, value, in_order)] if in_order
-                                         else [], empty=empty):
-                    return False
-            elif not self._update(keys=keys, args=args):
-                return False
+                reply = self._order.apply(keys, args, [(key, value, in_order)] if in_order
+                                          else [], empty=empty)
+            else:
+                reply = self._update(keys=keys, args=args)
+            if not reply:
+                return None
             careful = True  # the journal is written: what follows may be a repair
-        return True
+        return [int(x) for x in reply]
 
     def _splits(self, level: int, split: int, entries: int) -> list[str]:
         """(from, to) bucket keys of every split ``entries`` could call for, up to

@@ -47,12 +47,13 @@ class PathOrder:
         return bool(ops) or (empty and self.keeps)
 
     def apply(self, keys: list, args: list, changes: list[tuple[bytes, bytes, list[bytes]]],
-              *, empty: bool) -> bool:
+              *, empty: bool):
         """The update script's call (``keys``, ``args``: the last slice of one file's
         update) with ORDER_SCRIPT in one MULTI/EXEC, one round trip: "mark" before it
         when the index was ``empty``, "apply" after it for each (path, value stored,
-        ``ops``) of ``changes``; what the update script answered.  ORDER_SCRIPT is sent
-        whole (EVAL): if Redis had lost it, the index would be updated and its sets not."""
+        ``ops``) of ``changes``; what the update script answered (0: not applied).
+        ORDER_SCRIPT is sent whole (EVAL): if Redis had lost it, the index would be
+        updated and its sets not."""
         pipe = self.r.pipeline(transaction=True)
         if empty and self.keeps:
             pipe.eval(ORDER_SCRIPT, 2, self._facts_key, self._meta, "mark")
@@ -71,8 +72,8 @@ class PathOrder:
             # changed nothing (or they were already, and it set what a retry sets
             # again).  Load the update script and let the caller try again.
             self.r.script_load(UPDATE_SCRIPT)
-            return False
-        return bool(replies[1 if empty and self.keeps else 0])
+            return 0
+        return replies[1 if empty and self.keeps else 0]
 
     def first(self, fields: Mapping[str, bytes], n: int) -> dict[str, Holders] | None:
         """The first ``n`` holders of each value (value -> its field) and their count;

@@ -16,22 +16,37 @@ atomically inside Redis, which is what keeps a change and a lookup consistent.
 # script does), with the level and split the slice checked: the ops travel as one
 # string of 9 bytes each, a sign ("+"/"-") and a field, so that a file of hundreds of
 # values costs the client one argument to encode instead of four per value.
+# The first slice also checks the journal entry the change was computed from (a
+# change cut short, or settled, since it was read changes it), and the entries count
+# when it is given (read ahead of the update, it may be older than another writer's
+# change).  The last slice answers the meta it leaves (level, split, entries, ids):
+# what the caller's next update of the index would read first, so that a batch of
+# updates reads it once.
 # KEYS: facts, meta, id map, journal, a (from, to) pair per split.
 # ARGV: fill, inline max, path, SHA-1 of the facts read ("" none), level, split,
 #       value to store ("" deletes), file id, op count, careful ("1"/""), journal entry
 #       ("" leaves it), commit ("": not the last slice; "1": the last, keep the
 #       journal entry until the caller settles the change; "2": the last, drop it),
 #       claim ("1": the file id is new, the next of meta's "ids", taken here unless
-#       another writer took it first; ""), bucket key prefix, spill key prefix, ops.
+#       another writer took it first; ""), bucket key prefix, spill key prefix, ops,
+#       SHA-1 of the journal entry read ("" none), entries read ("": not checked); both
+#       checked only with a journal entry to write (the first slice).
 UPDATE_SCRIPT = """
 local fill, inline, path = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local current = redis.call('HGET', KEYS[1], path)
 if (current and redis.sha1hex(current) or '') ~= ARGV[4] then return 0 end
-local state = redis.call('HMGET', KEYS[2], 'level', 'split')
+local state = redis.call('HMGET', KEYS[2], 'level', 'split', 'ids', 'entries')
 if (state[1] or '0') ~= ARGV[5] or (state[2] or '0') ~= ARGV[6] then return 0 end
+if ARGV[11] ~= '' then
+  local entry = redis.call('HGET', KEYS[4], path)
+  if (entry and redis.sha1hex(entry) or '') ~= ARGV[17] then return 0 end
+  if ARGV[18] ~= '' and (state[4] or '0') ~= ARGV[18] then return 0 end
+end
 local id, nops, careful, delta = ARGV[8], tonumber(ARGV[9]), ARGV[10] == '1', 0
+local ids = tonumber(state[3] or '0')
 if ARGV[13] == '1' then
-  if tonumber(redis.call('HGET', KEYS[2], 'ids') or '0') ~= tonumber(id) - 1 then return 0 end
+  if ids ~= tonumber(id) - 1 then return 0 end
+  ids = tonumber(id)
   redis.call('HSET', KEYS[2], 'ids', id)
 end
 local SLICE = 256  -- unpack() has a stack limit: never unpack an unbounded table
@@ -84,7 +99,7 @@ local function split_bucket(from, to, level)
 end
 local function hex(c) return string.format('%02x', string.byte(c)) end
 local at_level, at_split, ops = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[16]
-local function bucket_of(field)  -- index.address, as the lookup script computes it
+local function bucket_of(field)  -- index_forms.address, as the lookup script computes it
   local a, b, c, d = string.byte(field, 1, 4)
   local h = ((a * 256 + b) * 256 + c) * 256 + d
   local bucket = h % 2 ^ at_level
@@ -115,7 +130,7 @@ while entries > fill * (2 ^ level + split) and KEYS[k + 1] do
   if split == 2 ^ level then level, split = level + 1, 0 end
 end
 redis.call('HSET', KEYS[2], 'level', level, 'split', split)
-return 1
+return {level, split, entries, ids}
 """
 
 

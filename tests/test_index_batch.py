@@ -1,0 +1,213 @@
+"""Updates read ahead, as a batch makes them under the root's lock: what ``read_ahead``
+read once and what each update script answers stand in for the read before each
+update, and leave exactly the index (every key, every value) that the same updates
+one at a time leave.  What another writer changed meanwhile is read again and the
+update retried, never applied over."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import redis
+
+from kloros_tasks import names
+from kloros_tasks.detectors.base import FileFacts
+from kloros_tasks.state import index
+from kloros_tasks.state.index import RedisIndex
+from kloros_tasks.work.batch import BatchIndex
+
+ROOT = "repo"
+RELATION = {names.KNOWLEDGE: "links", names.CAPABILITY: "needs"}  # "needs": ordered
+
+
+def facts(detector: str, values) -> FileFacts:
+    return FileFacts(relations={RELATION[detector]: frozenset(values), "py": frozenset({"1"})})
+
+
+def dump(r) -> dict:
+    """Every kloros:* key with its type and whole value."""
+    read = {"hash": r.hgetall, "string": r.get, "set": r.smembers,
+            "zset": lambda k: r.zrange(k, 0, -1, withscores=True),
+            "list": lambda k: r.lrange(k, 0, -1)}
+    return {key: (kind, read[kind](key)) for key in r.scan_iter(match="kloros:*")
+            if (kind := r.type(key).decode())}
+
+
+def batches(detector: str, seed: int) -> list[list[tuple[str, FileFacts | None]]]:
+    """Batches of changes of 150 paths: new files with many values each (the buckets
+    split many times), changes, deletions (of indexed files and of files never
+    indexed), a path changed twice in one batch, and a file of more values than one
+    script call applies (slices)."""
+    rng = random.Random(seed)
+    pool = [f"v{i}" for i in range(3000)]
+    paths = [f"p/{i:03}.py" for i in range(150)]
+
+    def change(path: str) -> tuple[str, FileFacts | None]:
+        if rng.random() < 0.15:
+            return path, None
+        return path, facts(detector, rng.sample(pool, rng.randrange(0, 40)) + ["common"])
+
+    out = [[change(p) for p in rng.sample(paths, 60)] for _ in range(6)]
+    out[2] += [("big.py", facts(detector, pool[:2 * index.CHUNK_OPS + 7])), out[2][0]]
+    out[4] += [("big.py", facts(detector, pool[index.CHUNK_OPS:]))]
+    return out
+
+
+def count_reads(redis_index: RedisIndex) -> list[bytes]:
+    """The keys of the updates that read Redis before their script call."""
+    reads, read = [], redis_index._read_for_update
+
+    def counting(key: bytes):
+        reads.append(key)
+        return read(key)
+
+    redis_index._read_for_update = counting
+    return reads
+
+
+def run(r, detector: str, steps, *, ahead: bool, keep_journal: bool):
+    """Each batch's updates, then its settling; (touched of each update, the index's
+    keys, the keys the updates read before their script call)."""
+    redis_index = RedisIndex(r, detector, ROOT, keep_journal=keep_journal)
+    reads, touched = count_reads(redis_index), []
+    for batch in steps:
+        known = redis_index.read_ahead(p for p, _ in batch) if ahead else None
+        touched += [redis_index.update(p, f, ahead=known) for p, f in batch]
+        redis_index.settled_many(p for p, _ in batch)
+    return touched, dump(r), reads
+
+
+@pytest.mark.parametrize("detector", [names.KNOWLEDGE, names.CAPABILITY])
+@pytest.mark.parametrize("keep_journal", [True, False])
+def test_updates_read_ahead_leave_the_index_updates_one_at_a_time_leave(r, detector,
+                                                                        keep_journal):
+    steps = batches(detector, seed=7)
+    one_at_a_time, alone, reads = run(r, detector, steps, ahead=False,
+                                      keep_journal=keep_journal)
+    assert len(reads) == sum(map(len, steps))
+    r.flushall()
+    read_ahead, together, reads = run(r, detector, steps, ahead=True,
+                                      keep_journal=keep_journal)
+    assert reads == []  # every update took what was read ahead or what the last left
+    assert read_ahead == one_at_a_time
+    assert together == alone
+    meta = together[names.index_meta(detector, ROOT).encode()][1]
+    assert int(meta[b"level"]) >= 5  # the buckets split, many times
+    if detector == names.CAPABILITY:
+        assert meta[b"ordered"] == b"1"
+        assert names.index_order(detector, ROOT, index.field("needs", "common").hex()
+                                 ).encode() in together
+
+
+DETECTOR = names.KNOWLEDGE
+PATHS = ["a.md", "b.md", "new.md"]
+
+
+def first(r, keep_journal: bool = True) -> RedisIndex:
+    redis_index = RedisIndex(r, DETECTOR, ROOT, keep_journal=keep_journal)
+    redis_index.update("a.md", facts(DETECTOR, ["x", "y"]))
+    redis_index.update("b.md", facts(DETECTOR, ["y"]))
+    redis_index.settled("b.md")  # a.md's change is not settled yet: its journal entry stays
+    return redis_index
+
+
+def other_writer_changes_a(r) -> None:
+    RedisIndex(r, DETECTOR, ROOT, keep_journal=True).update("a.md", facts(DETECTOR, ["z"]))
+
+
+def other_writer_adds_a_file(r) -> None:  # claims the id "new.md" was to claim
+    RedisIndex(r, DETECTOR, ROOT).update("other.md", facts(DETECTOR, ["w"]))
+
+
+def other_writer_splits_buckets(r) -> None:  # the addressing read ahead changes
+    RedisIndex(r, DETECTOR, ROOT).update("many.md", facts(DETECTOR, map(str, range(400))))
+
+
+def other_writer_settles_a(r) -> None:  # the journal entry read ahead goes
+    RedisIndex(r, DETECTOR, ROOT).settled("a.md")
+
+
+def other_writer_is_cut_short_on_a(r) -> None:  # journals a change, applies part of it
+    cut = RedisIndex(r, DETECTOR, ROOT, keep_journal=True)
+    script, done = cut._update, [0]
+
+    def failing(keys, args):
+        if done[0] == 1:
+            raise redis.ConnectionError("connection lost mid-update")
+        done[0] += 1
+        return script(keys=keys, args=args)
+
+    cut._update = failing
+    with pytest.raises(redis.ConnectionError):
+        cut.update("a.md", facts(DETECTOR, [f"c{i}" for i in range(index.CHUNK_OPS + 5)]))
+
+
+@pytest.mark.parametrize("meanwhile", [
+    other_writer_changes_a, other_writer_adds_a_file, other_writer_splits_buckets,
+    other_writer_settles_a, other_writer_is_cut_short_on_a])
+def test_what_another_writer_changed_after_the_read_ahead_is_read_again(r, meanwhile):
+    """The same updates with another writer's change between the read-ahead and them
+    leave what they leave when each reads Redis first: nothing stale is applied."""
+    def updates(redis_index: RedisIndex, ahead) -> list:
+        # The new file first: the meta an update's script answers is Redis's own, so
+        # a stale id count is seen only by the first update after the read-ahead.
+        return [redis_index.update("new.md", facts(DETECTOR, ["x", "q"]), ahead=ahead),
+                redis_index.update("a.md", facts(DETECTOR, ["y", "q"]), ahead=ahead),
+                redis_index.update("b.md", None, ahead=ahead)]
+
+    redis_index = first(r)
+    meanwhile(r)
+    expected, index_expected = updates(redis_index, None), dump(r)
+    r.flushall()
+    redis_index = first(r)
+    ahead = redis_index.read_ahead(PATHS)
+    meanwhile(r)
+    reads = count_reads(redis_index)
+    assert updates(redis_index, ahead) == expected
+    assert dump(r) == index_expected
+    assert reads  # the stale read was noticed, and read again
+
+
+def test_an_update_cut_short_forgets_what_was_read_ahead_of_it(r):
+    redis_index = first(r)
+    ahead = redis_index.read_ahead(PATHS)
+    script, done = redis_index._update, [0]
+
+    def failing(keys, args):
+        if done[0] == 1:
+            raise redis.ConnectionError("connection lost mid-update")
+        done[0] += 1
+        return script(keys=keys, args=args)
+
+    redis_index._update = failing
+    big = facts(DETECTOR, [f"c{i}" for i in range(index.CHUNK_OPS + 5)])
+    with pytest.raises(redis.ConnectionError):
+        redis_index.update("a.md", big, ahead=ahead)
+    redis_index._update = script
+    reads = count_reads(redis_index)
+    touched = redis_index.update("a.md", facts(DETECTOR, ["y"]), ahead=ahead)
+    assert reads == [b"a.md"]  # read again: the journal entry it left is the repair's
+    assert ("links", "c0") in touched and ("links", "x") in touched
+    assert redis_index.who_many("links", ["c0", "c504", "x", "y"]) == {
+        "c0": frozenset(), "c504": frozenset(), "x": frozenset(),
+        "y": frozenset({"a.md", "b.md"})}
+
+
+def test_a_batch_index_reads_ahead_its_files_and_the_package_markers_above_them(r):
+    redis_index = RedisIndex(r, DETECTOR, ROOT, keep_journal=True)
+    redis_index.update("pkg/__init__.py", facts(DETECTOR, ["init"]))
+    batch = BatchIndex(redis_index, remember=True)
+    batch.read_ahead(["pkg/a.py", "pkg/b.py"])
+    reads = count_reads(redis_index)
+    hgets = []
+    real = r.hget
+    r.hget = lambda *args: hgets.append(args) or real(*args)
+    assert batch.facts("pkg/__init__.py") == facts(DETECTOR, ["init"])
+    assert batch.facts("__init__.py") is None
+    batch.update("pkg/a.py", facts(DETECTOR, ["init", "a"]))
+    batch.update("pkg/b.py", facts(DETECTOR, ["a"]))
+    batch.update("pkg/a.py", None)
+    assert reads == [] and hgets == []
+    assert redis_index.who_many("links", ["init", "a"]) == {
+        "init": frozenset({"pkg/__init__.py"}), "a": frozenset({"pkg/b.py"})}
