@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-
 from kloros_tasks import names
 from kloros_tasks.detectors.base import FileDetector
 from kloros_tasks.state.index import RedisIndex
