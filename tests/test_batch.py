@@ -256,7 +256,12 @@ def test_a_batch_names_modules_by_the_package_markers_it_read_or_assumed():
     assert cached.present_many(["pkg/a.py", "other/__init__.py"]) == set()
     assert index.reads == ["pkg/a.py", "other/__init__.py"]  # the rest is asked
     cached.update("pkg/__init__.py", None)
+    reads = len(index.reads)
     assert cached.present_many(["pkg/__init__.py"]) == set()
+    cached.update("other/__init__.py", "facts")  # the batch's later modules are named by it
+    assert cached.present_many(["other/__init__.py"]) == {"other/__init__.py"}
+    assert len(index.reads) == reads  # a marker the batch updated is not asked again
+    assert cached.facts("other/__init__.py") == "facts"  # its facts are read again
 
 
 def test_under_the_lock_a_batch_reads_each_file_once_until_it_updates_it():

@@ -58,6 +58,9 @@ class BatchIndex:
     def __init__(self, index: RedisIndex, *, remember: bool = False) -> None:
         self.index = index
         self._inits: dict[str, FileFacts | None] = {}
+        # Package markers this object updated: their facts are read again, but whether
+        # they are indexed is known (a batch's later modules are named by them).
+        self._updated: dict[str, bool] = {}
         self._remember = remember
         self._facts: OrderedDict[str, FileFacts | None] = OrderedDict()
         self._ahead: ReadAhead | None = None
@@ -93,10 +96,12 @@ class BatchIndex:
         from that, so naming a module asks Redis nothing the batch already knows, and
         modules are named by the same layout as ``facts`` gives."""
         paths = list(dict.fromkeys(paths))
-        known = {p for p in paths if is_package_file(p) and p in self._inits}
+        known = {p: self._updated[p] if p in self._updated else self._inits[p] is not None
+                 for p in paths if is_package_file(p)
+                 and (p in self._updated or p in self._inits)}
         asked = [p for p in paths if p not in known]
         held = self.index.present_many(asked) if asked else set()
-        return held | {p for p in known if self._inits[p] is not None}
+        return held | {p for p, there in known.items() if there}
 
     def facts(self, path: str) -> FileFacts | None:
         return self.facts_many([path])[path]
@@ -131,9 +136,14 @@ class BatchIndex:
     def update(self, path: str, new: FileFacts | None):
         self._inits.pop(path, None)
         self._facts.pop(path, None)
+        self._updated.pop(path, None)
         if self._ahead is None:
-            return self.index.update(path, new)
-        return self.index.update(path, new, ahead=self._ahead)
+            touched = self.index.update(path, new)
+        else:
+            touched = self.index.update(path, new, ahead=self._ahead)
+        if is_package_file(path):
+            self._updated[path] = new is not None
+        return touched
 
 
 REMEMBERED = 256  # other files' facts a batch keeps decoded (Django: 12 MiB at most)
