@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kloros_tasks import names
+from kloros_tasks.cli import zygote
 from kloros_tasks.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class Child:
     delay: float = 0.0
     restart_times: deque[float] = field(default_factory=deque)
     gated: bool = False  # may start before the Gate opens (waits for it on its own)
+    forkable: bool = False  # gated; its first start may be a fork of the zygote (cli/zygote.py)
 
     def start(self, env: dict[str, str], log_dir: Path, gate: Gate | None = None) -> None:
         self.log_path = log_dir / f"{self.name}.log"
@@ -114,10 +116,11 @@ class Child:
         return self.proc is not None and self.proc.poll() is None
 
     def signal_group(self, sig: int) -> None:
-        if self.proc is None:
+        pid = self.proc.pid if self.proc is not None else None
+        if pid is None:  # never started, or a fork the zygote did not make
             return
         try:
-            os.killpg(self.proc.pid, sig)
+            os.killpg(pid, sig)
         except ProcessLookupError:
             pass
 
@@ -182,10 +185,11 @@ def plan(settings: Settings, roots: list[Path], *, concurrency: tuple[int, int] 
         children.append(prestarted(Child("worker", worker_argv(
             list(names.QUEUES), settings, concurrency, "all") + beat)))
     else:
+        # Forked by one zygote: Celery is imported once instead of once per worker.
         for queue in names.QUEUES:
             children.append(prestarted(Child(
                 f"worker-{queue}", worker_argv([queue], settings, concurrency, queue)
-                + (beat if queue == names.EXPLORATION else []))))
+                + (beat if queue == names.EXPLORATION else []), forkable=True)))
     # The watcher keeps the snapshot, as under systemd: it restores it as soon as it
     # finds Redis emptied under it, and is the one process that writes it.
     children.append(prestarted(Child("watcher", [sys.executable, "-m", "kloros_tasks.cli",
@@ -219,6 +223,7 @@ def stop_all(children: list[Child], grace: float = STOP_GRACE) -> None:
         child.signal_group(signal.SIGKILL)  # also reaps orphaned pool children
         if child.proc is not None and child.proc.poll() is None:
             child.proc.wait(2)
+    zygote.reap_orphans()  # the pool processes of workers killed above
 
 
 def describe_exit(status: int | None) -> str:
@@ -264,10 +269,18 @@ class Supervisor:
 
     def start_all(self, gate: Gate | None = None) -> None:
         """Start every child; with a ``gate``, only the gated ones now (they wait for
-        it), the others in ``open_gate``."""
+        it), the others in ``open_gate``.  Gated children marked ``forkable``, when there
+        are several, are forked by one zygote (cli/zygote.py) where this process can
+        adopt its forks."""
         self.gate = gate
+        forked = [c for c in self.children if c.forkable and c.gated and gate is not None]
+        if len(forked) < 2 or not zygote.launch(forked, self.env, self.log_dir, gate):
+            forked = []
+        forked_ids = {id(child) for child in forked}
         for child in self.children:
-            if gate is None or child.gated:
+            if id(child) in forked_ids:  # started (a Forked handle), not yet forked
+                child.started_at, child.restart_at, self.changed = self.clock(), None, True
+            elif gate is None or child.gated:
                 self._start(child, gate)
 
     def open_gate(self) -> None:
@@ -294,6 +307,7 @@ class Supervisor:
         """Restart the children whose delay is over and schedule those that died;
         GaveUp when one hit the start limit or exited for good."""
         now = self.clock()
+        zygote.reap_orphans()
         for child in self.children:
             if child.restart_at is not None:
                 if now >= child.restart_at:
