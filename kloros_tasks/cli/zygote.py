@@ -100,10 +100,9 @@ def fork_each(specs: list[Spec]) -> Spec | None:
 
 
 def become(spec: Spec, report_fd: int) -> None:
-    """In a fork: its own session, reported to ``up``, its log, its command line."""
+    """In a fork: its own session, its log, its command line, and then (so that ``up``
+    never sees it otherwise) its report to ``up``."""
     os.setsid()
-    os.write(report_fd, f"{spec.name} {os.getpid()}\n".encode())
-    os.close(report_fd)
     fd = os.open(spec.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -112,6 +111,8 @@ def become(spec: Spec, report_fd: int) -> None:
         set_cmdline([*ZYGOTE, spec.module, *spec.args])
     except (OSError, ValueError, IndexError):
         pass  # cosmetic: ps then shows the zygote's command
+    os.write(report_fd, f"{spec.name} {os.getpid()}\n".encode())
+    os.close(report_fd)
 
 
 def main(argv: list[str]) -> None:
