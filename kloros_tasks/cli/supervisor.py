@@ -209,6 +209,7 @@ def plan(settings: Settings, roots: list[Path], *, concurrency: tuple[int, int] 
 
 def stop_all(children: list[Child], grace: float = STOP_GRACE) -> None:
     """SIGTERM every child group, wait up to ``grace`` seconds, then SIGKILL what is left."""
+    zygote.end_launches(children)  # a worker still being forked is stopped too
     for child in reversed(children):
         child.signal_group(signal.SIGTERM)
     deadline = time.monotonic() + grace

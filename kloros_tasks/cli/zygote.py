@@ -37,9 +37,9 @@ from kloros_tasks.cli import prestart
 ZYGOTE = [sys.executable, "-m", "kloros_tasks.cli.zygote"]
 PRESTART = [sys.executable, "-m", "kloros_tasks.cli.prestart"]  # supervisor.PRESTART
 SEPARATOR = "::"
-# How long ``up`` waits for the zygote to import and fork before it kills it (its
-# children are then restarted the plain way); the stop's whole grace is 7 s.
-LAUNCH_WAIT = 6.0
+# How long the zygote may take to import and fork before ``up`` kills it (its children
+# are then restarted the plain way); a stop waits at most this for its forks to report.
+LAUNCH_WAIT = 30.0
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 _adopting = False  # this process is a child subreaper (adopt_orphans)
 
@@ -121,7 +121,7 @@ def main(argv: list[str]) -> None:
                  f"[ARGS...] [{SEPARATOR} NAME LOG MODULE [ARGS...]]...")
     report_fd, specs = int(argv[0]), parse(argv[1:])
     for module in dict.fromkeys(spec.module for spec in specs):
-        for name in prestart.PRELOAD.get(module, ()):
+        for name in ("ctypes", *prestart.PRELOAD.get(module, ())):  # ctypes: set_cmdline's
             importlib.import_module(name)
     mine = fork_each(specs)
     if mine is None:
@@ -166,7 +166,12 @@ def reap_orphans() -> None:
 
 
 class Launch:
-    """One zygote started by ``up`` for ``children`` (supervisor.Child), gated by ``gate``."""
+    """One zygote started by ``up`` for ``children`` (supervisor.Child), gated by ``gate``.
+
+    Nothing here blocks ``up``'s loop: ``collect`` reads the reports that arrived and is
+    ``done`` once they ended and the zygote was reaped, or after LAUNCH_WAIT, when the
+    zygote is killed (the children it did not fork then count as exited).  ``end``
+    finishes it at once, for a stop."""
 
     def __init__(self, children, env: dict[str, str], log_dir: Path, gate) -> None:
         self.logs = {c.name: log_dir / f"{c.name}.log" for c in children}
@@ -185,31 +190,36 @@ class Launch:
         finally:
             os.close(log)
             os.close(write_fd)
-        self.read_fd: int | None = read_fd
+        self.read_fd, self.buffer = read_fd, b""
+        self.deadline = time.monotonic() + LAUNCH_WAIT
         self.pids: dict[str, int] = {}
+        self.done = False
 
-    def collect(self, wait: float = LAUNCH_WAIT) -> None:
-        """Read the forks' reports to the end and wait for the zygote, killing it after
-        ``wait`` seconds; from then on the forks are children of this process."""
-        if self.read_fd is None:
-            return
-        deadline, buffer = time.monotonic() + wait, b""
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                if self.proc.poll() is not None:
-                    break  # a fork that never closed its end (cannot happen) is not waited for
+    def collect(self, block: float = 0.0) -> None:
+        """Take the reports that arrived (waiting up to ``block`` seconds for the end);
+        once they ended, reap the zygote: from then on its forks are our children."""
+        until = time.monotonic() + block
+        while self.read_fd is not None:
+            if time.monotonic() >= self.deadline and self.proc.poll() is None:
                 self.proc.kill()  # the forks it made still report, and close their ends
-                deadline, left = time.monotonic() + 1.0, 1.0
-            if select.select([self.read_fd], [], [], left)[0]:
-                chunk = os.read(self.read_fd, 4096)
-                if not chunk:
-                    break
-                buffer += chunk
-        os.close(self.read_fd)
-        self.read_fd = None
-        self.proc.wait()
-        for line in buffer.decode().splitlines():
+            now = time.monotonic()
+            left = max(0.0, (min(until, self.deadline) if now < self.deadline else until) - now)
+            if not select.select([self.read_fd], [], [], left)[0]:
+                if time.monotonic() >= until:
+                    return
+                continue
+            chunk = os.read(self.read_fd, 4096)
+            if chunk:
+                self.buffer += chunk
+                continue
+            os.close(self.read_fd)
+            self.read_fd = None
+        if not self.done:
+            self.proc.wait()
+            self._finish()
+
+    def _finish(self) -> None:
+        for line in self.buffer.decode().splitlines():
             name, pid = line.split()
             self.pids[name] = int(pid)
         for name, path in self.logs.items():
@@ -217,15 +227,27 @@ class Launch:
                 with open(path, "a") as f:
                     f.write(f"kloros-tasks: not started: the zygote exited with status "
                             f"{self.proc.returncode} (see zygote.log)\n")
+        self.done = True
 
-    def pid_of(self, name: str) -> int | None:
-        self.collect()
-        return self.pids.get(name)
+    def end(self) -> None:
+        """Finish now: a zygote still importing is stopped (what it forked reports)."""
+        if not self.done:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+            self.collect(block=LAUNCH_WAIT)
+
+
+def end_launches(children) -> None:
+    """Finish the launches of ``children`` forked by a zygote, so that each pid is known
+    (or known never to be) before they are stopped."""
+    for child in children:
+        if isinstance(child.proc, Forked):
+            child.proc.launch.end()
 
 
 class Forked:
-    """What the supervisor asks of a ``Popen``, for a process the zygote forked (its
-    pid known once the zygote is done; ``Launch.collect``)."""
+    """What the supervisor asks of a ``Popen``, for a process the zygote forks: running
+    (``poll`` None, ``pid`` None) until the zygote is done, then a child of ours."""
 
     def __init__(self, launch: Launch, name: str) -> None:
         self.launch, self.name = launch, name
@@ -233,18 +255,20 @@ class Forked:
 
     @property
     def pid(self) -> int | None:
-        return self.launch.pid_of(self.name)
+        self.launch.collect()
+        return self.launch.pids.get(self.name)
 
     def poll(self) -> int | None:
         if self.returncode is not None:
             return self.returncode
         pid = self.pid
-        if pid is None:  # never forked: the zygote failed
-            self.returncode = self.launch.proc.returncode or 1
+        if pid is None:
+            if self.launch.done:  # never forked: the zygote failed
+                self.returncode = self.launch.proc.returncode or 1
             return self.returncode
         try:
             done, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:  # not ours after all (no subreaper): gone
+        except ChildProcessError:  # not ours after all (reaped elsewhere): gone
             self.returncode = 1
             return self.returncode
         if done:
@@ -260,7 +284,7 @@ class Forked:
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
-        if self.poll() is None:
+        if self.poll() is None and self.pid is not None:
             os.kill(self.pid, sig)
 
     def kill(self) -> None:
