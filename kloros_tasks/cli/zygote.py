@@ -53,9 +53,6 @@ class Spec:
     module: str
     args: tuple[str, ...]
 
-    def words(self) -> list[str]:
-        return [self.name, self.log, self.module, *self.args]
-
 
 def parse(words: list[str]) -> list[Spec]:
     specs, current = [], []
@@ -148,7 +145,9 @@ def reap_orphans() -> None:
     """Reap the adopted orphans that have exited: children of this process that do not
     lead their process group (a worker's pool processes or beat, left behind when the
     worker was killed).  Every process ``up`` starts, the zygote's forks included, leads
-    its own group, and its ``Popen`` (or ``Forked``) waits for it."""
+    its own group, and its ``Popen`` (or ``Forked``) waits for it.  (An orphan that
+    leads a session of its own, an exploration probe whose pool process died, stays a
+    zombie until ``up`` exits.)"""
     if not _adopting:
         return
     for task in os.listdir("/proc/self/task"):
