@@ -188,3 +188,21 @@ def test_commands_are_parsed_between_separators():
                      zygote.Spec("b", "/l/b.log", "m", ())]
     with pytest.raises(ValueError):
         zygote.parse(["a", "/l/a.log"])
+
+
+def test_only_the_per_detector_layout_forks_its_workers(tmp_path):
+    from kloros_tasks.cli.supervisor import plan, zygote_of
+    from kloros_tasks.settings import Settings
+
+    settings = Settings(state_dir=tmp_path)
+    per_detector = plan(settings, [tmp_path], single_worker=False)
+    assert sorted(c.name for c in per_detector if c.forkable) == sorted(
+        c.name for c in per_detector if c.name.startswith("worker-"))
+    assert zygote_of(per_detector) is zygote
+    # The default layout's one worker starts the plain way, and up never imports this.
+    assert zygote_of(plan(settings, [tmp_path])) is None
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, kloros_tasks.cli.upstart, kloros_tasks.cli.up; "
+         "print('kloros_tasks.cli.zygote' in sys.modules)"],
+        capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "False"

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kloros_tasks import names
-from kloros_tasks.cli import zygote
 from kloros_tasks.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -207,9 +206,21 @@ def plan(settings: Settings, roots: list[Path], *, concurrency: tuple[int, int] 
     return children
 
 
+def zygote_of(children: list[Child]):
+    """cli/zygote.py where some of ``children`` may be forked by a zygote (the
+    per-detector layout), else None: the default layout's ``up`` never imports it."""
+    if any(child.forkable for child in children):
+        from kloros_tasks.cli import zygote  # noqa: PLC0415
+
+        return zygote
+    return None
+
+
 def stop_all(children: list[Child], grace: float = STOP_GRACE) -> None:
     """SIGTERM every child group, wait up to ``grace`` seconds, then SIGKILL what is left."""
-    zygote.end_launches(children)  # a worker still being forked is stopped too
+    zygote = zygote_of(children)
+    if zygote is not None:
+        zygote.end_launches(children)  # a worker still being forked is stopped too
     for child in reversed(children):
         child.signal_group(signal.SIGTERM)
     deadline = time.monotonic() + grace
@@ -224,7 +235,8 @@ def stop_all(children: list[Child], grace: float = STOP_GRACE) -> None:
         child.signal_group(signal.SIGKILL)  # also reaps orphaned pool children
         if child.proc is not None and child.proc.poll() is None:
             child.proc.wait(2)
-    zygote.reap_orphans()  # the pool processes of workers killed above
+    if zygote is not None:
+        zygote.reap_orphans()  # the pool processes of workers killed above
 
 
 def describe_exit(status: int | None) -> str:
@@ -267,6 +279,7 @@ class Supervisor:
                                               flush=True))
         self.changed = True  # the state others read (``status``) needs publishing
         self.gate: Gate | None = None
+        self.zygote = zygote_of(children)
 
     def start_all(self, gate: Gate | None = None) -> None:
         """Start every child; with a ``gate``, only the gated ones now (they wait for
@@ -275,7 +288,7 @@ class Supervisor:
         adopt its forks."""
         self.gate = gate
         forked = [c for c in self.children if c.forkable and c.gated and gate is not None]
-        if len(forked) < 2 or not zygote.launch(forked, self.env, self.log_dir, gate):
+        if len(forked) < 2 or not self.zygote.launch(forked, self.env, self.log_dir, gate):
             forked = []
         forked_ids = {id(child) for child in forked}
         for child in self.children:
@@ -308,7 +321,8 @@ class Supervisor:
         """Restart the children whose delay is over and schedule those that died;
         GaveUp when one hit the start limit or exited for good."""
         now = self.clock()
-        zygote.reap_orphans()
+        if self.zygote is not None:
+            self.zygote.reap_orphans()
         for child in self.children:
             if child.restart_at is not None:
                 if now >= child.restart_at:
