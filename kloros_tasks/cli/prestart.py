@@ -38,15 +38,20 @@ def wait_for_start() -> None:
     os.close(devnull)
 
 
+def run(module: str, args: list[str]) -> None:
+    """Wait for the start, then run ``python -m MODULE ARGS...`` in this interpreter."""
+    wait_for_start()
+    sys.argv = [module, *args]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
 def main(argv: list[str]) -> None:
     if not argv:
         sys.exit("usage: python -m kloros_tasks.cli.prestart MODULE [ARGS...]")
     module = argv[0]
     for name in PRELOAD.get(module, ()):
         importlib.import_module(name)
-    wait_for_start()
-    sys.argv = [module, *argv[1:]]
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
+    run(module, argv[1:])
 
 
 if __name__ == "__main__":

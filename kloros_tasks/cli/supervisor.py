@@ -96,6 +96,7 @@ class Child:
     delay: float = 0.0
     restart_times: deque[float] = field(default_factory=deque)
     gated: bool = False  # may start before the Gate opens (waits for it on its own)
+    forkable: bool = False  # gated; its first start may be a fork of the zygote (cli/zygote.py)
 
     def start(self, env: dict[str, str], log_dir: Path, gate: Gate | None = None) -> None:
         self.log_path = log_dir / f"{self.name}.log"
@@ -114,10 +115,11 @@ class Child:
         return self.proc is not None and self.proc.poll() is None
 
     def signal_group(self, sig: int) -> None:
-        if self.proc is None:
+        pid = self.proc.pid if self.proc is not None else None
+        if pid is None:  # never started, or a fork the zygote did not make
             return
         try:
-            os.killpg(self.proc.pid, sig)
+            os.killpg(pid, sig)
         except ProcessLookupError:
             pass
 
@@ -182,10 +184,11 @@ def plan(settings: Settings, roots: list[Path], *, concurrency: tuple[int, int] 
         children.append(prestarted(Child("worker", worker_argv(
             list(names.QUEUES), settings, concurrency, "all") + beat)))
     else:
+        # Forked by one zygote: Celery is imported once instead of once per worker.
         for queue in names.QUEUES:
             children.append(prestarted(Child(
                 f"worker-{queue}", worker_argv([queue], settings, concurrency, queue)
-                + (beat if queue == names.EXPLORATION else []))))
+                + (beat if queue == names.EXPLORATION else []), forkable=True)))
     # The watcher keeps the snapshot, as under systemd: it restores it as soon as it
     # finds Redis emptied under it, and is the one process that writes it.
     children.append(prestarted(Child("watcher", [sys.executable, "-m", "kloros_tasks.cli",
@@ -203,8 +206,21 @@ def plan(settings: Settings, roots: list[Path], *, concurrency: tuple[int, int] 
     return children
 
 
+def zygote_of(children: list[Child]):
+    """cli/zygote.py where some of ``children`` may be forked by a zygote (the
+    per-detector layout), else None: the default layout's ``up`` never imports it."""
+    if any(child.forkable for child in children):
+        from kloros_tasks.cli import zygote  # noqa: PLC0415
+
+        return zygote
+    return None
+
+
 def stop_all(children: list[Child], grace: float = STOP_GRACE) -> None:
     """SIGTERM every child group, wait up to ``grace`` seconds, then SIGKILL what is left."""
+    zygote = zygote_of(children)
+    if zygote is not None:
+        zygote.end_launches(children)  # a worker still being forked is stopped too
     for child in reversed(children):
         child.signal_group(signal.SIGTERM)
     deadline = time.monotonic() + grace
@@ -219,6 +235,8 @@ def stop_all(children: list[Child], grace: float = STOP_GRACE) -> None:
         child.signal_group(signal.SIGKILL)  # also reaps orphaned pool children
         if child.proc is not None and child.proc.poll() is None:
             child.proc.wait(2)
+    if zygote is not None:
+        zygote.reap_orphans()  # the pool processes of workers killed above
 
 
 def describe_exit(status: int | None) -> str:
@@ -261,13 +279,22 @@ class Supervisor:
                                               flush=True))
         self.changed = True  # the state others read (``status``) needs publishing
         self.gate: Gate | None = None
+        self.zygote = zygote_of(children)
 
     def start_all(self, gate: Gate | None = None) -> None:
         """Start every child; with a ``gate``, only the gated ones now (they wait for
-        it), the others in ``open_gate``."""
+        it), the others in ``open_gate``.  Gated children marked ``forkable``, when there
+        are several, are forked by one zygote (cli/zygote.py) where this process can
+        adopt its forks."""
         self.gate = gate
+        forked = [c for c in self.children if c.forkable and c.gated and gate is not None]
+        if len(forked) < 2 or not self.zygote.launch(forked, self.env, self.log_dir, gate):
+            forked = []
+        forked_ids = {id(child) for child in forked}
         for child in self.children:
-            if gate is None or child.gated:
+            if id(child) in forked_ids:  # started (a Forked handle), not yet forked
+                child.started_at, child.restart_at, self.changed = self.clock(), None, True
+            elif gate is None or child.gated:
                 self._start(child, gate)
 
     def open_gate(self) -> None:
@@ -294,6 +321,8 @@ class Supervisor:
         """Restart the children whose delay is over and schedule those that died;
         GaveUp when one hit the start limit or exited for good."""
         now = self.clock()
+        if self.zygote is not None:
+            self.zygote.reap_orphans()
         for child in self.children:
             if child.restart_at is not None:
                 if now >= child.restart_at:

@@ -7,7 +7,9 @@ that the slow parts of a start overlap instead of following each other:
 1. the state dir is locked and the embedded ``redis-server`` (when no Redis is given)
    is started; it loads its append-only file while the rest goes on;
 2. the workers, the watcher and the bridge are started through cli/prestart.py: each
-   imports what it needs and then waits for the gate (``supervisor.Gate``);
+   imports what it needs and then waits for the gate (``supervisor.Gate``); the four
+   workers of ``--per-detector`` are forks of one zygote (cli/zygote.py) that imports
+   Celery once for them;
 3. this process imports the rest of ``up`` (cli/up.py: redis-py, the state modules),
    waits for Redis to answer, restores the snapshot if Redis holds no state, and only
    then opens the gate: no child touches Redis before that, as before.
