@@ -301,3 +301,44 @@ def test_a_redis_flushed_under_up_is_restored_at_once_and_the_snapshot_survives(
     assert len(kept["facts"][names.facts(names.KNOWLEDGE, "tree")]) == 34
     assert kept["ledger"].keys() == {k.decode() for k in ledger} | {
         entry["facts"]["question_id"]}
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (children, their children, ...)."""
+    found, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").iterdir():
+            try:
+                kids = {int(p) for p in (task / "children").read_text().split()}
+            except OSError:
+                continue
+            todo += list(kids - found)
+            found |= kids
+    return found
+
+
+def ended(pid: int) -> bool:
+    """Gone, or a zombie nobody reaped yet."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return raw[raw.rindex(")") + 2:].split()[0] == "Z"
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("layout", [(), ("--per-detector",)], ids=["default", "per-detector"])
+def test_every_process_of_up_ends_when_up_is_killed(world, layout):
+    base, tree, state = world
+    up = start_up(base, tree, state, "up.log", *layout)
+    up.wait_output("knowledge.missing_docstrings", 90)
+    below = descendants(up.popen.pid)
+    commands = [Path(f"/proc/{p}/cmdline").read_bytes() for p in below if not ended(p)]
+    assert [c for c in commands if b"redis-server" in c]
+    assert len([c for c in commands if b" worker " in c.replace(b"\0", b" ")]) >= (
+        len(names.QUEUES) if layout else 1)
+    up.popen.kill()  # SIGKILL: up's own stop never runs (the OOM killer, kill -9)
+    up.popen.wait()
+    wait_for(lambda: all(ended(p) for p in below), 60, 0.2,
+             "the workers, the watcher and redis-server to end with up")

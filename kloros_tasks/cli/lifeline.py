@@ -9,7 +9,9 @@ On Linux the kernel sends a child a chosen signal when its parent ends
 stop (Celery's warm shutdown, the watcher's and the bridge's stop, redis-server's
 shutdown, which syncs its append-only file).  The setting survives ``exec`` and is
 tied to the thread that started the child: ``up`` starts its children from its
-main thread.  Elsewhere than Linux nothing is set.
+main thread.  A process handed to a new parent (a zygote's fork, adopted by ``up``)
+gets the signal at the handover too, so it sets it only once adopted.  Elsewhere than
+Linux nothing is set.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import ctypes.util
 import os
 import signal
 import sys
+import time
 
 PR_SET_PDEATHSIG = 1
 
@@ -55,3 +58,17 @@ def preexec(sig: int = signal.SIGTERM):
     will start the child."""
     parent = os.getpid()
     return lambda: end_with_parent(parent, sig)
+
+
+def end_with_adopter(adopter: int, first_parent: int, wait: float = 5.0) -> bool:
+    """``end_with_parent(adopter)`` for a process whose parent ``first_parent`` exits
+    and hands it to ``adopter``, a child subreaper (a fork of cli/zygote.py): set only
+    once the handover happened, since the signal is also sent at the handover itself.
+    False (nothing set) if ``first_parent`` is still there after ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while os.getppid() == first_parent:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    end_with_parent(adopter)
+    return True

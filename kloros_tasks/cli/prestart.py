@@ -16,6 +16,7 @@ import importlib
 import os
 import runpy
 import sys
+from collections.abc import Callable
 
 # What each program imports before its first connection, by the module it runs.
 PRELOAD = {
@@ -38,9 +39,12 @@ def wait_for_start() -> None:
     os.close(devnull)
 
 
-def run(module: str, args: list[str]) -> None:
-    """Wait for the start, then run ``python -m MODULE ARGS...`` in this interpreter."""
+def run(module: str, args: list[str], started: Callable[[], object] | None = None) -> None:
+    """Wait for the start, call ``started`` (if given), then run ``python -m MODULE
+    ARGS...`` in this interpreter."""
     wait_for_start()
+    if started is not None:
+        started()
     sys.argv = [module, *args]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kloros_tasks import names
+from kloros_tasks.cli import lifeline
 from kloros_tasks.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ class Child:
                 self.argv, env={**env, **self.extra_env},
                 stdin=gate.read_fd if gate is not None else subprocess.DEVNULL,
                 stdout=fd, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=lifeline.preexec(),  # ends when up ends, even killed
             )
         finally:
             os.close(fd)

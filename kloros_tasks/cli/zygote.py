@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kloros_tasks.cli import prestart
+from kloros_tasks.cli import lifeline, prestart
 
 ZYGOTE = [sys.executable, "-m", "kloros_tasks.cli.zygote"]
 PRESTART = [sys.executable, "-m", "kloros_tasks.cli.prestart"]  # supervisor.PRESTART
@@ -120,11 +120,14 @@ def main(argv: list[str]) -> None:
     for module in dict.fromkeys(spec.module for spec in specs):
         for name in ("ctypes", *prestart.PRELOAD.get(module, ())):  # ctypes: set_cmdline's
             importlib.import_module(name)
+    up, me = os.getppid(), os.getpid()
     mine = fork_each(specs)
     if mine is None:
         return  # the zygote's work is done; its exit hands the forks to up
     become(mine, report_fd)
-    prestart.run(mine.module, list(mine.args))
+    # Adopted by up by the time its gate opens: from then on it ends when up does.
+    prestart.run(mine.module, list(mine.args),
+                 started=lambda: lifeline.end_with_adopter(up, me))
 
 
 # --- up's side ---------------------------------------------------------------------------
@@ -185,7 +188,8 @@ class Launch:
         try:
             self.proc = subprocess.Popen(
                 [*ZYGOTE, str(write_fd), *words], env=env, stdin=gate.read_fd, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(write_fd,))
+                stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(write_fd,),
+                preexec_fn=lifeline.preexec())
         finally:
             os.close(log)
             os.close(write_fd)
