@@ -428,6 +428,18 @@ def test_a_directory_moved_out_or_removed_deletes_everything_under_it(root, tmp_
     wait_until(lambda: deleted() == {"moved/deep/x.py", "removed/deep/x.py"})
 
 
+def test_the_pump_registers_and_reconciles_before_it_first_waits_for_events(root, redis_url):
+    # A start (a warm restart's last step) must not wait out an idle inbox first.
+    watcher = Watcher(Settings(redis_url=redis_url), [root], sender=RecordingSender())
+    calls: list[str] = []
+    tick, receive = watcher._tick, watcher._receive
+    watcher._tick = lambda now: (calls.append("tick"), tick(now))[1]
+    watcher._receive = lambda timeout: (calls.append("receive"), receive(timeout))[1]
+    running = Running(watcher, RecordingSender()).start()
+    assert running.stop() == 0
+    assert calls[0] == "tick"
+
+
 def test_the_watcher_registers_its_root_and_beats(root, watch, r):
     watch(root)
     registered = json.loads(r.hget(names.ROOTS, "proj"))

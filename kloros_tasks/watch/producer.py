@@ -203,6 +203,9 @@ class Watcher:
     # --- the pump thread ------------------------------------------------------------------
     def _pump(self) -> None:
         try:
+            # Register, restore and reconcile at once: waiting for the inbox first
+            # held every start (a warm restart's last step) up by IDLE_WAIT.
+            self._tick(self.clock())
             while not self._stopping.is_set():
                 wait = self.debouncer.next_in(self.clock())
                 self._receive(IDLE_WAIT if wait is None else min(wait, IDLE_WAIT))
