@@ -10,6 +10,7 @@ analysed" and "nothing published twice" are both read straight from Redis.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -337,19 +338,38 @@ def test_a_file_whose_task_kills_its_worker_every_time_is_parked_after_n_deliver
     good_files_go_on(world, worker, "slow.md")
 
 
-def test_a_python_file_whose_parse_outlasts_the_hard_time_limit_is_parked(make_world):
-    world = make_world(**POISON_LIMITS)
+def one_long_list(n: int) -> str:
+    """A module of one line, a list of ``n`` names: cheap to read, decode and scan
+    line by line, slow to parse (about 1.4 s per MB, four times a module of functions)."""
+    return "x = [" + "a," * n + "]\n"
+
+
+def parse_lasting(seconds: float) -> str:
+    """A module whose ``ast.parse`` takes about ``seconds`` on this machine: sized from
+    the parse of a sample, so that a faster machine gets a bigger file."""
+    sample = 100_000
+    started = time.process_time()
+    ast.parse(one_long_list(sample))
+    took = max(time.process_time() - started, 1e-3)
+    return one_long_list(int(sample * seconds / took))
+
+
+def test_a_python_file_whose_parse_outlasts_the_time_limit_is_parked(make_world):
+    # ast.parse runs for twice the 2 s hard limit.  Whether the soft limit's signal
+    # interrupts it depends on the interpreter's parser (the 3.11 parser here mostly
+    # lets it): parked at once then, else killed at the hard limit, delivered again
+    # and parked after its attempts.  Either way it ends parked, and the rest goes on.
+    defs = parse_lasting(2 * int(POISON_LIMITS["KLOROS_TASK_TIME_LIMIT"]))
+    world = make_world(**{**POISON_LIMITS, "KLOROS_MAX_FILE_BYTES": str(len(defs) + 1024)})
     worker, _ = world.start()
-    # About 6 MB of definitions: ast.parse alone, in C where no signal interrupts it,
-    # needs several seconds, so every attempt is killed at the 2 s hard limit.
-    defs = "".join(f"def f{i}():\n    return {i}\n\n" for i in range(190_000))
     put(world.tree / "huge.py", defs)
-    wait_for(lambda: "Hard time limit" in worker.output(), 60, message="the hard limit")
-    wait_for(lambda: worker.output().count(" received") >= 2, 60,
-             message="the task delivered again")
-    wait_for(lambda: parked_paths(world) == ["huge.py"], 60,
-             message="the file parked after its attempts")
+    wait_for(lambda: parked_paths(world) == ["huge.py"], 120,
+             message="the file parked")
+    (entry,) = parked(world)
+    assert "time limit" in entry["reason"]
     assert f"parked in {names.DEADLETTER}" in worker.output()
+    if "Hard time limit" in worker.output():
+        assert worker.output().count(" received") >= 2  # delivered again before parked
     good_files_go_on(world, worker, "huge.py")
 
 
