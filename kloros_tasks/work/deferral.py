@@ -18,6 +18,13 @@ from redis.lock import Lock
 
 from kloros_tasks import names
 
+log = logging.getLogger(__name__)
+# A waiter polls the root's lock every LOCK_POLL s and says at each poll that it waits,
+# for LOCK_WAITING_MS (a few polls).
+LOCK_POLL = 0.05
+LOCK_WAITING_MS = 500
+WHOLE_ROOT_CHUNK = 1_000  # paths per SADD when every file of a root is deferred
+
 
 class Context(Protocol):
     """What of the tasks' context (analysis.Context) deferral uses."""
@@ -26,13 +33,6 @@ class Context(Protocol):
     lock_timeout: float
     lock_wait: float
     schedule_settle: Callable[[str, str], None] | None
-
-log = logging.getLogger(__name__)
-# A waiter polls the root's lock every LOCK_POLL s and says at each poll that it waits,
-# for LOCK_WAITING_MS (a few polls).
-LOCK_POLL = 0.05
-LOCK_WAITING_MS = 500
-WHOLE_ROOT_CHUNK = 1_000  # paths per SADD when every file of a root is deferred
 
 
 def _text(v) -> str:
