@@ -123,3 +123,12 @@ def start_worker(redis_url: str, state_dir: Path, queues: str, log: Path, *,
     if ready:
         proc.wait_output(" ready.")
     return proc
+
+
+def ended(pid: int) -> bool:
+    """The process is gone, or a zombie nobody reaped yet."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return raw[raw.rindex(")") + 2:].split()[0] == "Z"

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from procs import wait_for
+from procs import ended, wait_for
 
 from kloros_tasks.cli.embedded import (
     EmbeddedRedis,
@@ -138,15 +138,6 @@ def test_entering_a_spawned_server_waits_for_it_instead_of_starting_another():
         assert client.info("server")["process_id"] == first.pid
         client.close()
     assert first.poll() is not None  # stopped with the block: nothing left running
-
-
-def ended(pid: int) -> bool:
-    """The process is gone, or a zombie nobody reaped yet."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 STARTER = """

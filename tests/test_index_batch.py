@@ -128,9 +128,10 @@ def other_writer_settles_a(r) -> None:  # the journal entry read ahead goes
     RedisIndex(r, DETECTOR, ROOT).settled("a.md")
 
 
-def other_writer_is_cut_short_on_a(r) -> None:  # journals a change, applies part of it
-    cut = RedisIndex(r, DETECTOR, ROOT, keep_journal=True)
-    script, done = cut._update, [0]
+def lose_connection_on_second_slice(redis_index: RedisIndex):
+    """Make ``redis_index``'s update fail after its first script slice, as a connection
+    lost half-way through a change would; returns the script call it replaced."""
+    script, done = redis_index._update, [0]
 
     def failing(keys, args):
         if done[0] == 1:
@@ -138,7 +139,13 @@ def other_writer_is_cut_short_on_a(r) -> None:  # journals a change, applies par
         done[0] += 1
         return script(keys=keys, args=args)
 
-    cut._update = failing
+    redis_index._update = failing
+    return script
+
+
+def other_writer_is_cut_short_on_a(r) -> None:  # journals a change, applies part of it
+    cut = RedisIndex(r, DETECTOR, ROOT, keep_journal=True)
+    lose_connection_on_second_slice(cut)
     with pytest.raises(redis.ConnectionError):
         cut.update("a.md", facts(DETECTOR, [f"c{i}" for i in range(index.CHUNK_OPS + 5)]))
 
@@ -172,15 +179,7 @@ def test_what_another_writer_changed_after_the_read_ahead_is_read_again(r, meanw
 def test_an_update_cut_short_forgets_what_was_read_ahead_of_it(r):
     redis_index = first(r)
     ahead = redis_index.read_ahead(PATHS)
-    script, done = redis_index._update, [0]
-
-    def failing(keys, args):
-        if done[0] == 1:
-            raise redis.ConnectionError("connection lost mid-update")
-        done[0] += 1
-        return script(keys=keys, args=args)
-
-    redis_index._update = failing
+    script = lose_connection_on_second_slice(redis_index)
     big = facts(DETECTOR, [f"c{i}" for i in range(index.CHUNK_OPS + 5)])
     with pytest.raises(redis.ConnectionError):
         redis_index.update("a.md", big, ahead=ahead)

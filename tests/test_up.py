@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from procs import Proc, service_env, wait_for
+from procs import Proc, ended, service_env, wait_for
 
 from kloros_tasks import names
 from kloros_tasks.connections import redis_client
@@ -316,15 +316,6 @@ def descendants(pid: int) -> set[int]:
             todo += list(kids - found)
             found |= kids
     return found
-
-
-def ended(pid: int) -> bool:
-    """Gone, or a zombie nobody reaped yet."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return raw[raw.rindex(")") + 2:].split()[0] == "Z"
 
 
 @pytest.mark.fault

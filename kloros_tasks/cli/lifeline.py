@@ -17,7 +17,6 @@ Linux nothing is set.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import signal
 import sys
@@ -30,7 +29,7 @@ def _prctl():
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # this process's symbols: libc's among them
     except OSError:
         return None
     prctl = libc.prctl
@@ -43,19 +42,23 @@ def _prctl():
 _PRCTL = _prctl()  # resolved before any fork: the child only calls it
 
 
+def prctl(option: int, value: int) -> bool:
+    """``prctl(option, value)``; False where it failed or there is none (not Linux)."""
+    return _PRCTL is not None and _PRCTL(option, value, 0, 0, 0) == 0
+
+
 def end_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
     """Have ``sig`` sent to this process when its parent (pid ``parent``) ends; if it
     has ended already (this process was adopted meanwhile), exit at once."""
-    if _PRCTL is not None:
-        _PRCTL(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    prctl(PR_SET_PDEATHSIG, int(sig))
     if os.getppid() != parent:
         os._exit(1)
 
 
 def preexec(sig: int = signal.SIGTERM):
-    """A ``preexec_fn`` for ``subprocess.Popen`` doing ``end_with_parent`` in the child,
-    for a program that cannot do it itself (redis-server): call it in the thread that
-    will start the child."""
+    """A ``preexec_fn`` for ``subprocess.Popen`` doing ``end_with_parent`` in the child
+    before it runs its program (set before ``exec``, the signal survives it): call it
+    in the thread that will start the child."""
     parent = os.getpid()
     return lambda: end_with_parent(parent, sig)
 

@@ -136,11 +136,8 @@ def adopt_orphans() -> bool:
     """Make this process a child subreaper: the orphans of its descendants (the
     zygote's forks) become its children.  False where that is not possible."""
     global _adopting
-    if not _adopting and sys.platform.startswith("linux"):
-        import ctypes  # noqa: PLC0415
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        _adopting = libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    if not _adopting:
+        _adopting = lifeline.prctl(PR_SET_CHILD_SUBREAPER, 1)
     return _adopting
 
 
