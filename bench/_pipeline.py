@@ -276,11 +276,13 @@ class Up:
 
     def watcher_synced(self) -> bool:
         """The watcher of *this* run has finished its initial reconciliation (its first
-        heartbeat is written only after it)."""
+        heartbeat is written only after it).  In the default layout the watcher is a
+        thread of ``up``: its heartbeat names ``up``'s pid."""
         raw = self.client.get(names.WATCHER_HEARTBEAT)
         if not raw:
             return False
-        return json.loads(raw).get("pid") == self.pid_of("watcher")
+        watcher = self.pid_of("watcher") or (self.proc.pid if self.proc is not None else None)
+        return json.loads(raw).get("pid") == watcher
 
     def workers_ready(self) -> bool:
         logs = sorted((self.state / "logs").glob("worker*.log"))

@@ -10,8 +10,8 @@ read from /proc/PID/smaps_rollup.  Then ``--burst`` new files (5,000; quick 1,00
 are written into the tree as fast as Python can (quick 500), while a thread samples every
 process every 0.25 s; the peak is the largest sample until the pipeline is idle
 again (a unit's peak is the largest sum of its parent and pool in one sample; since
-2026-12-07 the single-worker layout runs the bridge as a thread of ``up``, so it has no
-row of its own there).  In
+2026-12-07 the single-worker layout runs the bridge and the watcher as threads of
+``up``, so they have no row of their own there).  In
 the per-detector layout more files are then added until ``--redis-files`` (10,000;
 quick 500) are indexed, and Redis ``used_memory`` is reported with the share of
 each key family (``MEMORY USAGE`` of every key).

@@ -4,6 +4,7 @@ Real child processes; the supervisor's clock is the test's, so no test waits for
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -12,6 +13,7 @@ import threading
 import time
 
 import pytest
+from procs import wait_for
 
 from kloros_tasks import names
 from kloros_tasks.cli.supervisor import (
@@ -25,7 +27,8 @@ from kloros_tasks.cli.supervisor import (
     prestarted,
     stop_all,
 )
-from kloros_tasks.cli.threadchild import ThreadChild, bridge_thread
+from kloros_tasks.cli.threadchild import ThreadChild, bridge_thread, watcher_thread
+from kloros_tasks.connections import redis_client
 from kloros_tasks.settings import Settings, SettingsError
 
 POLICY = RestartPolicy(first_delay=1.0, max_delay=4.0, stable_after=60.0, burst=3,
@@ -236,16 +239,45 @@ def test_a_thread_child_that_ignores_its_stop_is_abandoned_as_killed(tmp_path):
 
 
 @pytest.mark.parametrize("single_worker", [True, False])
-def test_the_bridge_is_a_thread_of_up_only_where_asked(tmp_path, single_worker):
+def test_the_bridge_and_the_watcher_are_threads_of_up_only_where_asked(tmp_path, single_worker):
     settings = Settings(state_dir=tmp_path, chem_xsub_given=True)
-    in_process = bridge_thread if single_worker else None
-    bridge = next(c for c in plan(settings, [tmp_path], single_worker=single_worker,
-                                  bridge_in_process=in_process) if c.name == "bridge")
-    assert isinstance(bridge, ThreadChild) == single_worker
-    if not single_worker:
-        assert bridge.argv[-1] == "bridge"
+    in_process = {"bridge_in_process": bridge_thread,
+                  "watcher_in_process": watcher_thread} if single_worker else {}
+    children = {c.name: c for c in plan(settings, [tmp_path], single_worker=single_worker,
+                                        **in_process)}
+    for name in ("bridge", "watcher"):
+        assert isinstance(children[name], ThreadChild) == single_worker
+        assert children[name].gated
+        if not single_worker:
+            assert children[name].argv[-1 if name == "bridge" else -2] == (
+                "bridge" if name == "bridge" else "watch")
     assert not [c for c in plan(Settings(state_dir=tmp_path), [tmp_path],
                                 bridge_in_process=bridge_thread) if c.name == "bridge"]
+
+
+def test_a_watcher_thread_watches_the_roots_and_ends_at_its_stop(tmp_path, redis_url):
+    # What up runs in its default layout: the watcher's registration and heartbeat on
+    # the given Redis, from up's own process, stopped as a child is.
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / "a.md").write_text("# A\n")
+    settings = Settings(state_dir=tmp_path / "state", redis_url=redis_url,
+                        watcher_heartbeat_ms=200)
+    (tmp_path / "state").mkdir()
+    child = watcher_thread(settings, [root])
+    child.gated = False
+    Supervisor([child], {}, tmp_path).start_all()
+    client = redis_client(redis_url)
+    try:
+        beat = wait_for(lambda: client.get(names.WATCHER_HEARTBEAT), 30, 0.1,
+                        "the watcher thread's heartbeat")
+        assert json.loads(beat)["pid"] == os.getpid() == child.proc.pid
+        assert json.loads(client.hget(names.ROOTS, "tree"))["path"] == str(root)
+    finally:
+        stop_all([child], grace=10)
+        client.close()
+    assert child.proc.poll() == 0
+    assert (tmp_path / "state" / "snapshot.json").exists()  # kept, as `watch` keeps it
 
 
 def test_gated_children_start_at_once_but_run_only_when_the_gate_opens(tmp_path):

@@ -155,7 +155,7 @@ def test_up_runs_the_pipeline_and_stops_cleanly_and_restarts_without_republishin
     up = start_up(base, tree, state, "up3.log")
     up.wait_output("already open", 60)
     client = redis_client(f"redis+socket://{state}/redis/redis.sock")
-    wait_for(lambda: client.exists(names.WATCHER_HEARTBEAT), 30, message="the watcher")
+    wait_for(lambda: watcher_beat_of(client, up), 30, 0.1, "this run's watcher")
     wait_for(lambda: analysis_done(client), 30, message="the queues drained and judged")
     assert client.hlen(names.LEDGER) == open_before
     new = [json.loads(f[b"envelope"]) for _i, f in client.xrange(names.STREAM)][stream_before:]
@@ -197,6 +197,14 @@ def test_up_bridges_questions_to_a_chembus_subscriber_when_an_endpoint_is_set(wo
     finally:
         sub.close(0)
         context.term()
+
+
+def watcher_beat_of(client, up: Proc) -> bool:
+    """Whether the watcher's heartbeat is from ``up``'s watcher: a thread of ``up`` in
+    the default layout, a child process with ``--per-detector``."""
+    beat = client.get(names.WATCHER_HEARTBEAT)
+    return beat is not None and json.loads(beat)["pid"] in {
+        up.popen.pid, *descendants(up.popen.pid)}
 
 
 def child_pid(up: Proc, text: str) -> int:
@@ -282,7 +290,9 @@ def test_a_redis_flushed_under_up_is_restored_at_once_and_the_snapshot_survives(
     up = start_up(base, tree, state, "up2.log", KLOROS_WATCHER_HEARTBEAT_MS="500")
     up.wait_output("already open", 60)
     client = redis_client(url)
-    wait_for(lambda: client.exists(names.WATCHER_HEARTBEAT), 30, message="the watcher")
+    # This run's watcher has registered and reconciled (the last run's heartbeat may
+    # still be in Redis): a flush before that would only look like a first start.
+    wait_for(lambda: watcher_beat_of(client, up), 30, 0.1, "this run's watcher")
     ledger = client.hgetall(names.LEDGER)
     assert {k.decode() for k in ledger} == written["ledger"].keys() != set()
 

@@ -165,7 +165,9 @@ def flower_child(settings: Settings, auth: str, nodes: list[str]) -> Child:
 
 def plan(settings: Settings, roots: list[Path], *, concurrency: tuple[int, int] | None = None,
          single_worker: bool = True, flower_auth: str | None = None,
-         bridge_in_process: Callable[[Settings], Child] | None = None) -> list[Child]:
+         bridge_in_process: Callable[[Settings], Child] | None = None,
+         watcher_in_process: Callable[[Settings, list[Path]], Child] | None = None,
+         ) -> list[Child]:
     """The children of one ``up``: workers, beat, watcher (and the bridge when configured).
     By default one worker on every queue; ``single_worker=False``: one per queue.  Each
     worker's pool is ``concurrency`` (most, fewest processes), by default the setting's.
@@ -193,9 +195,12 @@ def plan(settings: Settings, roots: list[Path], *, concurrency: tuple[int, int] 
                 + (beat if queue == names.EXPLORATION else []), forkable=True)))
     # The watcher keeps the snapshot, as under systemd: it restores it as soon as it
     # finds Redis emptied under it, and is the one process that writes it.
-    children.append(prestarted(Child("watcher", [sys.executable, "-m", "kloros_tasks.cli",
-                                                 "watch", *map(str, roots)],
-                                     final_statuses=frozenset({CONFIG_ERROR}))))
+    if watcher_in_process is not None:
+        children.append(watcher_in_process(settings, roots))
+    else:
+        children.append(prestarted(Child("watcher", [sys.executable, "-m", "kloros_tasks.cli",
+                                                     "watch", *map(str, roots)],
+                                         final_statuses=frozenset({CONFIG_ERROR}))))
     if settings.chem_xsub_given and bridge_in_process is not None:
         children.append(bridge_in_process(settings))
     elif settings.chem_xsub_given:

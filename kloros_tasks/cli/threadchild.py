@@ -111,3 +111,18 @@ def bridge_thread(settings: Settings) -> ThreadChild:
 
     return ThreadChild("bridge", [], final_statuses=frozenset({CONFIG_ERROR}), run=run,
                        loggers=("kloros_tasks.deliver",), gated=True)
+
+
+def watcher_thread(settings: Settings, roots: list[Path]) -> ThreadChild:
+    """The watcher as a thread of ``up``, on ``settings.redis_url``, keeping the snapshot
+    as ``kloros-tasks watch`` does: one Python interpreter fewer (its redis-py, kombu and
+    Celery modules are shared with ``up``'s); ``kloros-tasks watch`` and its unit are
+    unchanged."""
+
+    def run(stop: threading.Event) -> int:
+        from kloros_tasks.watch.producer import run_watch  # noqa: PLC0415 - in the thread
+
+        return run_watch(settings, roots, stop_event=stop, keep_snapshot=True)
+
+    return ThreadChild("watcher", [], final_statuses=frozenset({CONFIG_ERROR}), run=run,
+                       loggers=("kloros_tasks.watch",), gated=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from kloros_tasks.cli.embedded import EmbeddedRedis, EmbeddedRedisError, embedded_dir
 from kloros_tasks.cli.supervisor import Gate, Supervisor, lock_state_dir, plan, stop_all
-from kloros_tasks.cli.threadchild import bridge_thread
+from kloros_tasks.cli.threadchild import bridge_thread, watcher_thread
 from kloros_tasks.settings import Settings, check_state_dir
 
 # glibc's allocator for the children, unless the environment says otherwise: two arenas
@@ -106,7 +106,8 @@ def start_gated(settings: Settings, roots: list[Path], url: str, *,
               file=sys.stderr)
     children = plan(settings.with_overrides(redis_url=url), roots, concurrency=concurrency,
                     single_worker=single_worker, flower_auth=flower_auth,
-                    bridge_in_process=bridge_thread if single_worker else None)
+                    bridge_in_process=bridge_thread if single_worker else None,
+                    watcher_in_process=watcher_thread if single_worker else None)
     supervisor = Supervisor(children, env, log_dir)
     supervisor.start_all(Gate())
     return supervisor
