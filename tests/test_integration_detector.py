@@ -539,3 +539,53 @@ def test_incremental_updates_give_the_same_questions_as_a_full_rebuild(seed):
         expected = full_build(files)
         assert {p: q for p, q in open_questions.items() if q} == \
             {p: q for p, q in expected.items() if q}
+
+
+class CountingIndex(MemoryIndex):
+    """A MemoryIndex that counts the lookups that would each be a round trip."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lookups = 0
+
+    def who(self, relation, value):
+        self.lookups += 1
+        return MemoryIndex.who(self, relation, value)
+
+    def who_many(self, relation, values):
+        self.lookups += 1
+        return {v: MemoryIndex.who(self, relation, v) for v in values}
+
+    def exists_many(self, relation: str, values) -> set[str]:
+        self.lookups += 1
+        return MemoryIndex.exists_many(self, relation, values)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_evaluating_many_files_together_asks_the_same_questions(seed):
+    rng = random.Random(seed)
+    index = index_of({path: random_module(rng, path) for path in PATHS}, CountingIndex())
+    one_by_one = {p: [(q.id, q.evidence) for q in DETECTOR.evaluate(p, index)]
+                  for p in sorted(PATHS)}
+    assert any(one_by_one.values())
+    index.lookups = 0
+    together = DETECTOR.evaluate_many(sorted(PATHS), index)
+    assert {p: [(q.id, q.evidence) for q in qs] for p, qs in together.items()} == one_by_one
+
+
+def test_files_evaluated_together_share_their_lookups():
+    # Real-shaped: modules of one package that all import and subclass the same base.
+    files = {"pkg/__init__.py": "from .base import Base\n",
+             "pkg/base.py": "class Base:\n    def __init__(self):\n        self.q = []\n"}
+    for n in range(8):
+        files[f"pkg/w{n}.py"] = (f"from pkg import Base, gone{n % 2}\n"
+                                 f"class W{n}(Base):\n    def add(self):\n"
+                                 "        self.q.append(self.c)\n")
+    index = index_of(files, CountingIndex())
+    paths, index.lookups = sorted(files), 0
+    one_by_one = {p: [q.id for q in DETECTOR.evaluate(p, index)] for p in paths}
+    alone, index.lookups = index.lookups, 0
+    together = DETECTOR.evaluate_many(paths, index)
+    assert {p: [q.id for q in qs] for p, qs in together.items()} == one_by_one
+    assert sum(map(len, one_by_one.values())) >= 16  # a broken import and a wiring each
+    assert index.lookups * 4 <= alone

@@ -250,9 +250,11 @@ def evaluate(detector: FileDetector, index, owners, root: str,
     while they run: the caller holds the root's lock, or is the only writer)."""
     owners = sorted(owners)
     view = Reading(index, owners)
+    many = getattr(detector, "evaluate_many", None)
     with using(tree_layout(index, root_package, paths=owners)):
-        return {owner: [in_root(q, root) for q in detector.evaluate(owner, view)]
-                for owner in owners}
+        found = (many(owners, view) if many is not None
+                 else {owner: detector.evaluate(owner, view) for owner in owners})
+        return {owner: [in_root(q, root) for q in found[owner]] for owner in owners}
 
 
 class Reading:

@@ -9,11 +9,13 @@ reading the rest of the tree only through an ``IndexView``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from kloros_tasks import names
 from kloros_tasks.detectors.base import FileFacts, IndexView, Touched
 from kloros_tasks.detectors.integration.deps import affected as _affected
 from kloros_tasks.detectors.integration.facts import FACTS_VERSION, extract_facts, opaque_facts
-from kloros_tasks.detectors.integration.keys import EXTENSION_SUFFIXES
+from kloros_tasks.detectors.integration.keys import EXTENSION_SUFFIXES, REL_READ
 from kloros_tasks.detectors.integration.resolve import Resolver
 from kloros_tasks.detectors.integration.rules import RULES, evaluate_file
 from kloros_tasks.questions import Question
@@ -53,3 +55,23 @@ class IntegrationDetector:
         if facts is None or facts.data.get("v") != FACTS_VERSION:
             return []
         return evaluate_file(path, facts, Resolver(view))
+
+    def evaluate_many(self, paths: Iterable[str], view: IndexView) -> dict[str, list[Question]]:
+        """``evaluate`` of each of ``paths`` over one view that does not change meanwhile:
+        the keys they all read are looked up together, and what one file's evaluation
+        learnt of the tree (holders, existence, class lineages) serves the next."""
+        paths = list(paths)
+        current = {}
+        for path in paths:
+            facts = view.facts(path)
+            if facts is not None and facts.data.get("v") == FACTS_VERSION:
+                current[path] = facts
+        resolver = Resolver(view)
+        resolver.prefetch(dict.fromkeys(
+            key for facts in current.values() for key in facts.relations.get(REL_READ, ())))
+        out = {}
+        for path in paths:
+            facts = current.get(path)
+            out[path] = [] if facts is None else evaluate_file(path, facts, resolver)
+            resolver.forget_facts()  # other files' facts: the view keeps the common ones
+        return out

@@ -159,6 +159,11 @@ class Resolver:
         if missing and many is not None:
             self._facts.update(many(missing))
 
+    def forget_facts(self) -> None:
+        """Drop the files' facts read so far (holders, existence and lineages stay):
+        a resolver that serves many evaluations holds no more than one's facts."""
+        self._facts.clear()
+
     def who(self, key: str) -> list[str]:
         if key not in self._who:
             self._who[key] = sorted(self.view.who(REL_DEF, key))
