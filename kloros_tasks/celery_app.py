@@ -14,6 +14,7 @@ import os
 import resource
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from celery import Celery, bootsteps
@@ -281,6 +282,21 @@ def _load() -> Celery:
 
 
 app = _load()
+_apps: dict[str, Celery] = {}
+_apps_lock = threading.Lock()
+
+
+def app_for(settings: Settings) -> Celery:
+    """The app configured from ``settings``: this module's own when it talks to the same
+    broker, else one made for them, once per broker (the threads of ``up`` that send
+    tasks share it)."""
+    wanted = broker_url(settings.redis_url)
+    if app.conf.broker_url == wanted:
+        return app
+    with _apps_lock:
+        if wanted not in _apps:
+            _apps[wanted] = create_app(settings)
+        return _apps[wanted]
 
 
 def settings_of(celery_app: Celery) -> Settings:

@@ -20,8 +20,12 @@ DEFAULT_CHEM_XSUB = "tcp://127.0.0.1:5556"
 DEFAULT_CHEM_XPUB = "tcp://127.0.0.1:5557"
 DEFAULT_WORKER_MAX_MEMORY_MB = 150
 # Pool processes per worker: (most, fewest); equal means a fixed pool (``--concurrency``),
-# otherwise Celery's autoscaler grows it while tasks wait and shrinks it when idle.
+# otherwise Celery's autoscaler grows it while tasks wait and shrinks it when idle.  One
+# process per worker, except for the one worker of ``up``'s default layout, whose pool
+# grows to a process per core of a 2-core host while a scan or a storm waits in the
+# queues, and is one process again at rest (docs/performance.md).
 DEFAULT_WORKER_CONCURRENCY = (1, 1)
+DEFAULT_UP_CONCURRENCY = (2, 1)
 MAX_WORKER_CONCURRENCY = 64
 DEFAULT_EXPLORATION_INTERVAL = 300
 DEFAULT_DEBOUNCE_MS = 50
@@ -80,7 +84,8 @@ class Settings:
     chem_xsub_given: bool = False
     chem_xpub: str = DEFAULT_CHEM_XPUB
     worker_max_memory_mb: int = DEFAULT_WORKER_MAX_MEMORY_MB
-    worker_concurrency: tuple[int, int] = DEFAULT_WORKER_CONCURRENCY
+    # None: not configured, each layout's default (``pool_of``).
+    worker_concurrency: tuple[int, int] | None = None
     exploration_interval: int = DEFAULT_EXPLORATION_INTERVAL
     exclude: tuple[str, ...] = ()
     debounce_ms: int = DEFAULT_DEBOUNCE_MS
@@ -114,6 +119,14 @@ class Settings:
     def worker_max_memory_kib(self) -> int:
         """Celery's ``worker_max_memory_per_child`` is in KiB."""
         return self.worker_max_memory_mb * 1024
+
+    def pool_of(self, single_worker: bool = False) -> tuple[int, int]:
+        """Each worker's pool: KLOROS_WORKER_CONCURRENCY when set, else the layout's
+        default (autoscaled up to two processes for the one worker of ``up``'s default
+        layout, one process for every other worker and unit)."""
+        if self.worker_concurrency is not None:
+            return self.worker_concurrency
+        return DEFAULT_UP_CONCURRENCY if single_worker else DEFAULT_WORKER_CONCURRENCY
 
     def with_overrides(self, **changes) -> Settings:
         return replace(self, **changes)
@@ -339,7 +352,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         worker_concurrency=(
             check_concurrency("KLOROS_WORKER_CONCURRENCY", env["KLOROS_WORKER_CONCURRENCY"])
             if env.get("KLOROS_WORKER_CONCURRENCY", "").strip()
-            else DEFAULT_WORKER_CONCURRENCY),
+            else None),
         exploration_interval=_int(
             env, "KLOROS_EXPLORATION_INTERVAL", DEFAULT_EXPLORATION_INTERVAL, 5, MAX_INTERVAL
         ),

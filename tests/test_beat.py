@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import timedelta
+
+from procs import wait_for
 
 import beat_schedule
 from kloros_tasks import names
-from kloros_tasks.celery_app import create_app
+from kloros_tasks.celery_app import app_for, create_app
 from kloros_tasks.settings import from_env
-from kloros_tasks.work.beatstore import JSONScheduler, read_state, write_state
+from kloros_tasks.work.beatstore import JSONScheduler, read_state, run_beat, write_state
 
 
 def test_the_exploration_scan_runs_every_interval_on_its_queue_and_expires_before_the_next():
@@ -53,3 +56,23 @@ def test_a_never_run_entry_is_due_at_once_and_a_recorded_one_is_not(tmp_path):
     first.sync()
     second = JSONScheduler(app=app, schedule_filename=filename)
     assert not second.schedule["exploration-scan"].is_due().is_due
+
+
+def test_beat_in_a_thread_sends_the_first_scan_and_stops_at_once_keeping_its_state(
+        tmp_path, r, redis_url):
+    # What up's default layout runs: Celery Beat as a thread, stopped by an event.
+    app = app_for(from_env({"KLOROS_STATE_DIR": str(tmp_path), "KLOROS_REDIS_URL": redis_url}))
+    stop = threading.Event()
+    ended: list[int] = []
+    thread = threading.Thread(target=lambda: ended.append(run_beat(app, stop)))
+    thread.start()
+    try:
+        wait_for(lambda: r.llen(names.EXPLORATION), 10, 0.05, "the first exploration scan")
+    finally:
+        stop.set()
+        thread.join(5)  # the next entry is an interval away: the stop does not wait for it
+    assert not thread.is_alive() and ended == [0]
+    (message,) = r.lrange(names.EXPLORATION, 0, -1)
+    assert json.loads(message)["headers"]["task"] == names.TASK_EXPLORATION_SCAN
+    state = read_state(tmp_path / "celerybeat-schedule.json")
+    assert state["exploration-scan"]["total_run_count"] == 1

@@ -52,10 +52,19 @@ def test_a_bad_value_names_its_variable_in_one_line(env, named):
     assert named in str(info.value) and "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize(("raw", "pool"), [("", (1, 1)), ("2", (2, 2)), ("2,1", (2, 1)),
+@pytest.mark.parametrize(("raw", "pool"), [("", None), ("2", (2, 2)), ("2,1", (2, 1)),
                                            (" 3 , 1 ", (3, 1))])
 def test_worker_concurrency_is_a_fixed_pool_or_an_autoscaled_range(raw, pool):
     assert from_env({"KLOROS_WORKER_CONCURRENCY": raw}).worker_concurrency == pool
+
+
+def test_unset_worker_concurrency_leaves_each_layout_its_default():
+    settings = from_env({})
+    assert settings.worker_concurrency is None
+    assert settings.pool_of(single_worker=True) == (2, 1)
+    assert settings.pool_of() == (1, 1)
+    given = from_env({"KLOROS_WORKER_CONCURRENCY": "3"})
+    assert given.pool_of(single_worker=True) == given.pool_of() == (3, 3)
 
 
 def test_chembus_fallback_variables_are_honoured_in_order():

@@ -27,7 +27,12 @@ from kloros_tasks.cli.supervisor import (
     prestarted,
     stop_all,
 )
-from kloros_tasks.cli.threadchild import ThreadChild, bridge_thread, watcher_thread
+from kloros_tasks.cli.threadchild import (
+    ThreadChild,
+    beat_thread,
+    bridge_thread,
+    watcher_thread,
+)
 from kloros_tasks.connections import redis_client
 from kloros_tasks.settings import Settings, SettingsError
 
@@ -166,6 +171,17 @@ def test_workers_get_the_configured_pool_fixed_or_autoscaled(tmp_path, single_wo
     assert not any("--concurrency" in w.argv for w in workers)
 
 
+def test_unconfigured_the_default_layout_autoscales_and_per_detector_workers_keep_one(
+        tmp_path):
+    settings = Settings(state_dir=tmp_path)  # no KLOROS_WORKER_CONCURRENCY
+    one = [c for c in plan(settings, [tmp_path]) if c.name.startswith("worker")]
+    assert len(one) == 1 and option(one[0].argv, "--autoscale") == "2,1"
+    each = [c for c in plan(settings, [tmp_path], single_worker=False)
+            if c.name.startswith("worker")]
+    assert len(each) == len(names.QUEUES)
+    assert all(option(w.argv, "--concurrency") == "1" for w in each)
+
+
 def test_the_per_detector_layout_runs_beat_inside_the_exploration_worker(tmp_path):
     children = plan(Settings(state_dir=tmp_path), [tmp_path], single_worker=False)
     assert sorted(c.name for c in children if c.name.startswith("worker")) == sorted(
@@ -239,12 +255,19 @@ def test_a_thread_child_that_ignores_its_stop_is_abandoned_as_killed(tmp_path):
 
 
 @pytest.mark.parametrize("single_worker", [True, False])
-def test_the_bridge_and_the_watcher_are_threads_of_up_only_where_asked(tmp_path, single_worker):
+def test_the_bridge_watcher_and_beat_are_threads_of_up_only_where_asked(tmp_path,
+                                                                       single_worker):
     settings = Settings(state_dir=tmp_path, chem_xsub_given=True)
-    in_process = {"bridge_in_process": bridge_thread,
-                  "watcher_in_process": watcher_thread} if single_worker else {}
+    in_process = {"bridge_in_process": bridge_thread, "watcher_in_process": watcher_thread,
+                  "beat_in_process": beat_thread} if single_worker else {}
     children = {c.name: c for c in plan(settings, [tmp_path], single_worker=single_worker,
                                         **in_process)}
+    with_b = [name for name, c in children.items() if "-B" in c.argv]
+    if single_worker:  # beat is the thread, not a -B of the worker
+        assert isinstance(children["beat"], ThreadChild) and children["beat"].gated
+        assert with_b == []
+    else:
+        assert "beat" not in children and with_b == [f"worker-{names.EXPLORATION}"]
     for name in ("bridge", "watcher"):
         assert isinstance(children[name], ThreadChild) == single_worker
         assert children[name].gated

@@ -87,20 +87,21 @@ def child_commands(pid: int) -> list[str]:
     return out
 
 
-def test_by_default_one_worker_serves_every_queue_with_beat_embedded(world):
+def test_by_default_one_worker_serves_every_queue_and_beat_is_a_thread_of_up(world):
     base, tree, state = world
     up = start_up(base, tree, state, "up.log")
     try:
         up.wait_output("knowledge.missing_docstrings", 90)
         client = redis_client(f"redis+socket://{state}/redis/redis.sock")
-        # Beat, inside the worker, sent the first exploration scan and the worker ran it.
+        # Beat, a thread of up, sent the first exploration scan and the worker ran it.
         wait_for(lambda: client.hlen(names.EXPLORATION_LAST_SCAN), 60, 0.2,
                  "the first exploration scan")
+        assert "Sending due task exploration-scan" in (state / "logs" / "beat.log").read_text()
         commands = child_commands(up.popen.pid)
         workers = [c for c in commands if " worker " in c]
-        assert len(workers) == 1 and " -B " in workers[0]
-        assert ",".join(names.QUEUES) in workers[0]
-        assert not [c for c in commands if " beat " in c]
+        assert len(workers) == 1 and " -B " not in workers[0]
+        assert ",".join(names.QUEUES) in workers[0] and " --autoscale 2,1 " in workers[0]
+        assert not [c for c in commands if " beat " in c or " watch " in c]
         # Its allocator keeps little freed heap resident (cli/upstart.py CHILD_MALLOC).
         environ = Path(f"/proc/{child_pid(up, ' worker ')}/environ").read_bytes().split(b"\0")
         assert b"MALLOC_ARENA_MAX=2" in environ

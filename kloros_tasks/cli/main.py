@@ -238,9 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(sub, "up", "the whole pipeline in the foreground",
              "Run Redis (embedded unless --redis/KLOROS_REDIS_URL), one worker consuming\n"
-             "every detector queue with beat embedded (--per-detector: one worker per queue\n"
-             "with beat in the exploration worker), the watcher (and the bridge when\n"
-             "KLOROS_CHEM_XSUB is set) and print questions as they are published.\n"
+             "every detector queue (--per-detector: one worker per queue with beat in the\n"
+             "exploration worker), beat, the watcher (and the bridge when KLOROS_CHEM_XSUB\n"
+             "is set) and print questions as they are published.\n"
              "Ctrl-C stops everything.")
     p.add_argument("paths", nargs="*", metavar="PATH", help="roots to watch (default: .)")
     p.add_argument("--redis", metavar="URL", help="use this Redis instead of an embedded one")
@@ -249,13 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", metavar="N|MAX,MIN",
                    help="pool processes per worker: N, or MAX,MIN to let Celery's autoscaler "
                         "grow the pool while tasks wait (default: KLOROS_WORKER_CONCURRENCY, "
-                        "else 1)")
+                        "else 2,1 for the one worker of the default layout and 1 for each "
+                        "worker of --per-detector)")
     layout = p.add_mutually_exclusive_group()
     layout.add_argument("--per-detector", action="store_true",
                         help="one worker per queue, beat in the exploration worker "
                              "(isolation; the layout of the per-queue systemd units)")
     layout.add_argument("--single-worker", action="store_true",
-                        help="one worker on all queues with beat embedded (the default)")
+                        help="one worker on all queues; beat, the watcher and the bridge "
+                             "threads of up (the default)")
     p.add_argument("--flower", action="store_true",
                    help="also run the Flower dashboard on 127.0.0.1 (basic auth)")
     p.set_defaults(func=cmd_up)

@@ -167,26 +167,31 @@ def plan(settings: Settings, roots: list[Path], *, concurrency: tuple[int, int] 
          single_worker: bool = True, flower_auth: str | None = None,
          bridge_in_process: Callable[[Settings], Child] | None = None,
          watcher_in_process: Callable[[Settings, list[Path]], Child] | None = None,
+         beat_in_process: Callable[[Settings], Child] | None = None,
          ) -> list[Child]:
     """The children of one ``up``: workers, beat, watcher (and the bridge when configured).
     By default one worker on every queue; ``single_worker=False``: one per queue.  Each
-    worker's pool is ``concurrency`` (most, fewest processes), by default the setting's.
-    ``bridge_in_process``: makes the bridge's child from ``settings`` (cli/threadchild.py
-    ``bridge_thread``: a thread of ``up`` on ``settings.redis_url``) instead of a
-    ``kloros-tasks bridge`` process.
+    worker's pool is ``concurrency`` (most, fewest processes), by default the setting's
+    or the layout's (``Settings.pool_of``).
+    ``bridge_in_process``, ``watcher_in_process``, ``beat_in_process``: make that
+    child from ``settings`` (and the roots) as a thread of ``up`` (cli/threadchild.py)
+    instead of a process: ``up``'s default layout.
 
-    Beat runs embedded (``-B``) in the single worker, as kloros-curiosity-all.service
-    does, and in the per-detector layout in the exploration worker, the one that
-    consumes what it sends: a separate beat process would cost about 45 MiB, and a
-    seventh process importing Celery at every start, to send one message every 5
-    minutes."""
-    concurrency = concurrency or settings.worker_concurrency
+    Beat runs embedded (``-B``) in the single worker unless ``beat_in_process``, as
+    kloros-curiosity-all.service does, and in the per-detector layout in the exploration
+    worker, the one that consumes what it sends: a separate beat process would cost about
+    45 MiB, and a seventh process importing Celery at every start, to send one message
+    every 5 minutes."""
+    concurrency = concurrency or settings.pool_of(single_worker)
     children: list[Child] = []
     schedule = str(settings.state_dir / "celerybeat-schedule.json")
     beat = ["-B", "--schedule", schedule]
     if single_worker:
         children.append(prestarted(Child("worker", worker_argv(
-            list(names.QUEUES), settings, concurrency, "all") + beat)))
+            list(names.QUEUES), settings, concurrency, "all")
+            + (beat if beat_in_process is None else []))))
+        if beat_in_process is not None:
+            children.append(beat_in_process(settings))
     else:
         # Forked by one zygote: Celery is imported once instead of once per worker.
         for queue in names.QUEUES:

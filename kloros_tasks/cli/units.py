@@ -105,7 +105,7 @@ def options_for(settings: Settings, *, venv: Path | None = None, user: str = DEF
         state_dir=Path(state_dir),
         single_unit=single_unit,
         max_memory_kib=settings.worker_max_memory_kib,
-        pool=" ".join(pool_argv(settings.worker_concurrency)),
+        pool=" ".join(pool_argv(settings.pool_of())),
         stop_timeout=settings.task_time_limit + STOP_MARGIN,
         flower_port=settings.flower_port,
     )

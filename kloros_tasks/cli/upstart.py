@@ -29,7 +29,7 @@ from pathlib import Path
 
 from kloros_tasks.cli.embedded import EmbeddedRedis, EmbeddedRedisError, embedded_dir
 from kloros_tasks.cli.supervisor import Gate, Supervisor, lock_state_dir, plan, stop_all
-from kloros_tasks.cli.threadchild import bridge_thread, watcher_thread
+from kloros_tasks.cli.threadchild import beat_thread, bridge_thread, watcher_thread
 from kloros_tasks.settings import Settings, check_state_dir
 
 # glibc's allocator for the children, unless the environment says otherwise: two arenas
@@ -46,12 +46,13 @@ def run_up(settings: Settings, roots: list[Path], *, fmt: str = "text",
     child could not be kept running, 2 configuration (SettingsError raised before
     anything started, or the embedded server refused its directory or did not come up).
 
-    By default one worker consumes every detector queue with beat embedded: the queues
-    stay one per detector, and the whole of ``up`` fits in the memory of the original
-    daemons (docs/performance.md); the bridge, when configured, is a thread of ``up``.
-    ``single_worker=False`` runs one worker per queue, as the per-queue systemd units
-    do, so that one detector cannot stall or take down another; beat then runs in the
-    exploration worker and the bridge in a process of its own."""
+    By default one worker consumes every detector queue: the queues stay one per
+    detector, and the whole of ``up`` fits in the memory of the original daemons
+    (docs/performance.md); beat, the watcher and the bridge (when configured) are
+    threads of ``up``.  ``single_worker=False`` runs one worker per queue, as the
+    per-queue systemd units do, so that one detector cannot stall or take down another;
+    beat then runs in the exploration worker, the watcher and the bridge in processes
+    of their own."""
     check_state_dir(settings.state_dir)
     if settings.redis_url_given:
         from kloros_tasks.cli.up import check_reachable  # noqa: PLC0415 - redis-py
@@ -107,7 +108,8 @@ def start_gated(settings: Settings, roots: list[Path], url: str, *,
     children = plan(settings.with_overrides(redis_url=url), roots, concurrency=concurrency,
                     single_worker=single_worker, flower_auth=flower_auth,
                     bridge_in_process=bridge_thread if single_worker else None,
-                    watcher_in_process=watcher_thread if single_worker else None)
+                    watcher_in_process=watcher_thread if single_worker else None,
+                    beat_in_process=beat_thread if single_worker else None)
     supervisor = Supervisor(children, env, log_dir)
     supervisor.start_all(Gate())
     return supervisor

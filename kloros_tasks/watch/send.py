@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from kloros_tasks import names
-from kloros_tasks.connections import broker_url
 from kloros_tasks.settings import Settings
 
 
@@ -32,10 +31,7 @@ class CelerySender:
     def _load(self) -> Any:
         from kloros_tasks import celery_app  # noqa: PLC0415 - configure Celery only when sending
 
-        wanted = self._settings and broker_url(self._settings.redis_url)
-        if wanted and celery_app.app.conf.broker_url != wanted:
-            return celery_app.create_app(self._settings)
-        return celery_app.app
+        return celery_app.app if self._settings is None else celery_app.app_for(self._settings)
 
     def send(self, detector: str, payload: dict[str, Any]) -> None:
         if self._app is None:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from celery.beat import Scheduler
+from kombu.utils.imports import symbol_by_name
 
 log = logging.getLogger(__name__)
 DEFAULT_FILENAME = "celerybeat-schedule.json"
@@ -81,3 +83,25 @@ class JSONScheduler(Scheduler):
     @property
     def info(self) -> str:
         return f"    . state -> {self.path}"
+
+
+def run_beat(app, stop: threading.Event) -> int:
+    """Celery Beat in the calling thread until ``stop`` is set, as ``celery beat`` (or a
+    worker's ``-B``) runs it: the app's scheduler (JSONScheduler, on the app's
+    ``beat_schedule_filename``) ticks, sends what is due, and waits for the next entry,
+    or for ``stop``; its state is written at the end.  ``up``'s default layout runs it
+    as a thread of ``up`` (cli/threadchild.py)."""
+    scheduler_cls = symbol_by_name(app.conf.beat_scheduler)
+    scheduler = scheduler_cls(app=app, schedule_filename=app.conf.beat_schedule_filename,
+                              max_interval=app.conf.beat_max_loop_interval)
+    log.info("beat: ticking every entry of %s", ", ".join(sorted(scheduler.schedule)))
+    try:
+        while not stop.is_set():
+            interval = scheduler.tick()
+            if interval and interval > 0.0:
+                stop.wait(interval)
+                if scheduler.should_sync():
+                    scheduler._do_sync()  # noqa: SLF001 - what celery.beat.Service does
+    finally:
+        scheduler.close()  # writes the state
+    return 0
