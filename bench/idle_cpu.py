@@ -5,9 +5,12 @@
 
 ``up`` (with the bridge, a chem-proxy and a ZeroMQ subscriber) indexes a generated
 tree (``--files``, 100: nothing idle depends on its size but the watcher's
-reconciliation, every 600 s); once idle and 5 s later, utime+stime of every process (reaped pool
-processes included) is read from /proc/PID/stat, again after ``--seconds`` (60; quick
-15) with nothing changing, and the difference is shown as percent of one core.  The
+reconciliation, every 600 s); once idle, every autoscaled pool back to its fewest
+processes (the autoscaler ends the others 30 s after the last task; a pool process's
+CPU, spent in the scan, is counted to its parent when the parent reaps it) and 5 s
+later, utime+stime of every process (reaped pool processes included) is read from
+/proc/PID/stat, again after ``--seconds`` (60; quick 15) with nothing changing, and
+the difference is shown as percent of one core.  The
 exploration scan is hourly here (KLOROS_EXPLORATION_INTERVAL=3600), so the window
 holds no host scan; at the default 300 s interval each scan adds its own cost.
 """
@@ -20,12 +23,25 @@ from collections import defaultdict
 
 from _measure import Listener, machine, table
 from _measure import workdir as make_workdir
-from _pipeline import CLK_TCK, Up, cpu_ticks
+from _pipeline import CLK_TCK, Up, cmdline, cpu_ticks, parent_map
 from _trees import generate_tree
 
 FILES = 100
 FULL_SECONDS, QUICK_SECONDS = 60, 15
 SETTLE = 5.0
+SHRINK_WAIT = 120.0  # the autoscaler's keepalive (30 s) and then some
+
+
+def at_rest(up: Up) -> bool:
+    """Every autoscaled worker's pool is down to its fewest processes."""
+    parents = parent_map()
+    for proc in up.processes():
+        argv = cmdline(proc.pid)
+        if "--autoscale" in argv:
+            fewest = int(argv[argv.index("--autoscale") + 1].split(",")[1])
+            if sum(1 for pp in parents.values() if pp == proc.pid) > fewest:
+                return False
+    return True
 
 
 def ticks_by_role(up: Up) -> dict[int, tuple[str, int]]:
@@ -49,6 +65,7 @@ def measure(single_worker: bool, seconds: float, files: int) -> dict[str, float]
             up.start()
             listener = Listener(up.url, up.xpub)
             up.wait_idle(expect_seen=files)
+            up.wait_for(lambda: at_rest(up), SHRINK_WAIT, "every pool back to its fewest")
             time.sleep(SETTLE)
             before, started = ticks_by_role(up), time.perf_counter()
             time.sleep(seconds)
