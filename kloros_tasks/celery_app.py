@@ -17,6 +17,7 @@ import sys
 import threading
 from pathlib import Path
 
+import redis.exceptions
 from celery import Celery, bootsteps
 from celery.signals import (
     task_postrun,
@@ -27,6 +28,7 @@ from celery.signals import (
 )
 from celery.worker import state as worker_state
 from kombu import Queue
+from kombu.transport import redis as kombu_redis
 
 from kloros_tasks import names
 from kloros_tasks.connections import broker_url
@@ -45,6 +47,31 @@ RECYCLE_CHECK_EVERY = 30.0  # seconds between checks for pool processes to repla
 RECYCLE_ABOVE_MIB = 24  # private MiB above which an idle pool process is replaced
 
 log = logging.getLogger(__name__)
+
+
+def _closed_transport_is_a_connection_error() -> None:
+    """kombu's Redis channel, closed with a task in flight after its connection's
+    transport was closed already (a connection lost twice over, as across a Redis
+    restart), rebuilds its client pool from the closed transport's settings to put the
+    task back, and raises AttributeError ('NoneType' object has no attribute
+    'hostname').  The consumer ignores connection errors while it closes a lost
+    connection, but not that one, so the worker died instead of reconnecting.  As a
+    connection error it is ignored: the task stays in ``unacked`` and is delivered
+    again after the visibility timeout, as any task of a lost connection is."""
+    original = kombu_redis.Channel._connparams
+    if getattr(original, "kloros_guard", False):
+        return
+
+    def _connparams(self, asynchronous=False):
+        if self.connection.client is None:
+            raise redis.exceptions.ConnectionError("the broker connection is closed")
+        return original(self, asynchronous)
+
+    _connparams.kloros_guard = True
+    kombu_redis.Channel._connparams = _connparams
+
+
+_closed_transport_is_a_connection_error()
 
 
 def configure(app: Celery, settings: Settings) -> None:
