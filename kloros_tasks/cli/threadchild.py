@@ -1,9 +1,11 @@
 """Children of ``up`` that run as threads of it, supervised as processes are.
 
-The ChemBus bridge of the default layout runs so (``bridge_thread``): a Python
-interpreter fewer, about 22 MiB of PSS at a burst's peak, most of it redis-py's
-modules, which ``up`` has imported already.  ``kloros-tasks bridge`` and its unit stay
-as they are, and ``up --per-detector`` runs the bridge as a process.
+The ChemBus bridge, the watcher and Celery Beat of the default layout run so
+(``bridge_thread``, ``watcher_thread``, ``beat_thread``): each a process fewer, whose
+redis-py, kombu and Celery modules ``up`` holds once (about 22, 33 and 15 MiB of PSS
+at a burst's peak; docs/performance.md).  ``kloros-tasks bridge``, ``kloros-tasks
+watch``, ``celery worker -B`` and their units stay as they are, and ``up
+--per-detector`` runs them as processes.
 """
 
 from __future__ import annotations

@@ -247,7 +247,9 @@ def evaluate(detector: FileDetector, index, owners, root: str,
 
     The owners' facts and the layout that names them are read up front, a round trip
     each; facts the evaluations read again are read once (the index does not change
-    while they run: the caller holds the root's lock, or is the only writer)."""
+    while they run: the caller holds the root's lock, or is the only writer).  A
+    detector with ``evaluate_many(owners, view)`` evaluates them together, sharing
+    what its lookups learn (integration); the others one owner at a time."""
     owners = sorted(owners)
     view = Reading(index, owners)
     many = getattr(detector, "evaluate_many", None)
