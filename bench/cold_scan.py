@@ -184,8 +184,11 @@ def scan_pipeline(work: Path, root: Path, files: int, single_worker: bool,
             "last_question": last_ms / 1000 - up.started_wall if last_ms else 0.0,
             "open": open_questions(up),
             "facts": stored_facts(up),
-            # What sharing extraction between the detectors did (work/shared.py).
-            "shared": (up.worker_log_lines("took the facts another detector") or [""])[-1],
+            # Batches whose Python files one task applied for every detector, and
+            # batches handed back meanwhile (work/claims.py).
+            "claims": (f"{len(up.worker_log_lines('Python files of a batch of'))} applied"
+                       f" for another detector, {len(up.worker_log_lines('handing the batch'))}"
+                       " handed back"),
         }
         if rest:
             time.sleep(REST_AFTER)
@@ -297,7 +300,7 @@ def main() -> None:
             # Each tree as soon as it is done: a long run cut short keeps what it measured.
             print(f"done: {' | '.join(map(str, m))} || {' | '.join(map(str, c))}"
                   + (f" || at rest: {pipe['rest']}" if "rest" in pipe else "")
-                  + (f" || last shared: {pipe['shared']}" if pipe["shared"] else ""), flush=True)
+                  + f" || claims: {pipe['claims']}", flush=True)
             if args.questions:
                 with args.questions.open("a") as out:
                     out.writelines(json.dumps({"tree": label, "question": json.loads(q)})

@@ -37,6 +37,10 @@ TASK_SETTLE = {
 }
 TASK_EXPLORATION_SCAN = "kloros.exploration.scan"
 
+# A Python package's marker: where one appears or goes, the modules below it change
+# names (detectors/layout.py); the watcher sends a bulk change's markers first.
+PACKAGE_FILE = "__init__.py"
+
 # File detectors that are live, and the file suffixes each one analyses.  The
 # producer routes changes with this table; a detector joins it when its rules land.
 # Entries starting with "." and holding no other "." are suffixes; others are globs
@@ -189,6 +193,14 @@ def burst(root: str) -> str:
     """STRING (with a TTL): held by the watcher while it sends a reconciliation or a
     storm of changes of ``root``; workers defer judging the root's files meanwhile."""
     return f"kloros:burst:{root}"
+
+
+def batch_claim(root: str, digest_hex: str) -> str:
+    """STRING: the task id of the batch task that applies a batch's Python files for
+    every file detector its worker serves (TTL the task time limit), then "done" (TTL
+    CLAIM_DONE_TTL): the other detectors' tasks of the same batch leave those files to
+    it instead of parsing them again (work/claims.py)."""
+    return f"kloros:claim:{root}:{digest_hex}"
 
 
 def attempts(task_id: str) -> str:

@@ -111,14 +111,15 @@ class ProcGroup:
 
 
 def start_worker(redis_url: str, state_dir: Path, queues: str, log: Path, *,
-                 node: str | None = None, ready: bool = True, **extra) -> Proc:
+                 node: str | None = None, ready: bool = True, concurrency: int = 1,
+                 **extra) -> Proc:
     """A prefork worker on ``queues``, once it logs " ready." (``ready=False``: at once,
     for the caller to wait on after starting something else)."""
     node = node or f"{queues.replace(',', '-')}-test@%h"
     argv = [sys.executable, "-m", "celery", "-A", "kloros_tasks.celery_app", "worker",
             "-Q", queues, "-n", node, "--pool", "prefork",
-            "--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-            "--without-heartbeat"]
+            "--concurrency", str(concurrency), "--loglevel", "INFO", "--without-gossip",
+            "--without-mingle", "--without-heartbeat"]
     proc = Proc(argv, service_env(redis_url, state_dir, **extra), log, kill_at_teardown=True)
     if ready:
         proc.wait_output(" ready.")

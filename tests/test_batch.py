@@ -13,7 +13,7 @@ from kloros_tasks import names
 from kloros_tasks.settings import Settings
 from kloros_tasks.watch.sync import STORM_FILES, Root, Syncer, _Task, bounded
 from kloros_tasks.watch.tree import read_file
-from kloros_tasks.work import blobs
+from kloros_tasks.work import blobs, claims
 from kloros_tasks.work.batch import BatchIndex, split
 from kloros_tasks.work.payload import (
     BATCH_BYTES,
@@ -138,8 +138,8 @@ def test_a_reconciliation_sends_one_batch_per_detector_per_hundred_files(r, redi
 
 
 def test_each_detectors_batch_k_holds_its_share_of_the_same_files(r, redis_url, tmp_path):
-    # A one-process worker extracts a file's facts for its other detectors with its
-    # first batch; they are taken when those detectors' batch of the same files comes.
+    # The first of a worker's batch tasks k applies their Python files for every
+    # detector it serves; the others' tasks k then find those files done.
     tree = tmp_path / "proj"
     tree.mkdir()
     for i in range(120):
@@ -154,6 +154,33 @@ def test_each_detectors_batch_k_holds_its_share_of_the_same_files(r, redis_url, 
     assert [len(b) for b in files["integration"]] == [50, 50, 20]
     for mine, theirs in zip(files["integration"], files["knowledge"], strict=True):
         assert mine == {p for p in theirs if p.endswith(".py")}
+    # Their Python files are the same changes, stamps included: one claim names them
+    # in every detector's share (work/claims.py).
+    digests: dict[str, list[str]] = {}
+    for detector, payload in sent.batches:
+        root, changes = parse_batch(payload)
+        digests.setdefault(detector, []).append(claims.digest(root, claims.common(changes)))
+    assert digests["knowledge"] == digests["integration"] == digests["capability"]
+    assert len(set(digests["knowledge"])) == 3
+
+
+@pytest.mark.parametrize("how", ["reconciliation", "storm"])
+def test_a_bulk_change_sends_the_package_markers_first(r, redis_url, tmp_path, how):
+    tree = tmp_path / "proj"
+    rels = [f"{d}/{name}" for d in ("a", "a/b", "c", "z") for name in
+            ("__init__.py", *(f"m{i:02d}.py" for i in range(40)))]
+    for rel in rels:
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_text(f"# {rel}\n")
+    sync, sent = syncer(r, redis_url, tree)
+    if how == "reconciliation":
+        assert sync.reconcile(threading.Event())
+    else:
+        sync.process(((tree.name, rel), "file") for rel in reversed(rels))
+    order = [e["path"] for d, p in sent.batches if d == "integration" for e in p["changes"]]
+    markers = sorted(rel for rel in rels if rel.endswith("/__init__.py"))
+    assert order[:4] == markers and sorted(order) == sorted(rels)
+    assert order[4:] == sorted(order[4:])
 
 
 def test_a_storm_is_sent_in_batches_and_a_few_changes_one_task_per_file(r, redis_url,

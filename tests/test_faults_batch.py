@@ -25,18 +25,14 @@ pytestmark = [pytest.mark.fault, pytest.mark.integration]
 NOTES = 250  # three batches of the knowledge detector
 
 
-def test_a_batch_killed_half_way_publishes_every_question_exactly_once(make_world):
-    world = make_world(KLOROS_MAX_DELIVERIES="5")
-    worker = world.worker()
-    linked_notes(world.tree, NOTES)
-    facts = names.facts(KNOWLEDGE, ROOT)
-    world.watcher()
-    # Writes wait while Redis is paused, so what it holds then stays true: a count of
-    # applied notes that is no multiple of a batch means a batch is half applied.
+def kill_mid_batch(world, worker, applied, total: int) -> None:
+    """SIGKILL the worker's child while a batch is half applied, then let it settle.
+    Writes wait while Redis is paused, so what it holds then stays true: a count of
+    applied files (``applied()``, one per index) that is no multiple of a batch means
+    a batch is half applied."""
     def paused_mid_batch() -> bool:
         world.r.client_pause(30_000, all=False)
-        applied = world.r.hlen(facts)
-        if 0 < applied < NOTES and applied % BATCH_FILES:
+        if any(0 < n < total and n % BATCH_FILES for n in applied()):
             return True
         world.r.client_unpause()
         return False
@@ -50,6 +46,15 @@ def test_a_batch_killed_half_way_publishes_every_question_exactly_once(make_worl
     finally:
         world.r.client_unpause()
     settle(world, [worker], 180, quiet=15)
+
+
+def test_a_batch_killed_half_way_publishes_every_question_exactly_once(make_world):
+    world = make_world(KLOROS_MAX_DELIVERIES="5")
+    worker = world.worker()
+    linked_notes(world.tree, NOTES)
+    facts = names.facts(KNOWLEDGE, ROOT)
+    world.watcher()
+    kill_mid_batch(world, worker, lambda: [world.r.hlen(facts)], NOTES)
     wait_for(world.all_analysed, 60, message="every note analysed and judged")
     received = re.findall(rf"Task {re.escape(names.TASK_ANALYZE_BATCH[KNOWLEDGE])}"
                           r"\[([0-9a-f-]+)\] received", worker.output())
@@ -58,4 +63,48 @@ def test_a_batch_killed_half_way_publishes_every_question_exactly_once(make_worl
     assert max(Counter(received).values()) >= 2
     assert world.r.llen(names.DEADLETTER) == 0
     assert open_ids(world) == scan_ids(world)
+    assert set(world.opened().values()) == {1}
+
+
+def python_tree(tree, modules: int) -> None:
+    """A package of ``modules`` modules, half undocumented under a docstring policy,
+    every fifth importing a name its neighbour lacks: each file detector asks."""
+    tree.joinpath("pyproject.toml").write_text('[tool.ruff.lint]\nselect = ["D"]\n')
+    package = tree / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text('"""The package."""\n')
+    for i in range(modules):
+        body = ('"""A module."""\n\n\ndef f():\n    """Return 1."""\n    return 1\n'
+                if i % 2 else "def f():\n    return 1\n")
+        if i % 5 == 0:
+            body += f"from pkg.m{(i + 1) % modules:03d} import missing_{i}\n"
+        (package / f"m{i:03d}.py").write_text(body)
+
+
+def test_a_claimant_killed_half_way_loses_and_repeats_nothing_for_any_detector(make_world):
+    # One worker on the three file queues, as `up` runs it: the first task of each
+    # batch applies its Python files for the three detectors (work/claims.py).
+    world = make_world(KLOROS_MAX_DELIVERIES="5")
+    detectors = (names.CAPABILITY, names.INTEGRATION, KNOWLEDGE)
+    worker = world.worker(",".join(detectors))
+    python_tree(world.tree, 249)
+    total = 250  # the modules and the package marker
+    world.watcher()
+
+    def python_indexed() -> list[int]:
+        return [sum(k.endswith(b".py") for k in world.r.hkeys(names.facts(d, ROOT)))
+                for d in detectors]
+
+    kill_mid_batch(world, worker, python_indexed, total)
+    wait_for(lambda: world.idle() and python_indexed() == [total] * 3, 60,
+             message="every module analysed by every detector")
+    for detector in detectors:
+        assert world.analysed(detector) == {**world.on_disk(".py"), **(
+            {"pyproject.toml": world.on_disk(".toml")["pyproject.toml"]}
+            if detector != names.INTEGRATION else {})}, detector
+    assert world.r.llen(names.DEADLETTER) == 0
+    claimed = [line for line in worker.output().splitlines()
+               if "Python files of a batch of" in line]
+    assert claimed, worker.output()[-3000:]
+    assert open_ids(world) == scan_ids(world, *detectors)
     assert set(world.opened().values()) == {1}

@@ -42,11 +42,13 @@ from kloros_tasks.watch.tree import read_file
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
 
 
-def scan_ids(world: World) -> set[str]:
-    """The question ids ``kloros-tasks scan`` asks about the same tree."""
+def scan_ids(world: World, *detectors: str) -> set[str]:
+    """The question ids ``kloros-tasks scan`` asks about the same tree (the knowledge
+    detector's, unless ``detectors`` are named)."""
+    chosen = [arg for d in detectors or (KNOWLEDGE,) for arg in ("--detector", d)]
     out = subprocess.run(
-        [sys.executable, "-m", "kloros_tasks.cli", "scan", str(world.tree), "--detector",
-         KNOWLEDGE, "--format", "jsonl"], env=service_env(world.url, world.state),
+        [sys.executable, "-m", "kloros_tasks.cli", "scan", str(world.tree), *chosen,
+         "--format", "jsonl"], env=service_env(world.url, world.state),
         capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     return {json.loads(line)["facts"]["question_id"] for line in out.stdout.splitlines()}

@@ -27,8 +27,10 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import lru_cache
 
+from kloros_tasks import names
+
 EXTENSION_SUFFIXES = (".so", ".pyd")
-PACKAGE_FILE = "__init__.py"
+PACKAGE_FILE = names.PACKAGE_FILE
 
 
 class Layout:

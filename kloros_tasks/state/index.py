@@ -315,6 +315,14 @@ class RedisIndex:
         raw = self.r.hget(self._pending_key, _bytes(path))
         return None if raw is None else frozenset(_read_journal(raw)[1])
 
+    def pending_many(self, paths: Iterable[str]) -> set[str]:
+        """The paths with a ``pending`` entry, in one round trip."""
+        paths = list(dict.fromkeys(paths))
+        if not paths:
+            return set()
+        held = self.r.hmget(self._pending_key, [_bytes(p) for p in paths])
+        return {p for p, raw in zip(paths, held, strict=True) if raw is not None}
+
     def settled(self, path: str) -> None:
         """The questions of ``path``'s last change are published or deferred."""
         self.r.hdel(self._pending_key, _bytes(path))

@@ -19,6 +19,7 @@ from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
+from kloros_tasks import names
 from kloros_tasks.routing import is_suffix_entry, route  # noqa: F401 - part of this module's API
 from kloros_tasks.work.payload import PayloadError, check_relpath
 
@@ -328,4 +329,12 @@ def reconcile_plan(
         if entry is None or entry.stat != stat:
             to_check.append(rel)
     gone = [rel for rel in seen if rel not in walked]
-    return sorted(to_check), sorted(gone)
+    return sorted(to_check, key=markers_first), sorted(gone)
+
+
+def markers_first(rel: str) -> tuple[bool, str]:
+    """Sort key: package markers (``__init__.py``) before other files, each by path.
+    A module's name depends on the markers above it; sent with the first batches,
+    they are indexed before most modules below them, which are then named right from
+    the start instead of extracted again when their marker comes (engine._renamed)."""
+    return posixpath.basename(rel) != names.PACKAGE_FILE, rel

@@ -283,13 +283,17 @@ class Syncer:
                 self._send(root, task)
             return
         # Cut once, for every detector: each detector's batch k holds its share of the
-        # same files, so a worker serving several detectors (the default layout) takes
-        # the facts it extracted for the others' batch k before they are crowded out
-        # (work/shared.py); cut per detector, the batches drifted apart.
+        # same files, so the first of a worker's batch tasks k to start can apply their
+        # Python files for every detector it serves, parsing each once (work/claims.py).
+        # Package markers first (filters.markers_first), as a reconciliation walks them.
+        tasks.sort(key=lambda task: filters.markers_first(task.rel))
+        # One stamp per chunk, so that each detector's share names the same changes.
         for chunk in bounded(tasks):
+            ts = time.time()
             for detector in sorted({d for task in chunk for d in task.detectors}):
                 self._refresh_bursts()
-                self._send_batch(root, detector, [t for t in chunk if detector in t.detectors])
+                self._send_batch(root, detector, [t for t in chunk if detector in t.detectors],
+                                 ts)
 
     def _examine(self, root: Root, rel: str) -> tuple[str, os.stat_result | None, bytes]:
         """What is at ``rel`` now: GONE (absent, or nothing to analyse: a symlink, a FIFO,
@@ -354,8 +358,7 @@ class Syncer:
                             sha256=task.sha, skip=task.skip, ts=ts)
             self.sender.send(detector, change.to_json())
 
-    def _send_batch(self, root: Root, detector: str, batch: list[_Task]) -> None:
-        ts = time.time()
+    def _send_batch(self, root: Root, detector: str, batch: list[_Task], ts: float) -> None:
         changes = [Change(root=root.name, path=task.rel, event=task.event, sha256=task.sha,
                           skip=task.skip, ts=ts) for task in batch]
         if len(changes) == 1:  # a batch of one is a single-file task

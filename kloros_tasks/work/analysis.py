@@ -35,7 +35,6 @@ from kloros_tasks.state.publish import Publisher
 from kloros_tasks.work import blobs, engine
 from kloros_tasks.work.deferral import defer, next_deferred, root_lock, someone_waits
 from kloros_tasks.work.payload import Change, PayloadError, decoded, parse
-from kloros_tasks.work.shared import SharedFacts
 
 log = logging.getLogger(__name__)
 LOCK_TIMEOUT = 30
@@ -67,9 +66,12 @@ class Context:
     # at the hard time limit): no holder can need it longer than the task time limit.
     lock_timeout: float = LOCK_TIMEOUT
     lock_wait: float = LOCK_WAIT  # then redis.exceptions.LockError: the task tries again
-    # Facts a batch extracts for this process's other file detectors, and takes from
-    # them (shared.py); None where the process serves one detector's queue.
-    shared: SharedFacts | None = None
+    # The other file detectors this worker serves, for a batch that claims its Python
+    # files (claims.py): called with (detector, root), it gives each other detector
+    # and whether its environment changed (worker_detector).  None where the worker
+    # serves one file detector's queue.
+    companions: Callable[[str, str], list[tuple[FileDetector, bool]]] | None = None
+    claimant: str | None = None  # the task's id, which owns the claims it takes
 
 
 def registered_root(client, root: str) -> dict | None:
@@ -159,14 +161,19 @@ def prepare(detector: FileDetector, index, path: str, raw: bytes | None,
             reason: str | None, package: str):
     """(text, facts, reason): the decoded text and its facts, extracted from the
     layout ``index`` has now (None, None and why for content that is not text)."""
-    text = None
-    if raw is not None:
-        try:
-            text = engine.decode_source(path, raw)
-        except engine.NotText as exc:
-            reason = str(exc)
+    text, reason = decode(path, raw, reason)
     facts = engine.extract(detector, index, path, text, package) if text is not None else None
     return text, facts, reason
+
+
+def decode(path: str, raw: bytes | None, reason: str | None) -> tuple[str | None, str | None]:
+    """(text, reason): ``raw`` decoded, or None and why it is not text."""
+    if raw is None:
+        return None, reason
+    try:
+        return engine.decode_source(path, raw), reason
+    except engine.NotText as exc:
+        return None, str(exc)
 
 
 def apply_one(ctx: Context, detector: FileDetector, index, change: Change, text, facts,

@@ -21,18 +21,19 @@ import logging
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 
+from kloros_tasks import names
 from kloros_tasks.detectors._treecache import forget_tree
 from kloros_tasks.detectors.base import FileDetector, FileFacts
 from kloros_tasks.detectors.layout import PACKAGE_FILE, is_package_file
 from kloros_tasks.state.index import ReadAhead, RedisIndex
-from kloros_tasks.work import blobs, engine
+from kloros_tasks.work import blobs, claims, engine
 from kloros_tasks.work.analysis import (
     Context,
     apply_one,
     content,
+    decode,
     finish,
     judge,
-    prepare,
     record,
     registered_root,
     root_package,
@@ -165,11 +166,16 @@ def _summary(outcomes: Counter) -> str:
     return ", ".join(f"{n} {word}" for word, n in sorted(outcomes.items())) or "empty"
 
 
+HANDED_OVER = "handed over"  # another task holds the batch's claim: send it again
+
+
 def handle_batch(ctx: Context, detector: FileDetector, obj, *,
                  reevaluate_all: bool = False) -> str:
     """Analyse a batch of changes; returns the count of each outcome ("3 analysed,
-    1 refused"), or "refused" for a malformed batch.  Redis errors propagate (the
-    task layer retries them) and leave the blobs held for the retry."""
+    1 refused"), "refused" for a malformed batch, or HANDED_OVER when another task
+    applies its Python files now (claims.py): the caller sends the batch again, whose
+    blobs stay held for it.  Redis errors propagate (the task layer retries them) and
+    leave the blobs held for the retry."""
     try:
         root, entries = decode_batch(obj)
     except PayloadError as exc:
@@ -189,44 +195,114 @@ def handle_batch(ctx: Context, detector: FileDetector, obj, *,
         log.warning("%s: refused a batch of %d changes of %s: no watcher registered the"
                     " root", detector.name, len(changes), root)
         outcomes["refused"] += len(changes)
-    elif changes:
-        _Batch(ctx, detector, root, root_info, outcomes).run(changes, reevaluate_all)
+    elif changes and not _run(ctx, detector, root, root_info, changes, outcomes,
+                              reevaluate_all):
+        return HANDED_OVER
     blobs.release_many(ctx.client, [c.sha256 for c in changes if c.sha256])
     return _summary(outcomes)
 
 
+def _run(ctx: Context, detector: FileDetector, root: str, root_info: dict,
+         changes: list[Change], outcomes: Counter, reevaluate_all: bool) -> bool:
+    """Apply ``changes`` for ``detector``, and their Python files for the worker's
+    other file detectors too when this task claims them; False (nothing done) when
+    another task holds the claim."""
+    mine = _Batch(ctx, detector, root, root_info, outcomes)
+    shared = claims.common(changes) if ctx.companions and ctx.claimant else []
+    if not shared:
+        _run_together([(mine, changes, reevaluate_all)])
+        return True
+    key = names.batch_claim(root, claims.digest(root, shared))
+    state = claims.claim(ctx.client, key, ctx.claimant, ctx.lock_timeout)
+    if state == claims.HELD:
+        log.info("%s: the Python files of a batch of %s are being applied by another"
+                 " task; handing the batch back to the queue", detector.name, root)
+        return False
+    if state == claims.DONE:
+        _run_together([(mine, changes, reevaluate_all)])
+        return True
+    others = [(_Batch(ctx, other, root, root_info, Counter()), shared, changed)
+              for other, changed in ctx.companions(detector.name, root)]
+    try:
+        _run_together([(mine, changes, reevaluate_all), *others])
+    except BaseException:
+        claims.drop(ctx.client, key, ctx.claimant)
+        raise
+    claims.done(ctx.client, key)
+    for other, _, _ in others:
+        log.info("%s: applied the %d Python files of a batch of %s for %s too: %s",
+                 detector.name, len(shared), root, other.detector.name,
+                 _summary(other.outcomes))
+    return True
+
+
+def _run_together(work: list[tuple[_Batch, list[Change], bool]]) -> None:
+    """Run each (batch, its changes, reevaluate_all): duplicates found per detector,
+    the blobs fetched once, each file decoded and parsed once for every detector that
+    extracts it, then each detector's changes applied under its own lock."""
+    first = work[0][0]
+    ctx, root_info = first.ctx, first.root_info
+    fresh = [(b, b.fresh(changes, again), again) for b, changes, again in work]
+    wanted: dict[str, list[_Batch]] = {}
+    order: dict[str, Change] = {}
+    for batch, changes, _ in fresh:
+        batch.begin(changes)
+        for change in changes:
+            wanted.setdefault(change.path, []).append(batch)
+            order.setdefault(change.path, change)
+    fetched = blobs.fetch_many(ctx.client, [
+        c.sha256 for c in order.values() if c.sha256 and c.event != "deleted" and not c.skip],
+        ctx.max_file_bytes)
+    prepared: dict[int, list[tuple]] = {id(b): [] for b, _, _ in fresh}
+    for path, change in order.items():
+        raw, reason = content(ctx, root_info, change,
+                              fetched.get(change.sha256) if change.sha256 else None)
+        takers = wanted[path]
+        if reason == "superseded":
+            for batch in takers:
+                log.info("%s: %s changed again before analysis; the newer task covers it",
+                         batch.detector.name, batch.key(change))
+                batch.outcomes["superseded"] += 1
+            continue
+        text, reason = decode(path, raw, reason)
+        for batch in takers:
+            facts = None if text is None else \
+                engine.extract(batch.detector, batch.naming, path, text, batch.package)
+            prepared[id(batch)].append((change, text, facts, reason))
+        if text is not None and len(takers) > 1:
+            forget_tree(text)  # every detector that reads it has its facts now
+    for batch, _, again in fresh:
+        if prepared[id(batch)]:
+            batch.apply(prepared[id(batch)], again)
+
+
 class _Batch:
+    """One detector's share of a batch of one root."""
+
     def __init__(self, ctx: Context, detector: FileDetector, root: str, root_info: dict,
                  outcomes: Counter) -> None:
         self.ctx, self.detector, self.root, self.root_info = ctx, detector, root, root_info
         self.outcomes = outcomes
         self.index = RedisIndex(ctx.client, detector.name, root, keep_journal=True)
         self.package = root_package(root_info, root, ctx.publisher.host)
-        self.shared_taken = 0  # files whose facts another detector extracted (shared.py)
+        self.naming = BatchIndex(self.index)  # the layout files are named by, unlocked
 
     def key(self, change: Change) -> str:
         return f"{self.detector.name}:{self.root}:{change.path}"
 
-    def run(self, changes: list[Change], reevaluate_all: bool) -> None:
+    def fresh(self, changes: list[Change], reevaluate_all: bool) -> list[Change]:
+        """The changes still to analyse: a later change of a path supersedes an earlier
+        one; those already in the index (delivered again, or applied by the task that
+        claimed them) are finished from their journal entry, and those older than
+        what the index holds ignored, as the single-file path does."""
         latest: dict[str, Change] = {}
-        for change in changes:  # a later change of a path supersedes an earlier one
+        for change in changes:
             if change.path in latest:
                 self.outcomes["superseded"] += 1
             latest[change.path] = change
-        fresh = self._not_duplicates(list(latest.values()), reevaluate_all)
-        prepared = self._prepare(fresh)
-        if self.shared_taken:
-            log.info("%s: %d files of a batch of %s took the facts another detector"
-                     " extracted (%s)", self.detector.name, self.shared_taken, self.root,
-                     self.ctx.shared.summary())
-        if prepared:
-            self._apply(prepared, reevaluate_all)
-
-    def _not_duplicates(self, changes: list[Change], reevaluate_all: bool) -> list[Change]:
-        """The changes not yet in the index; the others (delivered again) are finished
-        from their journal entry, and those older than what the index holds ignored,
-        as the single-file path does."""
+        changes = list(latest.values())
         stored = self.index.facts_many(c.path for c in changes)
+        unfinished = self.index.pending_many(c.path for c in changes)
         fresh = []
         for change in changes:
             facts = stored.get(change.path)
@@ -238,57 +314,22 @@ class _Batch:
                 fresh.append(change)
             elif change.sha256 and facts is not None \
                     and facts.data.get(engine.DIGEST) == change.sha256:
-                self.outcomes[finish(self.ctx, self.detector, self.index, change)
-                              or "duplicate"] += 1
+                finished = change.path in unfinished and \
+                    finish(self.ctx, self.detector, self.index, change)
+                self.outcomes[finished or "duplicate"] += 1
             else:
                 fresh.append(change)
         return fresh
 
-    def _prepare(self, changes: list[Change]) -> list[tuple]:
-        """Fetch, decode and extract, outside the lock."""
-        fetched = blobs.fetch_many(self.ctx.client, [
-            c.sha256 for c in changes if c.sha256 and c.event != "deleted" and not c.skip],
-            self.ctx.max_file_bytes)
-        index = BatchIndex(self.index)
-        index.prefetch(c.path for c in changes)
+    def begin(self, changes: list[Change]) -> None:
+        """Read the package layout ``changes`` are named by, before extracting them."""
+        self.naming.prefetch(c.path for c in changes)
         # Modules are named by the layout the batch will have once applied (packages
         # it adds or removes included), so that few are extracted again under the lock.
-        index.assume({c.path: c.event != "deleted" for c in changes if is_package_file(c.path)})
-        prepared = []
-        for change in changes:
-            raw, reason = content(self.ctx, self.root_info, change,
-                                  fetched.get(change.sha256) if change.sha256 else None)
-            if reason == "superseded":
-                log.info("%s: %s changed again before analysis; the newer task covers it",
-                         self.detector.name, self.key(change))
-                self.outcomes["superseded"] += 1
-                continue
-            prepared.append((change, *self._extract(index, change, raw, reason)))
-        return prepared
+        self.naming.assume({c.path: c.event != "deleted" for c in changes
+                            if is_package_file(c.path)})
 
-    def _extract(self, index: BatchIndex, change: Change, raw: bytes | None,
-                 reason: str | None) -> tuple:
-        """``prepare``'s (text, facts, reason), the facts taken from what another
-        detector of this process extracted for this one when it has (shared.py), and
-        else extracted here, and then for the others too."""
-        shared, detector = self.ctx.shared, self.detector
-        if shared is None or raw is None:
-            return prepare(detector, index, change.path, raw, reason, self.package)
-        facts = shared.take(detector.name, self.root, change.path, change.sha256, self.package)
-        if facts is not None:  # the same bytes (digest), so they decoded there
-            self.shared_taken += 1
-            return engine.decode_source(change.path, raw), facts, reason
-        text, facts, reason = prepare(detector, index, change.path, raw, reason, self.package)
-        if text is not None:
-            shared.offer(detector.name, self.root, change.path, change.sha256, text,
-                         self.package, lambda other: engine.extract(
-                             other, index, change.path, text, self.package))
-            # Every detector of this process that reads the file has its facts now, or
-            # will parse it a batch or more later, when the few trees kept are others.
-            forget_tree(text)
-        return text, facts, reason
-
-    def _apply(self, prepared: list[tuple], reevaluate_all: bool) -> None:
+    def apply(self, prepared: list[tuple], reevaluate_all: bool) -> None:
         ctx, detector = self.ctx, self.detector
         records = []
         with root_lock(ctx, detector.name, self.root):

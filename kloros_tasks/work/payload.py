@@ -25,11 +25,8 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _ROOT = re.compile(r"^[A-Za-z0-9_.@+-]{1,128}$")
 MAX_PATH = 4096
 # The bounds of one batch task: what the watcher packs into one, and what a worker
-# holds in memory and under its root's lock at once.  The bytes are half of the
-# source a worker keeps facts extracted for its other detectors behind
-# (work/shared.py, MAX_SOURCE_CHARS): a batch's facts for two other detectors fit, so
-# each Python file of a cold scan is parsed once (with 4 MiB, 435 of the stdlib
-# copy's 732 files found the store full and were parsed by each detector).
+# holds in memory and under its root's lock at once; a task that claims the batch's
+# Python files (work/claims.py) holds their facts for every file detector at once.
 BATCH_FILES = 100
 BATCH_BYTES = 512 * 1024
 ENTRY_FIELDS = ("path", "event", "sha256", "skip", "ts")
@@ -137,3 +134,12 @@ def batch_json(root: str, changes: list[Change]) -> dict[str, Any]:
     """The batch payload of ``changes`` (all of ``root``)."""
     return {"v": VERSION, "root": root,
             "changes": [{f: getattr(c, f) for f in ENTRY_FIELDS} for c in changes]}
+
+
+def file_of(args) -> str | None:
+    """"root:path" of a file task's arguments, when its payload names one."""
+    payload = args[0] if len(args) == 1 else None
+    if isinstance(payload, dict) and isinstance(payload.get("root"), str) \
+            and isinstance(payload.get("path"), str):
+        return f"{payload['root']}:{payload['path']}"
+    return None

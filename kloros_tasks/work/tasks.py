@@ -29,7 +29,7 @@ from kloros_tasks import names
 from kloros_tasks.celery_app import SOFT_LIMIT_MARGIN, app, settings_of
 from kloros_tasks.connections import TRANSIENT_ERRORS, is_transient, redis_client
 from kloros_tasks.state.publish import Publisher
-from kloros_tasks.work import shared
+from kloros_tasks.work import claims
 from kloros_tasks.work.analysis import (
     SETTLE_BUDGET,
     SETTLE_MAX_WAIT,
@@ -38,9 +38,10 @@ from kloros_tasks.work.analysis import (
     handle_change,
     settle,
 )
-from kloros_tasks.work.batch import handle_batch, split
+from kloros_tasks.work.batch import HANDED_OVER, handle_batch, split
 from kloros_tasks.work.deferral import deferred_for, deferred_roots
-from kloros_tasks.work.registry import build, preload, worker_detector
+from kloros_tasks.work.payload import file_of
+from kloros_tasks.work.registry import preload, worker_detector
 
 log = logging.getLogger(__name__)
 TRANSIENT = TRANSIENT_ERRORS  # BUSY and LOADING replies included (connections.py)
@@ -94,7 +95,12 @@ class KlorosTask(Task):
                        lock_timeout=self.settings.task_time_limit,
                        lock_wait=max(1.0, self.settings.task_time_limit - SOFT_LIMIT_MARGIN
                                      - LOCK_WAIT_MARGIN),
-                       shared=shared.current())
+                       companions=self._companions if claims.sharing() else None,
+                       claimant=self.request.id)
+
+    def _companions(self, detector: str, root: str) -> list[tuple[object, bool]]:
+        return [worker_detector(name, self.settings, self.client, root)
+                for name in claims.others(detector)]
 
     def schedule_settle(self, detector: str, root: str, countdown: float | None = None, *,
                         behind: bool = False) -> None:
@@ -169,7 +175,7 @@ class KlorosTask(Task):
 
     def _dead_letter(self, task_id, args, reason: str, exception: str | None = None) -> None:
         deliveries = self.client.get(names.attempts(task_id)) if task_id else None
-        file = _file_of(args)
+        file = file_of(args)
         entry = {"task": self.name, "id": task_id, "args": list(args), "reason": reason,
                  "ts": time.time(), "file": file, "detector": self.name.split(".")[1],
                  "exception": exception, "deliveries": int(deliveries or 1)}
@@ -202,15 +208,6 @@ class BatchTask(KlorosTask):
             self.client.delete(names.attempts(task_id))
 
 
-def _file_of(args) -> str | None:
-    """"root:path" of a file task's payload, when it names one."""
-    payload = args[0] if len(args) == 1 else None
-    if isinstance(payload, dict) and isinstance(payload.get("root"), str) \
-            and isinstance(payload.get("path"), str):
-        return f"{payload['root']}:{payload['path']}"
-    return None
-
-
 def _exception_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())[:500]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -227,6 +224,10 @@ def _analyze(task: KlorosTask, detector_name: str, args: tuple, kwargs: dict) ->
     handle = handle_batch if isinstance(task, BatchTask) else handle_change
     outcome = handle(context, detector, payload, reevaluate_all=environment_changed)
     log.debug("%s %s: %s", task.name, task.request.id, outcome)
+    if outcome == HANDED_OVER:  # sent again before this delivery is acknowledged
+        task.app.send_task(task.name, args=[payload], queue=detector_name,
+                           countdown=claims.recheck_after(task.client, detector_name))
+        return outcome
     pipe = task.client.pipeline(transaction=False)
     pipe.llen(detector_name)
     pipe.hkeys(names.ROOTS)
@@ -375,9 +376,7 @@ def preload_task_modules(**_kwargs) -> None:
 @worker_init.connect
 def prepare_pool(sender=None, **_kwargs) -> None:
     """In the worker parent, before its pool forks (which inherits the setting)."""
-    settings = settings_of(app)
-    shared.configure_worker(sender, app.amqp.queues.consume_from,
-                            lambda name: build(name, settings, None))
+    claims.serve(app.amqp.queues.consume_from)
 
 
 @worker_ready.connect

@@ -1,11 +1,14 @@
-"""One real prefork worker with one pool process on the three file detectors' queues,
-as the default layout runs it: a reconciliation's batches share each Python file's
-extraction between the detectors, and every detector indexes and asks exactly what
-single-file tasks (which do not share) index and ask for the same tree."""
+"""One real prefork worker on the three file detectors' queues, as the default layout
+runs it, with one pool process and with two: the first task of each of a
+reconciliation's batches applies its Python files for the three detectors (the others
+hand their batch back while it does, work/claims.py), and every detector indexes and
+asks exactly what single-file tasks (which claim nothing) index and ask for the same
+tree."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 import threading
@@ -49,11 +52,12 @@ def write_tree(tree: Path) -> None:
         (tree / "docs" / f"n{i}.md").write_text(f"# Note {i}\n\nSee `pkg.m{i:02d}.f1`.\n")
 
 
-@pytest.fixture
-def pipe(tmp_path):
+@pytest.fixture(params=[1, 2], ids=["one-process", "two-processes"])
+def pipe(request):
     directory = Path(tempfile.mkdtemp(prefix="kl-shared-"))
     server = EmbeddedRedis(directory / "redis", persist=False).start()
-    worker = start_worker(server.url, directory, ",".join(DETECTORS), directory / "worker.log")
+    worker = start_worker(server.url, directory, ",".join(DETECTORS), directory / "worker.log",
+                          concurrency=request.param)
     client = redis_client(server.url)
     yield server, client, worker
     worker.kill()
@@ -89,7 +93,7 @@ def questions(client, detector: str, root: str) -> set[tuple[str, tuple[str, ...
     return out
 
 
-def test_batches_share_extraction_and_ask_what_single_file_tasks_ask(pipe, tmp_path):
+def test_batches_claimed_for_every_detector_ask_what_single_file_tasks_ask(pipe, tmp_path):
     server, client, worker = pipe
     write_tree(tmp_path / "bulk")
     write_tree(tmp_path / "single")
@@ -107,10 +111,12 @@ def test_batches_share_extraction_and_ask_what_single_file_tasks_ask(pipe, tmp_p
     for start in range(0, len(rels), STORM_FILES - 1):
         sync.process(((single.name, rel), "file") for rel in rels[start:start + STORM_FILES - 1])
     wait_for(lambda: settled(client, worker, "bulk", "single"), 120, message="both settled")
-    # The batches did share: each later detector took the first one's facts.
-    taken = [line for line in worker.output().splitlines()
-             if "took the facts another detector extracted" in line]
-    assert len(taken) >= 2, worker.output()[-3000:]
+    # The batches did share: a claimant applied their Python files for the others.
+    claimed = [line for line in worker.output().splitlines()
+               if "Python files of a batch of bulk for" in line]
+    assert len(claimed) >= 2, worker.output()[-3000:]
+    # Each batch was claimed once: no claimant found the others' share done already.
+    assert not [line for line in claimed if re.search(r"too: \d+ duplicate$", line)], claimed
     for detector in DETECTORS:
         assert stored(client, detector, "bulk") == stored(client, detector, "single"), detector
         assert questions(client, detector, "bulk") == questions(client, detector, "single")

@@ -1,0 +1,102 @@
+"""One parse per Python file of a batch, whichever of a worker's processes takes it.
+
+The watcher cuts a reconciliation or a storm into batches once for every detector
+(watch/sync.py): each file detector's batch k holds its share of the same files, and
+every Python file is in all three.  A worker consuming several file detectors' queues
+(the default layout) takes those three batches in turn, often in two pool processes
+at once, and each parsed and walked the same files again.
+
+Instead, the first of them to start claims the batch's Python files (the "common"
+entries: those every file detector is sent) under ``kloros:claim:<root>:<digest>``,
+the digest naming exactly those entries, and applies them for every file detector its
+worker serves, parsing each file once; then it marks the claim done.  A task of the
+same batch for another detector that finds the claim:
+
+* held by another task: hands its batch back to its queue (the task layer sends it
+  again, behind what is queued, and acknowledges this delivery; its blob references
+  travel with it) instead of waiting or parsing the same files beside the claimant;
+* done: runs as always; the claimant's files are in its index already, so they end as
+  duplicates (one read of the index, no parse), and its own other files (a ``.md`` the
+  knowledge detector alone is sent, say) are analysed as usual.
+
+What the claimant applies for another detector is exactly that detector's batch
+(its own lock, deferral and records), so a claim changes who parses, never what is
+indexed or asked.  A claimant that fails drops its claim, and one that is killed
+leaves it to expire after the task time limit: the others then claim it themselves,
+or find it done when the claimant's redelivery finished it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+
+from kloros_tasks import names
+from kloros_tasks.routing import route
+from kloros_tasks.work.payload import ENTRY_FIELDS, Change
+
+OURS, HELD, DONE = "ours", "held", "done"
+CLAIM_DONE_TTL = 3600  # s a done claim is kept: the batch's other tasks come by then
+# A batch handed back to an empty queue comes back after this long, not at once.
+RECHECK = 0.25
+_ALL = frozenset(names.FILE_DETECTOR_SUFFIXES)
+# The file detectors whose queues this worker consumes (``serve``, at worker_init).
+_served: frozenset[str] = frozenset()
+
+
+def serve(queues: Iterable[str]) -> None:
+    """This worker (and the pool processes it forks) consumes ``queues``."""
+    global _served
+    _served = frozenset(queues) & _ALL
+
+
+def sharing() -> bool:
+    """Whether this worker serves two or more file detectors, so claims pay."""
+    return len(_served) > 1
+
+
+def others(detector: str) -> list[str]:
+    """The file detectors this worker serves besides ``detector``."""
+    return sorted(_served - {detector})
+
+
+def recheck_after(client, queue: str) -> float | None:
+    """The countdown of a batch handed back to ``queue``: none behind queued tasks,
+    RECHECK when the queue is empty (the claimant is still at work)."""
+    return None if client.llen(queue) else RECHECK
+
+
+def common(changes: Iterable[Change]) -> list[Change]:
+    """The changes every file detector is sent (Python files): the same entries, in
+    the same order, in each detector's share of one batch."""
+    return [c for c in changes if _ALL <= route(c.path)]
+
+
+def digest(root: str, changes: list[Change]) -> str:
+    """The claim's name for ``changes`` of ``root``."""
+    body = json.dumps([root, [[getattr(c, f) for f in ENTRY_FIELDS] for c in changes]],
+                      separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()[:32]
+
+
+def claim(client, key: str, owner: str, ttl: float) -> str:
+    """OURS when ``owner`` holds ``key`` now (newly, or again on a redelivery), DONE
+    when a claimant finished it, HELD when another task holds it."""
+    pipe = client.pipeline(transaction=True)
+    pipe.set(key, owner, nx=True, px=max(1, int(ttl * 1000)))
+    pipe.get(key)
+    _, holder = pipe.execute()
+    if holder is None or holder == owner.encode():  # None: expired in between
+        return OURS
+    return DONE if holder == DONE.encode() else HELD
+
+
+def done(client, key: str) -> None:
+    client.set(key, DONE, ex=CLAIM_DONE_TTL)
+
+
+def drop(client, key: str, owner: str) -> None:
+    """Give the claim up (the claimant failed), if ``owner`` still holds it."""
+    if client.get(key) == owner.encode():
+        client.delete(key)
