@@ -98,25 +98,27 @@ def parses(monkeypatch):
 
 def test_a_claim_is_held_by_one_task_again_on_its_redelivery_then_done(r):
     key = names.batch_claim("repo", "ab" * 16)
-    assert claims.claim(r, key, "task-1", 60) == claims.OURS
-    assert claims.claim(r, key, "task-2", 60) == claims.HELD
-    assert claims.claim(r, key, "task-1", 60) == claims.OURS  # redelivered
+    nobody = frozenset()
+    assert claims.claim(r, key, "task-1", 60) == (claims.OURS, nobody)
+    assert claims.claim(r, key, "task-2", 60) == (claims.HELD, nobody)
+    assert claims.claim(r, key, "task-1", 60) == (claims.OURS, nobody)  # redelivered
     claims.drop(r, key, "task-2")  # not the holder's: kept
-    assert claims.claim(r, key, "task-2", 60) == claims.HELD
-    claims.done(r, key)
-    assert claims.claim(r, key, "task-2", 60) == claims.DONE
+    assert claims.claim(r, key, "task-2", 60) == (claims.HELD, nobody)
+    claims.done(r, key, [names.KNOWLEDGE, names.CAPABILITY])
+    assert claims.claim(r, key, "task-2", 60) == \
+        (claims.DONE, {names.CAPABILITY, names.KNOWLEDGE})
     assert 0 < r.ttl(key) <= claims.CLAIM_DONE_TTL
 
 
 def test_a_claim_dropped_or_expired_is_free_for_the_next_task(r):
     key = names.batch_claim("repo", "cd" * 16)
-    assert claims.claim(r, key, "task-1", 60) == claims.OURS
+    assert claims.claim(r, key, "task-1", 60)[0] == claims.OURS
     claims.drop(r, key, "task-1")
-    assert claims.claim(r, key, "task-2", 0.05) == claims.OURS
+    assert claims.claim(r, key, "task-2", 0.05)[0] == claims.OURS
     assert r.pttl(key) <= 50
     r.pexpire(key, 1)  # a killed claimant's claim outlives it by its TTL only
     wait_for(lambda: not r.exists(key), 5, message="the claim expired")
-    assert claims.claim(r, key, "task-3", 60) == claims.OURS
+    assert claims.claim(r, key, "task-3", 60)[0] == claims.OURS
 
 
 def test_every_detectors_share_of_a_batch_names_the_same_claim():
@@ -153,14 +155,14 @@ def test_the_claimant_parses_each_python_file_once_for_every_detector(r, detecto
     for detector in DETECTORS:
         assert stored(r, detector, "claimed").keys() == \
             (stored(r, detector, "alone").keys() if detector == names.KNOWLEDGE else python)
-    # The other detectors' tasks of the batch find the claim done and their Python
-    # files in their index; only their own other files are analysed.
+    # The other detectors' tasks of the batch find the claim done and leave their
+    # Python files out; only their own other files are analysed.
     parses.clear()
     capability = handle_batch(context(r, detectors, "task-c"), detectors[names.CAPABILITY],
                               batch[names.CAPABILITY])
     integration = handle_batch(context(r, detectors, "task-i"), detectors[names.INTEGRATION],
                                batch[names.INTEGRATION])
-    assert capability == "2 analysed, 3 duplicate" and integration == "3 duplicate"
+    assert capability == "2 analysed, 3 claimed" and integration == "3 claimed"
     assert not any(parses[files[p]] for p in files if p.endswith(".py"))
     for detector in DETECTORS:
         assert strip(stored(r, detector, "claimed")) == strip(stored(r, detector, "alone"))
@@ -181,7 +183,7 @@ def test_a_batch_whose_claim_another_task_holds_is_handed_back_untouched(r, dete
     share = claims.common(Change("held", e["path"], e["event"], e["sha256"], ts=e["ts"])
                           for e in batch[names.INTEGRATION]["changes"])
     key = names.batch_claim("held", claims.digest("held", share))
-    assert claims.claim(r, key, "someone-else", 60) == claims.OURS
+    assert claims.claim(r, key, "someone-else", 60)[0] == claims.OURS
     outcome = handle_batch(context(r, detectors, "task-i"), detectors[names.INTEGRATION],
                            batch[names.INTEGRATION])
     assert outcome == HANDED_OVER
@@ -222,3 +224,19 @@ def test_a_worker_serving_one_file_detector_claims_nothing(r, detectors):
                         batch[names.KNOWLEDGE]) == "5 analysed"
     assert not list(r.scan_iter(names.batch_claim("single", "*")))
     assert not r.exists(names.facts(names.INTEGRATION, "single"))
+
+
+def test_a_detector_the_claimant_did_not_serve_applies_the_files_itself(r, detectors):
+    # The claimant's worker serves knowledge and integration; capability's worker is
+    # another, which finds the claim done without it.
+    files = tree(uuid.uuid4().hex)
+    batch = shares(r, "apart", files)
+    two = Context(r, Publisher(r, host="test"), 1 << 20, claimant="task-k",
+                  companions=lambda detector, root: [(detectors[names.INTEGRATION], False)])
+    assert handle_batch(two, detectors[names.KNOWLEDGE], batch[names.KNOWLEDGE]) == \
+        "5 analysed"
+    assert handle_batch(context(r, detectors, "task-i"), detectors[names.INTEGRATION],
+                        batch[names.INTEGRATION]) == "3 claimed"
+    assert handle_batch(context(r, detectors, "task-c"), detectors[names.CAPABILITY],
+                        batch[names.CAPABILITY]) == "5 analysed"
+    assert stored(r, names.CAPABILITY, "apart").keys() == set(files)

@@ -213,13 +213,18 @@ def _run(ctx: Context, detector: FileDetector, root: str, root_info: dict,
         _run_together([(mine, changes, reevaluate_all)])
         return True
     key = names.batch_claim(root, claims.digest(root, shared))
-    state = claims.claim(ctx.client, key, ctx.claimant, ctx.lock_timeout)
+    state, applied = claims.claim(ctx.client, key, ctx.claimant, ctx.lock_timeout)
     if state == claims.HELD:
         log.info("%s: the Python files of a batch of %s are being applied by another"
                  " task; handing the batch back to the queue", detector.name, root)
         return False
     if state == claims.DONE:
-        _run_together([(mine, changes, reevaluate_all)])
+        if detector.name in applied and not reevaluate_all:  # journal settled there too
+            outcomes["claimed"] += len(shared)
+            done = set(shared)
+            changes = [c for c in changes if c not in done]
+        if changes:
+            _run_together([(mine, changes, reevaluate_all)])
         return True
     others = [(_Batch(ctx, other, root, root_info, Counter()), shared, changed)
               for other, changed in ctx.companions(detector.name, root)]
@@ -228,7 +233,7 @@ def _run(ctx: Context, detector: FileDetector, root: str, root_info: dict,
     except BaseException:
         claims.drop(ctx.client, key, ctx.claimant)
         raise
-    claims.done(ctx.client, key)
+    claims.done(ctx.client, key, [detector.name, *(b.detector.name for b, _, _ in others)])
     for other, _, _ in others:
         log.info("%s: applied the %d Python files of a batch of %s for %s too: %s",
                  detector.name, len(shared), root, other.detector.name,

@@ -15,9 +15,10 @@ same batch for another detector that finds the claim:
 * held by another task: hands its batch back to its queue (the task layer sends it
   again, behind what is queued, and acknowledges this delivery; its blob references
   travel with it) instead of waiting or parsing the same files beside the claimant;
-* done: runs as always; the claimant's files are in its index already, so they end as
-  duplicates (one read of the index, no parse), and its own other files (a ``.md`` the
-  knowledge detector alone is sent, say) are analysed as usual.
+* done: leaves out the files the claimant applied for its detector (they end as
+  "claimed"; a detector the claimant did not serve finds them as duplicates, by one
+  read of its index) and analyses its own other files (a ``.md`` that knowledge and
+  capability are sent, say) as usual.
 
 What the claimant applies for another detector is exactly that detector's batch
 (its own lock, deferral and records), so a claim changes who parses, never what is
@@ -37,6 +38,7 @@ from kloros_tasks.routing import route
 from kloros_tasks.work.payload import ENTRY_FIELDS, Change
 
 OURS, HELD, DONE = "ours", "held", "done"
+_DONE = b"done:"  # a done claim's value: "done:" and the detectors it was applied for
 CLAIM_DONE_TTL = 3600  # s a done claim is kept: the batch's other tasks come by then
 # A batch handed back to an empty queue comes back after this long, not at once.
 RECHECK = 0.25
@@ -80,20 +82,24 @@ def digest(root: str, changes: list[Change]) -> str:
     return hashlib.sha256(body.encode()).hexdigest()[:32]
 
 
-def claim(client, key: str, owner: str, ttl: float) -> str:
-    """OURS when ``owner`` holds ``key`` now (newly, or again on a redelivery), DONE
-    when a claimant finished it, HELD when another task holds it."""
+def claim(client, key: str, owner: str, ttl: float) -> tuple[str, frozenset[str]]:
+    """(OURS, {}) when ``owner`` holds ``key`` now (newly, or again on a redelivery),
+    (DONE, the detectors the claimant applied the batch for) when a claimant finished
+    it, (HELD, {}) when another task holds it."""
     pipe = client.pipeline(transaction=True)
     pipe.set(key, owner, nx=True, px=max(1, int(ttl * 1000)))
     pipe.get(key)
     _, holder = pipe.execute()
     if holder is None or holder == owner.encode():  # None: expired in between
-        return OURS
-    return DONE if holder == DONE.encode() else HELD
+        return OURS, frozenset()
+    if holder.startswith(_DONE):
+        return DONE, frozenset(holder[len(_DONE):].decode().split(","))
+    return HELD, frozenset()
 
 
-def done(client, key: str) -> None:
-    client.set(key, DONE, ex=CLAIM_DONE_TTL)
+def done(client, key: str, detectors: Iterable[str]) -> None:
+    """The claimant applied the batch's Python files for each of ``detectors``."""
+    client.set(key, _DONE + ",".join(sorted(detectors)).encode(), ex=CLAIM_DONE_TTL)
 
 
 def drop(client, key: str, owner: str) -> None:
