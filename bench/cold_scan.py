@@ -16,8 +16,9 @@ idle: the watcher has reconciled the whole tree, every queue and ``unacked`` is 
 and no new question was published for 2 s (the 2 s are not counted).  Files/s counts
 the files the pipeline analyses (.py, .md, .rst, .txt).  CPU is utime+stime of every
 process of the pipeline, Redis included, at idle.  Then each comparison tool runs
-once over the same tree as a single process (needs ``pip install pyflakes vulture
-interrogate`` into the venv; they are not dependencies of the package).
+three times over the same tree as a single process, and its median run (by wall time)
+is compared (needs ``pip install pyflakes vulture interrogate`` into the venv; they
+are not dependencies of the package).
 
 Work done per analysed file: tasks run (workers' logs), Redis requests (read(2) calls
 of redis-server: one per request or pipeline a client sends, more for a request over
@@ -206,11 +207,16 @@ def _resolutions(up: Up) -> int:
                == names.CHANNEL_RESOLVED)
 
 
+TOOL_RUNS = 3  # each tool's median run: one run on a shared machine moves by half
+
+
 def scan_tools(root: Path) -> dict[str, tuple[float, float, int] | None]:
     out: dict[str, tuple[float, float, int] | None] = {}
     for name, argv in TOOLS.items():
         path = tool_path(name)
-        out[name] = run_tool([path, *argv[1:], str(root)]) if path else None
+        runs = sorted(run_tool([path, *argv[1:], str(root)]) for _ in range(TOOL_RUNS)) \
+            if path else None
+        out[name] = runs[len(runs) // 2] if runs else None
     return out
 
 
