@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import uuid
 from collections import Counter
 
@@ -20,7 +21,7 @@ from kloros_tasks.routing import route
 from kloros_tasks.settings import Settings
 from kloros_tasks.state.index import facts_json
 from kloros_tasks.state.publish import Publisher
-from kloros_tasks.work import blobs, claims, engine
+from kloros_tasks.work import blobs, claims, deferral, engine
 from kloros_tasks.work.analysis import Context
 from kloros_tasks.work.batch import HANDED_OVER, handle_batch
 from kloros_tasks.work.payload import Change, batch_json
@@ -240,3 +241,23 @@ def test_a_detector_the_claimant_did_not_serve_applies_the_files_itself(r, detec
     assert handle_batch(context(r, detectors, "task-c"), detectors[names.CAPABILITY],
                         batch[names.CAPABILITY]) == "5 analysed"
     assert stored(r, names.CAPABILITY, "apart").keys() == set(files)
+
+
+def test_a_claimant_applies_first_the_shares_whose_lock_is_free(r, detectors):
+    batch = shares(r, "busy", tree(uuid.uuid4().hex))
+    ctx = context(r, detectors, "task-k")
+    held = deferral.root_lock(ctx, names.KNOWLEDGE, "busy")  # another task applies
+    assert held.acquire(blocking=False)
+    done: list[str] = []
+    thread = threading.Thread(target=lambda: done.append(
+        handle_batch(ctx, detectors[names.KNOWLEDGE], batch[names.KNOWLEDGE])))
+    thread.start()
+    try:
+        wait_for(lambda: all(r.hlen(names.facts(d, "busy")) == 3
+                             for d in (names.CAPABILITY, names.INTEGRATION)), 30,
+                 message="the other detectors' shares applied while knowledge's lock is held")
+        assert not r.exists(names.facts(names.KNOWLEDGE, "busy"))
+    finally:
+        held.release()
+        thread.join(60)
+    assert done == ["5 analysed"]

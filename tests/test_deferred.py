@@ -215,6 +215,20 @@ def test_a_worker_waiting_for_the_roots_lock_says_so(rr):
     held.release()
 
 
+def test_a_lock_tried_is_taken_if_free_without_saying_that_one_waits(rr):
+    ctx = context(rr)
+    held = deferral.root_lock(ctx, names.KNOWLEDGE, ROOT)
+    assert held.try_acquire()
+    tried = deferral.root_lock(ctx, names.KNOWLEDGE, ROOT)
+    assert not tried.try_acquire()
+    assert not deferral.someone_waits(rr, names.KNOWLEDGE, ROOT)
+    with held:  # held already: entered without taking it again, released on leaving
+        assert rr.get(names.lock(names.KNOWLEDGE, ROOT)) == held.local.token
+    assert not rr.exists(names.lock(names.KNOWLEDGE, ROOT))
+    assert tried.try_acquire()
+    tried.release()
+
+
 @pytest.mark.parametrize("waiting", [False, True])
 def test_settling_pauses_between_batches_only_for_a_waiting_worker(rr, monkeypatch, waiting):
     monkeypatch.setattr(analysis, "SETTLE_BATCH", 2)

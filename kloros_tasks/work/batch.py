@@ -276,9 +276,28 @@ def _run_together(work: list[tuple[_Batch, list[Change], bool]]) -> None:
             prepared[id(batch)].append((change, text, facts, reason))
         if text is not None and len(takers) > 1:
             forget_tree(text)  # every detector that reads it has its facts now
-    for batch, _, again in fresh:
-        if prepared[id(batch)]:
-            batch.apply(prepared[id(batch)], again)
+    _apply_in_turn([(batch, prepared[id(batch)], again) for batch, _, again in fresh
+                    if prepared[id(batch)]])
+
+
+def _apply_in_turn(work: list[tuple[_Batch, list[tuple], bool]]) -> None:
+    """Apply each detector's share, taking first the one whose lock is free: two
+    claimants of adjacent batches would otherwise queue for the same detector's lock
+    in the same order while the others' locks are free."""
+    while work:
+        n, lock = _first_free(work) if len(work) > 1 else (0, None)
+        batch, prepared, again = work.pop(n)
+        batch.apply(prepared, again, lock)
+
+
+def _first_free(work: list[tuple[_Batch, list[tuple], bool]]):
+    """(n, its lock taken) of the first share whose lock is free; (0, None) when every
+    one is held: the first is then waited for."""
+    for n, (batch, _, _) in enumerate(work):
+        lock = root_lock(batch.ctx, batch.detector.name, batch.root)
+        if lock.try_acquire():
+            return n, lock
+    return 0, None
 
 
 class _Batch:
@@ -334,10 +353,11 @@ class _Batch:
         self.naming.assume({c.path: c.event != "deleted" for c in changes
                             if is_package_file(c.path)})
 
-    def apply(self, prepared: list[tuple], reevaluate_all: bool) -> None:
+    def apply(self, prepared: list[tuple], reevaluate_all: bool, lock=None) -> None:
+        """Apply the prepared changes under the root's lock (``lock``: taken already)."""
         ctx, detector = self.ctx, self.detector
         records = []
-        with root_lock(ctx, detector.name, self.root):
+        with lock or root_lock(ctx, detector.name, self.root):
             # What it remembers and reads ahead holds only while the lock is held.
             index = BatchIndex(self.index, remember=True)
             index.read_ahead(change.path for change, *_ in prepared)

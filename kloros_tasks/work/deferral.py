@@ -46,12 +46,28 @@ class RootLock(Lock):
     def __init__(self, client, detector: str, root: str, **kwargs) -> None:
         super().__init__(client, names.lock(detector, root), **kwargs)
         self.waiting = names.lock_waiting(detector, root)
+        self._probing = False
 
     def do_acquire(self, token) -> bool:
         if super().do_acquire(token):
             return True
-        self.redis.set(self.waiting, b"1", px=LOCK_WAITING_MS)
+        if not self._probing:
+            self.redis.set(self.waiting, b"1", px=LOCK_WAITING_MS)
         return False
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free now, without waiting or saying that one waits;
+        ``with`` then holds it without taking it again."""
+        self._probing = True
+        try:
+            return self.acquire(blocking=False)
+        finally:
+            self._probing = False
+
+    def __enter__(self):
+        if self.local.token is not None:  # taken by try_acquire
+            return self
+        return super().__enter__()
 
 
 def root_lock(ctx: Context, detector: str, root: str) -> RootLock:
