@@ -61,7 +61,7 @@ from kloros_tasks.state.index import MemoryIndex  # noqa: E402
 from kloros_tasks.watch import filters  # noqa: E402
 from kloros_tasks.watch.tree import read_file, walk_tree  # noqa: E402
 from kloros_tasks.work import engine  # noqa: E402
-from kloros_tasks.work.batch import BatchIndex  # noqa: E402
+from kloros_tasks.work.batchindex import BatchIndex  # noqa: E402
 from kloros_tasks.work.registry import scan_detector  # noqa: E402
 
 DETECTORS = tuple(names.FILE_DETECTOR_SUFFIXES)

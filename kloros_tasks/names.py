@@ -203,6 +203,13 @@ def batch_claim(root: str, digest_hex: str) -> str:
     return f"kloros:claim:{root}:{digest_hex}"
 
 
+def layout_order(root: str) -> str:
+    """ZSET "<task id> <claim key>" -> batch stamp: the claimants applying package
+    markers of ``root`` now; a claimant of a later batch waits for them before it
+    names its modules (work/claims.py)."""
+    return f"kloros:layout:{root}"
+
+
 def attempts(task_id: str) -> str:
     """Counter of deliveries of one task message (for the dead-letter path)."""
     return f"kloros:attempts:{task_id}"

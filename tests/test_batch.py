@@ -14,7 +14,8 @@ from kloros_tasks.settings import Settings
 from kloros_tasks.watch.sync import STORM_FILES, Root, Syncer, _Task, bounded
 from kloros_tasks.watch.tree import read_file
 from kloros_tasks.work import blobs, claims
-from kloros_tasks.work.batch import BatchIndex, split
+from kloros_tasks.work.batch import split
+from kloros_tasks.work.batchindex import BatchIndex
 from kloros_tasks.work.payload import (
     BATCH_BYTES,
     BATCH_FILES,

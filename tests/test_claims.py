@@ -261,3 +261,24 @@ def test_a_claimant_applies_first_the_shares_whose_lock_is_free(r, detectors):
         held.release()
         thread.join(60)
     assert done == ["5 analysed"]
+
+
+def test_a_claimant_waits_for_earlier_batches_package_markers_only(r):
+    first, second = names.batch_claim("lay", "01" * 16), names.batch_claim("lay", "02" * 16)
+    assert claims.claim(r, first, "task-1", 60)[0] == claims.OURS
+    claims.hold_layout(r, "lay", "task-1", first, 10.0, 60)
+    # A batch sent before the markers' does not wait for them, nor does their own
+    # (waiting would last the whole 10 s: nobody releases them meanwhile).
+    assert claims.await_layout(r, "lay", "task-0", 9.0, 10) < 10
+    assert claims.await_layout(r, "lay", "task-1", 10.0, 10) < 10
+    # A later batch waits until the markers are applied.
+    released = threading.Timer(0.3, claims.release_layout, (r, "lay", "task-1", first))
+    released.start()
+    assert claims.await_layout(r, "lay", "task-2", 11.0, 30) >= 0.25
+    released.join()
+    # A claimant killed while it held markers is not waited for once its claim is gone.
+    assert claims.claim(r, second, "task-3", 60)[0] == claims.OURS
+    claims.hold_layout(r, "lay", "task-3", second, 12.0, 60)
+    r.delete(second)
+    assert claims.await_layout(r, "lay", "task-4", 13.0, 10) < 10
+    assert not r.zcard(names.layout_order("lay"))

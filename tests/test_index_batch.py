@@ -15,7 +15,7 @@ from kloros_tasks import names
 from kloros_tasks.detectors.base import FileFacts
 from kloros_tasks.state import index
 from kloros_tasks.state.index import RedisIndex
-from kloros_tasks.work.batch import BatchIndex
+from kloros_tasks.work.batchindex import BatchIndex
 
 ROOT = "repo"
 RELATION = {names.KNOWLEDGE: "links", names.CAPABILITY: "needs"}  # "needs": ordered

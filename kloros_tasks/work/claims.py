@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterable
 
 from kloros_tasks import names
@@ -42,6 +43,7 @@ _DONE = b"done:"  # a done claim's value: "done:" and the detectors it was appli
 CLAIM_DONE_TTL = 3600  # s a done claim is kept: the batch's other tasks come by then
 # A batch handed back to an empty queue comes back after this long, not at once.
 RECHECK = 0.25
+LAYOUT_POLL = 0.02  # s between two looks at the claimants applying package markers
 _ALL = frozenset(names.FILE_DETECTOR_SUFFIXES)
 # The file detectors whose queues this worker consumes (``serve``, at worker_init).
 _served: frozenset[str] = frozenset()
@@ -100,6 +102,43 @@ def claim(client, key: str, owner: str, ttl: float) -> tuple[str, frozenset[str]
 def done(client, key: str, detectors: Iterable[str]) -> None:
     """The claimant applied the batch's Python files for each of ``detectors``."""
     client.set(key, _DONE + ",".join(sorted(detectors)).encode(), ex=CLAIM_DONE_TTL)
+
+
+def hold_layout(client, root: str, owner: str, key: str, stamp: float, ttl: float) -> None:
+    """``owner``, which claimed ``key``, applies package markers of ``root`` sent at
+    ``stamp``: claimants of later batches wait for it (``await_layout``)."""
+    pipe = client.pipeline(transaction=True)
+    pipe.zadd(names.layout_order(root), {f"{owner} {key}": stamp})
+    pipe.pexpire(names.layout_order(root), max(1, int(ttl * 1000)))
+    pipe.execute()
+
+
+def release_layout(client, root: str, owner: str, key: str) -> None:
+    client.zrem(names.layout_order(root), f"{owner} {key}")
+
+
+def await_layout(client, root: str, owner: str, stamp: float, wait: float) -> float:
+    """Wait, up to ``wait`` s, while claimants of batches of ``root`` sent before
+    ``stamp`` apply package markers: modules named before their markers are indexed
+    would be extracted again (twice when a marker comes after modules below it).
+    Those whose claim is no longer theirs (killed, expired) are not waited for.
+    Returns how long it waited."""
+    order, began = names.layout_order(root), time.monotonic()
+    while True:
+        earlier = [m for m in client.zrangebyscore(order, "-inf", f"({stamp!r}")
+                   if not m.startswith(owner.encode() + b" ")]
+        if not earlier or time.monotonic() - began >= wait:
+            return time.monotonic() - began
+        pipe = client.pipeline(transaction=False)
+        for member in earlier:
+            pipe.get(member.split(b" ", 1)[1])
+        holders = pipe.execute()
+        gone = [m for m, held in zip(earlier, holders, strict=True)
+                if held != m.split(b" ", 1)[0]]
+        if gone:
+            client.zrem(order, *gone)
+        if len(gone) < len(earlier):
+            time.sleep(LAYOUT_POLL)
 
 
 def drop(client, key: str, owner: str) -> None:
