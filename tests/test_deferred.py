@@ -215,6 +215,33 @@ def test_a_worker_waiting_for_the_roots_lock_says_so(rr):
     held.release()
 
 
+def test_a_settle_task_finding_the_root_busy_comes_back_instead_of_waiting(rr):
+    from kloros_tasks.settings import Settings  # noqa: PLC0415
+    from kloros_tasks.work import tasks  # noqa: PLC0415
+
+    class Task:
+        name, client, settings = "kloros.knowledge.settle", rr, Settings()
+        scheduled: list = []
+
+        def context(self):
+            return context(rr)
+
+        def schedule_settle(self, detector, root, countdown=None, *, behind=False):
+            self.scheduled.append((detector, root, countdown, behind))
+
+    send(rr, "notes.md", "# Notes\n\nSee [the guide](guide.md).\n")
+    rr.sadd(names.deferred(names.KNOWLEDGE, ROOT), "notes.md")
+    task = Task()
+    busy = deferral.root_lock(context(rr), names.KNOWLEDGE, ROOT)
+    assert busy.acquire(blocking=False)  # another settle, or a batch's apply
+    assert tasks._settle_task(task, names.KNOWLEDGE, (ROOT, "behind"), {}) == "root busy"
+    assert task.scheduled == [(names.KNOWLEDGE, ROOT, deferral.LOCK_POLL, True)]
+    assert rr.exists(names.deferred(names.KNOWLEDGE, ROOT))
+    busy.release()
+    assert tasks._settle_task(task, names.KNOWLEDGE, (ROOT, "behind"), {}) == "0 deferred"
+    assert not rr.exists(names.deferred(names.KNOWLEDGE, ROOT))
+
+
 def test_a_lock_tried_is_taken_if_free_without_saying_that_one_waits(rr):
     ctx = context(rr)
     held = deferral.root_lock(ctx, names.KNOWLEDGE, ROOT)

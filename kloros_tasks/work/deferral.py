@@ -75,6 +75,16 @@ def root_lock(ctx: Context, detector: str, root: str) -> RootLock:
                     sleep=LOCK_POLL, blocking_timeout=ctx.lock_wait)
 
 
+def held_now(ctx: Context, detector: str, root: str) -> bool:
+    """Whether another task holds the root's lock now (asked by taking and releasing
+    it, without saying that one waits)."""
+    lock = root_lock(ctx, detector, root)
+    if not lock.try_acquire():
+        return True
+    lock.release()
+    return False
+
+
 def someone_waits(client, detector: str, root: str) -> bool:
     """Whether a worker waits for the root's lock (announced within LOCK_WAITING_MS)."""
     return bool(client.exists(names.lock_waiting(detector, root)))

@@ -39,14 +39,13 @@ from kloros_tasks.work.analysis import (
     settle,
 )
 from kloros_tasks.work.batch import HANDED_OVER, handle_batch, split
-from kloros_tasks.work.deferral import deferred_for, deferred_roots
+from kloros_tasks.work.deferral import LOCK_POLL, deferred_for, deferred_roots, held_now
 from kloros_tasks.work.payload import file_of
 from kloros_tasks.work.registry import preload, worker_detector
 
 log = logging.getLogger(__name__)
 TRANSIENT = TRANSIENT_ERRORS  # BUSY and LOADING replies included (connections.py)
 CONTROL = (Reject, Retry, Ignore)  # Celery's own flow: never parked
-
 
 # The second argument of a settle task queued after the root's burst ended.
 SETTLE_BEHIND = "behind"
@@ -276,6 +275,10 @@ def _settle_task(task: KlorosTask, detector_name: str, args: tuple, kwargs: dict
         task.schedule_settle(detector_name, root, None if queued else SETTLE_RECHECK,
                              behind=not sending)
         return "burst in progress"
+    # Another settle of the root, or a batch's apply: take other work meanwhile.
+    if waited < SETTLE_MAX_WAIT and held_now(task.context(), detector_name, root):
+        task.schedule_settle(detector_name, root, None if queued else LOCK_POLL, behind=True)
+        return "root busy"
     detector, _ = worker_detector(detector_name, task.settings, task.client, root)
     return f"{_settle(task, task.context(), detector, root)} deferred"
 
