@@ -203,6 +203,13 @@ def batch_claim(root: str, digest_hex: str) -> str:
     return f"kloros:claim:{root}:{digest_hex}"
 
 
+def claiming(root: str) -> str:
+    """ZSET "<task id> <claim key>" -> when its claim expires: the batch tasks applying
+    a claimed batch of ``root`` for several detectors now.  The root's burst goes on
+    while one does: no settle judges a detector whose share is still to come."""
+    return f"kloros:claiming:{root}"
+
+
 def layout_order(root: str) -> str:
     """ZSET "<task id> <claim key>" -> batch stamp: the claimants applying package
     markers of ``root`` now; a claimant of a later batch waits for them before it

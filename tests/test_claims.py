@@ -202,11 +202,12 @@ def test_a_claimant_that_fails_gives_its_claim_up(r, detectors, monkeypatch):
     def broken(*_args, **_kwargs):
         raise RuntimeError("a bug in a detector")
 
-    monkeypatch.setattr(capability, "affected", broken)
+    monkeypatch.setattr(capability, "extract", broken)
     with pytest.raises(RuntimeError):
         handle_batch(context(r, detectors, "task-k"), detectors[names.KNOWLEDGE],
                      batch[names.KNOWLEDGE])
     assert not list(r.scan_iter(names.batch_claim("failing", "*")))
+    assert not r.exists(names.claiming("failing"))  # its burst is over
     monkeypatch.undo()
     # The next task of the batch claims it and applies it for all.
     assert handle_batch(context(r, detectors, "task-i"), detectors[names.INTEGRATION],

@@ -242,6 +242,38 @@ def test_a_settle_task_finding_the_root_busy_comes_back_instead_of_waiting(rr):
     assert not rr.exists(names.deferred(names.KNOWLEDGE, ROOT))
 
 
+def test_no_settle_judges_a_root_while_a_claimed_batch_of_it_is_applied(rr):
+    # The claimant of a batch applies it for every detector of its worker: a detector
+    # whose queue is empty still has files to come until the claimant is done.
+    from kloros_tasks.settings import Settings  # noqa: PLC0415
+    from kloros_tasks.work import claims, tasks  # noqa: PLC0415
+
+    class Task:
+        name, client, settings = "kloros.knowledge.settle", rr, Settings()
+        scheduled: list = []
+
+        def context(self):
+            return context(rr)
+
+        def schedule_settle(self, detector, root, countdown=None, *, behind=False):
+            self.scheduled.append((countdown, behind))
+
+    rr.sadd(names.deferred(names.KNOWLEDGE, ROOT), "notes.md")
+    claims.begin(rr, ROOT, "claimant", "kloros:claim:x", 60)
+    assert deferral.in_burst(rr, names.KNOWLEDGE, ROOT)
+    task = Task()
+    assert tasks._settle_task(task, names.KNOWLEDGE, (ROOT, "behind"), {}) == \
+        "burst in progress"
+    assert task.scheduled == [(deferral.LOCK_POLL, True)]
+    claims.end(rr, ROOT, "claimant", "kloros:claim:x")
+    assert not deferral.in_burst(rr, names.KNOWLEDGE, ROOT)
+    assert tasks._settle_task(task, names.KNOWLEDGE, (ROOT, "behind"), {}) == "0 deferred"
+    # A claimant killed half way holds the burst no longer than its claim would last.
+    claims.begin(rr, ROOT, "killed", "kloros:claim:y", 0.05)
+    wait_for(lambda: not deferral.in_burst(rr, names.KNOWLEDGE, ROOT), 10,
+             message="the killed claimant's share of the burst over")
+
+
 def test_a_lock_tried_is_taken_if_free_without_saying_that_one_waits(rr):
     ctx = context(rr)
     held = deferral.root_lock(ctx, names.KNOWLEDGE, ROOT)

@@ -121,6 +121,7 @@ def _run(ctx: Context, detector: FileDetector, root: str, root_info: dict,
     # its marker was indexed is extracted again under the lock, from memory.
     stamp = max(c.ts for c in shared)
     markers = any(is_package_file(c.path) for c in shared)
+    claims.begin(ctx.client, root, ctx.claimant, key, ctx.lock_timeout)
     if markers:
         claims.hold_layout(ctx.client, root, ctx.claimant, key, stamp, ctx.lock_timeout)
 
@@ -134,11 +135,13 @@ def _run(ctx: Context, detector: FileDetector, root: str, root_info: dict,
         _run_together([(mine, changes, reevaluate_all), *others], ready)
     except BaseException:
         claims.drop(ctx.client, key, ctx.claimant)
+        claims.end(ctx.client, root, ctx.claimant, key)
         raise
     finally:
         if markers:
             claims.release_layout(ctx.client, root, ctx.claimant, key)
     claims.done(ctx.client, key, [detector.name, *(b.detector.name for b, _, _ in others)])
+    claims.end(ctx.client, root, ctx.claimant, key)  # after done: its tasks find it done
     for other, _, _ in others:
         log.info("%s: applied the %d Python files of a batch of %s for %s too: %s",
                  detector.name, len(shared), root, other.detector.name,

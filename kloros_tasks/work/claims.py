@@ -104,6 +104,26 @@ def done(client, key: str, detectors: Iterable[str]) -> None:
     client.set(key, _DONE + ",".join(sorted(detectors)).encode(), ex=CLAIM_DONE_TTL)
 
 
+def begin(client, root: str, owner: str, key: str, ttl: float) -> None:
+    """``owner`` applies the claimed ``key`` now: the root's burst goes on until ``end``
+    (or, ``owner`` killed, until its claim would expire)."""
+    pipe = client.pipeline(transaction=True)
+    pipe.zadd(names.claiming(root), {f"{owner} {key}": time.time() + ttl})
+    pipe.pexpire(names.claiming(root), max(1, int(ttl * 1000)))
+    pipe.execute()
+
+
+def end(client, root: str, owner: str, key: str) -> None:
+    client.zrem(names.claiming(root), f"{owner} {key}")
+
+
+def count_claiming(pipe, root: str) -> None:
+    """Queue on ``pipe`` what answers, as its last reply, how many tasks apply claimed
+    batches of ``root`` now (those past their claim's expiry dropped first)."""
+    pipe.zremrangebyscore(names.claiming(root), "-inf", time.time())
+    pipe.zcard(names.claiming(root))
+
+
 def hold_layout(client, root: str, owner: str, key: str, stamp: float, ttl: float) -> None:
     """``owner``, which claimed ``key``, applies package markers of ``root`` sent at
     ``stamp``: claimants of later batches wait for it (``await_layout``)."""

@@ -17,6 +17,7 @@ from typing import Protocol
 from redis.lock import Lock
 
 from kloros_tasks import names
+from kloros_tasks.work import claims
 
 log = logging.getLogger(__name__)
 # A waiter polls the root's lock every LOCK_POLL s and says at each poll that it waits,
@@ -92,12 +93,20 @@ def someone_waits(client, detector: str, root: str) -> bool:
 
 def in_burst(client, detector: str, root: str) -> bool:
     """More changes are coming: tasks wait in the detector's queue, or the watcher is
-    still sending a reconciliation or storm of ``root`` (its burst marker)."""
+    still sending a reconciliation or storm of ``root`` (its burst marker), or a task
+    applies a claimed batch of it for several detectors (claims.py)."""
+    return any(burst_state(client, detector, root))
+
+
+def burst_state(client, detector: str, root: str) -> tuple[bool, int, int]:
+    """(the watcher holds the root's burst marker, how many tasks apply a claimed batch
+    of the root now, how many tasks wait in the detector's queue)."""
     pipe = client.pipeline(transaction=False)
     pipe.llen(detector)
     pipe.exists(names.burst(root))
-    waiting, sending = pipe.execute()
-    return bool(waiting or sending)
+    claims.count_claiming(pipe, root)
+    waiting, sending, *_, claiming = pipe.execute()
+    return bool(sending), claiming, waiting
 
 
 def defer_whole_root(ctx: Context, detector: str, root: str, index, changes: int) -> bool:
@@ -116,7 +125,9 @@ def defer_whole_root(ctx: Context, detector: str, root: str, index, changes: int
     pipe.scard(key)
     pipe.llen(detector)
     pipe.exists(names.burst(root))
-    marked, deferred, waiting, sending = pipe.execute()
+    claims.count_claiming(pipe, root)
+    marked, deferred, waiting, sending, *_, claiming = pipe.execute()
+    sending = sending or claiming
     if marked:
         return True
     if not (waiting or sending) or index.size() > 2 * deferred + changes:

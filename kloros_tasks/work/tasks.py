@@ -29,7 +29,7 @@ from kloros_tasks import names
 from kloros_tasks.celery_app import SOFT_LIMIT_MARGIN, app, settings_of
 from kloros_tasks.connections import TRANSIENT_ERRORS, is_transient, redis_client
 from kloros_tasks.state.publish import Publisher
-from kloros_tasks.work import claims
+from kloros_tasks.work import claims, deferral
 from kloros_tasks.work.analysis import (
     SETTLE_BUDGET,
     SETTLE_MAX_WAIT,
@@ -39,7 +39,6 @@ from kloros_tasks.work.analysis import (
     settle,
 )
 from kloros_tasks.work.batch import HANDED_OVER, handle_batch, split
-from kloros_tasks.work.deferral import LOCK_POLL, deferred_for, deferred_roots, held_now
 from kloros_tasks.work.payload import file_of
 from kloros_tasks.work.registry import preload, worker_detector
 
@@ -234,7 +233,7 @@ def _analyze(task: KlorosTask, detector_name: str, args: tuple, kwargs: dict) ->
     if not waiting:
         # The burst is over: evaluate what its changes deferred (see analysis.py); a
         # batch leaves it to a settle task, whose time limit is all its own.
-        for root in deferred_roots(task.client, detector_name, registered):
+        for root in deferral.deferred_roots(task.client, detector_name, registered):
             if handle is handle_batch:
                 task.schedule_settle(detector_name, root)
             else:
@@ -260,24 +259,23 @@ def _settle_task(task: KlorosTask, detector_name: str, args: tuple, kwargs: dict
     root, behind = args[0], len(args) == 2
     if not task.client.exists(names.deferred(detector_name, root)):
         return "0 deferred"  # settled already, by a change that found the burst over
-    waited = deferred_for(task.client, detector_name, root) or 0.0
-    pipe = task.client.pipeline(transaction=False)
-    pipe.exists(names.burst(root))
-    pipe.llen(detector_name)
-    sending, queued = pipe.execute()
-    # Judged only on the settled index.  While the watcher still sends the root's
-    # burst, look again behind what is queued, or in a moment.  Once it has stopped,
-    # one pass behind the queue is enough: the queue is first in, first out, so every
-    # change of the burst was taken before this task comes round again.  What is queued
-    # then (later edits, another root's settle task) is no reason to wait: two roots
-    # settling at once would otherwise requeue behind each other until SETTLE_MAX_WAIT.
-    if waited < SETTLE_MAX_WAIT and (sending or (queued and not behind)):
-        task.schedule_settle(detector_name, root, None if queued else SETTLE_RECHECK,
-                             behind=not sending)
+    waited = deferral.deferred_for(task.client, detector_name, root) or 0.0
+    sending, claiming, queued = deferral.burst_state(task.client, detector_name, root)
+    # Judged only on the settled index.  While the watcher still sends the root's burst
+    # (or a task applies a claimed batch of it: soon over), look again behind what is
+    # queued, or in a moment.  Once it has stopped, one pass behind the queue is
+    # enough: the queue is first in, first out, so every change of the burst was taken
+    # before this task comes round again.  What is queued then (later edits, another
+    # root's settle task) is no reason to wait: two roots settling at once would
+    # otherwise requeue behind each other until SETTLE_MAX_WAIT.
+    if waited < SETTLE_MAX_WAIT and (sending or claiming or (queued and not behind)):
+        task.schedule_settle(detector_name, root, None if queued else (
+            SETTLE_RECHECK if sending else deferral.LOCK_POLL), behind=not sending)
         return "burst in progress"
     # Another settle of the root, or a batch's apply: take other work meanwhile.
-    if waited < SETTLE_MAX_WAIT and held_now(task.context(), detector_name, root):
-        task.schedule_settle(detector_name, root, None if queued else LOCK_POLL, behind=True)
+    if waited < SETTLE_MAX_WAIT and deferral.held_now(task.context(), detector_name, root):
+        task.schedule_settle(detector_name, root, None if queued else deferral.LOCK_POLL,
+                             behind=True)
         return "root busy"
     detector, _ = worker_detector(detector_name, task.settings, task.client, root)
     return f"{_settle(task, task.context(), detector, root)} deferred"
