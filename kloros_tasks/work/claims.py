@@ -22,9 +22,14 @@ same batch for another detector that finds the claim:
 
 What the claimant applies for another detector is exactly that detector's batch
 (its own lock, deferral and records), so a claim changes who parses, never what is
-indexed or asked.  A claimant that fails drops its claim, and one that is killed
-leaves it to expire after the task time limit: the others then claim it themselves,
-or find it done when the claimant's redelivery finished it.
+indexed or asked.  Two more things keep it so: while a claimant applies a batch of a
+root (``begin`` to ``end``) the root's burst goes on, since a detector's queue no
+longer tells whether its share is still to come; and a claimant whose batch holds
+package markers (``hold_layout``) is waited for by the claimants of later batches
+before they apply (``await_layout``), so no marker comes after the modules below it.
+A claimant that fails drops its claim, and one that is killed leaves it to expire
+after the task time limit: the others then claim it themselves, or find it done when
+the claimant's redelivery finished it.
 """
 
 from __future__ import annotations
