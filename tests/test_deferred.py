@@ -215,27 +215,34 @@ def test_a_worker_waiting_for_the_roots_lock_says_so(rr):
     held.release()
 
 
+class SettleTask:
+    """What ``tasks._settle_task`` asks of its task: the settle tasks it would queue
+    are kept as (countdown, behind)."""
+
+    name = "kloros.knowledge.settle"
+
+    def __init__(self, r) -> None:
+        from kloros_tasks.settings import Settings  # noqa: PLC0415
+
+        self.client, self.settings, self.scheduled = r, Settings(), []
+
+    def context(self):
+        return context(self.client)
+
+    def schedule_settle(self, detector, root, countdown=None, *, behind=False):
+        self.scheduled.append((countdown, behind))
+
+
 def test_a_settle_task_finding_the_root_busy_comes_back_instead_of_waiting(rr):
-    from kloros_tasks.settings import Settings  # noqa: PLC0415
     from kloros_tasks.work import tasks  # noqa: PLC0415
-
-    class Task:
-        name, client, settings = "kloros.knowledge.settle", rr, Settings()
-        scheduled: list = []
-
-        def context(self):
-            return context(rr)
-
-        def schedule_settle(self, detector, root, countdown=None, *, behind=False):
-            self.scheduled.append((detector, root, countdown, behind))
 
     send(rr, "notes.md", "# Notes\n\nSee [the guide](guide.md).\n")
     rr.sadd(names.deferred(names.KNOWLEDGE, ROOT), "notes.md")
-    task = Task()
+    task = SettleTask(rr)
     busy = deferral.root_lock(context(rr), names.KNOWLEDGE, ROOT)
     assert busy.acquire(blocking=False)  # another settle, or a batch's apply
     assert tasks._settle_task(task, names.KNOWLEDGE, (ROOT, "behind"), {}) == "root busy"
-    assert task.scheduled == [(names.KNOWLEDGE, ROOT, deferral.LOCK_POLL, True)]
+    assert task.scheduled == [(deferral.LOCK_POLL, True)]
     assert rr.exists(names.deferred(names.KNOWLEDGE, ROOT))
     busy.release()
     assert tasks._settle_task(task, names.KNOWLEDGE, (ROOT, "behind"), {}) == "0 deferred"
@@ -245,23 +252,12 @@ def test_a_settle_task_finding_the_root_busy_comes_back_instead_of_waiting(rr):
 def test_no_settle_judges_a_root_while_a_claimed_batch_of_it_is_applied(rr):
     # The claimant of a batch applies it for every detector of its worker: a detector
     # whose queue is empty still has files to come until the claimant is done.
-    from kloros_tasks.settings import Settings  # noqa: PLC0415
     from kloros_tasks.work import claims, tasks  # noqa: PLC0415
-
-    class Task:
-        name, client, settings = "kloros.knowledge.settle", rr, Settings()
-        scheduled: list = []
-
-        def context(self):
-            return context(rr)
-
-        def schedule_settle(self, detector, root, countdown=None, *, behind=False):
-            self.scheduled.append((countdown, behind))
 
     rr.sadd(names.deferred(names.KNOWLEDGE, ROOT), "notes.md")
     claims.begin(rr, ROOT, "claimant", "kloros:claim:x", 60)
     assert deferral.in_burst(rr, names.KNOWLEDGE, ROOT)
-    task = Task()
+    task = SettleTask(rr)
     assert tasks._settle_task(task, names.KNOWLEDGE, (ROOT, "behind"), {}) == \
         "burst in progress"
     assert task.scheduled == [(deferral.LOCK_POLL, True)]
