@@ -112,14 +112,11 @@ def done(client, key: str, detectors: Iterable[str]) -> None:
 def begin(client, root: str, owner: str, key: str, ttl: float) -> None:
     """``owner`` applies the claimed ``key`` now: the root's burst goes on until ``end``
     (or, ``owner`` killed, until its claim would expire)."""
-    pipe = client.pipeline(transaction=True)
-    pipe.zadd(names.claiming(root), {f"{owner} {key}": time.time() + ttl})
-    pipe.pexpire(names.claiming(root), max(1, int(ttl * 1000)))
-    pipe.execute()
+    _enlist(client, names.claiming(root), owner, key, time.time() + ttl, ttl)
 
 
 def end(client, root: str, owner: str, key: str) -> None:
-    client.zrem(names.claiming(root), f"{owner} {key}")
+    client.zrem(names.claiming(root), _member(owner, key))
 
 
 def count_claiming(pipe, root: str) -> None:
@@ -132,14 +129,24 @@ def count_claiming(pipe, root: str) -> None:
 def hold_layout(client, root: str, owner: str, key: str, stamp: float, ttl: float) -> None:
     """``owner``, which claimed ``key``, applies package markers of ``root`` sent at
     ``stamp``: claimants of later batches wait for it (``await_layout``)."""
-    pipe = client.pipeline(transaction=True)
-    pipe.zadd(names.layout_order(root), {f"{owner} {key}": stamp})
-    pipe.pexpire(names.layout_order(root), max(1, int(ttl * 1000)))
-    pipe.execute()
+    _enlist(client, names.layout_order(root), owner, key, stamp, ttl)
 
 
 def release_layout(client, root: str, owner: str, key: str) -> None:
-    client.zrem(names.layout_order(root), f"{owner} {key}")
+    client.zrem(names.layout_order(root), _member(owner, key))
+
+
+def _member(owner: str, key: str) -> str:
+    return f"{owner} {key}"
+
+
+def _enlist(client, zset: str, owner: str, key: str, score: float, ttl: float) -> None:
+    """Add (owner, key) to the sorted set ``zset``, which lasts ``ttl`` s past the last
+    one added."""
+    pipe = client.pipeline(transaction=True)
+    pipe.zadd(zset, {_member(owner, key): score})
+    pipe.pexpire(zset, max(1, int(ttl * 1000)))
+    pipe.execute()
 
 
 def await_layout(client, root: str, owner: str, stamp: float, wait: float) -> float:
