@@ -1,12 +1,16 @@
 """Updates read ahead, as a batch makes them under the root's lock: what ``read_ahead``
 read once and what each update script answers stand in for the read before each
 update, and leave exactly the index (every key, every value) that the same updates
-one at a time leave.  What another writer changed meanwhile is read again and the
-update retried, never applied over."""
+one at a time leave, their script calls sent one by one or queued and sent together
+(``pipelined``).  What another writer changed meanwhile is read again and the update
+retried, never applied over; a queued update whose caller was told too little of what
+it changed is refused."""
 
 from __future__ import annotations
 
+import contextlib
 import random
+import re
 
 import pytest
 import redis
@@ -32,6 +36,23 @@ def dump(r) -> dict:
             "list": lambda k: r.lrange(k, 0, -1)}
     return {key: (kind, read[kind](key)) for key in r.scan_iter(match="kloros:*")
             if (kind := r.type(key).decode())}
+
+
+def same_holders(index_dump: dict) -> dict:
+    """``dump`` with each packed holder list's ids sorted: updates made in another order
+    (a queued one made again after later ones) append the same ids in another order."""
+    def ids(value):
+        return b",".join(sorted(value.split(b","))) if re.fullmatch(rb"\d+(,\d+)*", value) \
+            else value
+
+    out = {}
+    for key, (kind, value) in index_dump.items():
+        if b":b:" in key:
+            value = {f: ids(v) for f, v in value.items()}
+        elif b":h:" in key:
+            value = ids(value)
+        out[key] = (kind, value)
+    return out
 
 
 def batches(detector: str, seed: int) -> list[list[tuple[str, FileFacts | None]]]:
@@ -66,16 +87,33 @@ def count_reads(redis_index: RedisIndex) -> list[bytes]:
     return reads
 
 
-def run(r, detector: str, steps, *, ahead: bool, keep_journal: bool):
+def count_round_trips(r) -> list[int]:
+    """Counts (in a one-item list) the requests ``r`` sends: a pipeline counts once."""
+    trips = [0]
+    for name in ("execute_command", "pipeline"):
+        real = getattr(r, name)
+
+        def counting(*args, _real=real, **kwargs):
+            trips[0] += 1
+            return _real(*args, **kwargs)
+
+        setattr(r, name, counting)
+    return trips
+
+
+def run(r, detector: str, steps, *, ahead: bool, keep_journal: bool, queued: bool = False):
     """Each batch's updates, then its settling; (touched of each update, the index's
-    keys, the keys the updates read before their script call)."""
+    keys, the keys the updates read before their script call, requests sent)."""
     redis_index = RedisIndex(r, detector, ROOT, keep_journal=keep_journal)
     reads, touched = count_reads(redis_index), []
+    trips = count_round_trips(r)
     for batch in steps:
-        known = redis_index.read_ahead(p for p, _ in batch) if ahead else None
-        touched += [redis_index.update(p, f, ahead=known) for p, f in batch]
-        redis_index.settled_many(p for p, _ in batch)
-    return touched, dump(r), reads
+        with redis_index.pipelined() if queued else contextlib.nullcontext():
+            known = redis_index.read_ahead(p for p, _ in batch) if ahead else None
+            touched += [redis_index.update(p, f, ahead=known) for p, f in batch]
+            redis_index.settled_many(p for p, _ in batch)
+    sent = trips[0]
+    return touched, dump(r), reads, sent
 
 
 @pytest.mark.parametrize("detector", [names.KNOWLEDGE, names.CAPABILITY])
@@ -83,15 +121,25 @@ def run(r, detector: str, steps, *, ahead: bool, keep_journal: bool):
 def test_updates_read_ahead_leave_the_index_updates_one_at_a_time_leave(r, detector,
                                                                         keep_journal):
     steps = batches(detector, seed=7)
-    one_at_a_time, alone, reads = run(r, detector, steps, ahead=False,
-                                      keep_journal=keep_journal)
+    one_at_a_time, alone, reads, _ = run(r, detector, steps, ahead=False,
+                                         keep_journal=keep_journal)
     assert len(reads) == sum(map(len, steps))
     r.flushall()
-    read_ahead, together, reads = run(r, detector, steps, ahead=True,
-                                      keep_journal=keep_journal)
+    read_ahead, together, reads, trips = run(r, detector, steps, ahead=True,
+                                             keep_journal=keep_journal)
     assert reads == []  # every update took what was read ahead or what the last left
     assert read_ahead == one_at_a_time
     assert together == alone
+    r.flushall()
+    queued, sent_together, reads, queued_trips = run(r, detector, steps, ahead=True,
+                                                     keep_journal=keep_journal, queued=True)
+    assert queued == one_at_a_time
+    assert sent_together == alone
+    assert reads == [b"big.py", b"big.py"]  # sent in slices, after the queue was sent
+    # A request per update read ahead; queued: per batch the read-ahead, a MULTI/EXEC
+    # per FLUSH_OPS operations or so, the settling, and big.py's reads and slices.
+    assert trips > sum(map(len, steps)) // 2
+    assert queued_trips <= 4 * len(steps) + 10
     meta = together[names.index_meta(detector, ROOT).encode()][1]
     assert int(meta[b"level"]) >= 5  # the buckets split, many times
     if detector == names.CAPABILITY:
@@ -150,28 +198,37 @@ def other_writer_is_cut_short_on_a(r) -> None:  # journals a change, applies par
         cut.update("a.md", facts(DETECTOR, [f"c{i}" for i in range(index.CHUNK_OPS + 5)]))
 
 
+def three_updates(redis_index: RedisIndex, ahead) -> list:
+    # The new file first: the meta an update's script answers is Redis's own, so a
+    # stale id count is seen only by the first update after the read-ahead.
+    return [redis_index.update("new.md", facts(DETECTOR, ["x", "q"]), ahead=ahead),
+            redis_index.update("a.md", facts(DETECTOR, ["y", "q"]), ahead=ahead),
+            redis_index.update("b.md", None, ahead=ahead)]
+
+
+def stale_read_ahead(r, meanwhile):
+    """(touched, index) of ``three_updates`` after ``meanwhile``, each reading Redis
+    first; then the same start again, with a read-ahead made before ``meanwhile``:
+    (the index, the read-ahead)."""
+    redis_index = first(r)
+    meanwhile(r)
+    expected, index_expected = three_updates(redis_index, None), dump(r)
+    r.flushall()
+    redis_index = first(r)
+    ahead = redis_index.read_ahead(PATHS)
+    meanwhile(r)
+    return expected, index_expected, redis_index, ahead
+
+
 @pytest.mark.parametrize("meanwhile", [
     other_writer_changes_a, other_writer_adds_a_file, other_writer_splits_buckets,
     other_writer_settles_a, other_writer_is_cut_short_on_a])
 def test_what_another_writer_changed_after_the_read_ahead_is_read_again(r, meanwhile):
     """The same updates with another writer's change between the read-ahead and them
     leave what they leave when each reads Redis first: nothing stale is applied."""
-    def updates(redis_index: RedisIndex, ahead) -> list:
-        # The new file first: the meta an update's script answers is Redis's own, so
-        # a stale id count is seen only by the first update after the read-ahead.
-        return [redis_index.update("new.md", facts(DETECTOR, ["x", "q"]), ahead=ahead),
-                redis_index.update("a.md", facts(DETECTOR, ["y", "q"]), ahead=ahead),
-                redis_index.update("b.md", None, ahead=ahead)]
-
-    redis_index = first(r)
-    meanwhile(r)
-    expected, index_expected = updates(redis_index, None), dump(r)
-    r.flushall()
-    redis_index = first(r)
-    ahead = redis_index.read_ahead(PATHS)
-    meanwhile(r)
+    expected, index_expected, redis_index, ahead = stale_read_ahead(r, meanwhile)
     reads = count_reads(redis_index)
-    assert updates(redis_index, ahead) == expected
+    assert three_updates(redis_index, ahead) == expected
     assert dump(r) == index_expected
     assert reads  # the stale read was noticed, and read again
 
@@ -210,3 +267,81 @@ def test_a_batch_index_reads_ahead_its_files_and_the_package_markers_above_them(
     assert reads == [] and hgets == []
     assert redis_index.who_many("links", ["init", "a"]) == {
         "init": frozenset({"pkg/__init__.py"}), "a": frozenset({"pkg/b.py"})}
+
+
+@pytest.mark.parametrize(("meanwhile", "refused"), [
+    (other_writer_changes_a, True), (other_writer_adds_a_file, False),
+    (other_writer_splits_buckets, False), (other_writer_settles_a, False),
+    (other_writer_is_cut_short_on_a, True)])
+def test_queued_updates_another_writer_made_stale_are_made_again_or_refused(r, meanwhile,
+                                                                           refused):
+    """A queued call that finds what it was computed from changed is made again once
+    the queue is sent, reading Redis first.  If that changes pairs the caller was not
+    told of (another writer changed the file, or journaled a change of it), the
+    queue's sending raises WatchError: the caller, a batch under the root's lock, is
+    tried again, and its second try leaves the index the updates one at a time leave.
+    Otherwise the caller may have been told of more pairs (it evaluates more files),
+    never fewer."""
+    expected, index_expected, redis_index, ahead = stale_read_ahead(r, meanwhile)
+    if refused:
+        with pytest.raises(redis.WatchError), redis_index.pipelined():
+            three_updates(redis_index, ahead)
+        assert three_updates(redis_index, redis_index.read_ahead(PATHS)) == expected
+    else:
+        with redis_index.pipelined():  # the caller may be told more, never less
+            told = three_updates(redis_index, ahead)
+            assert all(map(frozenset.issuperset, told, expected))
+    assert same_holders(dump(r)) == same_holders(index_expected)
+
+
+def test_queued_calls_are_sent_again_when_redis_lost_the_script(r):
+    expected, index_expected = run(r, DETECTOR, batches(DETECTOR, seed=3)[:1], ahead=False,
+                                   keep_journal=True)[:2]
+    r.flushall()
+    redis_index = RedisIndex(r, DETECTOR, ROOT, keep_journal=True)
+    (batch,) = batches(DETECTOR, seed=3)[:1]
+    with redis_index.pipelined():
+        ahead = redis_index.read_ahead(p for p, _ in batch)
+        touched = [redis_index.update(p, f, ahead=ahead) for p, f in batch[:5]]
+        r.script_flush()  # a Redis restarted, say: its script cache is empty
+        touched += [redis_index.update(p, f, ahead=ahead) for p, f in batch[5:]]
+        redis_index.settled_many(p for p, _ in batch)
+    assert touched == expected
+    assert dump(r) == index_expected
+
+
+@pytest.mark.parametrize("read", [
+    lambda ix: ix.facts("q.md") == facts(DETECTOR, ["x"]),
+    lambda ix: ix.facts_many(["q.md"])["q.md"] == facts(DETECTOR, ["x"]),
+    lambda ix: ix.present_many(["q.md"]) == {"q.md"},
+    lambda ix: ix.who("links", "x") == {"q.md"},
+    lambda ix: ix.who_pairs([("links", "x")]) == {("links", "x"): {"q.md"}},
+    lambda ix: ix.exists_many("links", ["x"]) == {"x"},
+    lambda ix: ix.count_many("links", ["x"]) == {"x": 1},
+    lambda ix: ix.paths() == ["q.md"],
+    lambda ix: ix.size() == 1,
+    lambda ix: ix.pending("q.md") == {("links", "x"), ("py", "1")},
+    lambda ix: ix.pending_many(["q.md"]) == {"q.md"},
+    lambda ix: ix.read_ahead(["q.md"]).facts("q.md") == facts(DETECTOR, ["x"]),
+    lambda ix: (ix.settled("q.md"), ix.r.hlen(names.index_pending(DETECTOR, ROOT)))[1] == 0,
+    lambda ix: (ix.settled_many(["q.md"]),
+                ix.r.hlen(names.index_pending(DETECTOR, ROOT)))[1] == 0,
+])
+def test_whatever_reads_or_writes_the_index_sends_the_queue_first(r, read):
+    redis_index = RedisIndex(r, DETECTOR, ROOT, keep_journal=True)
+    with redis_index.pipelined():
+        ahead = redis_index.read_ahead(["q.md"])
+        redis_index.update("q.md", facts(DETECTOR, ["x"]), ahead=ahead)
+        assert r.hlen(names.facts(DETECTOR, ROOT)) == 0  # queued, not sent
+        assert read(redis_index)
+
+
+def test_what_is_queued_when_the_block_raises_is_dropped(r):
+    redis_index = RedisIndex(r, DETECTOR, ROOT, keep_journal=True)
+    with pytest.raises(KeyError), redis_index.pipelined():
+        redis_index.update("q.md", facts(DETECTOR, ["x"]),
+                           ahead=redis_index.read_ahead(["q.md"]))
+        raise KeyError("the caller failed half-way")
+    assert dump(r) == {}
+    redis_index.update("z.md", facts(DETECTOR, ["x"]))  # not queued any more
+    assert redis_index.paths() == ["z.md"]

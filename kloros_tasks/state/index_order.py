@@ -40,31 +40,19 @@ class PathOrder:
         ``path`` from and adds it to."""
         return [x for f in removed for x in (b"-", f)] + [x for f in added for x in (b"+", f)]
 
-    def wanted(self, ops: list[bytes], empty: bool) -> bool:
+    def wanted(self, ops: list, empty: bool) -> bool:
         """Whether the update's last slice goes with ORDER_SCRIPT: it changes ordered
-        fields, or the index held no file when the update read it (``empty``: a new
-        index is marked ``ordered``)."""
+        fields (``ops``, or the changes ``apply`` takes), or the index held no file
+        when the update read it (``empty``: a new index is marked ``ordered``)."""
         return bool(ops) or (empty and self.keeps)
 
     def apply(self, keys: list, args: list, changes: list[tuple[bytes, bytes, list[bytes]]],
               *, empty: bool):
         """The update script's call (``keys``, ``args``: the last slice of one file's
-        update) with ORDER_SCRIPT in one MULTI/EXEC, one round trip: "mark" before it
-        when the index was ``empty``, "apply" after it for each (path, value stored,
-        ``ops``) of ``changes``; what the update script answered (0: not applied).
-        ORDER_SCRIPT is sent whole (EVAL): if Redis had lost it, the index would be
-        updated and its sets not."""
+        update) with ORDER_SCRIPT in one MULTI/EXEC, one round trip (``add``); what the
+        update script answered (0: not applied)."""
         pipe = self.r.pipeline(transaction=True)
-        if empty and self.keeps:
-            pipe.eval(ORDER_SCRIPT, 2, self._facts_key, self._meta, "mark")
-        pipe.evalsha(UPDATE_SHA, len(keys), *keys, *args)
-        per_path: list = []
-        for path, value, ops in changes:
-            stored = hashlib.sha1(value).hexdigest() if value else ""
-            per_path += [path, stored, len(ops) // 2, *ops]
-        if per_path:
-            pipe.eval(ORDER_SCRIPT, 2, self._facts_key, self._meta, "apply", self._prefix,
-                      *per_path)
+        at = self.add(pipe, keys, args, changes, empty=empty)
         try:
             replies = pipe.execute()
         except redis.exceptions.NoScriptError:
@@ -73,7 +61,27 @@ class PathOrder:
             # again).  Load the update script and let the caller try again.
             self.r.script_load(UPDATE_SCRIPT)
             return 0
-        return replies[1 if empty and self.keeps else 0]
+        return replies[at]
+
+    def add(self, pipe, keys: list, args: list, changes: list[tuple[bytes, bytes, list[bytes]]],
+            *, empty: bool) -> int:
+        """Add to ``pipe`` (a MULTI/EXEC) the update script's call, "mark" before it
+        when the index was ``empty``, "apply" after it for each (path, value stored,
+        ``ops``) of ``changes``; returns the position of the update's reply.
+        ORDER_SCRIPT is sent whole (EVAL): if Redis had lost it, the index would be
+        updated and its sets not."""
+        if empty and self.keeps:
+            pipe.eval(ORDER_SCRIPT, 2, self._facts_key, self._meta, "mark")
+        pipe.evalsha(UPDATE_SHA, len(keys), *keys, *args)
+        at = len(pipe) - 1
+        per_path: list = []
+        for path, value, ops in changes:
+            stored = hashlib.sha1(value).hexdigest() if value else ""
+            per_path += [path, stored, len(ops) // 2, *ops]
+        if per_path:
+            pipe.eval(ORDER_SCRIPT, 2, self._facts_key, self._meta, "apply", self._prefix,
+                      *per_path)
+        return at
 
     def first(self, fields: Mapping[str, bytes], n: int) -> dict[str, Holders] | None:
         """The first ``n`` holders of each value (value -> its field) and their count;

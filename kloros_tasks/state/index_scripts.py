@@ -21,7 +21,9 @@ atomically inside Redis, which is what keeps a change and a lookup consistent.
 # when it is given (read ahead of the update, it may be older than another writer's
 # change).  The last slice answers the meta it leaves (level, split, entries, ids):
 # what the caller's next update of the index would read first, so that a batch of
-# updates reads it once.
+# updates reads it once.  A call queued with others (index.RedisIndex.pipelined) gives
+# no level and split: it addresses with the index's own and makes the splits itself,
+# at most the number it is given, since the caller could not know them.
 # KEYS: facts, meta, id map, journal, a (from, to) pair per split.
 # ARGV: fill, inline max, path, SHA-1 of the facts read ("" none), level, split,
 #       value to store ("" deletes), file id, op count, careful ("1"/""), journal entry
@@ -30,13 +32,17 @@ atomically inside Redis, which is what keeps a change and a lookup consistent.
 #       claim ("1": the file id is new, the next of meta's "ids", taken here unless
 #       another writer took it first; ""), bucket key prefix, spill key prefix, ops,
 #       SHA-1 of the journal entry read ("" none), entries read ("": not checked); both
-#       checked only with a journal entry to write (the first slice).
+#       checked only with a journal entry to write (the first slice); splits at most
+#       (only when no level and split are given).
 UPDATE_SCRIPT = """
 local fill, inline, path = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local current = redis.call('HGET', KEYS[1], path)
 if (current and redis.sha1hex(current) or '') ~= ARGV[4] then return 0 end
 local state = redis.call('HMGET', KEYS[2], 'level', 'split', 'ids', 'entries')
-if (state[1] or '0') ~= ARGV[5] or (state[2] or '0') ~= ARGV[6] then return 0 end
+local own = ARGV[5] == ''  -- queued: the index's own addressing, and its own splits
+if not own and ((state[1] or '0') ~= ARGV[5] or (state[2] or '0') ~= ARGV[6]) then
+  return 0
+end
 if ARGV[11] ~= '' then
   local entry = redis.call('HGET', KEYS[4], path)
   if (entry and redis.sha1hex(entry) or '') ~= ARGV[17] then return 0 end
@@ -98,7 +104,8 @@ local function split_bucket(from, to, level)
   sliced('HSET', to, moved); sliced('HDEL', from, gone)
 end
 local function hex(c) return string.format('%02x', string.byte(c)) end
-local at_level, at_split, ops = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[16]
+local at_level = tonumber(own and (state[1] or '0') or ARGV[5])
+local at_split, ops = tonumber(own and (state[2] or '0') or ARGV[6]), ARGV[16]
 local function bucket_of(field)  -- index_forms.address, as the lookup script computes it
   local a, b, c, d = string.byte(field, 1, 4)
   local h = ((a * 256 + b) * 256 + c) * 256 + d
@@ -123,10 +130,18 @@ else
   redis.call('HSET', KEYS[1], path, ARGV[7])
   redis.call('HSET', KEYS[3], id, path)
 end
-local level, split, k = at_level, at_split, 5
-while entries > fill * (2 ^ level + split) and KEYS[k + 1] do
-  split_bucket(KEYS[k], KEYS[k + 1], level)
-  k, split = k + 2, split + 1
+local level, split, k, left = at_level, at_split, 5, tonumber(ARGV[19]) or 0
+while entries > fill * (2 ^ level + split) do
+  if own then
+    if left == 0 then break end
+    left = left - 1
+    split_bucket(ARGV[14] .. split, ARGV[14] .. (split + 2 ^ level), level)
+  else
+    if not KEYS[k + 1] then break end
+    split_bucket(KEYS[k], KEYS[k + 1], level)
+    k = k + 2
+  end
+  split = split + 1
   if split == 2 ^ level then level, split = level + 1, 0 end
 end
 redis.call('HSET', KEYS[2], 'level', level, 'split', split)

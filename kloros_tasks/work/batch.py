@@ -269,8 +269,8 @@ class _Batch:
         """Apply the prepared changes under the root's lock (``lock``: taken already)."""
         ctx, detector = self.ctx, self.detector
         records = []
-        with lock or root_lock(ctx, detector.name, self.root):
-            # What it remembers and reads ahead holds only while the lock is held.
+        # What it remembers, reads ahead and queues holds only while the lock is held.
+        with lock or root_lock(ctx, detector.name, self.root), self.index.pipelined():
             index = BatchIndex(self.index, remember=True)
             index.read_ahead(change.path for change, *_ in prepared)
             readers = not defer_whole_root(ctx, detector.name, self.root, self.index,
