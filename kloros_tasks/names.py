@@ -184,6 +184,12 @@ def deferred(detector: str, root: str) -> str:
 WHOLE_ROOT = "/"
 
 
+def settling(detector: str, root: str) -> str:
+    """STRING (with a TTL): the id of the task settling (detector, root) now; another
+    settle task of the root comes back later instead of taking turns with it."""
+    return f"kloros:settling:{detector}:{root}"
+
+
 def deferred_since(detector: str, root: str) -> str:
     """STRING: when the oldest deferred evaluation of (detector, root) was deferred."""
     return f"kloros:deferred-since:{detector}:{root}"

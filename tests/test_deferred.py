@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import types
 
 import pytest
 from procs import wait_for
@@ -18,7 +19,7 @@ from kloros_tasks import names
 from kloros_tasks.detectors.knowledge.detector import KnowledgeDetector
 from kloros_tasks.state.index import MemoryIndex
 from kloros_tasks.state.publish import Publisher
-from kloros_tasks.work import analysis, blobs, deferral, engine
+from kloros_tasks.work import analysis, blobs, deferral, engine, settling
 from kloros_tasks.work.analysis import Context, handle_change, settle
 from kloros_tasks.work.batch import handle_batch
 from kloros_tasks.work.payload import Change, batch_json
@@ -195,13 +196,11 @@ def test_deferred_roots_given_the_registered_roots_answers_as_it_reads_them(rr):
 
 
 def test_a_settle_task_refuses_a_second_argument_it_does_not_know():
-    from kloros_tasks.work import tasks  # noqa: PLC0415
-
     class Stub:
         name = "kloros.knowledge.settle"
 
-    assert tasks._settle_task(Stub(), names.KNOWLEDGE, ("proj", "later"), {}) == "refused"
-    assert tasks._settle_task(Stub(), names.KNOWLEDGE, ("proj", "x", "y"), {}) == "refused"
+    assert settling.settle_task(Stub(), names.KNOWLEDGE, ("proj", "later"), {}) == "refused"
+    assert settling.settle_task(Stub(), names.KNOWLEDGE, ("proj", "x", "y"), {}) == "refused"
 
 
 def test_a_worker_waiting_for_the_roots_lock_says_so(rr):
@@ -216,15 +215,16 @@ def test_a_worker_waiting_for_the_roots_lock_says_so(rr):
 
 
 class SettleTask:
-    """What ``tasks._settle_task`` asks of its task: the settle tasks it would queue
+    """What ``settling.settle_task`` asks of its task: the settle tasks it would queue
     are kept as (countdown, behind)."""
 
     name = "kloros.knowledge.settle"
 
-    def __init__(self, r) -> None:
+    def __init__(self, r, task_id: str = "settle-1") -> None:
         from kloros_tasks.settings import Settings  # noqa: PLC0415
 
         self.client, self.settings, self.scheduled = r, Settings(), []
+        self.request = types.SimpleNamespace(id=task_id)
 
     def context(self):
         return context(self.client)
@@ -234,36 +234,53 @@ class SettleTask:
 
 
 def test_a_settle_task_finding_the_root_busy_comes_back_instead_of_waiting(rr):
-    from kloros_tasks.work import tasks  # noqa: PLC0415
-
     send(rr, "notes.md", "# Notes\n\nSee [the guide](guide.md).\n")
     rr.sadd(names.deferred(names.KNOWLEDGE, ROOT), "notes.md")
     task = SettleTask(rr)
     busy = deferral.root_lock(context(rr), names.KNOWLEDGE, ROOT)
     assert busy.acquire(blocking=False)  # another settle, or a batch's apply
-    assert tasks._settle_task(task, names.KNOWLEDGE, (ROOT, "behind"), {}) == "root busy"
+    assert settling.settle_task(task, names.KNOWLEDGE, (ROOT, "behind"), {}) == "root busy"
     assert task.scheduled == [(deferral.LOCK_POLL, True)]
     assert rr.exists(names.deferred(names.KNOWLEDGE, ROOT))
     busy.release()
-    assert tasks._settle_task(task, names.KNOWLEDGE, (ROOT, "behind"), {}) == "0 deferred"
+    assert settling.settle_task(task, names.KNOWLEDGE, (ROOT, "behind"), {}) == "0 deferred"
     assert not rr.exists(names.deferred(names.KNOWLEDGE, ROOT))
+
+
+def test_one_task_at_a_time_settles_a_root(rr):
+    # Two settles of one root would take its lock in turns, each pausing for the
+    # other between its holds; the second comes back later instead.
+    send(rr, "notes.md", "# Notes\n\nSee [the guide](guide.md).\n")
+    rr.sadd(names.deferred(names.KNOWLEDGE, ROOT), "notes.md")
+    first, second = SettleTask(rr, "settle-1"), SettleTask(rr, "settle-2")
+    assert deferral.take_settling(rr, names.KNOWLEDGE, ROOT, "settle-1", 60)
+    assert settling.settle_task(second, names.KNOWLEDGE, (ROOT, "behind"), {}) == \
+        "settled elsewhere"
+    assert second.scheduled == [(analysis.SETTLE_RECHECK, True)]
+    assert rr.sismember(names.deferred(names.KNOWLEDGE, ROOT), "notes.md")
+    # The first task delivered again (its worker died) goes on with its own marker.
+    assert settling.settle_task(first, names.KNOWLEDGE, (ROOT, "behind"), {}) == "0 deferred"
+    assert not rr.exists(names.deferred(names.KNOWLEDGE, ROOT))
+    assert not rr.exists(names.settling(names.KNOWLEDGE, ROOT))  # given up when done
+    rr.sadd(names.deferred(names.KNOWLEDGE, ROOT), "notes.md")
+    assert settling.settle_task(second, names.KNOWLEDGE, (ROOT, "behind"), {}) == "0 deferred"
 
 
 def test_no_settle_judges_a_root_while_a_claimed_batch_of_it_is_applied(rr):
     # The claimant of a batch applies it for every detector of its worker: a detector
     # whose queue is empty still has files to come until the claimant is done.
-    from kloros_tasks.work import claims, tasks  # noqa: PLC0415
+    from kloros_tasks.work import claims  # noqa: PLC0415
 
     rr.sadd(names.deferred(names.KNOWLEDGE, ROOT), "notes.md")
     claims.begin(rr, ROOT, "claimant", "kloros:claim:x", 60)
     assert deferral.in_burst(rr, names.KNOWLEDGE, ROOT)
     task = SettleTask(rr)
-    assert tasks._settle_task(task, names.KNOWLEDGE, (ROOT, "behind"), {}) == \
+    assert settling.settle_task(task, names.KNOWLEDGE, (ROOT, "behind"), {}) == \
         "burst in progress"
     assert task.scheduled == [(deferral.LOCK_POLL, True)]
     claims.end(rr, ROOT, "claimant", "kloros:claim:x")
     assert not deferral.in_burst(rr, names.KNOWLEDGE, ROOT)
-    assert tasks._settle_task(task, names.KNOWLEDGE, (ROOT, "behind"), {}) == "0 deferred"
+    assert settling.settle_task(task, names.KNOWLEDGE, (ROOT, "behind"), {}) == "0 deferred"
     # A claimant killed half way holds the burst no longer than its claim would last.
     claims.begin(rr, ROOT, "killed", "kloros:claim:y", 0.05)
     wait_for(lambda: not deferral.in_burst(rr, names.KNOWLEDGE, ROOT), 10,

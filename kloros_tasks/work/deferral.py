@@ -86,6 +86,29 @@ def held_now(ctx: Context, detector: str, root: str) -> bool:
     return False
 
 
+def take_settling(client, detector: str, root: str, owner: str, ttl: float) -> bool:
+    """Whether ``owner`` (a task id) is now the one task settling (detector, root): it
+    took ``names.settling``, or holds it already (a redelivery of the same task).  Two
+    settles of one root would take the root's lock in turns, each pausing for the
+    other between its holds: twice the time for the same work."""
+    key, ms = names.settling(detector, root), max(1, int(ttl * 1000))
+    pipe = client.pipeline(transaction=True)
+    pipe.set(key, owner, nx=True, px=ms)
+    pipe.get(key)
+    _, holder = pipe.execute()
+    if holder is not None and holder != owner.encode():
+        return False
+    client.pexpire(key, ms)  # a redelivery's own marker: its TTL counts from now
+    return True
+
+
+def drop_settling(client, detector: str, root: str, owner: str) -> None:
+    """``owner`` settled (detector, root), or gave up: another settle may run."""
+    key = names.settling(detector, root)
+    if client.get(key) == owner.encode():
+        client.delete(key)
+
+
 def someone_waits(client, detector: str, root: str) -> bool:
     """Whether a worker waits for the root's lock (announced within LOCK_WAITING_MS)."""
     return bool(client.exists(names.lock_waiting(detector, root)))

@@ -30,24 +30,16 @@ from kloros_tasks.celery_app import SOFT_LIMIT_MARGIN, app, settings_of
 from kloros_tasks.connections import TRANSIENT_ERRORS, is_transient, redis_client
 from kloros_tasks.state.publish import Publisher
 from kloros_tasks.work import claims, deferral
-from kloros_tasks.work.analysis import (
-    SETTLE_BUDGET,
-    SETTLE_MAX_WAIT,
-    SETTLE_RECHECK,
-    Context,
-    handle_change,
-    settle,
-)
+from kloros_tasks.work.analysis import Context, handle_change
 from kloros_tasks.work.batch import HANDED_OVER, handle_batch, split
 from kloros_tasks.work.payload import file_of
 from kloros_tasks.work.registry import preload, worker_detector
+from kloros_tasks.work.settling import SETTLE_BEHIND, settle_for, settle_task
 
 log = logging.getLogger(__name__)
 TRANSIENT = TRANSIENT_ERRORS  # BUSY and LOADING replies included (connections.py)
 CONTROL = (Reject, Retry, Ignore)  # Celery's own flow: never parked
 
-# The second argument of a settle task queued after the root's burst ended.
-SETTLE_BEHIND = "behind"
 REDIS_WAIT_FIRST, REDIS_WAIT_MAX = 0.25, 8.0
 REDIS_WAIT_MARGIN = 10  # seconds kept free before the soft time limit
 # A task gives up waiting for its root's lock this long before the soft time limit
@@ -237,48 +229,8 @@ def _analyze(task: KlorosTask, detector_name: str, args: tuple, kwargs: dict) ->
             if handle is handle_batch:
                 task.schedule_settle(detector_name, root)
             else:
-                _settle(task, context, detector, root)
+                settle_for(task, context, detector, root)
     return outcome
-
-
-def _settle(task: KlorosTask, context, detector, root: str) -> int:
-    budget = min(SETTLE_BUDGET, task.settings.task_time_limit / 3)
-    remaining = settle(context, detector, root, budget)
-    if remaining:  # hand the rest to a task of its own, within the time limit
-        task.schedule_settle(detector.name, root)
-    log.info("%s: settled deferred evaluations of %s; %d left for the next task",
-             detector.name, root, remaining)
-    return remaining
-
-
-def _settle_task(task: KlorosTask, detector_name: str, args: tuple, kwargs: dict) -> str:
-    if kwargs or not 1 <= len(args) <= 2 or not isinstance(args[0], str) \
-            or args[1:] not in ((), (SETTLE_BEHIND,)):
-        log.warning("%s: refused malformed settle payload %r %r", task.name, args, kwargs)
-        return "refused"
-    root, behind = args[0], len(args) == 2
-    if not task.client.exists(names.deferred(detector_name, root)):
-        return "0 deferred"  # settled already, by a change that found the burst over
-    waited = deferral.deferred_for(task.client, detector_name, root) or 0.0
-    sending, claiming, queued = deferral.burst_state(task.client, detector_name, root)
-    # Judged only on the settled index.  While the watcher still sends the root's burst
-    # (or a task applies a claimed batch of it: soon over), look again behind what is
-    # queued, or in a moment.  Once it has stopped, one pass behind the queue is
-    # enough: the queue is first in, first out, so every change of the burst was taken
-    # before this task comes round again.  What is queued then (later edits, another
-    # root's settle task) is no reason to wait: two roots settling at once would
-    # otherwise requeue behind each other until SETTLE_MAX_WAIT.
-    if waited < SETTLE_MAX_WAIT and (sending or claiming or (queued and not behind)):
-        task.schedule_settle(detector_name, root, None if queued else (
-            SETTLE_RECHECK if sending else deferral.LOCK_POLL), behind=not sending)
-        return "burst in progress"
-    # Another settle of the root, or a batch's apply: take other work meanwhile.
-    if waited < SETTLE_MAX_WAIT and deferral.held_now(task.context(), detector_name, root):
-        task.schedule_settle(detector_name, root, None if queued else deferral.LOCK_POLL,
-                             behind=True)
-        return "root busy"
-    detector, _ = worker_detector(detector_name, task.settings, task.client, root)
-    return f"{_settle(task, task.context(), detector, root)} deferred"
 
 
 @app.task(name=names.TASK_ANALYZE[names.KNOWLEDGE], base=KlorosTask, bind=True)
@@ -313,17 +265,17 @@ def analyze_batch_capability(self, *args, **kwargs):
 
 @app.task(name=names.TASK_SETTLE[names.KNOWLEDGE], base=KlorosTask, bind=True)
 def settle_knowledge(self, *args, **kwargs):
-    return _settle_task(self, names.KNOWLEDGE, args, kwargs)
+    return settle_task(self, names.KNOWLEDGE, args, kwargs)
 
 
 @app.task(name=names.TASK_SETTLE[names.INTEGRATION], base=KlorosTask, bind=True)
 def settle_integration(self, *args, **kwargs):
-    return _settle_task(self, names.INTEGRATION, args, kwargs)
+    return settle_task(self, names.INTEGRATION, args, kwargs)
 
 
 @app.task(name=names.TASK_SETTLE[names.CAPABILITY], base=KlorosTask, bind=True)
 def settle_capability(self, *args, **kwargs):
-    return _settle_task(self, names.CAPABILITY, args, kwargs)
+    return settle_task(self, names.CAPABILITY, args, kwargs)
 
 
 @app.task(name=names.TASK_EXPLORATION_SCAN, base=KlorosTask, bind=True)
