@@ -6,6 +6,7 @@ question is named by its owner and hypothesis (``"pkg/b.py BROKEN_IMPORT: pkg.a.
 
 from __future__ import annotations
 
+import collections
 import functools
 import random
 import textwrap
@@ -547,6 +548,20 @@ class CountingIndex(MemoryIndex):
     def __init__(self) -> None:
         super().__init__()
         self.lookups = 0
+        self.reads: collections.Counter = collections.Counter()  # facts read, per file
+        self.read_together: list[set[str]] = []  # the files of each facts_many
+
+    def facts(self, path):
+        self.lookups += 1
+        self.reads[path] += 1
+        return MemoryIndex.facts(self, path)
+
+    def facts_many(self, paths):
+        paths = list(paths)
+        self.lookups += 1
+        self.reads.update(paths)
+        self.read_together.append(set(paths))
+        return MemoryIndex.facts_many(self, paths)
 
     def who(self, relation, value):
         self.lookups += 1
@@ -589,3 +604,34 @@ def test_files_evaluated_together_share_their_lookups():
     assert {p: [q.id for q in qs] for p, qs in together.items()} == one_by_one
     assert sum(map(len, one_by_one.values())) >= 16  # a broken import and a wiring each
     assert index.lookups * 4 <= alone
+
+
+def test_files_evaluated_together_read_each_module_they_import_once():
+    # Real-shaped: a package's modules importing from the same two siblings; each
+    # importer's evaluation reads those modules' contributions.
+    files = {"pkg/__init__.py": "", "pkg/base.py": "X = 1\nclass Base:\n    pass\n",
+             "pkg/util.py": "def f():\n    pass\n"}
+    importers = [f"pkg/m{n}.py" for n in range(12)]
+    for n, path in enumerate(importers):
+        files[path] = f"from pkg.base import X, Base\nfrom pkg.util import f, g{n % 3}\n"
+    index = index_of(files, CountingIndex())
+    one_by_one = {p: [q.id for q in DETECTOR.evaluate(p, index)] for p in importers}
+    assert index.reads["pkg/util.py"] >= len(importers)
+    index.reads.clear()
+    together = DETECTOR.evaluate_many(importers, index)
+    assert {p: [q.id for q in qs] for p, qs in together.items()} == one_by_one
+    assert sum(map(len, one_by_one.values())) == len(importers)  # pkg.util.g<n>: broken
+    assert index.reads["pkg/base.py"] == 1 and index.reads["pkg/util.py"] == 1
+    assert any({"pkg/base.py", "pkg/util.py"} <= read for read in index.read_together)
+
+
+def test_the_evaluations_view_reads_a_file_once_whichever_way_it_is_asked():
+    from kloros_tasks.work.engine import Reading  # noqa: PLC0415
+
+    index = index_of({"a.py": "A = 1\n", "b.py": "B = 1\n", "c.py": "C = 1\n"},
+                     CountingIndex())
+    view = Reading(index, ["a.py"])
+    assert index.reads == {"a.py": 1}  # the owners, read up front
+    assert set(view.facts_many(["a.py", "b.py", "c.py"])) == {"a.py", "b.py", "c.py"}
+    assert view.facts("b.py") == index.facts("b.py")
+    assert index.reads == {"a.py": 1, "b.py": 2, "c.py": 1}  # b.py: once more, by the test

@@ -271,15 +271,25 @@ class Reading:
         self._others: OrderedDict[str, FileFacts | None] = OrderedDict()
 
     def facts(self, path: str) -> FileFacts | None:
-        if path in self._owners:
-            return self._owners[path]
-        if path in self._others:
-            self._others.move_to_end(path)
-            return self._others[path]
-        found = self._others[path] = self._index.facts(path)
-        if len(self._others) > READ_AGAIN:
-            self._others.popitem(last=False)
-        return found
+        return self.facts_many([path])[path]
+
+    def facts_many(self, paths: Iterable[str]) -> dict[str, FileFacts | None]:
+        """``facts`` of each path, those not held read in one round trip."""
+        out, missing = {}, []
+        for path in dict.fromkeys(paths):
+            if path in self._owners:
+                out[path] = self._owners[path]
+            elif path in self._others:
+                self._others.move_to_end(path)
+                out[path] = self._others[path]
+            else:
+                missing.append(path)
+        if missing:
+            for path, found in self._index.facts_many(missing).items():
+                out[path] = self._others[path] = found
+                if len(self._others) > READ_AGAIN:
+                    self._others.popitem(last=False)
+        return out
 
     def __getattr__(self, name: str):
         return getattr(self._index, name)

@@ -15,7 +15,12 @@ from kloros_tasks import names
 from kloros_tasks.detectors.base import FileFacts, IndexView, Touched
 from kloros_tasks.detectors.integration.deps import affected as _affected
 from kloros_tasks.detectors.integration.facts import FACTS_VERSION, extract_facts, opaque_facts
-from kloros_tasks.detectors.integration.keys import EXTENSION_SUFFIXES, REL_READ
+from kloros_tasks.detectors.integration.keys import (
+    EXTENSION_SUFFIXES,
+    REL_READ,
+    SYM,
+    dotted_prefixes,
+)
 from kloros_tasks.detectors.integration.resolve import Resolver
 from kloros_tasks.detectors.integration.rules import RULES, evaluate_file
 from kloros_tasks.questions import Question
@@ -69,6 +74,12 @@ class IntegrationDetector:
         resolver = Resolver(view)
         resolver.prefetch(dict.fromkeys(
             key for facts in current.values() for key in facts.relations.get(REL_READ, ())))
+        # Every import names modules whose files' contributions it is judged by: read
+        # each such file once for all of them, not once per importer.
+        resolver.prefetch_contributions(
+            SYM + prefix for facts in current.values()
+            for parts, _ in facts.data.get("imports", ())
+            for prefix in dotted_prefixes(".".join(parts)))
         out = {}
         for path in paths:
             facts = current.get(path)

@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import builtins
 from collections import deque
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kloros_tasks.detectors.base import FileFacts, IndexView
+from kloros_tasks.detectors.base import IndexView
 from kloros_tasks.detectors.integration.keys import (
     NSDIR,
-    REL_DEF,
     STAR,
     SUB,
     SYM,
-    is_existence_key,
     last,
     parent,
 )
+from kloros_tasks.detectors.integration.lookups import Lookups
 
 TEST_PACKAGES = frozenset({"test", "tests"})
 MAX_HOPS = 32  # alias and star chains longer than this are treated as unknown
@@ -112,93 +110,13 @@ def _cooperative_mixin(nodes: list[ClassNode],
     return None
 
 
-class Resolver:
-    """Memoised, read-only lookups over one detector's index.
-
-    Existence-only keys (a directory, an attribute name, a topic prefix) can be
-    held by thousands of files while the rules only ask whether any does: they are
-    looked up one by one when needed, or through the view's optional
-    ``exists_many(relation, values) -> set of values held`` when it has one.
-    """
+class Resolver(Lookups):
+    """Memoised, read-only lookups over one detector's index (lookups.py), and what
+    the rules build of them: names, class lineages and subclasses, imports."""
 
     def __init__(self, view: IndexView) -> None:
-        self.view = view
-        self._facts: dict[str, FileFacts | None] = {}
-        self._who: dict[str, list[str]] = {}
-        self._exists: dict[str, bool] = {}
+        super().__init__(view)
         self._lineage: dict[tuple[str, str], Lineage] = {}
-        self._probe = getattr(view, "exists_many", None)
-
-    # --- raw lookups ---------------------------------------------------------------
-    def prefetch(self, keys: Iterable[str]) -> None:
-        """Look several keys up in one round trip (two with existence keys)."""
-        keys = list(keys)
-        missing = [k for k in keys if not is_existence_key(k) and k not in self._who]
-        if missing:
-            for key, paths in self.view.who_many(REL_DEF, missing).items():
-                self._who[key] = sorted(paths)
-        flags = [k for k in keys if is_existence_key(k) and k not in self._exists]
-        if flags and self._probe is not None:
-            held = self._probe(REL_DEF, flags)
-            self._exists.update((k, k in held) for k in flags)
-
-    def unknown(self, keys: Iterable[str]) -> list[str]:
-        """The keys (not existence-only) whose holders were not looked up yet."""
-        return [k for k in dict.fromkeys(keys) if not is_existence_key(k) and k not in self._who]
-
-    def learn(self, holders: Mapping[str, Iterable[str]]) -> None:
-        """Holders of keys looked up elsewhere (together with other lookups)."""
-        for key, paths in holders.items():
-            self._who[key] = sorted(paths)
-
-    def prefetch_facts(self, paths: Iterable[str]) -> None:
-        """Read several files' facts in one round trip, through the view's optional
-        ``facts_many(paths) -> {path: facts or None}``."""
-        missing = [p for p in dict.fromkeys(paths) if p not in self._facts]
-        many = getattr(self.view, "facts_many", None)
-        if missing and many is not None:
-            self._facts.update(many(missing))
-
-    def forget_facts(self) -> None:
-        """Drop the files' facts read so far (holders, existence and lineages stay):
-        a resolver that serves many evaluations holds no more than one's facts."""
-        self._facts.clear()
-
-    def who(self, key: str) -> list[str]:
-        if key not in self._who:
-            self._who[key] = sorted(self.view.who(REL_DEF, key))
-        return self._who[key]
-
-    def exists(self, key: str) -> bool:
-        if key in self._who:
-            return bool(self._who[key])
-        if key not in self._exists:
-            if self._probe is not None:
-                self._exists[key] = key in self._probe(REL_DEF, [key])
-            else:
-                self._exists[key] = bool(self.view.who(REL_DEF, key))
-        return self._exists[key]
-
-    def facts(self, path: str) -> FileFacts | None:
-        if path not in self._facts:
-            self._facts[path] = self.view.facts(path)
-        return self._facts[path]
-
-    def content(self, path: str, key: str) -> dict[str, Any] | None:
-        facts = self.facts(path)
-        return None if facts is None else facts.data.get("c", {}).get(key)
-
-    def contributions(self, key: str) -> list[tuple[str, dict[str, Any]]]:
-        out = []
-        for path in self.who(key):
-            content = self.content(path, key)
-            if content is not None:
-                out.append((path, content))
-        return out
-
-    def modules(self, name: str) -> list[dict[str, Any]]:
-        """The module contributions of ``name`` (its file, or files)."""
-        return [c for _, c in self.contributions(SYM + name) if c.get("k") == "mod"]
 
     # --- names and classes ---------------------------------------------------------
     def resolve(self, ref: str, hops: int = 0) -> ClassNode | set[str] | str:
