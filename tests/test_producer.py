@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import shutil
 import tempfile
 import threading
@@ -19,13 +20,14 @@ import time
 from pathlib import Path
 
 import pytest
+from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
 from kloros_tasks import names
 from kloros_tasks.cli.embedded import EmbeddedRedis
 from kloros_tasks.settings import Settings
 from kloros_tasks.watch.filters import should_enqueue
-from kloros_tasks.watch.observer import REPORTS_OVERFLOW, overflow_observer
+from kloros_tasks.watch.observer import REPORTS_OVERFLOW, overflow_observer, watch_root
 from kloros_tasks.watch.producer import (
     EXIT_CONFIG,
     EXIT_INOTIFY,
@@ -587,6 +589,35 @@ def test_events_lost_to_an_inotify_queue_overflow_are_sent_by_a_reconciliation_a
         assert w.sender.tasks(name)[-1][1]["sha256"] == sha(body)
     seen = r.hgetall(names.seen("proj"))
     assert {k.decode() for k in seen} >= set(files)
+
+
+def test_reading_the_watched_files_raises_no_event(root):
+    """Only events that can carry a change are queued by the kernel: the watcher and the
+    workers reading every file of a reconciliation raise no open and no close without
+    a write for the watcher to read and drop."""
+    for i in range(20):
+        (root / f"f{i:02d}.py").write_text("x = 1\n")
+    seen: queue.SimpleQueue = queue.SimpleQueue()
+
+    class Recording(FileSystemEventHandler):
+        def dispatch(self, event) -> None:
+            seen.put((event.event_type, os.path.basename(os.fsdecode(event.src_path))))
+
+    observer = overflow_observer()
+    watch_root(observer, Recording(), str(root))
+    observer.start()
+    try:
+        for i in range(20):
+            (root / f"f{i:02d}.py").read_bytes()
+        (root / "written.py").write_text("y = 2\n")  # queued after whatever the reads raised
+        got: list[tuple[str, str]] = []
+        while ("closed", "written.py") not in got:
+            got.append(seen.get(timeout=DEADLINE))
+    finally:
+        observer.stop()
+        observer.join(DEADLINE)
+    assert {name for _, name in got} == {"written.py"}
+    assert {kind for kind, _ in got} <= {"created", "modified", "closed"}
 
 
 def test_the_watcher_exits_non_zero_when_its_observer_dies(root, watch):

@@ -49,7 +49,7 @@ from kloros_tasks.connections import redis_client
 from kloros_tasks.settings import Settings, check_state_dir
 from kloros_tasks.state import snapshot
 from kloros_tasks.watch import filters, sync
-from kloros_tasks.watch.observer import OVERFLOW, InboxHandler, overflow_observer
+from kloros_tasks.watch.observer import OVERFLOW, InboxHandler, overflow_observer, watch_root
 from kloros_tasks.watch.send import CelerySender, Sender
 from kloros_tasks.watch.signals import stop_on_signals
 from kloros_tasks.watch.sync import (
@@ -158,7 +158,7 @@ class Watcher:
         observer = self.observer_factory()
         self.observers.append(observer)
         for root in self.roots:
-            observer.schedule(InboxHandler(root.name, self.inbox), root.path, recursive=True)
+            watch_root(observer, InboxHandler(root.name, self.inbox), root.path)
         observer.start()
         log.info("watching %s", ", ".join(f"{root.name} ({root.path})" for root in self.roots))
 
