@@ -101,17 +101,21 @@ def count_round_trips(r) -> list[int]:
     return trips
 
 
-def run(r, detector: str, steps, *, ahead: bool, keep_journal: bool, queued: bool = False):
-    """Each batch's updates, then its settling; (touched of each update, the index's
-    keys, the keys the updates read before their script call, requests sent)."""
+def run(r, detector: str, steps, *, ahead: bool, keep_journal: bool, queued: bool = False,
+        journal: bool = True, settle: bool = True):
+    """Each batch's updates, then (``settle``) its settling; (touched of each update,
+    the index's keys, the keys the updates read before their script call, requests
+    sent)."""
     redis_index = RedisIndex(r, detector, ROOT, keep_journal=keep_journal)
     reads, touched = count_reads(redis_index), []
     trips = count_round_trips(r)
     for batch in steps:
         with redis_index.pipelined() if queued else contextlib.nullcontext():
             known = redis_index.read_ahead(p for p, _ in batch) if ahead else None
-            touched += [redis_index.update(p, f, ahead=known) for p, f in batch]
-            redis_index.settled_many(p for p, _ in batch)
+            touched += [redis_index.update(p, f, ahead=known, journal=journal)
+                        for p, f in batch]
+            if settle:
+                redis_index.settled_many(p for p, _ in batch)
     sent = trips[0]
     return touched, dump(r), reads, sent
 
@@ -345,3 +349,32 @@ def test_what_is_queued_when_the_block_raises_is_dropped(r):
     assert dump(r) == {}
     redis_index.update("z.md", facts(DETECTOR, ["x"]))  # not queued any more
     assert redis_index.paths() == ["z.md"]
+
+
+def test_queued_updates_not_journaled_leave_the_index_and_no_journal_entry(r):
+    """A caller that evaluates every file anyway (a burst deferring the whole root)
+    has its one-call changes made without a journal entry; the index is the same. A
+    change of several calls, or of a file whose earlier change left an entry, is
+    journaled still: a cut one is repaired from it."""
+    steps = batches(DETECTOR, seed=11)
+    journaled, index_journaled = run(r, DETECTOR, steps, ahead=True, keep_journal=True,
+                                     queued=True)[:2]
+    r.flushall()
+    bare, index_bare = run(r, DETECTOR, steps, ahead=True, keep_journal=True, queued=True,
+                           journal=False)[:2]
+    # Told what each change changed, without what an unsettled entry adds (a path
+    # changed twice in one batch: its first change's pairs).
+    assert all(map(frozenset.issubset, bare, journaled)) and bare != journaled
+    assert index_bare == index_journaled
+    r.flushall()
+    run(r, DETECTOR, steps[:3], ahead=True, keep_journal=True, queued=True, journal=False,
+        settle=False)  # the third batch changes big.py in several calls
+    pending = names.index_pending(DETECTOR, ROOT)
+    assert r.hkeys(pending) == [b"big.py"]
+    redis_index = RedisIndex(r, DETECTOR, ROOT, keep_journal=True)
+    with redis_index.pipelined():
+        ahead = redis_index.read_ahead(["big.py", "p/000.py"])
+        redis_index.update("big.py", facts(DETECTOR, ["after"]), ahead=ahead, journal=False)
+        redis_index.update("p/000.py", facts(DETECTOR, ["after"]), ahead=ahead, journal=False)
+    assert redis_index.pending("big.py") is not None  # an entry left: journaled again
+    assert redis_index.pending("p/000.py") is None

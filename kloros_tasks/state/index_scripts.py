@@ -27,8 +27,10 @@ atomically inside Redis, which is what keeps a change and a lookup consistent.
 # KEYS: facts, meta, id map, journal, a (from, to) pair per split.
 # ARGV: fill, inline max, path, SHA-1 of the facts read ("" none), level, split,
 #       value to store ("" deletes), file id, op count, careful ("1"/""), journal entry
-#       ("" leaves it), commit ("": not the last slice; "1": the last, keep the
-#       journal entry until the caller settles the change; "2": the last, drop it),
+#       ("" leaves it: not the first slice; "-" writes none, but checks as the first
+#       slice does: a one-slice change whose files are all evaluated anyway), commit
+#       ("": not the last slice; "1": the last, keep the journal entry until the caller
+#       settles the change; "2": the last, drop it),
 #       claim ("1": the file id is new, the next of meta's "ids", taken here unless
 #       another writer took it first; ""), bucket key prefix, spill key prefix, ops,
 #       SHA-1 of the journal entry read ("" none), entries read ("": not checked); both
@@ -113,7 +115,7 @@ local function bucket_of(field)  -- index_forms.address, as the lookup script co
   if bucket < at_split then bucket = h % 2 ^ (at_level + 1) end
   return ARGV[14] .. bucket
 end
-if ARGV[11] ~= '' then redis.call('HSET', KEYS[4], path, ARGV[11]) end
+if ARGV[11] ~= '' and ARGV[11] ~= '-' then redis.call('HSET', KEYS[4], path, ARGV[11]) end
 for n = 1, nops do
   local at = 9 * (n - 1) + 1
   local field = string.sub(ops, at + 1, at + 8)

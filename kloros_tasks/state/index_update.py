@@ -49,6 +49,7 @@ MAX_SPLITS = 64  # bucket splits per update; each moves about BUCKET_FILL entrie
 FLUSH_OPS = 4 * CHUNK_OPS
 LOOKUP_CHUNK = 1000  # values per lookup script call, for the same reason
 _META = ("level", "split", "entries", "ids")  # what an update reads of the meta hash
+NO_JOURNAL = b"-"  # the journal argument of a change not journaled (index_scripts.py)
 
 
 def _ints(values: list) -> list[int]:
@@ -78,7 +79,7 @@ class IndexUpdates:
     ``_queued_ops``."""
 
     def update(self, path: str, new: FileFacts | None, *,
-               ahead: ReadAhead | None = None) -> Touched:
+               ahead: ReadAhead | None = None, journal: bool = True) -> Touched:
         """Store ``path``'s facts (None removes the file); returns the (relation, value)
         pairs that changed, including those of an earlier change of the file that was
         cut short or whose questions were never settled (see ``pending``).
@@ -88,11 +89,16 @@ class IndexUpdates:
         With ``ahead`` (``read_ahead``), what it holds of the file is taken instead of
         reading Redis, and what the update leaves is kept there for the next one; under
         ``pipelined`` the update's script call is then queued, not sent.
+
+        Without ``journal`` a change of one script call (atomic: nothing to repair) is
+        not journaled, unless an earlier change of the file left an entry: for a caller
+        that has every file of the root evaluated later whatever happens (a burst that
+        defers the whole root), to which the pairs it changed do not matter.
         """
         key = _bytes(path)
         for _ in range(ATTEMPTS):
             try:
-                touched = self._try_update(path, key, new, ahead)
+                touched = self._try_update(path, key, new, ahead, journal)
             except BaseException:  # cut short: what ``ahead`` holds may be stale now
                 if ahead is not None:
                     ahead.forget(key)
@@ -185,7 +191,7 @@ class IndexUpdates:
         return old_raw, journal_raw, _ints(meta)
 
     def _try_update(self, path: str, key: bytes, new: FileFacts | None,
-                    ahead: ReadAhead | None) -> Touched | None:
+                    ahead: ReadAhead | None, journaled: bool = True) -> Touched | None:
         """One attempt of ``update``: None when the script found that what the attempt
         was computed from had changed (another writer, or a stale ``ahead``)."""
         read = ahead.read(key) if ahead is not None else None
@@ -218,16 +224,21 @@ class IndexUpdates:
         if claim:
             file_id = ids + 1
         value = b"" if new is None else _stored(file_id, _dumps(new))
-        journal = _journal(file_id, touched)
+        unjournaled = not journaled and journal_raw is None
+        journal = NO_JOURNAL if unjournaled else _journal(file_id, touched)
         if queue:
             calls = self._calls(key, checks, meta, file_id, value, adds, removes,
                                 careful=bool(prior), journal=journal, claim=claim, queued=True)
             if len(calls) == 1:
                 self._queued.append(Queued(path, new, touched, ahead, *calls[0]))
                 self._queued_ops += calls[0][-1]
-                ahead.wrote(key, value or None, journal if self.keep_journal else None,
-                            [*meta, file_id if claim else ids], exact=False)
+                kept = journal_raw if unjournaled else journal if self.keep_journal else None
+                ahead.wrote(key, value or None, kept, [*meta, file_id if claim else ids],
+                            exact=False)
                 return touched
+        if unjournaled:  # several script calls: journaled, so that a cut can be repaired
+            journal = _journal(file_id, touched)
+        if queue:
             if self._queued or not ahead.exact:  # in slices: after the queue, read again
                 self.flush()
                 ahead.forget(key)

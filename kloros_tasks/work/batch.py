@@ -275,6 +275,7 @@ class _Batch:
             index.read_ahead(change.path for change, *_ in prepared)
             readers = not defer_whole_root(ctx, detector.name, self.root, self.index,
                                            len(prepared))
+            index.journal = readers  # else every file is evaluated, whatever changed
             owners: set[str] = set()
             for change, text, facts, reason in prepared:
                 applied = apply_one(ctx, detector, index, change, text, facts,

@@ -33,6 +33,9 @@ class BatchIndex:
         self._remember = remember
         self._facts: OrderedDict[str, FileFacts | None] = OrderedDict()
         self._ahead: ReadAhead | None = None
+        # False while every file of the root is to be evaluated whatever the updates
+        # change (the burst defers the whole root): index.update's ``journal``.
+        self.journal = True
 
     def __getattr__(self, name: str):
         return getattr(self.index, name)
@@ -109,7 +112,7 @@ class BatchIndex:
         if self._ahead is None:
             touched = self.index.update(path, new)
         else:
-            touched = self.index.update(path, new, ahead=self._ahead)
+            touched = self.index.update(path, new, ahead=self._ahead, journal=self.journal)
         if is_package_file(path):
             self._updated[path] = new is not None
         return touched
