@@ -674,3 +674,50 @@ def test_random_edit_sequences_match_a_full_rebuild():
             path = rng.choice(sorted(versions))
             live.apply(path, rng.choice(versions[path]))
             assert live.questions() == questions(live.good), (seed, path)
+
+
+# --- many files evaluated together -------------------------------------------------------------
+
+class CountingIndex(MemoryIndex):
+    """A MemoryIndex that counts the lookups that would each be a round trip."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lookups = 0
+
+    def who_many(self, relation, values):
+        self.lookups += 1
+        return {v: MemoryIndex.who(self, relation, v) for v in values}
+
+    def exists_many(self, relation, values):
+        self.lookups += 1
+        return {v for v in values if MemoryIndex.who(self, relation, v)}
+
+    def who(self, relation, value):
+        self.lookups += 1
+        return MemoryIndex.who(self, relation, value)
+
+
+def test_files_evaluated_together_ask_the_same_questions_with_fewer_lookups():
+    # Real code and documents: this project's own package, docs and README, with a
+    # docstring policy and documents whose references go stale.
+    from pathlib import Path  # noqa: PLC0415
+
+    here = Path(__file__).resolve().parent.parent
+    files = {**RUFF_D, "README.md": (here / "README.md").read_text()}
+    for path in sorted([*here.glob("kloros_tasks/**/*.py"), *here.glob("docs/*.md")]):
+        files[path.relative_to(here).as_posix()] = path.read_text()
+    files["docs/old.md"] = ("# Old\n\nSee `kloros_tasks.state.index.RedisIndex.gone` and "
+                            "[the plan](plans/none.md).\n")
+    index = index_of(files)
+    counting = CountingIndex()
+    for path in index.paths():
+        counting.update(path, index.facts(path))
+    paths = counting.paths()
+    one_by_one = {p: DETECTOR.evaluate(p, counting) for p in paths}
+    alone, counting.lookups = counting.lookups, 0
+    together = DETECTOR.evaluate_many(paths, counting)
+    assert together == one_by_one
+    assert {q.rule for qs in one_by_one.values() for q in qs} >= {
+        "missing_docstrings", "stale_doc"}
+    assert counting.lookups * 5 <= alone

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import posixpath
 import sys
+from collections.abc import Iterable
 from fnmatch import fnmatchcase
 
 from kloros_tasks import names
@@ -49,6 +50,7 @@ from kloros_tasks.detectors.knowledge import docrefs as _docrefs
 from kloros_tasks.detectors.knowledge import docstrings as _docstrings
 from kloros_tasks.detectors.knowledge import policy as _policy
 from kloros_tasks.detectors.knowledge import release as _release
+from kloros_tasks.detectors.knowledge import together as _together
 from kloros_tasks.detectors.knowledge.context import importable_names
 from kloros_tasks.detectors.knowledge.docfacts import (
     GLOB_DIR,
@@ -198,6 +200,13 @@ class KnowledgeDetector:
                                         {t: found[("refs", f"top:{t}")] for t in tops})
         out.discard(path)
         return out
+
+    def evaluate_many(self, paths: Iterable[str], view: IndexView) -> dict[str, list[Question]]:
+        """``evaluate`` of each of ``paths``, the lookups their rules ask first made for
+        all of them together (together.py)."""
+        paths = list(paths)
+        kept = _together.prefetched(paths, view)
+        return {path: self.evaluate(path, kept) for path in paths}
 
     def evaluate(self, path: str, view: IndexView) -> list[Question]:
         """Every question ``path`` owns now."""

@@ -182,6 +182,17 @@ def _dunder(name: str) -> bool:
     return last.startswith("__") and last.endswith("__")
 
 
+def reference_keys(entries: list) -> tuple[set[str], list[str], list[str]]:
+    """What ``dangling_references`` looks up for ``entries``: the top directories of
+    their paths ("top"), the prefixes of their dotted names ("defines", "declared",
+    "opaque", "open") and their path keys ("defines")."""
+    dotted_keys = sorted({p for e in entries if e[2] in NAME_KINDS for p in prefixes(e[3][0])})
+    path_keys = sorted({f"path:{c}" for e in entries if e[2] not in NAME_KINDS for c in e[3]}
+                       | {_release.SDIST_KEY})
+    tops = {path_top(e[1]) for e in entries if e[2] == PATH} - {None}
+    return tops, dotted_keys, path_keys
+
+
 def dangling_references(entries: list, view: IndexView) -> list:
     """The document's references that name nothing in the tree.
 
@@ -189,10 +200,7 @@ def dangling_references(entries: list, view: IndexView) -> list:
     ``os.path`` never is) and the longest defined prefix is a module or class whose
     attributes are all known (not only a variable, function or import, and not open).
     """
-    dotted_keys = sorted({p for e in entries if e[2] in NAME_KINDS for p in prefixes(e[3][0])})
-    path_keys = sorted({f"path:{c}" for e in entries if e[2] not in NAME_KINDS for c in e[3]}
-                       | {_release.SDIST_KEY})
-    tops = {path_top(e[1]) for e in entries if e[2] == PATH} - {None}
+    tops, dotted_keys, path_keys = reference_keys(entries)
     present_tops = view.exists_many("top", tops) if tops else set()
     defined = view.who_many("defines", dotted_keys + path_keys)
     declared = view.who_many("declared", dotted_keys) if dotted_keys else {}
