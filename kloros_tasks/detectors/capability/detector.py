@@ -26,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
 from kloros_tasks import names
+from kloros_tasks.detectors._kept import Kept
 from kloros_tasks.detectors.base import (
     FileFacts,
     IndexView,
@@ -41,6 +42,7 @@ from kloros_tasks.detectors.capability.rules import (
     evaluate_python,
     is_stdlib,
     needed_tops,
+    python_nodes,
 )
 from kloros_tasks.detectors.capability.target import Environment
 from kloros_tasks.questions import Question
@@ -224,6 +226,23 @@ class CapabilityDetector:
             out |= found[("pkg_info", "1")]  # PKG-INFO's questions change owner
         out.discard(path)
         return out
+
+    def evaluate_many(self, paths: Iterable[str], view: IndexView) -> dict[str, list[Question]]:
+        """``evaluate`` of each of ``paths`` over one view whose answers are kept (a
+        name or a declaration file many of them ask about is looked up once), the
+        Python files' first lookups made for all of them together."""
+        paths = list(paths)
+        kept = Kept(view)
+        many = getattr(view, "facts_many", None)
+        found = many(paths) if many is not None else {p: view.facts(p) for p in paths}
+        python = [p for p, f in found.items() if f is not None and file_kind(p) == PYTHON]
+        nodes = set().union(*(python_nodes(p, found[p]) for p in python))
+        modules = {m for m in (module_of(p)[0] for p in python) if m}
+        if nodes:
+            kept.exists_many("node", sorted(nodes))
+        if modules:  # whether a module's importers all guard it (missing_module)
+            kept.exists_many("mod_plain", sorted(modules))
+        return {path: self.evaluate(path, kept) for path in paths}
 
     def evaluate(self, path: str, view: IndexView) -> list[Question]:
         """Every question ``path`` owns now (empty when it is not indexed)."""

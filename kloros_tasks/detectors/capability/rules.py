@@ -89,9 +89,7 @@ def resolve_imports(path: str, tops: set[str], view: IndexView,
     a test runner puts its own folder on ``sys.path`` (Django's ``tests/`` imports
     ``admin_views`` from ``tests/admin_views/``).
     """
-    folders = import_folders(path)
-    itself = str(PurePosixPath(path).with_suffix(""))  # `import sphinx` in .../sphinx.py
-    local = {t: {f"{folder}/{t}" for folder in folders} - {itself} for t in tops}
+    local = local_nodes(path, tops)
     present = _has(view, "node", set(tops).union(*local.values()) if local else set())
     status = {}
     for top in tops:
@@ -102,6 +100,21 @@ def resolve_imports(path: str, tops: set[str], view: IndexView,
         else:
             status[top] = ENV if env.importable(top) else MISSING
     return status
+
+
+def local_nodes(path: str, tops: Iterable[str]) -> dict[str, set[str]]:
+    """Each top-level name's folder nodes that would serve ``path``'s import of it: the
+    name in the importing file's folder or any folder above it."""
+    folders = import_folders(path)
+    itself = str(PurePosixPath(path).with_suffix(""))  # `import sphinx` in .../sphinx.py
+    return {t: {f"{folder}/{t}" for folder in folders} - {itself} for t in tops}
+
+
+def python_nodes(path: str, facts: FileFacts) -> set[str]:
+    """The "node" values ``evaluate_python`` looks up first for ``path``."""
+    tops = {t for (t,) in _grouped(facts.data.get("imports", []))}
+    local = local_nodes(path, tops)
+    return tops.union(*local.values()) if local else tops
 
 
 def is_stdlib(top: str, env: Environment) -> bool:

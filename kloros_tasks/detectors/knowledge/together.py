@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from kloros_tasks.detectors._kept import Kept
 from kloros_tasks.detectors.base import FileFacts, IndexView
 from kloros_tasks.detectors.knowledge.docfacts import (
     GLOB_DIR,
@@ -27,40 +28,6 @@ from kloros_tasks.detectors.knowledge.docstrings import (
     SPHINX_TXT,
     qualified,
 )
-
-
-class Kept:
-    """``view``, with the answers of its ``exists_many`` and ``who_many`` kept: a value
-    asked again, by any of the evaluations, is answered from what was read."""
-
-    def __init__(self, view: IndexView) -> None:
-        self._view = view
-        self._holders: dict[tuple[str, str], frozenset[str]] = {}
-        self._held: dict[tuple[str, str], bool] = {}
-
-    def __getattr__(self, name: str):
-        return getattr(self._view, name)
-
-    def who(self, relation: str, value: str) -> frozenset[str]:
-        return self.who_many(relation, [value])[value]
-
-    def who_many(self, relation: str, values: Iterable[str]) -> dict[str, frozenset[str]]:
-        values = list(dict.fromkeys(values))
-        missing = [v for v in values if (relation, v) not in self._holders]
-        if missing:
-            for value, paths in self._view.who_many(relation, missing).items():
-                self._holders[(relation, value)] = frozenset(paths)
-        return {v: self._holders[(relation, v)] for v in values}
-
-    def exists_many(self, relation: str, values: Iterable[str]) -> set[str]:
-        values = list(dict.fromkeys(values))
-        missing = [v for v in values
-                   if (relation, v) not in self._held and (relation, v) not in self._holders]
-        if missing:
-            held = self._view.exists_many(relation, missing)
-            self._held.update(((relation, v), v in held) for v in missing)
-        return {v for v in values if self._held.get((relation, v))
-                or self._holders.get((relation, v))}
 
 
 def prefetched(paths: Iterable[str], view: IndexView) -> Kept:
