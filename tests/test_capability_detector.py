@@ -9,6 +9,7 @@ import textwrap
 import warnings
 
 import pytest
+from counting import counting_copy
 
 from kloros_tasks.detectors.capability import deps
 from kloros_tasks.detectors.capability.calls import shell_program
@@ -883,34 +884,6 @@ def test_the_detector_imports_no_service_library():
     assert done.stdout.strip() == "[]"
 
 
-class CountingIndex(MemoryIndex):
-    """A MemoryIndex that counts the lookups that would each be a round trip."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lookups = 0
-
-    def who(self, relation, value):
-        self.lookups += 1
-        return MemoryIndex.who(self, relation, value)
-
-    def who_many(self, relation, values):
-        self.lookups += 1
-        return {v: MemoryIndex.who(self, relation, v) for v in values}
-
-    def exists_many(self, relation, values):
-        self.lookups += 1
-        return {v for v in values if MemoryIndex.who(self, relation, v)}
-
-    def count_many(self, relation, values):
-        self.lookups += 1
-        return {v: len(MemoryIndex.who(self, relation, v)) for v in values}
-
-    def first_many(self, relation, values, n):
-        self.lookups += 1
-        return MemoryIndex.first_many(self, relation, values, n)
-
-
 def test_files_evaluated_together_ask_the_same_questions_with_fewer_lookups():
     # Real code: this project's own package and its declarations, judged against an
     # environment that lacks most of what it imports.
@@ -921,9 +894,7 @@ def test_files_evaluated_together_ask_the_same_questions_with_fewer_lookups():
     for path in sorted(here.glob("kloros_tasks/**/*.py")):
         files[path.relative_to(here).as_posix()] = path.read_text()
     detector, index = build(files)
-    counting = CountingIndex()
-    for path in index.paths():
-        counting.update(path, index.facts(path))
+    counting = counting_copy(index)
     paths = counting.paths()
     one_by_one = {p: detector.evaluate(p, counting) for p in paths}
     alone, counting.lookups = counting.lookups, 0

@@ -6,12 +6,12 @@ question is named by its owner and hypothesis (``"pkg/b.py BROKEN_IMPORT: pkg.a.
 
 from __future__ import annotations
 
-import collections
 import functools
 import random
 import textwrap
 
 import pytest
+from counting import CountingIndex
 
 from kloros_tasks.detectors.base import FileFacts
 from kloros_tasks.detectors.integration.detector import IntegrationDetector
@@ -540,40 +540,6 @@ def test_incremental_updates_give_the_same_questions_as_a_full_rebuild(seed):
         expected = full_build(files)
         assert {p: q for p, q in open_questions.items() if q} == \
             {p: q for p, q in expected.items() if q}
-
-
-class CountingIndex(MemoryIndex):
-    """A MemoryIndex that counts the lookups that would each be a round trip."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lookups = 0
-        self.reads: collections.Counter = collections.Counter()  # facts read, per file
-        self.read_together: list[set[str]] = []  # the files of each facts_many
-
-    def facts(self, path):
-        self.lookups += 1
-        self.reads[path] += 1
-        return MemoryIndex.facts(self, path)
-
-    def facts_many(self, paths):
-        paths = list(paths)
-        self.lookups += 1
-        self.reads.update(paths)
-        self.read_together.append(set(paths))
-        return MemoryIndex.facts_many(self, paths)
-
-    def who(self, relation, value):
-        self.lookups += 1
-        return MemoryIndex.who(self, relation, value)
-
-    def who_many(self, relation, values):
-        self.lookups += 1
-        return {v: MemoryIndex.who(self, relation, v) for v in values}
-
-    def exists_many(self, relation: str, values) -> set[str]:
-        self.lookups += 1
-        return MemoryIndex.exists_many(self, relation, values)
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -6,6 +6,7 @@ import json
 import random
 
 import pytest
+from counting import counting_copy
 
 from kloros_tasks.detectors.base import FileFacts
 from kloros_tasks.detectors.knowledge.detector import KnowledgeDetector
@@ -678,26 +679,6 @@ def test_random_edit_sequences_match_a_full_rebuild():
 
 # --- many files evaluated together -------------------------------------------------------------
 
-class CountingIndex(MemoryIndex):
-    """A MemoryIndex that counts the lookups that would each be a round trip."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lookups = 0
-
-    def who_many(self, relation, values):
-        self.lookups += 1
-        return {v: MemoryIndex.who(self, relation, v) for v in values}
-
-    def exists_many(self, relation, values):
-        self.lookups += 1
-        return {v for v in values if MemoryIndex.who(self, relation, v)}
-
-    def who(self, relation, value):
-        self.lookups += 1
-        return MemoryIndex.who(self, relation, value)
-
-
 def test_files_evaluated_together_ask_the_same_questions_with_fewer_lookups():
     # Real code and documents: this project's own package, docs and README, with a
     # docstring policy and documents whose references go stale.
@@ -710,9 +691,7 @@ def test_files_evaluated_together_ask_the_same_questions_with_fewer_lookups():
     files["docs/old.md"] = ("# Old\n\nSee `kloros_tasks.state.index.RedisIndex.gone` and "
                             "[the plan](plans/none.md).\n")
     index = index_of(files)
-    counting = CountingIndex()
-    for path in index.paths():
-        counting.update(path, index.facts(path))
+    counting = counting_copy(index)
     paths = counting.paths()
     one_by_one = {p: DETECTOR.evaluate(p, counting) for p in paths}
     alone, counting.lookups = counting.lookups, 0

@@ -5,23 +5,48 @@ meanwhile (the caller holds the root's lock)."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 
-from kloros_tasks.detectors.base import Holders, IndexView
+from kloros_tasks.detectors.base import FileFacts, Holders, IndexView
+
+OTHERS_KEPT = 64  # facts of files other than the owners kept (configuration files, say)
 
 
 class Kept:
-    """``view``, with the answers of its ``exists_many`` and ``who_many`` kept: a value
-    asked again, by any of the evaluations, is answered from what was read."""
+    """``view``, with the answers of its lookups kept: a value asked again, by any of
+    the evaluations, is answered from what was read.  Files' facts are kept for the
+    owners read with ``owners`` and for the last OTHERS_KEPT other files read."""
 
     def __init__(self, view: IndexView) -> None:
         self._view = view
+        self._owners: dict[str, FileFacts | None] = {}
+        self._others: OrderedDict[str, FileFacts | None] = OrderedDict()
         self._holders: dict[tuple[str, str], frozenset[str]] = {}
         self._held: dict[tuple[str, str], bool] = {}
         self._first: dict[tuple[str, str, int], Holders] = {}
 
     def __getattr__(self, name: str):
         return getattr(self._view, name)
+
+    def owners(self, paths: Iterable[str]) -> dict[str, FileFacts | None]:
+        """The facts of the files evaluated, read together and kept."""
+        paths = list(dict.fromkeys(paths))
+        many = getattr(self._view, "facts_many", None)
+        found = many(paths) if many is not None else {p: self._view.facts(p) for p in paths}
+        self._owners.update(found)
+        return found
+
+    def facts(self, path: str) -> FileFacts | None:
+        if path in self._owners:
+            return self._owners[path]
+        if path in self._others:
+            self._others.move_to_end(path)
+            return self._others[path]
+        found = self._others[path] = self._view.facts(path)
+        if len(self._others) > OTHERS_KEPT:
+            self._others.popitem(last=False)
+        return found
 
     def who(self, relation: str, value: str) -> frozenset[str]:
         return self.who_many(relation, [value])[value]

@@ -233,8 +233,7 @@ class CapabilityDetector:
         Python files' first lookups made for all of them together."""
         paths = list(paths)
         kept = Kept(view)
-        many = getattr(view, "facts_many", None)
-        found = many(paths) if many is not None else {p: view.facts(p) for p in paths}
+        found = kept.owners(paths)
         python = [p for p, f in found.items() if f is not None and file_kind(p) == PYTHON]
         nodes = set().union(*(python_nodes(p, found[p]) for p in python))
         modules = {m for m in (module_of(p)[0] for p in python) if m}

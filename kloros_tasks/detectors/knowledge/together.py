@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from kloros_tasks.detectors._kept import Kept
-from kloros_tasks.detectors.base import FileFacts, IndexView
+from kloros_tasks.detectors.base import IndexView
 from kloros_tasks.detectors.knowledge.docfacts import (
     GLOB_DIR,
     ancestors,
@@ -33,10 +33,7 @@ from kloros_tasks.detectors.knowledge.docstrings import (
 def prefetched(paths: Iterable[str], view: IndexView) -> Kept:
     """``view`` kept, with the first lookups of each file's evaluation made already."""
     kept = Kept(view)
-    many = getattr(view, "facts_many", None)
-    paths = list(paths)
-    found: dict[str, FileFacts | None] = many(paths) if many is not None else {
-        p: view.facts(p) for p in paths}
+    found = kept.owners(paths)
     declared, governed, tops, dotted, path_keys = set(), set(), set(), set(), set()
     docs, above_docs, above_txt = set(), set(), set()
     for path, facts in found.items():
