@@ -1,6 +1,8 @@
 """A batch task's pool child SIGKILLed half-way through applying its batch: the batch
-comes back, the files it applied are duplicates by digest whose journal entries
-publish what they left, and every question is published exactly once.
+comes back, the files it applied are duplicates by digest (what they affect is
+published from the journal entries they left, or, in a burst that defers the whole
+root, by the settle that evaluates every file), and every question is published
+exactly once.
 
 The world (tree, persistent Redis, processes) is test_faults.py's.
 """
@@ -25,14 +27,20 @@ pytestmark = [pytest.mark.fault, pytest.mark.integration]
 NOTES = 250  # three batches of the knowledge detector
 
 
-def kill_mid_batch(world, worker, applied, total: int) -> None:
+def kill_mid_batch(world, worker, applied, total: int, detectors: tuple[str, ...]) -> None:
     """SIGKILL the worker's child while a batch is half applied, then let it settle.
-    Writes wait while Redis is paused, so what it holds then stays true: a count of
-    applied files (``applied()``, one per index) that is no multiple of a batch means
-    a batch is half applied."""
+    Writes wait while Redis is paused, so what it holds then stays true.  A batch is
+    being applied when a count of applied files (``applied()``, one per index) is no
+    multiple of a batch (its updates went in several transactions), or when one of
+    ``detectors`` holds the root's lock while files are still to come (its updates go
+    in one transaction, before or after which the child is then stopped)."""
+    locks = [names.lock(detector, ROOT) for detector in detectors]
+
     def paused_mid_batch() -> bool:
         world.r.client_pause(30_000, all=False)
-        if any(0 < n < total and n % BATCH_FILES for n in applied()):
+        counts = applied()
+        if any(0 < n < total and n % BATCH_FILES for n in counts) or (
+                world.r.exists(*locks) and any(n < total for n in counts)):
             return True
         world.r.client_unpause()
         return False
@@ -54,7 +62,7 @@ def test_a_batch_killed_half_way_publishes_every_question_exactly_once(make_worl
     linked_notes(world.tree, NOTES)
     facts = names.facts(KNOWLEDGE, ROOT)
     world.watcher()
-    kill_mid_batch(world, worker, lambda: [world.r.hlen(facts)], NOTES)
+    kill_mid_batch(world, worker, lambda: [world.r.hlen(facts)], NOTES, (KNOWLEDGE,))
     wait_for(world.all_analysed, 60, message="every note analysed and judged")
     received = re.findall(rf"Task {re.escape(names.TASK_ANALYZE_BATCH[KNOWLEDGE])}"
                           r"\[([0-9a-f-]+)\] received", worker.output())
@@ -95,7 +103,7 @@ def test_a_claimant_killed_half_way_loses_and_repeats_nothing_for_any_detector(m
         return [sum(k.endswith(b".py") for k in world.r.hkeys(names.facts(d, ROOT)))
                 for d in detectors]
 
-    kill_mid_batch(world, worker, python_indexed, total)
+    kill_mid_batch(world, worker, python_indexed, total, detectors)
     wait_for(lambda: world.idle() and python_indexed() == [total] * 3, 60,
              message="every module analysed by every detector")
     for detector in detectors:
