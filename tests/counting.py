@@ -4,8 +4,11 @@ evaluations made together (``evaluate_many``) against the same made one by one."
 from __future__ import annotations
 
 import collections
+from pathlib import Path
 
 from kloros_tasks.state.index import MemoryIndex
+
+PROJECT = Path(__file__).resolve().parent.parent
 
 
 class CountingIndex(MemoryIndex):
@@ -57,3 +60,21 @@ def counting_copy(index: MemoryIndex) -> CountingIndex:
     for path in index.paths():
         counting.update(path, index.facts(path))
     return counting
+
+
+def project_files(*patterns: str) -> dict[str, str]:
+    """This project's own files matching ``patterns`` (globs from its top directory), by
+    relative path: real code and documents, in every clone."""
+    paths = sorted({p for pattern in patterns for p in PROJECT.glob(pattern)})
+    return {p.relative_to(PROJECT).as_posix(): p.read_text() for p in paths}
+
+
+def evaluated_both_ways(detector, index: MemoryIndex) -> tuple[dict, dict, int, int]:
+    """(questions one file at a time, questions of ``evaluate_many``, round trips of
+    each) for every file of ``index``."""
+    counting = counting_copy(index)
+    paths = counting.paths()
+    one_by_one = {p: detector.evaluate(p, counting) for p in paths}
+    alone, counting.lookups = counting.lookups, 0
+    together = detector.evaluate_many(paths, counting)
+    return one_by_one, together, alone, counting.lookups

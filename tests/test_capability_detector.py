@@ -9,7 +9,7 @@ import textwrap
 import warnings
 
 import pytest
-from counting import counting_copy
+from counting import evaluated_both_ways, project_files
 
 from kloros_tasks.detectors.capability import deps
 from kloros_tasks.detectors.capability.calls import shell_program
@@ -887,18 +887,8 @@ def test_the_detector_imports_no_service_library():
 def test_files_evaluated_together_ask_the_same_questions_with_fewer_lookups():
     # Real code: this project's own package and its declarations, judged against an
     # environment that lacks most of what it imports.
-    from pathlib import Path  # noqa: PLC0415
-
-    here = Path(__file__).resolve().parent.parent
-    files = {"pyproject.toml": (here / "pyproject.toml").read_text()}
-    for path in sorted(here.glob("kloros_tasks/**/*.py")):
-        files[path.relative_to(here).as_posix()] = path.read_text()
-    detector, index = build(files)
-    counting = counting_copy(index)
-    paths = counting.paths()
-    one_by_one = {p: detector.evaluate(p, counting) for p in paths}
-    alone, counting.lookups = counting.lookups, 0
-    together = detector.evaluate_many(paths, counting)
+    detector, index = build(project_files("pyproject.toml", "kloros_tasks/**/*.py"))
+    one_by_one, together, alone, lookups = evaluated_both_ways(detector, index)
     assert together == one_by_one
     assert {q.rule for qs in one_by_one.values() for q in qs} >= {"missing_module"}
-    assert counting.lookups * 3 <= alone
+    assert lookups * 3 <= alone

@@ -6,7 +6,7 @@ import json
 import random
 
 import pytest
-from counting import counting_copy
+from counting import evaluated_both_ways, project_files
 
 from kloros_tasks.detectors.base import FileFacts
 from kloros_tasks.detectors.knowledge.detector import KnowledgeDetector
@@ -682,21 +682,11 @@ def test_random_edit_sequences_match_a_full_rebuild():
 def test_files_evaluated_together_ask_the_same_questions_with_fewer_lookups():
     # Real code and documents: this project's own package, docs and README, with a
     # docstring policy and documents whose references go stale.
-    from pathlib import Path  # noqa: PLC0415
-
-    here = Path(__file__).resolve().parent.parent
-    files = {**RUFF_D, "README.md": (here / "README.md").read_text()}
-    for path in sorted([*here.glob("kloros_tasks/**/*.py"), *here.glob("docs/*.md")]):
-        files[path.relative_to(here).as_posix()] = path.read_text()
+    files = {**RUFF_D, **project_files("README.md", "kloros_tasks/**/*.py", "docs/*.md")}
     files["docs/old.md"] = ("# Old\n\nSee `kloros_tasks.state.index.RedisIndex.gone` and "
                             "[the plan](plans/none.md).\n")
-    index = index_of(files)
-    counting = counting_copy(index)
-    paths = counting.paths()
-    one_by_one = {p: DETECTOR.evaluate(p, counting) for p in paths}
-    alone, counting.lookups = counting.lookups, 0
-    together = DETECTOR.evaluate_many(paths, counting)
+    one_by_one, together, alone, lookups = evaluated_both_ways(DETECTOR, index_of(files))
     assert together == one_by_one
     assert {q.rule for qs in one_by_one.values() for q in qs} >= {
         "missing_docstrings", "stale_doc"}
-    assert counting.lookups * 5 <= alone
+    assert lookups * 5 <= alone
