@@ -48,6 +48,20 @@ class Kept:
             self._others.popitem(last=False)
         return found
 
+    def facts_many(self, paths: Iterable[str]) -> dict[str, FileFacts | None]:
+        """``facts`` of each path, those not kept read together."""
+        paths = list(dict.fromkeys(paths))
+        out = {p: self._owners[p] for p in paths if p in self._owners}
+        out.update((p, self._others[p]) for p in paths if p not in out and p in self._others)
+        unread = [p for p in paths if p not in out]
+        many = getattr(self._view, "facts_many", None)
+        if unread and many is not None:
+            out.update(many(unread))
+            self._others.update((p, out[p]) for p in unread)
+            while len(self._others) > OTHERS_KEPT:
+                self._others.popitem(last=False)
+        return {p: out[p] if p in out else self.facts(p) for p in paths}
+
     def who(self, relation: str, value: str) -> frozenset[str]:
         return self.who_many(relation, [value])[value]
 
