@@ -13,6 +13,7 @@ import textwrap
 import pytest
 from counting import CountingIndex
 
+from kloros_tasks.detectors._kept import Kept, kept
 from kloros_tasks.detectors.base import FileFacts
 from kloros_tasks.detectors.integration.detector import IntegrationDetector
 from kloros_tasks.state.index import MemoryIndex, RedisIndex
@@ -592,12 +593,13 @@ def test_files_evaluated_together_read_each_module_they_import_once():
 
 
 def test_the_evaluations_view_reads_a_file_once_whichever_way_it_is_asked():
-    from kloros_tasks.work.engine import Reading  # noqa: PLC0415
-
     index = index_of({"a.py": "A = 1\n", "b.py": "B = 1\n", "c.py": "C = 1\n"},
                      CountingIndex())
-    view = Reading(index, ["a.py"])
+    view = Kept(index)
+    view.owners(["a.py"])
     assert index.reads == {"a.py": 1}  # the owners, read up front
     assert set(view.facts_many(["a.py", "b.py", "c.py"])) == {"a.py", "b.py", "c.py"}
     assert view.facts("b.py") == index.facts("b.py")
-    assert index.reads == {"a.py": 1, "b.py": 2, "c.py": 1}  # b.py: once more, by the test
+    assert view.owners(["a.py"]) == {"a.py": index.facts("a.py")}
+    assert kept(view) is view  # a detector's evaluate_many reuses the engine's
+    assert index.reads == {"a.py": 2, "b.py": 2, "c.py": 1}  # once more each, by the test

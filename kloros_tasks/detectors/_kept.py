@@ -10,7 +10,9 @@ from collections.abc import Iterable
 
 from kloros_tasks.detectors.base import FileFacts, Holders, IndexView
 
-OTHERS_KEPT = 64  # facts of files other than the owners kept (configuration files, say)
+# Facts of files other than the owners kept through one evaluation batch: a policy
+# file or a common base module is read by nearly every owner.
+OTHERS_KEPT = 256
 
 
 class Kept:
@@ -30,12 +32,15 @@ class Kept:
         return getattr(self._view, name)
 
     def owners(self, paths: Iterable[str]) -> dict[str, FileFacts | None]:
-        """The facts of the files evaluated, read together and kept."""
+        """The facts of the files evaluated, those not read yet read together, kept
+        for the whole batch."""
         paths = list(dict.fromkeys(paths))
-        many = getattr(self._view, "facts_many", None)
-        found = many(paths) if many is not None else {p: self._view.facts(p) for p in paths}
-        self._owners.update(found)
-        return found
+        unread = [p for p in paths if p not in self._owners]
+        if unread:
+            many = getattr(self._view, "facts_many", None)
+            self._owners.update(many(unread) if many is not None
+                                else {p: self._view.facts(p) for p in unread})
+        return {p: self._owners[p] for p in paths}
 
     def facts(self, path: str) -> FileFacts | None:
         if path in self._owners:
@@ -90,3 +95,8 @@ class Kept:
             for value, holders in self._view.first_many(relation, missing, n).items():
                 self._first[(relation, value, n)] = holders
         return {v: self._first[(relation, v, n)] for v in values}
+
+
+def kept(view: IndexView) -> Kept:
+    """``view`` itself when it keeps its answers already (the engine's), else kept."""
+    return view if isinstance(view, Kept) else Kept(view)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import codecs
 import io
 import tokenize
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from kloros_tasks.detectors._kept import Kept
 from kloros_tasks.detectors.base import FileDetector, FileFacts
 from kloros_tasks.detectors.layout import (
     EXTENSION_SUFFIXES,
@@ -38,7 +38,6 @@ MODULE_SUFFIXES = (".py", *EXTENSION_SUFFIXES)
 # can be worth to a question.  Per-file data is stored compressed and not inverted;
 # the file size cap bounds it.
 MAX_FACTS = 25_000
-READ_AGAIN = 256  # facts of files other than the owners kept through one evaluation batch
 
 
 class NotText(ValueError):
@@ -246,53 +245,19 @@ def evaluate(detector: FileDetector, index, owners, root: str,
     """Every question each owner of ``root`` has now (an empty list resolves what it had).
 
     The owners' facts and the layout that names them are read up front, a round trip
-    each; facts the evaluations read again are read once (the index does not change
-    while they run: the caller holds the root's lock, or is the only writer).  A
+    each; what the evaluations read is kept for the others (``detectors._kept``: the
+    index does not change while they run, the caller holds the root's lock or is the
+    only writer).  A
     detector with ``evaluate_many(owners, view)`` evaluates them together, sharing
     what its lookups learn (integration); the others one owner at a time."""
     owners = sorted(owners)
-    view = Reading(index, owners)
+    view = Kept(index)
+    view.owners(owners)
     many = getattr(detector, "evaluate_many", None)
     with using(tree_layout(index, root_package, paths=owners)):
         found = (many(owners, view) if many is not None
                  else {owner: detector.evaluate(owner, view) for owner in owners})
         return {owner: [in_root(q, root) for q in found[owner]] for owner in owners}
-
-
-class Reading:
-    """``index`` as the evaluations of one batch of owners see it: the owners' facts
-    fetched together, and the last READ_AGAIN other files' facts kept for the next
-    evaluation that reads them (a policy file or a common base module is read by
-    nearly every owner).  Every other lookup goes to ``index``."""
-
-    def __init__(self, index, owners: Iterable[str]) -> None:
-        self._index = index
-        self._owners = index.facts_many(owners)
-        self._others: OrderedDict[str, FileFacts | None] = OrderedDict()
-
-    def facts(self, path: str) -> FileFacts | None:
-        return self.facts_many([path])[path]
-
-    def facts_many(self, paths: Iterable[str]) -> dict[str, FileFacts | None]:
-        """``facts`` of each path, those not held read in one round trip."""
-        out, missing = {}, []
-        for path in dict.fromkeys(paths):
-            if path in self._owners:
-                out[path] = self._owners[path]
-            elif path in self._others:
-                self._others.move_to_end(path)
-                out[path] = self._others[path]
-            else:
-                missing.append(path)
-        if missing:
-            for path, found in self._index.facts_many(missing).items():
-                out[path] = self._others[path] = found
-                if len(self._others) > READ_AGAIN:
-                    self._others.popitem(last=False)
-        return out
-
-    def __getattr__(self, name: str):
-        return getattr(self._index, name)
 
 
 def sent_later(facts: FileFacts | None, ts: float) -> bool:

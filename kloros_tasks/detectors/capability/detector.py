@@ -26,7 +26,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
 from kloros_tasks import names
-from kloros_tasks.detectors._kept import Kept
+from kloros_tasks.detectors._kept import kept as keeping
 from kloros_tasks.detectors.base import (
     FileFacts,
     IndexView,
@@ -232,7 +232,7 @@ class CapabilityDetector:
         name or a declaration file many of them ask about is looked up once), the
         Python files' first lookups made for all of them together."""
         paths = list(paths)
-        kept = Kept(view)
+        kept = keeping(view)
         found = kept.owners(paths)
         python = [p for p, f in found.items() if f is not None and file_kind(p) == PYTHON]
         nodes = set().union(*(python_nodes(p, found[p]) for p in python))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from kloros_tasks.detectors._kept import Kept
+from kloros_tasks.detectors._kept import Kept, kept
 from kloros_tasks.detectors.base import IndexView
 from kloros_tasks.detectors.knowledge.docfacts import (
     GLOB_DIR,
@@ -32,8 +32,8 @@ from kloros_tasks.detectors.knowledge.docstrings import (
 
 def prefetched(paths: Iterable[str], view: IndexView) -> Kept:
     """``view`` kept, with the first lookups of each file's evaluation made already."""
-    kept = Kept(view)
-    found = kept.owners(paths)
+    view = kept(view)
+    found = view.owners(paths)
     declared, governed, tops, dotted, path_keys = set(), set(), set(), set(), set()
     docs, above_docs, above_txt = set(), set(), set()
     for path, facts in found.items():
@@ -56,10 +56,10 @@ def prefetched(paths: Iterable[str], view: IndexView) -> Kept:
     for relation, values in (("top", tops), (SPHINX_TXT, above_txt),
                              (DOCS_PROJECT, above_docs), ("declared", declared)):
         if values:
-            kept.exists_many(relation, sorted(values))
+            view.exists_many(relation, sorted(values))
     for relation, values in (("defines", dotted | path_keys), ("declared", dotted),
                              ("opaque", dotted), ("open", dotted), ("links", docs),
                              (GLOB_DIR, above_docs), (POLICY, governed)):
         if values:
-            kept.who_many(relation, sorted(values))
-    return kept
+            view.who_many(relation, sorted(values))
+    return view
