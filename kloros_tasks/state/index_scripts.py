@@ -69,15 +69,18 @@ local function without(packed, member)  -- the packed ids but member; was it the
   if not i then return packed, false end
   return string.sub(string.sub(s, 1, i) .. string.sub(s, j + 1), 2, -2), true
 end
-local function change(sign, bucket, spill, field)
+local function hex(c) return string.format('%02x', string.byte(c)) end
+local function change(sign, bucket, field)
   local packed = redis.call('HGET', bucket, field) or ''
-  local spilled = packed == '*'
+  local spilled, spill = packed == '*', nil
   -- Appending needs no look at a long list when the caller's diff says the id is not
-  -- in it; finishing an interrupted change ("careful") cannot know that.
-  if spilled and sign == '+' and not careful then
-    redis.call('APPEND', spill, ',' .. id); return
+  -- in it; finishing an interrupted change ("careful") cannot know that.  The spill
+  -- key is spelt only for a list that has one or needs one (few do).
+  if spilled then
+    spill = ARGV[15] .. string.gsub(field, '.', hex)
+    if sign == '+' and not careful then redis.call('APPEND', spill, ',' .. id); return end
+    packed = redis.call('GET', spill) or ''
   end
-  if spilled then packed = redis.call('GET', spill) or '' end
   local rest, held = without(packed, id)
   if sign == '+' then
     if held then return end
@@ -89,7 +92,7 @@ local function change(sign, bucket, spill, field)
   if rest == '' then redis.call('HDEL', bucket, field)
   elseif #rest <= inline then redis.call('HSET', bucket, field, rest)
   else
-    redis.call('SET', spill, rest)
+    redis.call('SET', spill or (ARGV[15] .. string.gsub(field, '.', hex)), rest)
     if not spilled then redis.call('HSET', bucket, field, '*') end
     return
   end
@@ -105,7 +108,6 @@ local function split_bucket(from, to, level)
   end
   sliced('HSET', to, moved); sliced('HDEL', from, gone)
 end
-local function hex(c) return string.format('%02x', string.byte(c)) end
 local at_level = tonumber(own and (state[1] or '0') or ARGV[5])
 local at_split, ops = tonumber(own and (state[2] or '0') or ARGV[6]), ARGV[16]
 local function bucket_of(field)  -- index_forms.address, as the lookup script computes it
@@ -119,8 +121,7 @@ if ARGV[11] ~= '' and ARGV[11] ~= '-' then redis.call('HSET', KEYS[4], path, ARG
 for n = 1, nops do
   local at = 9 * (n - 1) + 1
   local field = string.sub(ops, at + 1, at + 8)
-  change(string.sub(ops, at, at), bucket_of(field), ARGV[15] .. string.gsub(field, '.', hex),
-         field)
+  change(string.sub(ops, at, at), bucket_of(field), field)
 end
 local entries = redis.call('HINCRBY', KEYS[2], 'entries', delta)
 if ARGV[12] == '' then return 1 end
