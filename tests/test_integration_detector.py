@@ -118,6 +118,58 @@ def test_imports_outside_the_tree_guarded_or_for_type_checkers_are_not_judged(im
     assert found({"pkg/__init__.py": "real = 1\n", "app.py": importer}) == set()
 
 
+def test_imports_in_every_kind_of_block_are_judged_in_order():
+    # Statements hold statements in body, handlers, orelse, finalbody and match cases;
+    # an import in any of them (not guarded) names what the file needs.
+    importer = textwrap.dedent("""\
+        import pkg.m0
+        def f():
+            from pkg import n1
+        class C:
+            from pkg import n2
+            async def g(self):
+                async with x:
+                    from pkg import n3
+                async for _ in y:
+                    pass
+                else:
+                    from pkg import n4
+        for _ in z:
+            from pkg import n5
+        else:
+            from pkg import n6
+        while w:
+            from pkg import n7
+        else:
+            from pkg import n8
+        with v:
+            from pkg import n9
+        try:
+            from pkg import n10
+        except (KeyError, ValueError):
+            from pkg import n11
+        else:
+            from pkg import n12
+        finally:
+            from pkg import n13
+        try:
+            pass
+        except* OSError:
+            from pkg import n14
+        match u:
+            case 1:
+                from pkg import n15
+        if t:
+            lambda: __import__("pkg.n16")
+            from pkg import n17
+        """)
+    assert found({"pkg/__init__.py": "", "app.py": importer}) == {
+        "app.py BROKEN_IMPORT: pkg.m0"} | {
+        f"app.py BROKEN_IMPORT: pkg.n{n}" for n in range(1, 18) if n != 16}
+    imports = [".".join(parts) for parts, _ in extract("app.py", importer).data["imports"]]
+    assert imports == ["pkg.m0", *(f"pkg.n{n}" for n in range(1, 18) if n != 16)]
+
+
 def test_namespace_packages_and_compiled_modules_count_as_present():
     index = index_of({"ns/sub/x.py": "", "pkg/__init__.py": "",
                       "app.py": "from ns import sub\nfrom pkg import _speedups\n"})

@@ -19,6 +19,9 @@ from kloros_tasks.detectors.integration.keys import module_names, resolve_relati
 IMPORT_ERRORS = frozenset({"ImportError", "ModuleNotFoundError", "Exception", "BaseException"})
 _COMPOUND = (ast.If, ast.For, ast.AsyncFor, ast.While, ast.With, ast.AsyncWith)
 _TRY = (ast.Try, ast.TryStar)
+# The fields that hold statements (handlers and match cases included), in the order of
+# every node class's ``_fields``: expressions hold none, so they are not walked.
+_BLOCKS = ("body", "handlers", "orelse", "finalbody", "cases")
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
 BUILTIN_NAMES = frozenset(dir(builtins))
 IMPORT_HOOKS = frozenset({"sys.meta_path", "sys.path_hooks"})
@@ -306,9 +309,11 @@ def _collect_imports(scope: ModuleScope, node: ast.AST, guarded: bool) -> None:
             scope.imports.append(Import(tuple(alias.name.split(".")), node.lineno))
     elif isinstance(node, ast.ImportFrom) and not guarded:
         _collect_import_from(scope, node)
-    for child in children(node):
-        if isinstance(child, (ast.stmt, ast.excepthandler, ast.match_case)):
-            _collect_imports(scope, child, guarded)
+    for name in _BLOCKS:  # a statement's statements are in these fields, in this order
+        block = getattr(node, name, None)
+        if block.__class__ is list:
+            for child in block:
+                _collect_imports(scope, child, guarded)
 
 
 def _collect_import_from(scope: ModuleScope, node: ast.ImportFrom) -> None:
