@@ -318,6 +318,42 @@ def test_settling_pauses_between_batches_only_for_a_waiting_worker(rr, monkeypat
     assert sorted(opened_ids(rr)) == sorted(questions_of_whole_tree())
 
 
+@pytest.mark.parametrize("waiting", [False, True])
+def test_a_settle_keeps_its_lookups_across_batches_while_nobody_waits(rr, monkeypatch,
+                                                                       waiting):
+    monkeypatch.setattr(analysis, "SETTLE_BATCH", 2)
+    monkeypatch.setattr(analysis.time, "sleep", lambda s: None)
+    holds, views = [], []
+    taken = analysis.root_lock
+
+    def counted(*args):
+        holds.append(args)
+        return taken(*args)
+
+    evaluate = engine.evaluate
+
+    def seen(detector, index, owners, root, package="", view=None):
+        views.append(view)
+        return evaluate(detector, index, owners, root, package, view)
+
+    monkeypatch.setattr(analysis, "root_lock", counted)
+    monkeypatch.setattr(analysis.engine, "evaluate", seen)
+    rr.rpush(names.KNOWLEDGE, "a task still waiting")
+    for path, text in BURST.items():
+        send(rr, path, text)
+    rr.delete(names.KNOWLEDGE)
+    if waiting:
+        rr.set(names.lock_waiting(names.KNOWLEDGE, ROOT), b"1", px=60_000)
+    holds.clear()  # the changes' own
+    assert settle(context(rr), DETECTOR, ROOT) == 0
+    # Five files, two per batch: three batches, under one hold of the lock through one
+    # view, or each under its own with a waiter let in between.
+    assert len(views) == 3 and None not in views
+    assert len(holds) == (3 if waiting else 1)
+    assert len({id(v) for v in views}) == len(holds)
+    assert sorted(opened_ids(rr)) == sorted(questions_of_whole_tree())
+
+
 class CountingDetector(KnowledgeDetector):
     """The knowledge detector, counting its lookups of the files a change affects."""
 

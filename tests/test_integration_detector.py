@@ -644,6 +644,33 @@ def test_files_evaluated_together_read_each_module_they_import_once():
     assert any({"pkg/base.py", "pkg/util.py"} <= read for read in index.read_together)
 
 
+def test_batches_evaluated_through_one_kept_view_read_each_module_they_import_once():
+    # A settle evaluates a root's files a batch at a time under one hold of the lock,
+    # with one view: the modules that importers of every batch read are read once.
+    files = {"pkg/__init__.py": "", "pkg/base.py": "X = 1\nclass Base:\n    pass\n"}
+    importers = [f"pkg/m{n}.py" for n in range(8)]
+    for n, path in enumerate(importers):
+        files[path] = f"from pkg.base import X, Base, g{n % 2}\n"
+    index = index_of(files, CountingIndex())
+    alone = {p: [q.id for q in DETECTOR.evaluate(p, index)] for p in importers}
+    index.reads.clear()
+    view = Kept(index)
+    batches = [importers[:3], importers[3:6], importers[6:]]
+    together = {}
+    for batch in batches:
+        view.owners(batch)
+        together.update(DETECTOR.evaluate_many(batch, view))
+        view.forget_owners()
+    assert {p: [q.id for q in qs] for p, qs in together.items()} == alone
+    assert sum(map(len, alone.values())) == len(importers)  # pkg.base.g<n>: broken
+    assert index.reads["pkg/base.py"] == 1
+    assert all(index.reads[p] == 1 for p in importers)
+    index.reads.clear()
+    for batch in batches:  # a view each: the module is read again for every batch
+        DETECTOR.evaluate_many(batch, Kept(index))
+    assert index.reads["pkg/base.py"] == len(batches)
+
+
 def test_the_evaluations_view_reads_a_file_once_whichever_way_it_is_asked():
     index = index_of({"a.py": "A = 1\n", "b.py": "B = 1\n", "c.py": "C = 1\n"},
                      CountingIndex())

@@ -1,7 +1,9 @@
 """A view whose lookups are kept for many evaluations (a detector's ``evaluate_many``):
 an answer read once, by any of them or by a read-ahead for all of them, is not asked
 of the index again.  Meant for evaluations over an index that does not change
-meanwhile (the caller holds the root's lock)."""
+meanwhile (the caller holds the root's lock).  A detector keeps objects of its own
+beside the answers (``shared``: integration's resolver), so that a caller evaluating
+several batches under one hold of the lock (a settle) pays each lookup once."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ class Kept:
         self._holders: dict[tuple[str, str], frozenset[str]] = {}
         self._held: dict[tuple[str, str], bool] = {}
         self._first: dict[tuple[str, str, int], Holders] = {}
+        self._shared: dict[str, object] = {}
 
     def __getattr__(self, name: str):
         return getattr(self._view, name)
@@ -41,6 +44,19 @@ class Kept:
             self._owners.update(many(unread) if many is not None
                                 else {p: self._view.facts(p) for p in unread})
         return {p: self._owners[p] for p in paths}
+
+    def forget_owners(self) -> None:
+        """Drop the facts of the owners read so far (a batch is evaluated): the answers
+        of lookups stay, the files' whole facts go."""
+        self._owners.clear()
+
+    def shared(self, name: str, make):
+        """The object ``make(self)`` made the first time ``name`` was asked for, kept
+        for every evaluation this view serves."""
+        found = self._shared.get(name)
+        if found is None:
+            found = self._shared[name] = make(self)
+        return found
 
     def facts(self, path: str) -> FileFacts | None:
         if path in self._owners:
@@ -95,6 +111,11 @@ class Kept:
             for value, holders in self._view.first_many(relation, missing, n).items():
                 self._first[(relation, value, n)] = holders
         return {v: self._first[(relation, v, n)] for v in values}
+
+
+def shared(view: IndexView, name: str, make):
+    """``view.shared(name, make)`` for a Kept view; a new ``make(view)`` for another."""
+    return view.shared(name, make) if isinstance(view, Kept) else make(view)
 
 
 def kept(view: IndexView) -> Kept:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kloros_tasks import names
+from kloros_tasks.detectors._kept import Kept
 from kloros_tasks.detectors.base import FileDetector
 from kloros_tasks.state.index import RedisIndex
 from kloros_tasks.state.publish import Publisher
@@ -39,7 +40,10 @@ from kloros_tasks.work.payload import Change, PayloadError, decoded, parse
 log = logging.getLogger(__name__)
 LOCK_TIMEOUT = 30
 LOCK_WAIT = 60
-SETTLE_BATCH = 200  # deferred files evaluated per hold of the root's lock
+SETTLE_BATCH = 200  # deferred files evaluated between two looks for a waiting change
+# Batches evaluated under one hold of the lock while no change waits, their lookups
+# kept: a bound on what the kept answers take (Django's 883 files are one hold).
+SETTLE_KEPT = 5
 SETTLE_BUDGET = 20.0  # seconds one task spends settling before handing the rest over
 # However long a burst goes on, deferred files are judged after this long: a watcher
 # that never stops sending must not silence the root for ever.
@@ -304,9 +308,9 @@ def _read_local(ctx: Context, root_info: dict, rel: str) -> str | None:
 
 
 def _publish(ctx: Context, detector: FileDetector, index, root: str, owners,
-             package: str) -> None:
+             package: str, view: Kept | None = None) -> None:
     ctx.publisher.sync_many(detector.name, root,
-                            engine.evaluate(detector, index, owners, root, package))
+                            engine.evaluate(detector, index, owners, root, package, view))
 
 
 def settle(ctx: Context, detector: FileDetector, root: str,
@@ -315,23 +319,33 @@ def settle(ctx: Context, detector: FileDetector, root: str,
     time, for up to ``budget`` seconds; returns how many are still deferred.
 
     Files leave the set only after their questions are published, so a worker killed
-    half-way leaves them for the next settle."""
+    half-way leaves them for the next settle.  While nobody waits for the root's lock,
+    up to SETTLE_KEPT batches are evaluated under one hold of it, through one view
+    that keeps what their lookups read (the modules most files import are read once,
+    not once per batch)."""
     key, since = names.deferred(detector.name, root), names.deferred_since(detector.name, root)
     index = RedisIndex(ctx.client, detector.name, root)
     deadline = time.monotonic() + budget
     package = root_package(registered_root(ctx.client, root), root, ctx.publisher.host)
     while True:
+        waits = False
         with root_lock(ctx, detector.name, root):
-            batch = next_deferred(ctx.client, key, index, SETTLE_BATCH)
-            if not batch:
-                ctx.client.delete(since)
-                return 0
-            _publish(ctx, detector, index, root, batch, package)
-            ctx.client.srem(key, *batch)
+            view = Kept(index)  # holds while the lock is held
+            for _ in range(SETTLE_KEPT):
+                batch = next_deferred(ctx.client, key, index, SETTLE_BATCH)
+                if not batch:
+                    ctx.client.delete(since)
+                    return 0
+                _publish(ctx, detector, index, root, batch, package, view)
+                ctx.client.srem(key, *batch)
+                # More may follow: let a waiting change in first.
+                waits = len(batch) == SETTLE_BATCH and \
+                    someone_waits(ctx.client, detector.name, root)
+                if waits or time.monotonic() >= deadline:
+                    break
         if time.monotonic() >= deadline:
             return ctx.client.scard(key)
-        # More may follow: let a waiting change in first.
-        if len(batch) == SETTLE_BATCH and someone_waits(ctx.client, detector.name, root):
+        if waits:
             time.sleep(SETTLE_YIELD)
 
 

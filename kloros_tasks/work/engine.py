@@ -241,22 +241,25 @@ def _renamed(detector: FileDetector, index, init: str, applied: Applied,
 
 
 def evaluate(detector: FileDetector, index, owners, root: str,
-             root_package: str = "") -> dict[str, list[Question]]:
+             root_package: str = "", view: Kept | None = None) -> dict[str, list[Question]]:
     """Every question each owner of ``root`` has now (an empty list resolves what it had).
 
     The owners' facts and the layout that names them are read up front, a round trip
     each; what the evaluations read is kept for the others (``detectors._kept``: the
     index does not change while they run, the caller holds the root's lock or is the
-    only writer).  A
-    detector with ``evaluate_many(owners, view)`` evaluates them together, sharing
-    what its lookups learn (integration); the others one owner at a time."""
+    only writer).  ``view``: a Kept view of ``index`` that served earlier batches
+    under the same hold of the lock, whose answers still hold (the owners' facts are
+    dropped from it after this batch).  A detector with
+    ``evaluate_many(owners, view)`` evaluates them together, sharing what its lookups
+    learn (integration); the others one owner at a time."""
     owners = sorted(owners)
-    view = Kept(index)
+    view = Kept(index) if view is None else view
     view.owners(owners)
     many = getattr(detector, "evaluate_many", None)
     with using(tree_layout(index, root_package, paths=owners)):
         found = (many(owners, view) if many is not None
                  else {owner: detector.evaluate(owner, view) for owner in owners})
+        view.forget_owners()
         return {owner: [in_root(q, root) for q in found[owner]] for owner in owners}
 
 

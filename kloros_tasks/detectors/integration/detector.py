@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from kloros_tasks import names
+from kloros_tasks.detectors._kept import shared
 from kloros_tasks.detectors.base import FileFacts, IndexView, Touched
 from kloros_tasks.detectors.integration.deps import affected as _affected
 from kloros_tasks.detectors.integration.facts import FACTS_VERSION, extract_facts, opaque_facts
@@ -71,7 +72,8 @@ class IntegrationDetector:
             facts = view.facts(path)
             if facts is not None and facts.data.get("v") == FACTS_VERSION:
                 current[path] = facts
-        resolver = Resolver(view)
+        # Kept with a view that serves several batches (a settle's), with what it learnt.
+        resolver = shared(view, "integration resolver", Resolver)
         resolver.prefetch(dict.fromkeys(
             key for facts in current.values() for key in facts.relations.get(REL_READ, ())))
         # Every import names modules whose files' contributions it is judged by: read
