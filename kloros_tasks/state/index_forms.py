@@ -77,8 +77,12 @@ def _stored(file_id: int, facts_json_bytes: bytes) -> bytes:
     return b"%d:" % file_id + zlib.compress(facts_json_bytes, ZLIB_LEVEL)
 
 
+# What json.dumps(..., separators=(",", ":")) builds for every call, kept.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def _dumps(facts: FileFacts) -> bytes:
-    return json.dumps(facts.to_json(), separators=(",", ":")).encode()
+    return _COMPACT.encode(facts.to_json()).encode()
 
 
 def _fields(detector: str, pairs: Iterable[tuple[str, str]]) -> list[bytes]:

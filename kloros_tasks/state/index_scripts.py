@@ -73,15 +73,18 @@ local function hex(c) return string.format('%02x', string.byte(c)) end
 local function change(sign, bucket, field)
   local packed = redis.call('HGET', bucket, field) or ''
   local spilled, spill = packed == '*', nil
-  -- Appending needs no look at a long list when the caller's diff says the id is not
-  -- in it; finishing an interrupted change ("careful") cannot know that.  The spill
-  -- key is spelt only for a list that has one or needs one (few do).
+  -- Adding needs no look into the list when the caller's diff says the id is not in
+  -- it (a long list is appended to unread); finishing an interrupted change
+  -- ("careful") cannot know that.  The spill key is spelt only for a list that has
+  -- one or needs one (few do).
+  local known = sign == '+' and not careful
   if spilled then
     spill = ARGV[15] .. string.gsub(field, '.', hex)
-    if sign == '+' and not careful then redis.call('APPEND', spill, ',' .. id); return end
+    if known then redis.call('APPEND', spill, ',' .. id); return end
     packed = redis.call('GET', spill) or ''
   end
-  local rest, held = without(packed, id)
+  local rest, held = packed, false
+  if not known then rest, held = without(packed, id) end
   if sign == '+' then
     if held then return end
     if packed == '' then delta = delta + 1; rest = id else rest = packed .. ',' .. id end

@@ -149,9 +149,13 @@ def resolve_relative(path: str, level: int, module: str | None) -> str | None:
     return ".".join(base) or None
 
 
+# json.dumps with these arguments builds an encoder per call: one, kept, writes the same.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 def digest(content: Any) -> str:
     """Short stable digest of a JSON-able contribution."""
-    text = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    text = _CANONICAL.encode(content)
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
 
 
