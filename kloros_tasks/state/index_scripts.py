@@ -70,14 +70,14 @@ local function without(packed, member)  -- the packed ids but member; was it the
   return string.sub(string.sub(s, 1, i) .. string.sub(s, j + 1), 2, -2), true
 end
 local function hex(c) return string.format('%02x', string.byte(c)) end
-local function change(sign, bucket, field)
+local function change(adding, bucket, field)
   local packed = redis.call('HGET', bucket, field) or ''
   local spilled, spill = packed == '*', nil
   -- Adding needs no look into the list when the caller's diff says the id is not in
   -- it (a long list is appended to unread); finishing an interrupted change
   -- ("careful") cannot know that.  The spill key is spelt only for a list that has
   -- one or needs one (few do).
-  local known = sign == '+' and not careful
+  local known = adding and not careful
   if spilled then
     spill = ARGV[15] .. string.gsub(field, '.', hex)
     if known then redis.call('APPEND', spill, ',' .. id); return end
@@ -85,7 +85,7 @@ local function change(sign, bucket, field)
   end
   local rest, held = packed, false
   if not known then rest, held = without(packed, id) end
-  if sign == '+' then
+  if adding then
     if held then return end
     if packed == '' then delta = delta + 1; rest = id else rest = packed .. ',' .. id end
   else
@@ -113,18 +113,18 @@ local function split_bucket(from, to, level)
 end
 local at_level = tonumber(own and (state[1] or '0') or ARGV[5])
 local at_split, ops = tonumber(own and (state[2] or '0') or ARGV[6]), ARGV[16]
+local low, high = 2 ^ at_level, 2 ^ (at_level + 1)
 local function bucket_of(field)  -- index_forms.address, as the lookup script computes it
   local a, b, c, d = string.byte(field, 1, 4)
   local h = ((a * 256 + b) * 256 + c) * 256 + d
-  local bucket = h % 2 ^ at_level
-  if bucket < at_split then bucket = h % 2 ^ (at_level + 1) end
+  local bucket = h % low
+  if bucket < at_split then bucket = h % high end
   return ARGV[14] .. bucket
 end
 if ARGV[11] ~= '' and ARGV[11] ~= '-' then redis.call('HSET', KEYS[4], path, ARGV[11]) end
-for n = 1, nops do
-  local at = 9 * (n - 1) + 1
+for at = 1, 9 * nops, 9 do
   local field = string.sub(ops, at + 1, at + 8)
-  change(string.sub(ops, at, at), bucket_of(field), field)
+  change(string.byte(ops, at) == 43, bucket_of(field), field)  -- 43: "+"
 end
 local entries = redis.call('HINCRBY', KEYS[2], 'entries', delta)
 if ARGV[12] == '' then return 1 end
