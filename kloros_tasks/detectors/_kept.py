@@ -7,6 +7,7 @@ several batches under one hold of the lock (a settle) pays each lookup once."""
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
 
@@ -51,11 +52,14 @@ class Kept:
         self._owners.clear()
 
     def shared(self, name: str, make):
-        """The object ``make(self)`` made the first time ``name`` was asked for, kept
-        for every evaluation this view serves."""
+        """The object ``make(view)`` made the first time ``name`` was asked for, kept
+        for every evaluation this view serves.  It is given a weak proxy of this view:
+        holding the view itself would make a cycle that only the garbage collector
+        frees, so every answer kept here would outlive the view until a full
+        collection (15 MiB more at the peak of a 5,000-file burst)."""
         found = self._shared.get(name)
         if found is None:
-            found = self._shared[name] = make(self)
+            found = self._shared[name] = make(weakref.proxy(self))
         return found
 
     def facts(self, path: str) -> FileFacts | None:

@@ -32,7 +32,9 @@ class Lookups:
         # Each key's holders with their contribution: small, kept for every evaluation
         # this object serves, while the files' whole facts are dropped after each.
         self._contributions: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-        self._probe = getattr(view, "exists_many", None)
+        # Whether the view can probe; its method is looked up at each call, so that
+        # nothing here holds the view but ``view`` (a weak proxy when kept with it).
+        self._probes = getattr(view, "exists_many", None) is not None
 
     def prefetch(self, keys: Iterable[str]) -> None:
         """Look several keys up in one round trip (two with existence keys)."""
@@ -42,8 +44,8 @@ class Lookups:
             for key, paths in self.view.who_many(REL_DEF, missing).items():
                 self._who[key] = sorted(paths)
         flags = [k for k in keys if is_existence_key(k) and k not in self._exists]
-        if flags and self._probe is not None:
-            held = self._probe(REL_DEF, flags)
+        if flags and self._probes:
+            held = self.view.exists_many(REL_DEF, flags)
             self._exists.update((k, k in held) for k in flags)
 
     def unknown(self, keys: Iterable[str]) -> list[str]:
@@ -108,8 +110,8 @@ class Lookups:
         if key in self._who:
             return bool(self._who[key])
         if key not in self._exists:
-            if self._probe is not None:
-                self._exists[key] = key in self._probe(REL_DEF, [key])
+            if self._probes:
+                self._exists[key] = key in self.view.exists_many(REL_DEF, [key])
             else:
                 self._exists[key] = bool(self.view.who(REL_DEF, key))
         return self._exists[key]
