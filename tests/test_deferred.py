@@ -322,6 +322,7 @@ def test_settling_pauses_between_batches_only_for_a_waiting_worker(rr, monkeypat
 def test_a_settle_keeps_its_lookups_across_batches_while_nobody_waits(rr, monkeypatch,
                                                                        waiting):
     monkeypatch.setattr(analysis, "SETTLE_BATCH", 2)
+    monkeypatch.setattr(analysis, "SETTLE_KEPT", 5)
     monkeypatch.setattr(analysis.time, "sleep", lambda s: None)
     holds, views = [], []
     taken = analysis.root_lock
