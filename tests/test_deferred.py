@@ -301,17 +301,23 @@ def test_a_lock_tried_is_taken_if_free_without_saying_that_one_waits(rr):
     tried.release()
 
 
+def burst_deferred(r, waiting: bool) -> None:
+    """The burst sent while a task waits (so every file is deferred), then the queue
+    emptied; ``waiting``: a worker says it waits for the root's lock."""
+    r.rpush(names.KNOWLEDGE, "a task still waiting")
+    for path, text in BURST.items():
+        send(r, path, text)
+    r.delete(names.KNOWLEDGE)
+    if waiting:
+        r.set(names.lock_waiting(names.KNOWLEDGE, ROOT), b"1", px=60_000)
+
+
 @pytest.mark.parametrize("waiting", [False, True])
 def test_settling_pauses_between_batches_only_for_a_waiting_worker(rr, monkeypatch, waiting):
     monkeypatch.setattr(analysis, "SETTLE_BATCH", 2)
     pauses: list[float] = []
     monkeypatch.setattr(analysis.time, "sleep", pauses.append)
-    rr.rpush(names.KNOWLEDGE, "a task still waiting")
-    for path, text in BURST.items():
-        send(rr, path, text)
-    rr.delete(names.KNOWLEDGE)
-    if waiting:
-        rr.set(names.lock_waiting(names.KNOWLEDGE, ROOT), b"1", px=60_000)
+    burst_deferred(rr, waiting)
     assert settle(context(rr), DETECTOR, ROOT) == 0
     # Five files, two per batch: two full batches, each followed by a pause if awaited.
     assert pauses == ([analysis.SETTLE_YIELD] * 2 if waiting else [])
@@ -339,12 +345,7 @@ def test_a_settle_keeps_its_lookups_across_batches_while_nobody_waits(rr, monkey
 
     monkeypatch.setattr(analysis, "root_lock", counted)
     monkeypatch.setattr(analysis.engine, "evaluate", seen)
-    rr.rpush(names.KNOWLEDGE, "a task still waiting")
-    for path, text in BURST.items():
-        send(rr, path, text)
-    rr.delete(names.KNOWLEDGE)
-    if waiting:
-        rr.set(names.lock_waiting(names.KNOWLEDGE, ROOT), b"1", px=60_000)
+    burst_deferred(rr, waiting)
     holds.clear()  # the changes' own
     assert settle(context(rr), DETECTOR, ROOT) == 0
     # Five files, two per batch: three batches, under one hold of the lock through one
