@@ -135,11 +135,16 @@ def test_updates_read_ahead_leave_the_index_updates_one_at_a_time_leave(r, detec
     assert read_ahead == one_at_a_time
     assert together == alone
     r.flushall()
+    r.config_resetstat()
     queued, sent_together, reads, queued_trips = run(r, detector, steps, ahead=True,
                                                      keep_journal=keep_journal, queued=True)
     assert queued == one_at_a_time
     assert sent_together == alone
     assert reads == [b"big.py", b"big.py"]  # sent in slices, after the queue was sent
+    # One script call per file read ahead only for big.py's slices; the other updates
+    # of a batch go in one call of the batch script per FLUSH_OPS operations or so.
+    calls = r.info("commandstats")["cmdstat_evalsha"]["calls"]
+    assert calls <= 3 * len(steps) + 6 < sum(map(len, steps)) // 4
     # A request per update read ahead; queued: per batch the read-ahead, a MULTI/EXEC
     # per FLUSH_OPS operations or so, the settling, and big.py's reads and slices.
     assert trips > sum(map(len, steps)) // 2

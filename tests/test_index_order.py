@@ -16,7 +16,7 @@ from kloros_tasks import names
 from kloros_tasks.detectors.base import FileFacts, Holders, path_order
 from kloros_tasks.state import index, snapshot
 from kloros_tasks.state.index import MemoryIndex, RedisIndex
-from kloros_tasks.state.index_scripts import ORDER_SCRIPT
+from kloros_tasks.state.index_order import ORDER_SCRIPT
 
 DETECTOR, ROOT = names.CAPABILITY, "repo"
 NAMES = [f"top{i}" for i in range(40)]

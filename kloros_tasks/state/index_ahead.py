@@ -4,14 +4,14 @@
 split, entries and ids, read once for many files; each update leaves there what it
 stored and the meta it knows of, so the next needs no read.
 
-``Queued``: one update's script call computed but not sent yet.  Under
-``RedisIndex.pipelined`` the updates of a batch queue their calls and the queue goes
-to Redis in one MULTI/EXEC, instead of one round trip per file whose reply the next
-update waits for.  A queued call does not name the bucket addressing it was computed
-with: the script reads it and splits buckets itself, so the only thing a queued update
-takes on trust from the one before is the id count, which each claim of a new file
-checks.  What a call found changed is tried again after the queue is sent, one update
-at a time (index.RedisIndex.flush).
+``Queued``: one update computed but not sent yet.  Under ``RedisIndex.pipelined`` the
+updates of a batch queue and the queue goes to Redis in one MULTI/EXEC, as one call of
+the batch script (index_scripts.BATCH_SCRIPT), instead of one round trip per file whose
+reply the next update waits for, and one script call per file.  A queued update does
+not name the bucket addressing it was computed with: the script reads it and splits
+buckets itself, so the only thing a queued update takes on trust from the one before
+is the id count, which each claim of a new file checks.  An update the script found
+changed is made again after the queue is sent, one at a time (index.RedisIndex.flush).
 """
 
 from __future__ import annotations
@@ -74,15 +74,28 @@ class ReadAhead:
 
 @dataclass
 class Queued:
-    """One update's script call, queued (``RedisIndex.pipelined``): what the caller was
-    told it changed (``touched``), and what to send."""
+    """One update, queued (``RedisIndex.pipelined``): what the caller was told it
+    changed (``touched``), and its part of the batch script's call."""
 
     path: str
     new: FileFacts | None
     touched: Touched
     ahead: ReadAhead  # what the update was computed from, and leaves what it stores in
-    keys: list
-    args: list
+    args: list  # the batch script's nine arguments of one file (index_scripts.py)
     order: list  # PathOrder's (path, value, ops) changes of the call, [] for none
     empty: bool  # the index held no file: marked ``ordered`` first
     ops: int
+
+
+def calls(queued: list[Queued]) -> list[list[Queued]]:
+    """``queued`` in order, cut so that no path is given twice to one call of the batch
+    script: the second update of a path checks what the first one stores."""
+    out: list[list[Queued]] = [[]]
+    paths: set[bytes] = set()
+    for q in queued:
+        if q.args[0] in paths:
+            out.append([])
+            paths = set()
+        out[-1].append(q)
+        paths.add(q.args[0])
+    return out

@@ -18,7 +18,64 @@ import redis
 
 from kloros_tasks import names
 from kloros_tasks.detectors.base import ORDERED, Holders, path_order
-from kloros_tasks.state.index_scripts import FIRST_SCRIPT, ORDER_SCRIPT, UPDATE_SCRIPT
+from kloros_tasks.state.index_scripts import UPDATE_SCRIPT
+
+# The holders of an ordered relation's values in path order, changed together with the
+# index, in the same MULTI/EXEC as the update script's last slice.  Mode "mark", sent
+# before the update when the caller found the index empty: an index with no file yet
+# is marked "ordered" (it has no holders, so its sets are complete); an index stored
+# before these sets existed is never marked, and its lookups fall back to the holder
+# lists.  Mode "apply", sent after the update: for each path whose facts now have the
+# SHA-1 given (the update stored what the caller meant it to; else that path is left
+# alone), each operation sets one holder's membership as the update leaves it, so
+# applying it twice, or again after an interrupted change, is harmless.  Nothing on an
+# index not marked.
+# KEYS: facts, meta.  ARGV: "mark"; or "apply", order key prefix, then per path: the
+#       path, SHA-1 of its facts stored ("" none), operation count, sign and field per
+#       operation.
+ORDER_SCRIPT = """
+if ARGV[1] == 'mark' then
+  if redis.call('HLEN', KEYS[1]) == 0 then redis.call('HSET', KEYS[2], 'ordered', '1') end
+  return 1
+end
+if redis.call('HGET', KEYS[2], 'ordered') ~= '1' then return 0 end
+local function hex(c) return string.format('%02x', string.byte(c)) end
+local i, done = 3, 0
+while i <= #ARGV do
+  local path, nops = ARGV[i], tonumber(ARGV[i + 2])
+  local current = redis.call('HGET', KEYS[1], path)
+  if (current and redis.sha1hex(current) or '') == ARGV[i + 1] then
+    for j = i + 3, i + 1 + 2 * nops, 2 do
+      local key = ARGV[2] .. string.gsub(ARGV[j + 1], '.', hex)
+      if ARGV[j] == '+' then redis.call('ZADD', key, 0, path)
+      else redis.call('ZREM', key, path) end
+    end
+    done = done + 1
+  end
+  i = i + 3 + 2 * nops
+end
+return done
+"""
+
+
+# The first n holders of each field in path order and how many there are: a ZRANGE
+# and a ZCARD, whatever the number of holders.  0 when the index is not marked
+# "ordered" (stored before the sets existed): the caller reads the holder lists.
+# KEYS: meta.  ARGV: n, order key prefix, fields.
+FIRST_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'ordered') ~= '1' then return 0 end
+local n, out = tonumber(ARGV[1]), {}
+local function hex(c) return string.format('%02x', string.byte(c)) end
+for i = 3, #ARGV do
+  local key = ARGV[2] .. string.gsub(ARGV[i], '.', hex)
+  local found = {}
+  if n > 0 then found = redis.call('ZRANGE', key, 0, n - 1) end
+  table.insert(found, 1, redis.call('ZCARD', key))
+  out[#out + 1] = found
+end
+return out
+"""
+
 
 UPDATE_SHA = hashlib.sha1(UPDATE_SCRIPT.encode()).hexdigest()
 LOOKUP_CHUNK = 1000  # values per FIRST_SCRIPT call (index.LOOKUP_CHUNK)
@@ -64,15 +121,15 @@ class PathOrder:
         return replies[at]
 
     def add(self, pipe, keys: list, args: list, changes: list[tuple[bytes, bytes, list[bytes]]],
-            *, empty: bool) -> int:
-        """Add to ``pipe`` (a MULTI/EXEC) the update script's call, "mark" before it
-        when the index was ``empty``, "apply" after it for each (path, value stored,
-        ``ops``) of ``changes``; returns the position of the update's reply.
-        ORDER_SCRIPT is sent whole (EVAL): if Redis had lost it, the index would be
-        updated and its sets not."""
+            *, empty: bool, sha: str = UPDATE_SHA) -> int:
+        """Add to ``pipe`` (a MULTI/EXEC) the update script's call (``sha``: or the
+        batch script's), "mark" before it when the index was ``empty``, "apply" after
+        it for each (path, value stored, ``ops``) of ``changes``; returns the position
+        of the update's reply.  ORDER_SCRIPT is sent whole (EVAL): if Redis had lost
+        it, the index would be updated and its sets not."""
         if empty and self.keeps:
             pipe.eval(ORDER_SCRIPT, 2, self._facts_key, self._meta, "mark")
-        pipe.evalsha(UPDATE_SHA, len(keys), *keys, *args)
+        pipe.evalsha(sha, len(keys), *keys, *args)
         at = len(pipe) - 1
         per_path: list = []
         for path, value, ops in changes:

@@ -1,7 +1,52 @@
-"""The Lua scripts of ``index.RedisIndex``: one update, and one batch of lookups.
+"""The Lua scripts of ``index.RedisIndex``: one update, the queued updates of many files,
+and one batch of lookups (those of the path order are in index_order.py).
 
 Kept apart from index.py because they are data for Redis, not Python; each runs
 atomically inside Redis, which is what keeps a change and a lookup consistent.
+"""
+
+# What both index writes share: commands over a table in slices (the replies of all
+# slices joined), a packed holder list without one id, a spill key's hex spelling, the
+# write of a holder list, and the split of one bucket into itself and its image
+# (linear hashing).
+_LISTS = """
+local SLICE = 256  -- unpack() has a stack limit: never unpack an unbounded table
+local function sliced(cmd, key, flat)  -- SLICE is even: field-value pairs stay whole
+  local out = {}
+  for s = 1, #flat, SLICE do
+    local got = redis.call(cmd, key, unpack(flat, s, math.min(s + SLICE - 1, #flat)))
+    if type(got) == 'table' then for _, v in ipairs(got) do out[#out + 1] = v end end
+  end
+  return out
+end
+local function without(packed, member)  -- the packed ids but member; was it there?
+  local s = ',' .. packed .. ','
+  local i, j = string.find(s, ',' .. member .. ',', 1, true)
+  if not i then return packed, false end
+  return string.sub(string.sub(s, 1, i) .. string.sub(s, j + 1), 2, -2), true
+end
+local function hex(c) return string.format('%02x', string.byte(c)) end
+local function put(bucket, field, rest, spilled, spill_prefix, inline)
+  -- a holder list as it now is: gone, in its bucket, or in its spill key ("*" there)
+  if rest == '' then redis.call('HDEL', bucket, field)
+  elseif #rest <= inline then redis.call('HSET', bucket, field, rest)
+  else
+    redis.call('SET', spill_prefix .. string.gsub(field, '.', hex), rest)
+    if not spilled then redis.call('HSET', bucket, field, '*') end
+    return
+  end
+  if spilled then redis.call('DEL', spill_prefix .. string.gsub(field, '.', hex)) end
+end
+local function split_bucket(from, to, level)
+  local all, moved, gone, high = redis.call('HGETALL', from), {}, {}, 2 ^ level
+  for i = 1, #all, 2 do
+    local a, b, c, d = string.byte(all[i], 1, 4)
+    if (((a * 256 + b) * 256 + c) * 256 + d) % (2 * high) >= high then
+      moved[#moved + 1] = all[i]; moved[#moved + 1] = all[i + 1]; gone[#gone + 1] = all[i]
+    end
+  end
+  sliced('HSET', to, moved); sliced('HDEL', from, gone)
+end
 """
 
 # One slice of one change.  A change of many values is applied in slices of at most
@@ -21,9 +66,7 @@ atomically inside Redis, which is what keeps a change and a lookup consistent.
 # when it is given (read ahead of the update, it may be older than another writer's
 # change).  The last slice answers the meta it leaves (level, split, entries, ids):
 # what the caller's next update of the index would read first, so that a batch of
-# updates reads it once.  A call queued with others (index.RedisIndex.pipelined) gives
-# no level and split: it addresses with the index's own and makes the splits itself,
-# at most the number it is given, since the caller could not know them.
+# updates reads it once.
 # KEYS: facts, meta, id map, journal, a (from, to) pair per split.
 # ARGV: fill, inline max, path, SHA-1 of the facts read ("" none), level, split,
 #       value to store ("" deletes), file id, op count, careful ("1"/""), journal entry
@@ -34,17 +77,13 @@ atomically inside Redis, which is what keeps a change and a lookup consistent.
 #       claim ("1": the file id is new, the next of meta's "ids", taken here unless
 #       another writer took it first; ""), bucket key prefix, spill key prefix, ops,
 #       SHA-1 of the journal entry read ("" none), entries read ("": not checked); both
-#       checked only with a journal entry to write (the first slice); splits at most
-#       (only when no level and split are given).
-UPDATE_SCRIPT = """
+#       checked only with a journal entry to write (the first slice).
+UPDATE_SCRIPT = _LISTS + """
 local fill, inline, path = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local current = redis.call('HGET', KEYS[1], path)
 if (current and redis.sha1hex(current) or '') ~= ARGV[4] then return 0 end
 local state = redis.call('HMGET', KEYS[2], 'level', 'split', 'ids', 'entries')
-local own = ARGV[5] == ''  -- queued: the index's own addressing, and its own splits
-if not own and ((state[1] or '0') ~= ARGV[5] or (state[2] or '0') ~= ARGV[6]) then
-  return 0
-end
+if (state[1] or '0') ~= ARGV[5] or (state[2] or '0') ~= ARGV[6] then return 0 end
 if ARGV[11] ~= '' then
   local entry = redis.call('HGET', KEYS[4], path)
   if (entry and redis.sha1hex(entry) or '') ~= ARGV[17] then return 0 end
@@ -57,19 +96,6 @@ if ARGV[13] == '1' then
   ids = tonumber(id)
   redis.call('HSET', KEYS[2], 'ids', id)
 end
-local SLICE = 256  -- unpack() has a stack limit: never unpack an unbounded table
-local function sliced(cmd, key, flat)
-  for s = 1, #flat, SLICE do
-    redis.call(cmd, key, unpack(flat, s, math.min(s + SLICE - 1, #flat)))
-  end
-end
-local function without(packed, member)  -- the packed ids but member; was it there?
-  local s = ',' .. packed .. ','
-  local i, j = string.find(s, ',' .. member .. ',', 1, true)
-  if not i then return packed, false end
-  return string.sub(string.sub(s, 1, i) .. string.sub(s, j + 1), 2, -2), true
-end
-local function hex(c) return string.format('%02x', string.byte(c)) end
 local function change(adding, bucket, field)
   local packed = redis.call('HGET', bucket, field) or ''
   local spilled, spill = packed == '*', nil
@@ -92,27 +118,9 @@ local function change(adding, bucket, field)
     if not held then return end
     if rest == '' then delta = delta - 1 end
   end
-  if rest == '' then redis.call('HDEL', bucket, field)
-  elseif #rest <= inline then redis.call('HSET', bucket, field, rest)
-  else
-    redis.call('SET', spill or (ARGV[15] .. string.gsub(field, '.', hex)), rest)
-    if not spilled then redis.call('HSET', bucket, field, '*') end
-    return
-  end
-  if spilled then redis.call('DEL', spill) end
+  put(bucket, field, rest, spilled, ARGV[15], inline)
 end
-local function split_bucket(from, to, level)
-  local all, moved, gone, high = redis.call('HGETALL', from), {}, {}, 2 ^ level
-  for i = 1, #all, 2 do
-    local a, b, c, d = string.byte(all[i], 1, 4)
-    if (((a * 256 + b) * 256 + c) * 256 + d) % (2 * high) >= high then
-      moved[#moved + 1] = all[i]; moved[#moved + 1] = all[i + 1]; gone[#gone + 1] = all[i]
-    end
-  end
-  sliced('HSET', to, moved); sliced('HDEL', from, gone)
-end
-local at_level = tonumber(own and (state[1] or '0') or ARGV[5])
-local at_split, ops = tonumber(own and (state[2] or '0') or ARGV[6]), ARGV[16]
+local at_level, at_split, ops = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[16]
 local low, high = 2 ^ at_level, 2 ^ (at_level + 1)
 local function bucket_of(field)  -- index_forms.address, as the lookup script computes it
   local a, b, c, d = string.byte(field, 1, 4)
@@ -136,17 +144,10 @@ else
   redis.call('HSET', KEYS[1], path, ARGV[7])
   redis.call('HSET', KEYS[3], id, path)
 end
-local level, split, k, left = at_level, at_split, 5, tonumber(ARGV[19]) or 0
-while entries > fill * (2 ^ level + split) do
-  if own then
-    if left == 0 then break end
-    left = left - 1
-    split_bucket(ARGV[14] .. split, ARGV[14] .. (split + 2 ^ level), level)
-  else
-    if not KEYS[k + 1] then break end
-    split_bucket(KEYS[k], KEYS[k + 1], level)
-    k = k + 2
-  end
+local level, split, k = at_level, at_split, 5
+while entries > fill * (2 ^ level + split) and KEYS[k + 1] do
+  split_bucket(KEYS[k], KEYS[k + 1], level)
+  k = k + 2
   split = split + 1
   if split == 2 ^ level then level, split = level + 1, 0 end
 end
@@ -154,6 +155,126 @@ redis.call('HSET', KEYS[2], 'level', level, 'split', split)
 return {level, split, entries, ids}
 """
 
+
+# The queued updates of many files (index.RedisIndex.pipelined) in one call: each file
+# as the update script's one-slice call queued alone would be (its checks, its claim,
+# its journal entry written before any holder list is touched, its facts stored last),
+# but every holder list the files change is read and written once, whatever the number
+# of files that change it, and the file's facts, ids and journal entries are read and
+# written in one command each.  A file whose checks fail (the facts or the journal entry
+# it was computed from changed, or another writer took the id it claims) is left whole,
+# and so is every claim after it; the caller makes those updates again.  A path is
+# given at most once per call (its second update checks what the first stores).
+# The ops of a file are removals and additions of distinct fields, so applying each
+# field's operations in the files' order leaves the lists the one-file calls leave.
+# KEYS: facts, meta, journal.
+# ARGV: fill, inline max, bucket key prefix, spill key prefix, id map key prefix, ids
+#       per id map, commit ("1": keep the journal entries, "2": drop them), splits at
+#       most; then per file: path, SHA-1 of the facts read ("" none), SHA-1 of the
+#       journal entry read ("" none), value to store ("" deletes), file id ("" none),
+#       claim ("1"/""), careful ("1"/""), journal entry ("-": none), ops (9 bytes each).
+# Answers level, split, entries, ids, then 1 or 0 per file (applied or left).
+BATCH_SCRIPT = _LISTS + """
+local fill, inline, per_map = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[6])
+local state = redis.call('HMGET', KEYS[2], 'level', 'split', 'ids')
+local level, split = tonumber(state[1] or '0'), tonumber(state[2] or '0')
+local ids, first_ids = tonumber(state[3] or '0'), tonumber(state[3] or '0')
+local paths = {}
+for i = 9, #ARGV, 9 do paths[#paths + 1] = ARGV[i] end
+local stored, entries_read = sliced('HMGET', KEYS[1], paths), sliced('HMGET', KEYS[3], paths)
+local done, fields, by_field, journal, claimed = {}, {}, {}, {}, true
+for n, path in ipairs(paths) do
+  local i = 9 + 9 * (n - 1)
+  local ok = (stored[n] and redis.sha1hex(stored[n]) or '') == ARGV[i + 1]
+    and (entries_read[n] and redis.sha1hex(entries_read[n]) or '') == ARGV[i + 2]
+  if ok and ARGV[i + 5] == '1' then
+    ok = claimed and ids == tonumber(ARGV[i + 4]) - 1
+    claimed = ok
+    if ok then ids = ids + 1 end
+  end
+  done[n] = ok and 1 or 0
+  if ok then
+    if ARGV[i + 7] ~= '-' then
+      journal[#journal + 1] = path; journal[#journal + 1] = ARGV[i + 7]
+    end
+    local ops, id, careful = ARGV[i + 8], ARGV[i + 4], ARGV[i + 6] == '1'
+    for at = 1, #ops, 9 do
+      local field = string.sub(ops, at + 1, at + 8)
+      local list = by_field[field]
+      if not list then list = {}; by_field[field] = list; fields[#fields + 1] = field end
+      list[#list + 1] = {string.byte(ops, at) == 43, id, careful}  -- 43: "+"
+    end
+  end
+end
+sliced('HSET', KEYS[3], journal)
+local low, high, delta = 2 ^ level, 2 ^ (level + 1), 0
+for _, field in ipairs(fields) do
+  local a, b, c, d = string.byte(field, 1, 4)
+  local h = ((a * 256 + b) * 256 + c) * 256 + d
+  local bucket = h % low
+  if bucket < split then bucket = h % high end
+  bucket = ARGV[3] .. bucket
+  local list = by_field[field]
+  local packed = redis.call('HGET', bucket, field) or ''
+  local spilled, spill = packed == '*', nil
+  local appended = spilled
+  for _, op in ipairs(list) do appended = appended and op[1] and not op[3] end
+  if spilled then spill = ARGV[4] .. string.gsub(field, '.', hex) end
+  if appended then  -- a long list is appended to unread, as the update script does
+    local add = {}
+    for _, op in ipairs(list) do add[#add + 1] = op[2] end
+    redis.call('APPEND', spill, ',' .. table.concat(add, ','))
+  else
+    if spilled then packed = redis.call('GET', spill) or '' end
+    local rest = packed
+    for _, op in ipairs(list) do
+      local adding, id, held = op[1], op[2], false
+      local known = adding and not op[3]
+      local was = rest
+      if not known then rest, held = without(rest, id) end
+      if adding then
+        if not held then
+          if was == '' then delta = delta + 1; rest = id else rest = was .. ',' .. id end
+        else rest = was end
+      elseif held and rest == '' then delta = delta - 1 end
+    end
+    if rest ~= packed then put(bucket, field, rest, spilled, ARGV[4], inline) end
+  end
+end
+local entries = redis.call('HINCRBY', KEYS[2], 'entries', delta)
+local store, gone, drop, maps = {}, {}, {}, {}
+for n, path in ipairs(paths) do
+  if done[n] == 1 then
+    local i = 9 + 9 * (n - 1)
+    local value, id = ARGV[i + 3], ARGV[i + 4]
+    if ARGV[7] == '2' then drop[#drop + 1] = path end
+    if id ~= '' then
+      local key = ARGV[5] .. math.floor(tonumber(id) / per_map)
+      if not maps[key] then maps[key] = {set = {}, del = {}} end
+      if value == '' then table.insert(maps[key].del, id)
+      else table.insert(maps[key].set, id); table.insert(maps[key].set, path) end
+    end
+    if value == '' then gone[#gone + 1] = path
+    else store[#store + 1] = path; store[#store + 1] = value end
+  end
+end
+sliced('HDEL', KEYS[3], drop)
+sliced('HDEL', KEYS[1], gone)
+sliced('HSET', KEYS[1], store)
+for key, map in pairs(maps) do sliced('HSET', key, map.set); sliced('HDEL', key, map.del) end
+if ids ~= first_ids then redis.call('HSET', KEYS[2], 'ids', ids) end
+local left = tonumber(ARGV[8])
+while entries > fill * (2 ^ level + split) and left > 0 do
+  left = left - 1
+  split_bucket(ARGV[3] .. split, ARGV[3] .. (split + 2 ^ level), level)
+  split = split + 1
+  if split == 2 ^ level then level, split = level + 1, 0 end
+end
+redis.call('HSET', KEYS[2], 'level', level, 'split', split)
+local out = {level, split, entries, ids}
+for n = 1, #paths do out[#out + 1] = done[n] end
+return out
+"""
 
 # Lookups, atomically and in one round trip: for each field, the paths of its holders
 # (mode "who"), 1/0 for "some file holds it" (mode "exists") or how many do ("count").
@@ -195,65 +316,6 @@ for i = 6, #ARGV do
       out[#out + 1] = paths_of(packed or '')
     end
   end
-end
-return out
-"""
-
-
-# --- path order (detectors.base.ORDERED), kept apart from the update script above -----
-
-# The holders of an ordered relation's values in path order, changed together with the
-# index, in the same MULTI/EXEC as the update script's last slice.  Mode "mark", sent
-# before the update when the caller found the index empty: an index with no file yet
-# is marked "ordered" (it has no holders, so its sets are complete); an index stored
-# before these sets existed is never marked, and its lookups fall back to the holder
-# lists.  Mode "apply", sent after the update: for each path whose facts now have the
-# SHA-1 given (the update stored what the caller meant it to; else that path is left
-# alone), each operation sets one holder's membership as the update leaves it, so
-# applying it twice, or again after an interrupted change, is harmless.  Nothing on an
-# index not marked.
-# KEYS: facts, meta.  ARGV: "mark"; or "apply", order key prefix, then per path: the
-#       path, SHA-1 of its facts stored ("" none), operation count, sign and field per
-#       operation.
-ORDER_SCRIPT = """
-if ARGV[1] == 'mark' then
-  if redis.call('HLEN', KEYS[1]) == 0 then redis.call('HSET', KEYS[2], 'ordered', '1') end
-  return 1
-end
-if redis.call('HGET', KEYS[2], 'ordered') ~= '1' then return 0 end
-local function hex(c) return string.format('%02x', string.byte(c)) end
-local i, done = 3, 0
-while i <= #ARGV do
-  local path, nops = ARGV[i], tonumber(ARGV[i + 2])
-  local current = redis.call('HGET', KEYS[1], path)
-  if (current and redis.sha1hex(current) or '') == ARGV[i + 1] then
-    for j = i + 3, i + 1 + 2 * nops, 2 do
-      local key = ARGV[2] .. string.gsub(ARGV[j + 1], '.', hex)
-      if ARGV[j] == '+' then redis.call('ZADD', key, 0, path)
-      else redis.call('ZREM', key, path) end
-    end
-    done = done + 1
-  end
-  i = i + 3 + 2 * nops
-end
-return done
-"""
-
-
-# The first n holders of each field in path order and how many there are: a ZRANGE
-# and a ZCARD, whatever the number of holders.  0 when the index is not marked
-# "ordered" (stored before the sets existed): the caller reads the holder lists.
-# KEYS: meta.  ARGV: n, order key prefix, fields.
-FIRST_SCRIPT = """
-if redis.call('HGET', KEYS[1], 'ordered') ~= '1' then return 0 end
-local n, out = tonumber(ARGV[1]), {}
-local function hex(c) return string.format('%02x', string.byte(c)) end
-for i = 3, #ARGV do
-  local key = ARGV[2] .. string.gsub(ARGV[i], '.', hex)
-  local found = {}
-  if n > 0 then found = redis.call('ZRANGE', key, 0, n - 1) end
-  table.insert(found, 1, redis.call('ZCARD', key))
-  out[#out + 1] = found
 end
 return out
 """

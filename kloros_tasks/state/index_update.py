@@ -7,7 +7,8 @@ leaves nothing the next update of the file does not repair.  An update reads the
 file's facts, its journal entry and the bucket addressing first (one round trip),
 unless a batch read them ahead for all of its files (``read_ahead``): each script call
 then answers the addressing it leaves, so that the batch's next update needs no read.
-Under ``pipelined`` the batch's calls are queued and sent together (index_ahead.py).
+Under ``pipelined`` the batch's updates are queued and sent together, as calls of the
+batch script that read and write each holder list once (index_ahead.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import redis
 
 from kloros_tasks import names
 from kloros_tasks.detectors.base import FileFacts, Touched
-from kloros_tasks.state.index_ahead import Queued, ReadAhead
+from kloros_tasks.state.index_ahead import Queued, ReadAhead, calls
 from kloros_tasks.state.index_forms import (
     BUCKET_FILL,
     INLINE_MAX,
@@ -36,7 +37,7 @@ from kloros_tasks.state.index_forms import (
     _split_stored,
     _stored,
 )
-from kloros_tasks.state.index_scripts import UPDATE_SCRIPT
+from kloros_tasks.state.index_scripts import BATCH_SCRIPT
 from kloros_tasks.state.memory_index import _pairs, diff
 
 ATTEMPTS = 50  # optimistic retries when another writer changed what an update read
@@ -50,6 +51,7 @@ FLUSH_OPS = 4 * CHUNK_OPS
 LOOKUP_CHUNK = 1000  # values per lookup script call, for the same reason
 _META = ("level", "split", "entries", "ids")  # what an update reads of the meta hash
 NO_JOURNAL = b"-"  # the journal argument of a change not journaled (index_scripts.py)
+BATCH_SHA = hashlib.sha1(BATCH_SCRIPT.encode()).hexdigest()
 
 
 def _ints(values: list) -> list[int]:
@@ -88,7 +90,7 @@ class IndexUpdates:
         error half-way leaves nothing that the next update of the file does not repair.
         With ``ahead`` (``read_ahead``), what it holds of the file is taken instead of
         reading Redis, and what the update leaves is kept there for the next one; under
-        ``pipelined`` the update's script call is then queued, not sent.
+        ``pipelined`` the update is then queued, not sent.
 
         Without ``journal`` a change of one script call (atomic: nothing to repair) is
         not journaled, unless an earlier change of the file left an entry: for a caller
@@ -111,8 +113,8 @@ class IndexUpdates:
 
     @contextmanager
     def pipelined(self) -> Iterator[IndexUpdates]:
-        """Queue the script calls of updates made with a read-ahead and send them
-        together (``flush``): once FLUSH_OPS operations wait, before anything else of
+        """Queue the updates made with a read-ahead and send them together
+        (``flush``): once FLUSH_OPS operations wait, before anything else of
         this index is read or written, and on leaving the block.  If the block raises,
         what is still queued is dropped, as if those updates had not been made: for a
         caller holding the root's lock, whose failure has its changes made again."""
@@ -124,10 +126,11 @@ class IndexUpdates:
             self._queued, self._queued_ops = None, 0
 
     def flush(self) -> None:
-        """Send the queued calls (``pipelined``) in one MULTI/EXEC.  An update whose
-        call found what it was computed from changed (another writer) is made again,
-        reading Redis first; WatchError when it then changes pairs its caller was not
-        told of: the caller must be tried again (its journal entries stay)."""
+        """Send the queued updates (``pipelined``) in one MULTI/EXEC.  An update that
+        the batch script found computed from what changed since (another writer) is
+        made again, reading Redis first; WatchError when it then changes pairs its
+        caller was not told of: the caller must be tried again (its journal entries
+        stay)."""
         queued = self._queued
         if not queued:
             return
@@ -146,24 +149,33 @@ class IndexUpdates:
             self._queued = []
 
     def _send(self, queued: list[Queued]) -> list:
-        """The update script's replies to the queued calls (0 for one not applied)."""
+        """The replies to the queued updates: the meta their batch script call left
+        (level, split, entries, ids), or 0 for one not applied."""
+        batches = calls(queued)
+        keys = [self._facts_key, self._meta, self._pending_key]
+        head = [BUCKET_FILL, INLINE_MAX, *self._prefixes, b"1" if self.keep_journal else b"2",
+                MAX_SPLITS]
         for _ in range(2):
             pipe = self.r.pipeline(transaction=True)
-            at = [self._order.add(pipe, q.keys, q.args, q.order, empty=q.empty)
-                  for q in queued]
+            at = [self._order.add(pipe, keys, [*head, *(a for q in batch for a in q.args)],
+                                  [c for q in batch for c in q.order],
+                                  empty=any(q.empty for q in batch), sha=BATCH_SHA)
+                  for batch in batches]
             try:
                 replies = pipe.execute(raise_on_error=False)
             except redis.exceptions.NoScriptError:  # refused whole (EXECABORT)
-                self.r.script_load(UPDATE_SCRIPT)
+                self.r.script_load(BATCH_SCRIPT)
                 continue
             failed = [r for r in replies if isinstance(r, Exception)]
             for error in failed:
                 if not isinstance(error, redis.exceptions.NoScriptError):
                     raise error
-            if failed:  # those calls did nothing: their updates are made again
-                self.r.script_load(UPDATE_SCRIPT)
-            return [0 if isinstance(replies[n], Exception) else replies[n] for n in at]
-        raise redis.exceptions.NoScriptError("the index update script could not be loaded")
+            if failed:  # no call ran (ORDER_SCRIPT's "apply" found nothing to do)
+                self.r.script_load(BATCH_SCRIPT)
+                continue
+            return [reply[:4] if applied else 0
+                    for n in at for reply in [replies[n]] for applied in reply[4:]]
+        raise redis.exceptions.NoScriptError("the index batch script could not be loaded")
 
     @queue_sent_first
     def read_ahead(self, paths: Iterable[str]) -> ReadAhead:
@@ -227,11 +239,15 @@ class IndexUpdates:
         unjournaled = not journaled and journal_raw is None
         journal = NO_JOURNAL if unjournaled else _journal(file_id, touched)
         if queue:
-            calls = self._calls(key, checks, meta, file_id, value, adds, removes,
-                                careful=bool(prior), journal=journal, claim=claim, queued=True)
-            if len(calls) == 1:
-                self._queued.append(Queued(path, new, touched, ahead, *calls[0]))
-                self._queued_ops += calls[0][-1]
+            ops, in_order = self._ops(adds, removes)
+            if len(ops) <= CHUNK_OPS:
+                args = [key, checks[0], checks[1], value, b"" if file_id is None else file_id,
+                        b"1" if claim else b"", b"1" if prior else b"", journal,
+                        b"".join(sign + f for sign, f in ops)]
+                self._queued.append(Queued(path, new, touched, ahead, args,
+                                           [(key, value, in_order)] if in_order else [],
+                                           claim and file_id == 1, len(ops)))
+                self._queued_ops += len(ops)
                 kept = journal_raw if unjournaled else journal if self.keep_journal else None
                 ahead.wrote(key, value or None, kept, [*meta, file_id if claim else ids],
                             exact=False)
@@ -301,17 +317,13 @@ class IndexUpdates:
 
     def _calls(self, key: bytes, checks: tuple[str, str, bytes], meta: list[int],
                file_id: int | None, value: bytes, added: set, removed: set, *,
-               careful: bool, journal: bytes, claim: bool = False, queued: bool = False
+               careful: bool, journal: bytes, claim: bool = False
                ) -> list[tuple[list, list, list, bool, int]]:
         """The update script's calls of one change, a slice of CHUNK_OPS operations
         each: (keys, args, PathOrder's changes sent with it, whether the index held no
-        file, operations).  ``queued``: the call names no addressing and no split (the
-        script takes the index's own), and checks no entries count."""
+        file, operations)."""
         level, split, entries = meta
-        ops = [(b"-", f) for f in _fields(self.detector, removed)]
-        ops += [(b"+", f) for f in _fields(self.detector, added)]
-        in_order = self._order.ops(_ordered_fields(self.detector, removed),
-                                   _ordered_fields(self.detector, added))
+        ops, in_order = self._ops(added, removed)
         empty = claim and file_id == 1  # no file had an id: the index holds none
         head = [self._facts_key, self._meta, names.index_paths(
             self.detector, self.root, (file_id or 0) // PATHS_PER_BUCKET), self._pending_key]
@@ -321,20 +333,27 @@ class IndexUpdates:
             last = n == len(slices) - 1
             keys = list(head)
             args: list = [BUCKET_FILL, INLINE_MAX, key, checks[0],
-                          b"" if queued else level, b"" if queued else split, value,
+                          level, split, value,
                           b"" if file_id is None else file_id, len(ops_slice),
                           b"1" if careful else b"", journal if n == 0 else b"",
                           (b"1" if self.keep_journal else b"2") if last else b"",
                           b"1" if claim and n == 0 else b"", self._prefixes[0],
                           self._prefixes[1], b"".join(sign + f for sign, f in ops_slice),
-                          checks[1] if n == 0 else b"",
-                          b"" if queued or n else checks[2], MAX_SPLITS if queued else b""]
-            if last and not queued:
+                          checks[1] if n == 0 else b"", b"" if n else checks[2]]
+            if last:
                 keys += self._splits(level, split, entries + len(added))
             calls.append((keys, args, [(key, value, in_order)] if last and in_order else [],
                           empty and last, len(ops_slice)))
             careful = True  # the journal is written: what follows may be a repair
         return calls
+
+    def _ops(self, added: set, removed: set) -> tuple[list[tuple[bytes, bytes]], list]:
+        """(sign, field) of each operation of a change, removals first, and PathOrder's
+        changes of its ordered relations."""
+        ops = [(b"-", f) for f in _fields(self.detector, removed)]
+        ops += [(b"+", f) for f in _fields(self.detector, added)]
+        return ops, self._order.ops(_ordered_fields(self.detector, removed),
+                                    _ordered_fields(self.detector, added))
 
     def _splits(self, level: int, split: int, entries: int) -> list[str]:
         """(from, to) bucket keys of every split ``entries`` could call for, up to
