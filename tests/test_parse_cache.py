@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import gc
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,37 @@ def test_text_that_does_not_parse_raises_each_time_with_the_callers_file_name():
             cache.parse("def broken(:\n", filename=name)
         assert raised.value.filename == name
     assert list(cache.held()) == []
+
+
+def test_the_collector_does_not_run_during_a_parse_and_is_left_as_it_was():
+    """A syntax tree holds no cycle: the collector is off while one is built (it ran
+    dozens of times over a large file's tree; once, at most, as the parse returns), and
+    on again after, whatever the parse raised; a caller that had turned it off finds
+    it off."""
+    collections = []
+
+    def seen(phase, _info):
+        collections.append(phase)
+
+    big = "\n".join(f"def f{n}(a, b=[1, 2]):\n    return {{a: b}}" for n in range(3000))
+    gc.callbacks.append(seen)
+    try:
+        TreeCache().parse(big)
+        assert collections.count("start") <= 1 and gc.isenabled()
+        collections.clear()
+        with pytest.raises(SyntaxError):
+            TreeCache().parse("def (:\n")
+        assert gc.isenabled()
+        gc.disable()
+        try:
+            TreeCache().parse("x = 1\n")
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+        ast.parse(big)  # the same parse with the collector on
+    finally:
+        gc.callbacks.remove(seen)
+    assert collections.count("start") > 5
 
 
 def test_a_cache_with_no_room_parses_every_time():

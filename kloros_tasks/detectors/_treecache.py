@@ -22,6 +22,7 @@ it raises again on the next call, with that caller's ``filename`` in the message
 from __future__ import annotations
 
 import ast
+import gc
 import hashlib
 import threading
 import warnings
@@ -89,11 +90,21 @@ def _digest(text: str) -> bytes:
 
 
 def _parse(text: str, filename: str) -> ast.Module:
-    with warnings.catch_warnings():
-        # Invalid escape sequences warn at parse time: not our business, and under
-        # ``-W error`` a warning would make valid code look unparseable.
-        warnings.simplefilter("ignore")
-        return ast.parse(text, filename=filename)
+    # A syntax tree holds no reference cycle, yet the collector scanned it again and
+    # again while it was being built: on Django a fifth to a third of the parse's time
+    # (1,850 collections instead of 800 over an extraction of every file, every
+    # detector).  It stays off for the parse only.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with warnings.catch_warnings():
+            # Invalid escape sequences warn at parse time: not our business, and under
+            # ``-W error`` a warning would make valid code look unparseable.
+            warnings.simplefilter("ignore")
+            return ast.parse(text, filename=filename)
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class TreeCache:
