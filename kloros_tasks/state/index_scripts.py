@@ -183,6 +183,7 @@ local paths = {}
 for i = 9, #ARGV, 9 do paths[#paths + 1] = ARGV[i] end
 local stored, entries_read = sliced('HMGET', KEYS[1], paths), sliced('HMGET', KEYS[3], paths)
 local done, fields, by_field, journal, claimed = {}, {}, {}, {}, true
+local ADD, CHECKED, REMOVE = 1, 2, 3
 for n, path in ipairs(paths) do
   local i = 9 + 9 * (n - 1)
   local ok = (stored[n] and redis.sha1hex(stored[n]) or '') == ARGV[i + 1]
@@ -197,12 +198,15 @@ for n, path in ipairs(paths) do
     if ARGV[i + 7] ~= '-' then
       journal[#journal + 1] = path; journal[#journal + 1] = ARGV[i + 7]
     end
-    local ops, id, careful = ARGV[i + 8], ARGV[i + 4], ARGV[i + 6] == '1'
+    -- Each field's operations, flat: a kind (ADD: an add the caller's diff knows is
+    -- new; CHECKED: an add finishing a change cut short; REMOVE) and the file id.
+    local ops, id, add = ARGV[i + 8], ARGV[i + 4], ARGV[i + 6] == '1' and CHECKED or ADD
     for at = 1, #ops, 9 do
       local field = string.sub(ops, at + 1, at + 8)
       local list = by_field[field]
       if not list then list = {}; by_field[field] = list; fields[#fields + 1] = field end
-      list[#list + 1] = {string.byte(ops, at) == 43, id, careful}  -- 43: "+"
+      list[#list + 1] = string.byte(ops, at) == 43 and add or REMOVE  -- 43: "+"
+      list[#list + 1] = id
     end
   end
 end
@@ -218,21 +222,20 @@ for _, field in ipairs(fields) do
   local packed = redis.call('HGET', bucket, field) or ''
   local spilled, spill = packed == '*', nil
   local appended = spilled
-  for _, op in ipairs(list) do appended = appended and op[1] and not op[3] end
+  for k = 1, #list, 2 do appended = appended and list[k] == ADD end
   if spilled then spill = ARGV[4] .. string.gsub(field, '.', hex) end
   if appended then  -- a long list is appended to unread, as the update script does
     local add = {}
-    for _, op in ipairs(list) do add[#add + 1] = op[2] end
+    for k = 2, #list, 2 do add[#add + 1] = list[k] end
     redis.call('APPEND', spill, ',' .. table.concat(add, ','))
   else
     if spilled then packed = redis.call('GET', spill) or '' end
     local rest = packed
-    for _, op in ipairs(list) do
-      local adding, id, held = op[1], op[2], false
-      local known = adding and not op[3]
+    for k = 1, #list, 2 do
+      local kind, id, held = list[k], list[k + 1], false
       local was = rest
-      if not known then rest, held = without(rest, id) end
-      if adding then
+      if kind ~= ADD then rest, held = without(rest, id) end
+      if kind ~= REMOVE then
         if not held then
           if was == '' then delta = delta + 1; rest = id else rest = was .. ',' .. id end
         else rest = was end
