@@ -53,7 +53,7 @@ from kloros_tasks import names
 from kloros_tasks.cli.embedded import EmbeddedRedis
 from kloros_tasks.connections import redis_client
 from kloros_tasks.settings import from_env
-from kloros_tasks.state import index_scripts, publish
+from kloros_tasks.state import index_order, index_scripts, publish
 from kloros_tasks.state.publish import Publisher
 from kloros_tasks.watch import filters
 from kloros_tasks.watch.tree import read_file, walk_tree
@@ -74,8 +74,9 @@ class Counting:
         self.requests: Counter[str] = Counter()
         self.scripts = {hashlib.sha1(text.encode()).hexdigest(): name for name, text in (
             ("index update", index_scripts.UPDATE_SCRIPT),
+            ("index batch update", index_scripts.BATCH_SCRIPT),
             ("index lookup", index_scripts.LOOKUP_SCRIPT),
-            ("index first holders", index_scripts.FIRST_SCRIPT),
+            ("index first holders", index_order.FIRST_SCRIPT),
             ("ledger sync", publish._SYNC),
             ("lock acquire", redis.lock.Lock.LUA_ACQUIRE_SCRIPT if hasattr(
                 redis.lock.Lock, "LUA_ACQUIRE_SCRIPT") else ""),
