@@ -35,9 +35,7 @@ from kloros_tasks.settings import Settings
 
 log = logging.getLogger(__name__)
 STOP_GRACE = 7.0  # SIGTERM to SIGKILL; the whole stop stays under 10 s
-# ``celery -A kloros_tasks.celery_app`` for the workers, without the subcommands and
-# plugins a worker never uses (cli/celery_worker.py).
-CELERY = [sys.executable, "-m", "kloros_tasks.cli.celery_worker", "-A", "kloros_tasks.celery_app"]
+CELERY = [sys.executable, "-m", "celery", "-A", "kloros_tasks.celery_app"]
 # ``python -m MODULE ...`` run through cli/prestart.py: imports first, then waits for
 # its standard input to end (``Gate``) before it runs.
 PRESTART = [sys.executable, "-m", "kloros_tasks.cli.prestart"]
