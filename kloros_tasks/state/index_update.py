@@ -173,8 +173,11 @@ class IndexUpdates:
             if failed:  # no call ran (ORDER_SCRIPT's "apply" found nothing to do)
                 self.r.script_load(BATCH_SCRIPT)
                 continue
-            return [reply[:4] if applied else 0
-                    for n in at for reply in [replies[n]] for applied in reply[4:]]
+            out: list = []
+            for n in at:  # each call answers the meta it left, then 1 or 0 per file
+                reply = replies[n]
+                out += [reply[:4] if applied else 0 for applied in reply[4:]]
+            return out
         raise redis.exceptions.NoScriptError("the index batch script could not be loaded")
 
     @queue_sent_first
