@@ -315,6 +315,19 @@ def test_a_redis_flushed_under_up_is_restored_at_once_and_the_snapshot_survives(
         entry["facts"]["question_id"]}
 
 
+def survivor(pid: int) -> str:
+    """What a process still running is: its command, state and parent, and where each
+    of its threads waits (for a failing test's message)."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()
+        waits = sorted({(t / "wchan").read_text() for t in Path(f"/proc/{pid}/task").iterdir()})
+    except OSError as exc:
+        return f"gone while looked at ({exc})"
+    return f"{command[:200]} (state {fields[0]}, parent {fields[1]}, waits in {waits})"
+
+
 def descendants(pid: int) -> set[int]:
     """Every process below ``pid`` (children, their children, ...)."""
     found, todo = set(), [pid]
@@ -343,5 +356,9 @@ def test_every_process_of_up_ends_when_up_is_killed(world, layout):
         len(names.QUEUES) if layout else 1)
     up.popen.kill()  # SIGKILL: up's own stop never runs (the OOM killer, kill -9)
     up.popen.wait()
-    wait_for(lambda: all(ended(p) for p in below), 60, 0.2,
-             "the workers, the watcher and redis-server to end with up")
+    try:
+        wait_for(lambda: all(ended(p) for p in below), 60, 0.2,
+                 "the workers, the watcher and redis-server to end with up")
+    except AssertionError:
+        left = {p: survivor(p) for p in below if not ended(p)}
+        raise AssertionError(f"still running 60 s after up was killed: {left}") from None

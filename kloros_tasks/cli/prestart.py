@@ -18,6 +18,8 @@ import runpy
 import sys
 from collections.abc import Callable
 
+from kloros_tasks.cli import lifeline
+
 # What each program imports before its first connection, by the module it runs.
 PRELOAD = {
     "celery": ("celery.bin.celery", "kloros_tasks.celery_app", "celery.apps.worker",
@@ -45,6 +47,7 @@ def run(module: str, args: list[str], started: Callable[[], object] | None = Non
     wait_for_start()
     if started is not None:
         started()
+    lifeline.orphan_guard()  # a child of up: up's stop, even when up was killed
     sys.argv = [module, *args]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 

@@ -34,7 +34,7 @@ from kloros_tasks.cli import lifeline
 from kloros_tasks.settings import Settings
 
 log = logging.getLogger(__name__)
-STOP_GRACE = 7.0  # SIGTERM to SIGKILL; the whole stop stays under 10 s
+STOP_GRACE = lifeline.STOP_GRACE  # SIGTERM to SIGKILL; the whole stop stays under 10 s
 CELERY = [sys.executable, "-m", "celery", "-A", "kloros_tasks.celery_app"]
 # ``python -m MODULE ...`` run through cli/prestart.py: imports first, then waits for
 # its standard input to end (``Gate``) before it runs.
