@@ -21,10 +21,11 @@ from collections.abc import Callable
 from kloros_tasks.cli import lifeline
 
 # What each program imports before its first connection, by the module it runs.
+_WORKER = ("kloros_tasks.celery_app", "celery.apps.worker", "celery.worker.consumer",
+           "celery.concurrency.prefork", "kombu.transport.redis")
 PRELOAD = {
-    "celery": ("celery.bin.celery", "kloros_tasks.celery_app", "celery.apps.worker",
-               "celery.worker.consumer", "celery.concurrency.prefork",
-               "kombu.transport.redis"),
+    "celery": ("celery.bin.celery", *_WORKER),
+    "kloros_tasks.cli.celery_worker": ("kloros_tasks.cli.celery_worker", *_WORKER),
     "kloros_tasks.cli": ("kloros_tasks.cli.main", "kloros_tasks.watch.producer"),
 }
 

@@ -35,7 +35,9 @@ from kloros_tasks.settings import Settings
 
 log = logging.getLogger(__name__)
 STOP_GRACE = lifeline.STOP_GRACE  # SIGTERM to SIGKILL; the whole stop stays under 10 s
-CELERY = [sys.executable, "-m", "celery", "-A", "kloros_tasks.celery_app"]
+# ``celery -A kloros_tasks.celery_app`` for the workers, without the subcommands and
+# plugins a worker never uses (cli/celery_worker.py).
+CELERY = [sys.executable, "-m", "kloros_tasks.cli.celery_worker", "-A", "kloros_tasks.celery_app"]
 # ``python -m MODULE ...`` run through cli/prestart.py: imports first, then waits for
 # its standard input to end (``Gate``) before it runs.
 PRESTART = [sys.executable, "-m", "kloros_tasks.cli.prestart"]
