@@ -126,10 +126,16 @@ def start_worker(redis_url: str, state_dir: Path, queues: str, log: Path, *,
     return proc
 
 
+def stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat from its third field on (state, parent, group...); OSError once
+    the process is gone."""
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    return raw[raw.rindex(")") + 2:].split()
+
+
 def ended(pid: int) -> bool:
     """The process is gone, or a zombie nobody reaped yet."""
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
+        return stat_fields(pid)[0] == "Z"
     except OSError:
         return True
-    return raw[raw.rindex(")") + 2:].split()[0] == "Z"

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from procs import ended, wait_for
+from procs import ended, stat_fields, wait_for
 
 from kloros_tasks.cli import lifeline
 
@@ -50,11 +50,6 @@ PARENT = textwrap.dedent("""
 """)
 
 
-def parent_of(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat[stat.rindex(")") + 2:].split()[1])
-
-
 def start(tmp_path: Path, with_lifeline: bool) -> tuple[subprocess.Popen, list[int]]:
     (tmp_path / "stubborn_program.py").write_text(STUBBORN)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -87,7 +82,8 @@ def test_without_the_parent_death_signal_nothing_is_killed(tmp_path):
     try:
         parent.kill()
         parent.wait()
-        wait_for(lambda: parent_of(pids[0]) != parent.pid, 30, 0.1, "the child's adoption")
+        wait_for(lambda: int(stat_fields(pids[0])[1]) != parent.pid, 30, 0.1,
+                 "the child's adoption")
         time.sleep(lifeline.STOP_GRACE + 2 * lifeline.ORPHAN_POLL)  # the guard's whole wait
         assert not any(ended(p) for p in pids)
     finally:

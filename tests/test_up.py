@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from procs import Proc, ended, service_env, wait_for
+from procs import Proc, ended, service_env, stat_fields, wait_for
 
 from kloros_tasks import names
 from kloros_tasks.cli.upstart import CHILD_MALLOC
@@ -320,8 +320,7 @@ def survivor(pid: int) -> str:
     of its threads waits (for a failing test's message)."""
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat_fields(pid)
         waits = sorted({(t / "wchan").read_text() for t in Path(f"/proc/{pid}/task").iterdir()})
     except OSError as exc:
         return f"gone while looked at ({exc})"

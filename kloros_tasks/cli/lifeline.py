@@ -114,8 +114,9 @@ def orphan_guard(grace: float = STOP_GRACE, poll: float = ORPHAN_POLL) -> thread
             time.sleep(poll)
         time.sleep(grace)
         if os.getpgrp() == os.getpid():
-            os.killpg(os.getpid(), signal.SIGKILL)
-        os.kill(os.getpid(), signal.SIGKILL)
+            os.killpg(os.getpid(), signal.SIGKILL)  # this process with its group
+        else:
+            os.kill(os.getpid(), signal.SIGKILL)
 
     thread = threading.Thread(target=guard, name="orphan-guard", daemon=True)
     thread.start()
